@@ -1,0 +1,28 @@
+# Both targets create the virtual environment on first use; torch is pinned so that pip takes the
+# local CPU wheel instead of a multi-gigabyte CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test env lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[test,oracle]' $(TORCH_PIN)
+	touch $@
+
+env: $(VENV)/.installed
+
+lint: env
+	$(VENV)/bin/ruff check src tests
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: env
+	$(VENV)/bin/rnnkit demo
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,54 @@
+"""rnnkit: TensorFlow's recurrent-network system rebuilt on PyTorch.
+
+TF1-style code changes only its imports::
+
+    import rnnkit as rk
+    with rk.variable_scope("model", initializer=rk.init.orthogonal()):
+        w = rk.get_variable("w", [4, 4])
+    print(rk.describe())
+"""
+
+from rnnkit import init
+from rnnkit.cells import (
+    BasicLSTMCell,
+    BasicRNNCell,
+    DropoutWrapper,
+    GRUCell,
+    LayerNormLSTMCell,
+    LSTMCell,
+    LSTMStateTuple,
+    MultiRNNCell,
+    ResidualWrapper,
+    RNNCell,
+)
+from rnnkit.describe import VariableTable, describe
+from rnnkit.rnn import (
+    bidirectional_dynamic_rnn,
+    dynamic_rnn,
+    static_bidirectional_rnn,
+    static_rnn,
+)
+from rnnkit.scope import (
+    AUTO_REUSE,
+    Provenance,
+    Variable,
+    VariableScope,
+    embedding_lookup,
+    get_variable,
+    get_variable_scope,
+    global_variables,
+    reset_default_graph,
+    trainable_variables,
+    variable_scope,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BasicLSTMCell", "BasicRNNCell", "DropoutWrapper", "GRUCell", "LSTMCell", "LSTMStateTuple",
+    "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper", "bidirectional_dynamic_rnn",
+    "dynamic_rnn", "static_bidirectional_rnn", "static_rnn",
+    "AUTO_REUSE", "Provenance", "Variable", "VariableScope", "VariableTable", "describe",
+    "embedding_lookup", "get_variable", "get_variable_scope", "global_variables", "init",
+    "reset_default_graph", "trainable_variables", "variable_scope",
+]

@@ -1,0 +1,10 @@
+"""Recurrent cells: TF1's ``tf.nn.rnn_cell`` family, on one step protocol."""
+
+from rnnkit.cells.base import LSTMStateTuple, RNNCell
+from rnnkit.cells.basic import BasicRNNCell
+from rnnkit.cells.gru import GRUCell
+from rnnkit.cells.lstm import BasicLSTMCell, LayerNormLSTMCell, LSTMCell
+from rnnkit.cells.wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper
+
+__all__ = ["BasicLSTMCell", "BasicRNNCell", "DropoutWrapper", "GRUCell", "LSTMCell",
+           "LSTMStateTuple", "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper"]

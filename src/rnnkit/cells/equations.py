@@ -1,0 +1,113 @@
+"""The recurrent equations, one short function per variant, in the papers' letters.
+
+Every cell (TF1 or Keras layout) reduces its weights to one canonical layout, ``Canonical``:
+``W [depth, G*H]`` (inputs), ``U [H_out, G*H]`` (recurrent), ``b [G*H]`` (all biases that add
+before the nonlinearity; TF1's run-time ``forget_bias`` is folded in here), gate blocks in
+Keras order: SimpleRNN (h); GRU (z, r, c); LSTM (i, f, g, o). The input projection
+``x W + b`` is done for a whole sequence at once; the functions below are the recurrent rest.
+Fast paths consume the same ``Canonical``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rnnkit.activations import Activation
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """A cell's weights and options in the one layout the unroll and the fast paths use."""
+
+    kind: str  # "rnn" | "gru" | "lstm" | "layer_norm_lstm"
+    W: torch.Tensor
+    U: torch.Tensor
+    b: torch.Tensor | None
+    activation: Activation
+    recurrent_activation: Activation | None = None
+    b_h: torch.Tensor | None = None  # GRU reset_after: recurrent bias, inside r * (h U + b_h)
+    reset_after: bool = False
+    peepholes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (p_i, p_f, p_o)
+    cell_clip: float | None = None
+    P: torch.Tensor | None = None  # LSTM projection [H, num_proj]
+    proj_clip: float | None = None
+    norms: tuple | None = None  # layer-norm LSTM: ((gamma, beta) for i, f, g, o, c), eps
+    forget_bias: float = 0.0  # only for layer_norm_lstm, where it cannot be folded into b
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W + b`` over any leading dimensions."""
+        y = x @ self.W
+        return y if self.b is None else y + self.b
+
+
+def simple_rnn(xw: torch.Tensor, h: torch.Tensor, p: Canonical) -> torch.Tensor:
+    """h' = act(x W + b + h U)."""
+    return p.activation(torch.addmm(xw, h, p.U))
+
+
+def gru(xw: torch.Tensor, h: torch.Tensor, p: Canonical) -> torch.Tensor:
+    """z = σ(x W_z + h U_z + b_z), r = σ(x W_r + h U_r + b_r),
+    c = act(x W_c + b_c + (r ⊙ h) U_c)            (reset before, TF1 GRUCell)
+    c = act(x W_c + b_c + r ⊙ (h U_c + b_hc))      (reset after, cuDNN / Keras / torch)
+    h' = z ⊙ h + (1 - z) ⊙ c.
+    """
+    H = h.shape[-1]
+    x_z, x_r, x_c = xw.split(H, dim=-1)
+    if p.reset_after:
+        hu = h @ p.U if p.b_h is None else torch.addmm(p.b_h, h, p.U)
+        h_z, h_r, h_c = hu.split(H, dim=-1)
+        z = p.recurrent_activation(x_z + h_z)
+        r = p.recurrent_activation(x_r + h_r)
+        c = p.activation(x_c + r * h_c)
+    else:
+        h_z, h_r = (h @ p.U[:, : 2 * H]).split(H, dim=-1)
+        z = p.recurrent_activation(x_z + h_z)
+        r = p.recurrent_activation(x_r + h_r)
+        c = p.activation(torch.addmm(x_c, r * h, p.U[:, 2 * H:]))
+    return z * h + (1 - z) * c
+
+
+def lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canonical
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """i, f, g, o = x W + b + h U (peepholes add p_i ⊙ c, p_f ⊙ c to i, f and p_o ⊙ c' to o),
+    c' = σ(f) ⊙ c + σ(i) ⊙ act(g), clipped to ±cell_clip,
+    h' = σ(o) ⊙ act(c'), then projected h' P and clipped to ±proj_clip.
+    """
+    i, f, g, o = torch.addmm(xw, h, p.U).chunk(4, dim=-1)
+    sig = p.recurrent_activation
+    if p.peepholes is not None:
+        p_i, p_f, p_o = p.peepholes
+        i, f = i + p_i * c, f + p_f * c
+    c_new = sig(f) * c + sig(i) * p.activation(g)
+    if p.cell_clip is not None:
+        c_new = c_new.clamp(-p.cell_clip, p.cell_clip)
+    if p.peepholes is not None:
+        o = o + p_o * c_new
+    h_new = sig(o) * p.activation(c_new)
+    if p.P is not None:
+        h_new = h_new @ p.P
+        if p.proj_clip is not None:
+            h_new = h_new.clamp(-p.proj_clip, p.proj_clip)
+    return c_new, h_new
+
+
+def _norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps) * gamma + beta
+
+
+def layer_norm_lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canonical
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """TF's LayerNormBasicLSTMCell: each gate pre-activation and the new cell are normalized,
+    i, f, g, o = LN(x W + h U); c' = LN(σ(f + forget_bias) ⊙ c + σ(i) ⊙ act(g));
+    h' = act(c') ⊙ σ(o).
+    """
+    (ln_i, ln_f, ln_g, ln_o, ln_c), eps = p.norms
+    i, f, g, o = torch.addmm(xw, h, p.U).chunk(4, dim=-1)
+    i, f, g, o = (_norm(v, *ln, eps) for v, ln in ((i, ln_i), (f, ln_f), (g, ln_g), (o, ln_o)))
+    sig = p.recurrent_activation
+    c_new = _norm(sig(f + p.forget_bias) * c + sig(i) * p.activation(g), *ln_c, eps)
+    return c_new, p.activation(c_new) * sig(o)

@@ -1,0 +1,48 @@
+"""Cells whose weights reduce to one ``Canonical`` layout: the input projection is hoisted out
+of the time loop and the recurrent rest is one of the functions in ``equations``."""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.cells import equations as eq
+from rnnkit.cells.base import LSTMStateTuple, RNNCell, State
+
+
+class FusedCell(RNNCell):
+    """A cell described by ``canonical()``; subclasses only lay out and name their variables."""
+
+    def canonical(self) -> eq.Canonical:
+        """This cell's weights as ``W, U, b`` in Keras gate order (views or small copies)."""
+        raise NotImplementedError
+
+    def sequence_params(self) -> eq.Canonical:
+        return self.canonical()
+
+    def prepare_inputs(self, inputs: torch.Tensor, params: eq.Canonical) -> torch.Tensor:
+        return params.project(inputs)
+
+    def step(self, xw: torch.Tensor, state: State, params: eq.Canonical
+             ) -> tuple[torch.Tensor, State]:
+        if params.kind == "rnn":
+            h = eq.simple_rnn(xw, state, params)
+            return h, h
+        if params.kind == "gru":
+            h = eq.gru(xw, state, params)
+            return h, h
+        fn = eq.lstm if params.kind == "lstm" else eq.layer_norm_lstm
+        c, h = fn(xw, state.c, state.h, params)
+        return h, LSTMStateTuple(c, h)
+
+
+def split_kernel(kernel: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """TF1's ``[depth + H, G*H]`` kernel acts on ``concat([x, h])``: its input and recurrent
+    halves are views ``kernel[:depth]`` (W) and ``kernel[depth:]`` (U)."""
+    return kernel[:depth], kernel[depth:]
+
+
+def blocks(t: torch.Tensor, order: list[int], n: int) -> torch.Tensor:
+    """Reorder the ``n``-wide gate blocks of the last dimension of ``t`` (a copy unless trivial)."""
+    if order == sorted(order):
+        return t
+    return torch.cat([t[..., k * n:(k + 1) * n] for k in order], dim=-1)

@@ -1,0 +1,103 @@
+"""TF1 ``GRUCell`` (reset before the recurrent matmul) and its cuDNN-compatible twin."""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit import activations
+from rnnkit import init as _init
+from rnnkit.cells import equations as eq
+from rnnkit.cells.base import check_units
+from rnnkit.cells.fused import FusedCell, split_kernel
+
+
+class GRUCell(FusedCell):
+    """Gated recurrent unit, as ``tf.nn.rnn_cell.GRUCell`` (Cho et al., 2014).
+
+    r, u = σ([x, h] K_g + b_g);  c = act([x, r ⊙ h] K_c + b_c);  h' = u ⊙ h + (1 - u) ⊙ c.
+
+    Variables (TF names): ``gates/kernel [depth+H, 2H]`` (r then u), ``gates/bias [2H]``
+    (1.0 unless ``bias_initializer``), ``candidate/kernel [depth+H, H]``, ``candidate/bias [H]``
+    (zeros). With ``reset_after=True`` the reset gate multiplies ``h U_c + b_hc`` instead (the
+    cuDNN / Keras / torch GRU), and the candidate variables are named as TF's
+    ``CudnnCompatibleGRUCell``: ``candidate/input_projection/{kernel,bias}`` and
+    ``candidate/hidden_projection/{kernel,bias}``.
+
+    Args:
+        num_units: H.
+        activation: candidate activation (default tanh).
+        kernel_initializer: for both kernels (default: the scope's, else glorot_uniform).
+        bias_initializer: for both biases (default: gates 1.0, candidate 0).
+        reset_after: apply the reset gate after the recurrent matmul.
+        name, reuse, dtype, input_size: see ``BasicRNNCell``.
+    """
+
+    base_name = "gru_cell"
+
+    def __init__(self, num_units: int, activation=None, reuse: bool | None = None,
+                 kernel_initializer=None, bias_initializer=None, name: str | None = None,
+                 dtype: torch.dtype | None = None, reset_after: bool = False,
+                 input_size: int | None = None):
+        check_units(num_units)
+        self.num_units = num_units
+        self.activation = activations.get(activation)
+        self.kernel_initializer = _init.get(kernel_initializer)
+        self.bias_initializer = _init.get(bias_initializer)
+        self.reset_after = bool(reset_after)
+        super().__init__(name=name, reuse=reuse, input_size=input_size, dtype=dtype)
+
+    @property
+    def state_size(self) -> int:
+        return self.num_units
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    def _bias(self, name: str, shape: list[int], dtype, default) -> None:
+        if self.bias_initializer is not None:
+            self.add_variable(name, shape, dtype, self.bias_initializer)
+        else:
+            self.add_variable(name, shape, dtype, default, "cell default")
+
+    def build(self, input_depth: int, dtype: torch.dtype) -> None:
+        H, k = self.num_units, self.kernel_initializer
+        self.add_variable("gates/kernel", [input_depth + H, 2 * H], dtype, k)
+        self._bias("gates/bias", [2 * H], dtype, _init.constant(1.0))
+        if not self.reset_after:
+            self.add_variable("candidate/kernel", [input_depth + H, H], dtype, k)
+            self._bias("candidate/bias", [H], dtype, _init.zeros())
+        else:
+            self.add_variable("candidate/input_projection/kernel", [input_depth, H], dtype, k)
+            self._bias("candidate/input_projection/bias", [H], dtype, _init.zeros())
+            self.add_variable("candidate/hidden_projection/kernel", [H, H], dtype, k)
+            self._bias("candidate/hidden_projection/bias", [H], dtype, _init.zeros())
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        """Views of the fused variables, per gate: ``W_r, W_u, W_c`` (input), ``U_r, U_u, U_c``
+        (recurrent), ``b_r, b_u, b_c`` (and ``b_hc`` with ``reset_after``)."""
+        self.require_built("gates")
+        H, p = self.num_units, self.get_parameter
+        Wg, Ug = split_kernel(p("gates/kernel"), self.input_depth)
+        bg = p("gates/bias")
+        if self.reset_after:
+            Wc, Uc = p("candidate/input_projection/kernel"), p("candidate/hidden_projection/kernel")
+            bc = p("candidate/input_projection/bias")
+            extra = {"b_hc": p("candidate/hidden_projection/bias")}
+        else:
+            (Wc, Uc), bc, extra = split_kernel(p("candidate/kernel"), self.input_depth), \
+                p("candidate/bias"), {}
+        return {"W_r": Wg[:, :H], "W_u": Wg[:, H:], "W_c": Wc,
+                "U_r": Ug[:, :H], "U_u": Ug[:, H:], "U_c": Uc,
+                "b_r": bg[:H], "b_u": bg[H:], "b_c": bc, **extra}
+
+    def canonical(self) -> eq.Canonical:
+        g = self.gates()
+        b_h = None
+        if self.reset_after:
+            b_h = torch.cat([torch.zeros_like(g["b_hc"]).repeat(2), g["b_hc"]])
+        return eq.Canonical(
+            "gru", torch.cat([g["W_u"], g["W_r"], g["W_c"]], 1),
+            torch.cat([g["U_u"], g["U_r"], g["U_c"]], 1),
+            torch.cat([g["b_u"], g["b_r"], g["b_c"]]), self.activation, torch.sigmoid,
+            b_h=b_h, reset_after=self.reset_after)

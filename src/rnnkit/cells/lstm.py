@@ -1,0 +1,235 @@
+"""TF1 LSTM cells: ``BasicLSTMCell``, ``LSTMCell`` (peepholes, clipping, projection) and
+``LayerNormLSTMCell`` (TF's ``LayerNormBasicLSTMCell``). Gate order in TF1 kernels: i, j, f, o
+(j is the candidate); ``forget_bias`` is added at run time and never stored."""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit import activations
+from rnnkit import init as _init
+from rnnkit.cells import equations as eq
+from rnnkit.cells.base import LSTMStateTuple, check_units
+from rnnkit.cells.fused import FusedCell, blocks, split_kernel
+
+_TF1_TO_CANONICAL = [0, 2, 1, 3]  # i, j, f, o -> i, f, g(j), o
+
+
+def _check_tuple(state_is_tuple: bool) -> None:
+    if not state_is_tuple:
+        raise ValueError("state_is_tuple=False (TF's deprecated concatenated state) is not "
+                         "supported; states are LSTMStateTuple(c, h)")
+
+
+class _TF1LSTMBase(FusedCell):
+    num_units: int
+    forget_bias: float
+
+    def _gate_views(self, kernel: torch.Tensor, bias: torch.Tensor | None) -> dict:
+        H = self.num_units
+        W, U = split_kernel(kernel, self.input_depth)
+        out = {}
+        for k, g in enumerate("ijfo"):
+            out[f"W_{g}"], out[f"U_{g}"] = W[:, k * H:(k + 1) * H], U[:, k * H:(k + 1) * H]
+            if bias is not None:
+                out[f"b_{g}"] = bias[k * H:(k + 1) * H]
+        return out
+
+    def _canonical_wub(self, kernel: torch.Tensor, bias: torch.Tensor | None, fold_forget: bool):
+        H = self.num_units
+        W, U = split_kernel(kernel, self.input_depth)
+        W, U = blocks(W, _TF1_TO_CANONICAL, H), blocks(U, _TF1_TO_CANONICAL, H)
+        if bias is None:
+            return W, U, None
+        b_i, b_j, b_f, b_o = bias.split(H)
+        return W, U, torch.cat([b_i, b_f + self.forget_bias if fold_forget else b_f, b_j, b_o])
+
+
+class BasicLSTMCell(_TF1LSTMBase):
+    """LSTM without peepholes or projection, as ``tf.nn.rnn_cell.BasicLSTMCell``.
+
+    i, j, f, o = [x, h] K + b;  c' = σ(f + forget_bias) ⊙ c + σ(i) ⊙ act(j);  h' = act(c') ⊙ σ(o).
+    Variables: ``kernel [depth+H, 4H]`` (scope initializer, else glorot_uniform), ``bias [4H]``
+    (zeros). State: ``LSTMStateTuple(c, h)``.
+    """
+
+    base_name = "basic_lstm_cell"
+
+    def __init__(self, num_units: int, forget_bias: float = 1.0, state_is_tuple: bool = True,
+                 activation=None, reuse: bool | None = None, name: str | None = None,
+                 dtype: torch.dtype | None = None, input_size: int | None = None):
+        check_units(num_units)
+        _check_tuple(state_is_tuple)
+        self.num_units = num_units
+        self.forget_bias = float(forget_bias)
+        self.activation = activations.get(activation)
+        super().__init__(name=name, reuse=reuse, input_size=input_size, dtype=dtype)
+
+    @property
+    def state_size(self) -> LSTMStateTuple:
+        return LSTMStateTuple(self.num_units, self.num_units)
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    def build(self, input_depth: int, dtype: torch.dtype) -> None:
+        H = self.num_units
+        self.add_variable("kernel", [input_depth + H, 4 * H], dtype)
+        self.add_variable("bias", [4 * H], dtype, _init.zeros(), "cell default")
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        """Views per gate: ``W_i, W_j, W_f, W_o``, ``U_*``, ``b_*`` (forget_bias not included)."""
+        self.require_built("gates")
+        return self._gate_views(self.get_parameter("kernel"), self.get_parameter("bias"))
+
+    def canonical(self) -> eq.Canonical:
+        W, U, b = self._canonical_wub(self.get_parameter("kernel"), self.get_parameter("bias"),
+                                      fold_forget=True)
+        return eq.Canonical("lstm", W, U, b, self.activation, torch.sigmoid)
+
+
+class LSTMCell(_TF1LSTMBase):
+    """LSTM with optional peepholes, cell clipping and projection, as ``tf.nn.rnn_cell.LSTMCell``.
+
+    Adds to ``BasicLSTMCell``: peepholes (``w_i_diag``, ``w_f_diag`` on c, ``w_o_diag`` on c'),
+    ``cell_clip`` (c' clipped to ±cell_clip), ``num_proj`` (h' = m P with
+    ``projection/kernel [H, num_proj]``) and ``proj_clip``. ``initializer`` applies to the
+    kernel, peepholes and projection; where it comes from a scope and cannot make a vector
+    (orthogonal), the peepholes fall back to glorot_uniform and ``provenance`` records it.
+    """
+
+    base_name = "lstm_cell"
+
+    def __init__(self, num_units: int, use_peepholes: bool = False, cell_clip: float | None = None,
+                 initializer=None, num_proj: int | None = None, proj_clip: float | None = None,
+                 num_unit_shards=None, num_proj_shards=None, forget_bias: float = 1.0,
+                 state_is_tuple: bool = True, activation=None, reuse: bool | None = None,
+                 name: str | None = None, dtype: torch.dtype | None = None,
+                 input_size: int | None = None):
+        check_units(num_units)
+        _check_tuple(state_is_tuple)
+        if num_proj is not None:
+            check_units(num_proj, "num_proj")
+        if num_unit_shards not in (None, 1) or num_proj_shards not in (None, 1):
+            raise ValueError("num_unit_shards/num_proj_shards (deprecated in TF) must be None or 1")
+        for arg, value in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{arg} must be a positive number or None, got {value!r}")
+        self.num_units = num_units
+        self.use_peepholes = bool(use_peepholes)
+        self.cell_clip = cell_clip
+        self.initializer = _init.get(initializer)
+        self.num_proj = num_proj
+        self.proj_clip = proj_clip if num_proj is not None else None
+        self.forget_bias = float(forget_bias)
+        self.activation = activations.get(activation)
+        super().__init__(name=name, reuse=reuse, input_size=input_size, dtype=dtype)
+
+    @property
+    def state_size(self) -> LSTMStateTuple:
+        return LSTMStateTuple(self.num_units, self.num_proj or self.num_units)
+
+    @property
+    def output_size(self) -> int:
+        return self.num_proj or self.num_units
+
+    def build(self, input_depth: int, dtype: torch.dtype) -> None:
+        H, init = self.num_units, self.initializer
+        self.add_variable("kernel", [input_depth + self.output_size, 4 * H], dtype, init)
+        self.add_variable("bias", [4 * H], dtype, _init.zeros(), "cell default")
+        if self.use_peepholes:
+            for name in ("w_f_diag", "w_i_diag", "w_o_diag"):
+                self.add_variable(name, [H], dtype, init)
+        if self.num_proj is not None:
+            self.add_variable("projection/kernel", [H, self.num_proj], dtype, init)
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        """Views per gate (``W_i, W_j, W_f, W_o``, ``U_*``, ``b_*``), plus peepholes ``p_i, p_f,
+        p_o`` and the projection ``P`` where the cell has them."""
+        self.require_built("gates")
+        p = self.get_parameter
+        out = self._gate_views(p("kernel"), p("bias"))
+        if self.use_peepholes:
+            out.update(p_i=p("w_i_diag"), p_f=p("w_f_diag"), p_o=p("w_o_diag"))
+        if self.num_proj is not None:
+            out["P"] = p("projection/kernel")
+        return out
+
+    def canonical(self) -> eq.Canonical:
+        p = self.get_parameter
+        W, U, b = self._canonical_wub(p("kernel"), p("bias"), fold_forget=True)
+        peep = (p("w_i_diag"), p("w_f_diag"), p("w_o_diag")) if self.use_peepholes else None
+        return eq.Canonical("lstm", W, U, b, self.activation, torch.sigmoid, peepholes=peep,
+                            cell_clip=self.cell_clip,
+                            P=p("projection/kernel") if self.num_proj is not None else None,
+                            proj_clip=self.proj_clip)
+
+
+class LayerNormLSTMCell(_TF1LSTMBase):
+    """LSTM with layer normalization (Ba et al., 2016), as TF's ``LayerNormBasicLSTMCell``.
+
+    i, j, f, o = LN([x, h] K) (each with its own gain and shift); c' = LN(σ(f + forget_bias) ⊙ c
+    + σ(i) ⊙ act(j)); h' = act(c') ⊙ σ(o). Variables: ``kernel``, and ``{input, transform,
+    forget, output, state}/{gamma, beta}`` (``norm_gain``, ``norm_shift``); with
+    ``layer_norm=False``, a ``bias`` instead (TF gives it no initializer: scope's, else glorot).
+    TF's recurrent dropout option (``dropout_keep_prob``) is not supported.
+    """
+
+    base_name = "layer_norm_basic_lstm_cell"
+    _NORMS = ("input", "forget", "transform", "output", "state")  # canonical i, f, g, o, c
+    EPSILON = 1e-12
+
+    def __init__(self, num_units: int, forget_bias: float = 1.0, activation=None,
+                 layer_norm: bool = True, norm_gain: float = 1.0, norm_shift: float = 0.0,
+                 reuse: bool | None = None, name: str | None = None,
+                 dtype: torch.dtype | None = None, input_size: int | None = None):
+        check_units(num_units)
+        self.num_units = num_units
+        self.forget_bias = float(forget_bias)
+        self.activation = activations.get(activation)
+        self.layer_norm = bool(layer_norm)
+        self.norm_gain, self.norm_shift = float(norm_gain), float(norm_shift)
+        super().__init__(name=name, reuse=reuse, input_size=input_size, dtype=dtype)
+
+    @property
+    def state_size(self) -> LSTMStateTuple:
+        return LSTMStateTuple(self.num_units, self.num_units)
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    def build(self, input_depth: int, dtype: torch.dtype) -> None:
+        H = self.num_units
+        self.add_variable("kernel", [input_depth + H, 4 * H], dtype)
+        if not self.layer_norm:
+            self.add_variable("bias", [4 * H], dtype)
+            return
+        for scope in ("input", "transform", "forget", "output", "state"):
+            self.add_variable(f"{scope}/gamma", [H], dtype, _init.constant(self.norm_gain),
+                              "cell default")
+            self.add_variable(f"{scope}/beta", [H], dtype, _init.constant(self.norm_shift),
+                              "cell default")
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        """Views per gate (``W_*``, ``U_*``; ``b_*`` without layer norm) plus the norms'
+        ``gamma_*``/``beta_*`` for i, j, f, o and c."""
+        self.require_built("gates")
+        p = self.get_parameter
+        out = self._gate_views(p("kernel"), None if self.layer_norm else p("bias"))
+        if self.layer_norm:
+            for letter, scope in zip("ijfoc", ("input", "transform", "forget", "output", "state"),
+                                     strict=True):
+                out[f"gamma_{letter}"], out[f"beta_{letter}"] = p(f"{scope}/gamma"), p(f"{scope}/beta")
+        return out
+
+    def canonical(self) -> eq.Canonical:
+        p = self.get_parameter
+        if not self.layer_norm:
+            W, U, b = self._canonical_wub(p("kernel"), p("bias"), fold_forget=True)
+            return eq.Canonical("lstm", W, U, b, self.activation, torch.sigmoid)
+        W, U, _ = self._canonical_wub(p("kernel"), None, fold_forget=False)
+        norms = tuple((p(f"{s}/gamma"), p(f"{s}/beta")) for s in self._NORMS)
+        return eq.Canonical("layer_norm_lstm", W, U, None, self.activation, torch.sigmoid,
+                            norms=(norms, self.EPSILON), forget_bias=self.forget_bias)

@@ -1,0 +1,197 @@
+"""Cells made of cells: ``MultiRNNCell`` (stacking), ``DropoutWrapper``, ``ResidualWrapper``.
+
+Wrappers add no variable-scope level (their cell's variables keep the cell's own names);
+``MultiRNNCell`` puts layer ``k`` under ``cell_k``, as TF does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from rnnkit.cells.base import LSTMStateTuple, RNNCell, State
+from rnnkit.scope import variable_scope
+from rnnkit.unroll import map_state
+
+
+def _check_cell(cell, argname: str = "cell") -> None:
+    if not isinstance(cell, RNNCell):
+        raise TypeError(f"{argname} must be an rnnkit RNNCell, got {type(cell).__name__}")
+
+
+class MultiRNNCell(RNNCell):
+    """Stack of cells: layer k's output is layer k+1's input; the state is a tuple of states.
+
+    Unrolled layer by layer (the same result as step by step: each layer depends only on the
+    layer below at the same time step), so each layer gets its hoisted input projection.
+    """
+
+    base_name = "multi_rnn_cell"
+
+    def __init__(self, cells: Sequence[RNNCell], state_is_tuple: bool = True):
+        if not cells:
+            raise ValueError("MultiRNNCell: cells must be a non-empty list of cells")
+        if not state_is_tuple:
+            raise ValueError("MultiRNNCell: state_is_tuple=False is not supported")
+        for k, cell in enumerate(cells):
+            _check_cell(cell, f"cells[{k}]")
+        super().__init__()
+        self.cells = torch.nn.ModuleList(cells)
+
+    @property
+    def state_size(self) -> tuple:
+        return tuple(cell.state_size for cell in self.cells)
+
+    @property
+    def output_size(self) -> int:
+        return self.cells[-1].output_size
+
+    def build(self, input_depth: int, dtype: torch.dtype) -> None:
+        for k, cell in enumerate(self.cells):
+            with variable_scope(f"cell_{k}"):
+                cell.ensure_built(input_depth, dtype)
+            input_depth = cell.output_size
+
+    def sequence_params(self) -> list:
+        return [cell.sequence_params() for cell in self.cells]
+
+    def prepare_inputs(self, inputs: torch.Tensor, params) -> torch.Tensor:
+        return self.cells[0].prepare_inputs(inputs, params[0])
+
+    def step(self, prepared: torch.Tensor, state: State, params) -> tuple[torch.Tensor, State]:
+        new_states, out = [], prepared
+        for k, cell in enumerate(self.cells):
+            x = out if k == 0 else cell.prepare_inputs(out, params[k])
+            out, new = cell.step(x, state[k], params[k])
+            new_states.append(new)
+        return out, tuple(new_states)
+
+    def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None):
+        finals, x = [], inputs
+        for cell, layer_state in zip(self.cells, state, strict=True):
+            x, final = cell.unroll(x, layer_state, mask, masked_output, chunk)
+            finals.append(final)
+        return x, tuple(finals)
+
+
+class _Wrapper(RNNCell):
+    """A cell around a cell, sharing its variables, scope and sizes."""
+
+    def __init__(self, cell: RNNCell):
+        _check_cell(cell)
+        super().__init__()
+        self.cell = cell
+
+    @property
+    def state_size(self):
+        return self.cell.state_size
+
+    @property
+    def output_size(self) -> int:
+        return self.cell.output_size
+
+    @property
+    def scope_name(self) -> str | None:
+        return self.cell.scope_name
+
+    def ensure_built(self, input_depth: int, dtype: torch.dtype) -> None:
+        self.cell.ensure_built(input_depth, dtype)
+        self.input_depth = input_depth
+
+    def sequence_params(self):
+        return self.cell.sequence_params()
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        return self.cell.gates()
+
+
+def _keep_state_leaf(state: State) -> State:
+    """TF's default state filter: dropout on every state tensor except an LSTM's memory ``c``."""
+    if isinstance(state, LSTMStateTuple):
+        return LSTMStateTuple(False, True)
+    if isinstance(state, tuple):
+        return tuple(_keep_state_leaf(s) for s in state)
+    return True
+
+
+class DropoutWrapper(_Wrapper):
+    """Dropout on a cell's inputs, outputs and state, as ``tf.nn.rnn_cell.DropoutWrapper``.
+
+    Kept values are scaled by ``1/keep_prob``. With ``variational_recurrent=True`` one mask per
+    sequence is drawn (Gal & Ghahramani, 2016) and reused at every step. Dropout applies in
+    training mode only (``module.eval()`` turns it off; TF1 code sets keep_prob=1 instead).
+    """
+
+    def __init__(self, cell: RNNCell, input_keep_prob: float = 1.0, output_keep_prob: float = 1.0,
+                 state_keep_prob: float = 1.0, variational_recurrent: bool = False,
+                 input_size: int | None = None, dtype: torch.dtype | None = None,
+                 seed: int | None = None,
+                 dropout_state_filter_visitor: Callable[[State], State] | None = None):
+        super().__init__(cell)
+        for arg, value in (("input_keep_prob", input_keep_prob),
+                           ("output_keep_prob", output_keep_prob),
+                           ("state_keep_prob", state_keep_prob)):
+            if not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"DropoutWrapper: {arg} must be in (0, 1], got {value!r}")
+        self.keep = {"input": float(input_keep_prob), "output": float(output_keep_prob),
+                     "state": float(state_keep_prob)}
+        self.variational = bool(variational_recurrent)
+        self.state_filter = dropout_state_filter_visitor or _keep_state_leaf
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self._masks: dict[str, object] = {}
+        del input_size, dtype
+
+    def _noise(self, like: torch.Tensor, keep: float) -> torch.Tensor:
+        u = torch.rand(like.shape, generator=self._generator, dtype=like.dtype)
+        return torch.floor(keep + u).to(like.device) / keep
+
+    def begin_sequence(self, batch_size: int, dtype: torch.dtype, device) -> None:
+        self._masks = {}
+        super().begin_sequence(batch_size, dtype, device)
+
+    def _drop(self, x: torch.Tensor, kind: str, key: str = "") -> torch.Tensor:
+        keep = self.keep[kind]
+        if keep == 1.0 or not self.training:
+            return x
+        if not self.variational:
+            return x * self._noise(x, keep)
+        key = kind + key
+        mask = self._masks.get(key)
+        if mask is None or mask.shape != x.shape[-2:]:
+            mask = self._masks[key] = self._noise(x[(0,) * (x.dim() - 2)], keep)
+        return x * mask
+
+    def prepare_inputs(self, inputs: torch.Tensor, params) -> torch.Tensor:
+        return self.cell.prepare_inputs(self._drop(inputs, "input"), params)
+
+    def step(self, prepared: torch.Tensor, state: State, params) -> tuple[torch.Tensor, State]:
+        out, new = self.cell.step(prepared, state, params)
+        if self.keep["state"] < 1.0:
+            leaves = iter(range(10**9))
+            new = map_state(lambda s, use: self._drop(s, "state", str(next(leaves))) if use else s,
+                            new, self.state_filter(new))
+        return self._drop(out, "output"), new
+
+
+class ResidualWrapper(_Wrapper):
+    """Adds the cell's input to its output: ``residual_fn(inputs, output)``, default a sum."""
+
+    def __init__(self, cell: RNNCell, residual_fn: Callable | None = None):
+        super().__init__(cell)
+        self.residual_fn = residual_fn or (lambda x, y: x + y)
+
+    def ensure_built(self, input_depth: int, dtype: torch.dtype) -> None:
+        super().ensure_built(input_depth, dtype)
+        if input_depth != self.cell.output_size:
+            raise ValueError(f"ResidualWrapper: inputs must have depth {self.cell.output_size} "
+                             f"(the cell's output size) to be added, got {input_depth}")
+
+    def prepare_inputs(self, inputs: torch.Tensor, params) -> torch.Tensor:
+        # The raw input rides along with the prepared one so each step can add it back.
+        return torch.cat([inputs, self.cell.prepare_inputs(inputs, params)], dim=-1)
+
+    def step(self, prepared: torch.Tensor, state: State, params) -> tuple[torch.Tensor, State]:
+        x, rest = prepared[..., : self.input_depth], prepared[..., self.input_depth:]
+        out, new = self.cell.step(rest, state, params)
+        return self.residual_fn(x, out), new
