@@ -304,8 +304,8 @@ def _choose_initializer(scope: VariableScope, initializer, origin: str | None,
         if reason is None:
             return Provenance(inherited, "scope", scope.initializer_scope)
         fallback = _default_initializer(dtype)
-        note = (f"scope '{scope.initializer_scope}' initializer {inherited!r} cannot make shape "
-                f"{list(shape)} ({reason}); used {fallback!r}, get_variable's default")
+        note = (f"{inherited!r} from scope '{scope.initializer_scope}': {reason}; "
+                f"used {fallback!r}")
         return Provenance(fallback, "fallback", scope.initializer_scope, note)
     return Provenance(_default_initializer(dtype), "default")
 

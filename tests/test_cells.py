@@ -1,0 +1,233 @@
+"""Cells and unroll without TensorFlow: float64 gradcheck, closed forms, path equivalence, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+import rnnkit as rk
+from rnnkit.unroll import reverse_sequence
+
+CELLS = {
+    "basic_rnn": lambda: rk.BasicRNNCell(3),
+    "basic_rnn_relu": lambda: rk.BasicRNNCell(3, activation="relu"),
+    "gru": lambda: rk.GRUCell(3),
+    "gru_reset_after": lambda: rk.GRUCell(3, reset_after=True),
+    "basic_lstm": lambda: rk.BasicLSTMCell(3, forget_bias=0.5),
+    "lstm_peep_proj_clip": lambda: rk.LSTMCell(3, use_peepholes=True, num_proj=2, cell_clip=0.8,
+                                              proj_clip=0.3),
+    "layer_norm_lstm": lambda: rk.LayerNormLSTMCell(3),
+    "layer_norm_lstm_off": lambda: rk.LayerNormLSTMCell(3, layer_norm=False),
+    "multi": lambda: rk.MultiRNNCell([rk.GRUCell(3), rk.BasicLSTMCell(2)]),
+    "residual": lambda: rk.ResidualWrapper(rk.GRUCell(4)),
+}
+
+
+def _leaves(state):
+    return torch.utils._pytree.tree_leaves(state)
+
+
+def _random_state(cell, batch, dtype, gen):
+    return torch.utils._pytree.tree_map(
+        lambda n: torch.randn(batch, n, dtype=dtype, generator=gen), cell.state_size)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_gradcheck_float64(name):
+    """Analytic gradients of outputs and final state w.r.t. inputs, state and every weight."""
+    gen = torch.Generator().manual_seed(0)
+    cell = CELLS[name]()
+    x = torch.randn(2, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    rk.dynamic_rnn(cell, x, dtype=torch.float64)  # build in float64
+    state0 = [t.requires_grad_() for t in _leaves(_random_state(cell, 2, torch.float64, gen))]
+    spec = torch.utils._pytree.tree_structure(cell.state_size)
+    params = list(cell.parameters())
+
+    def f(x, *flat):
+        state = torch.utils._pytree.tree_unflatten(list(flat[:len(state0)]), spec)
+        out, final = rk.dynamic_rnn(cell, x, sequence_length=[3, 1], initial_state=state,
+                                    scope="rnn")
+        return (out, *_leaves(final))
+
+    with rk.variable_scope("", reuse=True):
+        assert torch.autograd.gradcheck(f, (x, *state0, *params), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_step_calls_equal_the_unrolled_loop(name):
+    """A hand-written Python loop of cell(x_t, state) gives dynamic_rnn's outputs and state."""
+    gen = torch.Generator().manual_seed(1)
+    cell = CELLS[name]()
+    x = torch.randn(3, 5, 4, generator=gen)
+    out, final = rk.dynamic_rnn(cell, x)
+    state = cell.zero_state(3)
+    for t in range(5):
+        y, state = cell(x[:, t], state)
+        torch.testing.assert_close(y, out[:, t], atol=1e-6, rtol=1e-6)
+    for a, b in zip(_leaves(state), _leaves(final), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm_peep_proj_clip", "multi"])
+def test_padded_equals_each_sequence_alone(name):
+    gen = torch.Generator().manual_seed(2)
+    cell = CELLS[name]()
+    x = torch.randn(3, 6, 4, generator=gen)
+    lengths = [6, 2, 4]
+    out, final = rk.dynamic_rnn(cell, x, sequence_length=lengths)
+    for b, n in enumerate(lengths):
+        alone, st = _run_again(cell, x[b:b + 1, :n])
+        torch.testing.assert_close(out[b:b + 1, :n], alone, atol=1e-6, rtol=1e-6)
+        assert torch.count_nonzero(out[b, n:]) == 0
+        for a, c in zip(_leaves(final), _leaves(st), strict=True):
+            torch.testing.assert_close(a[b:b + 1], c, atol=1e-6, rtol=1e-6)
+
+
+def _run_again(cell, x):
+    """Unroll an already-built cell (no new variables are made)."""
+    out, state = cell.unroll(x.transpose(0, 1), cell.zero_state(x.shape[0]))
+    return out.transpose(0, 1), state
+
+
+def test_backward_direction_reverses_within_length():
+    gen = torch.Generator().manual_seed(3)
+    fw, bw = rk.GRUCell(3), rk.GRUCell(3)
+    x = torch.randn(2, 5, 4, generator=gen)
+    lengths = torch.tensor([5, 3])
+    (_, out_bw), (_, st_bw) = rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        rev, st = _run_again(bw, x[b:b + 1, :n].flip(1))
+        torch.testing.assert_close(out_bw[b:b + 1, :n], rev.flip(1), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(st_bw[b:b + 1], st, atol=1e-6, rtol=1e-6)
+
+
+def test_reverse_sequence_matches_numpy():
+    x = torch.arange(2 * 5, dtype=torch.float32).reshape(5, 2, 1)
+    lengths = torch.tensor([3, 0])
+    got = reverse_sequence(x, lengths)[..., 0].T.numpy()
+    np.testing.assert_array_equal(got, [[4, 2, 0, 6, 8], [1, 3, 5, 7, 9]])
+
+
+@pytest.mark.parametrize("name", ["gru", "basic_lstm", "multi"])
+def test_swap_memory_equals_plain_unroll(name):
+    gen = torch.Generator().manual_seed(4)
+    cell = CELLS[name]()
+    x = torch.randn(2, 17, 4, generator=gen, requires_grad=True)
+    out, _ = rk.dynamic_rnn(cell, x, sequence_length=[17, 9])
+    g_plain = torch.autograd.grad(out.square().sum(), [x, *cell.parameters()])
+    with rk.variable_scope("", reuse=True):
+        out2, _ = rk.dynamic_rnn(cell, x, sequence_length=[17, 9], swap_memory=True, scope="rnn")
+    g_swap = torch.autograd.grad(out2.square().sum(), [x, *cell.parameters()])
+    torch.testing.assert_close(out, out2, atol=0, rtol=0)
+    for a, b in zip(g_plain, g_swap, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_gru_closed_form_and_gate_views():
+    """h' = u h + (1-u) c written out from cell.gates() equals the cell's step."""
+    cell = rk.GRUCell(3, input_size=2)
+    g = cell.gates()
+    assert g["W_r"].shape == (2, 3) and g["U_c"].shape == (3, 3)
+    assert g["W_r"].data_ptr() == cell.get_parameter("gates/kernel").data_ptr()  # a view
+    assert torch.equal(g["b_r"], torch.ones(3)) and torch.equal(g["b_c"], torch.zeros(3))
+    x, h = torch.randn(4, 2), torch.randn(4, 3)
+    r = torch.sigmoid(x @ g["W_r"] + h @ g["U_r"] + g["b_r"])
+    u = torch.sigmoid(x @ g["W_u"] + h @ g["U_u"] + g["b_u"])
+    c = torch.tanh(x @ g["W_c"] + (r * h) @ g["U_c"] + g["b_c"])
+    torch.testing.assert_close(cell(x, h)[0], u * h + (1 - u) * c)
+
+
+def test_lstm_forget_bias_is_added_at_run_time_not_stored():
+    cell = rk.BasicLSTMCell(2, forget_bias=3.0, input_size=1)
+    assert torch.count_nonzero(cell.get_parameter("bias")) == 0
+    with torch.no_grad():
+        cell.get_parameter("kernel").zero_()
+    state = rk.LSTMStateTuple(torch.ones(1, 2), torch.zeros(1, 2))
+    _, new = cell(torch.zeros(1, 1), state)
+    torch.testing.assert_close(new.c, torch.full((1, 2), float(torch.sigmoid(torch.tensor(3.0)))))
+
+
+def test_linear_rnn_with_ones_kernel_sums_inputs():
+    """A linear BasicRNNCell with kernel [[1], [1]] and zero bias accumulates its inputs."""
+    cell = rk.BasicRNNCell(1, activation="linear", input_size=1)
+    with torch.no_grad():
+        cell.get_parameter("kernel").fill_(1.0)
+    x = torch.arange(1.0, 6.0).reshape(1, 5, 1)
+    out, state = rk.dynamic_rnn(cell, x)
+    torch.testing.assert_close(out.flatten(), torch.tensor([1.0, 3.0, 6.0, 10.0, 15.0]))
+
+
+def test_dropout_wrapper_variational_masks_repeat_over_time():
+    torch.manual_seed(0)
+    cell = rk.DropoutWrapper(rk.BasicRNNCell(50, activation="linear"), output_keep_prob=0.5,
+                             variational_recurrent=True, seed=3)
+    out, _ = rk.dynamic_rnn(cell, torch.ones(2, 4, 3))
+    zeros = out == 0
+    assert torch.equal(zeros[:, 0], zeros[:, 3]) and 0 < zeros.float().mean() < 1
+    cell.eval()
+    with rk.variable_scope("", reuse=True):
+        out_eval, _ = rk.dynamic_rnn(cell, torch.ones(2, 4, 3), scope="rnn")
+    assert torch.count_nonzero(out_eval == 0) == 0
+
+
+def test_reuse_shares_parameters_between_towers():
+    x = torch.randn(2, 3, 4)
+    with rk.variable_scope("tower"):
+        c1 = rk.GRUCell(3)
+        rk.dynamic_rnn(c1, x)
+    with rk.variable_scope("tower", reuse=True):
+        c2 = rk.GRUCell(3)
+        rk.dynamic_rnn(c2, x)
+    assert [id(p) for p in c1.parameters()] == [id(p) for p in c2.parameters()]
+    assert len(rk.global_variables()) == 4
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda c: rk.dynamic_rnn(c, torch.randn(2, 3)), r"\[batch, time, depth\]"),
+    (lambda c: rk.dynamic_rnn(c, torch.randn(2, 3, 4), sequence_length=[1, 2, 3]),
+     r"sequence_length must have shape \[batch\] = \[2\]"),
+    (lambda c: rk.dynamic_rnn(c, torch.randn(2, 3, 4), sequence_length=[1, 4]),
+     r"in \[0, 3\]"),
+    (lambda c: rk.dynamic_rnn(c, torch.randn(2, 3, 4), sequence_length=[-1, 2]), r"in \[0, 3\]"),
+    (lambda c: rk.dynamic_rnn(c, torch.randn(2, 3, 4), initial_state=torch.zeros(3, 3)),
+     r"initial_state must have shapes \[2, 3\]"),
+    (lambda c: rk.dynamic_rnn(c, torch.randn(2, 3, 4),
+                              initial_state=(torch.zeros(2, 3), torch.zeros(2, 3))),
+     "initial_state must have the structure"),
+    (lambda c: rk.dynamic_rnn("gru", torch.randn(2, 3, 4)), "cell must be an rnnkit RNNCell"),
+    (lambda c: c(torch.randn(2, 3, 4), torch.zeros(2, 3)), r"\[batch, depth\]"),
+])
+def test_bad_input_names_the_argument(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(rk.GRUCell(3))
+
+
+def test_depth_change_after_build_is_an_error():
+    cell = rk.GRUCell(3)
+    rk.dynamic_rnn(cell, torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="must have depth 4"):
+        cell(torch.randn(2, 5), torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: rk.GRUCell(0), "num_units must be a positive int"),
+    (lambda: rk.LSTMCell(3, num_proj=-1), "num_proj must be a positive int"),
+    (lambda: rk.LSTMCell(3, cell_clip=-1.0), "cell_clip must be a positive number"),
+    (lambda: rk.DropoutWrapper(rk.GRUCell(2), input_keep_prob=0.0), "input_keep_prob"),
+    (lambda: rk.MultiRNNCell([]), "non-empty"),
+    (lambda: rk.MultiRNNCell([rk.GRUCell(2), "x"]), r"cells\[1\]"),
+    (lambda: rk.GRUCell(2).gates(), "no variables yet"),
+])
+def test_bad_construction(make, match):
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        make()
+
+
+def test_describe_reports_peephole_fallback_under_orthogonal_scope():
+    with rk.variable_scope("model", initializer=rk.init.orthogonal()):
+        cell = rk.LSTMCell(4, use_peepholes=True)
+        rk.dynamic_rnn(cell, torch.randn(2, 3, 5))
+    table = rk.describe(cell)
+    row = table["model/rnn/lstm_cell/w_f_diag:0"]
+    assert row["initializer"] == "glorot_uniform()" and row["origin"].startswith("fallback")
+    assert table["model/rnn/lstm_cell/kernel:0"]["initializer"] == "orthogonal()"
+    assert "fallback" in str(table)
