@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test,oracle]' $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[all,test,oracle]' $(TORCH_PIN)
 	touch $@
 
 env: $(VENV)/.installed

@@ -1,0 +1,16 @@
+"""The one error every rnnkit file reader and writer raises for a bad file."""
+
+from __future__ import annotations
+
+
+class FormatError(ValueError):
+    """A file is missing, truncated, corrupt, of another format, or unsafe to load.
+
+    Every reader in ``rnnkit.io`` raises this (never a bare ``KeyError``, ``struct.error`` or a
+    crash) and leaves no partial model behind. ``path`` is the file, ``reason`` what was wrong.
+    """
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
