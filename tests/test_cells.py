@@ -231,3 +231,29 @@ def test_describe_reports_peephole_fallback_under_orthogonal_scope():
     assert row["initializer"] == "glorot_uniform()" and row["origin"].startswith("fallback")
     assert table["model/rnn/lstm_cell/kernel:0"]["initializer"] == "orthogonal()"
     assert "fallback" in str(table)
+
+
+def test_layer_norm_lstm_matches_numpy_reference():
+    """TF's LayerNormBasicLSTMCell equations written in NumPy (epsilon 1e-12, gain/shift per gate)."""
+    cell = rk.LayerNormLSTMCell(3, forget_bias=0.7, norm_gain=1.3, norm_shift=0.2, input_size=2)
+    g = {k: v.detach().double().numpy() for k, v in cell.gates().items()}
+    x = np.random.RandomState(0).randn(4, 2)
+    c, h = np.random.RandomState(1).randn(2, 4, 3)
+
+    def ln(v, gamma, beta):
+        mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+        return (v - mu) / np.sqrt(var + 1e-12) * gamma + beta
+
+    def sig(v):
+        return 1 / (1 + np.exp(-v))
+
+    pre = {k: ln(x @ g[f"W_{k}"] + h @ g[f"U_{k}"], g[f"gamma_{k}"], g[f"beta_{k}"]) for k in "ijfo"}
+    c_new = ln(c * sig(pre["f"] + 0.7) + sig(pre["i"]) * np.tanh(pre["j"]), g["gamma_c"], g["beta_c"])
+    h_new = np.tanh(c_new) * sig(pre["o"])
+    state = rk.LSTMStateTuple(torch.tensor(c, dtype=torch.float32), torch.tensor(h, dtype=torch.float32))
+    out, new = cell(torch.tensor(x, dtype=torch.float32), state)
+    np.testing.assert_allclose(new.c.detach().numpy(), c_new, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.detach().numpy(), h_new, rtol=1e-5, atol=1e-5)
+    names = sorted(n for n, _ in cell.named_parameters())
+    assert names == sorted(["kernel"] + [f"{s}/{p}" for s in ("input", "transform", "forget", "output",
+                                                               "state") for p in ("gamma", "beta")])
