@@ -92,7 +92,7 @@ class Initializer:
             raise ValueError(f"{self.name}: {reason}")
         if generator is None:
             generator = self._seeded_generator()
-        return self._sample(shape, dtype, generator)
+        return self._sample(shape, dtype, generator).contiguous()  # one memory layout for all
 
     def unsupported(self, shape: Sequence[int]) -> str | None:
         """Why this initializer cannot make ``shape``, or None if it can."""

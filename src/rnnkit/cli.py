@@ -1,45 +1,97 @@
 """The ``rnnkit`` command line.
 
-``rnnkit demo`` shows where a TF1 GRU's weights are and how each was initialized. (The full
-initialization study of the adding and copy tasks is still to come.)
+Each verb is a subcommand with its own ``--help``; errors go to stderr and give a non-zero exit
+status (2 for bad arguments, 1 for failures, 130 when interrupted).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
-import torch
+DEFAULT_OUT = "rnnkit-demo-out"
 
-import rnnkit as rk
+
+class _Error(Exception):
+    """A failure to report as ``rnnkit <verb>: error: ...`` with exit status 1."""
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
 
 
 def _demo(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    x = torch.randn(4, 10, 8)
-    lengths = torch.tensor([10, 7, 3, 1])
-    with rk.variable_scope("model", initializer=rk.init.orthogonal()):
-        fw = rk.MultiRNNCell([rk.GRUCell(16), rk.LSTMCell(16, use_peepholes=True)])
-        bw = rk.GRUCell(16)
-        (out_fw, out_bw), _ = rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths)
-    print("TF1-style bidirectional model under variable_scope('model', initializer=orthogonal()):")
-    print(f"  outputs fw {list(out_fw.shape)}, bw {list(out_bw.shape)}; zero past each length: "
-          f"{bool((out_fw[3, 1:] == 0).all())}\n")
-    print(rk.describe())
-    print("\nThe GRU's gates as views of its fused kernels (x @ W, h @ U):")
-    for name, t in bw.gates().items():
-        print(f"  {name:4s} {list(t.shape)}")
+    import torch
+
+    try:
+        from rnnkit import study
+    except ImportError as e:
+        raise _Error(f"the demo needs matplotlib and tqdm ({e}); install them with "
+                     "`pip install 'rnnkit[demo]'`") from e
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise _Error(f"--out must be a folder, but {str(out)!r} is an existing file")
+    torch.set_num_threads(1)  # tiny matrices: a second thread only adds synchronization
+    settings = study.QUICK if args.quick else study.DEFAULT
+    print(f"rnnkit demo: initialization study ({'quick' if args.quick else 'default'} settings, "
+          f"seed {args.seed}), writing to {out}/", file=sys.stderr)
+    try:
+        outcome = study.run(out, settings=settings, seed=args.seed, progress=not args.no_progress)
+    except OSError as e:
+        raise _Error(f"cannot write the results to {str(out)!r}: {e}") from e
+    print(outcome.table)
+    print(f"\nWrote {', '.join(p.name for p in outcome.paths.values())} to {out}/ "
+          f"in {outcome.seconds:.0f} s; read {outcome.paths['report']}.")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="initialization study on the adding problem and the copy task",
+        description="Train rnnkit's TF1 cells (tanh RNN glorot vs orthogonal, IRNN, LSTM forget "
+                    "bias 0/1/chrono, GRU gate bias 1/0, PyTorch's default init) on the adding "
+                    "problem and the copy task; print a results table and write PNG plots and "
+                    "report.md. About 10 minutes on 2 CPU cores; --quick about 1.")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few steps (about a minute)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"output folder (default ./{DEFAULT_OUT})")
+    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="N",
+                   help="seed for the data and the initializations (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_demo)
+
+
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rnnkit`` parser; each entry of ``VERBS`` adds one subcommand."""
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="verb", required=True)
-    demo = sub.add_parser("demo", help="show a TF1 model's weights, gates and initializers")
-    demo.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
-    demo.set_defaults(run=_demo)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in VERBS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except _Error as e:
+        print(f"rnnkit {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"rnnkit {args.verb}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from rnnkit.cells.base import RNNCell, State, check_state
+from rnnkit.fast.dispatch import check_fast, fast_mode
 from rnnkit.scope import VariableScope, variable_scope
 from rnnkit.unroll import default_chunk, length_mask, reverse_sequence
 
@@ -40,8 +41,10 @@ def _check_lengths(sequence_length, batch: int, steps: int, device) -> torch.Ten
 
 
 def _run(cell: RNNCell, inputs_tm: torch.Tensor, initial_state: State | None, dtype,
-         lengths: torch.Tensor | None, swap_memory: bool, argname: str = "initial_state"):
-    """Build the cell, check the state and run the time-major unroll."""
+         lengths: torch.Tensor | None, swap_memory: bool, argname: str = "initial_state",
+         fast="auto"):
+    """Build the cell, check the state and run the time-major unroll (on the path ``fast``
+    allows, see ``rnnkit.fast.dispatch``)."""
     steps, batch, depth = inputs_tm.shape
     cell.ensure_built(depth, inputs_tm.dtype)
     if initial_state is None:
@@ -52,7 +55,8 @@ def _run(cell: RNNCell, inputs_tm: torch.Tensor, initial_state: State | None, dt
     cell.begin_sequence(batch, inputs_tm.dtype, inputs_tm.device)
     mask = length_mask(lengths, steps) if lengths is not None else None
     chunk = default_chunk(steps) if swap_memory else None
-    return cell.unroll(inputs_tm, state, mask, "zero", chunk)
+    with fast_mode(fast):
+        return cell.unroll(inputs_tm, state, mask, "zero", chunk)
 
 
 def _check_inputs(inputs, time_major: bool) -> torch.Tensor:
@@ -70,8 +74,8 @@ def _check_inputs(inputs, time_major: bool) -> torch.Tensor:
 def dynamic_rnn(cell: RNNCell, inputs: torch.Tensor, sequence_length=None,
                 initial_state: State | None = None, dtype: torch.dtype | None = None,
                 parallel_iterations: int | None = None, swap_memory: bool = False,
-                time_major: bool = False, scope: str | VariableScope | None = None
-                ) -> tuple[torch.Tensor, State]:
+                time_major: bool = False, scope: str | VariableScope | None = None,
+                fast="auto") -> tuple[torch.Tensor, State]:
     """Unroll ``cell`` over ``inputs``, as ``tf.compat.v1.nn.dynamic_rnn``.
 
     Args:
@@ -86,23 +90,28 @@ def dynamic_rnn(cell: RNNCell, inputs: torch.Tensor, sequence_length=None,
             the backward pass.
         time_major: layout of ``inputs`` and outputs.
         scope: variable scope name or object (default ``"rnn"``).
+        fast: ``"auto"`` (the fastest exact path, e.g. oneDNN on CPU, else the reference loop),
+            ``True`` (a fast path or an error) or ``False`` (the reference loop); the result does
+            not depend on it. ``rnnkit.fast.explain`` says which path runs and why.
 
     Returns:
         ``(outputs, final_state)``; outputs ``[batch, time, cell.output_size]``.
 
     Raises:
-        ValueError / TypeError: inputs not rank 3, lengths of the wrong shape or range, or an
-            initial state of the wrong structure or shape.
+        ValueError / TypeError: inputs not rank 3, lengths of the wrong shape or range, an
+            initial state of the wrong structure or shape, ``fast`` not one of its three
+            values, or ``fast=True`` where no fast path can run (the message lists why).
 
     Example:
         >>> outputs, state = dynamic_rnn(GRUCell(8), x, sequence_length=lengths)  # doctest: +SKIP
     """
     del parallel_iterations
     _check_cell(cell, "cell")
+    check_fast(fast)
     x = _check_inputs(inputs, time_major)
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device)
     with variable_scope(scope or "rnn"):
-        outputs, state = _run(cell, x, initial_state, dtype, lengths, swap_memory)
+        outputs, state = _run(cell, x, initial_state, dtype, lengths, swap_memory, fast=fast)
     return (outputs if time_major else outputs.transpose(0, 1)), state
 
 
@@ -111,12 +120,14 @@ def bidirectional_dynamic_rnn(cell_fw: RNNCell, cell_bw: RNNCell, inputs: torch.
                               initial_state_bw: State | None = None,
                               dtype: torch.dtype | None = None,
                               parallel_iterations: int | None = None, swap_memory: bool = False,
-                              time_major: bool = False, scope: str | VariableScope | None = None):
+                              time_major: bool = False, scope: str | VariableScope | None = None,
+                              fast="auto"):
     """Forward and backward ``dynamic_rnn``, as ``tf.compat.v1.nn.bidirectional_dynamic_rnn``.
 
     The backward cell reads each sequence reversed within its own length; its outputs are
     reversed back, so both outputs are aligned with the inputs. Scopes:
-    ``bidirectional_rnn/fw`` and ``bidirectional_rnn/bw`` (or under ``scope``).
+    ``bidirectional_rnn/fw`` and ``bidirectional_rnn/bw`` (or under ``scope``). ``fast`` is
+    as in ``dynamic_rnn``, for both directions.
 
     Returns:
         ``((output_fw, output_bw), (state_fw, state_bw))``.
@@ -124,15 +135,16 @@ def bidirectional_dynamic_rnn(cell_fw: RNNCell, cell_bw: RNNCell, inputs: torch.
     del parallel_iterations
     _check_cell(cell_fw, "cell_fw")
     _check_cell(cell_bw, "cell_bw")
+    check_fast(fast)
     x = _check_inputs(inputs, time_major)
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device)
     with variable_scope(scope or "bidirectional_rnn"):
         with variable_scope("fw"):
             out_fw, st_fw = _run(cell_fw, x, initial_state_fw, dtype, lengths, swap_memory,
-                                 "initial_state_fw")
+                                 "initial_state_fw", fast)
         with variable_scope("bw"):
             out_bw, st_bw = _run(cell_bw, reverse_sequence(x, lengths), initial_state_bw, dtype,
-                                 lengths, swap_memory, "initial_state_bw")
+                                 lengths, swap_memory, "initial_state_bw", fast)
             out_bw = reverse_sequence(out_bw, lengths)
     if not time_major:
         out_fw, out_bw = out_fw.transpose(0, 1), out_bw.transpose(0, 1)

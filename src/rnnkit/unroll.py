@@ -84,16 +84,17 @@ def scan(step: StepFn, xs: torch.Tensor, state, mask: torch.Tensor | None = None
         return torch.stack(outputs), state
     leaves, spec = pytree.tree_flatten(state)
     pieces, prev = [], None
-    for lo in range(0, steps, chunk):
-        hi = min(lo + chunk, steps)
-        sub_mask = mask[lo:hi] if mask is not None else None
+    # split, not slices: the gradient of a slice is a zero-padded tensor of all T steps, one per
+    # chunk in the backward pass; split's backward concatenates the chunks' gradients once.
+    for lo, part in zip(range(0, steps, chunk), xs.split(chunk), strict=True):
+        sub_mask = mask[lo:lo + chunk] if mask is not None else None
 
         def body(x_chunk, prev_out, *flat, sub_mask=sub_mask):
             outs, st, last = _run(step, x_chunk, pytree.tree_unflatten(list(flat), spec),
                                   sub_mask, keep, prev_out)
             return (torch.stack(outs), last, *pytree.tree_leaves(st))
 
-        res = checkpoint(body, xs[lo:hi], prev, *leaves, use_reentrant=False)
+        res = checkpoint(body, part, prev, *leaves, use_reentrant=False)
         pieces.append(res[0])
         prev, leaves = res[1], list(res[2:])
     return torch.cat(pieces), pytree.tree_unflatten(leaves, spec)

@@ -158,13 +158,26 @@ class RNNCell(torch.nn.Module):
         params = self.sequence_params()
         return self.step(self.prepare_inputs(inputs, params), state, params)
 
+    def uses_canonical_step(self) -> bool:
+        """True when ``step`` is exactly ``Canonical``'s equations, so a fast path may replace
+        the whole unroll (``FusedCell`` without overrides)."""
+        return False
+
     def unroll(self, inputs: torch.Tensor, state: State, mask: torch.Tensor | None = None,
-               masked_output: str = "zero", chunk: int | None = None):
-        """Run over time-major ``inputs`` ``[T, B, depth]`` (built and checked by the caller).
+               masked_output: str = "zero", chunk: int | None = None, fast=None):
+        """Run over time-major ``inputs`` ``[T, B, depth]`` (built and checked by the caller),
+        on the path ``rnnkit.fast.dispatch`` picks; ``fast`` (``"auto"``, ``True``, ``False``)
+        overrides the switch set by ``rnnkit.fast.fast_mode``.
 
         Returns ``(outputs [T, B, output_size], final_state)``; see ``rnnkit.unroll.scan``.
         """
+        from rnnkit.fast import dispatch  # imported here: rnnkit.fast imports the cells
+
         params = self.sequence_params()
+        done = dispatch.unroll(params, inputs, state, mask, masked_output, chunk, fast,
+                               own_step=not self.uses_canonical_step())
+        if done is not None:
+            return done
         xs = self.prepare_inputs(inputs, params)
         return scan(lambda x, s: self.step(x, s, params), xs, state, mask, masked_output, chunk)
 

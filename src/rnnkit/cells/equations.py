@@ -6,6 +6,11 @@ before the nonlinearity; TF1's run-time ``forget_bias`` is folded in here), gate
 Keras order: SimpleRNN (h); GRU (z, r, c); LSTM (i, f, g, o). The input projection
 ``x W + b`` is done for a whole sequence at once; the functions below are the recurrent rest.
 Fast paths consume the same ``Canonical``.
+
+Keras recurrent dropout multiplies ``h`` by a mask before the recurrent matmul (``h_mask``):
+one ``[B, H]`` mask for every gate (SimpleRNN), or ``[B, G, H]``, one per gate block (Keras
+GRU/LSTM with ``recurrent_dropout``, its "implementation 1"); the GRU's ``z ⊙ h`` keeps the
+undropped ``h``. ``masked_matmul`` is that product, also used for Keras input dropout.
 """
 
 from __future__ import annotations
@@ -35,16 +40,42 @@ class Canonical:
     proj_clip: float | None = None
     norms: tuple | None = None  # layer-norm LSTM: ((gamma, beta) for i, f, g, o, c), eps
     forget_bias: float = 0.0  # only for layer_norm_lstm, where it cannot be folded into b
+    h_mask: torch.Tensor | None = None  # recurrent dropout: [B, H] or [B, G, H], see above
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """``x W + b`` over any leading dimensions."""
+    def project(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x W + b`` over any leading dimensions; ``(x ⊙ mask) W + b`` with an input-dropout
+        ``mask`` (``[B, depth]`` or per gate ``[B, G, depth]``, see ``masked_matmul``)."""
+        if mask is not None:
+            return masked_matmul(x, self.W, mask, self.b)
         y = x @ self.W
         return y if self.b is None else y + self.b
 
 
+def masked_matmul(v: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None,
+                  add: torch.Tensor | None = None) -> torch.Tensor:
+    """``(v ⊙ mask) M + add``: ``mask`` None, ``[B, n]`` (one mask), or ``[B, G, n]`` (gate block
+    ``g`` of ``M``'s columns sees ``v ⊙ mask[:, g]``); ``v`` is ``[..., B, n]``."""
+    if mask is None:
+        if add is not None and v.dim() == 2:
+            return torch.addmm(add, v, M)
+        out = v @ M
+    elif mask.dim() == 2:
+        out = (v * mask) @ M
+    else:
+        gates = mask.shape[1]
+        out = torch.einsum("...gi,igj->...gj", v.unsqueeze(-2) * mask,
+                           M.unflatten(1, (gates, -1))).flatten(-2)
+    return out if add is None else out + add
+
+
+def _gates(mask: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:
+    """The part of a per-gate mask for gate blocks ``lo:hi`` (a shared mask is returned as is)."""
+    return mask[:, lo:hi] if mask is not None and mask.dim() == 3 else mask
+
+
 def simple_rnn(xw: torch.Tensor, h: torch.Tensor, p: Canonical) -> torch.Tensor:
     """h' = act(x W + b + h U)."""
-    return p.activation(torch.addmm(xw, h, p.U))
+    return p.activation(masked_matmul(h, p.U, p.h_mask, xw))
 
 
 def gru(xw: torch.Tensor, h: torch.Tensor, p: Canonical) -> torch.Tensor:
@@ -56,16 +87,16 @@ def gru(xw: torch.Tensor, h: torch.Tensor, p: Canonical) -> torch.Tensor:
     H = h.shape[-1]
     x_z, x_r, x_c = xw.split(H, dim=-1)
     if p.reset_after:
-        hu = h @ p.U if p.b_h is None else torch.addmm(p.b_h, h, p.U)
+        hu = masked_matmul(h, p.U, p.h_mask, p.b_h)
         h_z, h_r, h_c = hu.split(H, dim=-1)
         z = p.recurrent_activation(x_z + h_z)
         r = p.recurrent_activation(x_r + h_r)
         c = p.activation(x_c + r * h_c)
     else:
-        h_z, h_r = (h @ p.U[:, : 2 * H]).split(H, dim=-1)
+        h_z, h_r = masked_matmul(h, p.U[:, : 2 * H], _gates(p.h_mask, 0, 2)).split(H, dim=-1)
         z = p.recurrent_activation(x_z + h_z)
         r = p.recurrent_activation(x_r + h_r)
-        c = p.activation(torch.addmm(x_c, r * h, p.U[:, 2 * H:]))
+        c = p.activation(masked_matmul(r * h, p.U[:, 2 * H:], _gates(p.h_mask, 2, 3), x_c))
     return z * h + (1 - z) * c
 
 
@@ -75,7 +106,7 @@ def lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canonical
     c' = σ(f) ⊙ c + σ(i) ⊙ act(g), clipped to ±cell_clip,
     h' = σ(o) ⊙ act(c'), then projected h' P and clipped to ±proj_clip.
     """
-    i, f, g, o = torch.addmm(xw, h, p.U).chunk(4, dim=-1)
+    i, f, g, o = masked_matmul(h, p.U, p.h_mask, xw).chunk(4, dim=-1)
     sig = p.recurrent_activation
     if p.peepholes is not None:
         p_i, p_f, p_o = p.peepholes
@@ -106,7 +137,7 @@ def layer_norm_lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canon
     h' = act(c') ⊙ σ(o).
     """
     (ln_i, ln_f, ln_g, ln_o, ln_c), eps = p.norms
-    i, f, g, o = torch.addmm(xw, h, p.U).chunk(4, dim=-1)
+    i, f, g, o = masked_matmul(h, p.U, p.h_mask, xw).chunk(4, dim=-1)
     i, f, g, o = (_norm(v, *ln, eps) for v, ln in ((i, ln_i), (f, ln_f), (g, ln_g), (o, ln_o)))
     sig = p.recurrent_activation
     c_new = _norm(sig(f + p.forget_bias) * c + sig(i) * p.activation(g), *ln_c, eps)

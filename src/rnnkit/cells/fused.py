@@ -22,6 +22,11 @@ class FusedCell(RNNCell):
     def prepare_inputs(self, inputs: torch.Tensor, params: eq.Canonical) -> torch.Tensor:
         return params.project(inputs)
 
+    def uses_canonical_step(self) -> bool:
+        """True unless a subclass replaces ``prepare_inputs`` or ``step`` with its own."""
+        return (type(self).prepare_inputs is FusedCell.prepare_inputs
+                and type(self).step is FusedCell.step)
+
     def step(self, xw: torch.Tensor, state: State, params: eq.Canonical
              ) -> tuple[torch.Tensor, State]:
         if params.kind == "rnn":

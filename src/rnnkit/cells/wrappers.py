@@ -139,39 +139,60 @@ class DropoutWrapper(_Wrapper):
         self.variational = bool(variational_recurrent)
         self.state_filter = dropout_state_filter_visitor or _keep_state_leaf
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self._global_rng = False
         self._masks: dict[str, object] = {}
         del input_size, dtype
 
-    def _noise(self, like: torch.Tensor, keep: float) -> torch.Tensor:
-        u = torch.rand(like.shape, generator=self._generator, dtype=like.dtype)
+    def _noise(self, like: torch.Tensor, keep: float, global_rng: bool) -> torch.Tensor:
+        u = torch.rand(like.shape, generator=None if global_rng else self._generator, dtype=like.dtype)
         return torch.floor(keep + u).to(like.device) / keep
 
     def begin_sequence(self, batch_size: int, dtype: torch.dtype, device) -> None:
         self._masks = {}
         super().begin_sequence(batch_size, dtype, device)
 
-    def _drop(self, x: torch.Tensor, kind: str, key: str = "") -> torch.Tensor:
+    def sequence_params(self):
+        return self.cell.sequence_params(), self._global_rng
+
+    def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
+        if self._generator is None:
+            return super().unroll(inputs, state, mask, masked_output, chunk, fast)
+        # swap_memory recomputes chunks in the backward pass with the global RNG's state restored,
+        # not a private generator's: a seeded unroll draws from the global RNG, forked and seeded
+        # from the private generator; its steps learn this from their params.
+        seed = int(torch.randint(2**62, (), generator=self._generator))
+        self._global_rng = True
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return super().unroll(inputs, state, mask, masked_output, chunk, fast)
+        finally:
+            self._global_rng = False
+
+    def _drop(self, x: torch.Tensor, kind: str, global_rng: bool, key: str = "") -> torch.Tensor:
         keep = self.keep[kind]
         if keep == 1.0 or not self.training:
             return x
         if not self.variational:
-            return x * self._noise(x, keep)
+            return x * self._noise(x, keep, global_rng)
         key = kind + key
         mask = self._masks.get(key)
         if mask is None or mask.shape != x.shape[-2:]:
-            mask = self._masks[key] = self._noise(x[(0,) * (x.dim() - 2)], keep)
+            mask = self._masks[key] = self._noise(x[(0,) * (x.dim() - 2)], keep, global_rng)
         return x * mask
 
     def prepare_inputs(self, inputs: torch.Tensor, params) -> torch.Tensor:
-        return self.cell.prepare_inputs(self._drop(inputs, "input"), params)
+        cell_params, global_rng = params
+        return self.cell.prepare_inputs(self._drop(inputs, "input", global_rng), cell_params)
 
     def step(self, prepared: torch.Tensor, state: State, params) -> tuple[torch.Tensor, State]:
-        out, new = self.cell.step(prepared, state, params)
+        cell_params, global_rng = params
+        out, new = self.cell.step(prepared, state, cell_params)
         if self.keep["state"] < 1.0:
             leaves = iter(range(10**9))
-            new = map_state(lambda s, use: self._drop(s, "state", str(next(leaves))) if use else s,
-                            new, self.state_filter(new))
-        return self._drop(out, "output"), new
+            new = map_state(lambda s, use: self._drop(s, "state", global_rng, str(next(leaves)))
+                            if use else s, new, self.state_filter(new))
+        return self._drop(out, "output", global_rng), new
 
 
 class ResidualWrapper(_Wrapper):

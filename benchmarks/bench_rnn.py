@@ -1,0 +1,159 @@
+"""rnnkit's oneDNN fast path against its reference loop and torch.nn, in one process and run.
+
+    .venv/bin/python benchmarks/bench_rnn.py [--repeats 7] [--quick]
+
+For each shape (batch B, time T, hidden H = input depth) and cell, it times forward (no grad)
+and forward+backward (``sum(outputs * g)`` backpropagated to inputs and weights) and prints
+milliseconds (median of ``--repeats`` runs after one warm-up, the paths of one row group timed
+round-robin so that load from other processes falls on all alike) and the speed ratio against the
+torch.nn module with the same math (``torch.nn.LSTM``; ``torch.nn.GRU`` for both GRUs: the
+nearest peer, although it is the reset-after variant). Also: the first call of a new shape
+(primitive creation) and a variable-length batch against the same batch padded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import rnnkit as rk
+
+SHAPES = [(32, 100, 64), (32, 100, 256), (1, 500, 256)]
+
+
+def _median_ms(fn: Callable[[], None], repeats: int) -> float:
+    return _interleaved([fn], repeats)[0]
+
+
+def _interleaved(fns: list[Callable[[], None]], repeats: int) -> list[float]:
+    """Median milliseconds of each function, timed round-robin (one warm-up each) so that load
+    from other processes on a shared machine falls on all of them alike."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, acc in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(acc) for acc in times]
+
+
+def _rnnkit_case(make_cell, x: torch.Tensor, fast, lengths=None):
+    rk.reset_default_graph()
+    cell = make_cell(x.shape[-1])
+    cell.ensure_built(x.shape[-1], torch.float32)
+    params = list(cell.parameters())
+
+    def forward():
+        with torch.no_grad():
+            rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=fast)
+
+    def train():
+        out, _ = rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=fast)
+        torch.autograd.grad(out.sum(), [x, *params])
+
+    return forward, train
+
+
+def _torch_case(module: torch.nn.Module, x: torch.Tensor):
+    params = list(module.parameters())
+
+    def forward():
+        with torch.no_grad():
+            module(x)
+
+    def train():
+        out, _ = module(x)
+        torch.autograd.grad(out.sum(), [x, *params])
+
+    return forward, train
+
+
+CELLS = {
+    "LSTM (BasicLSTMCell)": (lambda h: rk.BasicLSTMCell(h), "lstm"),
+    "LSTM peephole+proj": (lambda h: rk.LSTMCell(h, use_peepholes=True, num_proj=h // 2),
+                           "lstm_proj"),
+    "GRU TF1 (reset before)": (lambda h: rk.GRUCell(h), "gru"),
+    "GRU reset after": (lambda h: rk.GRUCell(h, reset_after=True), "gru"),
+}
+
+
+def _peer(kind: str, h: int) -> torch.nn.Module:
+    if kind == "lstm":
+        return torch.nn.LSTM(h, h, batch_first=True)
+    if kind == "lstm_proj":
+        return torch.nn.LSTM(h, h, batch_first=True, proj_size=h // 2)
+    return torch.nn.GRU(h, h, batch_first=True)
+
+
+def run(repeats: int, quick: bool) -> None:
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"oneDNN: {rk.fast.load_error() or 'loaded'}")
+    header = (f"{'B,T,H':<12}{'cell':<24}{'path':<11}{'fwd ms':>9}{'f+b ms':>9}"
+              f"{'fwd x':>8}{'f+b x':>8}")
+    print(header + "   (x = torch.nn time / this time; >1 is faster than torch.nn)")
+    for B, T, H in SHAPES[:1] if quick else SHAPES:
+        x = torch.randn(B, T, H, requires_grad=True)
+        peers: dict[str, list[tuple[float, float]]] = {}
+        for name, (make, kind) in CELLS.items():
+            cases = [_rnnkit_case(make, x, True), _rnnkit_case(make, x, False)]
+            if kind not in peers:
+                cases.insert(0, _torch_case(_peer(kind, H), x))
+            fwd = _interleaved([c[0] for c in cases], repeats)
+            train = _interleaved([c[1] for c in cases], repeats)
+            rows = list(zip(fwd, train, strict=True))
+            if kind not in peers:
+                peers[kind] = rows[0]
+                _row(B, T, H, f"torch.nn ({kind})", "torch", rows[0], rows[0])
+            for path, times in zip(("onednn", "reference"), rows[-2:], strict=True):
+                _row(B, T, H, name, path, times, peers[kind])
+    _first_call()
+    _varlen(repeats)
+
+
+def _row(B, T, H, name, path, times, peer) -> None:
+    print(f"{f'{B},{T},{H}':<12}{name:<24}{path:<11}{times[0]:>9.1f}{times[1]:>9.1f}"
+          f"{peer[0] / times[0]:>8.2f}{peer[1] / times[1]:>8.2f}")
+
+
+def _first_call() -> None:
+    """Seconds for the first forward+backward of a shape never seen (primitive creation)."""
+    x = torch.randn(16, 37, 96, requires_grad=True)
+    for name, (make, _) in CELLS.items():
+        rk.reset_default_graph()
+        cell = make(96)
+        start = time.perf_counter()
+        out, _ = rk.dynamic_rnn(cell, x, fast=True)
+        out.sum().backward()
+        print(f"first call, new shape B16 T37 H96, {name}: {time.perf_counter() - start:.3f} s")
+
+
+def _varlen(repeats: int) -> None:
+    """B32 T100 H256, lengths spread over 10..100: sorted segments against the padded batch."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 100, 256, requires_grad=True)
+    lengths = torch.randint(10, 101, (32,), generator=g)
+    useful = lengths.sum().item() / (32 * 100)
+    for name in ("LSTM (BasicLSTMCell)", "GRU TF1 (reset before)"):
+        make = CELLS[name][0]
+        padded, varlen = _rnnkit_case(make, x, True), _rnnkit_case(make, x, True, lengths)
+        fwd = _interleaved([padded[0], varlen[0]], repeats)
+        train = _interleaved([padded[1], varlen[1]], repeats)
+        padded, varlen = (fwd[0], train[0]), (fwd[1], train[1])
+        print(f"variable length B32 T100 H256 ({useful:.0%} useful steps), {name}: padded "
+              f"{padded[0]:.1f} / {padded[1]:.1f} ms, with sequence_length {varlen[0]:.1f} / "
+              f"{varlen[1]:.1f} ms (fwd / f+b): {padded[1] / varlen[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="first shape only")
+    args = parser.parse_args()
+    run(args.repeats, args.quick)

@@ -1,0 +1,11 @@
+"""Fast paths for the unroll: oneDNN's RNN primitives on CPU, chosen by one dispatch function.
+
+``rnnkit.fast.explain(cell, inputs, ...)`` says which path an unroll would take and why not the
+others; ``fast_mode(fast)`` sets the ``"auto" | True | False`` switch for a block of code (the
+``fast=`` argument of ``dynamic_rnn`` does the same for one call).
+"""
+
+from rnnkit.fast.dispatch import PATHS, Decision, decide, explain, fast_mode
+from rnnkit.fast.onednn import load_error
+
+__all__ = ["PATHS", "Decision", "decide", "explain", "fast_mode", "load_error"]

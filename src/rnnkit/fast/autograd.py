@@ -1,0 +1,188 @@
+"""oneDNN's RNN primitives as a ``torch.autograd.Function``, and the mapping from ``Canonical``.
+
+``run(Weights(p), x, state)`` runs one full-length, left-to-right, single-layer sequence on
+oneDNN. ``Weights`` turns ``Canonical`` into oneDNN's tensors with ordinary (differentiable)
+torch ops, so autograd carries the gradients back to the cell's variables; the primitive's own
+backward computes the rest. The layout is made once per unroll (``ldigo`` forward; ``ldgoi``,
+the transposes, on the first backward), not once per optimizer step: a copy of the weights per
+unroll, small next to the sequence's work.
+
+Gate orders match without reordering: ``Canonical`` keeps Keras order, which is oneDNN's
+(LSTM i, f, g(c~), o; GRU z(u), r, c(o)). ``lbr_gru`` takes four bias blocks
+``(b_u, b_r, b_o, b_hc)``: the recurrent biases of z and r fold into the first two.
+Training workspaces come from a pool (``workspaces``).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnkit.activations import name_of
+from rnnkit.cells.base import LSTMStateTuple
+from rnnkit.cells.equations import Canonical
+from rnnkit.fast import onednn as dnnl
+
+_ACT = {"tanh": "tanh", "relu": "relu", "sigmoid": "logistic"}
+
+
+class WorkspacePool:
+    """Workspaces go from a training forward to its backward and, once autograd frees that
+    graph, back here, so a training loop reuses the same (already faulted-in) pages instead of
+    mapping fresh ones each step; at most ``keep_bytes`` are kept idle."""
+
+    def __init__(self, keep_bytes: int = 256 << 20):
+        self.keep_bytes, self._free, self._lock = keep_bytes, [], threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            for k, buf in enumerate(self._free):
+                if buf.numel() == nbytes:
+                    return self._free.pop(k)
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def give(self, buf: torch.Tensor) -> None:
+        with self._lock:
+            self._free.append(buf)
+            while sum(b.numel() for b in self._free) > self.keep_bytes:
+                self._free.pop(0)
+
+
+workspaces = WorkspacePool()
+
+
+def cell_kind(p: Canonical) -> str:
+    """The oneDNN cell serving ``p``: ``rnn``, ``gru`` (reset before), ``lbr_gru`` or ``lstm``."""
+    if p.kind == "gru":
+        return "lbr_gru" if p.reset_after else "gru"
+    return p.kind
+
+
+class Weights:
+    """A cell's weights in oneDNN's layout, made once per unroll and shared by its calls (the
+    segments of a variable-length batch). Forward tensors are differentiable functions of
+    ``Canonical``; the transposes backward needs are made once, on first use."""
+
+    def __init__(self, p: Canonical):
+        self.cell = cell_kind(p)
+        self.hidden = p.U.shape[1] // dnnl.GATES[self.cell]
+        self.input_size, self.proj = p.W.shape[0], p.U.shape[0]
+        self.activation = _ACT.get(name_of(p.activation), "tanh")
+        self.tensors = (p.W.contiguous(), p.U.contiguous(),
+                        _bias(p, self.cell, self.hidden).contiguous(),
+                        torch.cat(p.peepholes).contiguous() if p.peepholes is not None else None,
+                        p.P.contiguous() if p.P is not None else None)
+        self._transposed: tuple | None = None
+
+    def shape(self, steps: int, batch: int) -> dnnl.RNNShape:
+        return dnnl.RNNShape(self.cell, steps, batch, self.input_size, self.hidden, self.proj,
+                             peephole=self.tensors[3] is not None,
+                             projection=self.tensors[4] is not None, activation=self.activation)
+
+    def transposed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``ldgoi`` weights and ``ldoi`` projection for the backward primitive."""
+        if self._transposed is None:
+            wl, wi, _, _, wproj = (t.detach() if t is not None else None for t in self.tensors)
+            self._transposed = (wl.t().contiguous(), wi.t().contiguous(),
+                                wproj.t().contiguous() if wproj is not None else None)
+        return self._transposed
+
+
+def _bias(p: Canonical, kind: str, H: int) -> torch.Tensor:
+    gates = dnnl.GATES[kind]
+    b = p.b if p.b is not None else p.W.new_zeros(gates * H)
+    if kind != "lbr_gru":
+        return b
+    if p.b_h is None:
+        return torch.cat([b, b.new_zeros(H)])
+    return torch.cat([b[:2 * H] + p.b_h[:2 * H], b[2 * H:], p.b_h[2 * H:]])
+
+
+class _RNN(torch.autograd.Function):
+    """oneDNN forward (training, with workspace) and backward for one ``RNNShape``."""
+
+    @staticmethod
+    def forward(ctx, shape: dnnl.RNNShape, weights: Weights, x, h0, c0, wl, wi, bias, wp, wproj):
+        prims = dnnl.primitives(shape)
+        fwd = prims.forward(training=True)
+        y, hT, cT, tensors = _outputs_and_args(shape, x, h0, c0, wl, wi, bias, wp, wproj)
+        ws = workspaces.take(fwd.ws_size)
+        tensors[dnnl.WORKSPACE] = ws
+        fwd.execute(tensors)
+        ctx.shape, ctx.weights, ctx.ws = shape, weights, ws
+        weakref.finalize(ctx, workspaces.give, ws)  # back to the pool when the graph goes
+        ctx.save_for_backward(x, h0, c0, wl, wi, bias, wp, wproj, y, hT, cT)
+        return y, hT, cT
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dhT, dcT):
+        shape = ctx.shape
+        x, h0, c0, wl, wi, bias, wp, wproj, y, hT, cT = ctx.saved_tensors
+        wl_t, wi_t, wproj_t = ctx.weights.transposed()
+        t = {dnnl.SRC_LAYER: x, dnnl.SRC_ITER: h0, dnnl.WEIGHTS_LAYER: wl_t,
+             dnnl.WEIGHTS_ITER: wi_t, dnnl.BIAS: bias, dnnl.DST_LAYER: y, dnnl.DST_ITER: hT,
+             dnnl.WORKSPACE: ctx.ws}
+        diff = {dnnl.DST_LAYER: _grad(dy, y), dnnl.DST_ITER: _grad(dhT, hT)}
+        grads = {dnnl.SRC_LAYER: torch.empty_like(x), dnnl.SRC_ITER: torch.empty_like(h0),
+                 dnnl.WEIGHTS_LAYER: torch.zeros_like(wl), dnnl.WEIGHTS_ITER: torch.zeros_like(wi),
+                 dnnl.BIAS: torch.zeros_like(bias)}
+        if shape.cell == "lstm":
+            t.update({dnnl.SRC_ITER_C: c0, dnnl.DST_ITER_C: cT})
+            diff[dnnl.DST_ITER_C] = _grad(dcT, cT)
+            grads[dnnl.SRC_ITER_C] = torch.empty_like(c0)
+            if shape.peephole:
+                t[dnnl.WEIGHTS_PEEPHOLE] = wp
+                grads[dnnl.WEIGHTS_PEEPHOLE] = torch.zeros_like(wp)
+            if shape.projection:
+                t[dnnl.WEIGHTS_PROJECTION] = wproj_t
+                grads[dnnl.WEIGHTS_PROJECTION] = torch.zeros_like(wproj)
+        t.update({dnnl.DIFF + k: v for k, v in diff.items()})
+        t.update({dnnl.DIFF + k: v for k, v in grads.items()})
+        dnnl.primitives(shape).backward().execute(t)
+        g = grads.get
+        return (None, None, g(dnnl.SRC_LAYER), g(dnnl.SRC_ITER), g(dnnl.SRC_ITER_C),
+                g(dnnl.WEIGHTS_LAYER), g(dnnl.WEIGHTS_ITER), g(dnnl.BIAS),
+                g(dnnl.WEIGHTS_PEEPHOLE), g(dnnl.WEIGHTS_PROJECTION))
+
+
+def _grad(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if g is None else g.contiguous()
+
+
+def _outputs_and_args(shape: dnnl.RNNShape, x, h0, c0, wl, wi, bias, wp, wproj):
+    T, B, P, H = shape.steps, shape.batch, shape.proj, shape.hidden
+    y, hT = x.new_empty(T, B, P), x.new_empty(B, P)
+    tensors = {dnnl.SRC_LAYER: x, dnnl.SRC_ITER: h0, dnnl.WEIGHTS_LAYER: wl,
+               dnnl.WEIGHTS_ITER: wi, dnnl.BIAS: bias, dnnl.DST_LAYER: y, dnnl.DST_ITER: hT}
+    cT = None
+    if shape.cell == "lstm":
+        cT = x.new_empty(B, H)
+        tensors.update({dnnl.SRC_ITER_C: c0, dnnl.DST_ITER_C: cT})
+        if shape.peephole:
+            tensors[dnnl.WEIGHTS_PEEPHOLE] = wp
+        if shape.projection:
+            tensors[dnnl.WEIGHTS_PROJECTION] = wproj
+    return y, hT, cT, tensors
+
+
+def run(weights: Weights, x: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+    """Run ``weights`` (``Weights(canonical)``) over time-major ``x`` ``[T, B, depth]`` from
+    ``state`` on oneDNN; the caller (``rnnkit.fast.dispatch``) has checked eligibility.
+
+    Returns:
+        ``(outputs [T, B, out], final_state)``, the state in the cell's structure.
+    """
+    shape = weights.shape(x.shape[0], x.shape[1])
+    lstm = shape.cell == "lstm"
+    h0, c0 = (state.h, state.c) if lstm else (state, None)
+    args = [x.contiguous(), h0.contiguous(), c0.contiguous() if lstm else None, *weights.tensors]
+    if torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args):
+        y, hT, cT = _RNN.apply(shape, weights, *args)
+    else:
+        y, hT, cT, tensors = _outputs_and_args(shape, *args)
+        dnnl.primitives(shape).forward(training=False).execute(tensors)
+    return y, (LSTMStateTuple(cT, hT) if lstm else hT)

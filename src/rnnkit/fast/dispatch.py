@@ -1,0 +1,218 @@
+"""The one place that decides which path runs an unroll, and can say why not the others.
+
+Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (through
+torch on GPU; not built yet), ``fused`` (our own fused cell for what neither has; not built yet),
+``reference`` (``rnnkit.unroll.scan``, always exact, always available). A fast path is an
+optimization, never a second semantics: it must give the reference path's numbers.
+
+The switch has three values: ``"auto"`` takes the best eligible path and falls back quietly;
+``True`` raises ``ValueError`` listing every unmet requirement when no fast path is eligible;
+``False`` forces the reference path. ``rnnkit.rnn`` sets it per call with ``fast_mode``; cells
+read it in ``FusedCell.unroll``, so it reaches every layer of a ``MultiRNNCell``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils import _pytree as pytree
+
+from rnnkit.activations import name_of
+from rnnkit.cells.equations import Canonical
+from rnnkit.fast import onednn
+from rnnkit.fast.autograd import Weights, run
+from rnnkit.fast.varlen import prefix_lengths, run_segments
+from rnnkit.unroll import default_chunk, length_mask
+
+PATHS = ("onednn", "cudnn", "fused", "reference")
+_MODE: contextvars.ContextVar = contextvars.ContextVar("rnnkit_fast", default="auto")
+_log = logging.getLogger("rnnkit.fast")
+_warned: set[str] = set()
+
+
+def check_fast(fast, argname: str = "fast") -> None:
+    """Raise ValueError unless ``fast`` is ``"auto"``, ``True`` or ``False``."""
+    if not (fast is True or fast is False or (isinstance(fast, str) and fast == "auto")):
+        raise ValueError(f"{argname} must be 'auto', True or False, got {fast!r}")
+
+
+@contextmanager
+def fast_mode(fast) -> Iterator[None]:
+    """Set the fast-path switch for the unrolls run inside the block.
+
+    Raises:
+        ValueError: ``fast`` is not ``"auto"``, ``True`` or ``False``.
+    """
+    check_fast(fast)
+    token = _MODE.set(fast)
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The chosen ``path`` and, for every path not chosen, its unmet requirements."""
+
+    path: str
+    unmet: dict[str, tuple[str, ...]]
+    lengths: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def explain(self) -> str:
+        """One line per path: which ran, and why each other one did not."""
+        lines = [f"path: {self.path}"]
+        for name in PATHS:
+            if name != self.path and name in self.unmet:
+                lines.append(f"not {name}: " + "; ".join(self.unmet[name]))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.explain()
+
+
+def _onednn_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
+                  own_step: bool) -> tuple[list[str], torch.Tensor | None]:
+    if not isinstance(p, Canonical):
+        return ["the cell has no Canonical weights (oneDNN serves BasicRNNCell, GRUCell, "
+                "BasicLSTMCell and LSTMCell)"], None
+    unmet = []
+    if own_step:
+        unmet.append("the cell has its own prepare_inputs/step (per-step work such as dropout)")
+    act, rec = name_of(p.activation), p.recurrent_activation and name_of(p.recurrent_activation)
+    if p.kind == "layer_norm_lstm":
+        unmet.append("layer normalization has no oneDNN cell")
+    elif p.kind == "rnn":
+        if act not in ("tanh", "relu", "sigmoid"):
+            unmet.append(f"activation is {act} (oneDNN vanilla_rnn has tanh, relu, sigmoid)")
+    else:
+        if act != "tanh":
+            unmet.append(f"activation is {act} (oneDNN {p.kind} has tanh only)")
+        if rec != "sigmoid":
+            unmet.append(f"recurrent_activation is {rec} (oneDNN {p.kind} has sigmoid only)")
+    if p.cell_clip is not None or p.proj_clip is not None:
+        unmet.append("cell_clip/proj_clip set (oneDNN LSTM does not clip)")
+    if getattr(p, "h_mask", None) is not None:
+        unmet.append("recurrent dropout (h_mask) between steps")
+    tensors = [inputs, *pytree.tree_leaves(state), p.W, p.U]
+    if any(t.dtype != torch.float32 for t in tensors):
+        unmet.append(f"dtype is {inputs.dtype}, float32 needed")
+    if any(t.device.type != "cpu" for t in tensors):
+        unmet.append(f"device is {inputs.device}, cpu needed")
+    if inputs.shape[1] == 0:
+        unmet.append("batch is empty")
+    if chunk:
+        unmet.append("swap_memory=True (chunked recomputation) runs on the reference loop")
+    if masked_output not in ("zero", "previous"):
+        unmet.append(f"masked_output is {masked_output!r}")
+    lengths = None
+    if mask is not None:
+        lengths = prefix_lengths(mask)
+        if lengths is None:
+            unmet.append("the mask has holes (valid steps are not a prefix of each sequence)")
+        elif int(lengths.max()) == 0:
+            unmet.append("every sequence has length 0")
+        elif bool((lengths == mask.shape[0]).all()):
+            lengths = None
+    return unmet, lengths
+
+
+def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
+           masked_output: str = "zero", chunk: int | None = None,
+           own_step: bool = False) -> Decision:
+    """Pick the path for unrolling ``params`` (a cell's ``sequence_params()``) over time-major
+    ``inputs`` ``[T, B, depth]`` from ``state``; ``mask``, ``masked_output`` and ``chunk`` as
+    ``rnnkit.unroll.scan``; ``own_step``: the cell replaces the ``Canonical`` step with its own.
+
+    Returns:
+        a ``Decision``; ``str(decision)`` says which path and why not each other one.
+    """
+    unmet, lengths = _onednn_unmet(params, inputs, state, mask, masked_output, chunk, own_step)
+    if not unmet:
+        err = onednn.load_error()
+        if err:
+            unmet.append(err)
+    reasons = {
+        "onednn": tuple(unmet),
+        "cudnn": ("not built yet" if inputs.device.type == "cuda" else
+                  f"inputs are on {inputs.device.type}, not cuda",),
+        "fused": ("not built yet",),
+    }
+    path = "onednn" if not unmet else "reference"
+    return Decision(path, {k: v for k, v in reasons.items() if k != path}, lengths)
+
+
+def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
+           masked_output: str = "zero", chunk: int | None = None, fast=None,
+           own_step: bool = False):
+    """Run the unroll on the fastest eligible path, or return None for the reference loop.
+
+    Args:
+        params, inputs, state, mask, masked_output, chunk, own_step: as ``decide``.
+        fast: ``"auto"``, ``True``, ``False``, or None for the switch set by ``fast_mode``.
+
+    Returns:
+        ``(outputs [T, B, out], final_state)``, or None when the reference path must run.
+
+    Raises:
+        ValueError: ``fast=True`` and no fast path can run this configuration (the message
+            lists every unmet requirement of every fast path).
+    """
+    mode = _MODE.get() if fast is None else fast
+    check_fast(mode)
+    if mode is False:
+        return None
+    decision = decide(params, inputs, state, mask, masked_output, chunk, own_step)
+    _log.debug("%s", decision)
+    if decision.path == "reference":
+        if mode is True:
+            raise ValueError("fast=True, but no fast path can run this configuration:\n"
+                             + decision.explain())
+        err = onednn.load_error()
+        if err and err not in _warned and decision.unmet["onednn"] == (err,):
+            _warned.add(err)
+            warnings.warn(f"rnnkit: {err}; using the reference loop", RuntimeWarning,
+                          stacklevel=3)
+        return None
+    weights = Weights(params)
+    if decision.lengths is None:
+        return run(weights, inputs, state)
+    return run_segments(lambda x, s: run(weights, x, s), inputs, state, decision.lengths,
+                        masked_output, state_is_output=weights.cell != "lstm")
+
+
+def explain(cell, inputs: torch.Tensor, sequence_length=None, swap_memory: bool = False,
+            time_major: bool = False) -> Decision:
+    """Which path ``dynamic_rnn(cell, inputs, sequence_length, swap_memory=...)`` would take
+    with ``fast="auto"``, and why not the others.
+
+    Args:
+        cell: a built cell (a ``MultiRNNCell`` is explained by its first layer).
+        inputs: ``[batch, time, depth]`` (``[time, batch, depth]`` if ``time_major``).
+        sequence_length: optional ``[batch]`` lengths.
+        swap_memory: as ``dynamic_rnn``.
+        time_major: layout of ``inputs``.
+
+    Returns:
+        the ``Decision``; print it for one line per path.
+
+    Raises:
+        RuntimeError: the cell has no variables yet.
+    """
+    cell.require_built("explain")
+    x = inputs if time_major else inputs.transpose(0, 1)
+    params = cell.sequence_params()
+    if isinstance(params, list):
+        params, cell = params[0], cell.cells[0]
+    mask = None
+    if sequence_length is not None:
+        mask = length_mask(torch.as_tensor(sequence_length, device=x.device), x.shape[0])
+    chunk = default_chunk(x.shape[0]) if swap_memory else None
+    state = cell.zero_state(x.shape[1], x.dtype, x.device)
+    return decide(params, x, state, mask, "zero", chunk)

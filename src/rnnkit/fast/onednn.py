@@ -1,0 +1,397 @@
+"""ctypes bindings to oneDNN 3.2's RNN primitives (``libdnnl.so.3`` from the ``onednn-cpu-gomp``
+wheel), on torch tensors' memory, with no copy of torch's private oneDNN.
+
+Only what the fast path needs: a CPU engine and stream, plain-layout memory descriptors made from
+shapes and strides, and forward (inference or training, with workspace) and backward primitives
+for ``vanilla_rnn``, ``gru``, ``lbr_gru`` and ``lstm`` (peepholes, projection), single layer,
+unidirectional left to right, float32. Primitives are built once per shape (``RNNShape``) and
+cached. The enum values and argument numbers are oneDNN 3.x's C API (``dnnl_types.h``).
+
+Layouts (oneDNN names; all plain, batch second): ``src_layer``/``dst_layer`` ``tnc``
+``[T, B, C]``; states ``ldnc`` ``[1, 1, B, C]``; weights ``ldigo`` ``[1, 1, in, G, H]`` (the
+``[in, G*H]`` matrices of ``Canonical``) for forward, ``ldgoi`` (their transposes) for backward;
+bias ``ldgo``; peepholes ``ldgo`` ``[1, 1, 3, H]`` (i, f, o); projection ``ldio`` ``[1, 1, H, P]``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+_F32 = 3
+_CPU = 1
+_FORMAT_ANY = 1
+_FWD_TRAINING, _FWD_INFERENCE, _BACKWARD = 64, 96, 128
+_LEFT2RIGHT = 1
+_QUERY_WORKSPACE_MD, _QUERY_SCRATCHPAD_MD = 135, 136
+_SCRATCHPAD_USER = 1
+ACTIVATIONS = {"relu": 0x20, "tanh": 0x21, "logistic": 0x29}  # dnnl_eltwise_*
+
+SRC_LAYER, SRC_ITER, SRC_ITER_C = 1, 2, 3
+DST_LAYER, DST_ITER, DST_ITER_C = 17, 18, 19
+WEIGHTS_LAYER, WEIGHTS_ITER, WEIGHTS_PEEPHOLE, WEIGHTS_PROJECTION, BIAS = 33, 34, 35, 36, 41
+WORKSPACE, SCRATCHPAD = 64, 80
+DIFF = 128  # DNNL_ARG_DIFF_x = DIFF + DNNL_ARG_x
+
+GATES = {"rnn": 1, "gru": 3, "lbr_gru": 3, "lstm": 4}
+
+
+class OneDNNError(RuntimeError):
+    """A oneDNN call returned an error status."""
+
+
+class _ExecArg(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_int), ("memory", ctypes.c_void_p)]
+
+
+def _candidates() -> list[Path]:
+    """Where ``libdnnl.so.3`` may be: ``$RNNKIT_DNNL_LIBRARY``, the environment's ``lib/``, and
+    the location the ``onednn-cpu-gomp`` wheel's RECORD gives."""
+    found = []
+    if os.environ.get("RNNKIT_DNNL_LIBRARY"):
+        found.append(Path(os.environ["RNNKIT_DNNL_LIBRARY"]))
+    found.append(Path(sys.prefix) / "lib" / "libdnnl.so.3")
+    try:
+        files = metadata.distribution("onednn-cpu-gomp").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.name == "libdnnl.so.3":
+            found.append(Path(f.locate()).resolve())
+    return found
+
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def library() -> ctypes.CDLL:
+    """The loaded ``libdnnl.so.3`` (loaded and checked on first use).
+
+    Raises:
+        OneDNNError: no candidate file loads, or its version is not 3.x.
+    """
+    with _lock:
+        if "lib" in _state:
+            return _state["lib"]
+        if "error" in _state:
+            raise OneDNNError(_state["error"])
+        errors = []
+        for path in _candidates():
+            if not path.exists():
+                errors.append(f"{path}: no such file")
+                continue
+            try:
+                lib = ctypes.CDLL(str(path))
+                _declare(lib)
+                major = lib.dnnl_version().contents.major
+                if major != 3:
+                    raise OSError(f"oneDNN {major}.x found, 3.x needed")
+                _state["engine"], _state["stream"] = _engine_and_stream(lib)
+            except (OSError, AttributeError, OneDNNError) as err:
+                errors.append(f"{path}: {err}")
+                continue
+            _state["lib"] = lib
+            return lib
+        _state["error"] = ("libdnnl.so.3 (pip package onednn-cpu-gomp==2023.2.0) could not be "
+                           "loaded: " + ("; ".join(errors) or "no candidate path"))
+        raise OneDNNError(_state["error"])
+
+
+def load_error() -> str | None:
+    """None if oneDNN loads, else one line saying why not."""
+    try:
+        library()
+    except OneDNNError as err:
+        return str(err)
+    return None
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint),
+                ("gpu_runtime", ctypes.c_uint)]
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    vp, i, u = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint
+    pvp = ctypes.POINTER(ctypes.c_void_p)
+    dims = ctypes.POINTER(ctypes.c_int64)
+    lib.dnnl_version.restype = ctypes.POINTER(_Version)
+    sigs = {
+        "dnnl_engine_create": [pvp, i, ctypes.c_size_t],
+        "dnnl_stream_create": [pvp, vp, u],
+        "dnnl_stream_wait": [vp],
+        "dnnl_memory_desc_create_with_strides": [pvp, i, dims, i, dims],
+        "dnnl_memory_desc_create_with_tag": [pvp, i, dims, i, i],
+        "dnnl_memory_desc_destroy": [vp],
+        "dnnl_memory_create": [pvp, vp, vp, vp],
+        "dnnl_memory_destroy": [vp],
+        "dnnl_primitive_desc_destroy": [vp],
+        "dnnl_primitive_create": [pvp, vp],
+        "dnnl_primitive_destroy": [vp],
+        "dnnl_primitive_execute": [vp, vp, i, ctypes.POINTER(_ExecArg)],
+        "dnnl_primitive_attr_create": [pvp],
+        "dnnl_primitive_attr_set_scratchpad_mode": [vp, i],
+        "dnnl_primitive_attr_destroy": [vp],
+        "dnnl_vanilla_rnn_forward_primitive_desc_create":
+            [pvp, vp, i, i, i] + [vp] * 7 + [u, ctypes.c_float, ctypes.c_float, vp],
+        "dnnl_vanilla_rnn_backward_primitive_desc_create":
+            [pvp, vp, i, i, i] + [vp] * 14 + [u, ctypes.c_float, ctypes.c_float, vp, vp],
+        "dnnl_gru_forward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 7 + [u, vp],
+        "dnnl_gru_backward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 14 + [u, vp, vp],
+        "dnnl_lbr_gru_forward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 7 + [u, vp],
+        "dnnl_lbr_gru_backward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 14 + [u, vp, vp],
+        "dnnl_lstm_forward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 11 + [u, vp],
+        "dnnl_lstm_backward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 22 + [u, vp, vp],
+    }
+    for name, argtypes in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    lib.dnnl_primitive_desc_query_md.argtypes = [vp, i, i]
+    lib.dnnl_primitive_desc_query_md.restype = vp
+    lib.dnnl_memory_desc_get_size.argtypes = [vp]
+    lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise OneDNNError(f"{what} failed with dnnl_status {status}")
+
+
+def _engine_and_stream(lib: ctypes.CDLL) -> tuple[ctypes.c_void_p, ctypes.c_void_p]:
+    engine, stream = ctypes.c_void_p(), ctypes.c_void_p()
+    _check(lib.dnnl_engine_create(ctypes.byref(engine), _CPU, 0), "dnnl_engine_create")
+    _check(lib.dnnl_stream_create(ctypes.byref(stream), engine, 1), "dnnl_stream_create")
+    return engine, stream
+
+
+def _md(lib, dims: tuple[int, ...], strides: tuple[int, ...] | None) -> ctypes.c_void_p:
+    """A float32 memory descriptor: plain with ``strides``, or format ``any`` if None."""
+    md, n = ctypes.c_void_p(), len(dims)
+    d = (ctypes.c_int64 * n)(*dims)
+    if strides is None:
+        _check(lib.dnnl_memory_desc_create_with_tag(ctypes.byref(md), n, d, _F32, _FORMAT_ANY),
+               "dnnl_memory_desc_create_with_tag")
+    else:
+        s = (ctypes.c_int64 * n)(*strides)
+        _check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(md), n, d, _F32, s),
+               "dnnl_memory_desc_create_with_strides")
+    return md
+
+
+def _dense(dims: tuple[int, ...], order: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Strides of a dense layout whose axes, outermost first, are ``order`` (default row-major)."""
+    order = order or tuple(range(len(dims)))
+    strides, step = [0] * len(dims), 1
+    for axis in reversed(order):
+        strides[axis] = step
+        step *= dims[axis]
+    return tuple(strides)
+
+
+@dataclass(frozen=True)
+class RNNShape:
+    """Everything a primitive depends on. ``proj`` is the state/output width P (= H without
+    projection); ``activation`` only matters for ``cell == "rnn"``."""
+
+    cell: str  # "rnn" | "gru" | "lbr_gru" | "lstm"
+    steps: int
+    batch: int
+    input_size: int
+    hidden: int
+    proj: int
+    peephole: bool = False
+    projection: bool = False
+    activation: str = "tanh"
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    @property
+    def bias_gates(self) -> int:
+        return 4 if self.cell == "lbr_gru" else self.gates
+
+    def dims(self) -> dict[int, tuple[int, ...]]:
+        """oneDNN argument number -> dims, for every argument this cell has."""
+        T, B, I, H, P, G = (self.steps, self.batch, self.input_size, self.hidden, self.proj,
+                            self.gates)
+        out = {SRC_LAYER: (T, B, I), SRC_ITER: (1, 1, B, P), WEIGHTS_LAYER: (1, 1, I, G, H),
+               WEIGHTS_ITER: (1, 1, P, G, H), BIAS: (1, 1, self.bias_gates, H),
+               DST_LAYER: (T, B, P), DST_ITER: (1, 1, B, P)}
+        if self.cell == "lstm":
+            out[SRC_ITER_C] = out[DST_ITER_C] = (1, 1, B, H)
+            if self.peephole:
+                out[WEIGHTS_PEEPHOLE] = (1, 1, 3, H)
+            if self.projection:
+                out[WEIGHTS_PROJECTION] = (1, 1, H, P)
+        return out
+
+
+_FWD_ORDER = [SRC_LAYER, SRC_ITER, SRC_ITER_C, WEIGHTS_LAYER, WEIGHTS_ITER, WEIGHTS_PEEPHOLE,
+              WEIGHTS_PROJECTION, BIAS, DST_LAYER, DST_ITER, DST_ITER_C]
+# backward wants weights transposed: ldgoi (`in` innermost) and ldoi for the projection
+_TRANSPOSED = {WEIGHTS_LAYER: (0, 1, 3, 4, 2), WEIGHTS_ITER: (0, 1, 3, 4, 2),
+               WEIGHTS_PROJECTION: (0, 1, 3, 2)}
+
+
+class _Primitive:
+    """One primitive (descriptor, primitive and the memory descriptors it was made with).
+
+    The scratchpad is ours (``scratchpad_mode_user``): one buffer per thread, grown as needed and
+    reused, instead of oneDNN allocating (and the OS faulting in) fresh pages on every call.
+    """
+
+    def __init__(self, lib, pd: ctypes.c_void_p, mds: dict[int, ctypes.c_void_p]):
+        self.lib, self.pd, self.mds = lib, pd, dict(mds)
+        self._owned = list(mds.values())  # the queried descriptors below belong to the pd
+        self.prim = ctypes.c_void_p()
+        _check(lib.dnnl_primitive_create(ctypes.byref(self.prim), pd), "dnnl_primitive_create")
+        for arg, query in ((WORKSPACE, _QUERY_WORKSPACE_MD), (SCRATCHPAD, _QUERY_SCRATCHPAD_MD)):
+            self.mds[arg] = lib.dnnl_primitive_desc_query_md(pd, query, 0)
+        self.ws_size = self.size(WORKSPACE)
+
+    def __del__(self):
+        lib = self.lib
+        if self.prim:
+            lib.dnnl_primitive_destroy(self.prim)
+        lib.dnnl_primitive_desc_destroy(self.pd)
+        for md in self._owned:
+            lib.dnnl_memory_desc_destroy(md)
+
+    def size(self, arg: int) -> int:
+        """Bytes of argument ``arg`` (0 if the primitive has none)."""
+        md = self.mds.get(arg)
+        return self.lib.dnnl_memory_desc_get_size(md) if md else 0
+
+    def execute(self, tensors: dict[int, torch.Tensor]) -> None:
+        """Run on ``tensors`` (argument number -> contiguous float32 CPU tensor or workspace)."""
+        lib, engine, stream = self.lib, _state["engine"], _state["stream"]
+        tensors = dict(tensors)
+        if self.size(SCRATCHPAD):
+            tensors[SCRATCHPAD] = _scratch(self.size(SCRATCHPAD))
+        args, mems = (_ExecArg * len(tensors))(), []
+        try:
+            for k, (arg, t) in enumerate(tensors.items()):
+                mem = ctypes.c_void_p()
+                _check(lib.dnnl_memory_create(ctypes.byref(mem), self.mds[arg], engine,
+                                              ctypes.c_void_p(t.data_ptr())), "dnnl_memory_create")
+                mems.append(mem)
+                args[k].arg, args[k].memory = arg, mem
+            _check(lib.dnnl_primitive_execute(self.prim, stream, len(tensors), args),
+                   "dnnl_primitive_execute")
+            _check(lib.dnnl_stream_wait(stream), "dnnl_stream_wait")
+        finally:
+            for mem in mems:
+                lib.dnnl_memory_destroy(mem)
+
+
+_local = threading.local()
+
+
+def _scratch(nbytes: int) -> torch.Tensor:
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = _local.scratch = torch.empty(nbytes, dtype=torch.uint8)
+    return buf
+
+
+
+
+def _create_pd(lib, shape: RNNShape, prop: int, mds: dict[int, ctypes.c_void_p]
+               ) -> ctypes.c_void_p:
+    """Call the cell's ``*_primitive_desc_create`` with ``mds`` (absent arguments are NULL)."""
+    pd, engine, backward = ctypes.c_void_p(), _state["engine"], prop == _BACKWARD
+    order = [a for a in _FWD_ORDER if shape.cell == "lstm" or a not in (
+        SRC_ITER_C, DST_ITER_C, WEIGHTS_PEEPHOLE, WEIGHTS_PROJECTION)]
+    descs = [mds.get(a) for a in order]
+    if backward:
+        descs += [mds.get(DIFF + a) for a in order]
+    name = {"rnn": "vanilla_rnn", "gru": "gru", "lbr_gru": "lbr_gru", "lstm": "lstm"}[shape.cell]
+    fn = getattr(lib, f"dnnl_{name}_{'backward' if backward else 'forward'}_primitive_desc_create")
+    attr = ctypes.c_void_p()
+    _check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "dnnl_primitive_attr_create")
+    _check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_USER),
+           "dnnl_primitive_attr_set_scratchpad_mode")
+    tail = [None, attr] if backward else [attr]  # hint_fwd_pd (NULL is allowed), attr
+    try:
+        if shape.cell == "rnn":
+            act = ACTIVATIONS[shape.activation]
+            status = fn(ctypes.byref(pd), engine, prop, act, _LEFT2RIGHT, *descs, 0, 0.0, 0.0,
+                        *tail)
+        else:
+            status = fn(ctypes.byref(pd), engine, prop, _LEFT2RIGHT, *descs, 0, *tail)
+    finally:
+        lib.dnnl_primitive_attr_destroy(attr)  # the descriptor keeps its own copy
+    _check(status, f"{fn.__name__}({shape})")
+    return pd
+
+
+class RNNPrimitives:
+    """Forward (inference and training) and backward primitives for one ``RNNShape``."""
+
+    def __init__(self, shape: RNNShape):
+        self.shape = shape
+        self.lib = library()
+        self._fwd: dict[int, _Primitive] = {}
+        self._bwd: _Primitive | None = None
+
+    def _plain_mds(self, transposed_weights: bool) -> dict[int, ctypes.c_void_p]:
+        mds = {}
+        for arg, dims in self.shape.dims().items():
+            order = _TRANSPOSED.get(arg) if transposed_weights else None
+            mds[arg] = _md(self.lib, dims, _dense(dims, order))
+        return mds
+
+    def forward(self, training: bool) -> _Primitive:
+        prop = _FWD_TRAINING if training else _FWD_INFERENCE
+        if prop not in self._fwd:
+            mds = self._plain_mds(False)
+            self._fwd[prop] = self._make(prop, mds)
+        return self._fwd[prop]
+
+    def backward(self) -> _Primitive:
+        if self._bwd is None:
+            mds = self._plain_mds(True)
+            for arg, dims in self.shape.dims().items():
+                mds[DIFF + arg] = _md(self.lib, dims, _dense(dims))
+            self._bwd = self._make(_BACKWARD, mds)
+        return self._bwd
+
+    def _make(self, prop: int, mds: dict[int, ctypes.c_void_p]) -> _Primitive:
+        try:
+            pd = _create_pd(self.lib, self.shape, prop, mds)
+        except OneDNNError:
+            for md in mds.values():
+                self.lib.dnnl_memory_desc_destroy(md)
+            raise
+        return _Primitive(self.lib, pd, mds)
+
+
+_cache: OrderedDict[RNNShape, RNNPrimitives] = OrderedDict()
+CACHE_SIZE = 512  # shapes; a variable-length batch makes one per segment shape
+
+
+def primitives(shape: RNNShape) -> RNNPrimitives:
+    """The cached primitives for ``shape`` (made on first use; least recently used evicted,
+    and destroyed once no running call holds them)."""
+    with _lock:
+        found = _cache.get(shape)
+        if found is not None:
+            _cache.move_to_end(shape)
+            return found
+    found = RNNPrimitives(shape)
+    with _lock:
+        found = _cache.setdefault(shape, found)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return found

@@ -1,0 +1,243 @@
+"""Composing layers: ``Sequential`` and a small functional API (``Input`` + calling layers +
+``Model(inputs, outputs)``). Masks ride on the tensors between layers, as in Keras 3, so an
+``Embedding(mask_zero=True)`` or ``Masking`` masks every RNN downstream of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rnnkit.layers.base import Layer, deserialize, get_mask, serialize, set_mask
+
+
+class SymbolicTensor:
+    """A placeholder in a functional graph: an ``Input`` or the ``index``-th output of a node."""
+
+    def __init__(self, shape: tuple, dtype: torch.dtype, node: _Node | None = None,
+                 index: int = 0, name: str | None = None):
+        self.shape, self.dtype, self.node, self.index, self.name = shape, dtype, node, index, name
+
+    def __repr__(self) -> str:
+        where = self.name if self.node is None else f"{self.node.layer.name}[{self.index}]"
+        return f"SymbolicTensor({where})"
+
+
+class _Node:
+    """One call of a layer in a functional graph."""
+
+    def __init__(self, layer: Layer, inputs: SymbolicTensor, args: tuple, kwargs: dict):
+        self.layer, self.inputs, self.args, self.kwargs = layer, inputs, args, kwargs
+        self.outputs: list[SymbolicTensor] = []
+
+    def parents(self) -> list[SymbolicTensor]:
+        return [t for t in _flatten((self.inputs, self.args, self.kwargs))
+                if isinstance(t, SymbolicTensor)]
+
+
+def _flatten(obj) -> list:
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _flatten(v)]
+    if isinstance(obj, (list, tuple)):
+        return [x for v in obj for x in _flatten(v)]
+    return [obj]
+
+
+def _map(fn, obj):
+    if isinstance(obj, dict):
+        return {k: _map(fn, v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map(fn, v) for v in obj)
+    return fn(obj)
+
+
+def Input(shape: Sequence[int | None], dtype: torch.dtype = torch.float32,
+          name: str | None = None) -> SymbolicTensor:
+    """A functional-graph input of shape ``[batch, *shape]`` (``shape`` excludes the batch axis).
+
+    Example:
+        >>> x = Input((None, 3)); y = LSTM(8)(Masking()(x)); model = Model(x, y)  # doctest: +SKIP
+    """
+    if not isinstance(shape, (list, tuple)):
+        raise TypeError(f"shape must be a tuple of sizes (without the batch axis), got {shape!r}")
+    return SymbolicTensor((None, *shape), dtype, name=name or "input")
+
+
+def symbolic_call(layer: Layer, inputs: SymbolicTensor, args: tuple, kwargs: dict):
+    """Record ``layer(inputs, *args, **kwargs)`` as a graph node; return its symbolic outputs."""
+    node = _Node(layer, inputs, args, kwargs)
+    outs = [SymbolicTensor((None,), inputs.dtype, node, k) for k in range(layer.num_outputs())]
+    node.outputs = outs
+    return outs if len(outs) > 1 else outs[0]
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class Model(Layer):
+    """A functional model: the layers between ``inputs`` and ``outputs``, run in graph order.
+
+    Args:
+        inputs: an ``Input`` or a list of them.
+        outputs: a symbolic output or a list of them.
+        name, trainable: as Keras.
+
+    Call: ``model(x)`` (or a list matching ``inputs``); returns the outputs in the same form.
+
+    Raises:
+        ValueError: an output depends on an ``Input`` that is not among ``inputs``.
+    """
+
+    masks_from_sublayers = True
+
+    def __init__(self, inputs, outputs, name: str | None = None, trainable: bool = True):
+        super().__init__(name=name, trainable=trainable)
+        self._inputs, self._outputs = _as_list(inputs), _as_list(outputs)
+        self._single_in = not isinstance(inputs, (list, tuple))
+        self._single_out = not isinstance(outputs, (list, tuple))
+        for arg, items in (("inputs", self._inputs), ("outputs", self._outputs)):
+            if not items or not all(isinstance(t, SymbolicTensor) for t in items):
+                raise TypeError(f"{arg} must be symbolic tensors (from Input and layer calls), "
+                                f"got {items!r:.80}")
+        self._nodes: list[_Node] = []
+        seen: set[int] = set()
+        for out in self._outputs:
+            self._visit(out, seen)
+        self.model_layers = torch.nn.ModuleList(dict.fromkeys(n.layer for n in self._nodes))
+
+    def _visit(self, t: SymbolicTensor, seen: set[int]) -> None:
+        if t.node is None:
+            if not any(t is i for i in self._inputs):
+                raise ValueError(f"outputs depend on {t!r}, which is not among inputs")
+            return
+        if id(t.node) in seen:
+            return
+        seen.add(id(t.node))
+        for parent in t.node.parents():
+            self._visit(parent, seen)
+        self._nodes.append(t.node)
+
+    def forward(self, inputs, mask=None, training=None):
+        xs = _as_list(inputs)
+        if len(xs) != len(self._inputs):
+            raise ValueError(f"inputs must be {len(self._inputs)} tensor(s), got {len(xs)}")
+        values = {id(s): x for s, x in zip(self._inputs, xs, strict=True)}
+        if mask is not None and len(xs) == 1:
+            values[id(self._inputs[0])] = _with_mask(xs[0], mask)
+        for node in self._nodes:
+            args, kwargs = _map(lambda v: values[id(v)] if isinstance(v, SymbolicTensor) else v,
+                                (node.args, node.kwargs))
+            out = node.layer(values[id(node.inputs)], *args, training=training, **kwargs)
+            outs = _as_list(out) if node.layer.num_outputs() > 1 else [out]
+            for sym, o in zip(node.outputs, outs, strict=True):
+                values[id(sym)] = o
+        result = [values[id(o)] for o in self._outputs]
+        return result[0] if self._single_out else result
+
+    def get_config(self) -> dict:
+        index = {id(n): i for i, n in enumerate(self._nodes)}
+
+        def ref(v):
+            if not isinstance(v, SymbolicTensor):
+                return v
+            if v.node is None:
+                return {"input": next(k for k, i in enumerate(self._inputs) if i is v)}
+            return {"node": index[id(v.node)], "index": v.index}
+
+        return {**super().get_config(),
+                "inputs": [{"shape": list(i.shape[1:]), "dtype": str(i.dtype).removeprefix("torch."),
+                            "name": i.name} for i in self._inputs],
+                "layers": [serialize(layer) for layer in self.model_layers],
+                "nodes": [{"layer": n.layer.name, "inputs": ref(n.inputs),
+                           "args": _map(ref, list(n.args)), "kwargs": _map(ref, n.kwargs)}
+                          for n in self._nodes],
+                "outputs": [ref(o) for o in self._outputs], "single": [self._single_in,
+                                                                      self._single_out]}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        layers = {c["config"]["name"]: deserialize(c) for c in config["layers"]}
+        inputs = [Input(i["shape"], getattr(torch, i["dtype"]), i["name"]) for i in config["inputs"]]
+        made: list = []
+
+        def resolve(v):
+            if isinstance(v, dict) and "input" in v:
+                return inputs[v["input"]]
+            if isinstance(v, dict) and "node" in v:
+                out = made[v["node"]]
+                return out[v["index"]] if isinstance(out, list) else out
+            return v
+
+        for n in config["nodes"]:
+            args, kwargs = _map_refs(resolve, n["args"]), _map_refs(resolve, n["kwargs"])
+            made.append(layers[n["layer"]](resolve(n["inputs"]), *args, **kwargs))
+        outputs = [resolve(o) for o in config["outputs"]]
+        single_in, single_out = config.get("single", [False, False])
+        return cls(inputs[0] if single_in else inputs, outputs[0] if single_out else outputs,
+                   name=config["name"], trainable=config["trainable"])
+
+
+def _map_refs(fn, obj):
+    """``_map`` that treats ``{"input": ..}`` / ``{"node": ..}`` dicts as leaves."""
+    if isinstance(obj, dict) and not ({"input", "node"} & obj.keys()):
+        return {k: _map_refs(fn, v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_map_refs(fn, v) for v in obj]
+    return fn(obj)
+
+
+def _with_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A view of ``x`` carrying ``mask`` (the caller's tensor is left as it was)."""
+    x = x.view_as(x)
+    set_mask(x, mask)
+    return x
+
+
+class Sequential(Layer):
+    """A stack of layers, each fed the previous one's output (and mask), as ``keras.Sequential``.
+
+    Weights are named ``<sequential name>/<layer name>/...`` as in Keras.
+
+    Args:
+        layers: layers to stack (more can be ``add``-ed).
+        name, trainable: as Keras.
+    """
+
+    masks_from_sublayers = True
+
+    def __init__(self, layers: Sequence[Layer] = (), name: str | None = None,
+                 trainable: bool = True):
+        super().__init__(name=name, trainable=trainable)
+        self.model_layers = torch.nn.ModuleList()
+        for layer in layers:
+            self.add(layer)
+
+    def add(self, layer: Layer) -> None:
+        """Append ``layer`` (a layer returning one tensor)."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer must be an rnnkit layer, got {type(layer).__name__}")
+        if layer.num_outputs() != 1:
+            raise ValueError(f"layer {layer.name!r} returns {layer.num_outputs()} tensors "
+                             "(return_state?); Sequential needs one; use Model")
+        layer.set_path(f"{self.path}/{layer.name}")
+        self.model_layers.append(layer)
+
+    def set_path(self, path: str) -> None:
+        super().set_path(path)
+        for layer in getattr(self, "model_layers", ()):
+            layer.set_path(f"{path}/{layer.name}")
+
+    def forward(self, inputs, mask=None, training=None):
+        x = _with_mask(inputs, mask) if mask is not None else inputs
+        for layer in self.model_layers:
+            x = layer(x, mask=get_mask(x), training=training)
+        return x
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "layers": [serialize(layer) for layer in self.model_layers]}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        return cls([deserialize(c) for c in config.pop("layers")], **config)

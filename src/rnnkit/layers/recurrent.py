@@ -1,0 +1,216 @@
+"""Keras recurrent layers: ``RNN(cell)`` and ``SimpleRNN``, ``GRU``, ``LSTM``.
+
+The layer owns the options (masks, ``go_backwards``, ``stateful``, ``initial_state``, what to
+return); the cell owns the weights and the step; the time loop is the cell's ``unroll``
+(``rnnkit.unroll.scan``), shared with ``dynamic_rnn``. Keras mask semantics: at a masked step
+(anywhere, not only at the end) the state is carried over and the output repeats the previous
+one (zeros before the first real step), or is zero with ``zero_output_for_mask=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.layers.base import Layer, check_mask, check_rank, deserialize, serialize, snake
+from rnnkit.layers.cells import (
+    GRUCell,
+    KerasCell,
+    LSTMCell,
+    SimpleRNNCell,
+    from_keras_states,
+    keras_states,
+)
+
+_RNN_OPTIONS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll",
+                "zero_output_for_mask")
+
+
+class RNN(Layer):
+    """Runs a Keras cell over ``[batch, time, features]`` inputs, as ``keras.layers.RNN``.
+
+    Args:
+        cell: a ``SimpleRNNCell``, ``GRUCell`` or ``LSTMCell``.
+        return_sequences: return all outputs ``[batch, time, units]`` (else the last one).
+        return_state: also return the final states (``[h]``, or ``[h, c]`` for an LSTM).
+        go_backwards: read the inputs (and mask) in reverse; outputs stay in processing order.
+        stateful: each call starts from the previous call's final states (same batch size);
+            ``reset_states()`` zeroes them.
+        unroll: accepted for Keras compatibility; the loop is the same either way.
+        zero_output_for_mask: masked steps output zeros instead of the previous output.
+        name, trainable: as Keras.
+
+    Call: ``layer(inputs, mask=None, training=None, initial_state=None)``; ``mask`` is
+    ``[batch, time]`` bool (True = real step), by default the one ``inputs`` carries.
+
+    Raises:
+        TypeError: ``cell`` is not a Keras cell.
+    """
+
+    def __init__(self, cell: KerasCell, return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
+                 zero_output_for_mask: bool = False, name: str | None = None,
+                 trainable: bool = True):
+        if not isinstance(cell, KerasCell):
+            raise TypeError(f"cell must be a Keras cell (SimpleRNNCell, GRUCell, LSTMCell), got "
+                            f"{type(cell).__name__}")
+        super().__init__(name=name, trainable=trainable)
+        self.cell = cell
+        self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
+        self.go_backwards, self.stateful = bool(go_backwards), bool(stateful)
+        self.unroll, self.zero_output_for_mask = bool(unroll), bool(zero_output_for_mask)
+        self.states: list[torch.Tensor] | None = None
+        self.set_path(self.name)
+
+    def set_path(self, path: str) -> None:
+        super().set_path(path)
+        if self.cell.input_depth is None:
+            self.cell.path = f"{path}/{self.cell.name}"
+
+    @property
+    def state_count(self) -> int:
+        return 2 if isinstance(self.cell, LSTMCell) else 1
+
+    def num_outputs(self) -> int:
+        return 1 + self.state_count if self.return_state else 1
+
+    def _initial_state(self, initial_state, batch: int, x: torch.Tensor):
+        if initial_state is not None:
+            return from_keras_states(self.cell, initial_state, batch)
+        if self.stateful and self.states is not None:
+            if self.states[0].shape[0] != batch:
+                raise ValueError(f"inputs of a stateful {type(self).__name__} must keep batch size "
+                                 f"{self.states[0].shape[0]} (the states' batch), got {batch}")
+            return from_keras_states(self.cell, self.states, batch)
+        return self.cell.zero_state(batch, x.dtype, x.device)
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None,
+                training: bool | None = None, initial_state=None):
+        x = check_rank(inputs, 3, "inputs", "[batch, time, features]")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"inputs must be a floating tensor, got dtype {x.dtype}")
+        batch, steps, depth = x.shape
+        if steps == 0:
+            raise ValueError(f"inputs must have at least one time step, got shape {list(x.shape)}")
+        mask = check_mask(mask, batch, steps)
+        self.cell.ensure_built(depth, x.dtype)
+        state = self._initial_state(initial_state, batch, x)
+        xs, tm = x.transpose(0, 1), (mask.T if mask is not None else None)
+        if self.go_backwards:
+            xs, tm = xs.flip(0), (tm.flip(0) if tm is not None else None)
+        self.cell.begin_sequence(batch, x.dtype, x.device, self.is_training(training))
+        try:
+            outputs, final = self.cell.unroll(
+                xs, state, tm, "zero" if self.zero_output_for_mask else "previous")
+        finally:
+            self.cell.end_sequence()
+        states = keras_states(final)
+        if self.stateful:
+            self.states = [s.detach() for s in states]
+        out = outputs.transpose(0, 1) if self.return_sequences else outputs[-1]
+        return [out, *states] if self.return_state else out
+
+    def reset_states(self, states=None) -> None:
+        """Zero the stored states of a stateful layer, or set them (``[h]`` / ``[h, c]``)."""
+        if states is None:
+            self.states = None
+            return
+        batch = states[0].shape[0] if isinstance(states, (list, tuple)) else states.shape[0]
+        self.states = keras_states(from_keras_states(self.cell, states, batch, "states"))
+
+    reset_state = reset_states
+
+    def compute_mask(self, inputs, mask):
+        out = mask if self.return_sequences else None
+        return [out] + [None] * self.state_count if self.return_state else out
+
+    def _options(self) -> dict:
+        return {k: getattr(self, k) for k in _RNN_OPTIONS}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self._options(), "cell": serialize(self.cell)}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        return cls(deserialize(config.pop("cell")), **config)
+
+
+class _KerasRNN(RNN):
+    """A layer that makes its own cell from the Keras arguments (``SimpleRNN``, ``GRU``, ``LSTM``)."""
+
+    cell_class: type[KerasCell] = KerasCell
+
+    def __init__(self, units: int, *, return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
+                 zero_output_for_mask: bool = False, name: str | None = None,
+                 trainable: bool = True, **cell_kwargs):
+        cell_kwargs.setdefault("name", snake(self.cell_class.__name__))  # Keras: "lstm_cell"
+        cell = self.cell_class(units, trainable=trainable, **cell_kwargs)
+        super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
+                         go_backwards=go_backwards, stateful=stateful, unroll=unroll,
+                         zero_output_for_mask=zero_output_for_mask, name=name, trainable=trainable)
+
+    def get_config(self) -> dict:
+        cell = self.cell.get_config()
+        del cell["name"], cell["trainable"]
+        return {"name": self.name, "trainable": self.trainable, **self._options(), **cell}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __getattr__(self, name: str):
+        if name in _CELL_ATTRS:
+            return getattr(self.cell, name)
+        return super().__getattr__(name)
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        """The cell's per-gate views of ``kernel``, ``recurrent_kernel`` and ``bias``."""
+        return self.cell.gates()
+
+
+_CELL_ATTRS = frozenset({"units", "activation", "recurrent_activation", "use_bias", "dropout",
+                         "recurrent_dropout", "reset_after", "unit_forget_bias", "kernel",
+                         "recurrent_kernel", "bias"})
+
+
+class SimpleRNN(_KerasRNN):
+    """Fully connected RNN, as ``keras.layers.SimpleRNN``: h' = act(x W + h U + b).
+
+    Args:
+        units: size of the output and state.
+        activation ("tanh"), use_bias, kernel_initializer ("glorot_uniform"),
+        recurrent_initializer ("orthogonal"), bias_initializer ("zeros"), kernel/recurrent/bias
+        regularizer and constraint, dropout, recurrent_dropout, seed: the cell's (Keras names;
+        initializer names resolve through ``rnnkit.init.get``).
+        return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask,
+        name, trainable: see ``RNN``.
+
+    Example:
+        >>> y = SimpleRNN(8, return_sequences=True)(torch.randn(4, 10, 3))  # doctest: +SKIP
+    """
+
+    cell_class = SimpleRNNCell
+
+
+class GRU(_KerasRNN):
+    """Gated recurrent unit, as ``keras.layers.GRU`` (gate order z, r, h).
+
+    Args:
+        units, activation ("tanh"), recurrent_activation ("sigmoid"), reset_after (True: the
+        cuDNN variant, ``bias`` of shape ``(2, 3*units)``) and the rest: see ``SimpleRNN``.
+    """
+
+    cell_class = GRUCell
+
+
+class LSTM(_KerasRNN):
+    """Long short-term memory, as ``keras.layers.LSTM`` (gate order i, f, c, o).
+
+    Args:
+        units, activation ("tanh"), recurrent_activation ("sigmoid"), unit_forget_bias (True:
+        the forget block of ``bias`` starts at 1) and the rest: see ``SimpleRNN``. States are
+        ``[h, c]``.
+    """
+
+    cell_class = LSTMCell

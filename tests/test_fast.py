@@ -1,0 +1,239 @@
+"""The oneDNN fast path against the reference loop (``fast=False``): outputs, final states and
+gradients with respect to inputs, initial states and every variable, to 1e-5, over cells,
+options, lengths and directions; the dispatch's decisions, explanations and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils import _pytree as pytree
+
+import rnnkit as rk
+from rnnkit.fast import dispatch, onednn
+from rnnkit.fast.varlen import run_segments
+from rnnkit.unroll import length_mask, map_state
+
+needs_onednn = pytest.mark.skipif(onednn.load_error() is not None,
+                                  reason=f"oneDNN does not load: {onednn.load_error()}")
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+CELLS = {
+    "rnn_tanh": lambda: rk.BasicRNNCell(6),
+    "rnn_relu": lambda: rk.BasicRNNCell(6, activation="relu"),
+    "rnn_sigmoid": lambda: rk.BasicRNNCell(6, activation="sigmoid"),
+    "gru_tf1": lambda: rk.GRUCell(6),
+    "gru_reset_after": lambda: rk.GRUCell(6, reset_after=True),
+    "basic_lstm": lambda: rk.BasicLSTMCell(6, forget_bias=0.5),
+    "lstm_peephole": lambda: rk.LSTMCell(6, use_peepholes=True),
+    "lstm_proj": lambda: rk.LSTMCell(6, num_proj=4),
+    "lstm_peephole_proj": lambda: rk.LSTMCell(6, use_peepholes=True, num_proj=3),
+}
+LENGTHS = {"full": None, "varied": [5, 0, 7, 3, 7], "one_short": [7, 7, 6, 7, 7]}
+
+
+def _perturb(*cells: rk.RNNCell, seed: int = 0) -> None:
+    """Move every variable off its initializer (zero biases would hide bias-layout bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for cell in cells:
+            for p in cell.parameters():
+                p.add_(0.4 * torch.randn(p.shape, generator=g))
+
+
+def _grads(outputs, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
+    leaves = pytree.tree_leaves(outputs)
+    g = torch.Generator().manual_seed(1)
+    loss = sum((leaf * torch.randn(leaf.shape, generator=g)).sum() for leaf in leaves)
+    return list(torch.autograd.grad(loss, wrt))
+
+
+def _compare(run, wrt: list[torch.Tensor]) -> None:
+    fast = run(True)
+    ref = run(False)
+    for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    for a, b in zip(_grads(fast, wrt), _grads(ref, wrt), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def _state(cell: rk.RNNCell, batch: int) -> object:
+    return map_state(lambda s: torch.randn_like(s).requires_grad_(), cell.zero_state(batch))
+
+
+@needs_onednn
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_dynamic_rnn_matches_reference(name, lengths):
+    torch.manual_seed(0)
+    cell = CELLS[name]()
+    x = torch.randn(5, 7, 4, requires_grad=True)
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    h0 = _state(cell, 5)
+
+    def run(fast):
+        return rk.dynamic_rnn(cell, x, sequence_length=LENGTHS[lengths], initial_state=h0,
+                              fast=fast)
+
+    _compare(run, [x, *pytree.tree_leaves(h0), *cell.parameters()])
+
+
+@needs_onednn
+@pytest.mark.parametrize("lengths", ["full", "varied"])
+@pytest.mark.parametrize("name", ["gru_tf1", "gru_reset_after", "lstm_peephole_proj",
+                                  "rnn_tanh"])
+def test_bidirectional_matches_reference(name, lengths):
+    torch.manual_seed(0)
+    fw, bw = CELLS[name](), CELLS[name]()
+    x = torch.randn(7, 5, 4, requires_grad=True)  # time major
+    for cell in (fw, bw):
+        cell.ensure_built(4, torch.float32)
+    _perturb(fw, bw)
+    s_fw, s_bw = _state(fw, 5), _state(bw, 5)
+
+    def run(fast):
+        return rk.bidirectional_dynamic_rnn(fw, bw, x, LENGTHS[lengths], s_fw, s_bw,
+                                            time_major=True, fast=fast)
+
+    params = [*fw.parameters(), *bw.parameters()]
+    _compare(run, [x, *pytree.tree_leaves((s_fw, s_bw)), *params])
+
+
+@needs_onednn
+def test_multi_rnn_cell_layers_run_fast():
+    cell = rk.MultiRNNCell([rk.GRUCell(6), rk.BasicLSTMCell(5)])
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    assert rk.fast.explain(cell, x).path == "onednn"
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=[6, 2, 4], fast=fast),
+             [x, *cell.parameters()])
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["gru_reset_after", "basic_lstm"])
+def test_previous_output_masks_match_reference(name):
+    """Keras masks (prefix form): outputs past the length repeat the last valid output."""
+    cell = CELLS[name]()
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    x = torch.randn(6, 4, 4, requires_grad=True)
+    mask = length_mask(torch.tensor([6, 1, 0, 4]), 6)
+    state = _state(cell, 4)
+    _compare(lambda fast: cell.unroll(x, state, mask, "previous", fast=fast),
+             [x, *pytree.tree_leaves(state), *cell.parameters()])
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["gru_tf1", "lstm_peephole_proj"])
+def test_inference_without_grad_matches_reference(name):
+    cell = CELLS[name]()
+    x = torch.randn(3, 8, 4)
+    with torch.no_grad():
+        fast = rk.dynamic_rnn(cell, x, sequence_length=[8, 3, 5], fast=True)
+        ref = rk.dynamic_rnn(cell, x, sequence_length=[8, 3, 5], fast=False)
+    for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_segments_follow_tf1_semantics_on_any_full_length_run():
+    """``run_segments`` with the reference loop as its kernel equals the masked loop."""
+    cell = rk.GRUCell(3, input_size=2)
+    p = cell.sequence_params()
+    x, h0 = torch.randn(6, 4, 2), torch.randn(4, 3)
+    lengths = torch.tensor([2, 6, 0, 2])
+
+    def full(xs, s):
+        return rk.unroll.scan(lambda a, st: cell.step(a, st, p), cell.prepare_inputs(xs, p), s)
+
+    got = run_segments(full, x, h0, lengths)
+    want = cell.unroll(x, h0, length_mask(lengths, 6), fast=False)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
+def _why(cell, x, **kw) -> str:
+    with pytest.raises(ValueError) as info:
+        rk.dynamic_rnn(cell, x, fast=True, **kw)
+    return str(info.value)
+
+
+def test_fast_true_lists_every_unmet_requirement():
+    cell = rk.LSTMCell(4, cell_clip=1.0, activation="relu", dtype=torch.float64, input_size=3)
+    msg = _why(cell, torch.randn(2, 5, 3, dtype=torch.float64), swap_memory=True)
+    for needed in ("cell_clip", "activation is relu", "float64", "swap_memory", "not cudnn",
+                   "not fused"):
+        assert needed in msg, (needed, msg)
+
+
+@pytest.mark.parametrize("make, needed", [
+    (lambda: rk.LayerNormLSTMCell(4), "layer normalization"),
+    (lambda: rk.LSTMCell(4, num_proj=2, proj_clip=0.5), "proj_clip"),
+    (lambda: rk.GRUCell(4, activation="relu"), "activation is relu"),
+    (lambda: rk.DropoutWrapper(rk.GRUCell(4), output_keep_prob=0.5), "not onednn: the cell has"),
+])
+def test_fast_true_names_the_reason(make, needed):
+    assert needed in _why(make(), torch.randn(2, 5, 3))
+
+
+def test_fast_argument_is_checked():
+    with pytest.raises(ValueError, match="fast must be 'auto', True or False, got 'yes'"):
+        rk.dynamic_rnn(rk.GRUCell(4), torch.randn(2, 5, 3), fast="yes")
+    with pytest.raises(ValueError, match="got 1"):
+        rk.bidirectional_dynamic_rnn(rk.GRUCell(4), rk.GRUCell(4), torch.randn(2, 5, 3), fast=1)
+
+
+def test_decisions_explain_each_path():
+    x = torch.randn(2, 5, 3)
+    gru = rk.GRUCell(4, input_size=3)
+    text = str(rk.fast.explain(gru, x))
+    first = "path: onednn" if onednn.load_error() is None else "path: reference"
+    assert text.splitlines()[0] == first
+    assert "not cudnn: inputs are on cpu, not cuda" in text and "not fused: not built yet" in text
+    holes = torch.tensor([[True, True], [False, True], [True, True]])
+    p = gru.sequence_params()
+    decision = dispatch.decide(p, x.transpose(0, 1)[:3], torch.zeros(2, 4), holes)
+    assert decision.path == "reference"
+    assert any("mask has holes" in r for r in decision.unmet["onednn"])
+    dropped = dataclasses.replace(p, h_mask=torch.ones(2, 4))
+    assert "recurrent dropout (h_mask) between steps" in \
+        dispatch.decide(dropped, x.transpose(0, 1), torch.zeros(2, 4)).unmet["onednn"]
+    swap = rk.fast.explain(gru, x, swap_memory=True)
+    assert swap.path == "reference" and "swap_memory" in str(swap)
+
+
+def test_reference_runs_with_one_warning_where_onednn_cannot_load(monkeypatch):
+    monkeypatch.setattr(onednn, "_state", {})
+    monkeypatch.setattr(onednn, "_candidates", lambda: [Path("/nonexistent/libdnnl.so.3")])
+    monkeypatch.setattr(dispatch, "_warned", set())
+    cell = rk.GRUCell(4, input_size=3)
+    x = torch.randn(2, 5, 3)
+    with pytest.warns(RuntimeWarning, match="libdnnl.so.3 .* could not be loaded"):
+        out, _ = rk.dynamic_rnn(cell, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _ = rk.dynamic_rnn(cell, x)
+    torch.testing.assert_close(out, rk.dynamic_rnn(cell, x, fast=False)[0])
+    torch.testing.assert_close(again, out)
+    assert "/nonexistent/libdnnl.so.3: no such file" in _why(cell, x)
+
+
+@needs_onednn
+def test_evicted_primitives_are_rebuilt_and_retained_graphs_backprop_twice(monkeypatch):
+    monkeypatch.setattr(onednn, "CACHE_SIZE", 2)
+    cell = rk.BasicLSTMCell(5, input_size=3)
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    out, _ = rk.dynamic_rnn(cell, x, sequence_length=[6, 1, 3, 5])  # four segment shapes
+    loss = out.square().sum()
+    first = torch.autograd.grad(loss, [x, *cell.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *cell.parameters()])
+    assert len(onednn._cache) <= 2
+    ref, _ = rk.dynamic_rnn(cell, x, sequence_length=[6, 1, 3, 5], fast=False)
+    want = torch.autograd.grad(ref.square().sum(), [x, *cell.parameters()])
+    for a, b, c in zip(first, second, want, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        torch.testing.assert_close(a, c, **TOL)
