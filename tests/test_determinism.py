@@ -237,6 +237,23 @@ def test_concurrent_creation_loses_no_variable_and_keeps_reuse_per_thread():
     assert len(rk.global_variables()) == 50 * 4
 
 
+@pytest.mark.parametrize("trial", range(5))
+def test_threads_calling_one_new_cell_build_it_once(trial):
+    """Several threads give a shared, not yet built model its first input at once: one thread
+    builds it, the others use it. (Each used to build it too and fail with 'already exists'.)"""
+    cell = rk.MultiRNNCell([rk.GRUCell(4), rk.DropoutWrapper(rk.BasicLSTMCell(3))])
+    x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(trial))
+
+    def work(i, barrier):
+        barrier.wait()
+        return rk.dynamic_rnn(cell, x, fast=False)[0]
+
+    outs = _in_threads(6, work)
+    assert len(rk.global_variables()) == 6  # GRU: 2 kernels, 2 biases; LSTM: kernel, bias
+    assert len(list(cell.parameters())) == 6
+    assert all(torch.equal(out, outs[0]) for out in outs)
+
+
 _THREADED_RUN = """
 import sys, threading, torch, rnnkit as rk
 torch.manual_seed(0)

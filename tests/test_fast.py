@@ -14,7 +14,7 @@ from torch.utils import _pytree as pytree
 
 import rnnkit as rk
 from rnnkit.fast import dispatch, onednn
-from rnnkit.fast.varlen import run_segments
+from rnnkit.fast.varlen import plan, run_segments
 from rnnkit.unroll import length_mask, map_state
 
 needs_onednn = pytest.mark.skipif(onednn.load_error() is not None,
@@ -237,3 +237,47 @@ def test_evicted_primitives_are_rebuilt_and_retained_graphs_backprop_twice(monke
     for a, b, c in zip(first, second, want, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
         torch.testing.assert_close(a, c, **TOL)
+
+
+def test_plan_cuts_at_every_length_unless_the_state_is_the_output():
+    lens = [30, 30, 28, 17, 16, 9, 3, 0]
+    assert plan(lens, False) == [(0, 3), (3, 9), (9, 16), (16, 17), (17, 28), (28, 30)]
+    merged = plan(lens, True, waste=0.125)
+    assert merged[0][0] == 0 and merged[-1][1] == 30 and len(merged) < 6
+    for (_, end), (start, _) in zip(merged, merged[1:], strict=False):
+        assert end == start
+    for start, end in merged:
+        alive = [n for n in lens if n > start]
+        useful = sum(min(n, end) - start for n in alive)
+        assert len(alive) * (end - start) - useful <= 0.125 * useful or \
+            end == min(n for n in lens if n > start)
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["gru_tf1", "rnn_relu", "lstm_proj"])
+def test_many_segments_match_reference(name):
+    cell = CELLS[name]()
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell, seed=3)
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.randint(0, 31, (12,), generator=g)
+    x = torch.randn(12, 30, 4, generator=g).requires_grad_()
+    h0 = _state(cell, 12)
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, lengths, h0, fast=fast),
+             [x, *pytree.tree_leaves(h0), *cell.parameters()])
+
+
+@needs_onednn
+def test_a_failing_primitive_falls_back_under_auto_and_raises_under_true(monkeypatch):
+    def broken(shape):
+        raise onednn.OneDNNError(f"no primitive for {shape.cell}")
+
+    monkeypatch.setattr(onednn, "primitives", broken)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    cell = rk.GRUCell(4, input_size=3)
+    x = torch.randn(2, 5, 3)
+    with pytest.warns(RuntimeWarning, match="oneDNN failed .no primitive for gru"):
+        out, _ = rk.dynamic_rnn(cell, x)
+    torch.testing.assert_close(out, rk.dynamic_rnn(cell, x, fast=False)[0])
+    with pytest.raises(onednn.OneDNNError, match="no primitive for gru"):
+        rk.dynamic_rnn(cell, x, fast=True)

@@ -1,103 +1,30 @@
 """Keras model files: Keras 3 saves and rnnkit loads, rnnkit saves and Keras 3 loads (one Keras 3
-subprocess does both directions), legacy tf.keras ``.h5`` files (one tf_keras subprocess), and
-unsafe, corrupt or mismatched files raising ``FormatError``. Outputs agree to 1e-5."""
+subprocess does both directions), legacy tf.keras files (one tf_keras subprocess; the programs
+are in keras_programs.py), and unsafe, corrupt or mismatched files raising ``FormatError``.
+Outputs agree with Keras's to 1e-5."""
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from keras_programs import KERAS3, LEGACY
 from tf_oracle import requires_tf, run_tf
 
 from rnnkit import layers as L
 from rnnkit.io import FormatError, load_keras, save_keras
-from rnnkit.io._keras_graph import KerasNotEqual
+from rnnkit.io._keras_graph import KerasAny, KerasNotEqual
 
-KERAS_MODELS = ["simple", "gru", "lstm", "bidir", "timedist", "cells", "func_emb", "func_state"]
-RNNKIT_MODELS = ["r_seq", "r_func", "r_state"]
-
-KERAS3 = """
-import keras
-from keras import layers as KL
-D = str(INPUTS["dir"])
-X, IDS = INPUTS["x_holes"], INPUTS["ids"]
-rng = np.random.default_rng(0)
-
-def seq(*layers, shape=(6, 4)):
-    return keras.Sequential([keras.Input(shape), *layers])
-
-def func_emb():
-    inp = keras.Input((6,), dtype="int32")
-    b = KL.Bidirectional(KL.GRU(4, return_sequences=True))(KL.Embedding(12, 4, mask_zero=True)(inp))
-    return keras.Model(inp, KL.Dense(2)(KL.LSTM(3)(b)))
-
-def func_state():
-    inp = keras.Input((6, 4))
-    y, h, c = KL.LSTM(5, return_sequences=True, return_state=True)(KL.Masking()(inp))
-    return keras.Model(inp, [KL.Dense(2)(h), KL.SimpleRNN(2)(y), KL.LSTM(3)(inp), c])
-
-MODELS = {
-    "simple": lambda: seq(KL.SimpleRNN(5, return_sequences=True), KL.SimpleRNN(3, activation="relu")),
-    "gru": lambda: seq(KL.GRU(5, return_sequences=True),
-                       KL.GRU(3, reset_after=False, recurrent_activation="hard_sigmoid")),
-    "lstm": lambda: seq(KL.Masking(), KL.LSTM(5, return_sequences=True, go_backwards=True),
-                        KL.LSTM(3, use_bias=False)),
-    "bidir": lambda: seq(KL.Masking(), KL.Bidirectional(KL.LSTM(4, return_sequences=True), merge_mode="sum"),
-                         KL.Bidirectional(KL.GRU(3)), KL.Dense(2, activation="tanh")),
-    "timedist": lambda: seq(KL.SimpleRNN(5, return_sequences=True), KL.TimeDistributed(KL.Dense(3)),
-                            KL.Dropout(0.5), KL.LSTM(2)),
-    "cells": lambda: seq(KL.RNN(KL.LSTMCell(4), return_sequences=True), KL.RNN(KL.GRUCell(3))),
-    "func_emb": func_emb, "func_state": func_state,
-}
-
-def record(prefix, outs):
-    for k, o in enumerate(outs if isinstance(outs, (list, tuple)) else [outs]):
-        RESULT[f"{prefix}:out:{k}"] = np.asarray(o)
-
-for name, make in MODELS.items():
-    model = make()
-    for w in model.weights:
-        w.assign(rng.standard_normal(w.shape).astype("float32") * 0.5)
-    record(name, model(IDS if name == "func_emb" else X))
-    model.save(f"{D}/{name}.keras")
-    if name == "timedist":
-        model.save_weights(f"{D}/timedist.weights.h5")
-    if name == "gru":
-        model.save(f"{D}/gru_k3.h5")
-
-for name in json.loads(str(INPUTS["rnnkit_names"])):
-    record(f"rk:{name}", keras.saving.load_model(f"{D}/{name}.keras")(INPUTS[f"feed_{name}"]))
-model = seq(KL.Masking(), KL.LSTM(5, return_sequences=True),
-            KL.Bidirectional(KL.GRU(3, return_sequences=True)), KL.TimeDistributed(KL.Dense(2)),
-            KL.Dropout(0.2), KL.SimpleRNN(3))
-model.load_weights(f"{D}/r_seq.weights.h5")
-record("rkw", model(X))
-"""
-
-LEGACY = """
-keras = tf.keras
-KL = keras.layers
-D = str(INPUTS["dir"])
-rng = np.random.default_rng(1)
-seq = keras.Sequential([keras.Input((6, 4)), KL.Masking(),
-                        KL.LSTM(5, return_sequences=True, recurrent_activation="hard_sigmoid"),
-                        KL.Bidirectional(KL.GRU(3, return_sequences=True)),
-                        KL.TimeDistributed(KL.Dense(2)), KL.SimpleRNN(3)])
-inp = keras.Input((6,), dtype="int32")
-b = KL.Bidirectional(KL.GRU(4, return_sequences=True))(KL.Embedding(12, 4, mask_zero=True)(inp))
-func = keras.Model(inp, KL.Dense(2)(KL.LSTM(3, recurrent_activation="hard_sigmoid")(b)))
-for name, model, feed in (("lg_seq", seq, INPUTS["x_holes"]), ("lg_func", func, INPUTS["ids"])):
-    for w in model.weights:
-        w.assign(rng.standard_normal(w.shape).astype("float32") * 0.5)
-    RESULT[f"{name}:out:0"] = model(feed).numpy()
-    model.save(f"{D}/{name}.h5")
-seq.save_weights(f"{D}/lg_seq_w.h5")
-"""
+KERAS_MODELS = ["simple", "gru", "lstm", "bidir", "timedist", "cells", "func_emb", "func_state",
+                "no_input"]
+RNNKIT_MODELS = ["r_seq", "r_func", "r_state", "r_emb"]
 
 
 def _inputs(tmp) -> dict:
@@ -134,9 +61,15 @@ def _r_func():
 
 
 def _r_state():
+    """Return states, and a Masking mask spelled as Keras 3's explicit any(not_equal(x, 0))."""
     inp = L.Input((6, 4), name="x")
-    o, h, c = L.LSTM(4, return_sequences=True, return_state=True, name="ls")(inp)
+    mask = KerasAny(axis=-1, name="any")(KerasNotEqual(name="ne")(inp, 0.0))
+    o, h, c = L.LSTM(4, return_sequences=True, return_state=True, name="ls")(inp, mask=mask)
     return L.Model(inp, [o, L.Dense(2, name="dc")(c), h], name="r_state")
+
+
+def _r_emb():
+    return L.Sequential([L.Embedding(10, 3, mask_zero=True, name="e"), L.GRU(3, name="g")], name="r_emb")
 
 
 def _outs(model, feed) -> list[np.ndarray]:
@@ -157,9 +90,10 @@ def keras3(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("keras3")
     inputs = _inputs(tmp)
     mine = {}
-    for k, (name, make) in enumerate((("r_seq", _r_seq), ("r_func", _r_func), ("r_state", _r_state))):
+    makers = {"r_seq": _r_seq, "r_func": _r_func, "r_state": _r_state, "r_emb": _r_emb}
+    for k, (name, make) in enumerate(makers.items()):
         model = make()
-        feed = inputs["ids"] if name == "r_func" else inputs["x_holes"]
+        feed = inputs["ids"] if name in ("r_func", "r_emb") else inputs["x_holes"]
         _outs(model, feed)
         _randomize(model, k)
         mine[name] = _outs(model.eval(), feed)
@@ -185,6 +119,15 @@ def test_keras3_file_loads_with_keras_outputs(keras3, name):
     tmp, inputs, _, result = keras3
     model = load_keras(tmp / f"{name}.keras")
     _assert_outputs(_outs(model, inputs["ids" if name == "func_emb" else "x_holes"]), result, name)
+
+
+@pytest.mark.oracle
+@requires_tf
+@pytest.mark.parametrize("name,match", [("lambda", r"'lam' of class 'Lambda'.*Python code"),
+                                        ("custom", r"'twice'.*my_pkg>Twice.*custom class")])
+def test_keras3_lambda_and_custom_layers_are_refused(keras3, name, match):
+    with pytest.raises(FormatError, match=match):
+        load_keras(keras3[0] / f"{name}.keras")
 
 
 @pytest.mark.oracle
@@ -224,11 +167,13 @@ def test_rnnkit_weights_h5_loads_in_keras3(keras3):
 
 @pytest.mark.oracle
 @requires_tf
-@pytest.mark.parametrize("name", ["lg_seq", "lg_func"])
-def test_legacy_full_model_h5_loads_with_keras2_hard_sigmoid(legacy, name):
+@pytest.mark.parametrize("name,suffix", [("lg_seq", "h5"), ("lg_func", "h5"), ("lg_no_input", "h5"),
+                                         ("lg_seq", "keras"), ("lg_func", "keras")])
+def test_legacy_full_model_loads_with_keras2_hard_sigmoid(legacy, name, suffix):
+    """tf.keras whole models, as .h5 and as its own .keras archive (metadata says Keras 2)."""
     tmp, inputs, result = legacy
-    model = load_keras(tmp / f"{name}.h5")
-    _assert_outputs(_outs(model, inputs["x_holes" if name == "lg_seq" else "ids"]), result, name)
+    model = load_keras(tmp / f"{name}.{suffix}")
+    _assert_outputs(_outs(model, inputs["ids" if name == "lg_func" else "x_holes"]), result, name)
 
 
 @pytest.mark.oracle
@@ -261,8 +206,6 @@ def _small_seq():
 
 def _small_func():
     """The graph Keras 3 writes for Masking and Embedding masks, with its explicit mask ops."""
-    from rnnkit.io._keras_graph import KerasAny
-
     inp = L.Input((None, 4), name="x")
     mask = KerasAny(axis=-1, name="any")(KerasNotEqual(name="ne")(inp, 0.0))
     y = L.GRU(3, return_sequences=True, name="g")(L.Masking(name="mk")(inp), mask=mask)
@@ -287,13 +230,19 @@ def _x() -> torch.Tensor:
     return x
 
 
-def _rezip(src, dst, config=None, extra=()):
-    """Copy a .keras archive, replacing config.json with ``config`` and adding ``extra`` members."""
+def _rezip(src, dst, config=None, extra=(), hollow=False):
+    """Copy a .keras archive, replacing config.json with ``config``, adding ``extra`` members
+    and, with ``hollow``, a weights dataset declared huge but with no bytes behind it."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
             data = zin.read(info.filename)
             if info.filename == "config.json" and config is not None:
                 data = json.dumps(config).encode()
+            if info.filename == "model.weights.h5" and hollow:
+                buf = io.BytesIO(data)
+                with h5py.File(buf, "r+") as h5:
+                    h5.create_dataset("hollow", shape=(10**6, 10**6), dtype="f4")
+                data = buf.getvalue()
             zout.writestr(info.filename, data)
         for name in extra:
             zout.writestr(name, b"x")
@@ -352,12 +301,13 @@ def test_code_carrying_or_unknown_layers_are_refused(files, tmp_path, entry, mat
         load_keras(bad)
 
 
-@pytest.mark.parametrize("units,feature", [(10**9, 4), (3, 10**12)])
-def test_declared_sizes_beyond_the_weights_file_are_refused(files, tmp_path, units, feature):
+@pytest.mark.parametrize("units,feature,hollow", [(10**9, 4, False), (3, 10**12, False),
+                                                  (10**5, 4, True)])
+def test_declared_sizes_beyond_the_weights_file_are_refused(files, tmp_path, units, feature, hollow):
     config = _config(files / "small.keras")
     config["config"]["layers"][0]["config"]["batch_shape"] = [None, None, feature]
     config["config"]["layers"][2]["config"]["units"] = units
-    bad = _rezip(files / "small.keras", tmp_path / "bad.keras", config=config)
+    bad = _rezip(files / "small.keras", tmp_path / "bad.keras", config=config, hollow=hollow)
     with pytest.raises(FormatError, match="more weights than the file holds|too large"):
         load_keras(bad)
 
@@ -378,10 +328,11 @@ def test_weights_of_another_model_are_refused_and_leave_the_model_alone(files):
         load_keras(files / "small.weights.h5", model=extra)
 
 
-def test_weights_file_into_a_model_built_in_rnnkit(files):
+@pytest.mark.parametrize("name", ["small.weights.h5", "small.keras"])
+def test_weights_into_a_model_built_in_rnnkit(files, name):
     model = L.Sequential([L.Masking(), L.LSTM(3, return_sequences=True), L.Dense(2)])
     model(torch.zeros(1, 2, 4))
-    load_keras(files / "small.weights.h5", model=model)
+    assert load_keras(files / name, model=model) is model
     torch.testing.assert_close(model(_x()), _small_seq()(_x()), rtol=0, atol=0)
 
 
@@ -390,7 +341,7 @@ def test_not_a_keras_file(files, tmp_path):
     (tmp_path / "empty.h5").write_bytes(b"")
     for path, match in ((tmp_path / "junk.keras", "not a Keras file"),
                         (tmp_path / "empty.h5", "not a Keras file"),
-                        (tmp_path / "missing.keras", "No such file"),
+                        (tmp_path / "missing.keras", "cannot open the file: No such file"),
                         (files / "small.weights.h5", "pass it as model=")):
         with pytest.raises(FormatError, match=match):
             load_keras(path)

@@ -208,3 +208,16 @@ def test_failed_save_leaves_previous_file_intact(saved, monkeypatch):
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
     assert isinstance(load(saved), rk.MultiRNNCell)
+
+
+def test_a_file_never_imports_code_even_nested_in_per_gate(tmp_path):
+    """A provenance or cell config naming importable code (from_callable, also inside per_gate)
+    is not imported: the initializer reads back as unknown instead."""
+    from rnnkit._initializer import names_code
+
+    nested = {"class_name": "per_gate", "config": {"num_gates": 2, "init": {
+        "class_name": "from_callable", "config": {"fn": "os.system"}}}}
+    assert names_code(nested) and not names_code({"class_name": "zeros", "config": {}})
+    from rnnkit.io.native import _safe_init
+
+    assert _safe_init(nested) is None

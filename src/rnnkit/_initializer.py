@@ -176,6 +176,16 @@ def serialize(init: Initializer) -> dict[str, Any]:
     return {"class_name": init.name, "config": init.get_config()}
 
 
+def names_code(config: Any) -> bool:
+    """Whether a serialized initializer names importable code anywhere inside it (``from_callable``,
+    also nested in ``per_gate``). Readers of files refuse such configs: a file never imports code."""
+    if isinstance(config, dict):
+        return config.get("class_name") == "from_callable" or any(map(names_code, config.values()))
+    if isinstance(config, (list, tuple)):
+        return any(map(names_code, config))
+    return False
+
+
 def deserialize(config: dict[str, Any]) -> Initializer:
     """Build an initializer from ``serialize``'s dict or a Keras/TF serialized dict.
 

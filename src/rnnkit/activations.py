@@ -23,6 +23,16 @@ def hard_sigmoid_keras2(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
 
 
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis (Keras's default axis)."""
+    return torch.softmax(x, dim=-1)
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the last axis."""
+    return torch.log_softmax(x, dim=-1)
+
+
 _BY_NAME: dict[str, Activation] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
@@ -38,6 +48,12 @@ _BY_NAME: dict[str, Activation] = {
     "hard_sigmoid": hard_sigmoid,
     "hard_sigmoid_keras2": hard_sigmoid_keras2,
     "linear": linear,
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "exponential": torch.exp,
+    "mish": torch.nn.functional.mish,
+    "hard_silu": torch.nn.functional.hardswish,
+    "hard_swish": torch.nn.functional.hardswish,
 }
 
 

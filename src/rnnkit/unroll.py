@@ -61,16 +61,20 @@ def _run(step: StepFn, xs: torch.Tensor, state, mask: torch.Tensor | None, keep_
 
 
 def scan(step: StepFn, xs: torch.Tensor, state, mask: torch.Tensor | None = None,
-         masked_output: str = "zero", chunk: int | None = None):
-    """Run ``step`` over ``xs`` ``[T, B, ...]``.
+         masked_output: str = "zero", chunk: int | None = None,
+         prepare: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """Run ``step`` over ``prepare(xs)`` ``[T, B, ...]``.
 
     Args:
         step: ``(x_t, state) -> (output, new_state)``.
-        xs: time-major prepared inputs.
+        xs: time-major inputs.
         state: initial state (a tensor or nested tuple of ``[B, n]`` tensors).
         mask: ``[T, B]`` bool, False where a step is padding; the state is held there.
         masked_output: ``"zero"`` (TF1) or ``"previous"`` (Keras) output at masked steps.
         chunk: recompute each run of ``chunk`` steps in backward instead of storing it.
+        prepare: state-independent work on a run of steps (the input projection); with ``chunk``
+            it runs inside each recomputed chunk, so neither its result nor that result's
+            gradient is ever held for all T steps.
 
     Returns:
         ``(outputs [T, B, out], final_state)``.
@@ -79,8 +83,9 @@ def scan(step: StepFn, xs: torch.Tensor, state, mask: torch.Tensor | None = None
     steps = xs.shape[0]
     if steps == 0:
         raise ValueError("inputs must have at least one time step")
+    prepare = prepare or (lambda x: x)
     if not chunk or chunk >= steps or not torch.is_grad_enabled():
-        outputs, state, _ = _run(step, xs, state, mask, keep, None)
+        outputs, state, _ = _run(step, prepare(xs), state, mask, keep, None)
         return torch.stack(outputs), state
     leaves, spec = pytree.tree_flatten(state)
     pieces, prev = [], None
@@ -90,7 +95,7 @@ def scan(step: StepFn, xs: torch.Tensor, state, mask: torch.Tensor | None = None
         sub_mask = mask[lo:lo + chunk] if mask is not None else None
 
         def body(x_chunk, prev_out, *flat, sub_mask=sub_mask):
-            outs, st, last = _run(step, x_chunk, pytree.tree_unflatten(list(flat), spec),
+            outs, st, last = _run(step, prepare(x_chunk), pytree.tree_unflatten(list(flat), spec),
                                   sub_mask, keep, prev_out)
             return (torch.stack(outs), last, *pytree.tree_leaves(st))
 

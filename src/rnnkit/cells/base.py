@@ -13,6 +13,7 @@ per-step call and the unrolled loop run the same code.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, NamedTuple
 
 import torch
@@ -22,6 +23,7 @@ from rnnkit.scope import Variable, VariableScope, get_variable, variable_scope
 from rnnkit.unroll import scan
 
 State = Any  # a tensor, an LSTMStateTuple, or a tuple of states (MultiRNNCell)
+_BUILD_LOCK = threading.RLock()  # reentrant: building a MultiRNNCell builds its cells
 
 
 class LSTMStateTuple(NamedTuple):
@@ -111,7 +113,8 @@ class RNNCell(torch.nn.Module):
         return var
 
     def ensure_built(self, input_depth: int, dtype: torch.dtype) -> None:
-        """Build on first use under the current scope; afterwards check the depth is unchanged."""
+        """Build on first use under the current scope; afterwards check the depth is unchanged.
+        When several threads call a new cell at once, one builds it and the others wait."""
         if self.input_depth is not None:
             if input_depth != self.input_depth:
                 raise ValueError(f"inputs to {type(self).__name__} '{self.scope_name}' must have "
@@ -121,14 +124,17 @@ class RNNCell(torch.nn.Module):
         if input_depth <= 0:
             raise ValueError(f"inputs to {type(self).__name__} must have a positive last "
                              f"dimension (depth), got {input_depth}")
-        if self._scope is None:
-            opener = (variable_scope(self._base, reuse=self._reuse) if self._reuse
-                      else variable_scope(None, default_name=self._base))
-            with opener as captured:
-                self._scope = captured
-        with variable_scope(self._scope, reuse=self._reuse):
-            self.build(input_depth, dtype)
-        self.input_depth = input_depth
+        with _BUILD_LOCK:
+            if self.input_depth is not None:  # another thread built it while this one waited
+                return self.ensure_built(input_depth, dtype)
+            if self._scope is None:
+                opener = (variable_scope(self._base, reuse=self._reuse) if self._reuse
+                          else variable_scope(None, default_name=self._base))
+                with opener as captured:
+                    self._scope = captured
+            with variable_scope(self._scope, reuse=self._reuse):
+                self.build(input_depth, dtype)
+            self.input_depth = input_depth
 
     def require_built(self, what: str) -> None:
         if self.input_depth is None:
@@ -178,8 +184,8 @@ class RNNCell(torch.nn.Module):
                                own_step=not self.uses_canonical_step())
         if done is not None:
             return done
-        xs = self.prepare_inputs(inputs, params)
-        return scan(lambda x, s: self.step(x, s, params), xs, state, mask, masked_output, chunk)
+        return scan(lambda x, s: self.step(x, s, params), inputs, state, mask, masked_output, chunk,
+                    prepare=lambda x: self.prepare_inputs(x, params))
 
     def begin_sequence(self, batch_size: int, dtype: torch.dtype, device) -> None:
         """Called once before an unroll (variational dropout draws its masks here)."""

@@ -100,11 +100,14 @@ def _onednn_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chun
         unmet.append("cell_clip/proj_clip set (oneDNN LSTM does not clip)")
     if getattr(p, "h_mask", None) is not None:
         unmet.append("recurrent dropout (h_mask) between steps")
-    tensors = [inputs, *pytree.tree_leaves(state), p.W, p.U]
-    if any(t.dtype != torch.float32 for t in tensors):
-        unmet.append(f"dtype is {inputs.dtype}, float32 needed")
-    if any(t.device.type != "cpu" for t in tensors):
-        unmet.append(f"device is {inputs.device}, cpu needed")
+    tensors = [inputs, *pytree.tree_leaves(state), p.W, p.U, p.b, p.b_h, p.P,
+               *(p.peepholes or ())]
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors if t is not None}
+    if dtypes != {"float32"}:
+        unmet.append(f"dtypes are {', '.join(sorted(dtypes))}; float32 only")
+    devices = {t.device.type for t in tensors if t is not None}
+    if devices != {"cpu"}:
+        unmet.append(f"devices are {', '.join(sorted(devices))}; cpu only")
     if inputs.shape[1] == 0:
         unmet.append("batch is empty")
     if chunk:
@@ -175,16 +178,26 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
             raise ValueError("fast=True, but no fast path can run this configuration:\n"
                              + decision.explain())
         err = onednn.load_error()
-        if err and err not in _warned and decision.unmet["onednn"] == (err,):
-            _warned.add(err)
-            warnings.warn(f"rnnkit: {err}; using the reference loop", RuntimeWarning,
-                          stacklevel=3)
+        if err and decision.unmet["onednn"] == (err,):
+            _warn_once(f"rnnkit: {err}; using the reference loop")
         return None
     weights = Weights(params)
-    if decision.lengths is None:
-        return run(weights, inputs, state)
-    return run_segments(lambda x, s: run(weights, x, s), inputs, state, decision.lengths,
-                        masked_output, state_is_output=weights.cell != "lstm")
+    try:
+        if decision.lengths is None:
+            return run(weights, inputs, state)
+        return run_segments(lambda x, s: run(weights, x, s), inputs, state, decision.lengths,
+                            masked_output, state_is_output=weights.cell != "lstm")
+    except onednn.OneDNNError as err:
+        if mode is True:
+            raise
+        _warn_once(f"rnnkit: oneDNN failed ({err}); using the reference loop")
+        return None
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def explain(cell, inputs: torch.Tensor, sequence_length=None, swap_memory: bool = False,

@@ -258,7 +258,9 @@ class _Primitive:
         _check(lib.dnnl_primitive_create(ctypes.byref(self.prim), pd), "dnnl_primitive_create")
         for arg, query in ((WORKSPACE, _QUERY_WORKSPACE_MD), (SCRATCHPAD, _QUERY_SCRATCHPAD_MD)):
             self.mds[arg] = lib.dnnl_primitive_desc_query_md(pd, query, 0)
-        self.ws_size = self.size(WORKSPACE)
+        self.sizes = {arg: lib.dnnl_memory_desc_get_size(md) if md else 0
+                      for arg, md in self.mds.items()}
+        self.ws_size = self.sizes[WORKSPACE]
 
     def __del__(self):
         lib = self.lib
@@ -268,17 +270,23 @@ class _Primitive:
         for md in self._owned:
             lib.dnnl_memory_desc_destroy(md)
 
-    def size(self, arg: int) -> int:
-        """Bytes of argument ``arg`` (0 if the primitive has none)."""
-        md = self.mds.get(arg)
-        return self.lib.dnnl_memory_desc_get_size(md) if md else 0
-
     def execute(self, tensors: dict[int, torch.Tensor]) -> None:
-        """Run on ``tensors`` (argument number -> contiguous float32 CPU tensor or workspace)."""
+        """Run on ``tensors`` (argument number -> contiguous float32 CPU tensor or workspace).
+
+        Raises:
+            OneDNNError: a tensor is missing, not contiguous, or not of its argument's size (a
+                check, not a conversion: oneDNN would read or write out of bounds), or oneDNN
+                fails.
+        """
         lib, engine, stream = self.lib, _state["engine"], _state["stream"]
+        for arg, t in tensors.items():
+            if arg not in self.mds or not t.is_contiguous() or \
+                    t.numel() * t.element_size() < self.sizes[arg]:
+                raise OneDNNError(f"argument {arg}: got a tensor {list(t.shape)} "
+                                  f"{t.dtype}, expected {self.sizes.get(arg)} contiguous bytes")
         tensors = dict(tensors)
-        if self.size(SCRATCHPAD):
-            tensors[SCRATCHPAD] = _scratch(self.size(SCRATCHPAD))
+        if self.sizes[SCRATCHPAD]:
+            tensors[SCRATCHPAD] = _scratch(self.sizes[SCRATCHPAD])
         args, mems = (_ExecArg * len(tensors))(), []
         try:
             for k, (arg, t) in enumerate(tensors.items()):

@@ -77,38 +77,39 @@ def run_segments(run: RunFn, x: torch.Tensor, state, lengths: torch.Tensor,
     steps, batch = x.shape[0], x.shape[1]
     lengths = lengths.to(torch.long).cpu()
     order = torch.argsort(lengths, descending=True, stable=True)
-    sorted_lens = lengths[order]
-    inverse = torch.argsort(order)
-    segments = plan(sorted_lens.tolist(), state_is_output)
+    lens = lengths[order].tolist()
+    inverse = torch.argsort(order).to(x.device)
+    order = order.to(x.device)
+    segments = plan(lens, state_is_output)
     # one split of the sorted inputs (not a slice of the whole per segment: each slice's
     # backward would fill a zero tensor of the full size)
     last = segments[-1][1]
-    pieces_in = x.index_select(1, order.to(x.device))[:last].split([e - s for s, e in segments])
-    current = map_state(lambda s: s[order], state)
-    pieces, finals = [], []
+    pieces_in = x.index_select(1, order)[:last].split([e - s for s, e in segments])
+    initial = map_state(lambda s: s.index_select(0, order), state)
+    current, pieces, finals = initial, [], []
     for (start, end), x_seg in zip(segments, pieces_in, strict=True):
-        active = int((sorted_lens > start).sum())
-        alive_after = int((sorted_lens > end).sum())
+        active = sum(n > start for n in lens)
+        alive_after = sum(n > end for n in lens)
         current = map_state(lambda s, n=active: s[:n], current)
         out, current = run(x_seg[:, :active], current)
-        if alive_after < active and int(sorted_lens[alive_after]) < end:  # merged segment
-            lens = sorted_lens[:active].to(out.device) - start
+        if lens[active - 1] < end:  # merged segment: some sequences end inside it
+            stop = torch.tensor(lens[:active], device=out.device) - start
             rows = torch.arange(alive_after, active, device=out.device)
-            finals.append(out[lens[alive_after:] - 1, rows])
+            finals.append(out[stop[alive_after:] - 1, rows])
             t = torch.arange(end - start, device=out.device)[:, None]
-            out = out * (t < lens[None, :]).unsqueeze(-1).to(out.dtype)
+            out = out * (t < stop[None, :]).unsqueeze(-1).to(out.dtype)
         else:
             finals.append(map_state(lambda s, a=alive_after: s[a:], current))
         pieces.append(F.pad(out, (0, 0, 0, batch - active)))
     out = F.pad(torch.cat(pieces), (0, 0, 0, 0, 0, steps - last))
     finals.reverse()
-    empty = int((sorted_lens == 0).sum())
+    empty = lens.count(0)
     if empty:
-        finals.append(map_state(lambda s: s[batch - empty:], map_state(lambda s: s[order], state)))
-    final = map_state(lambda *parts: torch.cat(parts)[inverse], *finals)
+        finals.append(map_state(lambda s: s[batch - empty:], initial))
+    final = map_state(lambda *parts: torch.cat(parts).index_select(0, inverse), *finals)
     if masked_output == "previous":
-        out = _hold_last(out, sorted_lens)
-    return out[:, inverse], final
+        out = _hold_last(out, torch.tensor(lens))
+    return out.index_select(1, inverse), final
 
 
 def _hold_last(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ reader or runtime (torch module, onnxruntime), and both are run on one random in
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -135,7 +136,10 @@ def _arrange(specs: dict[str, C.RNNCell], path: str):
     if parents and all(multi) and len({m[1] for m in multi}) == 1:
         order = sorted(zip((int(m[2]) for m in multi), parents.values(), strict=True))
         if [k for k, _ in order] == list(range(len(order))):
-            return C.MultiRNNCell([cell for _, cell in order])
+            stack, first = C.MultiRNNCell([cell for _, cell in order]), order[0][1]
+            with _scopes(multi[0][1].rstrip("/")):
+                stack.ensure_built(first.input_depth, next(first.parameters()).dtype)
+            return stack
     bidi = [re.fullmatch(r"(.*?)/?(?:cell_(\d+)/bidirectional_rnn/)?(fw|bw)", p) for p in parents]
     if parents and all(bidi) and len({m[1] for m in bidi}) == 1:
         layers: dict[int, dict[str, C.RNNCell]] = {}
@@ -286,6 +290,8 @@ def write_model(model: Model, dst: str, target: str, opts: Options) -> Callable:
         from rnnkit.io.keras_files import load_keras, save_keras
 
         save_keras(model.obj, dst)
+        if Path(dst).name.endswith(".weights.h5"):  # weights only: load them into a copy
+            return lambda x: load_keras(dst, copy.deepcopy(model.obj))(x)
         return lambda x: load_keras(dst)(x)
     if target == "native":
         from rnnkit.io.native import load, save_native

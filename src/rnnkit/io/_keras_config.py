@@ -27,11 +27,13 @@ LAYERS: dict[str, type] = {c.__name__: c for c in (
     L.Masking, L.Dense, L.Dropout)}
 CELLS: dict[str, type] = {c.__name__: c for c in (L.SimpleRNNCell, L.GRUCell, L.LSTMCell)}
 KERAS_MODULES = (None, "keras", "keras.layers", "keras.models", "keras.src.models.functional",
-                 "keras.src.models.sequential")
+                 "keras.src.models.sequential", "keras.src.engine.functional",
+                 "keras.src.engine.sequential", "tf_keras.src.engine.functional",
+                 "tf_keras.src.engine.sequential")  # names only: nothing is ever imported
 # Keras activation names (Keras 2 and 3); legacy files mean Keras 2's hard_sigmoid by the name.
 _ACTIVATIONS = ("tanh", "sigmoid", "relu", "relu6", "elu", "selu", "softsign", "softplus",
-                "gelu", "swish", "silu", "hard_sigmoid", "linear")
-_NEVER_WRITTEN = frozenset({"hard_sigmoid_keras2"})
+                "gelu", "swish", "silu", "hard_sigmoid", "linear", "softmax", "log_softmax",
+                "exponential", "mish", "hard_silu", "hard_swish")
 # Keras-only options: ignored whatever their value ...
 _IGNORED = frozenset({"dtype", "implementation", "input_length", "batch_input_shape",
                       "batch_shape", "autocast"})
@@ -202,10 +204,9 @@ def _keras_value(key: str, value: Any, where: str) -> Any:
     if key.endswith(("_regularizer", "_constraint")):
         kind = "regularizers" if key.endswith("_regularizer") else "constraints"
         return {"module": f"keras.{kind}", **value, "registered_name": None}
-    if key in ("activation", "recurrent_activation") and (
-            value in _NEVER_WRITTEN or value not in _ACTIVATIONS):
+    if key in ("activation", "recurrent_activation") and value not in _ACTIVATIONS:
         raise ValueError(f"{where}: activation {value!r} has no Keras 3 equivalent (Keras 3's "
-                         "hard_sigmoid is relu6(x + 3) / 6)")
+                         "hard_sigmoid is relu6(x + 3) / 6, not Keras 2's clip(0.2 x + 0.5, 0, 1))")
     if key in ("layer", "backward_layer", "cell"):
         return _entry_to_keras(value, where)
     return value

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return "torch"
     if (head[:1] == b"\x08" or p.suffix == ".onnx") and _is_onnx(p):
         return "onnx"
+    if p.suffix == ".onnx":
+        raise FormatError(p, "corrupt or truncated ONNX model (its protobuf does not parse)")
     raise FormatError(p, "unrecognized file format (not a TensorFlow checkpoint, safetensors, "
                          "Keras, HDF5, PyTorch or ONNX file)")
 
@@ -282,10 +285,12 @@ def _read_torch(p: Path):
     import torch
 
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors of every kind
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FormatError(p, f"torch.load(weights_only=True) cannot read it: {first}") from None
+        raise FormatError(p, f"torch.load(weights_only=True) cannot read it: {_torch_reason(err)}") \
+            from None
     tensors: dict[str, np.ndarray] = {}
     skipped: list[str] = []
 
@@ -303,6 +308,17 @@ def _read_torch(p: Path):
     if not tensors:
         raise FormatError(p, "the torch file holds no tensors")
     return tensors, {"notes": [f"non-tensor entries skipped: {', '.join(skipped)}"] if skipped else []}
+
+
+def _torch_reason(err: Exception) -> str:
+    """The useful part of torch.load's error (not its advice to load with weights_only=False:
+    rnnkit never unpickles code)."""
+    text = str(err)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.DOTALL)
+    if m:
+        return "not plain tensors (a pickle that needs code, or corrupt): " + \
+            " ".join(m[1].split()).split(". ")[0]
+    return " ".join(text.split())[:300] or type(err).__name__
 
 
 def _read_onnx(p: Path):

@@ -48,6 +48,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _CONFIG, _METADATA, _WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 _MAX_JSON = 64 << 20
+_MAX_RATIO = 64  # weights are float data, which deflate barely shrinks; Keras stores them as is
 # What zipfile, json, h5py and HDF5 raise for damaged bytes; each becomes a FormatError.
 _DAMAGE = (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError, EOFError,
            RecursionError, NotImplementedError, OverflowError, zipfile.BadZipFile, zlib.error,
@@ -67,7 +68,9 @@ def load_keras(path: str | os.PathLike, model: L.Sequential | L.Model | None = N
 
     Returns:
         The rnnkit model (in eval mode when rebuilt from a config), giving Keras's outputs.
-        Legacy configs keep Keras 2's ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``).
+        Legacy configs keep Keras 2's ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``). Weights
+        are loaded in float32 whatever the file's dtype policy; a ``training=`` pinned in a
+        Keras 3 functional graph is dropped (the layer's mode decides, as for any rnnkit layer).
 
     Raises:
         FormatError: the file is missing, not a Keras file, truncated or corrupt, unsafe (path
@@ -97,6 +100,8 @@ def load_keras(path: str | os.PathLike, model: L.Sequential | L.Model | None = N
                                 "archive nor an HDF5 .h5 file")
     except FormatError:
         raise
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        raise FormatError(path, f"cannot open the file: {err.strerror}") from None
     except (ConfigError, LookupError) as err:
         raise FormatError(path, str(err)) from None
     except _DAMAGE as err:
@@ -122,25 +127,39 @@ def _load_archive(path: Path, model, order):
         if _WEIGHTS not in names:
             other = " (npz weights are not supported)" if "model.weights.npz" in names else ""
             raise FormatError(path, f"the archive has no {_WEIGHTS}{other}; members: {names[:10]}")
+        info = zf.getinfo(_WEIGHTS)
+        if info.file_size > _MAX_RATIO * max(info.compress_size, 1 << 20):
+            raise FormatError(path, f"{_WEIGHTS} declares {info.file_size} bytes from "
+                                    f"{info.compress_size} compressed; refused (a zip bomb?)")
         config = None
         if model is None:
             if _CONFIG not in names:
                 raise FormatError(path, f"the archive has no {_CONFIG}")
-            if zf.getinfo(_CONFIG).file_size > _MAX_JSON:
-                raise FormatError(path, f"{_CONFIG} declares {zf.getinfo(_CONFIG).file_size} bytes")
-            config = json.loads(zf.read(_CONFIG).decode("utf-8"))
+            config = _read_json(path, zf, _CONFIG)
+            metadata = _read_json(path, zf, _METADATA) if _METADATA in names else {}
+            version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+            # tf.keras 2.13+ writes .keras archives too; there hard_sigmoid is Keras 2's
+            legacy = isinstance(version, str) and version.split(".")[0] in ("1", "2")
         with tempfile.TemporaryFile() as tmp:
             with zf.open(_WEIGHTS) as src:  # zipfile checks the CRC at the end
                 shutil.copyfileobj(src, tmp)
+            size = tmp.tell()
             tmp.seek(0)
             with h5py.File(tmp, "r") as h5:
                 if model is not None:
                     _assign(H.keras3_pairs(h5, model, order))
                     return model
-                built, specs, order = model_from_keras(config, legacy=False)
-                _build(built, specs, _declared_size(h5))
+                built, specs, order = model_from_keras(config, legacy=legacy)
+                _build(built, specs, min(_declared_size(h5), size))
                 _assign(H.keras3_pairs(h5, built, order))
                 return built.eval()
+
+
+def _read_json(path: Path, zf: zipfile.ZipFile, name: str):
+    size = zf.getinfo(name).file_size
+    if size > _MAX_JSON:
+        raise FormatError(path, f"{name} declares {size} bytes (more than {_MAX_JSON})")
+    return json.loads(zf.read(name).decode("utf-8"))
 
 
 def _load_h5(path: Path, h5, model, order):
@@ -160,13 +179,16 @@ def _load_h5(path: Path, h5, model, order):
     version = h5.attrs.get("keras_version", b"2")
     version = version.decode("utf-8") if isinstance(version, bytes) else str(version)
     built, specs, order = model_from_keras(json.loads(config), legacy=not version.startswith("3"))
-    _build(built, specs, _declared_size(h5))
+    _build(built, specs, min(_declared_size(h5), path.stat().st_size))
     _assign(H.legacy_pairs(h5, built, order))
     return built.eval()
 
 
 def _declared_size(h5) -> int:
-    """How many numbers the file's datasets declare (read from metadata, nothing allocated)."""
+    """How many numbers the file's datasets declare (read from metadata, nothing allocated).
+
+    The caller also caps this by the file's size in bytes, so a dataset declared far larger
+    than the bytes behind it cannot license a large allocation either."""
     total = 0
 
     def add(_, obj):

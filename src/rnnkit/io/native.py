@@ -23,6 +23,7 @@ import torch
 from rnnkit import activations, cells
 from rnnkit import init as _init
 from rnnkit import scope as _scope
+from rnnkit._initializer import names_code
 from rnnkit.io._sstable import crc32c
 from rnnkit.io.atomic import atomic_write
 from rnnkit.io.errors import FormatError
@@ -230,7 +231,7 @@ def _build(tree: dict) -> cells.RNNCell:
 
 def _safe_init(config: dict | None):
     """An initializer from its config, except ``from_callable``: a file never imports code."""
-    if config is None or config.get("class_name") == "from_callable":
+    if config is None or names_code(config):
         return None
     return _init.deserialize(config)
 

@@ -166,6 +166,7 @@ class StudyModel(torch.nn.Module):
         super().__init__()
         self.config = config
         cell, kernel, overrides = config.make(num_units, max_len)
+        self.cell = cell
         with rk.variable_scope(config.name, initializer=kernel):
             if overrides:
                 with rk.variable_scope(cell.base_name):
@@ -176,7 +177,6 @@ class StudyModel(torch.nn.Module):
                 self.kernel = rk.get_variable("kernel", [num_units, output_size],
                                               initializer=rk.init.glorot_uniform())
                 self.bias = rk.get_variable("bias", [output_size], initializer=rk.init.zeros())
-        self.cell = cell
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Readout ``[batch, steps, output_size]`` of inputs ``x [batch, steps, input_size]``."""

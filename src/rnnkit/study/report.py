@@ -133,7 +133,7 @@ def plot_learning_curves(results: list[RunResult], path: Path, titles: dict[str,
         ax.axhline(first.baseline, color="black", linewidth=1, label="memoryless baseline")
         ax.axhline(first.threshold, color="grey", linewidth=1, linestyle="--", label="'solved' threshold")
         unit = "MSE" if task == "adding" else "cross-entropy (nats per step)"
-        ax.set(title=f"Learning curves: {titles.get(task, task)}", xlabel="training step (updates)",
+        ax.set(title=f"Learning curves\n{titles.get(task, task)}", xlabel="training step (updates)",
                ylabel=f"held-out loss, {unit} (log scale)", yscale="log")
         finite = [v for r in runs.values() for v in r.eval_losses if math.isfinite(v) and v > 0]
         ax.set_ylim(max(min(finite, default=first.baseline), 1e-6) / 2, _CLIP * first.baseline)
@@ -154,7 +154,7 @@ def plot_grad_norms(results: list[RunResult], path: Path, titles: dict[str, str]
             t = range(1, len(r.grad_norms) + 1)
             ax.plot(t, [max(g, 1e-30) for g in r.grad_norms], dash, color=color, label=name,
                     linewidth=1.6)
-        ax.set(title=f"Gradient through time at init: {titles.get(task, task)}",
+        ax.set(title=f"Gradient of the loss through time, at initialization\n{titles.get(task, task)}",
                xlabel="time step t (1 = first input)",
                ylabel="mean ||d loss / d state_t|| (log scale)", yscale="log")
         ax.grid(True, which="major", alpha=0.3)
@@ -173,8 +173,9 @@ def _verdicts(results: list[RunResult]) -> list[tuple[Effect, str, str, str]]:
     return out
 
 
-def _summary(verdicts: list[tuple[Effect, str, str, str]]) -> list[str]:
-    """Headline lines: per group of known effects, then per effect, where it appeared."""
+def _summary(results: list[RunResult], verdicts: list[tuple[Effect, str, str, str]]) -> list[str]:
+    """Headline lines: per group of known effects where it appeared, the gradient at init, then
+    each effect per task."""
     lines = []
     groups = (("identity or orthogonal recurrent init helps a plain RNN", ("irnn", "rnn_orthogonal")),
               ("a forget-gate bias (1 or chrono) helps the LSTM", ("lstm_fb1", "lstm_chrono")))
@@ -191,6 +192,10 @@ def _summary(verdicts: list[tuple[Effect, str, str, str]]) -> list[str]:
         else:
             lines.append(f"- **{label}: the known effect did not appear** in this run ({count}); "
                          "see the table and the caveats below.")
+    lines += ["", "Gradient reaching the first step at initialization, `g_1/g_T` (largest first):", ""]
+    for task, runs in _by_task(results).items():
+        ranked = sorted(runs.values(), key=lambda r: -r.grad_ratio if math.isfinite(r.grad_ratio) else 0)
+        lines.append(f"- {task}: " + ", ".join(f"{r.config} {r.grad_ratio:.1e}" for r in ranked))
     lines += ["", "Each comparison (details in the table below):", ""]
     for effect in EFFECTS:
         by_task = [(task, v) for e, task, v, _ in verdicts if e is effect]
@@ -216,8 +221,8 @@ def write_outputs(results: list[RunResult], out_dir: Path, setup: list[str],
     plot_learning_curves(results, paths["curves"], titles)
     plot_grad_norms(results, paths["grads"], titles)
     verdicts = _verdicts(results)
-    lines = ["# rnnkit initialization study", "", *_summary(verdicts), "", "## Setup", "", *setup, "",
-             "## Results", "", markdown_table(results), "",
+    lines = ["# rnnkit initialization study", "", *_summary(results, verdicts), "", "## Setup", "",
+             *setup, "", "## Results", "", markdown_table(results), "",
              "`rho(U)`: largest spectral radius over the square recurrent blocks `U_*` at "
              "initialization. `g_1/g_T`: mean `||d loss / d state_t||` at the first step "
              "over that at the last (how much gradient reaches the start of the sequence). "

@@ -159,7 +159,8 @@ def train_run(config: StudyConfig, task: Task, settings: Settings, seed: int = 0
     same training batches for every configuration of a task).
 
     Returns:
-        A ``RunResult``. A loss that becomes NaN or infinite stops training (``diverged``).
+        A ``RunResult``. A loss that becomes NaN or infinite stops training (``diverged``; the
+        curve then ends with a NaN at that step).
     """
     rk.reset_default_graph()
     torch.manual_seed(_seed(seed, config.name, task.kind))
@@ -196,6 +197,8 @@ def train_run(config: StudyConfig, task: Task, settings: Settings, seed: int = 0
         batch_loss = task.per_example_loss(model(x), y).mean()
         if not torch.isfinite(batch_loss):
             result.diverged = True
+            result.eval_steps.append(step)
+            result.eval_losses.append(math.nan)
             break
         opt.zero_grad(set_to_none=True)
         batch_loss.backward()
