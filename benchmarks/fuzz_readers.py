@@ -167,7 +167,7 @@ def main() -> int:
     args = parser.parse_args()
     t0 = time.perf_counter()
     counts = run(args.inputs, args.seed, args.verbose)
-    print(f"| format | inputs | valid model | FormatError | other (failures) |")
+    print("| format | inputs | valid model | FormatError | other (failures) |")
     print("|---|---|---|---|---|")
     bad_total = 0
     for fmt, c in counts.items():
