@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 env: $(VENV)/.installed
 
 lint: env
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests examples benchmarks docs
 
 test: lint
 	$(PY) -m pytest -q

@@ -50,8 +50,6 @@ def _time(fn, reps: int) -> tuple[float, float]:
 def _rnnkit(cell: str, H: int, fast):
     import inspect
 
-    import torch
-
     import rnnkit as rk
 
     make = {"lstm": lambda: rk.BasicLSTMCell(H, forget_bias=0.0),
@@ -238,7 +236,7 @@ def measure(peer: str, cell: str, shapes: list[str], reps: int) -> dict:
         H = shape[2]
         if peer in ("rnnkit", "rnnkit-ref"):
             fast = "auto" if peer == "rnnkit" else False
-            r = time_torch_peer(lambda H=H: _rnnkit(cell, H, fast), shape, varlen, reps)
+            r = time_torch_peer(lambda H=H, fast=fast: _rnnkit(cell, H, fast), shape, varlen, reps)
         elif peer == "torch":
             r = time_torch_peer(lambda H=H: _torch(cell, H), shape, varlen, reps)
         elif peer == "keras-torch":
