@@ -27,12 +27,8 @@ import rnnkit
 from rnnkit import cells, scope
 from rnnkit import io as rio
 
-_PARSER = ("import argparse, sys\nfrom rnnkit import cli_files\n"
-           "def parser():\n"
-           "    p = argparse.ArgumentParser(prog='rnnkit')\n"
-           "    cli_files.add_parsers(p.add_subparsers(dest='verb', required=True))\n"
-           "    return p\n")
-_RUNNER = _PARSER + "a = parser().parse_args(sys.argv[1:])\nsys.exit(a.run(a))\n"
+_PARSER = "import sys\nfrom rnnkit.cli import build_parser as parser\n"
+_RUNNER = "import sys\nfrom rnnkit.cli import main\nsys.exit(main())\n"  # ``python -m rnnkit.cli``
 # Many invocations in one process (each on a fresh variable graph, output captured), to pay
 # for importing torch once: what a separate process per call would give, minus start-up time.
 _BATCH = _PARSER + """
@@ -161,7 +157,7 @@ _REFUSALS = [
 _BAD = [("missing", "no such file or directory"), ("empty", "the file is empty"),
         ("text", "unrecognized file format"), ("pickle", "Unsupported global"),
         ("folder", "without a TensorFlow 'checkpoint' file"), ("tf_data", "checksum mismatch"),
-        ("safetensors", "corrupt safetensors header"), ("keras", "HDF5"), ("onnx", "ONNX model"),
+        ("safetensors", "corrupt safetensors header"), ("keras", "truncated"), ("onnx", "ONNX model"),
         ("pt", "corrupt zip archive")]
 
 
@@ -388,9 +384,10 @@ if os.environ["TF_USE_LEGACY_KERAS"] == "1":
         x = tf1.placeholder(tf.float32, [None, 5, 2])
         cell = tf1.nn.rnn_cell.MultiRNNCell([tf1.nn.rnn_cell.GRUCell(3),
                                              tf1.nn.rnn_cell.BasicLSTMCell(4)])
-        tf1.nn.dynamic_rnn(cell, x, dtype=tf.float32)
+        y, _ = tf1.nn.dynamic_rnn(cell, x, dtype=tf.float32)
         with tf1.Session() as s:
             s.run(tf1.global_variables_initializer())
+            RESULT["y"] = s.run(y, {x: INPUTS["x"]})
             tf1.train.Saver().save(s, out + "/tf1/model.ckpt")
             RESULT.update({v.op.name: s.run(v) for v in tf1.global_variables()})
     model = tf.keras.Sequential([tf.keras.layers.GRU(3, input_shape=(5, 2), reset_after=False)])
@@ -407,7 +404,8 @@ else:
 @requires_tf
 def test_inspect_reads_files_written_by_tensorflow_and_keras(tmp_path, monkeypatch):
     monkeypatch.setenv("RNNKIT_ORACLE_DIR", str(tmp_path))
-    tf1 = run_tf(_ORACLE)
+    x = np.random.default_rng(0).normal(size=(2, 5, 2)).astype(np.float32)
+    tf1 = run_tf(_ORACLE, {"x": x})
     keras3 = run_tf(_ORACLE, legacy_keras=False)
     report = inspect_json(tmp_path / "tf1")
     by_name = {v["name"]: v for v in report["variables"]}
@@ -424,8 +422,11 @@ def test_inspect_reads_files_written_by_tensorflow_and_keras(tmp_path, monkeypat
     assert bias["rnn"]["framework"] == "Keras GRU" and bias["rnn"]["role"] == "bias [G*H]"
     k3 = inspect_json(tmp_path / "model.keras")
     assert k3["format"] == "keras" and "GRU" in k3["notes"][0]
-    bias = [v for v in k3["variables"] if v["rnn"] and v["shape"] == [2, 9]][0]
-    assert bias["rnn"]["role"].startswith("bias [2, 3H]")
+    (bias,) = [v for v in k3["variables"] if v["rnn"] and v["rnn"]["role"].startswith("bias")]
+    assert bias["shape"] == [2, 9] and bias["rnn"]["role"].startswith("bias [2, 3H] (reset_after")
     assert bias["stats"]["mean"] == pytest.approx(float(keras3["gru_bias"].mean()), abs=1e-7)
     proc = rnnkit_cli("convert", tmp_path / "tf1", tmp_path / "tf1.safetensors")
     assert proc.returncode == 0 and ": ok" in proc.stdout, proc.stderr
+    converted = rio.load(tmp_path / "tf1.safetensors")  # TF1's GRU and LSTM, read and rewritten
+    outputs, _ = rnnkit.dynamic_rnn(converted, torch.from_numpy(x), dtype=torch.float32)
+    np.testing.assert_allclose(outputs.detach().numpy(), tf1["y"], rtol=0, atol=1e-5)

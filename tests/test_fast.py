@@ -281,3 +281,56 @@ def test_a_failing_primitive_falls_back_under_auto_and_raises_under_true(monkeyp
     torch.testing.assert_close(out, rk.dynamic_rnn(cell, x, fast=False)[0])
     with pytest.raises(onednn.OneDNNError, match="no primitive for gru"):
         rk.dynamic_rnn(cell, x, fast=True)
+
+
+def test_explain_sees_wrappers_and_layers():
+    x = torch.randn(2, 5, 3)
+    wrapped = rk.DropoutWrapper(rk.GRUCell(4), output_keep_prob=0.5)
+    wrapped.ensure_built(3, torch.float32)
+    assert rk.fast.explain(wrapped, x).path == "reference"
+    stack = rk.MultiRNNCell([rk.LSTMCell(4, cell_clip=2.0), rk.GRUCell(4)])
+    stack.ensure_built(3, torch.float32)
+    assert "cell_clip" in str(rk.fast.explain(stack, x))
+
+
+KERAS = {
+    "simple_rnn": lambda: rk.layers.SimpleRNN(5, return_sequences=True, return_state=True),
+    "gru_reset_after": lambda: rk.layers.GRU(5, return_sequences=True, return_state=True),
+    "gru_reset_before": lambda: rk.layers.GRU(5, return_sequences=True, return_state=True,
+                                              reset_after=False),
+    "lstm": lambda: rk.layers.LSTM(5, return_sequences=True, return_state=True),
+    "lstm_backwards_no_bias": lambda: rk.layers.LSTM(5, return_sequences=True, use_bias=False,
+                                                     go_backwards=True),
+    "bidirectional_gru": lambda: rk.layers.Bidirectional(rk.layers.GRU(5, return_sequences=True)),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", list(KERAS))
+def test_keras_layers_match_reference(name, masked):
+    """Keras layers reach the same dispatch (trailing masks: outputs hold the last valid one)."""
+    layer = KERAS[name]()
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 4 + [0] * 2]).bool() if masked else None
+    layer(x)  # build
+    _perturb(layer)
+
+    def run(fast):
+        with rk.fast.fast_mode(fast):
+            return layer(x, mask=mask)
+
+    _compare(run, [x, *layer.parameters()])
+
+
+@needs_onednn
+def test_keras_mask_with_holes_and_dropout_take_the_reference_path():
+    layer = rk.layers.LSTM(5, return_sequences=True)
+    x = torch.randn(2, 4, 3)
+    holes = torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]]).bool()
+    with rk.fast.fast_mode(True), pytest.raises(ValueError, match="mask has holes"):
+        layer(x, mask=holes)
+    dropped = rk.layers.GRU(5, recurrent_dropout=0.5)
+    with rk.fast.fast_mode(True), pytest.raises(ValueError, match="recurrent dropout"):
+        dropped(x, training=True)
+    torch.testing.assert_close(layer(x, mask=holes), layer(x, mask=holes))

@@ -112,8 +112,9 @@ def test_backward_direction_is_forward_over_each_reversed_sequence(problem):
 @PROPERTY
 @given(problems(min_time=2, max_time=30))
 def test_swap_memory_equals_plain_in_outputs_and_gradients(problem):
-    """The chunked-recompute path gives bit-identical outputs and states, and the same gradients
-    with respect to inputs, initial state and every weight."""
+    """The chunked-recompute path gives the outputs, states and gradients (with respect to
+    inputs, initial state and every weight) of the plain one, to rounding: each chunk recomputes
+    its own input projection, a smaller matmul that may round its last bit differently."""
     cell, x, lengths = problem
     x.requires_grad_(True)
     params = list(cell.parameters())
@@ -127,8 +128,8 @@ def test_swap_memory_equals_plain_in_outputs_and_gradients(problem):
         loss = out.square().sum() + sum((s * s.detach().sign()).sum() for s in _leaves(final))
         results.append((out, final, torch.autograd.grad(loss, wrt, allow_unused=True)))
     (out_a, fin_a, g_a), (out_b, fin_b, g_b) = results
-    _close(out_a, out_b, atol=0)
-    _close(fin_a, fin_b, atol=0)
+    _close(out_a, out_b)
+    _close(fin_a, fin_b)
     for u, v in zip(g_a, g_b, strict=True):
         assert (u is None) == (v is None)
         if u is not None:
@@ -197,7 +198,7 @@ def test_swap_memory_replays_dropout_masks(problem, seed, variational, keeps):
         loss = out.square().sum() + sum(s.square().sum() for s in _leaves(final))
         results.append((out, torch.autograd.grad(loss, [x, *cell.parameters()], allow_unused=True)))
     (out_a, g_a), (out_b, g_b) = results
-    _close(out_a, out_b, atol=0)
+    _close(out_a, out_b)
     for u, v in zip(g_a, g_b, strict=True):
         assert (u is None) == (v is None)
         if u is not None:

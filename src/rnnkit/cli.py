@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rnnkit import cli_files
+
 DEFAULT_OUT = "rnnkit-demo-out"
 
 
@@ -69,7 +71,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_demo)
 
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo]
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, cli_files.add_parsers]
 
 
 def build_parser() -> argparse.ArgumentParser:

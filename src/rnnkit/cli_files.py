@@ -32,12 +32,12 @@ _CONVERT_EPILOG = """\
 conversions (source -> target; the target is inferred from DST's extension without --to:
 .ckpt or no extension tf, .safetensors native, .pt/.pth torch, .onnx onnx, .keras/.weights.h5
 keras):
-  source \\ target           tf   native  torch  onnx  keras
+  source \\ target            tf   native  torch  onnx  keras
   TF checkpoint (TF1 cells)  yes  yes(1)  (2)    (3)   no
-  rnnkit native             yes  yes     (2)    (3)   no
-  torch nn.RNN/GRU/LSTM     yes  yes(1)  yes    yes   no
-  Keras file                no   no      (4)    (4)   yes
-  ONNX                      no: ONNX is export-only
+  rnnkit native              yes  yes     (2)    (3)   no
+  torch nn.RNN/GRU/LSTM      yes  yes(1)  yes    yes   no
+  Keras file                 no   no      (4)    (4)   yes
+  ONNX                       no: ONNX is export-only
 (1) one cell or a MultiRNNCell; bidirectional models go to tf, torch or onnx.
 (2) when torch has the math: not TF1's GRUCell (reset before; GRUCell(reset_after=True) and
     cuDNN-compatible GRUs do convert), peepholes, clipping or layer norm.
@@ -86,7 +86,7 @@ def _convert(args: argparse.Namespace) -> int:
         reloaded = cv.write_model(model, args.dst, target, opts)
         print(f"wrote {args.dst} ({target})")
         diff, shape = cv.compare(model, reloaded)
-    except (FormatError, cv.ConvertError, ValueError, TypeError, OSError) as err:
+    except (FormatError, cv.ConvertError, ValueError, TypeError, OSError, ImportError) as err:
         return _fail("convert", err)
     verdict = "ok" if diff <= args.tolerance else "FAILED"
     print(f"numeric check: max |difference| = {diff:.3g} between {args.src} and {args.dst} on a "

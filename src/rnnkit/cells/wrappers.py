@@ -139,7 +139,7 @@ class DropoutWrapper(_Wrapper):
         self.variational = bool(variational_recurrent)
         self.state_filter = dropout_state_filter_visitor or _keep_state_leaf
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        self._global_rng = False
+        self._in_unroll = False
         self._masks: dict[str, object] = {}
         del input_size, dtype
 
@@ -152,22 +152,24 @@ class DropoutWrapper(_Wrapper):
         super().begin_sequence(batch_size, dtype, device)
 
     def sequence_params(self):
-        return self.cell.sequence_params(), self._global_rng
+        return self.cell.sequence_params(), self._in_unroll
 
     def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
-        if self._generator is None:
-            return super().unroll(inputs, state, mask, masked_output, chunk, fast)
-        # swap_memory recomputes chunks in the backward pass with the global RNG's state restored,
-        # not a private generator's: a seeded unroll draws from the global RNG, forked and seeded
-        # from the private generator; its steps learn this from their params.
-        seed = int(torch.randint(2**62, (), generator=self._generator))
-        self._global_rng = True
+        # Inside an unroll the noise comes from the global RNG, which swap_memory's recomputed
+        # chunks replay (forked and seeded from the private generator when there is one), and the
+        # inputs are dropped here for the whole sequence, so chunked and plain runs draw the same
+        # masks; the steps learn this from their params.
+        seeded = self._generator is not None
+        seed = int(torch.randint(2**62, (), generator=self._generator)) if seeded else 0
+        self._in_unroll = True
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with torch.random.fork_rng(devices=[], enabled=seeded):
+                if seeded:
+                    torch.manual_seed(seed)
+                inputs = self._drop(inputs, "input", True)
                 return super().unroll(inputs, state, mask, masked_output, chunk, fast)
         finally:
-            self._global_rng = False
+            self._in_unroll = False
 
     def _drop(self, x: torch.Tensor, kind: str, global_rng: bool, key: str = "") -> torch.Tensor:
         keep = self.keep[kind]
@@ -182,8 +184,9 @@ class DropoutWrapper(_Wrapper):
         return x * mask
 
     def prepare_inputs(self, inputs: torch.Tensor, params) -> torch.Tensor:
-        cell_params, global_rng = params
-        return self.cell.prepare_inputs(self._drop(inputs, "input", global_rng), cell_params)
+        cell_params, in_unroll = params
+        dropped = inputs if in_unroll else self._drop(inputs, "input", False)
+        return self.cell.prepare_inputs(dropped, cell_params)
 
     def step(self, prepared: torch.Tensor, state: State, params) -> tuple[torch.Tensor, State]:
         cell_params, global_rng = params

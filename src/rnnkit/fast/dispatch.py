@@ -27,7 +27,7 @@ from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import onednn
 from rnnkit.fast.autograd import Weights, run
-from rnnkit.fast.varlen import prefix_lengths, run_segments
+from rnnkit.fast.varlen import prefix_lengths, roll_to_front, run_segments
 from rnnkit.unroll import default_chunk, length_mask
 
 PATHS = ("onednn", "cudnn", "fused", "reference")
@@ -64,6 +64,7 @@ class Decision:
     path: str
     unmet: dict[str, tuple[str, ...]]
     lengths: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    suffix: bool = field(default=False, repr=False, compare=False)
 
     def explain(self) -> str:
         """One line per path: which ran, and why each other one did not."""
@@ -78,10 +79,10 @@ class Decision:
 
 
 def _onednn_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
-                  own_step: bool) -> tuple[list[str], torch.Tensor | None]:
+                  own_step: bool) -> tuple[list[str], torch.Tensor | None, bool]:
     if not isinstance(p, Canonical):
         return ["the cell has no Canonical weights (oneDNN serves BasicRNNCell, GRUCell, "
-                "BasicLSTMCell and LSTMCell)"], None
+                "BasicLSTMCell and LSTMCell)"], None, False
     unmet = []
     if own_step:
         unmet.append("the cell has its own prepare_inputs/step (per-step work such as dropout)")
@@ -114,16 +115,20 @@ def _onednn_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chun
         unmet.append("swap_memory=True (chunked recomputation) runs on the reference loop")
     if masked_output not in ("zero", "previous"):
         unmet.append(f"masked_output is {masked_output!r}")
-    lengths = None
+    lengths, suffix = None, False
     if mask is not None:
         lengths = prefix_lengths(mask)
+        if lengths is None:  # Keras go_backwards reads padding first: valid steps are a suffix
+            lengths = prefix_lengths(mask.flip(0))
+            suffix = lengths is not None
         if lengths is None:
-            unmet.append("the mask has holes (valid steps are not a prefix of each sequence)")
+            unmet.append("the mask has holes (valid steps are neither a prefix nor a suffix of "
+                         "each sequence)")
         elif int(lengths.max()) == 0:
             unmet.append("every sequence has length 0")
         elif bool((lengths == mask.shape[0]).all()):
             lengths = None
-    return unmet, lengths
+    return unmet, lengths, suffix
 
 
 def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
@@ -136,7 +141,8 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     Returns:
         a ``Decision``; ``str(decision)`` says which path and why not each other one.
     """
-    unmet, lengths = _onednn_unmet(params, inputs, state, mask, masked_output, chunk, own_step)
+    unmet, lengths, suffix = _onednn_unmet(params, inputs, state, mask, masked_output, chunk,
+                                           own_step)
     if not unmet:
         err = onednn.load_error()
         if err:
@@ -148,7 +154,7 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         "fused": ("not built yet",),
     }
     path = "onednn" if not unmet else "reference"
-    return Decision(path, {k: v for k, v in reasons.items() if k != path}, lengths)
+    return Decision(path, {k: v for k, v in reasons.items() if k != path}, lengths, suffix)
 
 
 def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
@@ -183,9 +189,15 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         return None
     weights = Weights(params)
     try:
-        if decision.lengths is None:
+        lengths = decision.lengths
+        if lengths is None:
             return run(weights, inputs, state)
-        return run_segments(lambda x, s: run(weights, x, s), inputs, state, decision.lengths,
+        if decision.suffix:  # no output before a sequence's first step: zeros either way
+            out, final = run_segments(lambda x, s: run(weights, x, s),
+                                      roll_to_front(inputs, lengths), state, lengths, "zero",
+                                      state_is_output=weights.cell != "lstm")
+            return roll_to_front(out, inputs.shape[0] - lengths), final
+        return run_segments(lambda x, s: run(weights, x, s), inputs, state, lengths,
                             masked_output, state_is_output=weights.cell != "lstm")
     except onednn.OneDNNError as err:
         if mode is True:
@@ -228,4 +240,4 @@ def explain(cell, inputs: torch.Tensor, sequence_length=None, swap_memory: bool 
         mask = length_mask(torch.as_tensor(sequence_length, device=x.device), x.shape[0])
     chunk = default_chunk(x.shape[0]) if swap_memory else None
     state = cell.zero_state(x.shape[1], x.dtype, x.device)
-    return decide(params, x, state, mask, "zero", chunk)
+    return decide(params, x, state, mask, "zero", chunk, not cell.uses_canonical_step())

@@ -6,7 +6,7 @@ consecutive distinct lengths are a prefix of the batch, so each such stretch of 
 full-length call on that prefix. A sequence's final state is the state after the segment where
 it ends; its outputs past its length are zero (TF1 ``dynamic_rnn``) or repeat the last valid
 output (Keras masks, ``masked_output="previous"``). Work done is the batch's tokens, not
-``B * T``.
+``B * T`` (plus a bounded padding where ``plan`` merges segments of a GRU or vanilla RNN).
 """
 
 from __future__ import annotations
@@ -27,6 +27,17 @@ def prefix_lengths(mask: torch.Tensor) -> torch.Tensor | None:
     lengths = mask.sum(0)
     steps = torch.arange(mask.shape[0], device=mask.device)[:, None]
     return lengths if bool(torch.equal(steps < lengths[None, :], mask)) else None
+
+
+def roll_to_front(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Rotate each sequence of time-major ``x`` ``[T, B, ...]`` so that its last ``lengths[b]``
+    steps come first (a suffix mask becomes a prefix mask); ``roll_to_front(y, T - lengths)``
+    undoes it."""
+    steps = x.shape[0]
+    t = torch.arange(steps, device=x.device)[:, None]
+    src = (t + steps - lengths.to(x.device)[None, :]) % steps
+    index = src.reshape(steps, -1, *([1] * (x.dim() - 2))).expand_as(x)
+    return torch.gather(x, 0, index)
 
 
 def plan(sorted_lens: list[int], state_is_output: bool, waste: float = 0.125

@@ -1,7 +1,7 @@
 """File-to-file conversion of RNN weights, with a numeric check (the ``rnnkit convert`` verb).
 
 A source file becomes an rnnkit model: TF1 cells rebuilt from a checkpoint's names and shapes
-(``cells_from_tf``), a native file through ``io.load``, a ``torch.nn.RNN/GRU/LSTM`` state_dict
+and restored by name, a native file through ``io.load``, a ``torch.nn.RNN/GRU/LSTM`` state_dict
 through a module rebuilt from its shapes and ``from_torch``, a Keras file through
 ``load_keras``. The model is written in the target format, read back by that format's own
 reader or runtime (torch module, onnxruntime), and both are run on one random input.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,18 +96,20 @@ def load_model(path: str, opts: Options) -> Model:
         module, notes = torch_module(tensors, path, opts)
         return Model(from_torch(module), "cells", notes)
     if fmt in ("keras", "keras_h5"):
-        from rnnkit.io.keras_files import load_keras
+        from rnnkit.io import load_keras
 
         return Model(load_keras(path), "keras")
     raise ConvertError(f"{path}: reading a model from an ONNX file is not supported (ONNX is an "
                        "export target); convert from the file it was exported from")
 
 
-def _scopes(path: str) -> ExitStack:
-    stack = ExitStack()
-    for part in filter(None, path.split("/")):
-        stack.enter_context(S.variable_scope(part))
-    return stack
+@contextmanager
+def _scopes(path: str) -> Iterator[None]:
+    """Open the variable scopes of an ``a/b/c`` path (none for ``""``)."""
+    with ExitStack() as stack:
+        for part in filter(None, path.split("/")):
+            stack.enter_context(S.variable_scope(part))
+        yield
 
 
 def _make_cell(scope: str, kind: str, H: int, tensors: dict, opts: Options) -> C.RNNCell:
@@ -134,7 +136,8 @@ def _arrange(specs: dict[str, C.RNNCell], path: str):
         parents = {}
     multi = [re.fullmatch(r"(.*)/?multi_rnn_cell/cell_(\d+)", p) for p in parents]
     if parents and all(multi) and len({m[1] for m in multi}) == 1:
-        order = sorted(zip((int(m[2]) for m in multi), parents.values(), strict=True))
+        order = sorted(zip((int(m[2]) for m in multi), parents.values(), strict=True),
+                       key=lambda pair: pair[0])
         if [k for k, _ in order] == list(range(len(order))):
             stack, first = C.MultiRNNCell([cell for _, cell in order]), order[0][1]
             with _scopes(multi[0][1].rstrip("/")):
@@ -157,6 +160,7 @@ def _from_tf_names(path: str, fmt: str, opts: Options) -> Model:
     from rnnkit.io.saving import restore
 
     _, tensors, extra = read_file(path, fmt)
+    path = re.sub(r"\.data-\d{5}-of-\d{5}$", "", str(path))  # restore takes the prefix
     found = {}
     for name, info in annotate(tensors, extra).items():
         if not info.framework.startswith(("TF1", "TF cuDNN")) or not info.role.startswith(
@@ -287,7 +291,7 @@ def write_model(model: Model, dst: str, target: str, opts: Options) -> Callable:
     if model.family == "cells" and target == "keras":
         raise ConvertError("TF1 cells have no Keras file form; convert to tf, native, torch or onnx")
     if target == "keras":
-        from rnnkit.io.keras_files import load_keras, save_keras
+        from rnnkit.io import load_keras, save_keras
 
         save_keras(model.obj, dst)
         if Path(dst).name.endswith(".weights.h5"):  # weights only: load them into a copy

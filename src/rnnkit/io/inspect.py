@@ -106,7 +106,10 @@ def detect_format(path: str | os.PathLike) -> str:
 
     Raises:
         FormatError: the path does not exist, is empty, or is of no supported format.
+        TypeError: ``path`` is not a str or os.PathLike.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"detect_format: path must be a str or os.PathLike, got {type(path).__name__}")
     p = Path(path)
     if p.is_dir():
         if (p / "checkpoint").is_file():
