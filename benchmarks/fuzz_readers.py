@@ -154,7 +154,7 @@ def _read_once(reader, target) -> tuple[str, str]:
     except MemoryError:
         return "memory", "MemoryError"
     except Exception as err:  # the failures this script exists to find
-        return type(err).__name__, traceback.format_exc(limit=3)
+        return type(err).__name__, traceback.format_exc(limit=-4)
     finally:
         signal.alarm(0)
 

@@ -66,7 +66,8 @@ class Weights:
     segments of a variable-length batch). Forward tensors are differentiable functions of
     ``Canonical``; the transposes backward needs are made once, on first use."""
 
-    def __init__(self, p: Canonical):
+    def __init__(self, p: Canonical, pooled: bool = True):
+        self.pooled = pooled  # training workspaces from the pool (False under swap_memory)
         self.cell = cell_kind(p)
         self.hidden = p.U.shape[1] // dnnl.GATES[self.cell]
         self.input_size, self.proj = p.W.shape[0], p.U.shape[0]
@@ -109,23 +110,26 @@ class _RNN(torch.autograd.Function):
         prims = dnnl.primitives(shape)
         fwd = prims.forward(training=True)
         y, hT, cT, tensors = _outputs_and_args(shape, x, h0, c0, wl, wi, bias, wp, wproj)
-        ws = workspaces.take(fwd.ws_size)
+        if weights.pooled:
+            ws = workspaces.take(fwd.ws_size)
+            weakref.finalize(ctx, workspaces.give, ws)  # back to the pool when the graph goes
+        else:  # only in saved tensors, which checkpointing (swap_memory) may drop and recompute
+            ws = torch.empty(fwd.ws_size, dtype=torch.uint8)
         tensors[dnnl.WORKSPACE] = ws
         fwd.execute(tensors)
-        ctx.shape, ctx.weights, ctx.ws = shape, weights, ws
-        weakref.finalize(ctx, workspaces.give, ws)  # back to the pool when the graph goes
-        ctx.save_for_backward(x, h0, c0, wl, wi, bias, wp, wproj, y, hT, cT)
+        ctx.shape, ctx.weights = shape, weights
+        ctx.save_for_backward(x, h0, c0, wl, wi, bias, wp, wproj, y, hT, cT, ws)
         return y, hT, cT
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dhT, dcT):
         shape = ctx.shape
-        x, h0, c0, wl, wi, bias, wp, wproj, y, hT, cT = ctx.saved_tensors
+        x, h0, c0, wl, wi, bias, wp, wproj, y, hT, cT, ws = ctx.saved_tensors
         wl_t, wi_t, wproj_t = ctx.weights.transposed()
         t = {dnnl.SRC_LAYER: x, dnnl.SRC_ITER: h0, dnnl.WEIGHTS_LAYER: wl_t,
              dnnl.WEIGHTS_ITER: wi_t, dnnl.BIAS: bias, dnnl.DST_LAYER: y, dnnl.DST_ITER: hT,
-             dnnl.WORKSPACE: ctx.ws}
+             dnnl.WORKSPACE: ws}
         diff = {dnnl.DST_LAYER: _grad(dy, y), dnnl.DST_ITER: _grad(dhT, hT)}
         grads = {dnnl.SRC_LAYER: torch.empty_like(x), dnnl.SRC_ITER: torch.empty_like(h0),
                  dnnl.WEIGHTS_LAYER: torch.zeros_like(wl), dnnl.WEIGHTS_ITER: torch.zeros_like(wi),

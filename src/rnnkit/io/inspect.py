@@ -26,7 +26,7 @@ import numpy as np
 from rnnkit.io import tf_checkpoint
 from rnnkit.io._gate_blocks import GateInfo, annotate
 from rnnkit.io._sstable import MAGIC as _TABLE_MAGIC
-from rnnkit.io.errors import FormatError
+from rnnkit.io.errors import DAMAGED_FILE_ERRORS, FormatError
 
 __all__ = ["FORMATS", "detect_format", "read_file", "annotate", "inspect_file", "Inspection",
            "Entry"]
@@ -153,7 +153,7 @@ def _zip_kind(p: Path) -> str:
     try:
         with zipfile.ZipFile(p) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as err:
+    except DAMAGED_FILE_ERRORS as err:
         raise FormatError(p, f"corrupt zip archive ({err})") from None
     if "model.weights.h5" in names or "config.json" in names:
         return "keras"
@@ -274,7 +274,7 @@ def _read_keras(p: Path):
         with zipfile.ZipFile(p) as zf:
             weights = zf.read("model.weights.h5") if "model.weights.h5" in zf.namelist() else None
             config = json.loads(zf.read("config.json")) if "config.json" in zf.namelist() else {}
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+    except DAMAGED_FILE_ERRORS as err:
         raise FormatError(p, f"corrupt .keras archive ({err})") from None
     notes = []
     if isinstance(config, dict) and config.get("class_name"):

@@ -20,10 +20,8 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import h5py
@@ -40,7 +38,7 @@ from rnnkit.io._keras_graph import (
     sequential_to_keras,
 )
 from rnnkit.io.atomic import atomic_write
-from rnnkit.io.errors import FormatError
+from rnnkit.io.errors import DAMAGED_FILE_ERRORS, FormatError
 
 __all__ = ["load_keras", "save_keras"]
 
@@ -49,10 +47,7 @@ _H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _CONFIG, _METADATA, _WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 _MAX_JSON = 64 << 20
 _MAX_RATIO = 64  # weights are float data, which deflate barely shrinks; Keras stores them as is
-# What zipfile, json, h5py and HDF5 raise for damaged bytes; each becomes a FormatError.
-_DAMAGE = (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError, EOFError,
-           RecursionError, NotImplementedError, OverflowError, zipfile.BadZipFile, zlib.error,
-           struct.error)
+_DAMAGE = DAMAGED_FILE_ERRORS
 
 
 def load_keras(path: str | os.PathLike, model: L.Sequential | L.Model | None = None):
