@@ -116,7 +116,7 @@ def _machine() -> str:
 
 
 def _memory_table(rows: list[dict]) -> str:
-    lines = ["| cell | T | swap_memory | path | peak growth MiB | inputs+outputs MiB | seconds |",
+    lines = ["| cell | T | swap_memory | path | peak growth MiB | inputs+outputs MiB | seconds (one pass) |",
              "|---|---:|---|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['steps']} | {r['swap']} | {r['path']} | "
@@ -206,6 +206,12 @@ Python time loop; `onednn` the fused fast path where it is eligible).
 {_memory_table(memory)}
 
 {_swap_summary(memory)}
+
+Why swap_memory still grows with T: the outputs (and their gradient) are needed for all T steps
+whatever the method, and torch's non-reentrant checkpoint, which `scan` uses so that
+`torch.autograd.grad` keeps working, drops each step's saved tensors but keeps each step's
+autograd graph: some 20 KiB per step whatever the sizes. What it drops are the per-step
+activations, so the saving grows with batch x units; for the tiny model below it saves nothing.
 
 The same measurement for a tiny model (GRU, batch {small['batch']}, input depth {small['depth']},
 {small['units']} units), where per-step bookkeeping rather than tensor data dominates:

@@ -10,7 +10,8 @@ unroll, small next to the sequence's work.
 Gate orders match without reordering: ``Canonical`` keeps Keras order, which is oneDNN's
 (LSTM i, f, g(c~), o; GRU z(u), r, c(o)). ``lbr_gru`` takes four bias blocks
 ``(b_u, b_r, b_o, b_hc)``: the recurrent biases of z and r fold into the first two.
-Training workspaces come from a pool (``workspaces``).
+Training workspaces come from a pool (``workspaces``), except under ``swap_memory``, where
+checkpointing must be free to drop them (``Weights(pooled=False)``).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import onednn
 from rnnkit.fast.autograd import Weights, run
+from rnnkit.fast.swap import run_chunked
 from rnnkit.fast.varlen import prefix_lengths, roll_to_front, run_segments
 from rnnkit.unroll import default_chunk, length_mask
 
@@ -111,8 +112,6 @@ def _onednn_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chun
         unmet.append(f"devices are {', '.join(sorted(devices))}; cpu only")
     if inputs.shape[1] == 0:
         unmet.append("batch is empty")
-    if chunk:
-        unmet.append("swap_memory=True (chunked recomputation) runs on the reference loop")
     if masked_output not in ("zero", "previous"):
         unmet.append(f"masked_output is {masked_output!r}")
     lengths, suffix = None, False
@@ -128,6 +127,8 @@ def _onednn_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chun
             unmet.append("every sequence has length 0")
         elif bool((lengths == mask.shape[0]).all()):
             lengths = None
+    if chunk and (masked_output != "zero" or suffix):
+        unmet.append("swap_memory with Keras masks (outputs held across chunks)")
     return unmet, lengths, suffix
 
 
@@ -187,18 +188,23 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         if err and decision.unmet["onednn"] == (err,):
             _warn_once(f"rnnkit: {err}; using the reference loop")
         return None
-    weights = Weights(params)
+    chunked = bool(chunk) and chunk < inputs.shape[0] and torch.is_grad_enabled()
+    weights = Weights(params, pooled=not chunked)
+
+    def sequence(x, s, lengths, masked="zero"):
+        if lengths is None:
+            return run(weights, x, s)
+        return run_segments(lambda xs, st: run(weights, xs, st), x, s, lengths, masked,
+                            state_is_output=weights.cell != "lstm")
+
     try:
         lengths = decision.lengths
-        if lengths is None:
-            return run(weights, inputs, state)
         if decision.suffix:  # no output before a sequence's first step: zeros either way
-            out, final = run_segments(lambda x, s: run(weights, x, s),
-                                      roll_to_front(inputs, lengths), state, lengths, "zero",
-                                      state_is_output=weights.cell != "lstm")
+            out, final = sequence(roll_to_front(inputs, lengths), state, lengths)
             return roll_to_front(out, inputs.shape[0] - lengths), final
-        return run_segments(lambda x, s: run(weights, x, s), inputs, state, lengths,
-                            masked_output, state_is_output=weights.cell != "lstm")
+        if chunked:
+            return run_chunked(sequence, inputs, state, lengths, chunk)
+        return sequence(inputs, state, lengths, masked_output)
     except onednn.OneDNNError as err:
         if mode is True:
             raise

@@ -28,7 +28,6 @@ import torch
 
 _F32 = 3
 _CPU = 1
-_FORMAT_ANY = 1
 _FWD_TRAINING, _FWD_INFERENCE, _BACKWARD = 64, 96, 128
 _LEFT2RIGHT = 1
 _QUERY_WORKSPACE_MD, _QUERY_SCRATCHPAD_MD = 135, 136
@@ -131,7 +130,6 @@ def _declare(lib: ctypes.CDLL) -> None:
         "dnnl_stream_create": [pvp, vp, u],
         "dnnl_stream_wait": [vp],
         "dnnl_memory_desc_create_with_strides": [pvp, i, dims, i, dims],
-        "dnnl_memory_desc_create_with_tag": [pvp, i, dims, i, i],
         "dnnl_memory_desc_destroy": [vp],
         "dnnl_memory_create": [pvp, vp, vp, vp],
         "dnnl_memory_destroy": [vp],
@@ -174,17 +172,12 @@ def _engine_and_stream(lib: ctypes.CDLL) -> tuple[ctypes.c_void_p, ctypes.c_void
     return engine, stream
 
 
-def _md(lib, dims: tuple[int, ...], strides: tuple[int, ...] | None) -> ctypes.c_void_p:
-    """A float32 memory descriptor: plain with ``strides``, or format ``any`` if None."""
+def _md(lib, dims: tuple[int, ...], strides: tuple[int, ...]) -> ctypes.c_void_p:
+    """A plain float32 memory descriptor with ``strides``."""
     md, n = ctypes.c_void_p(), len(dims)
-    d = (ctypes.c_int64 * n)(*dims)
-    if strides is None:
-        _check(lib.dnnl_memory_desc_create_with_tag(ctypes.byref(md), n, d, _F32, _FORMAT_ANY),
-               "dnnl_memory_desc_create_with_tag")
-    else:
-        s = (ctypes.c_int64 * n)(*strides)
-        _check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(md), n, d, _F32, s),
-               "dnnl_memory_desc_create_with_strides")
+    d, s = (ctypes.c_int64 * n)(*dims), (ctypes.c_int64 * n)(*strides)
+    _check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(md), n, d, _F32, s),
+           "dnnl_memory_desc_create_with_strides")
     return md
 
 
