@@ -6,7 +6,7 @@ step number and the seed; with ``--world-size N`` process ``r`` trains on the ``
 slices of it, and DDP averages the gradients, so N processes take the same steps as one process
 on the whole batch. Processes talk over loopback (127.0.0.1, a free port found at run time).
 
-    python examples/ddp_train.py --world-size 2 --out ddp.json     # loss ~1.4 -> ~0.01
+    python examples/ddp_train.py --world-size 2 --out ddp.json     # loss ~1.4 -> ~0.001
     python examples/ddp_train.py --world-size 1 --out single.json  # the same, in one process
 """
 
@@ -119,6 +119,7 @@ def _worker(rank: int, world_size: int, port: int, steps: int, batch: int, seed:
         if rank == 0:
             with open(out, "w") as f:
                 json.dump(result, f)
+        dist.barrier()  # rank 0 hosts the store: no process leaves while another still uses it
     finally:
         dist.destroy_process_group()
 

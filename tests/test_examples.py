@@ -19,3 +19,27 @@ def test_tf1_bidirectional_tagger_learns_a_two_sided_tag():
     majority = max((tags == 0).sum(), (tags == 1).sum()).item() / (tags >= 0).sum().item()
     acc = tagger.train(steps=150, batch=32, seed=0)
     assert acc > majority + 0.15, (acc, majority)
+
+
+def test_keras_style_sentiment_model_learns_word_order():
+    sentiment = _load("keras_sentiment")
+    _, labels = sentiment.make_batch(512, __import__("torch").Generator().manual_seed(9))
+    majority = max(labels.float().mean().item(), 1 - labels.float().mean().item())
+    acc = sentiment.train(steps=120, batch=32, seed=0)
+    assert acc > majority + 0.1, (acc, majority)
+
+
+def test_transfer_restore_reuses_and_freezes_only_the_encoder(tmp_path):
+    import torch
+
+    transfer = _load("transfer_restore")
+    r = transfer.run(tmp_path, steps=60)
+    encoder = ["encoder/embedding", "encoder/rnn/gru_cell/gates/kernel", "encoder/rnn/gru_cell/gates/bias",
+               "encoder/rnn/gru_cell/candidate/kernel", "encoder/rnn/gru_cell/candidate/bias"]
+    assert sorted(r["report"].matched) == sorted(encoder)
+    assert not r["report"].missing and not r["report"].mismatched
+    variables = {v.name: v for v in r["model"].parameters()}
+    for name in encoder:  # restored, frozen, and untouched by training the new head
+        assert torch.equal(variables[name + ":0"], r["saved"][name + ":0"])
+        assert not variables[name + ":0"].requires_grad
+    assert variables["head_b/kernel:0"].requires_grad and "head_a/kernel:0" not in variables

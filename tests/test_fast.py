@@ -349,3 +349,76 @@ def test_swap_memory_runs_fast_in_recomputed_chunks(name, lengths):
     assert rk.fast.explain(cell, x, lengths, swap_memory=True).path == "onednn"
     _compare(lambda fast: rk.dynamic_rnn(cell, x, lengths, h0, swap_memory=True, fast=fast),
              [x, *pytree.tree_leaves(h0), *cell.parameters()])
+
+
+def _decisions(monkeypatch) -> list[str]:
+    """The paths ``dispatch.decide`` picks from now on (none recorded: the switch was False)."""
+    seen, decide = [], dispatch.decide
+    monkeypatch.setattr(dispatch, "decide", lambda *a, **k: seen.append(decide(*a, **k).path)
+                        or decide(*a, **k))
+    return seen
+
+
+UNROLLS = {
+    "dynamic_rnn": lambda cell, x, **kw: rk.dynamic_rnn(cell, x, **kw),
+    "bidirectional_dynamic_rnn": lambda cell, x, **kw: rk.bidirectional_dynamic_rnn(
+        cell, cell, x, **kw),
+    "static_rnn": lambda cell, x, **kw: rk.static_rnn(cell, list(x.unbind(1)), **kw),
+    "static_bidirectional_rnn": lambda cell, x, **kw: rk.static_bidirectional_rnn(
+        cell, cell, list(x.unbind(1)), **kw),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", list(UNROLLS))
+def test_unroll_functions_inherit_the_fast_mode_block(name, monkeypatch):
+    unroll, x, gru = UNROLLS[name], torch.randn(2, 5, 3), rk.GRUCell(4)
+    seen = _decisions(monkeypatch)
+    with rk.fast.fast_mode(False):
+        unroll(gru, x)
+    assert seen == []
+    with rk.fast.fast_mode(False):
+        unroll(gru, x, fast="auto")  # an explicit argument wins over the block
+    assert seen and set(seen) == {"onednn"}
+    with rk.fast.fast_mode(True), pytest.raises(ValueError, match="cell_clip"):
+        unroll(rk.LSTMCell(4, cell_clip=1.0), x)
+    with pytest.raises(ValueError, match="fast must be 'auto', True or False, got 'no'"):
+        unroll(gru, x, fast="no")
+
+
+@needs_onednn
+def test_multi_rnn_cell_unroll_takes_fast(monkeypatch):
+    cell = rk.MultiRNNCell([rk.GRUCell(4), rk.LSTMCell(4, cell_clip=1.0)])
+    cell.ensure_built(3, torch.float32)
+    x, state = torch.randn(5, 2, 3), cell.zero_state(2)
+    seen = _decisions(monkeypatch)
+    cell.unroll(x, state, fast=False)
+    assert seen == []
+    with pytest.raises(ValueError, match="cell_clip"):
+        cell.unroll(x, state, fast=True)
+    assert seen == ["onednn", "reference"]
+
+
+@needs_onednn
+def test_keras_layers_take_fast_and_keep_it_in_their_config(monkeypatch):
+    x = torch.randn(2, 5, 3)
+    seen = _decisions(monkeypatch)
+    forced = rk.layers.LSTM(4, return_sequences=True, fast=False)
+    with rk.fast.fast_mode(True):
+        out = forced(x)
+    assert seen == []
+    assert out.shape == (2, 5, 4) and forced.get_config()["fast"] is False
+    assert rk.layers.LSTM.from_config(forced.get_config()).get_config() == forced.get_config()
+    assert "fast" not in rk.layers.LSTM(4).get_config()
+    again = rk.layers.deserialize(rk.layers.serialize(rk.layers.RNN(rk.layers.GRUCell(4),
+                                                                    fast="auto")))
+    assert again.fast == "auto"
+    both = rk.layers.Bidirectional(rk.layers.GRU(4, fast=True))
+    assert both.forward_layer.fast is True and both.backward_layer.fast is True
+    holes = torch.tensor([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1]]).bool()
+    with pytest.raises(ValueError, match="mask has holes"):
+        both(x, mask=holes)
+    rk.layers.GRU(4)(x)  # None: inherits the default "auto"
+    assert seen[-1] == "onednn"
+    with pytest.raises(ValueError, match="fast must be 'auto', True or False, got 'on'"):
+        rk.layers.SimpleRNN(4, fast="on")

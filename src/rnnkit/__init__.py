@@ -8,7 +8,7 @@ TF1-style code changes only its imports::
     print(rk.describe())
 """
 
-from rnnkit import fast, init, layers
+from rnnkit import fast, init, io, layers
 from rnnkit.cells import (
     BasicLSTMCell,
     BasicRNNCell,
@@ -49,6 +49,7 @@ __all__ = [
     "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper", "bidirectional_dynamic_rnn",
     "dynamic_rnn", "static_bidirectional_rnn", "static_rnn",
     "AUTO_REUSE", "Provenance", "Variable", "VariableScope", "VariableTable", "describe",
-    "embedding_lookup", "fast", "get_variable", "get_variable_scope", "global_variables", "init", "layers",
+    "embedding_lookup", "fast", "get_variable", "get_variable_scope", "global_variables", "init", "io",
+    "layers",
     "reset_default_graph", "trainable_variables", "variable_scope",
 ]

@@ -40,11 +40,17 @@ def _check_lengths(sequence_length, batch: int, steps: int, device) -> torch.Ten
     return lengths.long()
 
 
+def _check_fast(fast) -> None:
+    if fast is not None:
+        check_fast(fast)
+
+
 def _run(cell: RNNCell, inputs_tm: torch.Tensor, initial_state: State | None, dtype,
          lengths: torch.Tensor | None, swap_memory: bool, argname: str = "initial_state",
-         fast="auto"):
+         fast=None):
     """Build the cell, check the state and run the time-major unroll (on the path ``fast``
-    allows, see ``rnnkit.fast.dispatch``)."""
+    allows, see ``rnnkit.fast.dispatch``; None: the enclosing ``fast_mode`` block's, else
+    ``"auto"``)."""
     steps, batch, depth = inputs_tm.shape
     cell.ensure_built(depth, inputs_tm.dtype)
     if initial_state is None:
@@ -55,6 +61,8 @@ def _run(cell: RNNCell, inputs_tm: torch.Tensor, initial_state: State | None, dt
     cell.begin_sequence(batch, inputs_tm.dtype, inputs_tm.device)
     mask = length_mask(lengths, steps) if lengths is not None else None
     chunk = default_chunk(steps) if swap_memory else None
+    if fast is None:  # inherit the enclosing fast_mode block
+        return cell.unroll(inputs_tm, state, mask, "zero", chunk)
     with fast_mode(fast):
         return cell.unroll(inputs_tm, state, mask, "zero", chunk)
 
@@ -75,7 +83,7 @@ def dynamic_rnn(cell: RNNCell, inputs: torch.Tensor, sequence_length=None,
                 initial_state: State | None = None, dtype: torch.dtype | None = None,
                 parallel_iterations: int | None = None, swap_memory: bool = False,
                 time_major: bool = False, scope: str | VariableScope | None = None,
-                fast="auto") -> tuple[torch.Tensor, State]:
+                fast=None) -> tuple[torch.Tensor, State]:
     """Unroll ``cell`` over ``inputs``, as ``tf.compat.v1.nn.dynamic_rnn``.
 
     Args:
@@ -91,8 +99,10 @@ def dynamic_rnn(cell: RNNCell, inputs: torch.Tensor, sequence_length=None,
         time_major: layout of ``inputs`` and outputs.
         scope: variable scope name or object (default ``"rnn"``).
         fast: ``"auto"`` (the fastest exact path, e.g. oneDNN on CPU, else the reference loop),
-            ``True`` (a fast path or an error) or ``False`` (the reference loop); the result does
-            not depend on it. ``rnnkit.fast.explain`` says which path runs and why.
+            ``True`` (a fast path or an error), ``False`` (the reference loop), or None (the
+            default: the switch of the enclosing ``rnnkit.fast.fast_mode`` block, else
+            ``"auto"``); the result does not depend on it. ``rnnkit.fast.explain`` says which
+            path runs and why.
 
     Returns:
         ``(outputs, final_state)``; outputs ``[batch, time, cell.output_size]``.
@@ -107,7 +117,7 @@ def dynamic_rnn(cell: RNNCell, inputs: torch.Tensor, sequence_length=None,
     """
     del parallel_iterations
     _check_cell(cell, "cell")
-    check_fast(fast)
+    _check_fast(fast)
     x = _check_inputs(inputs, time_major)
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device)
     with variable_scope(scope or "rnn"):
@@ -121,7 +131,7 @@ def bidirectional_dynamic_rnn(cell_fw: RNNCell, cell_bw: RNNCell, inputs: torch.
                               dtype: torch.dtype | None = None,
                               parallel_iterations: int | None = None, swap_memory: bool = False,
                               time_major: bool = False, scope: str | VariableScope | None = None,
-                              fast="auto"):
+                              fast=None):
     """Forward and backward ``dynamic_rnn``, as ``tf.compat.v1.nn.bidirectional_dynamic_rnn``.
 
     The backward cell reads each sequence reversed within its own length; its outputs are
@@ -135,7 +145,7 @@ def bidirectional_dynamic_rnn(cell_fw: RNNCell, cell_bw: RNNCell, inputs: torch.
     del parallel_iterations
     _check_cell(cell_fw, "cell_fw")
     _check_cell(cell_bw, "cell_bw")
-    check_fast(fast)
+    _check_fast(fast)
     x = _check_inputs(inputs, time_major)
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device)
     with variable_scope(scope or "bidirectional_rnn"):
@@ -163,17 +173,19 @@ def _stack_static(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def static_rnn(cell: RNNCell, inputs: Sequence[torch.Tensor], initial_state: State | None = None,
                dtype: torch.dtype | None = None, sequence_length=None,
-               scope: str | VariableScope | None = None):
+               scope: str | VariableScope | None = None, fast=None):
     """Unroll over a Python list of ``[batch, depth]`` tensors, as ``tf.compat.v1.nn.static_rnn``.
+    ``fast`` is as in ``dynamic_rnn``.
 
     Returns:
         ``(outputs, final_state)`` with ``outputs`` a list, one ``[batch, output_size]`` per step.
     """
     _check_cell(cell, "cell")
+    _check_fast(fast)
     x = _stack_static(inputs)
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device)
     with variable_scope(scope or "rnn"):
-        outputs, state = _run(cell, x, initial_state, dtype, lengths, False)
+        outputs, state = _run(cell, x, initial_state, dtype, lengths, False, fast=fast)
     return list(outputs.unbind(0)), state
 
 
@@ -181,23 +193,24 @@ def static_bidirectional_rnn(cell_fw: RNNCell, cell_bw: RNNCell, inputs: Sequenc
                              initial_state_fw: State | None = None,
                              initial_state_bw: State | None = None,
                              dtype: torch.dtype | None = None, sequence_length=None,
-                             scope: str | VariableScope | None = None):
+                             scope: str | VariableScope | None = None, fast=None):
     """``tf.compat.v1.nn.static_bidirectional_rnn``: outputs are per-step concatenations
-    ``[fw, bw]``.
+    ``[fw, bw]``; ``fast`` is as in ``dynamic_rnn``, for both directions.
 
     Returns:
         ``(outputs, state_fw, state_bw)``.
     """
     _check_cell(cell_fw, "cell_fw")
     _check_cell(cell_bw, "cell_bw")
+    _check_fast(fast)
     x = _stack_static(inputs)
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device)
     with variable_scope(scope or "bidirectional_rnn"):
         with variable_scope("fw"):
             out_fw, st_fw = _run(cell_fw, x, initial_state_fw, dtype, lengths, False,
-                                 "initial_state_fw")
+                                 "initial_state_fw", fast)
         with variable_scope("bw"):
             out_bw, st_bw = _run(cell_bw, reverse_sequence(x, lengths), initial_state_bw, dtype,
-                                 lengths, False, "initial_state_bw")
+                                 lengths, False, "initial_state_bw", fast)
             out_bw = reverse_sequence(out_bw, lengths)
     return list(torch.cat([out_fw, out_bw], dim=-1).unbind(0)), st_fw, st_bw

@@ -67,10 +67,10 @@ class MultiRNNCell(RNNCell):
             new_states.append(new)
         return out, tuple(new_states)
 
-    def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None):
+    def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
         finals, x = [], inputs
         for cell, layer_state in zip(self.cells, state, strict=True):
-            x, final = cell.unroll(x, layer_state, mask, masked_output, chunk)
+            x, final = cell.unroll(x, layer_state, mask, masked_output, chunk, fast)
             finals.append(final)
         return x, tuple(finals)
 

@@ -1,11 +1,13 @@
 """oneDNN's RNN primitives as a ``torch.autograd.Function``, and the mapping from ``Canonical``.
 
 ``run(Weights(p), x, state)`` runs one full-length, left-to-right, single-layer sequence on
-oneDNN. ``Weights`` turns ``Canonical`` into oneDNN's tensors with ordinary (differentiable)
-torch ops, so autograd carries the gradients back to the cell's variables; the primitive's own
-backward computes the rest. The layout is made once per unroll (``ldigo`` forward; ``ldgoi``,
-the transposes, on the first backward), not once per optimizer step: a copy of the weights per
-unroll, small next to the sequence's work.
+oneDNN. ``Weights`` turns ``Canonical`` into oneDNN's plain tensors with ordinary
+(differentiable) torch ops, so autograd carries the gradients back to the cell's variables; the
+primitive's own backward computes the rest. Each primitive reads the weight matrices in the
+layout it prefers (``onednn._Primitive.reorder``); those copies are cached per weight tensor and
+its ``_version`` counter, so a cell whose ``Canonical`` matrices are views of its variables
+(Keras cells) lays them out once per optimizer step, and one that builds them per call (TF1
+cells reorder gate blocks) once per unroll, shared by the forward and backward of every segment.
 
 Gate orders match without reordering: ``Canonical`` keeps Keras order, which is oneDNN's
 (LSTM i, f, g(c~), o; GRU z(u), r, c(o)). ``lbr_gru`` takes four bias blocks
@@ -62,10 +64,43 @@ def cell_kind(p: Canonical) -> str:
     return p.kind
 
 
+class _Layouts:
+    """Weight matrices in primitives' layouts, per source tensor (weakly: an entry goes with its
+    tensor's storage owner) and kept while the source's ``_version`` is unchanged."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[weakref.ref, list]] = {}
+
+    def get(self, prim: dnnl._Primitive, arg: int, t: torch.Tensor) -> torch.Tensor:
+        if arg not in prim.relaid:
+            return t
+        base = t if t._base is None else t._base
+        key = (t.storage_offset(), tuple(t.shape), tuple(t.stride()), t._version)
+        with self._lock:
+            ref, entries = self._entries.get(id(base), (None, None))
+            if ref is None or ref() is not base:
+                entries = []
+                self._entries[id(base)] = (weakref.ref(base), entries)
+                weakref.finalize(base, self._entries.pop, id(base), None)
+            entries[:] = [e for e in entries if e[1] == key[3]]  # drop older versions
+            for e_key, _, e_prim, e_arg, buf in entries:
+                if e_key == key and e_arg == arg and prim.same_layout(e_prim, arg):
+                    return buf
+        buf = prim.reorder(arg, t.detach())
+        with self._lock:
+            entries.append((key, key[3], prim, arg, buf))
+            del entries[:-8]
+        return buf
+
+
+layouts = _Layouts()
+
+
 class Weights:
-    """A cell's weights in oneDNN's layout, made once per unroll and shared by its calls (the
-    segments of a variable-length batch). Forward tensors are differentiable functions of
-    ``Canonical``; the transposes backward needs are made once, on first use."""
+    """A cell's weights for oneDNN, made once per unroll and shared by its calls (the segments of
+    a variable-length batch). ``tensors`` are plain and differentiable functions of
+    ``Canonical``; ``laid_out`` gives the matrices in a primitive's layouts."""
 
     def __init__(self, p: Canonical, pooled: bool = True):
         self.pooled = pooled  # training workspaces from the pool (False under swap_memory)
@@ -77,20 +112,19 @@ class Weights:
                         _bias(p, self.cell, self.hidden).contiguous(),
                         torch.cat(p.peepholes).contiguous() if p.peepholes is not None else None,
                         p.P.contiguous() if p.P is not None else None)
-        self._transposed: tuple | None = None
 
     def shape(self, steps: int, batch: int) -> dnnl.RNNShape:
         return dnnl.RNNShape(self.cell, steps, batch, self.input_size, self.hidden, self.proj,
                              peephole=self.tensors[3] is not None,
                              projection=self.tensors[4] is not None, activation=self.activation)
 
-    def transposed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``ldgoi`` weights and ``ldoi`` projection for the backward primitive."""
-        if self._transposed is None:
-            wl, wi, _, _, wproj = (t.detach() if t is not None else None for t in self.tensors)
-            self._transposed = (wl.t().contiguous(), wi.t().contiguous(),
-                                wproj.t().contiguous() if wproj is not None else None)
-        return self._transposed
+    def laid_out(self, prim: dnnl._Primitive) -> dict[int, torch.Tensor]:
+        """The weight matrices (argument number -> tensor) in ``prim``'s layouts (cached)."""
+        wl, wi, _, _, wproj = self.tensors
+        out = {dnnl.WEIGHTS_LAYER: wl, dnnl.WEIGHTS_ITER: wi}
+        if wproj is not None:
+            out[dnnl.WEIGHTS_PROJECTION] = wproj
+        return {arg: layouts.get(prim, arg, t) for arg, t in out.items()}
 
 
 def _bias(p: Canonical, kind: str, H: int) -> torch.Tensor:
@@ -117,6 +151,7 @@ class _RNN(torch.autograd.Function):
         else:  # only in saved tensors, which checkpointing (swap_memory) may drop and recompute
             ws = torch.empty(fwd.ws_size, dtype=torch.uint8)
         tensors[dnnl.WORKSPACE] = ws
+        tensors.update(weights.laid_out(fwd))
         fwd.execute(tensors)
         ctx.shape, ctx.weights = shape, weights
         ctx.save_for_backward(x, h0, c0, wl, wi, bias, wp, wproj, y, hT, cT, ws)
@@ -127,10 +162,9 @@ class _RNN(torch.autograd.Function):
     def backward(ctx, dy, dhT, dcT):
         shape = ctx.shape
         x, h0, c0, wl, wi, bias, wp, wproj, y, hT, cT, ws = ctx.saved_tensors
-        wl_t, wi_t, wproj_t = ctx.weights.transposed()
-        t = {dnnl.SRC_LAYER: x, dnnl.SRC_ITER: h0, dnnl.WEIGHTS_LAYER: wl_t,
-             dnnl.WEIGHTS_ITER: wi_t, dnnl.BIAS: bias, dnnl.DST_LAYER: y, dnnl.DST_ITER: hT,
-             dnnl.WORKSPACE: ws}
+        bwd = dnnl.primitives(shape).backward()
+        t = {dnnl.SRC_LAYER: x, dnnl.SRC_ITER: h0, dnnl.BIAS: bias, dnnl.DST_LAYER: y,
+             dnnl.DST_ITER: hT, dnnl.WORKSPACE: ws, **ctx.weights.laid_out(bwd)}
         diff = {dnnl.DST_LAYER: _grad(dy, y), dnnl.DST_ITER: _grad(dhT, hT)}
         grads = {dnnl.SRC_LAYER: torch.empty_like(x), dnnl.SRC_ITER: torch.empty_like(h0),
                  dnnl.WEIGHTS_LAYER: torch.zeros_like(wl), dnnl.WEIGHTS_ITER: torch.zeros_like(wi),
@@ -143,11 +177,10 @@ class _RNN(torch.autograd.Function):
                 t[dnnl.WEIGHTS_PEEPHOLE] = wp
                 grads[dnnl.WEIGHTS_PEEPHOLE] = torch.zeros_like(wp)
             if shape.projection:
-                t[dnnl.WEIGHTS_PROJECTION] = wproj_t
                 grads[dnnl.WEIGHTS_PROJECTION] = torch.zeros_like(wproj)
         t.update({dnnl.DIFF + k: v for k, v in diff.items()})
         t.update({dnnl.DIFF + k: v for k, v in grads.items()})
-        dnnl.primitives(shape).backward().execute(t)
+        bwd.execute(t)
         g = grads.get
         return (None, None, g(dnnl.SRC_LAYER), g(dnnl.SRC_ITER), g(dnnl.SRC_ITER_C),
                 g(dnnl.WEIGHTS_LAYER), g(dnnl.WEIGHTS_ITER), g(dnnl.BIAS),
@@ -189,5 +222,7 @@ def run(weights: Weights, x: torch.Tensor, state) -> tuple[torch.Tensor, object]
         y, hT, cT = _RNN.apply(shape, weights, *args)
     else:
         y, hT, cT, tensors = _outputs_and_args(shape, *args)
-        dnnl.primitives(shape).forward(training=False).execute(tensors)
+        fwd = dnnl.primitives(shape).forward(training=False)
+        tensors.update(weights.laid_out(fwd))
+        fwd.execute(tensors)
     return y, (LSTMStateTuple(cT, hT) if lstm else hT)

@@ -7,10 +7,13 @@ for ``vanilla_rnn``, ``gru``, ``lbr_gru`` and ``lstm`` (peepholes, projection), 
 unidirectional left to right, float32. Primitives are built once per shape (``RNNShape``) and
 cached. The enum values and argument numbers are oneDNN 3.x's C API (``dnnl_types.h``).
 
-Layouts (oneDNN names; all plain, batch second): ``src_layer``/``dst_layer`` ``tnc``
-``[T, B, C]``; states ``ldnc`` ``[1, 1, B, C]``; weights ``ldigo`` ``[1, 1, in, G, H]`` (the
-``[in, G*H]`` matrices of ``Canonical``) for forward, ``ldgoi`` (their transposes) for backward;
-bias ``ldgo``; peepholes ``ldgo`` ``[1, 1, 3, H]`` (i, f, o); projection ``ldio`` ``[1, 1, H, P]``.
+Layouts (oneDNN names; batch second): ``src_layer``/``dst_layer`` ``tnc`` ``[T, B, C]``;
+states ``ldnc`` ``[1, 1, B, C]``; bias ``ldgo``; peepholes ``ldgo`` ``[1, 1, 3, H]`` (i, f, o).
+The weights (``weights_layer``/``weights_iter`` ``[1, 1, in, G, H]``, the ``[in, G*H]`` matrices
+of ``Canonical``, and the projection ``[1, 1, H, P]``) are given to each primitive in the layout
+it prefers (``format_tag::any``: padded ``ldigo`` for training, blocked for the brgemm inference
+kernel, transposed for backward); ``_Primitive.reorder`` makes it from plain ``ldigo``/``ldio``.
+Their gradients are plain.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ _F32 = 3
 _CPU = 1
 _FWD_TRAINING, _FWD_INFERENCE, _BACKWARD = 64, 96, 128
 _LEFT2RIGHT = 1
-_QUERY_WORKSPACE_MD, _QUERY_SCRATCHPAD_MD = 135, 136
+_QUERY_WORKSPACE_MD, _QUERY_SCRATCHPAD_MD, _QUERY_EXEC_ARG_MD = 135, 136, 255
+_FORMAT_ANY = 1  # dnnl_format_tag_any
 _SCRATCHPAD_USER = 1
 ACTIVATIONS = {"relu": 0x20, "tanh": 0x21, "logistic": 0x29}  # dnnl_eltwise_*
 
@@ -38,6 +42,7 @@ SRC_LAYER, SRC_ITER, SRC_ITER_C = 1, 2, 3
 DST_LAYER, DST_ITER, DST_ITER_C = 17, 18, 19
 WEIGHTS_LAYER, WEIGHTS_ITER, WEIGHTS_PEEPHOLE, WEIGHTS_PROJECTION, BIAS = 33, 34, 35, 36, 41
 WORKSPACE, SCRATCHPAD = 64, 80
+FROM, TO = 1, 17  # reorder arguments (DNNL_ARG_SRC, DNNL_ARG_DST)
 DIFF = 128  # DNNL_ARG_DIFF_x = DIFF + DNNL_ARG_x
 
 GATES = {"rnn": 1, "gru": 3, "lbr_gru": 3, "lstm": 4}
@@ -130,6 +135,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "dnnl_stream_create": [pvp, vp, u],
         "dnnl_stream_wait": [vp],
         "dnnl_memory_desc_create_with_strides": [pvp, i, dims, i, dims],
+        "dnnl_memory_desc_create_with_tag": [pvp, i, dims, i, i],
+        "dnnl_memory_desc_equal": [vp, vp],
+        "dnnl_reorder_primitive_desc_create": [pvp, vp, vp, vp, vp, vp],
         "dnnl_memory_desc_destroy": [vp],
         "dnnl_memory_create": [pvp, vp, vp, vp],
         "dnnl_memory_destroy": [vp],
@@ -153,7 +161,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     }
     for name, argtypes in sigs.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int  # memory_desc_equal: 1 if equal
     lib.dnnl_primitive_desc_query_md.argtypes = [vp, i, i]
     lib.dnnl_primitive_desc_query_md.restype = vp
     lib.dnnl_memory_desc_get_size.argtypes = [vp]
@@ -178,6 +186,15 @@ def _md(lib, dims: tuple[int, ...], strides: tuple[int, ...]) -> ctypes.c_void_p
     d, s = (ctypes.c_int64 * n)(*dims), (ctypes.c_int64 * n)(*strides)
     _check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(md), n, d, _F32, s),
            "dnnl_memory_desc_create_with_strides")
+    return md
+
+
+def _any(lib, dims: tuple[int, ...]) -> ctypes.c_void_p:
+    """A float32 memory descriptor leaving the layout to the primitive (``format_tag::any``)."""
+    md, n = ctypes.c_void_p(), len(dims)
+    _check(lib.dnnl_memory_desc_create_with_tag(ctypes.byref(md), n, (ctypes.c_int64 * n)(*dims),
+                                                _F32, _FORMAT_ANY),
+           "dnnl_memory_desc_create_with_tag")
     return md
 
 
@@ -232,9 +249,7 @@ class RNNShape:
 
 _FWD_ORDER = [SRC_LAYER, SRC_ITER, SRC_ITER_C, WEIGHTS_LAYER, WEIGHTS_ITER, WEIGHTS_PEEPHOLE,
               WEIGHTS_PROJECTION, BIAS, DST_LAYER, DST_ITER, DST_ITER_C]
-# backward wants weights transposed: ldgoi (`in` innermost) and ldoi for the projection
-_TRANSPOSED = {WEIGHTS_LAYER: (0, 1, 3, 4, 2), WEIGHTS_ITER: (0, 1, 3, 4, 2),
-               WEIGHTS_PROJECTION: (0, 1, 3, 2)}
+WEIGHTS = (WEIGHTS_LAYER, WEIGHTS_ITER, WEIGHTS_PROJECTION)  # laid out as the primitive prefers
 
 
 class _Primitive:
@@ -242,26 +257,67 @@ class _Primitive:
 
     The scratchpad is ours (``scratchpad_mode_user``): one buffer per thread, grown as needed and
     reused, instead of oneDNN allocating (and the OS faulting in) fresh pages on every call.
+    ``plain`` holds the plain descriptors of the arguments made with ``format_tag::any``, whose
+    chosen layouts ``mds`` has (queried from the descriptor) and ``reorder`` makes.
     """
 
-    def __init__(self, lib, pd: ctypes.c_void_p, mds: dict[int, ctypes.c_void_p]):
+    def __init__(self, lib, pd: ctypes.c_void_p, mds: dict[int, ctypes.c_void_p],
+                 plain: dict[int, ctypes.c_void_p] | None = None, owned: bool = True):
         self.lib, self.pd, self.mds = lib, pd, dict(mds)
-        self._owned = list(mds.values())  # the queried descriptors below belong to the pd
+        self.plain = dict(plain or {})
+        # the queried descriptors below belong to the pd; a reorder's belong to others
+        self._owned = [*mds.values(), *self.plain.values()] if owned else []
         self.prim = ctypes.c_void_p()
-        _check(lib.dnnl_primitive_create(ctypes.byref(self.prim), pd), "dnnl_primitive_create")
+        self._reorders: dict[int, _Primitive] = {}
+        self.sizes: dict[int, int] = {}
+        try:
+            _check(lib.dnnl_primitive_create(ctypes.byref(self.prim), pd), "dnnl_primitive_create")
+        except OneDNNError:
+            self.__del__()
+            raise
+        for arg in self.plain:
+            self.mds[arg] = lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, arg)
         for arg, query in ((WORKSPACE, _QUERY_WORKSPACE_MD), (SCRATCHPAD, _QUERY_SCRATCHPAD_MD)):
             self.mds[arg] = lib.dnnl_primitive_desc_query_md(pd, query, 0)
         self.sizes = {arg: lib.dnnl_memory_desc_get_size(md) if md else 0
                       for arg, md in self.mds.items()}
         self.ws_size = self.sizes[WORKSPACE]
+        self.relaid = {arg for arg, md in self.plain.items()
+                       if not lib.dnnl_memory_desc_equal(md, self.mds[arg])}
 
     def __del__(self):
         lib = self.lib
         if self.prim:
             lib.dnnl_primitive_destroy(self.prim)
-        lib.dnnl_primitive_desc_destroy(self.pd)
+            self.prim = None
+        if self.pd:
+            lib.dnnl_primitive_desc_destroy(self.pd)
+            self.pd = None
         for md in self._owned:
             lib.dnnl_memory_desc_destroy(md)
+        self._owned = []
+
+    def same_layout(self, other: _Primitive, arg: int) -> bool:
+        """Whether ``arg`` has the same layout in ``other`` as here."""
+        return bool(self.lib.dnnl_memory_desc_equal(self.mds[arg], other.mds[arg]))
+
+    def reorder(self, arg: int, plain: torch.Tensor) -> torch.Tensor:
+        """``plain`` (the contiguous plain tensor of weights argument ``arg``) in this primitive's
+        layout for it: a new byte buffer (``plain`` itself when the layout is plain)."""
+        if arg not in self.relaid:
+            return plain
+        step = self._reorders.get(arg)
+        if step is None:
+            pd = ctypes.c_void_p()
+            engine = _state["engine"]
+            _check(self.lib.dnnl_reorder_primitive_desc_create(
+                ctypes.byref(pd), self.plain[arg], engine, self.mds[arg], engine, None),
+                "dnnl_reorder_primitive_desc_create")
+            step = self._reorders[arg] = _Primitive(
+                self.lib, pd, {FROM: self.plain[arg], TO: self.mds[arg]}, owned=False)
+        out = torch.empty(self.sizes[arg], dtype=torch.uint8)
+        step.execute({FROM: plain, TO: out})
+        return out
 
     def execute(self, tensors: dict[int, torch.Tensor]) -> None:
         """Run on ``tensors`` (argument number -> contiguous float32 CPU tensor or workspace).
@@ -278,7 +334,7 @@ class _Primitive:
                 raise OneDNNError(f"argument {arg}: got a tensor {list(t.shape)} "
                                   f"{t.dtype}, expected {self.sizes.get(arg)} contiguous bytes")
         tensors = dict(tensors)
-        if self.sizes[SCRATCHPAD]:
+        if self.sizes.get(SCRATCHPAD):
             tensors[SCRATCHPAD] = _scratch(self.sizes[SCRATCHPAD])
         args, mems = (_ExecArg * len(tensors))(), []
         try:
@@ -346,36 +402,40 @@ class RNNPrimitives:
         self._fwd: dict[int, _Primitive] = {}
         self._bwd: _Primitive | None = None
 
-    def _plain_mds(self, transposed_weights: bool) -> dict[int, ctypes.c_void_p]:
-        mds = {}
-        for arg, dims in self.shape.dims().items():
-            order = _TRANSPOSED.get(arg) if transposed_weights else None
-            mds[arg] = _md(self.lib, dims, _dense(dims, order))
-        return mds
-
     def forward(self, training: bool) -> _Primitive:
         prop = _FWD_TRAINING if training else _FWD_INFERENCE
         if prop not in self._fwd:
-            mds = self._plain_mds(False)
-            self._fwd[prop] = self._make(prop, mds)
+            self._fwd[prop] = self._make(prop)
         return self._fwd[prop]
 
     def backward(self) -> _Primitive:
         if self._bwd is None:
-            mds = self._plain_mds(True)
-            for arg, dims in self.shape.dims().items():
-                mds[DIFF + arg] = _md(self.lib, dims, _dense(dims))
-            self._bwd = self._make(_BACKWARD, mds)
+            self._bwd = self._make(_BACKWARD)
         return self._bwd
 
-    def _make(self, prop: int, mds: dict[int, ctypes.c_void_p]) -> _Primitive:
-        try:
-            pd = _create_pd(self.lib, self.shape, prop, mds)
-        except OneDNNError:
-            for md in mds.values():
-                self.lib.dnnl_memory_desc_destroy(md)
-            raise
-        return _Primitive(self.lib, pd, mds)
+    def _make(self, prop: int) -> _Primitive:
+        """The primitive with the weights' layouts left to oneDNN (plain ones if that fails)."""
+        lib, dims = self.lib, self.shape.dims()
+        for any_layout in (True, False):
+            mds = {arg: _md(lib, d, _dense(d)) for arg, d in dims.items()
+                   if not (any_layout and arg in WEIGHTS)}
+            plain = {arg: _md(lib, d, _dense(d)) for arg, d in dims.items()
+                     if any_layout and arg in WEIGHTS}
+            mds.update({arg: _any(lib, dims[arg]) for arg in plain})
+            if prop == _BACKWARD:
+                mds.update({DIFF + arg: _md(lib, d, _dense(d)) for arg, d in dims.items()})
+            try:
+                pd = _create_pd(lib, self.shape, prop, mds)
+            except OneDNNError:
+                for md in [*mds.values(), *plain.values()]:
+                    lib.dnnl_memory_desc_destroy(md)
+                if not any_layout:
+                    raise
+                continue
+            for arg in plain:  # the any descriptors are ours; the chosen ones the pd's
+                lib.dnnl_memory_desc_destroy(mds.pop(arg))
+            return _Primitive(lib, pd, mds, plain)
+        raise AssertionError("unreachable")
 
 
 _cache: OrderedDict[RNNShape, RNNPrimitives] = OrderedDict()

@@ -9,8 +9,11 @@ one (zeros before the first real step), or is zero with ``zero_output_for_mask=T
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
+from rnnkit.fast.dispatch import check_fast, fast_mode
 from rnnkit.layers.base import Layer, check_mask, check_rank, deserialize, serialize, snake
 from rnnkit.layers.cells import (
     GRUCell,
@@ -37,6 +40,9 @@ class RNN(Layer):
             ``reset_states()`` zeroes them.
         unroll: accepted for Keras compatibility; the loop is the same either way.
         zero_output_for_mask: masked steps output zeros instead of the previous output.
+        fast: the fast-path switch for this layer's unroll (``rnnkit.fast``): ``"auto"``,
+            ``True``, ``False``, or None (default: the enclosing ``fast_mode`` block's, else
+            ``"auto"``). Not a Keras option: ``get_config`` has it only when it is set.
         name, trainable: as Keras.
 
     Call: ``layer(inputs, mask=None, training=None, initial_state=None)``; ``mask`` is
@@ -44,17 +50,20 @@ class RNN(Layer):
 
     Raises:
         TypeError: ``cell`` is not a Keras cell.
+        ValueError: ``fast`` is not None, ``"auto"``, ``True`` or ``False``.
     """
 
     def __init__(self, cell: KerasCell, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
                  zero_output_for_mask: bool = False, name: str | None = None,
-                 trainable: bool = True):
+                 trainable: bool = True, fast=None):
         if not isinstance(cell, KerasCell):
             raise TypeError(f"cell must be a Keras cell (SimpleRNNCell, GRUCell, LSTMCell), got "
                             f"{type(cell).__name__}")
+        if fast is not None:
+            check_fast(fast)
         super().__init__(name=name, trainable=trainable)
-        self.cell = cell
+        self.cell, self.fast = cell, fast
         self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
         self.go_backwards, self.stateful = bool(go_backwards), bool(stateful)
         self.unroll, self.zero_output_for_mask = bool(unroll), bool(zero_output_for_mask)
@@ -98,9 +107,11 @@ class RNN(Layer):
         if self.go_backwards:
             xs, tm = xs.flip(0), (tm.flip(0) if tm is not None else None)
         self.cell.begin_sequence(batch, x.dtype, x.device, self.is_training(training))
+        mode = contextlib.nullcontext() if self.fast is None else fast_mode(self.fast)
         try:
-            outputs, final = self.cell.unroll(
-                xs, state, tm, "zero" if self.zero_output_for_mask else "previous")
+            with mode:
+                outputs, final = self.cell.unroll(
+                    xs, state, tm, "zero" if self.zero_output_for_mask else "previous")
         finally:
             self.cell.end_sequence()
         states = keras_states(final)
@@ -124,7 +135,8 @@ class RNN(Layer):
         return [out] + [None] * self.state_count if self.return_state else out
 
     def _options(self) -> dict:
-        return {k: getattr(self, k) for k in _RNN_OPTIONS}
+        fast = {} if self.fast is None else {"fast": self.fast}
+        return {**{k: getattr(self, k) for k in _RNN_OPTIONS}, **fast}
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self._options(), "cell": serialize(self.cell)}
@@ -143,12 +155,13 @@ class _KerasRNN(RNN):
     def __init__(self, units: int, *, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
                  zero_output_for_mask: bool = False, name: str | None = None,
-                 trainable: bool = True, **cell_kwargs):
+                 trainable: bool = True, fast=None, **cell_kwargs):
         cell_kwargs.setdefault("name", snake(self.cell_class.__name__))  # Keras: "lstm_cell"
         cell = self.cell_class(units, trainable=trainable, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, stateful=stateful, unroll=unroll,
-                         zero_output_for_mask=zero_output_for_mask, name=name, trainable=trainable)
+                         zero_output_for_mask=zero_output_for_mask, name=name, trainable=trainable,
+                         fast=fast)
 
     def get_config(self) -> dict:
         cell = self.cell.get_config()
@@ -184,7 +197,7 @@ class SimpleRNN(_KerasRNN):
         regularizer and constraint, dropout, recurrent_dropout, seed: the cell's (Keras names;
         initializer names resolve through ``rnnkit.init.get``).
         return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask,
-        name, trainable: see ``RNN``.
+        name, trainable, fast: see ``RNN``.
 
     Example:
         >>> y = SimpleRNN(8, return_sequences=True)(torch.randn(4, 10, 3))  # doctest: +SKIP
