@@ -158,6 +158,7 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     return Decision(path, {k: v for k, v in reasons.items() if k != path}, lengths, suffix)
 
 
+@torch.compiler.disable  # under torch.compile: a graph break here, oneDNN runs on real tensors
 def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
            masked_output: str = "zero", chunk: int | None = None, fast=None,
            own_step: bool = False):
