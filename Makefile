@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test env lint clean
+.PHONY: demo test env lint clean bench
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -26,3 +26,8 @@ demo: env
 
 clean:
 	rm -rf $(VENV)
+
+# Every peer side by side (installs Flax/JAX on top of the test environment); writes PEERS.md.
+bench: env
+	$(PY) -m pip install -q -e '.[all,test,oracle,bench]' $(TORCH_PIN)
+	$(PY) benchmarks/run_all.py --out benchmarks/PEERS.md

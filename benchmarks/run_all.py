@@ -1,0 +1,120 @@
+"""Every peer side by side, each in its own process, in one run: ``python benchmarks/run_all.py``.
+
+Runs ``benchmarks/peers.py`` for each (peer, cell) pair and a large float32 matmul, then prints
+one table per cell and mode (forward, forward+backward): milliseconds per peer, rnnkit's speed-up
+over the best peer and over torch.nn, and rnnkit's GFLOP/s as a share of the matmul's. With
+``--out FILE`` the tables (with the machine and versions) are written as Markdown too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from peers import SHAPES  # noqa: E402
+
+PEERS = ["rnnkit", "rnnkit-ref", "torch", "keras-torch", "keras-tf", "tf1", "flax"]
+CELLS = ["lstm", "gru_keras", "gru_tf1", "lstm_peep_proj", "lstm_clip"]
+GATES = {"lstm": 4, "gru_keras": 3, "gru_tf1": 3, "lstm_peep_proj": 4, "lstm_clip": 4}
+
+
+def _peer(peer: str, cell: str, shapes: list[str], reps: int) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(HERE / "peers.py"), peer, cell,
+                           "--shapes", ",".join(shapes), "--reps", str(reps)],
+                          capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {s: {"skip": f"failed: {last[0][:120]}"} for s in shapes}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def flops(cell: str, shape: tuple, mode: str) -> float:
+    """Multiply-adds x 2 of the gate matmuls (input and recurrent); backward counted as 2x."""
+    B, T, H = shape
+    total = 2 * B * T * (H + H) * GATES[cell] * H
+    return total * (3 if mode == "fwd_bwd" else 1)
+
+
+def _machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lscpu if "Model name" in line), "?")
+    except OSError:
+        model = "?"
+    import importlib.metadata as md
+
+    versions = []
+    for pkg in ("torch", "tensorflow-cpu", "keras", "tf-keras", "jax", "flax", "onednn-cpu-gomp"):
+        try:
+            versions.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            pass
+    return (f"{model}, {os.cpu_count()} cores, {platform.python_version()}; "
+            + ", ".join(versions))
+
+
+def tables(results: dict, gflops: float, shapes: list[str]) -> str:
+    lines = []
+    for cell in CELLS:
+        for mode in ("fwd", "fwd_bwd"):
+            lines += [f"\n### {cell}, {'forward' if mode == 'fwd' else 'forward+backward'} (ms)\n",
+                      "| shape | " + " | ".join(PEERS) + " | rnnkit vs best peer | vs torch.nn "
+                      "| rnnkit % of matmul |", "|---" * (len(PEERS) + 4) + "|"]
+            for shape in shapes:
+                row, times = [], {}
+                for peer in PEERS:
+                    r = results[peer][cell].get(shape, {})
+                    if mode in r:
+                        times[peer] = r[mode]
+                        row.append(f"{r[mode]:.1f}")
+                    else:
+                        row.append("—")
+                ours = times.get("rnnkit")
+                others = {p: t for p, t in times.items() if not p.startswith("rnnkit")}
+                best = min(others.values()) if others else None
+                vs_best = f"{best / ours:.2f}x" if ours and best else "—"
+                vs_torch = f"{others['torch'] / ours:.2f}x" if ours and "torch" in others else "—"
+                share = (f"{flops(cell, SHAPES[shape], mode) / (ours / 1e3) / 1e9 / gflops:.0%}"
+                         if ours else "—")
+                lines.append(f"| {shape} | " + " | ".join(row) + f" | {vs_best} | {vs_torch} | {share} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument("--out", type=Path, default=None, help="also write Markdown here")
+    args = parser.parse_args()
+    shapes = args.shapes.split(",")
+    gflops = _peer("matmul", "-", shapes, 1)["gflops"]
+    results = {p: {c: {} for c in CELLS} for p in PEERS}
+    for cell in args.cells.split(","):
+        for peer in args.peers.split(","):
+            print(f"running {peer} {cell} ...", file=sys.stderr, flush=True)
+            results[peer][cell] = _peer(peer, cell, shapes, args.reps)
+    skips = sorted({f"{p} / {c}: {r['skip']}" for p in PEERS for c in CELLS
+                    for r in results[p][c].values() if "skip" in r})
+    text = (f"Machine: {_machine()}\n\nfloat32 matmul 2048^3: {gflops:.0f} GFLOP/s "
+            f"(2 threads). Median of {args.reps} runs after a warm-up, batch-major inputs, "
+            "input depth = H.\n" + tables(results, gflops, shapes)
+            + "\n\nNot measured (the peer lacks the math, or failed):\n\n"
+            + "\n".join(f"- {s}" for s in skips) + "\n")
+    print(text)
+    if args.out:
+        args.out.write_text("# Peers side by side (benchmarks/run_all.py)\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
