@@ -17,3 +17,13 @@ def test_readme_python_blocks_run():
     assert sorted(namespace["gates"]) == ["U_c", "U_r", "U_u", "W_c", "W_r", "W_u", "b_c", "b_r", "b_u"]
     assert namespace["report"].matched == ["model/embedding"]
     assert namespace["probs"].shape == (4, 2)
+
+
+def test_guides_python_blocks_run():
+    import rnnkit as rk
+
+    for guide in sorted((Path(__file__).parent.parent / "docs" / "guides").glob("*.md")):
+        rk.reset_default_graph()
+        namespace: dict = {}
+        for block in re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S):
+            exec(compile(block, str(guide), "exec"), namespace)
