@@ -1,9 +1,10 @@
 """The one time loop both API families use: masking, reversal and bounded-memory chunks.
 
-``scan`` runs a step function over time-major prepared inputs. Past a sequence's end the
-state is held; the output is zero (TF1 ``dynamic_rnn``) or the previous output (Keras masks,
-where masked steps may sit in the middle). With ``chunk`` set, each chunk of steps is
-recomputed in the backward pass instead of stored (``swap_memory=True``).
+``scan`` runs a step function over time-major inputs, prepared (the input projection) by a
+``prepare`` function. Past a sequence's end the state is held; the output is zero (TF1
+``dynamic_rnn``) or the previous output (Keras masks, where masked steps may sit in the middle).
+With ``chunk`` set, each chunk of steps, its preparation included, is recomputed in the
+backward pass instead of stored (``swap_memory=True``).
 """
 
 from __future__ import annotations
