@@ -13,8 +13,8 @@ import torch
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
-from rnnkit.fast import dispatch, onednn
-from rnnkit.fast.varlen import plan, run_segments
+from rnnkit.fast import dispatch, library, onednn
+from rnnkit.fast.varlen import plan
 from rnnkit.unroll import length_mask, map_state
 
 needs_onednn = pytest.mark.skipif(onednn.load_error() is not None,
@@ -140,22 +140,6 @@ def test_inference_without_grad_matches_reference(name):
         torch.testing.assert_close(a, b, **TOL)
 
 
-def test_segments_follow_tf1_semantics_on_any_full_length_run():
-    """``run_segments`` with the reference loop as its kernel equals the masked loop."""
-    cell = rk.GRUCell(3, input_size=2)
-    p = cell.sequence_params()
-    x, h0 = torch.randn(6, 4, 2), torch.randn(4, 3)
-    lengths = torch.tensor([2, 6, 0, 2])
-
-    def full(xs, s):
-        return rk.unroll.scan(lambda a, st: cell.step(a, st, p), cell.prepare_inputs(xs, p), s)
-
-    got = run_segments(full, x, h0, lengths)
-    want = cell.unroll(x, h0, length_mask(lengths, 6), fast=False)
-    torch.testing.assert_close(got[0], want[0])
-    torch.testing.assert_close(got[1], want[1])
-
-
 def _why(cell, x, **kw) -> str:
     with pytest.raises(ValueError) as info:
         rk.dynamic_rnn(cell, x, fast=True, **kw)
@@ -208,8 +192,8 @@ def test_decisions_explain_each_path():
 
 
 def test_reference_runs_with_one_warning_where_onednn_cannot_load(monkeypatch):
-    monkeypatch.setattr(onednn, "_state", {})
-    monkeypatch.setattr(onednn, "_candidates", lambda: [Path("/nonexistent/libdnnl.so.3")])
+    monkeypatch.setattr(library, "_state", {})
+    monkeypatch.setattr(library, "_candidates", lambda: [Path("/nonexistent/libdnnl.so.3")])
     monkeypatch.setattr(dispatch, "_warned", set())
     cell = rk.GRUCell(4, input_size=3)
     x = torch.randn(2, 5, 3)
@@ -240,7 +224,7 @@ def test_evicted_primitives_are_rebuilt_and_retained_graphs_backprop_twice(monke
         torch.testing.assert_close(a, c, **TOL)
 
 
-def test_plan_cuts_at_every_length_unless_the_state_is_the_output():
+def test_plan_cuts_at_every_length_unless_told_to_merge():
     lens = [30, 30, 28, 17, 16, 9, 3, 0]
     assert plan(lens, False) == [(0, 3), (3, 9), (9, 16), (16, 17), (17, 28), (28, 30)]
     merged = plan(lens, True, waste=0.125)
@@ -422,3 +406,27 @@ def test_keras_layers_take_fast_and_keep_it_in_their_config(monkeypatch):
     assert seen[-1] == "onednn"
     with pytest.raises(ValueError, match="fast must be 'auto', True or False, got 'on'"):
         rk.layers.SimpleRNN(4, fast="on")
+
+
+@needs_onednn
+def test_weights_laid_out_once_follow_in_place_updates():
+    """Layouts cached per weight tensor and ``_version``: an optimizer step (in place) between
+    calls must reach the next call, in training and in inference primitives."""
+    layer = rk.layers.LSTM(5, return_sequences=True)
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    layer(x)
+    for step in range(2):
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(0.3 * (step + 1))
+        with torch.no_grad():
+            inference = layer(x)
+
+        def run(fast):
+            with rk.fast.fast_mode(fast):
+                return layer(x)
+
+        _compare(run, [x, *layer.parameters()])
+        with rk.fast.fast_mode(False):
+            torch.testing.assert_close(inference, layer(x), **TOL)
+        layer.cell.kernel.data = torch.randn_like(layer.cell.kernel)  # new memory

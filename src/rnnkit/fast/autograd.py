@@ -7,7 +7,9 @@ primitive's own backward computes the rest. Each primitive reads the weight matr
 layout it prefers (``onednn._Primitive.reorder``); those copies are cached per weight tensor and
 its ``_version`` counter, so a cell whose ``Canonical`` matrices are views of its variables
 (Keras cells) lays them out once per optimizer step, and one that builds them per call (TF1
-cells reorder gate blocks) once per unroll, shared by the forward and backward of every segment.
+cells reorder gate blocks) once per unroll, shared by every primitive that wants that layout
+(the forward and backward of every segment). Variable-length batches run in
+``rnnkit.fast.packed``.
 
 Gate orders match without reordering: ``Canonical`` keeps Keras order, which is oneDNN's
 (LSTM i, f, g(c~), o; GRU z(u), r, c(o)). ``lbr_gru`` takes four bias blocks
@@ -66,7 +68,9 @@ def cell_kind(p: Canonical) -> str:
 
 class _Layouts:
     """Weight matrices in primitives' layouts, per source tensor (weakly: an entry goes with its
-    tensor's storage owner) and kept while the source's ``_version`` is unchanged."""
+    tensor's storage owner) and kept while the source's memory and ``_version`` are unchanged
+    (in-place updates and ``.data`` replacement are seen; writes through ``p.data``, which has
+    a version counter of its own, are not, as for autograd's own saved-tensor checks)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -76,7 +80,7 @@ class _Layouts:
         if arg not in prim.relaid:
             return t
         base = t if t._base is None else t._base
-        key = (t.storage_offset(), tuple(t.shape), tuple(t.stride()), t._version)
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t._version)
         with self._lock:
             ref, entries = self._entries.get(id(base), (None, None))
             if ref is None or ref() is not base:
@@ -166,29 +170,33 @@ class _RNN(torch.autograd.Function):
         t = {dnnl.SRC_LAYER: x, dnnl.SRC_ITER: h0, dnnl.BIAS: bias, dnnl.DST_LAYER: y,
              dnnl.DST_ITER: hT, dnnl.WORKSPACE: ws, **ctx.weights.laid_out(bwd)}
         diff = {dnnl.DST_LAYER: _grad(dy, y), dnnl.DST_ITER: _grad(dhT, hT)}
-        grads = {dnnl.SRC_LAYER: torch.empty_like(x), dnnl.SRC_ITER: torch.empty_like(h0),
-                 dnnl.WEIGHTS_LAYER: torch.zeros_like(wl), dnnl.WEIGHTS_ITER: torch.zeros_like(wi),
-                 dnnl.BIAS: torch.zeros_like(bias)}
+        grads = {dnnl.SRC_LAYER: torch.empty_like(x), dnnl.SRC_ITER: torch.empty_like(h0)}
+        like = {dnnl.WEIGHTS_LAYER: wl, dnnl.WEIGHTS_ITER: wi, dnnl.BIAS: bias}
         if shape.cell == "lstm":
             t.update({dnnl.SRC_ITER_C: c0, dnnl.DST_ITER_C: cT})
             diff[dnnl.DST_ITER_C] = _grad(dcT, cT)
             grads[dnnl.SRC_ITER_C] = torch.empty_like(c0)
             if shape.peephole:
-                t[dnnl.WEIGHTS_PEEPHOLE] = wp
-                grads[dnnl.WEIGHTS_PEEPHOLE] = torch.zeros_like(wp)
+                t[dnnl.WEIGHTS_PEEPHOLE] = like[dnnl.WEIGHTS_PEEPHOLE] = wp
             if shape.projection:
-                grads[dnnl.WEIGHTS_PROJECTION] = torch.zeros_like(wproj)
+                like[dnnl.WEIGHTS_PROJECTION] = wproj
+        wgrads = {k: torch.zeros_like(v) for k, v in like.items()}
         t.update({dnnl.DIFF + k: v for k, v in diff.items()})
-        t.update({dnnl.DIFF + k: v for k, v in grads.items()})
+        t.update({dnnl.DIFF + k: v for k, v in (grads | wgrads).items()})
         bwd.execute(t)
-        g = grads.get
+        g = (grads | wgrads).get
         return (None, None, g(dnnl.SRC_LAYER), g(dnnl.SRC_ITER), g(dnnl.SRC_ITER_C),
                 g(dnnl.WEIGHTS_LAYER), g(dnnl.WEIGHTS_ITER), g(dnnl.BIAS),
                 g(dnnl.WEIGHTS_PEEPHOLE), g(dnnl.WEIGHTS_PROJECTION))
 
 
 def _grad(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(like) if g is None else g.contiguous()
+    """``g`` (zeros if None) in the layout of ``like``."""
+    if g is None:
+        return torch.zeros_like(like)
+    if g.stride() == like.stride():
+        return g
+    return torch.empty_like(like).copy_(g)
 
 
 def _outputs_and_args(shape: dnnl.RNNShape, x, h0, c0, wl, wi, bias, wp, wproj):

@@ -27,8 +27,9 @@ from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import onednn
 from rnnkit.fast.autograd import Weights, run
+from rnnkit.fast.packed import run_packed
 from rnnkit.fast.swap import run_chunked
-from rnnkit.fast.varlen import prefix_lengths, roll_to_front, run_segments
+from rnnkit.fast.varlen import prefix_lengths, roll_to_front
 from rnnkit.unroll import default_chunk, length_mask
 
 PATHS = ("onednn", "cudnn", "fused", "reference")
@@ -195,8 +196,7 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     def sequence(x, s, lengths, masked="zero"):
         if lengths is None:
             return run(weights, x, s)
-        return run_segments(lambda xs, st: run(weights, xs, st), x, s, lengths, masked,
-                            state_is_output=weights.cell != "lstm")
+        return run_packed(weights, x, s, lengths, masked)
 
     try:
         lengths = decision.lengths

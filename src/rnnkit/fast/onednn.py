@@ -1,10 +1,11 @@
 """ctypes bindings to oneDNN 3.2's RNN primitives (``libdnnl.so.3`` from the ``onednn-cpu-gomp``
 wheel), on torch tensors' memory, with no copy of torch's private oneDNN.
 
-Only what the fast path needs: a CPU engine and stream, plain-layout memory descriptors made from
-shapes and strides, and forward (inference or training, with workspace) and backward primitives
-for ``vanilla_rnn``, ``gru``, ``lbr_gru`` and ``lstm`` (peepholes, projection), single layer,
-unidirectional left to right, float32. Primitives are built once per shape (``RNNShape``) and
+Only what the fast path needs (the library, its engine and stream: ``rnnkit.fast.library``):
+memory descriptors made from shapes and strides or left to the primitive, reorders, and forward
+(inference or training, with workspace) and backward primitives for ``vanilla_rnn``, ``gru``,
+``lbr_gru`` and ``lstm`` (peepholes, projection), single layer, unidirectional left to right,
+float32. Primitives are built once per shape (``RNNShape``) and
 cached. The enum values and argument numbers are oneDNN 3.x's C API (``dnnl_types.h``).
 
 Layouts (oneDNN names; batch second): ``src_layer``/``dst_layer`` ``tnc`` ``[T, B, C]``;
@@ -19,18 +20,17 @@ Their gradients are plain.
 from __future__ import annotations
 
 import ctypes
-import os
-import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
 
 import torch
 
+from rnnkit.fast.library import OneDNNError as OneDNNError
+from rnnkit.fast.library import _check, _ExecArg, _state, library
+from rnnkit.fast.library import load_error as load_error
+
 _F32 = 3
-_CPU = 1
 _FWD_TRAINING, _FWD_INFERENCE, _BACKWARD = 64, 96, 128
 _LEFT2RIGHT = 1
 _QUERY_WORKSPACE_MD, _QUERY_SCRATCHPAD_MD, _QUERY_EXEC_ARG_MD = 135, 136, 255
@@ -46,138 +46,6 @@ FROM, TO = 1, 17  # reorder arguments (DNNL_ARG_SRC, DNNL_ARG_DST)
 DIFF = 128  # DNNL_ARG_DIFF_x = DIFF + DNNL_ARG_x
 
 GATES = {"rnn": 1, "gru": 3, "lbr_gru": 3, "lstm": 4}
-
-
-class OneDNNError(RuntimeError):
-    """A oneDNN call returned an error status."""
-
-
-class _ExecArg(ctypes.Structure):
-    _fields_ = [("arg", ctypes.c_int), ("memory", ctypes.c_void_p)]
-
-
-def _candidates() -> list[Path]:
-    """Where ``libdnnl.so.3`` may be: ``$RNNKIT_DNNL_LIBRARY``, the environment's ``lib/``, and
-    the location the ``onednn-cpu-gomp`` wheel's RECORD gives."""
-    found = []
-    if os.environ.get("RNNKIT_DNNL_LIBRARY"):
-        found.append(Path(os.environ["RNNKIT_DNNL_LIBRARY"]))
-    found.append(Path(sys.prefix) / "lib" / "libdnnl.so.3")
-    try:
-        files = metadata.distribution("onednn-cpu-gomp").files or []
-    except metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == "libdnnl.so.3":
-            found.append(Path(f.locate()).resolve())
-    return found
-
-
-_lock = threading.Lock()
-_state: dict = {}
-
-
-def library() -> ctypes.CDLL:
-    """The loaded ``libdnnl.so.3`` (loaded and checked on first use).
-
-    Raises:
-        OneDNNError: no candidate file loads, or its version is not 3.x.
-    """
-    with _lock:
-        if "lib" in _state:
-            return _state["lib"]
-        if "error" in _state:
-            raise OneDNNError(_state["error"])
-        errors = []
-        for path in _candidates():
-            if not path.exists():
-                errors.append(f"{path}: no such file")
-                continue
-            try:
-                lib = ctypes.CDLL(str(path))
-                _declare(lib)
-                major = lib.dnnl_version().contents.major
-                if major != 3:
-                    raise OSError(f"oneDNN {major}.x found, 3.x needed")
-                _state["engine"], _state["stream"] = _engine_and_stream(lib)
-            except (OSError, AttributeError, OneDNNError) as err:
-                errors.append(f"{path}: {err}")
-                continue
-            _state["lib"] = lib
-            return lib
-        _state["error"] = ("libdnnl.so.3 (pip package onednn-cpu-gomp==2023.2.0) could not be "
-                           "loaded: " + ("; ".join(errors) or "no candidate path"))
-        raise OneDNNError(_state["error"])
-
-
-def load_error() -> str | None:
-    """None if oneDNN loads, else one line saying why not."""
-    try:
-        library()
-    except OneDNNError as err:
-        return str(err)
-    return None
-
-
-class _Version(ctypes.Structure):
-    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
-                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint),
-                ("gpu_runtime", ctypes.c_uint)]
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    vp, i, u = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint
-    pvp = ctypes.POINTER(ctypes.c_void_p)
-    dims = ctypes.POINTER(ctypes.c_int64)
-    lib.dnnl_version.restype = ctypes.POINTER(_Version)
-    sigs = {
-        "dnnl_engine_create": [pvp, i, ctypes.c_size_t],
-        "dnnl_stream_create": [pvp, vp, u],
-        "dnnl_stream_wait": [vp],
-        "dnnl_memory_desc_create_with_strides": [pvp, i, dims, i, dims],
-        "dnnl_memory_desc_create_with_tag": [pvp, i, dims, i, i],
-        "dnnl_memory_desc_equal": [vp, vp],
-        "dnnl_reorder_primitive_desc_create": [pvp, vp, vp, vp, vp, vp],
-        "dnnl_memory_desc_destroy": [vp],
-        "dnnl_memory_create": [pvp, vp, vp, vp],
-        "dnnl_memory_destroy": [vp],
-        "dnnl_primitive_desc_destroy": [vp],
-        "dnnl_primitive_create": [pvp, vp],
-        "dnnl_primitive_destroy": [vp],
-        "dnnl_primitive_execute": [vp, vp, i, ctypes.POINTER(_ExecArg)],
-        "dnnl_primitive_attr_create": [pvp],
-        "dnnl_primitive_attr_set_scratchpad_mode": [vp, i],
-        "dnnl_primitive_attr_destroy": [vp],
-        "dnnl_vanilla_rnn_forward_primitive_desc_create":
-            [pvp, vp, i, i, i] + [vp] * 7 + [u, ctypes.c_float, ctypes.c_float, vp],
-        "dnnl_vanilla_rnn_backward_primitive_desc_create":
-            [pvp, vp, i, i, i] + [vp] * 14 + [u, ctypes.c_float, ctypes.c_float, vp, vp],
-        "dnnl_gru_forward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 7 + [u, vp],
-        "dnnl_gru_backward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 14 + [u, vp, vp],
-        "dnnl_lbr_gru_forward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 7 + [u, vp],
-        "dnnl_lbr_gru_backward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 14 + [u, vp, vp],
-        "dnnl_lstm_forward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 11 + [u, vp],
-        "dnnl_lstm_backward_primitive_desc_create": [pvp, vp, i, i] + [vp] * 22 + [u, vp, vp],
-    }
-    for name, argtypes in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, ctypes.c_int  # memory_desc_equal: 1 if equal
-    lib.dnnl_primitive_desc_query_md.argtypes = [vp, i, i]
-    lib.dnnl_primitive_desc_query_md.restype = vp
-    lib.dnnl_memory_desc_get_size.argtypes = [vp]
-    lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
-
-
-def _check(status: int, what: str) -> None:
-    if status != 0:
-        raise OneDNNError(f"{what} failed with dnnl_status {status}")
-
-
-def _engine_and_stream(lib: ctypes.CDLL) -> tuple[ctypes.c_void_p, ctypes.c_void_p]:
-    engine, stream = ctypes.c_void_p(), ctypes.c_void_p()
-    _check(lib.dnnl_engine_create(ctypes.byref(engine), _CPU, 0), "dnnl_engine_create")
-    _check(lib.dnnl_stream_create(ctypes.byref(stream), engine, 1), "dnnl_stream_create")
-    return engine, stream
 
 
 def _md(lib, dims: tuple[int, ...], strides: tuple[int, ...]) -> ctypes.c_void_p:
@@ -269,6 +137,8 @@ class _Primitive:
         self._owned = [*mds.values(), *self.plain.values()] if owned else []
         self.prim = ctypes.c_void_p()
         self._reorders: dict[int, _Primitive] = {}
+        self._mems: dict[int, list] = {}  # arg -> [oneDNN memory, data pointer], reused
+        self._busy = threading.Lock()
         self.sizes: dict[int, int] = {}
         try:
             _check(lib.dnnl_primitive_create(ctypes.byref(self.prim), pd), "dnnl_primitive_create")
@@ -287,6 +157,9 @@ class _Primitive:
 
     def __del__(self):
         lib = self.lib
+        for mem, _ in getattr(self, "_mems", {}).values():
+            lib.dnnl_memory_destroy(mem)
+        self._mems = {}
         if self.prim:
             lib.dnnl_primitive_destroy(self.prim)
             self.prim = None
@@ -327,7 +200,6 @@ class _Primitive:
                 check, not a conversion: oneDNN would read or write out of bounds), or oneDNN
                 fails.
         """
-        lib, engine, stream = self.lib, _state["engine"], _state["stream"]
         for arg, t in tensors.items():
             if arg not in self.mds or not t.is_contiguous() or \
                     t.numel() * t.element_size() < self.sizes[arg]:
@@ -336,19 +208,41 @@ class _Primitive:
         tensors = dict(tensors)
         if self.sizes.get(SCRATCHPAD):
             tensors[SCRATCHPAD] = _scratch(self.sizes[SCRATCHPAD])
-        args, mems = (_ExecArg * len(tensors))(), []
+        if not self._busy.acquire(blocking=False):  # another thread runs it: memories of its own
+            self._run(tensors, {})
+            return
+        try:
+            self._run(tensors, self._mems)
+        finally:
+            self._busy.release()
+
+    def _run(self, tensors: dict[int, torch.Tensor], mems: dict[int, list]) -> None:
+        """Execute with a oneDNN memory per argument, from ``mems`` (``arg -> [memory, data
+        pointer]``, kept and repointed between calls) or made for this call only."""
+        lib, engine, stream = self.lib, _state["engine"], _state["stream"]
+        args, made = (_ExecArg * len(tensors))(), []
         try:
             for k, (arg, t) in enumerate(tensors.items()):
-                mem = ctypes.c_void_p()
-                _check(lib.dnnl_memory_create(ctypes.byref(mem), self.mds[arg], engine,
-                                              ctypes.c_void_p(t.data_ptr())), "dnnl_memory_create")
-                mems.append(mem)
-                args[k].arg, args[k].memory = arg, mem
+                ptr, entry = t.data_ptr(), mems.get(arg)
+                if entry is None:
+                    mem = ctypes.c_void_p()
+                    _check(lib.dnnl_memory_create(ctypes.byref(mem), self.mds[arg], engine,
+                                                  ctypes.c_void_p(ptr)), "dnnl_memory_create")
+                    entry = [mem, ptr]
+                    if mems is self._mems:
+                        mems[arg] = entry
+                    else:
+                        made.append(mem)
+                elif entry[1] != ptr:
+                    _check(lib.dnnl_memory_set_data_handle(entry[0], ctypes.c_void_p(ptr)),
+                           "dnnl_memory_set_data_handle")
+                    entry[1] = ptr
+                args[k].arg, args[k].memory = arg, entry[0]
             _check(lib.dnnl_primitive_execute(self.prim, stream, len(tensors), args),
                    "dnnl_primitive_execute")
             _check(lib.dnnl_stream_wait(stream), "dnnl_stream_wait")
         finally:
-            for mem in mems:
+            for mem in made:
                 lib.dnnl_memory_destroy(mem)
 
 
@@ -438,6 +332,7 @@ class RNNPrimitives:
         raise AssertionError("unreachable")
 
 
+_lock = threading.Lock()
 _cache: OrderedDict[RNNShape, RNNPrimitives] = OrderedDict()
 CACHE_SIZE = 512  # shapes; a variable-length batch makes one per segment shape
 
