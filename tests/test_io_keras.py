@@ -402,3 +402,20 @@ def test_save_refuses_what_keras3_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="no Keras 3 equivalent"):
         save_keras(legacy, tmp_path / "m.keras")
     assert not list(tmp_path.iterdir())
+
+
+def test_rnnkit_only_fast_option_is_not_written_to_keras_config(tmp_path):
+    import json
+    import zipfile
+
+    from rnnkit import io as rio
+    from rnnkit import layers as L
+
+    model = L.Sequential([L.LSTM(3, fast=False), L.Dense(2)])
+    model(torch.randn(2, 4, 5))
+    rio.save_keras(model, tmp_path / "m.keras")
+    config = json.loads(zipfile.ZipFile(tmp_path / "m.keras").read("config.json"))
+    assert '"fast"' not in json.dumps(config)
+    again = rio.load_keras(tmp_path / "m.keras")
+    x = torch.randn(2, 4, 5)
+    torch.testing.assert_close(again(x), model.eval()(x))

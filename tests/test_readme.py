@@ -27,3 +27,13 @@ def test_guides_python_blocks_run():
         namespace: dict = {}
         for block in re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S):
             exec(compile(block, str(guide), "exec"), namespace)
+
+
+def test_api_reference_is_generated_from_the_current_docstrings():
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    proc = subprocess.run([sys.executable, str(root / "docs" / "gen_api.py"), "--check"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr

@@ -218,7 +218,8 @@ def _entry_to_keras(entry: dict, where: str) -> dict:
         raise ValueError(f"{where}: {cls_name} layers cannot be written to a Keras file; "
                          f"supported: {sorted(LAYERS)}")
     at = f"{where} ({cls_name} {entry['config'].get('name')!r})"
-    config = {k: _keras_value(k, v, f"{at}: {k}") for k, v in entry["config"].items()}
+    # ``fast`` picks rnnkit's unroll path; it changes no number, and Keras has no such key
+    config = {k: _keras_value(k, v, f"{at}: {k}") for k, v in entry["config"].items() if k != "fast"}
     return {"module": "keras.layers", "class_name": cls_name, "config": config,
             "registered_name": None}
 
