@@ -203,6 +203,11 @@ def time_keras_tf(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
         return tape.gradient(tf.reduce_sum(out), [x, *layer.trainable_weights])
 
     fwd_ms, first = _time(fwd, reps)
+    if any(g is None for g in fwd_bwd()):
+        # Seen with Keras 3.15 on TF 2.21: the tape returns None even for the inputs, so the
+        # graph would compute nothing and time nothing. Report the forward pass only.
+        return {"fwd": fwd_ms, "first_call": first,
+                "note": "fwd_bwd not measured: tf.GradientTape returned None gradients"}
     bwd_ms, _ = _time(fwd_bwd, reps)
     return {"fwd": fwd_ms, "fwd_bwd": bwd_ms, "first_call": first}
 
@@ -253,14 +258,19 @@ def measure(peer: str, cell: str, shapes: list[str], reps: int) -> dict:
     return results
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     """Large float32 matmul throughput with the same thread count: the ceiling for ratios."""
     import torch
 
     torch.set_num_threads(THREADS)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    ms, _ = _time(lambda: a @ b, reps)
-    return 2 * n**3 / (ms / 1e3) / 1e9
+    a @ b
+    best = float("inf")
+    for _ in range(reps):  # a ceiling: the least disturbed run
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 def main() -> None:
