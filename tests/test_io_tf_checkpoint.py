@@ -372,3 +372,11 @@ def test_failed_save_leaves_previous_checkpoint_intact(ckpt, monkeypatch):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     monkeypatch.undo()
     assert np.array_equal(read_checkpoint(ckpt)["grid/f32"], GRID["grid/f32"])
+
+
+def test_a_data_shard_path_names_its_checkpoint(tmp_path):
+    from rnnkit.io import read_checkpoint, write_tf_checkpoint
+
+    write_tf_checkpoint(tmp_path / "model", {"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
+    via_shard = read_checkpoint(tmp_path / "model.data-00000-of-00001")
+    np.testing.assert_array_equal(via_shard["w"], read_checkpoint(tmp_path / "model")["w"])

@@ -160,7 +160,6 @@ def _from_tf_names(path: str, fmt: str, opts: Options) -> Model:
     from rnnkit.io.saving import restore
 
     _, tensors, extra = read_file(path, fmt)
-    path = re.sub(r"\.data-\d{5}-of-\d{5}$", "", str(path))  # restore takes the prefix
     found = {}
     for name, info in annotate(tensors, extra).items():
         if not info.framework.startswith(("TF1", "TF cuDNN")) or not info.role.startswith(

@@ -41,7 +41,6 @@ FORMATS = {
     "onnx": "ONNX model",
 }
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
 
 
 @dataclass
@@ -119,7 +118,7 @@ def detect_format(path: str | os.PathLike) -> str:
         if Path(f"{p}.index").is_file():
             return "tf"
         raise FormatError(p, "no such file or directory")
-    if p.name == "checkpoint" or _SHARD.search(p.name):
+    if p.name == "checkpoint" or tf_checkpoint.SHARD_SUFFIX.search(p.name):
         return "tf"
     try:
         with open(p, "rb") as f:
@@ -211,8 +210,6 @@ def read_file(path: str | os.PathLike, fmt: str | None = None
 
 def _read_tf(p: Path):
     suffix = tf_checkpoint.VARIABLE_VALUE_SUFFIX
-    if _SHARD.search(p.name):
-        p = p.with_name(_SHARD.sub("", p.name))
     raw = tf_checkpoint.read_checkpoint(p)
     full = tf_checkpoint.object_graph_names(p)
     tensors = {k.removesuffix(suffix): v for k, v in raw.items()}

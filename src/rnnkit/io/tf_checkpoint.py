@@ -66,8 +66,13 @@ def _checkpoint_file_target(folder: Path) -> Path:
     return target if target.is_absolute() else folder / target
 
 
+SHARD_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
+"""The end of a data shard's name: ``prefix.data-00000-of-00001``."""
+
+
 def _prefix(path: str | os.PathLike) -> Path:
-    """The checkpoint prefix for a prefix, an ``.index`` file, a folder or a ``checkpoint`` file."""
+    """The checkpoint prefix for a prefix, an ``.index`` file, a data shard, a folder or a
+    ``checkpoint`` file."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
@@ -77,6 +82,8 @@ def _prefix(path: str | os.PathLike) -> Path:
         return _checkpoint_file_target(path.parent)
     if path.suffix == ".index":
         return path.with_suffix("")
+    if SHARD_SUFFIX.search(path.name):
+        return path.with_name(SHARD_SUFFIX.sub("", path.name))
     return path
 
 
