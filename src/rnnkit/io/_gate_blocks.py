@@ -16,11 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rnnkit.io.layouts import GATE_ORDERS, GATES, ONNX_PEEPHOLE_ORDER, TF1_LETTERS
+from rnnkit.io.layouts import GATE_ORDERS, GATES, ONNX_PEEPHOLE_ORDER, TF1_LETTERS, TORCH_LETTERS
 
 __all__ = ["Block", "GateInfo", "annotate"]
-
-_TORCH_LETTERS = {"gru": {"h": "n"}, "lstm": {"c": "g"}}  # torch's own names for Keras letters
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class GateInfo:
 
 
 def _letters(framework: str, kind: str) -> list[str]:
-    own = TF1_LETTERS[kind] if framework == "tf1" else _TORCH_LETTERS.get(kind, {}) \
+    own = TF1_LETTERS[kind] if framework == "tf1" else TORCH_LETTERS.get(kind, {}) \
         if framework == "torch" else {}
     return [own.get(g, g) for g in GATE_ORDERS[framework][kind]]
 

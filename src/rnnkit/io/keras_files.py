@@ -47,7 +47,6 @@ _H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _CONFIG, _METADATA, _WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 _MAX_JSON = 64 << 20
 _MAX_RATIO = 64  # weights are float data, which deflate barely shrinks; Keras stores them as is
-_DAMAGE = DAMAGED_FILE_ERRORS
 
 
 def load_keras(path: str | os.PathLike, model: L.Sequential | L.Model | None = None):
@@ -99,7 +98,7 @@ def load_keras(path: str | os.PathLike, model: L.Sequential | L.Model | None = N
         raise FormatError(path, f"cannot open the file: {err.strerror}") from None
     except (ConfigError, LookupError) as err:
         raise FormatError(path, str(err)) from None
-    except _DAMAGE as err:
+    except DAMAGED_FILE_ERRORS as err:
         raise FormatError(path, f"truncated or corrupt ({type(err).__name__}: {err})") from None
 
 

@@ -36,6 +36,7 @@ ONNX_PEEPHOLE_ORDER = "iof"  # ONNX LSTM input P: [p_i, p_o, p_f]
 # The letter each framework's own docs use for a Keras letter (for messages and docs).
 TF1_LETTERS = {"rnn": {"h": "h"}, "gru": {"z": "u", "r": "r", "h": "c"},
                "lstm": {"i": "i", "f": "f", "c": "j", "o": "o"}}
+TORCH_LETTERS = {"gru": {"h": "n"}, "lstm": {"c": "g"}}  # the others as Keras names them
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
