@@ -127,14 +127,18 @@ class RNNCell(torch.nn.Module):
         with _BUILD_LOCK:
             if self.input_depth is not None:  # another thread built it while this one waited
                 return self.ensure_built(input_depth, dtype)
-            if self._scope is None:
-                opener = (variable_scope(self._base, reuse=self._reuse) if self._reuse
-                          else variable_scope(None, default_name=self._base))
-                with opener as captured:
-                    self._scope = captured
-            with variable_scope(self._scope, reuse=self._reuse):
-                self.build(input_depth, dtype)
+            self.build_in_scope(input_depth, dtype)
             self.input_depth = input_depth
+
+    def build_in_scope(self, input_depth: int, dtype: torch.dtype) -> None:
+        """``build`` under the cell's own variable scope, opened (and numbered) the first time."""
+        if self._scope is None:
+            opener = (variable_scope(self._base, reuse=self._reuse) if self._reuse
+                      else variable_scope(None, default_name=self._base))
+            with opener as captured:
+                self._scope = captured
+        with variable_scope(self._scope, reuse=self._reuse):
+            self.build(input_depth, dtype)
 
     def require_built(self, what: str) -> None:
         if self.input_depth is None:

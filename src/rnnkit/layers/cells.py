@@ -79,17 +79,9 @@ class KerasCell(Tracked, FusedCell):
     def scope_name(self) -> str:
         return self.path
 
-    def ensure_built(self, input_depth: int, dtype: torch.dtype) -> None:
-        """Make the weights on first use (no TF1 scopes); afterwards check the depth."""
-        if self.input_depth is not None:
-            if input_depth != self.input_depth:
-                raise ValueError(f"inputs to {type(self).__name__} '{self.path}' must have depth "
-                                 f"{self.input_depth} (it was built for that), got {input_depth}")
-            return
-        if input_depth <= 0:
-            raise ValueError(f"inputs must have a positive last dimension, got {input_depth}")
+    def build_in_scope(self, input_depth: int, dtype: torch.dtype) -> None:
+        """Keras weights are named by layer path, not by TF1 variable scopes."""
         self.build(input_depth, dtype)
-        self.input_depth = input_depth
 
     def _weight(self, name: str, shape: list[int], dtype: torch.dtype, note: str = "") -> None:
         var = make_weight(f"{self.path}/{name}", shape, dtype, self.initializers[name],
