@@ -67,6 +67,20 @@ def _run(cell: RNNCell, inputs_tm: torch.Tensor, initial_state: State | None, dt
         return cell.unroll(inputs_tm, state, mask, "zero", chunk)
 
 
+def _run_both(cell_fw: RNNCell, cell_bw: RNNCell, x: torch.Tensor, initial_state_fw, initial_state_bw,
+              dtype, lengths: torch.Tensor | None, swap_memory: bool, scope, fast):
+    """Both directions over time-major ``x`` under ``scope/fw`` and ``scope/bw``; the backward
+    cell reads each sequence reversed within its length and its outputs are reversed back."""
+    with variable_scope(scope or "bidirectional_rnn"):
+        with variable_scope("fw"):
+            out_fw, st_fw = _run(cell_fw, x, initial_state_fw, dtype, lengths, swap_memory,
+                                 "initial_state_fw", fast)
+        with variable_scope("bw"):
+            out_bw, st_bw = _run(cell_bw, reverse_sequence(x, lengths), initial_state_bw, dtype,
+                                 lengths, swap_memory, "initial_state_bw", fast)
+    return (out_fw, reverse_sequence(out_bw, lengths)), (st_fw, st_bw)
+
+
 def _check_inputs(inputs, time_major: bool) -> torch.Tensor:
     layout = "[time, batch, depth]" if time_major else "[batch, time, depth]"
     if not torch.is_tensor(inputs) or inputs.dim() != 3:
@@ -148,14 +162,9 @@ def bidirectional_dynamic_rnn(cell_fw: RNNCell, cell_bw: RNNCell, inputs: torch.
     _check_fast(fast)
     x = _check_inputs(inputs, time_major)
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device)
-    with variable_scope(scope or "bidirectional_rnn"):
-        with variable_scope("fw"):
-            out_fw, st_fw = _run(cell_fw, x, initial_state_fw, dtype, lengths, swap_memory,
-                                 "initial_state_fw", fast)
-        with variable_scope("bw"):
-            out_bw, st_bw = _run(cell_bw, reverse_sequence(x, lengths), initial_state_bw, dtype,
-                                 lengths, swap_memory, "initial_state_bw", fast)
-            out_bw = reverse_sequence(out_bw, lengths)
+    (out_fw, out_bw), (st_fw, st_bw) = _run_both(
+        cell_fw, cell_bw, x, initial_state_fw, initial_state_bw, dtype, lengths, swap_memory, scope,
+        fast)
     if not time_major:
         out_fw, out_bw = out_fw.transpose(0, 1), out_bw.transpose(0, 1)
     return (out_fw, out_bw), (st_fw, st_bw)
@@ -205,12 +214,6 @@ def static_bidirectional_rnn(cell_fw: RNNCell, cell_bw: RNNCell, inputs: Sequenc
     _check_fast(fast)
     x = _stack_static(inputs)
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device)
-    with variable_scope(scope or "bidirectional_rnn"):
-        with variable_scope("fw"):
-            out_fw, st_fw = _run(cell_fw, x, initial_state_fw, dtype, lengths, False,
-                                 "initial_state_fw", fast)
-        with variable_scope("bw"):
-            out_bw, st_bw = _run(cell_bw, reverse_sequence(x, lengths), initial_state_bw, dtype,
-                                 lengths, False, "initial_state_bw", fast)
-            out_bw = reverse_sequence(out_bw, lengths)
+    (out_fw, out_bw), (st_fw, st_bw) = _run_both(
+        cell_fw, cell_bw, x, initial_state_fw, initial_state_bw, dtype, lengths, False, scope, fast)
     return list(torch.cat([out_fw, out_bw], dim=-1).unbind(0)), st_fw, st_bw
