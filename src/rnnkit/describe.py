@@ -15,6 +15,16 @@ _COLUMNS = ("name", "shape", "dtype", "initializer", "origin", "mean", "std", "m
             "orth_gap")
 
 
+def aligned_table(header, rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, a dashed rule under the header (rnnkit's text tables)."""
+    cells = [list(header)] + rows
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def orthogonality_gap(weight: torch.Tensor) -> float | None:
     """Largest ``|entry|`` of ``B^T B - I``: 0 means (semi-)orthogonal; None if not 2-D.
 
@@ -52,12 +62,7 @@ class VariableTable:
                 return f"{value:.4g}"
             return str(value)
 
-        cells = [list(_COLUMNS)] + [[fmt(r[c]) for c in _COLUMNS] for r in self.rows]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-                 for row in cells]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return aligned_table(_COLUMNS, [[fmt(r[c]) for c in _COLUMNS] for r in self.rows])
 
     __repr__ = __str__
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rnnkit.describe import aligned_table
 from rnnkit.study.train import RunResult
 
 __all__ = ["Effect", "EFFECTS", "compare", "results_table", "markdown_table", "plot_learning_curves",
@@ -33,12 +34,7 @@ def _row(r: RunResult) -> list[str]:
 
 def results_table(results: list[RunResult]) -> str:
     """An aligned text table, one row per (task, configuration)."""
-    cells = [list(_COLUMNS)] + [_row(r) for r in results]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned_table(_COLUMNS, [_row(r) for r in results])
 
 
 def markdown_table(results: list[RunResult]) -> str:
