@@ -10,16 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from fast_checks import FUSED_CELLS, TOL
+from fast_checks import compare as _compare
+from fast_checks import decisions as _decisions
+from fast_checks import perturb as _perturb
+from fast_checks import random_state as _state
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
 from rnnkit.fast import dispatch, library, onednn
 from rnnkit.fast.varlen import plan
-from rnnkit.unroll import length_mask, map_state
+from rnnkit.unroll import length_mask
 
 needs_onednn = pytest.mark.skipif(onednn.load_error() is not None,
                                   reason=f"oneDNN does not load: {onednn.load_error()}")
-TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 CELLS = {
     "rnn_tanh": lambda: rk.BasicRNNCell(6),
@@ -31,37 +35,9 @@ CELLS = {
     "lstm_peephole": lambda: rk.LSTMCell(6, use_peepholes=True),
     "lstm_proj": lambda: rk.LSTMCell(6, num_proj=4),
     "lstm_peephole_proj": lambda: rk.LSTMCell(6, use_peepholes=True, num_proj=3),
+    **FUSED_CELLS,  # the fused kernel's LSTMs
 }
 LENGTHS = {"full": None, "varied": [5, 0, 7, 3, 7], "one_short": [7, 7, 6, 7, 7]}
-
-
-def _perturb(*cells: rk.RNNCell, seed: int = 0) -> None:
-    """Move every variable off its initializer (zero biases would hide bias-layout bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for cell in cells:
-            for p in cell.parameters():
-                p.add_(0.4 * torch.randn(p.shape, generator=g))
-
-
-def _grads(outputs, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
-    leaves = pytree.tree_leaves(outputs)
-    g = torch.Generator().manual_seed(1)
-    loss = sum((leaf * torch.randn(leaf.shape, generator=g)).sum() for leaf in leaves)
-    return list(torch.autograd.grad(loss, wrt))
-
-
-def _compare(run, wrt: list[torch.Tensor]) -> None:
-    fast = run(True)
-    ref = run(False)
-    for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
-        torch.testing.assert_close(a, b, **TOL)
-    for a, b in zip(_grads(fast, wrt), _grads(ref, wrt), strict=True):
-        torch.testing.assert_close(a, b, **TOL)
-
-
-def _state(cell: rk.RNNCell, batch: int) -> object:
-    return map_state(lambda s: torch.randn_like(s).requires_grad_(), cell.zero_state(batch))
 
 
 @needs_onednn
@@ -85,7 +61,7 @@ def test_dynamic_rnn_matches_reference(name, lengths):
 @needs_onednn
 @pytest.mark.parametrize("lengths", ["full", "varied"])
 @pytest.mark.parametrize("name", ["gru_tf1", "gru_reset_after", "lstm_peephole_proj",
-                                  "rnn_tanh"])
+                                  "rnn_tanh", "fused_all_options", "fused_layer_norm"])
 def test_bidirectional_matches_reference(name, lengths):
     torch.manual_seed(0)
     fw, bw = CELLS[name](), CELLS[name]()
@@ -129,7 +105,7 @@ def test_previous_output_masks_match_reference(name):
 
 
 @needs_onednn
-@pytest.mark.parametrize("name", ["gru_tf1", "lstm_peephole_proj"])
+@pytest.mark.parametrize("name", ["gru_tf1", "lstm_peephole_proj", "fused_all_options"])
 def test_inference_without_grad_matches_reference(name):
     cell = CELLS[name]()
     x = torch.randn(3, 8, 4)
@@ -154,8 +130,9 @@ def test_fast_true_lists_every_unmet_requirement():
 
 
 @pytest.mark.parametrize("make, needed", [
-    (lambda: rk.LayerNormLSTMCell(4), "layer normalization"),
-    (lambda: rk.LSTMCell(4, num_proj=2, proj_clip=0.5), "proj_clip"),
+    (lambda: rk.LayerNormLSTMCell(4, activation="elu"), "layer normalization"),
+    (lambda: rk.LayerNormLSTMCell(4, activation="elu"), "not fused: activation is elu"),
+    (lambda: rk.LSTMCell(4, num_proj=2, proj_clip=0.5, activation="gelu"), "proj_clip"),
     (lambda: rk.GRUCell(4, activation="relu"), "activation is relu"),
     (lambda: rk.DropoutWrapper(rk.GRUCell(4), output_keep_prob=0.5), "not onednn: the cell has"),
 ])
@@ -176,7 +153,8 @@ def test_decisions_explain_each_path():
     text = str(rk.fast.explain(gru, x))
     first = "path: onednn" if onednn.load_error() is None else "path: reference"
     assert text.splitlines()[0] == first
-    assert "not cudnn: inputs are on cpu, not cuda" in text and "not fused: not built yet" in text
+    assert "not cudnn: inputs are on cpu, not cuda" in text
+    assert "not fused: the fused kernel serves LSTMs, not gru" in text
     holes = torch.tensor([[True, True], [False, True], [True, True]])
     p = gru.sequence_params()
     decision = dispatch.decide(p, x.transpose(0, 1)[:3], torch.zeros(2, 4), holes)
@@ -261,7 +239,7 @@ def test_a_failing_primitive_falls_back_under_auto_and_raises_under_true(monkeyp
     monkeypatch.setattr(dispatch, "_warned", set())
     cell = rk.GRUCell(4, input_size=3)
     x = torch.randn(2, 5, 3)
-    with pytest.warns(RuntimeWarning, match="oneDNN failed .no primitive for gru"):
+    with pytest.warns(RuntimeWarning, match="the onednn path failed .no primitive for gru"):
         out, _ = rk.dynamic_rnn(cell, x)
     torch.testing.assert_close(out, rk.dynamic_rnn(cell, x, fast=False)[0])
     with pytest.raises(onednn.OneDNNError, match="no primitive for gru"):
@@ -275,7 +253,8 @@ def test_explain_sees_wrappers_and_layers():
     assert rk.fast.explain(wrapped, x).path == "reference"
     stack = rk.MultiRNNCell([rk.LSTMCell(4, cell_clip=2.0), rk.GRUCell(4)])
     stack.ensure_built(3, torch.float32)
-    assert "cell_clip" in str(rk.fast.explain(stack, x))
+    text = str(rk.fast.explain(stack, x))
+    assert "cell_clip" in text and text.startswith("path: fused")
 
 
 KERAS = {
@@ -335,14 +314,6 @@ def test_swap_memory_runs_fast_in_recomputed_chunks(name, lengths):
              [x, *pytree.tree_leaves(h0), *cell.parameters()])
 
 
-def _decisions(monkeypatch) -> list[str]:
-    """The paths ``dispatch.decide`` picks from now on (none recorded: the switch was False)."""
-    seen, decide = [], dispatch.decide
-    monkeypatch.setattr(dispatch, "decide", lambda *a, **k: seen.append(decide(*a, **k).path)
-                        or decide(*a, **k))
-    return seen
-
-
 UNROLLS = {
     "dynamic_rnn": lambda cell, x, **kw: rk.dynamic_rnn(cell, x, **kw),
     "bidirectional_dynamic_rnn": lambda cell, x, **kw: rk.bidirectional_dynamic_rnn(
@@ -365,14 +336,14 @@ def test_unroll_functions_inherit_the_fast_mode_block(name, monkeypatch):
         unroll(gru, x, fast="auto")  # an explicit argument wins over the block
     assert seen and set(seen) == {"onednn"}
     with rk.fast.fast_mode(True), pytest.raises(ValueError, match="cell_clip"):
-        unroll(rk.LSTMCell(4, cell_clip=1.0), x)
+        unroll(rk.LSTMCell(4, cell_clip=1.0, activation="elu"), x)
     with pytest.raises(ValueError, match="fast must be 'auto', True or False, got 'no'"):
         unroll(gru, x, fast="no")
 
 
 @needs_onednn
 def test_multi_rnn_cell_unroll_takes_fast(monkeypatch):
-    cell = rk.MultiRNNCell([rk.GRUCell(4), rk.LSTMCell(4, cell_clip=1.0)])
+    cell = rk.MultiRNNCell([rk.GRUCell(4), rk.LSTMCell(4, cell_clip=1.0, activation="elu")])
     cell.ensure_built(3, torch.float32)
     x, state = torch.randn(5, 2, 3), cell.zero_state(2)
     seen = _decisions(monkeypatch)

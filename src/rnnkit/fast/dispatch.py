@@ -1,8 +1,9 @@
 """The one place that decides which path runs an unroll, and can say why not the others.
 
 Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (through
-torch on GPU; not built yet), ``fused`` (our own fused cell for what neither has; not built yet),
-``reference`` (``rnnkit.unroll.scan``, always exact, always available). A fast path is an
+torch on GPU; not built yet), ``fused`` (rnnkit's own C kernel, ``rnnkit.fast.fused``, for the
+LSTMs neither has: clipping, layer norm, other activations), ``reference``
+(``rnnkit.unroll.scan``, always exact, always available). A fast path is an
 optimization, never a second semantics: it must give the reference path's numbers.
 
 The switch has three values: ``"auto"`` takes the best eligible path and falls back quietly;
@@ -25,11 +26,12 @@ from torch.utils import _pytree as pytree
 
 from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
-from rnnkit.fast import onednn
+from rnnkit.fast import compiled, fused, onednn
 from rnnkit.fast.autograd import Weights, run
+from rnnkit.fast.fused import run_fused
 from rnnkit.fast.packed import run_packed
 from rnnkit.fast.swap import run_chunked
-from rnnkit.fast.varlen import prefix_lengths, roll_to_front
+from rnnkit.fast.varlen import hold_last, prefix_lengths, roll_to_front
 from rnnkit.unroll import default_chunk, length_mask
 
 PATHS = ("onednn", "cudnn", "fused", "reference")
@@ -80,35 +82,20 @@ class Decision:
         return self.explain()
 
 
-def _onednn_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
+def _common_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
                   own_step: bool) -> tuple[list[str], torch.Tensor | None, bool]:
-    if not isinstance(p, Canonical):
-        return ["the cell has no Canonical weights (oneDNN serves BasicRNNCell, GRUCell, "
-                "BasicLSTMCell and LSTMCell)"], None, False
+    """What every fast path needs (a ``Canonical`` step, float32 on the CPU, a mask without
+    holes), and the lengths (None: full length) and suffix flag of the mask."""
     unmet = []
     if own_step:
         unmet.append("the cell has its own prepare_inputs/step (per-step work such as dropout)")
-    act, rec = name_of(p.activation), p.recurrent_activation and name_of(p.recurrent_activation)
-    if p.kind == "layer_norm_lstm":
-        unmet.append("layer normalization has no oneDNN cell")
-    elif p.kind == "rnn":
-        if act not in ("tanh", "relu", "sigmoid"):
-            unmet.append(f"activation is {act} (oneDNN vanilla_rnn has tanh, relu, sigmoid)")
-    else:
-        if act != "tanh":
-            unmet.append(f"activation is {act} (oneDNN {p.kind} has tanh only)")
-        if rec != "sigmoid":
-            unmet.append(f"recurrent_activation is {rec} (oneDNN {p.kind} has sigmoid only)")
-    if p.cell_clip is not None or p.proj_clip is not None:
-        unmet.append("cell_clip/proj_clip set (oneDNN LSTM does not clip)")
-    if getattr(p, "h_mask", None) is not None:
-        unmet.append("recurrent dropout (h_mask) between steps")
     tensors = [inputs, *pytree.tree_leaves(state), p.W, p.U, p.b, p.b_h, p.P,
-               *(p.peepholes or ())]
-    dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors if t is not None}
+               *(p.peepholes or ()), *pytree.tree_leaves(p.norms)]
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors}
     if dtypes != {"float32"}:
         unmet.append(f"dtypes are {', '.join(sorted(dtypes))}; float32 only")
-    devices = {t.device.type for t in tensors if t is not None}
+    devices = {t.device.type for t in tensors}
     if devices != {"cpu"}:
         unmet.append(f"devices are {', '.join(sorted(devices))}; cpu only")
     if inputs.shape[1] == 0:
@@ -133,6 +120,27 @@ def _onednn_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chun
     return unmet, lengths, suffix
 
 
+def _onednn_cell_unmet(p: Canonical) -> list[str]:
+    """What oneDNN's primitives lack for this cell's math."""
+    unmet = []
+    act, rec = name_of(p.activation), p.recurrent_activation and name_of(p.recurrent_activation)
+    if p.kind == "layer_norm_lstm":
+        unmet.append("layer normalization has no oneDNN cell")
+    elif p.kind == "rnn":
+        if act not in ("tanh", "relu", "sigmoid"):
+            unmet.append(f"activation is {act} (oneDNN vanilla_rnn has tanh, relu, sigmoid)")
+    else:
+        if act != "tanh":
+            unmet.append(f"activation is {act} (oneDNN {p.kind} has tanh only)")
+        if rec != "sigmoid":
+            unmet.append(f"recurrent_activation is {rec} (oneDNN {p.kind} has sigmoid only)")
+    if p.cell_clip is not None or p.proj_clip is not None:
+        unmet.append("cell_clip/proj_clip set (oneDNN LSTM does not clip)")
+    if getattr(p, "h_mask", None) is not None:
+        unmet.append("recurrent dropout (h_mask) between steps")
+    return unmet
+
+
 def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
            masked_output: str = "zero", chunk: int | None = None,
            own_step: bool = False) -> Decision:
@@ -143,20 +151,26 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     Returns:
         a ``Decision``; ``str(decision)`` says which path and why not each other one.
     """
-    unmet, lengths, suffix = _onednn_unmet(params, inputs, state, mask, masked_output, chunk,
-                                           own_step)
-    if not unmet:
-        err = onednn.load_error()
-        if err:
-            unmet.append(err)
+    if not isinstance(params, Canonical):
+        why = ("the cell has no Canonical weights (the fast paths serve BasicRNNCell, GRUCell, "
+               "the LSTM cells and the Keras layers' cells)",)
+        return Decision("reference", {"onednn": why, "cudnn": why, "fused": why})
+    common, lengths, suffix = _common_unmet(params, inputs, state, mask, masked_output, chunk,
+                                            own_step)
     reasons = {
-        "onednn": tuple(unmet),
-        "cudnn": ("not built yet" if inputs.device.type == "cuda" else
-                  f"inputs are on {inputs.device.type}, not cuda",),
-        "fused": ("not built yet",),
+        "onednn": [*common, *_onednn_cell_unmet(params)],
+        "cudnn": ["not built yet" if inputs.device.type == "cuda" else
+                  f"inputs are on {inputs.device.type}, not cuda"],
+        "fused": [*common, *fused.unmet(params)],
     }
-    path = "onednn" if not unmet else "reference"
-    return Decision(path, {k: v for k, v in reasons.items() if k != path}, lengths, suffix)
+    for path, loader in (("onednn", onednn.load_error), ("fused", compiled.load_error)):
+        if not reasons[path]:
+            err = loader()
+            if err:
+                reasons[path].append(err)
+    path = next((name for name in ("onednn", "fused") if not reasons[name]), "reference")
+    return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
+                    suffix)
 
 
 @torch.compiler.disable  # under torch.compile: a graph break here, oneDNN runs on real tensors
@@ -186,17 +200,26 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         if mode is True:
             raise ValueError("fast=True, but no fast path can run this configuration:\n"
                              + decision.explain())
-        err = onednn.load_error()
-        if err and decision.unmet["onednn"] == (err,):
-            _warn_once(f"rnnkit: {err}; using the reference loop")
+        for name, loader in (("onednn", onednn.load_error), ("fused", compiled.load_error)):
+            unmet = decision.unmet[name]
+            if len(unmet) == 1 and unmet[0] == loader():
+                _warn_once(f"rnnkit: {unmet[0]}; using the reference loop")
+                break
         return None
     chunked = bool(chunk) and chunk < inputs.shape[0] and torch.is_grad_enabled()
-    weights = Weights(params, pooled=not chunked)
+    if decision.path == "fused":
+        def sequence(x, s, lengths, masked="zero"):
+            out, final = run_fused(params, x, s, lengths)
+            if masked == "previous" and lengths is not None:
+                out = hold_last(out, lengths)
+            return out, final
+    else:
+        weights = Weights(params, pooled=not chunked)
 
-    def sequence(x, s, lengths, masked="zero"):
-        if lengths is None:
-            return run(weights, x, s)
-        return run_packed(weights, x, s, lengths, masked)
+        def sequence(x, s, lengths, masked="zero"):
+            if lengths is None:
+                return run(weights, x, s)
+            return run_packed(weights, x, s, lengths, masked)
 
     try:
         lengths = decision.lengths
@@ -209,7 +232,7 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     except onednn.OneDNNError as err:
         if mode is True:
             raise
-        _warn_once(f"rnnkit: oneDNN failed ({err}); using the reference loop")
+        _warn_once(f"rnnkit: the {decision.path} path failed ({err}); using the reference loop")
         return None
 
 

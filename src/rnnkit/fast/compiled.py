@@ -1,0 +1,144 @@
+"""rnnkit's own C kernels (``lstm_kernel.c``), compiled on first use and loaded with ctypes.
+
+The source ships with the package; the first process that needs it runs the C compiler
+(``$CC``, else ``cc``/``gcc``) once and keeps the shared library in a cache directory
+(``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``) under a name
+that hashes the source, the flags and this CPU's feature flags, so an edited source or another
+machine sharing the directory gets its own build. The file appears atomically (written under a
+temporary name, then renamed), so concurrent first uses are safe. Matrix products go through
+oneDNN's ``dnnl_sgemm`` (``rnnkit.fast.library``), whose address is handed to the kernel.
+Where no compiler or no oneDNN is there, ``load_error()`` says why in one line and the
+dispatch uses the other paths.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from rnnkit.fast.library import OneDNNError, library
+
+SOURCE = Path(__file__).with_name("lstm_kernel.c")
+FLAGS = ("-O3", "-ffast-math", "-march=native", "-fPIC", "-shared", "-std=c11")
+LIBS = ("-lm",)
+
+ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2, "linear": 3, "hard_sigmoid": 4,
+               "hard_sigmoid_keras2": 5, "softsign": 6}
+
+
+class Config(ctypes.Structure):
+    """``rk_cfg`` of ``lstm_kernel.c``."""
+
+    _fields_ = [("T", ctypes.c_int64), ("B", ctypes.c_int64), ("D", ctypes.c_int64),
+                ("H", ctypes.c_int64), ("P", ctypes.c_int64),
+                ("act", ctypes.c_int32), ("ract", ctypes.c_int32),
+                ("peephole", ctypes.c_int32), ("proj", ctypes.c_int32),
+                ("layer_norm", ctypes.c_int32),
+                ("cell_clip", ctypes.c_float), ("proj_clip", ctypes.c_float),
+                ("forget_bias", ctypes.c_float), ("eps", ctypes.c_float)]
+
+
+class Saved(ctypes.Structure):
+    """``rk_saved`` of ``lstm_kernel.c``: the buffers the forward pass keeps for backward."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("gates", "cells", "act_c", "m", "xhat",
+                                                      "rstd")]
+
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("RNNKIT_CACHE"):
+        return Path(os.environ["RNNKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rnnkit"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return name
+    raise OSError("no C compiler found ($CC, cc or gcc)")
+
+
+def _build() -> Path:
+    cc = _compiler()
+    key = hashlib.sha256(b"\0".join(
+        [SOURCE.read_bytes(), " ".join(FLAGS + LIBS).encode(), cc.encode(),
+         _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
+    target = _cache_dir() / f"lstm_kernel-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, *LIBS], capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            raise OSError(f"{cc} failed: {done.stderr.strip()[-300:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    vp, cfg = ctypes.c_void_p, ctypes.POINTER(Config)
+    lib.rk_set_gemm.argtypes, lib.rk_set_gemm.restype = [vp], None
+    lib.rk_lstm_forward.argtypes = [cfg] + [vp] * 16
+    lib.rk_lstm_backward.argtypes = [cfg] + [vp] * 23
+    lib.rk_lstm_forward.restype = lib.rk_lstm_backward.restype = ctypes.c_int
+
+
+def kernels() -> ctypes.CDLL:
+    """The loaded kernel library (built and loaded on first use).
+
+    Raises:
+        OneDNNError: oneDNN (for ``dnnl_sgemm``) does not load, or the kernel does not build
+            or load; the message says which.
+    """
+    with _lock:
+        if "lib" in _state:
+            return _state["lib"]
+        if "error" in _state:
+            raise OneDNNError(_state["error"])
+        try:
+            gemm = ctypes.cast(library().dnnl_sgemm, ctypes.c_void_p)
+            lib = ctypes.CDLL(str(_build()))
+            _declare(lib)
+            lib.rk_set_gemm(gemm)
+        except (OSError, subprocess.SubprocessError, AttributeError, OneDNNError) as err:
+            _state["error"] = f"rnnkit's fused LSTM kernel is not available: {err}"
+            raise OneDNNError(_state["error"]) from None
+        _state["lib"] = lib
+        return lib
+
+
+def load_error() -> str | None:
+    """None if the kernel library loads, else one line saying why not."""
+    try:
+        kernels()
+    except OneDNNError as err:
+        return str(err)
+    return None

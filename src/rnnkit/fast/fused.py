@@ -1,0 +1,159 @@
+"""rnnkit's own fused LSTM path (``lstm_kernel.c``) as a ``torch.autograd.Function``: the LSTMs
+oneDNN has no primitive for (``cell_clip``, ``proj_clip``, layer normalization, activations
+other than tanh/sigmoid), with oneDNN's sgemm for every matrix product.
+
+A whole sequence is one call forward and one backward: the input projection of all steps is
+one matrix product, each step one recurrent product (on the sequences still running: the batch
+is sorted by length, so they are a prefix) and one pass over the gates; backward runs the steps
+in reverse, keeps the gates' gradients and makes the weight gradients in three products at the
+end. Variable-length batches (TF1 semantics: zero outputs past a length, state held) cost their
+tokens in the recurrence.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnkit.activations import name_of
+from rnnkit.cells.base import LSTMStateTuple
+from rnnkit.cells.equations import Canonical
+from rnnkit.fast import compiled
+from rnnkit.fast.library import OneDNNError
+
+
+def unmet(p: Canonical) -> list[str]:
+    """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device and masks are
+    the dispatch's to check."""
+    if p.kind not in ("lstm", "layer_norm_lstm"):
+        return [f"the fused kernel serves LSTMs, not {p.kind}"]
+    out = []
+    for what, fn in (("activation", p.activation), ("recurrent_activation",
+                                                    p.recurrent_activation)):
+        if name_of(fn) not in compiled.ACTIVATIONS:
+            out.append(f"{what} is {name_of(fn)} (the fused kernel has "
+                       f"{', '.join(compiled.ACTIVATIONS)})")
+    if getattr(p, "h_mask", None) is not None:
+        out.append("recurrent dropout (h_mask) between steps")
+    return out
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise OneDNNError(f"{what} failed with dnnl_status {status}")
+
+
+class _Fused(torch.autograd.Function):
+    """Forward (keeping what backward needs) and backward of one sorted batch."""
+
+    @staticmethod
+    def forward(ctx, cfg: compiled.Config, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta):
+        T, B, H = cfg.T, cfg.B, cfg.H
+        saved = {"gates": x.new_empty(T, B, 4 * H), "cells": x.new_empty(T, B, H),
+                 "act_c": x.new_empty(T, B, H), "m": x.new_empty(T, B, H) if cfg.proj else None,
+                 "xhat": x.new_empty(T, B, 5 * H) if cfg.layer_norm else None,
+                 "rstd": x.new_empty(T, B, 5) if cfg.layer_norm else None}
+        y, hT, cT = _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved)
+        ctx.cfg, ctx.saved_names = cfg, list(saved)
+        ctx.save_for_backward(lengths, x, h0, c0, W, U, b, peep, Pw, gamma, y, *saved.values())
+        return y, hT, cT
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dhT, dcT):
+        cfg = ctx.cfg
+        lengths, x, h0, c0, W, U, b, peep, Pw, gamma, y, *rest = ctx.saved_tensors
+        saved = dict(zip(ctx.saved_names, rest, strict=True))
+        T, B, H, P = cfg.T, cfg.B, cfg.H, cfg.P
+        dy = torch.zeros_like(y) if dy is None else dy.contiguous()
+        dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
+        dc = torch.zeros_like(c0) if dcT is None else dcT.clone(memory_format=torch.contiguous_format)
+        dx = torch.empty_like(x) if ctx.needs_input_grad[2] else None
+        dW, dU = torch.empty_like(W), torch.empty_like(U)
+        db = torch.empty_like(b) if b is not None else None
+        dpeep = torch.empty_like(peep) if peep is not None else None
+        dPw = torch.empty_like(Pw) if Pw is not None else None
+        dgamma = torch.empty_like(gamma) if gamma is not None else None
+        dbeta = torch.empty_like(gamma) if gamma is not None else None
+        scratch = x.new_empty(T * B * 4 * H + (T * B * P if cfg.proj else 0) + B * H + 5 * H)
+        Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
+        Pwt = Pw.t().contiguous() if Pw is not None else None
+        status = compiled.kernels().rk_lstm_backward(
+            ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, c0, W, Ut, peep, Pwt, gamma, y)),
+            ctypes.byref(_saved_struct(saved)),
+            *map(_ptr, (dy, dh, dc, dx, dW, dU, db, dpeep, dPw, dgamma, dbeta, scratch)))
+        _check(status, "rk_lstm_backward")
+        return None, None, dx, dh, dc, dW, dU, db, dpeep, dPw, dgamma, dbeta
+
+
+def _saved_struct(saved: dict) -> compiled.Saved:
+    return compiled.Saved(**{k: _ptr(v) for k, v in saved.items()})
+
+
+def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
+    T, B, H, P = cfg.T, cfg.B, cfg.H, cfg.P
+    y, hT, cT = x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H)
+    scratch = x.new_empty((0 if saved else T * B * 4 * H) + 2 * B * H)
+    status = compiled.kernels().rk_lstm_forward(
+        ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y,
+                                       hT, cT)),
+        ctypes.byref(_saved_struct(saved)) if saved else None, _ptr(scratch))
+    _check(status, "rk_lstm_forward")
+    return y, hT, cT
+
+
+def _config(p: Canonical, x: torch.Tensor) -> compiled.Config:
+    H = p.U.shape[1] // 4
+    eps = p.norms[1] if p.norms is not None else 0.0
+    return compiled.Config(
+        T=x.shape[0], B=x.shape[1], D=x.shape[2], H=H, P=p.U.shape[0],
+        act=compiled.ACTIVATIONS[name_of(p.activation)],
+        ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)],
+        peephole=p.peepholes is not None, proj=p.P is not None, layer_norm=p.norms is not None,
+        cell_clip=p.cell_clip or 0.0, proj_clip=(p.proj_clip or 0.0) if p.P is not None else 0.0,
+        forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps)
+
+
+def run_fused(p: Canonical, x: torch.Tensor, state: LSTMStateTuple,
+              lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, LSTMStateTuple]:
+    """Run the LSTM ``p`` over time-major ``x`` ``[T, B, depth]`` from ``state`` on the fused
+    kernel; the caller (``rnnkit.fast.dispatch``) has checked eligibility.
+
+    Args:
+        p: the cell's ``Canonical`` (``unmet(p)`` empty), float32 on the CPU.
+        x: inputs ``[T, B, depth]``.
+        state: ``LSTMStateTuple(c, h)``.
+        lengths: optional ``[B]`` lengths in ``[0, T]`` (TF1 semantics past them).
+
+    Returns:
+        ``(outputs [T, B, out], LSTMStateTuple(c, h))``.
+    """
+    c0, h0 = state.c, state.h
+    order = None
+    if lengths is not None:
+        lengths = lengths.to(torch.int64).cpu()
+        order = torch.argsort(lengths, descending=True, stable=True)
+        lengths = lengths[order].contiguous()
+        x, h0, c0 = x.index_select(1, order), h0.index_select(0, order), c0.index_select(0, order)
+    peep = torch.stack(p.peepholes) if p.peepholes is not None else None
+    gamma = beta = None
+    if p.norms is not None:
+        gamma = torch.stack([g for g, _ in p.norms[0]])
+        beta = torch.stack([b for _, b in p.norms[0]])
+    args = [t.contiguous() if t is not None else None
+            for t in (x, h0, c0, p.W, p.U, p.b, peep, p.P, gamma, beta)]
+    cfg = _config(p, x)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        y, hT, cT = _Fused.apply(cfg, lengths, *args)
+    else:
+        y, hT, cT = _forward(cfg, lengths, *args, None)
+    if order is not None:
+        inverse = torch.argsort(order)
+        y, hT, cT = y.index_select(1, inverse), hT.index_select(0, inverse), cT.index_select(0, inverse)
+    return y, LSTMStateTuple(cT, hT)

@@ -1,0 +1,306 @@
+/* rnnkit's own fused LSTM: the variants oneDNN has no primitive for (cell_clip, proj_clip,
+ * layer normalization, other activations), forward and backward over a whole sequence in one
+ * call. Compiled on first use by rnnkit/fast/compiled.py and loaded with ctypes; every matrix
+ * product goes through oneDNN's dnnl_sgemm (row-major), whose address the loader passes in.
+ *
+ * Layouts (row-major, float32, time-major): x [T, B, D]; W [D, 4H]; U [P, 4H]; b [4H];
+ * gates in Keras order i, f, g, o; peepholes [3, H] (i, f, o); projection Pw [H, P];
+ * layer norm gamma/beta [5, H] (i, f, g, o, c); y [T, B, P]; states h [B, P], c [B, H].
+ * With lengths (sorted longest first), step t runs the first active(t) rows; the others hold
+ * their state and output zeros. The equations are rnnkit/cells/equations.py's lstm and
+ * layer_norm_lstm.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef int (*sgemm_fn)(char, char, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                        const float *, int64_t, float, float *, int64_t);
+static sgemm_fn gemm;
+
+void rk_set_gemm(void *fn) { gemm = (sgemm_fn)fn; }
+
+enum { ACT_TANH, ACT_SIGMOID, ACT_RELU, ACT_LINEAR, ACT_HARD_SIGMOID, ACT_HARD_SIGMOID_K2,
+       ACT_SOFTSIGN };
+
+typedef struct {
+    int64_t T, B, D, H, P;
+    int32_t act, ract;           /* activation ids of the candidate/cell and of the gates */
+    int32_t peephole, proj, layer_norm;
+    float cell_clip, proj_clip;  /* <= 0: no clipping */
+    float forget_bias, eps;      /* layer norm only (forget_bias is folded into b otherwise) */
+} rk_cfg;
+
+typedef struct {               /* what the forward pass keeps for the backward pass */
+    float *gates;              /* [T, B, 4H] activated i, f, g, o */
+    float *cells;              /* [T, B, H] new c */
+    float *act_c;              /* [T, B, H] act(c) */
+    float *m;                  /* [T, B, H] act(c) * o before projection (projection only) */
+    float *xhat;               /* [T, B, 5H] normalized values (layer norm only) */
+    float *rstd;               /* [T, B, 5] (layer norm only) */
+} rk_saved;
+
+static inline float act_f(int id, float v) {
+    switch (id) {
+    case ACT_TANH: return tanhf(v);
+    case ACT_SIGMOID: return 1.0f / (1.0f + expf(-v));
+    case ACT_RELU: return v > 0.0f ? v : 0.0f;
+    case ACT_HARD_SIGMOID: return fminf(fmaxf(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+    case ACT_HARD_SIGMOID_K2: return fminf(fmaxf(0.2f * v + 0.5f, 0.0f), 1.0f);
+    case ACT_SOFTSIGN: return v / (1.0f + fabsf(v));
+    default: return v;
+    }
+}
+
+/* The derivative at each of n outputs y of an activation, into d (a loop per activation, so
+ * that each one vectorizes). */
+static void deriv_n(int id, const float *y, float *d, int64_t n) {
+    switch (id) {
+    case ACT_TANH: for (int64_t j = 0; j < n; j++) d[j] = 1.0f - y[j] * y[j]; break;
+    case ACT_SIGMOID: for (int64_t j = 0; j < n; j++) d[j] = y[j] * (1.0f - y[j]); break;
+    case ACT_RELU: for (int64_t j = 0; j < n; j++) d[j] = y[j] > 0.0f ? 1.0f : 0.0f; break;
+    case ACT_HARD_SIGMOID:
+        for (int64_t j = 0; j < n; j++) d[j] = (y[j] > 0.0f && y[j] < 1.0f) ? 1.0f / 6.0f : 0.0f;
+        break;
+    case ACT_HARD_SIGMOID_K2:
+        for (int64_t j = 0; j < n; j++) d[j] = (y[j] > 0.0f && y[j] < 1.0f) ? 0.2f : 0.0f;
+        break;
+    case ACT_SOFTSIGN:
+        for (int64_t j = 0; j < n; j++) { float a = 1.0f - fabsf(y[j]); d[j] = a * a; }
+        break;
+    default: for (int64_t j = 0; j < n; j++) d[j] = 1.0f;
+    }
+}
+
+static void act_n(int id, float *v, int64_t n) {
+    switch (id) {
+    case ACT_TANH: for (int64_t j = 0; j < n; j++) v[j] = tanhf(v[j]); break;
+    case ACT_SIGMOID: for (int64_t j = 0; j < n; j++) v[j] = 1.0f / (1.0f + expf(-v[j])); break;
+    case ACT_LINEAR: break;
+    default: for (int64_t j = 0; j < n; j++) v[j] = act_f(id, v[j]);
+    }
+}
+
+static int64_t active_at(const int64_t *lengths, int64_t B, int64_t t) {
+    if (!lengths) return B;
+    int64_t a = 0;
+    while (a < B && lengths[a] > t) a++;
+    return a;
+}
+
+/* y = (x - mean) * rstd * gamma + beta over n values; keeps xhat and rstd when asked. */
+static void norm(float *v, int64_t n, const float *gamma, const float *beta, float eps,
+                 float *xhat, float *rstd) {
+    double s = 0.0, q = 0.0;
+    for (int64_t j = 0; j < n; j++) s += v[j];
+    float mean = (float)(s / n);
+    for (int64_t j = 0; j < n; j++) { float d = v[j] - mean; q += (double)d * d; }
+    float r = 1.0f / sqrtf((float)(q / n) + eps);
+    for (int64_t j = 0; j < n; j++) {
+        float xh = (v[j] - mean) * r;
+        if (xhat) xhat[j] = xh;
+        v[j] = xh * gamma[j] + beta[j];
+    }
+    if (rstd) *rstd = r;
+}
+
+/* Gradient through norm: dv holds d(output) on entry and d(input) on exit. */
+static void norm_back(float *dv, int64_t n, const float *gamma, const float *xhat, float rstd,
+                      float *dgamma, float *dbeta) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t j = 0; j < n; j++) {
+        float dx = dv[j] * gamma[j];
+        dgamma[j] += dv[j] * xhat[j];
+        dbeta[j] += dv[j];
+        s1 += dx;
+        s2 += (double)dx * xhat[j];
+    }
+    float m1 = (float)(s1 / n), m2 = (float)(s2 / n);
+    for (int64_t j = 0; j < n; j++) dv[j] = rstd * (dv[j] * gamma[j] - m1 - xhat[j] * m2);
+}
+
+/* One row of one step: pre-activation gates z [4H] (overwritten by the activated gates),
+ * previous cell c_prev, new cell into c_new, act(c) into ac, act(c) * o into m. */
+static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c_new, float *ac,
+                        float *m, const float *peep, const float *gamma, const float *beta,
+                        float *xhat, float *rstd) {
+    const int64_t H = k->H;
+    float *i = z, *f = z + H, *g = z + 2 * H, *o = z + 3 * H;
+    if (k->layer_norm) {
+        for (int q = 0; q < 4; q++)
+            norm(z + q * H, H, gamma + q * H, beta + q * H, k->eps, xhat + q * H, rstd + q);
+        for (int64_t j = 0; j < H; j++) f[j] += k->forget_bias;
+    }
+    if (k->peephole)
+        for (int64_t j = 0; j < H; j++) { i[j] += peep[j] * c_prev[j]; f[j] += peep[H + j] * c_prev[j]; }
+    act_n(k->ract, z, 2 * H);
+    act_n(k->act, g, H);
+    for (int64_t j = 0; j < H; j++) c_new[j] = f[j] * c_prev[j] + i[j] * g[j];
+    if (k->layer_norm)
+        norm(c_new, H, gamma + 4 * H, beta + 4 * H, k->eps, xhat + 4 * H, rstd + 4);
+    if (k->cell_clip > 0.0f) {
+        const float cc = k->cell_clip;
+        for (int64_t j = 0; j < H; j++) c_new[j] = fminf(fmaxf(c_new[j], -cc), cc);
+    }
+    if (k->peephole)
+        for (int64_t j = 0; j < H; j++) o[j] += peep[2 * H + j] * c_new[j];
+    act_n(k->ract, o, H);
+    memcpy(ac, c_new, H * sizeof(float));
+    act_n(k->act, ac, H);
+    for (int64_t j = 0; j < H; j++) m[j] = o[j] * ac[j];
+}
+
+/* Forward over the sequence. s: buffers to keep for backward (training), or NULL; scratch:
+ * [T*B*4H] (gates, when s is NULL) + [B*H] (c) + [B*H] (m). Returns 0 or a dnnl status. */
+int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
+                    const float *c0, const float *W, const float *U, const float *b,
+                    const float *peep, const float *Pw, const float *gamma, const float *beta,
+                    float *y, float *hT, float *cT, rk_saved *s, float *scratch) {
+    const int64_t T = k->T, B = k->B, D = k->D, H = k->H, P = k->P, G = 4 * H;
+    float *gates = s ? s->gates : scratch;
+    float *c_run = scratch + (s ? 0 : T * B * G), *m_run = c_run + B * H;
+    int st = gemm('N', 'N', T * B, G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
+    if (st) return st;
+    memcpy(c_run, c0, B * H * sizeof(float));
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t a = active_at(lengths, B, t);
+        memset(y + (t * B + a) * P, 0, (B - a) * P * sizeof(float));  /* rows past a length */
+        if (s && k->proj) memset(s->m + (t * B + a) * H, 0, (B - a) * H * sizeof(float));
+        if (a == 0) continue;
+        float *z = gates + t * B * G;
+        const float *h_prev = t == 0 ? h0 : y + (t - 1) * B * P;
+        if ((st = gemm('N', 'N', a, G, P, 1.0f, h_prev, P, U, G, 1.0f, z, G))) return st;
+        float *m = s ? (k->proj ? s->m + t * B * H : y + t * B * P) : (k->proj ? m_run : y + t * B * P);
+        for (int64_t r = 0; r < a; r++) {
+            float *zr = z + r * G;
+            if (b) for (int64_t j = 0; j < G; j++) zr[j] += b[j];
+            const float *cp = (s && t > 0) ? s->cells + ((t - 1) * B + r) * H : c_run + r * H;
+            float *cn = s ? s->cells + (t * B + r) * H : c_run + r * H;
+            float *ac = s ? s->act_c + (t * B + r) * H : m_run + r * H;
+            row_forward(k, zr, cp, cn, ac, m + r * H, peep, gamma, beta,
+                        s && k->layer_norm ? s->xhat + (t * B + r) * 5 * H : NULL,
+                        s && k->layer_norm ? s->rstd + (t * B + r) * 5 : NULL);
+            if (s) memcpy(c_run + r * H, cn, H * sizeof(float));
+        }
+        if (k->proj) {
+            float *yt = y + t * B * P;
+            if ((st = gemm('N', 'N', a, P, H, 1.0f, m, H, Pw, P, 0.0f, yt, P))) return st;
+            if (k->proj_clip > 0.0f) {
+                const float pc = k->proj_clip;
+                for (int64_t j = 0; j < a * P; j++) yt[j] = fminf(fmaxf(yt[j], -pc), pc);
+            }
+        }
+    }
+    for (int64_t r = 0; r < B; r++) {
+        const int64_t n = lengths ? lengths[r] : T;
+        memcpy(hT + r * P, n > 0 ? y + ((n - 1) * B + r) * P : h0 + r * P, P * sizeof(float));
+    }
+    memcpy(cT, c_run, B * H * sizeof(float));
+    return 0;
+}
+
+/* Backward of one row of one step: dm (d(act(c) * o)) and dc (d of the new cell, carried in,
+ * replaced by d of the previous cell) in; dz (d of the pre-activation gates) out. tmp: [5H]. */
+static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, const float *cn,
+                         const float *ac, const float *dm, float *dc, float *dz,
+                         const float *peep, float *dpeep, const float *gamma, float *dgamma,
+                         float *dbeta, const float *xhat, const float *rstd, float *tmp) {
+    const int64_t H = k->H;
+    const float *si = gt, *sf = gt + H, *ga = gt + 2 * H, *so = gt + 3 * H;
+    float *di = dz, *df = dz + H, *dg = dz + 2 * H, *dout = dz + 3 * H;
+    float *d_gates = tmp, *d_ac = tmp + 4 * H;  /* derivatives of the activations */
+    deriv_n(k->ract, gt, d_gates, 2 * H);
+    deriv_n(k->act, ga, d_gates + 2 * H, H);
+    deriv_n(k->ract, so, d_gates + 3 * H, H);
+    deriv_n(k->act, ac, d_ac, H);
+    for (int64_t j = 0; j < H; j++) {
+        dout[j] = dm[j] * ac[j] * d_gates[3 * H + j];
+        dc[j] += dm[j] * so[j] * d_ac[j];
+    }
+    if (k->peephole)
+        for (int64_t j = 0; j < H; j++) {
+            dc[j] += dout[j] * peep[2 * H + j];
+            dpeep[2 * H + j] += dout[j] * cn[j];
+        }
+    if (k->cell_clip > 0.0f) {
+        const float cc = k->cell_clip;
+        for (int64_t j = 0; j < H; j++) dc[j] = fabsf(cn[j]) < cc ? dc[j] : 0.0f;
+    }
+    if (k->layer_norm)
+        norm_back(dc, H, gamma + 4 * H, xhat + 4 * H, rstd[4], dgamma + 4 * H, dbeta + 4 * H);
+    for (int64_t j = 0; j < H; j++) {
+        float d = dc[j];
+        di[j] = d * ga[j] * d_gates[j];
+        df[j] = d * c_prev[j] * d_gates[H + j];
+        dg[j] = d * si[j] * d_gates[2 * H + j];
+        dc[j] = d * sf[j];
+    }
+    if (k->peephole)
+        for (int64_t j = 0; j < H; j++) {
+            dc[j] += di[j] * peep[j] + df[j] * peep[H + j];
+            dpeep[j] += di[j] * c_prev[j];
+            dpeep[H + j] += df[j] * c_prev[j];
+        }
+    if (k->layer_norm)
+        for (int q = 0; q < 4; q++)
+            norm_back(dz + q * H, H, gamma + q * H, xhat + q * H, rstd[q], dgamma + q * H,
+                      dbeta + q * H);
+}
+
+/* Backward over the sequence, given the recurrent matrices transposed (Ut [4H, P], Pwt [P, H]:
+ * the per-step products run faster untransposed). dy [T, B, P], dhT [B, P] and dcT [B, H] are the incoming
+ * gradients (dhT, dcT are overwritten: they carry the state gradients and end as dh0, dc0).
+ * Weight gradients are overwritten; dx may be NULL (not wanted). scratch: [T*B*4H] (dz)
+ * + [T*B*P] (d of the projected output, projection only) + [B*H] (dm) + [5H]. */
+int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
+                     const float *c0, const float *W, const float *Ut, const float *peep,
+                     const float *Pwt, const float *gamma, const float *y, const rk_saved *s,
+                     const float *dy, float *dh, float *dc, float *dx, float *dW, float *dU,
+                     float *db, float *dpeep, float *dPw, float *dgamma, float *dbeta,
+                     float *scratch) {
+    const int64_t T = k->T, B = k->B, D = k->D, H = k->H, P = k->P, G = 4 * H;
+    float *dz = scratch, *dyp = dz + T * B * G, *dm_buf = dyp + (k->proj ? T * B * P : 0);
+    float *tmp = dm_buf + B * H;
+    int st;
+    if (dpeep) memset(dpeep, 0, 3 * H * sizeof(float));
+    if (dgamma) { memset(dgamma, 0, 5 * H * sizeof(float)); memset(dbeta, 0, 5 * H * sizeof(float)); }
+    for (int64_t t = T - 1; t >= 0; t--) {
+        const int64_t a = active_at(lengths, B, t);
+        memset(dz + (t * B + a) * G, 0, (B - a) * G * sizeof(float));  /* rows past a length */
+        if (k->proj) memset(dyp + (t * B + a) * P, 0, (B - a) * P * sizeof(float));
+        if (a == 0) continue;
+        const float *dyt = dy + t * B * P;
+        for (int64_t j = 0; j < a * P; j++) dh[j] += dyt[j];
+        const float *dm = dh;
+        if (k->proj) {
+            float *dp = dyp + t * B * P;
+            const float *yt = y + t * B * P;
+            for (int64_t j = 0; j < a * P; j++)
+                dp[j] = (k->proj_clip > 0.0f && !(fabsf(yt[j]) < k->proj_clip)) ? 0.0f : dh[j];
+            if ((st = gemm('N', 'N', a, H, P, 1.0f, dp, P, Pwt, H, 0.0f, dm_buf, H))) return st;
+            dm = dm_buf;
+        }
+        for (int64_t r = 0; r < a; r++) {
+            const int64_t row = t * B + r;
+            const float *cp = t == 0 ? c0 + r * H : s->cells + (row - B) * H;
+            row_backward(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
+                         dm + r * H, dc + r * H, dz + row * G, peep, dpeep, gamma, dgamma, dbeta,
+                         k->layer_norm ? s->xhat + row * 5 * H : NULL,
+                         k->layer_norm ? s->rstd + row * 5 : NULL, tmp);
+        }
+        if ((st = gemm('N', 'N', a, P, G, 1.0f, dz + t * B * G, G, Ut, P, 0.0f, dh, P))) return st;
+    }
+    if (dx && (st = gemm('N', 'T', T * B, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D))) return st;
+    if ((st = gemm('T', 'N', D, G, T * B, 1.0f, x, D, dz, G, 0.0f, dW, G))) return st;
+    if ((st = gemm('T', 'N', P, G, B, 1.0f, h0, P, dz, G, 0.0f, dU, G))) return st;
+    if (T > 1 && (st = gemm('T', 'N', P, G, (T - 1) * B, 1.0f, y, P, dz + B * G, G, 1.0f, dU, G)))
+        return st;
+    if (db) {
+        memset(db, 0, G * sizeof(float));
+        for (int64_t row = 0; row < T * B; row++)
+            for (int64_t j = 0; j < G; j++) db[j] += dz[row * G + j];
+    }
+    if (k->proj && (st = gemm('T', 'N', H, P, T * B, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P)))
+        return st;
+    return 0;
+}

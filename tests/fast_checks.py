@@ -1,0 +1,69 @@
+"""Shared checks for the fast paths' tests: a fast path against the reference loop
+(``fast=False``), outputs, states and gradients to 1e-5, and a record of the dispatch's picks."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils import _pytree as pytree
+
+import rnnkit as rk
+from rnnkit.fast import dispatch
+from rnnkit.unroll import map_state
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+FUSED_CELLS = {  # LSTMs that oneDNN lacks and rnnkit's fused kernel serves
+    "fused_cell_clip": lambda: rk.LSTMCell(6, cell_clip=0.6),
+    "fused_peephole_clip": lambda: rk.LSTMCell(6, use_peepholes=True, cell_clip=0.8),
+    "fused_proj_clip": lambda: rk.LSTMCell(6, num_proj=4, proj_clip=0.3),
+    "fused_all_options": lambda: rk.LSTMCell(6, use_peepholes=True, cell_clip=0.7, num_proj=3,
+                                             proj_clip=0.4, forget_bias=0.5),
+    "fused_layer_norm": lambda: rk.LayerNormLSTMCell(6, forget_bias=0.7),
+    "fused_relu": lambda: rk.BasicLSTMCell(6, activation="relu"),
+    "fused_softsign_clip": lambda: rk.LSTMCell(6, activation="softsign", cell_clip=1.0),
+}
+
+
+def perturb(*cells: rk.RNNCell, seed: int = 0) -> None:
+    """Move every variable off its initializer (zero biases would hide bias-layout bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for cell in cells:
+            for p in cell.parameters():
+                p.add_(0.4 * torch.randn(p.shape, generator=g))
+
+
+def random_state(cell: rk.RNNCell, batch: int) -> object:
+    """A random initial state of ``cell`` for ``batch`` sequences, wanting gradients."""
+    return map_state(lambda s: torch.randn_like(s).requires_grad_(), cell.zero_state(batch))
+
+
+def _grads(outputs, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
+    leaves = pytree.tree_leaves(outputs)
+    g = torch.Generator().manual_seed(1)
+    loss = sum((leaf * torch.randn(leaf.shape, generator=g)).sum() for leaf in leaves)
+    return list(torch.autograd.grad(loss, wrt))
+
+
+def compare(run, wrt: list[torch.Tensor]) -> None:
+    """``run(fast)`` with ``fast=True`` against ``fast=False``: every output leaf, and the
+    gradients of a random weighting of them with respect to ``wrt``."""
+    fast = run(True)
+    ref = run(False)
+    for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    for a, b in zip(_grads(fast, wrt), _grads(ref, wrt), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def decisions(monkeypatch) -> list[str]:
+    """The paths ``dispatch.decide`` picks from now on (none recorded: the switch was False)."""
+    seen, decide = [], dispatch.decide
+
+    def spy(*args, **kwargs):
+        decision = decide(*args, **kwargs)
+        seen.append(decision.path)
+        return decision
+
+    monkeypatch.setattr(dispatch, "decide", spy)
+    return seen

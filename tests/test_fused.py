@@ -1,0 +1,124 @@
+"""rnnkit's own fused LSTM kernel (``rnnkit.fast.fused``) against the reference loop
+(``fast=False``): outputs, final states and gradients with respect to inputs, initial states and
+every variable, to 1e-5, over the LSTM variants oneDNN lacks (clipping, layer norm, other
+activations), lengths, directions, Keras masks and ``swap_memory``; and the dispatch around it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fast_checks import FUSED_CELLS, TOL
+from fast_checks import compare as _compare
+from fast_checks import decisions as _decisions
+from fast_checks import perturb as _perturb
+
+import rnnkit as rk
+from rnnkit.fast import compiled, dispatch, fused
+from rnnkit.unroll import length_mask
+
+needs_kernel = pytest.mark.skipif(compiled.load_error() is not None,
+                                  reason=f"the fused kernel does not load: {compiled.load_error()}")
+pytestmark = needs_kernel
+
+LENGTHS = {"full": None, "varied": [5, 0, 7, 3, 7], "one_short": [7, 7, 6, 7, 7]}
+
+
+@pytest.mark.parametrize("name", list(FUSED_CELLS))
+def test_dispatch_picks_the_fused_kernel(name):
+    """``tests/test_fast.py`` checks these cells' numbers against the reference loop."""
+    cell = FUSED_CELLS[name]()
+    cell.ensure_built(4, torch.float32)
+    x = torch.randn(5, 7, 4)
+    assert rk.fast.explain(cell, x).path == "fused"
+    assert rk.fast.explain(cell, x, sequence_length=[5, 0, 7, 3, 7], swap_memory=True).path \
+        == "fused"
+
+
+@pytest.mark.parametrize("lengths", ["full", "varied"])
+def test_swap_memory_chunks_match_reference(lengths):
+    cell = FUSED_CELLS["fused_peephole_clip"]()
+    x = torch.randn(5, 7, 4, requires_grad=True)
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=LENGTHS[lengths],
+                                         swap_memory=True, fast=fast),
+             [x, *cell.parameters()])
+
+
+def test_multi_rnn_cell_mixes_fused_and_onednn_layers(monkeypatch):
+    cell = rk.MultiRNNCell([rk.LSTMCell(6, cell_clip=0.5), rk.GRUCell(5)])
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    seen = _decisions(monkeypatch)
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=[6, 2, 4], fast=fast),
+             [x, *cell.parameters()])
+    wanted = "onednn" if dispatch.onednn.load_error() is None else "reference"
+    assert seen == ["fused", wanted]
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("kwargs", [
+    {"recurrent_activation": "hard_sigmoid"},
+    {"activation": "relu", "unit_forget_bias": False},
+])
+def test_keras_lstm_with_masks_matches_reference(kwargs, go_backwards, monkeypatch):
+    """Keras masks (outputs past a length repeat the last one; with ``go_backwards`` the valid
+    steps are a suffix) on the Keras activations oneDNN lacks."""
+    torch.manual_seed(0)
+    layer = rk.layers.LSTM(5, return_sequences=True, return_state=True,
+                           go_backwards=go_backwards, **kwargs)
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    mask = length_mask(torch.tensor([6, 1, 0, 4]), 6).T
+    layer(x)
+    _perturb(layer)
+    seen = _decisions(monkeypatch)
+
+    def run(fast):
+        layer.fast = fast
+        return layer(x, mask=mask)
+
+    _compare(run, [x, *layer.parameters()])
+    assert seen == ["fused"]
+
+
+def test_input_without_grad_and_second_backward():
+    cell = FUSED_CELLS["fused_proj_clip"]()
+    cell.ensure_built(4, torch.float32)
+    x = torch.randn(3, 8, 4)  # no gradient wanted for the input
+    out, _ = rk.dynamic_rnn(cell, x, fast=True)
+    loss = out.square().sum()
+    first = torch.autograd.grad(loss, list(cell.parameters()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(cell.parameters()))
+    ref, _ = rk.dynamic_rnn(cell, x, fast=False)
+    want = torch.autograd.grad(ref.square().sum(), list(cell.parameters()))
+    for a, b, c in zip(first, second, want, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        torch.testing.assert_close(a, c, **TOL)
+
+
+def test_explain_names_fused_and_why_not_onednn():
+    cell = rk.LSTMCell(4, cell_clip=1.0, input_size=3)
+    text = str(rk.fast.explain(cell, torch.randn(2, 5, 3)))
+    assert text.splitlines()[0] == "path: fused"
+    assert "not onednn: cell_clip/proj_clip set" in text
+    gelu = rk.LSTMCell(4, activation="gelu", input_size=3)
+    assert "not fused: activation is gelu" in str(rk.fast.explain(gelu, torch.randn(2, 5, 3)))
+    assert fused.unmet(rk.GRUCell(4, input_size=3).canonical()) == [
+        "the fused kernel serves LSTMs, not gru"]
+
+
+def test_reference_runs_with_one_warning_where_the_kernel_cannot_build(monkeypatch, tmp_path):
+    monkeypatch.setattr(compiled, "_state", {})
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cc or gcc either
+    monkeypatch.setattr(dispatch, "_warned", set())
+    cell = rk.LSTMCell(4, cell_clip=1.0, input_size=3)
+    x = torch.randn(2, 5, 3)
+    with pytest.warns(RuntimeWarning, match="fused LSTM kernel is not available: no C compiler"):
+        out, _ = rk.dynamic_rnn(cell, x)
+    torch.testing.assert_close(out, rk.dynamic_rnn(cell, x, fast=False)[0])
+    with pytest.raises(ValueError, match="no C compiler found"):
+        rk.dynamic_rnn(cell, x, fast=True)
+    assert rk.fast.explain(cell, x).path == "reference"
