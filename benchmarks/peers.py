@@ -1,14 +1,17 @@
 """One peer's timings, in its own process: ``python benchmarks/peers.py PEER CELL`` prints JSON.
 
 Peers: ``rnnkit`` (fast path where eligible), ``rnnkit-ref`` (the reference loop), ``torch``
-(torch.nn.LSTM/GRU), ``keras-torch`` and ``keras-tf`` (Keras 3 layers on each backend, the TF one
-inside ``tf.function``), ``tf1`` (``tf.compat.v1.nn.dynamic_rnn`` in a graph) and ``flax``
-(``flax.linen.RNN``, jitted; skipped when JAX is not installed). Cells: ``lstm``, ``gru_keras``
+(torch.nn.LSTM/GRU), ``keras-torch`` and ``keras-tf`` (Keras 3 layers on each backend with
+``use_cudnn=False``, i.e. the generic loop; the TF one inside ``tf.function`` without XLA, as
+``model.fit``'s ``jit_compile="auto"`` picks on a machine without a GPU), ``tf1``
+(``tf.compat.v1.nn.dynamic_rnn`` in a graph) and ``flax`` (``flax.linen.RNN``, jitted; skipped
+when JAX is not installed). Cells: ``lstm``, ``gru_keras``
 (reset after), ``gru_tf1`` (reset before), ``lstm_peep_proj`` (peepholes and a projection to
 H/2), ``lstm_clip`` (cell_clip 3). A peer that lacks a cell's math says so instead of timing
-something else. Every shape is run forward (no gradient) and forward+backward (gradients of the
-sum of outputs with respect to inputs and weights); the median of ``--reps`` runs after a warm-up,
-and the first call's time, are reported in milliseconds.
+something else. Every shape is run forward (no gradient) and forward+backward (gradients of
+``sum(outputs * g)``, ``g`` a fixed random array, with respect to the inputs and all trainable
+weights); the median of ``--reps`` runs after a warm-up, and the first forward call's time
+(building, tracing or compiling included), are reported in milliseconds.
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ def lengths_for(batch: int, steps: int):
     import numpy as np
 
     return np.linspace(10, steps, batch).round().astype("int64")[::-1].copy()
+
+
+def out_grad(cell: str, shape: tuple):
+    """The fixed cotangent ``g`` of the loss ``sum(outputs * g)`` (the same for every peer)."""
+    import numpy as np
+
+    B, T, H = shape
+    depth = H // 2 if cell == "lstm_peep_proj" else H
+    return np.random.RandomState(1).randn(B, T, depth).astype("float32")
 
 
 def _time(fn, reps: int) -> tuple[float, float]:
@@ -109,13 +121,14 @@ def _keras_torch(cell: str, H: int):
 
 def _keras_layer(keras, cell: str, H: int):
     if cell == "lstm":
-        return keras.layers.LSTM(H, return_sequences=True)
+        return keras.layers.LSTM(H, return_sequences=True, use_cudnn=False)
     if cell in ("gru_keras", "gru_tf1"):
-        return keras.layers.GRU(H, return_sequences=True, reset_after=cell == "gru_keras")
+        return keras.layers.GRU(H, return_sequences=True, reset_after=cell == "gru_keras",
+                                use_cudnn=False)
     return "Keras 3 LSTM has no " + ("peepholes" if cell == "lstm_peep_proj" else "cell clipping")
 
 
-def time_torch_peer(builder, shape: tuple, varlen: bool, reps: int) -> dict:
+def time_torch_peer(builder, shape: tuple, varlen: bool, reps: int, g) -> dict:
     import torch
 
     torch.set_num_threads(THREADS)
@@ -133,10 +146,11 @@ def time_torch_peer(builder, shape: tuple, varlen: bool, reps: int) -> dict:
             run(x, lengths)
 
     xg = x.clone().requires_grad_()
+    g = torch.as_tensor(g)
 
     def fwd_bwd():
         out = run(xg, lengths)
-        torch.autograd.grad(out.sum(), [xg, *params()], allow_unused=True)
+        torch.autograd.grad((out * g).sum(), [xg, *params()], allow_unused=True)
 
     fwd_ms, first = _time(fwd, reps)
     bwd_ms, _ = _time(fwd_bwd, reps)
@@ -144,7 +158,7 @@ def time_torch_peer(builder, shape: tuple, varlen: bool, reps: int) -> dict:
 
 
 # -- TensorFlow-based peers -----------------------------------------------------------------------
-def time_tf1(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
+def time_tf1(cell: str, shape: tuple, varlen: bool, reps: int, g) -> dict:
     import tensorflow as tf
 
     tf1 = tf.compat.v1
@@ -164,7 +178,7 @@ def time_tf1(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
         x = tf1.constant(np.random.RandomState(0).randn(B, T, H).astype("float32"))
         lengths = tf1.constant(lengths_for(B, T)) if varlen else None
         out, _ = tf1.nn.dynamic_rnn(make(), x, sequence_length=lengths, dtype=tf.float32)
-        grads = tf1.gradients(tf1.reduce_sum(out), [x, *tf1.trainable_variables()])
+        grads = tf1.gradients(tf1.reduce_sum(out * g), [x, *tf1.trainable_variables()])
         config = tf1.ConfigProto(intra_op_parallelism_threads=THREADS,
                                  inter_op_parallelism_threads=THREADS)
         sess = tf1.Session(graph=graph, config=config)
@@ -174,7 +188,7 @@ def time_tf1(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
     return {"fwd": fwd_ms, "fwd_bwd": bwd_ms, "first_call": first}
 
 
-def time_keras_tf(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
+def time_keras_tf(cell: str, shape: tuple, varlen: bool, reps: int, g) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
@@ -186,10 +200,11 @@ def time_keras_tf(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
     if isinstance(layer, str):
         return {"skip": layer}
     x = tf.constant(np.random.RandomState(0).randn(B, T, H).astype("float32"))
+    g = tf.constant(g)
     mask = None
     if varlen:
         mask = tf.constant(np.arange(T)[None, :] < lengths_for(B, T)[:, None])
-    layer(x, mask=mask)
+    layer.build((B, T, H))  # variables made outside tf.function; the first call traces
 
     @tf.function
     def fwd():
@@ -199,13 +214,11 @@ def time_keras_tf(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
     def fwd_bwd():
         with tf.GradientTape() as tape:
             tape.watch(x)
-            out = layer(x, mask=mask)
-        return tape.gradient(tf.reduce_sum(out), [x, *layer.trainable_weights])
+            loss = tf.reduce_sum(layer(x, mask=mask) * g)  # inside the tape, or it is not recorded
+        return tape.gradient(loss, [x, *layer.trainable_weights])
 
     fwd_ms, first = _time(fwd, reps)
-    if any(g is None for g in fwd_bwd()):
-        # Seen with Keras 3.15 on TF 2.21: the tape returns None even for the inputs, so the
-        # graph would compute nothing and time nothing. Report the forward pass only.
+    if any(grad is None for grad in fwd_bwd()):
         return {"fwd": fwd_ms, "first_call": first,
                 "note": "fwd_bwd not measured: tf.GradientTape returned None gradients"}
     bwd_ms, _ = _time(fwd_bwd, reps)
@@ -213,7 +226,7 @@ def time_keras_tf(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
 
 
 # -- JAX ------------------------------------------------------------------------------------------
-def time_flax(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
+def time_flax(cell: str, shape: tuple, varlen: bool, reps: int, g) -> dict:
     try:
         import flax.linen as nn
         import jax
@@ -228,7 +241,8 @@ def time_flax(cell: str, shape: tuple, varlen: bool, reps: int) -> dict:
     lengths = jnp.asarray(lengths_for(B, T)) if varlen else None
     params = model.init(jax.random.PRNGKey(0), x)
     fwd = jax.jit(lambda p, x: model.apply(p, x, seq_lengths=lengths))
-    grad = jax.jit(jax.grad(lambda p, x: model.apply(p, x, seq_lengths=lengths).sum(), (0, 1)))
+    g = jnp.asarray(g)
+    grad = jax.jit(jax.grad(lambda p, x: (model.apply(p, x, seq_lengths=lengths) * g).sum(), (0, 1)))
     fwd_ms, first = _time(lambda: jax.block_until_ready(fwd(params, x)), reps)
     bwd_ms, _ = _time(lambda: jax.block_until_ready(grad(params, x)), reps)
     return {"fwd": fwd_ms, "fwd_bwd": bwd_ms, "first_call": first}
@@ -238,20 +252,20 @@ def measure(peer: str, cell: str, shapes: list[str], reps: int) -> dict:
     results = {}
     for name in shapes:
         shape, varlen = SHAPES[name], name.startswith("varlen")
-        H = shape[2]
+        H, g = shape[2], out_grad(cell, shape)
         if peer in ("rnnkit", "rnnkit-ref"):
             fast = "auto" if peer == "rnnkit" else False
-            r = time_torch_peer(lambda H=H, fast=fast: _rnnkit(cell, H, fast), shape, varlen, reps)
+            r = time_torch_peer(lambda H=H, fast=fast: _rnnkit(cell, H, fast), shape, varlen, reps, g)
         elif peer == "torch":
-            r = time_torch_peer(lambda H=H: _torch(cell, H), shape, varlen, reps)
+            r = time_torch_peer(lambda H=H: _torch(cell, H), shape, varlen, reps, g)
         elif peer == "keras-torch":
-            r = time_torch_peer(lambda H=H: _keras_torch(cell, H), shape, varlen, reps)
+            r = time_torch_peer(lambda H=H: _keras_torch(cell, H), shape, varlen, reps, g)
         elif peer == "keras-tf":
-            r = time_keras_tf(cell, shape, varlen, reps)
+            r = time_keras_tf(cell, shape, varlen, reps, g)
         elif peer == "tf1":
-            r = time_tf1(cell, shape, varlen, reps)
+            r = time_tf1(cell, shape, varlen, reps, g)
         elif peer == "flax":
-            r = time_flax(cell, shape, varlen, reps)
+            r = time_flax(cell, shape, varlen, reps, g)
         else:
             raise SystemExit(f"unknown peer {peer!r}")
         results[name] = r

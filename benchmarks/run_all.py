@@ -107,7 +107,11 @@ def main() -> int:
                     for r in results[p][c].values() if "skip" in r or "note" in r})
     text = (f"Machine: {_machine()}\n\nfloat32 matmul 2048^3: {gflops:.0f} GFLOP/s "
             f"(2 threads, best of 10). Median of {args.reps} runs after a warm-up, batch-major inputs, "
-            "input depth = H. The matmul is torch's BLAS; where that is not the fastest GEMM on the CPU "
+            "input depth = H. Forward+backward: gradients of sum(outputs * g), g a fixed random array, "
+            "with respect to the inputs and all trainable weights. Keras 3 layers run with use_cudnn=False "
+            "(the generic loop); keras-torch runs eagerly, keras-tf inside tf.function without XLA "
+            "(model.fit's jit_compile='auto' on a machine without a GPU), tf1 in a graph session, flax "
+            "under jax.jit. The matmul is torch's BLAS; where that is not the fastest GEMM on the CPU "
             "(MKL on AMD), oneDNN's RNN kernels exceed it and the share passes 100%.\n"
             + tables(results, gflops, shapes)
             + "\n\nNot measured (the peer lacks the math, or failed):\n\n"
