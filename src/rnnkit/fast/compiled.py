@@ -26,7 +26,7 @@ from pathlib import Path
 from rnnkit.fast.library import OneDNNError, library
 
 SOURCE = Path(__file__).with_name("lstm_kernel.c")
-FLAGS = ("-O3", "-ffast-math", "-march=native", "-fPIC", "-shared", "-std=c11")
+FLAGS = ("-O3", "-ffast-math", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 LIBS = ("-lm",)
 
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2, "linear": 3, "hard_sigmoid": 4,

@@ -81,7 +81,7 @@ class _Fused(torch.autograd.Function):
         dPw = torch.empty_like(Pw) if Pw is not None else None
         dgamma = torch.empty_like(gamma) if gamma is not None else None
         dbeta = torch.empty_like(gamma) if gamma is not None else None
-        scratch = x.new_empty(T * B * 4 * H + (T * B * P if cfg.proj else 0) + B * H + 5 * H)
+        scratch = x.new_empty(T * B * 4 * H + (T * B * P if cfg.proj else 0) + B * H)
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
         Pwt = Pw.t().contiguous() if Pw is not None else None
         status = compiled.kernels().rk_lstm_backward(

@@ -11,8 +11,12 @@
  * layer_norm_lstm.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define PARALLEL_MIN 4096  /* gate values per step below which the rows run on one thread */
 
 typedef int (*sgemm_fn)(char, char, int64_t, int64_t, int64_t, float, const float *, int64_t,
                         const float *, int64_t, float, float *, int64_t);
@@ -171,6 +175,7 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
         const float *h_prev = t == 0 ? h0 : y + (t - 1) * B * P;
         if ((st = gemm('N', 'N', a, G, P, 1.0f, h_prev, P, U, G, 1.0f, z, G))) return st;
         float *m = s ? (k->proj ? s->m + t * B * H : y + t * B * P) : (k->proj ? m_run : y + t * B * P);
+        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
         for (int64_t r = 0; r < a; r++) {
             float *zr = z + r * G;
             if (b) for (int64_t j = 0; j < G; j++) zr[j] += b[j];
@@ -199,13 +204,20 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     return 0;
 }
 
+/* A thread's sums over rows in backward: d of the bias [4H], peepholes [3H], layer-norm gains
+ * and shifts [5H each], then [5H] of scratch. */
+#define ACC_SIZE(H) (22 * (H))
+
 /* Backward of one row of one step: dm (d(act(c) * o)) and dc (d of the new cell, carried in,
- * replaced by d of the previous cell) in; dz (d of the pre-activation gates) out. tmp: [5H]. */
+ * replaced by d of the previous cell) in; dz (d of the pre-activation gates) out; the sums
+ * over rows added into the thread's acc. */
 static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, const float *cn,
                          const float *ac, const float *dm, float *dc, float *dz,
-                         const float *peep, float *dpeep, const float *gamma, float *dgamma,
-                         float *dbeta, const float *xhat, const float *rstd, float *tmp) {
+                         const float *peep, const float *gamma, const float *xhat,
+                         const float *rstd, float *acc) {
     const int64_t H = k->H;
+    float *db = acc, *dpeep = acc + 4 * H, *dgamma = acc + 7 * H, *dbeta = acc + 12 * H;
+    float *tmp = acc + 17 * H;
     const float *si = gt, *sf = gt + H, *ga = gt + 2 * H, *so = gt + 3 * H;
     float *di = dz, *df = dz + H, *dg = dz + 2 * H, *dout = dz + 3 * H;
     float *d_gates = tmp, *d_ac = tmp + 4 * H;  /* derivatives of the activations */
@@ -245,13 +257,15 @@ static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, 
         for (int q = 0; q < 4; q++)
             norm_back(dz + q * H, H, gamma + q * H, xhat + q * H, rstd[q], dgamma + q * H,
                       dbeta + q * H);
+    for (int64_t j = 0; j < 4 * H; j++) db[j] += dz[j];
 }
 
 /* Backward over the sequence, given the recurrent matrices transposed (Ut [4H, P], Pwt [P, H]:
- * the per-step products run faster untransposed). dy [T, B, P], dhT [B, P] and dcT [B, H] are the incoming
- * gradients (dhT, dcT are overwritten: they carry the state gradients and end as dh0, dc0).
- * Weight gradients are overwritten; dx may be NULL (not wanted). scratch: [T*B*4H] (dz)
- * + [T*B*P] (d of the projected output, projection only) + [B*H] (dm) + [5H]. */
+ * the per-step products run faster untransposed). dy [T, B, P], dhT [B, P] and dcT [B, H] are
+ * the incoming gradients (dhT, dcT are overwritten: they carry the state gradients and end as
+ * dh0, dc0). Weight gradients are overwritten; dx may be NULL (not wanted). scratch:
+ * [T*B*4H] (dz) + [T*B*P] (d of the projected output, projection only) + [B*H] (dm).
+ * Returns 0, a dnnl status, or -1 (out of memory). */
 int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                      const float *c0, const float *W, const float *Ut, const float *peep,
                      const float *Pwt, const float *gamma, const float *y, const rk_saved *s,
@@ -260,11 +274,10 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
                      float *scratch) {
     const int64_t T = k->T, B = k->B, D = k->D, H = k->H, P = k->P, G = 4 * H;
     float *dz = scratch, *dyp = dz + T * B * G, *dm_buf = dyp + (k->proj ? T * B * P : 0);
-    float *tmp = dm_buf + B * H;
-    int st;
-    if (dpeep) memset(dpeep, 0, 3 * H * sizeof(float));
-    if (dgamma) { memset(dgamma, 0, 5 * H * sizeof(float)); memset(dbeta, 0, 5 * H * sizeof(float)); }
-    for (int64_t t = T - 1; t >= 0; t--) {
+    const int threads = omp_get_max_threads();
+    float *acc = calloc((size_t)threads * ACC_SIZE(H), sizeof(float));
+    int st = acc ? 0 : -1;
+    for (int64_t t = T - 1; t >= 0 && !st; t--) {
         const int64_t a = active_at(lengths, B, t);
         memset(dz + (t * B + a) * G, 0, (B - a) * G * sizeof(float));  /* rows past a length */
         if (k->proj) memset(dyp + (t * B + a) * P, 0, (B - a) * P * sizeof(float));
@@ -277,30 +290,38 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
             const float *yt = y + t * B * P;
             for (int64_t j = 0; j < a * P; j++)
                 dp[j] = (k->proj_clip > 0.0f && !(fabsf(yt[j]) < k->proj_clip)) ? 0.0f : dh[j];
-            if ((st = gemm('N', 'N', a, H, P, 1.0f, dp, P, Pwt, H, 0.0f, dm_buf, H))) return st;
+            if ((st = gemm('N', 'N', a, H, P, 1.0f, dp, P, Pwt, H, 0.0f, dm_buf, H))) break;
             dm = dm_buf;
         }
+        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
         for (int64_t r = 0; r < a; r++) {
             const int64_t row = t * B + r;
             const float *cp = t == 0 ? c0 + r * H : s->cells + (row - B) * H;
             row_backward(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
-                         dm + r * H, dc + r * H, dz + row * G, peep, dpeep, gamma, dgamma, dbeta,
+                         dm + r * H, dc + r * H, dz + row * G, peep, gamma,
                          k->layer_norm ? s->xhat + row * 5 * H : NULL,
-                         k->layer_norm ? s->rstd + row * 5 : NULL, tmp);
+                         k->layer_norm ? s->rstd + row * 5 : NULL,
+                         acc + (size_t)omp_get_thread_num() * ACC_SIZE(H));
         }
-        if ((st = gemm('N', 'N', a, P, G, 1.0f, dz + t * B * G, G, Ut, P, 0.0f, dh, P))) return st;
+        st = gemm('N', 'N', a, P, G, 1.0f, dz + t * B * G, G, Ut, P, 0.0f, dh, P);
     }
-    if (dx && (st = gemm('N', 'T', T * B, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D))) return st;
-    if ((st = gemm('T', 'N', D, G, T * B, 1.0f, x, D, dz, G, 0.0f, dW, G))) return st;
-    if ((st = gemm('T', 'N', P, G, B, 1.0f, h0, P, dz, G, 0.0f, dU, G))) return st;
-    if (T > 1 && (st = gemm('T', 'N', P, G, (T - 1) * B, 1.0f, y, P, dz + B * G, G, 1.0f, dU, G)))
-        return st;
-    if (db) {
-        memset(db, 0, G * sizeof(float));
-        for (int64_t row = 0; row < T * B; row++)
-            for (int64_t j = 0; j < G; j++) db[j] += dz[row * G + j];
+    if (!st && dx) st = gemm('N', 'T', T * B, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
+    if (!st) st = gemm('T', 'N', D, G, T * B, 1.0f, x, D, dz, G, 0.0f, dW, G);
+    if (!st) st = gemm('T', 'N', P, G, B, 1.0f, h0, P, dz, G, 0.0f, dU, G);
+    if (!st && T > 1) st = gemm('T', 'N', P, G, (T - 1) * B, 1.0f, y, P, dz + B * G, G, 1.0f, dU, G);
+    if (!st && k->proj) st = gemm('T', 'N', H, P, T * B, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
+    if (!st) {  /* the threads' sums */
+        struct { float *out; int64_t at, n; } sums[] = {
+            {db, 0, 4 * H}, {dpeep, 4 * H, 3 * H}, {dgamma, 7 * H, 5 * H}, {dbeta, 12 * H, 5 * H}};
+        for (size_t q = 0; q < sizeof(sums) / sizeof(sums[0]); q++) {
+            if (!sums[q].out) continue;
+            memset(sums[q].out, 0, sums[q].n * sizeof(float));
+            for (int th = 0; th < threads; th++) {
+                const float *part = acc + (size_t)th * ACC_SIZE(H) + sums[q].at;
+                for (int64_t j = 0; j < sums[q].n; j++) sums[q].out[j] += part[j];
+            }
+        }
     }
-    if (k->proj && (st = gemm('T', 'N', H, P, T * B, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P)))
-        return st;
-    return 0;
+    free(acc);
+    return st;
 }
