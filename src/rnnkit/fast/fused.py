@@ -3,11 +3,11 @@ oneDNN has no primitive for (``cell_clip``, ``proj_clip``, layer normalization, 
 other than tanh/sigmoid), with oneDNN's sgemm for every matrix product.
 
 A whole sequence is one call forward and one backward: the input projection of all steps is
-one matrix product, each step one recurrent product (on the sequences still running: the batch
-is sorted by length, so they are a prefix) and one pass over the gates; backward runs the steps
-in reverse, keeps the gates' gradients and makes the weight gradients in three products at the
-end. Variable-length batches (TF1 semantics: zero outputs past a length, state held) cost their
-tokens in the recurrence.
+one matrix product, each step one recurrent product and one pass over the gates; backward runs
+the steps in reverse, keeps the gates' gradients and makes the weight gradients in three
+products at the end. A variable-length batch is packed (sorted longest first, each step's rows
+the sequences still running, steps one after another), so every product costs the batch's
+tokens; outputs past a length are zero and the state is held there (TF1 semantics).
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg: compiled.Config, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta):
-        T, B, H = cfg.T, cfg.B, cfg.H
-        saved = {"gates": x.new_empty(T, B, 4 * H), "cells": x.new_empty(T, B, H),
-                 "act_c": x.new_empty(T, B, H), "m": x.new_empty(T, B, H) if cfg.proj else None,
-                 "xhat": x.new_empty(T, B, 5 * H) if cfg.layer_norm else None,
-                 "rstd": x.new_empty(T, B, 5) if cfg.layer_norm else None}
+        N, H = x.shape[0], cfg.H
+        saved = {"gates": x.new_empty(N, 4 * H), "cells": x.new_empty(N, H),
+                 "act_c": x.new_empty(N, H), "m": x.new_empty(N, H) if cfg.proj else None,
+                 "xhat": x.new_empty(N, 5 * H) if cfg.layer_norm else None,
+                 "rstd": x.new_empty(N, 5) if cfg.layer_norm else None}
         y, hT, cT = _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved)
         ctx.cfg, ctx.saved_names = cfg, list(saved)
         ctx.save_for_backward(lengths, x, h0, c0, W, U, b, peep, Pw, gamma, y, *saved.values())
@@ -70,7 +70,7 @@ class _Fused(torch.autograd.Function):
         cfg = ctx.cfg
         lengths, x, h0, c0, W, U, b, peep, Pw, gamma, y, *rest = ctx.saved_tensors
         saved = dict(zip(ctx.saved_names, rest, strict=True))
-        T, B, H, P = cfg.T, cfg.B, cfg.H, cfg.P
+        N, B, H, P = x.shape[0], cfg.B, cfg.H, cfg.P
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
         dc = torch.zeros_like(c0) if dcT is None else dcT.clone(memory_format=torch.contiguous_format)
@@ -81,7 +81,7 @@ class _Fused(torch.autograd.Function):
         dPw = torch.empty_like(Pw) if Pw is not None else None
         dgamma = torch.empty_like(gamma) if gamma is not None else None
         dbeta = torch.empty_like(gamma) if gamma is not None else None
-        scratch = x.new_empty(T * B * 4 * H + (T * B * P if cfg.proj else 0) + B * H)
+        scratch = x.new_empty(N * 4 * H + N * P + (N * P if cfg.proj else 0) + B * H)
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
         Pwt = Pw.t().contiguous() if Pw is not None else None
         status = compiled.kernels().rk_lstm_backward(
@@ -97,9 +97,9 @@ def _saved_struct(saved: dict) -> compiled.Saved:
 
 
 def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
-    T, B, H, P = cfg.T, cfg.B, cfg.H, cfg.P
-    y, hT, cT = x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H)
-    scratch = x.new_empty((0 if saved else T * B * 4 * H) + 2 * B * H)
+    N, B, H, P = x.shape[0], cfg.B, cfg.H, cfg.P
+    y, hT, cT = x.new_empty(N, P), x.new_empty(B, P), x.new_empty(B, H)
+    scratch = x.new_empty((0 if saved else N * 4 * H) + 2 * B * H)
     status = compiled.kernels().rk_lstm_forward(
         ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y,
                                        hT, cT)),
@@ -108,16 +108,35 @@ def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
     return y, hT, cT
 
 
-def _config(p: Canonical, x: torch.Tensor) -> compiled.Config:
+def _config(p: Canonical, steps: int, batch: int, depth: int) -> compiled.Config:
     H = p.U.shape[1] // 4
     eps = p.norms[1] if p.norms is not None else 0.0
     return compiled.Config(
-        T=x.shape[0], B=x.shape[1], D=x.shape[2], H=H, P=p.U.shape[0],
+        T=steps, B=batch, D=depth, H=H, P=p.U.shape[0],
         act=compiled.ACTIVATIONS[name_of(p.activation)],
         ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)],
         peephole=p.peepholes is not None, proj=p.P is not None, layer_norm=p.norms is not None,
         cell_clip=p.cell_clip or 0.0, proj_clip=(p.proj_clip or 0.0) if p.P is not None else 0.0,
         forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps)
+
+
+def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor]:
+    """The packed order of a variable-length batch.
+
+    Returns:
+        ``(order, sorted_lengths, t_idx, b_idx)``: the batch sorted longest first, its lengths,
+        and the time step and batch index of each packed row (steps in order, each step's rows
+        the sequences still running, in sorted order).
+    """
+    lengths = lengths.to(torch.int64).cpu()
+    order = torch.argsort(lengths, descending=True, stable=True)
+    lens = lengths[order].contiguous()
+    active = (lens[None, :] > torch.arange(steps)[:, None]).sum(1)
+    t_idx = torch.repeat_interleave(torch.arange(steps), active)
+    starts = torch.cumsum(active, 0) - active
+    b_idx = order[torch.arange(t_idx.numel()) - starts[t_idx]]
+    return order, lens, t_idx, b_idx
 
 
 def run_fused(p: Canonical, x: torch.Tensor, state: LSTMStateTuple,
@@ -134,26 +153,28 @@ def run_fused(p: Canonical, x: torch.Tensor, state: LSTMStateTuple,
     Returns:
         ``(outputs [T, B, out], LSTMStateTuple(c, h))``.
     """
+    steps, batch, depth = x.shape
     c0, h0 = state.c, state.h
-    order = None
-    if lengths is not None:
-        lengths = lengths.to(torch.int64).cpu()
-        order = torch.argsort(lengths, descending=True, stable=True)
-        lengths = lengths[order].contiguous()
-        x, h0, c0 = x.index_select(1, order), h0.index_select(0, order), c0.index_select(0, order)
+    if lengths is None:
+        order, packed = None, x.reshape(steps * batch, depth)
+    else:
+        order, lengths, t_idx, b_idx = pack(lengths, steps)
+        packed = x[t_idx, b_idx]
+        h0, c0 = h0.index_select(0, order), c0.index_select(0, order)
     peep = torch.stack(p.peepholes) if p.peepholes is not None else None
     gamma = beta = None
     if p.norms is not None:
         gamma = torch.stack([g for g, _ in p.norms[0]])
         beta = torch.stack([b for _, b in p.norms[0]])
     args = [t.contiguous() if t is not None else None
-            for t in (x, h0, c0, p.W, p.U, p.b, peep, p.P, gamma, beta)]
-    cfg = _config(p, x)
+            for t in (packed, h0, c0, p.W, p.U, p.b, peep, p.P, gamma, beta)]
+    cfg = _config(p, steps, batch, depth)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         y, hT, cT = _Fused.apply(cfg, lengths, *args)
     else:
         y, hT, cT = _forward(cfg, lengths, *args, None)
-    if order is not None:
-        inverse = torch.argsort(order)
-        y, hT, cT = y.index_select(1, inverse), hT.index_select(0, inverse), cT.index_select(0, inverse)
-    return y, LSTMStateTuple(cT, hT)
+    if order is None:
+        return y.view(steps, batch, -1), LSTMStateTuple(cT, hT)
+    out = y.new_zeros(steps, batch, y.shape[-1]).index_put((t_idx, b_idx), y)
+    inverse = torch.argsort(order)
+    return out, LSTMStateTuple(cT.index_select(0, inverse), hT.index_select(0, inverse))

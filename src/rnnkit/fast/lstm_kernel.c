@@ -3,12 +3,14 @@
  * call. Compiled on first use by rnnkit/fast/compiled.py and loaded with ctypes; every matrix
  * product goes through oneDNN's dnnl_sgemm (row-major), whose address the loader passes in.
  *
- * Layouts (row-major, float32, time-major): x [T, B, D]; W [D, 4H]; U [P, 4H]; b [4H];
- * gates in Keras order i, f, g, o; peepholes [3, H] (i, f, o); projection Pw [H, P];
- * layer norm gamma/beta [5, H] (i, f, g, o, c); y [T, B, P]; states h [B, P], c [B, H].
- * With lengths (sorted longest first), step t runs the first active(t) rows; the others hold
- * their state and output zeros. The equations are rnnkit/cells/equations.py's lstm and
- * layer_norm_lstm.
+ * Layouts (row-major, float32): W [D, 4H]; U [P, 4H]; b [4H]; gates in Keras order i, f, g, o;
+ * peepholes [3, H] (i, f, o); projection Pw [H, P]; layer norm gamma/beta [5, H] (i, f, g, o, c);
+ * states h [B, P], c [B, H]. Sequences are packed: with lengths (sorted longest first), step t
+ * runs the first active(t) sequences, and its rows of x [N, D], y [N, P] and of every per-step
+ * buffer follow those of step t - 1 (N = the batch's tokens; without lengths, every step has
+ * all B rows and x is [T, B, D]). So every product, the input projection and the weight
+ * gradients included, costs the tokens, not T * B. The equations are
+ * rnnkit/cells/equations.py's lstm and layer_norm_lstm.
  */
 #include <math.h>
 #include <omp.h>
@@ -85,11 +87,19 @@ static void act_n(int id, float *v, int64_t n) {
     }
 }
 
-static int64_t active_at(const int64_t *lengths, int64_t B, int64_t t) {
-    if (!lengths) return B;
-    int64_t a = 0;
-    while (a < B && lengths[a] > t) a++;
-    return a;
+/* Rows per step and where each step's rows start: active[T], then off[T + 1] (off[T] = N).
+ * NULL when out of memory. */
+static int64_t *plan_rows(const int64_t *lengths, int64_t B, int64_t T) {
+    int64_t *plan = malloc((2 * T + 1) * sizeof(int64_t));
+    if (!plan) return NULL;
+    int64_t *active = plan, *off = plan + T, a = B;
+    off[0] = 0;
+    for (int64_t t = 0; t < T; t++) {
+        if (lengths) while (a > 0 && lengths[a - 1] <= t) a--;
+        active[t] = a;
+        off[t + 1] = off[t] + a;
+    }
+    return plan;
 }
 
 /* y = (x - mean) * rstd * gamma + beta over n values; keeps xhat and rstd when asked. */
@@ -155,53 +165,54 @@ static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c
 }
 
 /* Forward over the sequence. s: buffers to keep for backward (training), or NULL; scratch:
- * [T*B*4H] (gates, when s is NULL) + [B*H] (c) + [B*H] (m). Returns 0 or a dnnl status. */
+ * [N*4H] (gates, when s is NULL) + [B*H] (c) + [B*H] (m). Returns 0, a dnnl status, or -1
+ * (out of memory). */
 int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                     const float *c0, const float *W, const float *U, const float *b,
                     const float *peep, const float *Pw, const float *gamma, const float *beta,
                     float *y, float *hT, float *cT, rk_saved *s, float *scratch) {
     const int64_t T = k->T, B = k->B, D = k->D, H = k->H, P = k->P, G = 4 * H;
+    int64_t *plan = plan_rows(lengths, B, T);
+    if (!plan) return -1;
+    const int64_t *active = plan, *off = plan + T;
     float *gates = s ? s->gates : scratch;
-    float *c_run = scratch + (s ? 0 : T * B * G), *m_run = c_run + B * H;
-    int st = gemm('N', 'N', T * B, G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
-    if (st) return st;
+    float *c_run = scratch + (s ? 0 : off[T] * G), *m_run = c_run + B * H;
+    int st = gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     memcpy(c_run, c0, B * H * sizeof(float));
-    for (int64_t t = 0; t < T; t++) {
-        const int64_t a = active_at(lengths, B, t);
-        memset(y + (t * B + a) * P, 0, (B - a) * P * sizeof(float));  /* rows past a length */
-        if (s && k->proj) memset(s->m + (t * B + a) * H, 0, (B - a) * H * sizeof(float));
-        if (a == 0) continue;
-        float *z = gates + t * B * G;
-        const float *h_prev = t == 0 ? h0 : y + (t - 1) * B * P;
-        if ((st = gemm('N', 'N', a, G, P, 1.0f, h_prev, P, U, G, 1.0f, z, G))) return st;
-        float *m = s ? (k->proj ? s->m + t * B * H : y + t * B * P) : (k->proj ? m_run : y + t * B * P);
+    for (int64_t t = 0; t < T && !st && active[t] > 0; t++) {
+        const int64_t a = active[t], at = off[t];
+        float *z = gates + at * G, *yt = y + at * P;
+        const float *h_prev = t == 0 ? h0 : y + off[t - 1] * P;
+        if ((st = gemm('N', 'N', a, G, P, 1.0f, h_prev, P, U, G, 1.0f, z, G))) break;
+        float *m = k->proj ? (s ? s->m + at * H : m_run) : yt;
         #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
         for (int64_t r = 0; r < a; r++) {
+            const int64_t row = at + r;
             float *zr = z + r * G;
             if (b) for (int64_t j = 0; j < G; j++) zr[j] += b[j];
-            const float *cp = (s && t > 0) ? s->cells + ((t - 1) * B + r) * H : c_run + r * H;
-            float *cn = s ? s->cells + (t * B + r) * H : c_run + r * H;
-            float *ac = s ? s->act_c + (t * B + r) * H : m_run + r * H;
+            const float *cp = (s && t > 0) ? s->cells + (off[t - 1] + r) * H : c_run + r * H;
+            float *cn = s ? s->cells + row * H : c_run + r * H;
+            float *ac = s ? s->act_c + row * H : m_run + r * H;
             row_forward(k, zr, cp, cn, ac, m + r * H, peep, gamma, beta,
-                        s && k->layer_norm ? s->xhat + (t * B + r) * 5 * H : NULL,
-                        s && k->layer_norm ? s->rstd + (t * B + r) * 5 : NULL);
+                        s && k->layer_norm ? s->xhat + row * 5 * H : NULL,
+                        s && k->layer_norm ? s->rstd + row * 5 : NULL);
             if (s) memcpy(c_run + r * H, cn, H * sizeof(float));
         }
         if (k->proj) {
-            float *yt = y + t * B * P;
-            if ((st = gemm('N', 'N', a, P, H, 1.0f, m, H, Pw, P, 0.0f, yt, P))) return st;
+            if ((st = gemm('N', 'N', a, P, H, 1.0f, m, H, Pw, P, 0.0f, yt, P))) break;
             if (k->proj_clip > 0.0f) {
                 const float pc = k->proj_clip;
                 for (int64_t j = 0; j < a * P; j++) yt[j] = fminf(fmaxf(yt[j], -pc), pc);
             }
         }
     }
-    for (int64_t r = 0; r < B; r++) {
+    for (int64_t r = 0; r < B && !st; r++) {
         const int64_t n = lengths ? lengths[r] : T;
-        memcpy(hT + r * P, n > 0 ? y + ((n - 1) * B + r) * P : h0 + r * P, P * sizeof(float));
+        memcpy(hT + r * P, n > 0 ? y + (off[n - 1] + r) * P : h0 + r * P, P * sizeof(float));
     }
     memcpy(cT, c_run, B * H * sizeof(float));
-    return 0;
+    free(plan);
+    return st;
 }
 
 /* A thread's sums over rows in backward: d of the bias [4H], peepholes [3H], layer-norm gains
@@ -261,11 +272,11 @@ static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, 
 }
 
 /* Backward over the sequence, given the recurrent matrices transposed (Ut [4H, P], Pwt [P, H]:
- * the per-step products run faster untransposed). dy [T, B, P], dhT [B, P] and dcT [B, H] are
+ * the per-step products run faster untransposed). dy [N, P], dhT [B, P] and dcT [B, H] are
  * the incoming gradients (dhT, dcT are overwritten: they carry the state gradients and end as
  * dh0, dc0). Weight gradients are overwritten; dx may be NULL (not wanted). scratch:
- * [T*B*4H] (dz) + [T*B*P] (d of the projected output, projection only) + [B*H] (dm).
- * Returns 0, a dnnl status, or -1 (out of memory). */
+ * [N*4H] (dz) + [N*P] (each step's previous h) + [N*P] (d of the projected output, projection
+ * only) + [B*H] (dm). Returns 0, a dnnl status, or -1 (out of memory). */
 int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                      const float *c0, const float *W, const float *Ut, const float *peep,
                      const float *Pwt, const float *gamma, const float *y, const rk_saved *s,
@@ -273,21 +284,23 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
                      float *db, float *dpeep, float *dPw, float *dgamma, float *dbeta,
                      float *scratch) {
     const int64_t T = k->T, B = k->B, D = k->D, H = k->H, P = k->P, G = 4 * H;
-    float *dz = scratch, *dyp = dz + T * B * G, *dm_buf = dyp + (k->proj ? T * B * P : 0);
     const int threads = omp_get_max_threads();
+    int64_t *plan = plan_rows(lengths, B, T);
     float *acc = calloc((size_t)threads * ACC_SIZE(H), sizeof(float));
-    int st = acc ? 0 : -1;
+    int st = (plan && acc) ? 0 : -1;
+    const int64_t *active = plan, *off = plan + T, N = plan ? off[T] : 0;
+    float *dz = scratch, *h_in = dz + N * G, *dyp = h_in + N * P;
+    float *dm_buf = dyp + (k->proj ? N * P : 0);
     for (int64_t t = T - 1; t >= 0 && !st; t--) {
-        const int64_t a = active_at(lengths, B, t);
-        memset(dz + (t * B + a) * G, 0, (B - a) * G * sizeof(float));  /* rows past a length */
-        if (k->proj) memset(dyp + (t * B + a) * P, 0, (B - a) * P * sizeof(float));
+        const int64_t a = active[t], at = off[t];
         if (a == 0) continue;
-        const float *dyt = dy + t * B * P;
+        memcpy(h_in + at * P, t == 0 ? h0 : y + off[t - 1] * P, a * P * sizeof(float));
+        const float *dyt = dy + at * P;
         for (int64_t j = 0; j < a * P; j++) dh[j] += dyt[j];
         const float *dm = dh;
         if (k->proj) {
-            float *dp = dyp + t * B * P;
-            const float *yt = y + t * B * P;
+            float *dp = dyp + at * P;
+            const float *yt = y + at * P;
             for (int64_t j = 0; j < a * P; j++)
                 dp[j] = (k->proj_clip > 0.0f && !(fabsf(yt[j]) < k->proj_clip)) ? 0.0f : dh[j];
             if ((st = gemm('N', 'N', a, H, P, 1.0f, dp, P, Pwt, H, 0.0f, dm_buf, H))) break;
@@ -295,21 +308,20 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
         }
         #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
         for (int64_t r = 0; r < a; r++) {
-            const int64_t row = t * B + r;
-            const float *cp = t == 0 ? c0 + r * H : s->cells + (row - B) * H;
+            const int64_t row = at + r;
+            const float *cp = t == 0 ? c0 + r * H : s->cells + (off[t - 1] + r) * H;
             row_backward(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
                          dm + r * H, dc + r * H, dz + row * G, peep, gamma,
                          k->layer_norm ? s->xhat + row * 5 * H : NULL,
                          k->layer_norm ? s->rstd + row * 5 : NULL,
                          acc + (size_t)omp_get_thread_num() * ACC_SIZE(H));
         }
-        st = gemm('N', 'N', a, P, G, 1.0f, dz + t * B * G, G, Ut, P, 0.0f, dh, P);
+        st = gemm('N', 'N', a, P, G, 1.0f, dz + at * G, G, Ut, P, 0.0f, dh, P);
     }
-    if (!st && dx) st = gemm('N', 'T', T * B, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
-    if (!st) st = gemm('T', 'N', D, G, T * B, 1.0f, x, D, dz, G, 0.0f, dW, G);
-    if (!st) st = gemm('T', 'N', P, G, B, 1.0f, h0, P, dz, G, 0.0f, dU, G);
-    if (!st && T > 1) st = gemm('T', 'N', P, G, (T - 1) * B, 1.0f, y, P, dz + B * G, G, 1.0f, dU, G);
-    if (!st && k->proj) st = gemm('T', 'N', H, P, T * B, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
+    if (!st && dx) st = gemm('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
+    if (!st) st = gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
+    if (!st) st = gemm('T', 'N', P, G, N, 1.0f, h_in, P, dz, G, 0.0f, dU, G);
+    if (!st && k->proj) st = gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
     if (!st) {  /* the threads' sums */
         struct { float *out; int64_t at, n; } sums[] = {
             {db, 0, 4 * H}, {dpeep, 4 * H, 3 * H}, {dgamma, 7 * H, 5 * H}, {dbeta, 12 * H, 5 * H}};
@@ -323,5 +335,6 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
         }
     }
     free(acc);
+    free(plan);
     return st;
 }
