@@ -18,7 +18,7 @@ from fast_checks import random_state as _state
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
-from rnnkit.fast import dispatch, library, onednn
+from rnnkit.fast import compiled, dispatch, library, onednn
 from rnnkit.fast.varlen import plan
 from rnnkit.unroll import length_mask
 
@@ -185,8 +185,16 @@ def test_reference_runs_with_one_warning_where_onednn_cannot_load(monkeypatch):
     assert "/nonexistent/libdnnl.so.3: no such file" in _why(cell, x)
 
 
+@pytest.fixture
+def without_fused_kernel(monkeypatch):
+    """LSTMs over variable lengths on oneDNN's segments (the fused kernel, which they would
+    otherwise take, reported missing)."""
+    monkeypatch.setattr(compiled, "_state", {"error": "the fused kernel is off in this test"})
+
+
 @needs_onednn
-def test_evicted_primitives_are_rebuilt_and_retained_graphs_backprop_twice(monkeypatch):
+def test_evicted_primitives_are_rebuilt_and_retained_graphs_backprop_twice(
+        monkeypatch, without_fused_kernel):
     monkeypatch.setattr(onednn, "CACHE_SIZE", 2)
     cell = rk.BasicLSTMCell(5, input_size=3)
     x = torch.randn(4, 6, 3, requires_grad=True)
@@ -303,7 +311,7 @@ def test_keras_mask_with_holes_and_dropout_take_the_reference_path():
 @needs_onednn
 @pytest.mark.parametrize("lengths", [None, [9, 2, 0, 7]])
 @pytest.mark.parametrize("name", ["basic_lstm", "gru_tf1"])
-def test_swap_memory_runs_fast_in_recomputed_chunks(name, lengths):
+def test_swap_memory_runs_fast_in_recomputed_chunks(name, lengths, without_fused_kernel):
     cell = CELLS[name]()
     cell.ensure_built(4, torch.float32)
     _perturb(cell)
@@ -401,3 +409,31 @@ def test_weights_laid_out_once_follow_in_place_updates():
         with rk.fast.fast_mode(False):
             torch.testing.assert_close(inference, layer(x), **TOL)
         layer.cell.kernel.data = torch.randn_like(layer.cell.kernel)  # new memory
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["basic_lstm", "lstm_peephole_proj"])
+def test_lstm_segments_on_onednn_where_the_fused_kernel_is_missing(name, monkeypatch,
+                                                                  without_fused_kernel):
+    cell = CELLS[name]()
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    x = torch.randn(5, 7, 4, requires_grad=True)
+    h0 = _state(cell, 5)
+    seen = _decisions(monkeypatch)
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, LENGTHS["varied"], h0, fast=fast),
+             [x, *pytree.tree_leaves(h0), *cell.parameters()])
+    assert seen == ["onednn"]
+
+
+@needs_onednn
+def test_variable_length_lstms_take_the_fused_kernel_and_say_why():
+    cell = rk.BasicLSTMCell(4, input_size=3)
+    x = torch.randn(2, 5, 3)
+    assert rk.fast.explain(cell, x).path == "onednn"
+    decision = rk.fast.explain(cell, x, [5, 2])
+    wanted = "onednn" if compiled.load_error() else "fused"
+    assert decision.path == wanted
+    if wanted == "fused":
+        assert "runs faster packed on the fused kernel" in decision.explain()
+    assert rk.fast.explain(rk.GRUCell(4, input_size=3), x, [5, 2]).path == "onednn"

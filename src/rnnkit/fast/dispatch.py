@@ -3,7 +3,9 @@
 Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (through
 torch on GPU; not built yet), ``fused`` (rnnkit's own C kernel, ``rnnkit.fast.fused``, for the
 LSTMs neither has: clipping, layer norm, other activations), ``reference``
-(``rnnkit.unroll.scan``, always exact, always available). A fast path is an
+(``rnnkit.unroll.scan``, always exact, always available). One exception, measured: an LSTM over
+a variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN's LSTM
+needs one call per distinct length. A fast path is an
 optimization, never a second semantics: it must give the reference path's numbers.
 
 The switch has three values: ``"auto"`` takes the best eligible path and falls back quietly;
@@ -141,6 +143,10 @@ def _onednn_cell_unmet(p: Canonical) -> list[str]:
     return unmet
 
 
+_PACKED_LSTM = ("an LSTM over variable lengths runs faster packed on the fused kernel (oneDNN's "
+                "needs a call per distinct length)")
+
+
 def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
            masked_output: str = "zero", chunk: int | None = None,
            own_step: bool = False) -> Decision:
@@ -168,6 +174,8 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
             err = loader()
             if err:
                 reasons[path].append(err)
+    if lengths is not None and not reasons["onednn"] and not reasons["fused"]:
+        reasons["onednn"].append(_PACKED_LSTM)  # measured faster (benchmarks/RESULTS.md)
     path = next((name for name in ("onednn", "fused") if not reasons[name]), "reference")
     return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
                     suffix)
