@@ -1,4 +1,4 @@
-"""rnnkit's oneDNN fast path against its reference loop and torch.nn, in one process and run.
+"""rnnkit's fast paths (oneDNN, the fused kernel) against its reference loop and torch.nn, in one run.
 
     .venv/bin/python benchmarks/bench_rnn.py [--repeats 7] [--quick]
 
@@ -100,7 +100,20 @@ CELLS = {
                            "lstm_proj"),
     "GRU TF1 (reset before)": (lambda h: rk.GRUCell(h), "gru"),
     "GRU reset after": (lambda h: rk.GRUCell(h, reset_after=True), "gru"),
+    "LSTM cell_clip": (lambda h: rk.LSTMCell(h, cell_clip=3.0), "lstm"),
+    "LSTM layer norm": (lambda h: rk.LayerNormLSTMCell(h), "lstm"),
 }
+
+
+def _path(make, x: torch.Tensor) -> str:
+    """The fast path ``dispatch`` picks for this cell (Keras layers: their cell's)."""
+    if make == "keras":
+        cell = rk.layers.LSTM(x.shape[-1]).cell
+    else:
+        rk.reset_default_graph()
+        cell = make(x.shape[-1])
+    cell.ensure_built(x.shape[-1], torch.float32)
+    return rk.fast.explain(cell, x).path
 
 
 def _peer(kind: str, h: int) -> torch.nn.Module:
@@ -131,7 +144,7 @@ def run(repeats: int, quick: bool) -> None:
             if kind not in peers:
                 peers[kind] = rows[0]
                 _row(B, T, H, f"torch.nn ({kind})", "torch", rows[0], rows[0])
-            for path, times in zip(("onednn", "reference"), rows[-2:], strict=True):
+            for path, times in zip((_path(make, x), "reference"), rows[-2:], strict=True):
                 _row(B, T, H, name, path, times, peers[kind])
     _first_call()
     _varlen(repeats)
@@ -162,7 +175,7 @@ def _varlen(repeats: int) -> None:
     x = torch.randn(32, 100, 256, requires_grad=True)
     lengths = torch.randint(10, 101, (32,), generator=g)
     useful = lengths.sum().item() / (32 * 100)
-    for name in ("LSTM (BasicLSTMCell)", "GRU TF1 (reset before)"):
+    for name in ("LSTM (BasicLSTMCell)", "GRU TF1 (reset before)", "LSTM cell_clip"):
         make = CELLS[name][0]
         padded, varlen = _rnnkit_case(make, x, True), _rnnkit_case(make, x, True, lengths)
         fwd = _interleaved([padded[0], varlen[0]], repeats)
