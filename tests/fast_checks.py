@@ -12,7 +12,7 @@ from rnnkit.unroll import map_state
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
-FUSED_CELLS = {  # LSTMs that oneDNN lacks and rnnkit's fused kernel serves
+FUSED_CELLS = {  # cells that oneDNN lacks and rnnkit's fused kernels serve
     "fused_cell_clip": lambda: rk.LSTMCell(6, cell_clip=0.6),
     "fused_peephole_clip": lambda: rk.LSTMCell(6, use_peepholes=True, cell_clip=0.8),
     "fused_proj_clip": lambda: rk.LSTMCell(6, num_proj=4, proj_clip=0.3),
@@ -21,6 +21,9 @@ FUSED_CELLS = {  # LSTMs that oneDNN lacks and rnnkit's fused kernel serves
     "fused_layer_norm": lambda: rk.LayerNormLSTMCell(6, forget_bias=0.7),
     "fused_relu": lambda: rk.BasicLSTMCell(6, activation="relu"),
     "fused_softsign_clip": lambda: rk.LSTMCell(6, activation="softsign", cell_clip=1.0),
+    "fused_gru_relu": lambda: rk.GRUCell(6, activation="relu"),
+    "fused_gru_after_softsign": lambda: rk.GRUCell(6, reset_after=True, activation="softsign"),
+    "fused_rnn_softsign": lambda: rk.BasicRNNCell(6, activation="softsign"),
 }
 
 

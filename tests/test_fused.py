@@ -58,16 +58,19 @@ def test_multi_rnn_cell_mixes_fused_and_onednn_layers(monkeypatch):
 
 
 @pytest.mark.parametrize("go_backwards", [False, True])
-@pytest.mark.parametrize("kwargs", [
-    {"recurrent_activation": "hard_sigmoid"},
-    {"activation": "relu", "unit_forget_bias": False},
+@pytest.mark.parametrize("layer, kwargs", [
+    ("LSTM", {"recurrent_activation": "hard_sigmoid"}),
+    ("LSTM", {"activation": "relu", "unit_forget_bias": False}),
+    ("GRU", {"recurrent_activation": "hard_sigmoid"}),
+    ("GRU", {"recurrent_activation": "hard_sigmoid", "reset_after": False}),
+    ("SimpleRNN", {"activation": "softsign"}),
 ])
-def test_keras_lstm_with_masks_matches_reference(kwargs, go_backwards, monkeypatch):
+def test_keras_layers_with_masks_match_reference(layer, kwargs, go_backwards, monkeypatch):
     """Keras masks (outputs past a length repeat the last one; with ``go_backwards`` the valid
     steps are a suffix) on the Keras activations oneDNN lacks."""
     torch.manual_seed(0)
-    layer = rk.layers.LSTM(5, return_sequences=True, return_state=True,
-                           go_backwards=go_backwards, **kwargs)
+    layer = getattr(rk.layers, layer)(5, return_sequences=True, return_state=True,
+                                      go_backwards=go_backwards, **kwargs)
     x = torch.randn(4, 6, 3, requires_grad=True)
     mask = length_mask(torch.tensor([6, 1, 0, 4]), 6).T
     layer(x)
@@ -104,8 +107,9 @@ def test_explain_names_fused_and_why_not_onednn():
     assert "not onednn: cell_clip/proj_clip set" in text
     gelu = rk.LSTMCell(4, activation="gelu", input_size=3)
     assert "not fused: activation is gelu" in str(rk.fast.explain(gelu, torch.randn(2, 5, 3)))
-    assert fused.unmet(rk.GRUCell(4, input_size=3).canonical()) == [
-        "the fused kernel serves LSTMs, not gru"]
+    assert fused.unmet(rk.GRUCell(4, input_size=3).canonical()) == []
+    assert "not fused: can run it, but onednn comes first" in str(
+        rk.fast.explain(rk.GRUCell(4, input_size=3), torch.randn(2, 5, 3)))
 
 
 def test_reference_runs_with_one_warning_where_the_kernel_cannot_build(monkeypatch, tmp_path):
@@ -116,7 +120,7 @@ def test_reference_runs_with_one_warning_where_the_kernel_cannot_build(monkeypat
     monkeypatch.setattr(dispatch, "_warned", set())
     cell = rk.LSTMCell(4, cell_clip=1.0, input_size=3)
     x = torch.randn(2, 5, 3)
-    with pytest.warns(RuntimeWarning, match="fused LSTM kernel is not available: no C compiler"):
+    with pytest.warns(RuntimeWarning, match="fused kernels are not available: no C compiler"):
         out, _ = rk.dynamic_rnn(cell, x)
     torch.testing.assert_close(out, rk.dynamic_rnn(cell, x, fast=False)[0])
     with pytest.raises(ValueError, match="no C compiler found"):
@@ -127,6 +131,9 @@ def test_reference_runs_with_one_warning_where_the_kernel_cannot_build(monkeypat
 @pytest.mark.parametrize("make", [
     lambda: rk.LSTMCell(64, use_peepholes=True, cell_clip=0.7, num_proj=48, proj_clip=0.4),
     lambda: rk.LayerNormLSTMCell(64),
+    lambda: rk.GRUCell(96, activation="relu"),
+    lambda: rk.GRUCell(96, reset_after=True, activation="softsign"),
+    lambda: rk.BasicRNNCell(128, activation="hard_sigmoid"),
 ])
 def test_rows_split_across_threads_match_reference(make):
     """Batches with at least 4096 gate values per step run their rows on several threads; the
@@ -134,9 +141,18 @@ def test_rows_split_across_threads_match_reference(make):
     float32 paths are within about 1e-6 of the largest gradient entry of a float64 run here.)"""
     torch.manual_seed(0)
     cell = make()
-    x = torch.randn(17, 5, 8, requires_grad=True)
+    x = torch.randn(32, 5, 8, requires_grad=True)
     cell.ensure_built(8, torch.float32)
     _perturb(cell)
-    lengths = [5, 5, 4, 0, 3, 5, 1, 2, 5, 5, 4, 4, 5, 3, 5, 5, 2]
+    lengths = [5, 5, 4, 0, 3, 5, 1, 2] * 4
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=fast),
              [x, *cell.parameters()], scaled=True)
+
+
+def test_loading_the_kernels_keeps_subnormal_floats():
+    """A library built with -ffast-math would switch the whole process to flushing subnormals
+    to zero when it loads; the kernels are built without it."""
+    compiled.kernels()
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    assert float((tiny * 1.0).item()) != 0.0
+    assert float(torch.tensor([5e-310], dtype=torch.float64).mul(1.0).item()) != 0.0

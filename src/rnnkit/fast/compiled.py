@@ -1,9 +1,10 @@
-"""rnnkit's own C kernels (``lstm_kernel.c``), compiled on first use and loaded with ctypes.
+"""rnnkit's own C kernels (``lstm_kernel.c``, ``gru_kernel.c``), compiled on first use and loaded
+with ctypes.
 
-The source ships with the package; the first process that needs it runs the C compiler
+The sources ship with the package; the first process that needs it runs the C compiler
 (``$CC``, else ``cc``/``gcc``) once and keeps the shared library in a cache directory
 (``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``) under a name
-that hashes the source, the flags and this CPU's feature flags, so an edited source or another
+that hashes the sources, the flags and this CPU's feature flags, so an edited source or another
 machine sharing the directory gets its own build. The file appears atomically (written under a
 temporary name, then renamed), so concurrent first uses are safe. Matrix products go through
 oneDNN's ``dnnl_sgemm`` (``rnnkit.fast.library``), whose address is handed to the kernel.
@@ -25,9 +26,13 @@ from pathlib import Path
 
 from rnnkit.fast.library import OneDNNError, library
 
-SOURCE = Path(__file__).with_name("lstm_kernel.c")
-FLAGS = ("-O3", "-ffast-math", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
-LIBS = ("-lm",)
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("lstm_kernel.c", "gru_kernel.c"))
+HEADER = Path(__file__).with_name("kernels.h")
+# No -ffast-math: a library built with it resets the process's floating-point mode (subnormals
+# flushed to zero) when it loads; kernels.h names libmvec's SIMD functions instead.
+FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-march=native", "-fopenmp", "-fPIC",
+         "-shared", "-std=c11")
+LIBS = ("-lm", "-lmvec") if platform.machine() == "x86_64" else ("-lm",)
 
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2, "linear": 3, "hard_sigmoid": 4,
                "hard_sigmoid_keras2": 5, "softsign": 6}
@@ -50,6 +55,20 @@ class Saved(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_void_p) for name in ("gates", "cells", "act_c", "m", "xhat",
                                                       "rstd")]
+
+
+class GRUConfig(ctypes.Structure):
+    """``rk_gru_cfg`` of ``gru_kernel.c`` (``gru`` 0: a vanilla RNN)."""
+
+    _fields_ = [("T", ctypes.c_int64), ("B", ctypes.c_int64), ("D", ctypes.c_int64),
+                ("H", ctypes.c_int64), ("act", ctypes.c_int32), ("ract", ctypes.c_int32),
+                ("gru", ctypes.c_int32), ("reset_after", ctypes.c_int32)]
+
+
+class GRUSaved(ctypes.Structure):
+    """``rk_gru_saved`` of ``gru_kernel.c``."""
+
+    _fields_ = [("gates", ctypes.c_void_p), ("extra", ctypes.c_void_p)]
 
 
 _lock = threading.Lock()
@@ -83,17 +102,18 @@ def _compiler() -> str:
 def _build() -> Path:
     cc = _compiler()
     key = hashlib.sha256(b"\0".join(
-        [SOURCE.read_bytes(), " ".join(FLAGS + LIBS).encode(), cc.encode(),
+        [*(f.read_bytes() for f in (*SOURCES, HEADER)), " ".join(FLAGS + LIBS).encode(),
+         cc.encode(),
          _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"lstm_kernel-{key}.so"
+    target = _cache_dir() / f"kernels-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, *LIBS], capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp, *LIBS],
+                              capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(f"{cc} failed: {done.stderr.strip()[-300:]}")
         os.replace(tmp, target)
@@ -108,7 +128,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.rk_set_gemm.argtypes, lib.rk_set_gemm.restype = [vp], None
     lib.rk_lstm_forward.argtypes = [cfg] + [vp] * 16
     lib.rk_lstm_backward.argtypes = [cfg] + [vp] * 23
-    lib.rk_lstm_forward.restype = lib.rk_lstm_backward.restype = ctypes.c_int
+    lib.rk_gru_forward.argtypes = [ctypes.POINTER(GRUConfig)] + [vp] * 11
+    lib.rk_gru_backward.argtypes = [ctypes.POINTER(GRUConfig)] + [vp] * 15
+    for fn in (lib.rk_lstm_forward, lib.rk_lstm_backward, lib.rk_gru_forward,
+               lib.rk_gru_backward):
+        fn.restype = ctypes.c_int
 
 
 def kernels() -> ctypes.CDLL:
@@ -129,7 +153,7 @@ def kernels() -> ctypes.CDLL:
             _declare(lib)
             lib.rk_set_gemm(gemm)
         except (OSError, subprocess.SubprocessError, AttributeError, OneDNNError) as err:
-            _state["error"] = f"rnnkit's fused LSTM kernel is not available: {err}"
+            _state["error"] = f"rnnkit's fused kernels are not available: {err}"
             raise OneDNNError(_state["error"]) from None
         _state["lib"] = lib
         return lib

@@ -2,7 +2,7 @@
 
 Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (through
 torch on GPU; not built yet), ``fused`` (rnnkit's own C kernel, ``rnnkit.fast.fused``, for the
-LSTMs neither has: clipping, layer norm, other activations), ``reference``
+cells neither has: LSTM clipping and layer norm, other activations), ``reference``
 (``rnnkit.unroll.scan``, always exact, always available). One exception, measured: an LSTM over
 a variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN's LSTM
 needs one call per distinct length. A fast path is an
@@ -174,9 +174,13 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
             err = loader()
             if err:
                 reasons[path].append(err)
-    if lengths is not None and not reasons["onednn"] and not reasons["fused"]:
+    if params.kind == "lstm" and lengths is not None and not reasons["onednn"] \
+            and not reasons["fused"]:
         reasons["onednn"].append(_PACKED_LSTM)  # measured faster (benchmarks/RESULTS.md)
     path = next((name for name in ("onednn", "fused") if not reasons[name]), "reference")
+    for name in ("onednn", "fused"):
+        if name != path and not reasons[name]:
+            reasons[name].append(f"can run it, but {path} comes first")
     return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
                     suffix)
 

@@ -1,6 +1,7 @@
-"""rnnkit's own fused LSTM path (``lstm_kernel.c``) as a ``torch.autograd.Function``: the LSTMs
-oneDNN has no primitive for (``cell_clip``, ``proj_clip``, layer normalization, activations
-other than tanh/sigmoid), with oneDNN's sgemm for every matrix product.
+"""rnnkit's own fused kernels (``lstm_kernel.c``; ``gru_kernel.c`` through ``fused_gru``) as
+``torch.autograd.Function``s: the cells oneDNN has no primitive for (LSTMs with ``cell_clip``,
+``proj_clip`` or layer normalization, and LSTMs, GRUs and vanilla RNNs with activations other
+than oneDNN's), with oneDNN's sgemm for every matrix product.
 
 A whole sequence is one call forward and one backward: the input projection of all steps is
 one matrix product, each step one recurrent product and one pass over the gates; backward runs
@@ -21,18 +22,17 @@ from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
+from rnnkit.fast.fused_gru import run_gru
 from rnnkit.fast.library import OneDNNError
 
 
 def unmet(p: Canonical) -> list[str]:
     """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device and masks are
     the dispatch's to check."""
-    if p.kind not in ("lstm", "layer_norm_lstm"):
-        return [f"the fused kernel serves LSTMs, not {p.kind}"]
     out = []
     for what, fn in (("activation", p.activation), ("recurrent_activation",
                                                     p.recurrent_activation)):
-        if name_of(fn) not in compiled.ACTIVATIONS:
+        if fn is not None and name_of(fn) not in compiled.ACTIVATIONS:
             out.append(f"{what} is {name_of(fn)} (the fused kernel has "
                        f"{', '.join(compiled.ACTIVATIONS)})")
     if getattr(p, "h_mask", None) is not None:
@@ -139,42 +139,52 @@ def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor,
     return order, lens, t_idx, b_idx
 
 
-def run_fused(p: Canonical, x: torch.Tensor, state: LSTMStateTuple,
-              lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, LSTMStateTuple]:
-    """Run the LSTM ``p`` over time-major ``x`` ``[T, B, depth]`` from ``state`` on the fused
-    kernel; the caller (``rnnkit.fast.dispatch``) has checked eligibility.
-
-    Args:
-        p: the cell's ``Canonical`` (``unmet(p)`` empty), float32 on the CPU.
-        x: inputs ``[T, B, depth]``.
-        state: ``LSTMStateTuple(c, h)``.
-        lengths: optional ``[B]`` lengths in ``[0, T]`` (TF1 semantics past them).
-
-    Returns:
-        ``(outputs [T, B, out], LSTMStateTuple(c, h))``.
-    """
-    steps, batch, depth = x.shape
-    c0, h0 = state.c, state.h
-    if lengths is None:
-        order, packed = None, x.reshape(steps * batch, depth)
-    else:
-        order, lengths, t_idx, b_idx = pack(lengths, steps)
-        packed = x[t_idx, b_idx]
-        h0, c0 = h0.index_select(0, order), c0.index_select(0, order)
+def _run_lstm(p: Canonical, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+              lengths: torch.Tensor | None, steps: int):
     peep = torch.stack(p.peepholes) if p.peepholes is not None else None
     gamma = beta = None
     if p.norms is not None:
         gamma = torch.stack([g for g, _ in p.norms[0]])
         beta = torch.stack([b for _, b in p.norms[0]])
     args = [t.contiguous() if t is not None else None
-            for t in (packed, h0, c0, p.W, p.U, p.b, peep, p.P, gamma, beta)]
-    cfg = _config(p, steps, batch, depth)
+            for t in (x, h0, c0, p.W, p.U, p.b, peep, p.P, gamma, beta)]
+    cfg = _config(p, steps, h0.shape[0], x.shape[1])
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        y, hT, cT = _Fused.apply(cfg, lengths, *args)
+        return _Fused.apply(cfg, lengths, *args)
+    return _forward(cfg, lengths, *args, None)
+
+
+def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None = None):
+    """Run ``p`` over time-major ``x`` ``[T, B, depth]`` from ``state`` on the fused kernels;
+    the caller (``rnnkit.fast.dispatch``) has checked eligibility.
+
+    Args:
+        p: the cell's ``Canonical`` (``unmet(p)`` empty), float32 on the CPU.
+        x: inputs ``[T, B, depth]``.
+        state: ``LSTMStateTuple(c, h)`` for LSTMs, else ``[B, H]``.
+        lengths: optional ``[B]`` lengths in ``[0, T]`` (TF1 semantics past them).
+
+    Returns:
+        ``(outputs [T, B, out], final_state)``, the state in the cell's structure.
+    """
+    steps, batch, depth = x.shape
+    lstm = p.kind in ("lstm", "layer_norm_lstm")
+    h0, c0 = (state.h, state.c) if lstm else (state, None)
+    if lengths is None:
+        order, packed = None, x.reshape(steps * batch, depth)
     else:
-        y, hT, cT = _forward(cfg, lengths, *args, None)
-    if order is None:
-        return y.view(steps, batch, -1), LSTMStateTuple(cT, hT)
-    out = y.new_zeros(steps, batch, y.shape[-1]).index_put((t_idx, b_idx), y)
-    inverse = torch.argsort(order)
-    return out, LSTMStateTuple(cT.index_select(0, inverse), hT.index_select(0, inverse))
+        order, lengths, t_idx, b_idx = pack(lengths, steps)
+        packed = x[t_idx, b_idx]
+        h0 = h0.index_select(0, order)
+        c0 = c0.index_select(0, order) if lstm else None
+    if lstm:
+        y, hT, cT = _run_lstm(p, packed, h0, c0, lengths, steps)
+    else:
+        (y, hT), cT = run_gru(p, packed, h0, lengths, steps), None
+    if order is not None:
+        y = y.new_zeros(steps, batch, y.shape[-1]).index_put((t_idx, b_idx), y)
+        inverse = torch.argsort(order)
+        hT = hT.index_select(0, inverse)
+        cT = cT.index_select(0, inverse) if lstm else None
+    y = y.view(steps, batch, -1)
+    return y, (LSTMStateTuple(cT, hT) if lstm else hT)

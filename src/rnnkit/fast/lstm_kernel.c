@@ -12,22 +12,11 @@
  * gradients included, costs the tokens, not T * B. The equations are
  * rnnkit/cells/equations.py's lstm and layer_norm_lstm.
  */
-#include <math.h>
-#include <omp.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "kernels.h"
 
-#define PARALLEL_MIN 4096  /* gate values per step below which the rows run on one thread */
+sgemm_fn rk_gemm;
 
-typedef int (*sgemm_fn)(char, char, int64_t, int64_t, int64_t, float, const float *, int64_t,
-                        const float *, int64_t, float, float *, int64_t);
-static sgemm_fn gemm;
-
-void rk_set_gemm(void *fn) { gemm = (sgemm_fn)fn; }
-
-enum { ACT_TANH, ACT_SIGMOID, ACT_RELU, ACT_LINEAR, ACT_HARD_SIGMOID, ACT_HARD_SIGMOID_K2,
-       ACT_SOFTSIGN };
+void rk_set_gemm(void *fn) { rk_gemm = (sgemm_fn)fn; }
 
 typedef struct {
     int64_t T, B, D, H, P;
@@ -45,62 +34,6 @@ typedef struct {               /* what the forward pass keeps for the backward p
     float *xhat;               /* [T, B, 5H] normalized values (layer norm only) */
     float *rstd;               /* [T, B, 5] (layer norm only) */
 } rk_saved;
-
-static inline float act_f(int id, float v) {
-    switch (id) {
-    case ACT_TANH: return tanhf(v);
-    case ACT_SIGMOID: return 1.0f / (1.0f + expf(-v));
-    case ACT_RELU: return v > 0.0f ? v : 0.0f;
-    case ACT_HARD_SIGMOID: return fminf(fmaxf(v + 3.0f, 0.0f), 6.0f) / 6.0f;
-    case ACT_HARD_SIGMOID_K2: return fminf(fmaxf(0.2f * v + 0.5f, 0.0f), 1.0f);
-    case ACT_SOFTSIGN: return v / (1.0f + fabsf(v));
-    default: return v;
-    }
-}
-
-/* The derivative at each of n outputs y of an activation, into d (a loop per activation, so
- * that each one vectorizes). */
-static void deriv_n(int id, const float *y, float *d, int64_t n) {
-    switch (id) {
-    case ACT_TANH: for (int64_t j = 0; j < n; j++) d[j] = 1.0f - y[j] * y[j]; break;
-    case ACT_SIGMOID: for (int64_t j = 0; j < n; j++) d[j] = y[j] * (1.0f - y[j]); break;
-    case ACT_RELU: for (int64_t j = 0; j < n; j++) d[j] = y[j] > 0.0f ? 1.0f : 0.0f; break;
-    case ACT_HARD_SIGMOID:
-        for (int64_t j = 0; j < n; j++) d[j] = (y[j] > 0.0f && y[j] < 1.0f) ? 1.0f / 6.0f : 0.0f;
-        break;
-    case ACT_HARD_SIGMOID_K2:
-        for (int64_t j = 0; j < n; j++) d[j] = (y[j] > 0.0f && y[j] < 1.0f) ? 0.2f : 0.0f;
-        break;
-    case ACT_SOFTSIGN:
-        for (int64_t j = 0; j < n; j++) { float a = 1.0f - fabsf(y[j]); d[j] = a * a; }
-        break;
-    default: for (int64_t j = 0; j < n; j++) d[j] = 1.0f;
-    }
-}
-
-static void act_n(int id, float *v, int64_t n) {
-    switch (id) {
-    case ACT_TANH: for (int64_t j = 0; j < n; j++) v[j] = tanhf(v[j]); break;
-    case ACT_SIGMOID: for (int64_t j = 0; j < n; j++) v[j] = 1.0f / (1.0f + expf(-v[j])); break;
-    case ACT_LINEAR: break;
-    default: for (int64_t j = 0; j < n; j++) v[j] = act_f(id, v[j]);
-    }
-}
-
-/* Rows per step and where each step's rows start: active[T], then off[T + 1] (off[T] = N).
- * NULL when out of memory. */
-static int64_t *plan_rows(const int64_t *lengths, int64_t B, int64_t T) {
-    int64_t *plan = malloc((2 * T + 1) * sizeof(int64_t));
-    if (!plan) return NULL;
-    int64_t *active = plan, *off = plan + T, a = B;
-    off[0] = 0;
-    for (int64_t t = 0; t < T; t++) {
-        if (lengths) while (a > 0 && lengths[a - 1] <= t) a--;
-        active[t] = a;
-        off[t + 1] = off[t] + a;
-    }
-    return plan;
-}
 
 /* y = (x - mean) * rstd * gamma + beta over n values; keeps xhat and rstd when asked. */
 static void norm(float *v, int64_t n, const float *gamma, const float *beta, float eps,
@@ -177,13 +110,13 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     const int64_t *active = plan, *off = plan + T;
     float *gates = s ? s->gates : scratch;
     float *c_run = scratch + (s ? 0 : off[T] * G), *m_run = c_run + B * H;
-    int st = gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
+    int st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     memcpy(c_run, c0, B * H * sizeof(float));
     for (int64_t t = 0; t < T && !st && active[t] > 0; t++) {
         const int64_t a = active[t], at = off[t];
         float *z = gates + at * G, *yt = y + at * P;
         const float *h_prev = t == 0 ? h0 : y + off[t - 1] * P;
-        if ((st = gemm('N', 'N', a, G, P, 1.0f, h_prev, P, U, G, 1.0f, z, G))) break;
+        if ((st = rk_gemm('N', 'N', a, G, P, 1.0f, h_prev, P, U, G, 1.0f, z, G))) break;
         float *m = k->proj ? (s ? s->m + at * H : m_run) : yt;
         #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
         for (int64_t r = 0; r < a; r++) {
@@ -199,7 +132,7 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
             if (s) memcpy(c_run + r * H, cn, H * sizeof(float));
         }
         if (k->proj) {
-            if ((st = gemm('N', 'N', a, P, H, 1.0f, m, H, Pw, P, 0.0f, yt, P))) break;
+            if ((st = rk_gemm('N', 'N', a, P, H, 1.0f, m, H, Pw, P, 0.0f, yt, P))) break;
             if (k->proj_clip > 0.0f) {
                 const float pc = k->proj_clip;
                 for (int64_t j = 0; j < a * P; j++) yt[j] = fminf(fmaxf(yt[j], -pc), pc);
@@ -303,7 +236,7 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
             const float *yt = y + at * P;
             for (int64_t j = 0; j < a * P; j++)
                 dp[j] = (k->proj_clip > 0.0f && !(fabsf(yt[j]) < k->proj_clip)) ? 0.0f : dh[j];
-            if ((st = gemm('N', 'N', a, H, P, 1.0f, dp, P, Pwt, H, 0.0f, dm_buf, H))) break;
+            if ((st = rk_gemm('N', 'N', a, H, P, 1.0f, dp, P, Pwt, H, 0.0f, dm_buf, H))) break;
             dm = dm_buf;
         }
         #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
@@ -316,12 +249,12 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
                          k->layer_norm ? s->rstd + row * 5 : NULL,
                          acc + (size_t)omp_get_thread_num() * ACC_SIZE(H));
         }
-        st = gemm('N', 'N', a, P, G, 1.0f, dz + at * G, G, Ut, P, 0.0f, dh, P);
+        st = rk_gemm('N', 'N', a, P, G, 1.0f, dz + at * G, G, Ut, P, 0.0f, dh, P);
     }
-    if (!st && dx) st = gemm('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
-    if (!st) st = gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
-    if (!st) st = gemm('T', 'N', P, G, N, 1.0f, h_in, P, dz, G, 0.0f, dU, G);
-    if (!st && k->proj) st = gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
+    if (!st && dx) st = rk_gemm('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
+    if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
+    if (!st) st = rk_gemm('T', 'N', P, G, N, 1.0f, h_in, P, dz, G, 0.0f, dU, G);
+    if (!st && k->proj) st = rk_gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
     if (!st) {  /* the threads' sums */
         struct { float *out; int64_t at, n; } sums[] = {
             {db, 0, 4 * H}, {dpeep, 4 * H, 3 * H}, {dgamma, 7 * H, 5 * H}, {dbeta, 12 * H, 5 * H}};

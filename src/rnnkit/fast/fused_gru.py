@@ -1,0 +1,90 @@
+"""The fused kernel's GRU (both reset variants) and vanilla RNN (``gru_kernel.c``) as a
+``torch.autograd.Function``, on a packed batch (see ``rnnkit.fast.fused``)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnkit.activations import name_of
+from rnnkit.cells.equations import Canonical
+from rnnkit.fast import compiled
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise compiled.OneDNNError(f"{what} failed with status {status}")
+
+
+def _forward(cfg: compiled.GRUConfig, lengths, x, h0, W, U, b, b_h, saved: dict | None):
+    N, B, H, G = x.shape[0], cfg.B, cfg.H, U.shape[1]
+    y, hT = x.new_empty(N, H), x.new_empty(B, H)
+    scratch = x.new_empty((0 if saved else N * G) + 4 * B * H)
+    status = compiled.kernels().rk_gru_forward(
+        ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, W, U, b, b_h, y, hT)),
+        ctypes.byref(compiled.GRUSaved(**{k: _ptr(v) for k, v in saved.items()}))
+        if saved else None, _ptr(scratch))
+    _check(status, "rk_gru_forward")
+    return y, hT
+
+
+class _FusedGRU(torch.autograd.Function):
+    """Forward (keeping what backward needs) and backward of one packed batch."""
+
+    @staticmethod
+    def forward(ctx, cfg: compiled.GRUConfig, lengths, x, h0, W, U, b, b_h):
+        N, H = x.shape[0], cfg.H
+        saved = {"gates": x.new_empty(N, U.shape[1]),
+                 "extra": x.new_empty(N, H) if cfg.gru else None}
+        y, hT = _forward(cfg, lengths, x, h0, W, U, b, b_h, saved)
+        ctx.cfg = cfg
+        ctx.save_for_backward(lengths, x, h0, W, U, b, b_h, y, saved["gates"], saved["extra"])
+        return y, hT
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dhT):
+        cfg = ctx.cfg
+        lengths, x, h0, W, U, b, b_h, y, gates, extra = ctx.saved_tensors
+        N, B, H, G = x.shape[0], cfg.B, cfg.H, U.shape[1]
+        dy = torch.zeros_like(y) if dy is None else dy.contiguous()
+        dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
+        dx = torch.empty_like(x) if ctx.needs_input_grad[2] else None
+        dW, dU = torch.empty_like(W), torch.empty_like(U)
+        db = torch.empty_like(b) if b is not None else None
+        db_h = torch.empty_like(b_h) if b_h is not None else None
+        scratch = x.new_empty(2 * N * G + N * H + B * H)
+        Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
+        saved = compiled.GRUSaved(gates=_ptr(gates), extra=_ptr(extra))
+        status = compiled.kernels().rk_gru_backward(
+            ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, W, Ut, y)), ctypes.byref(saved),
+            *map(_ptr, (dy, dh, dx, dW, dU, db, db_h, scratch)))
+        _check(status, "rk_gru_backward")
+        return None, None, dx, dh, dW, dU, db, db_h
+
+
+def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor | None,
+            steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GRU or vanilla RNN ``p`` over packed ``x`` ``[N, depth]`` (``lengths`` sorted
+    longest first, or None: ``N = steps * B``) from ``h0`` (sorted alike).
+
+    Returns:
+        ``(y [N, H], hT [B, H])``, packed and sorted as the inputs.
+    """
+    gru = p.kind == "gru"
+    cfg = compiled.GRUConfig(
+        T=steps, B=h0.shape[0], D=x.shape[1], H=h0.shape[1],
+        act=compiled.ACTIVATIONS[name_of(p.activation)],
+        ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)] if gru else 0,
+        gru=gru, reset_after=gru and p.reset_after)
+    b_h = p.b_h if gru and p.reset_after else None
+    args = [t.contiguous() if t is not None else None for t in (x, h0, p.W, p.U, p.b, b_h)]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        return _FusedGRU.apply(cfg, lengths, *args)
+    return _forward(cfg, lengths, *args, None)

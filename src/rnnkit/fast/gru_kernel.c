@@ -1,0 +1,188 @@
+/* rnnkit's own fused GRU (both reset variants) and vanilla RNN, for activations oneDNN lacks
+ * (hard_sigmoid gates of Keras 2 files, relu or softsign candidates...), forward and backward
+ * over a whole packed sequence in one call, as lstm_kernel.c (layouts, packing, sgemm).
+ *
+ * Layouts: W [D, G*H]; U [H, G*H]; b [G*H]; b_h [3H] (reset after only); gates in Keras order
+ * z, r, c (G = 3) or the one block h (vanilla RNN, G = 1); h [B, H]; x [N, D]; y [N, H].
+ * The equations are rnnkit/cells/equations.py's gru and simple_rnn.
+ */
+#include "kernels.h"
+
+typedef struct {
+    int64_t T, B, D, H;
+    int32_t act, ract;     /* activation ids of the candidate (or the RNN) and of the gates */
+    int32_t gru, reset_after;
+} rk_gru_cfg;
+
+typedef struct {           /* what the forward pass keeps for the backward pass */
+    float *gates;          /* [N, G*H] activated z, r, c (GRU) or pre-activation (unused, RNN) */
+    float *extra;          /* [N, H] reset after: h U_c + b_hc; reset before: r * h */
+} rk_gru_saved;
+
+static inline int64_t gates_of(const rk_gru_cfg *k) { return k->gru ? 3 * k->H : k->H; }
+
+/* Forward. s: buffers for backward (training), or NULL; scratch: [N*G*H] (gates, when s is NULL)
+ * + [B*3H] (h U of a step) + [B*H] (r * h of a step). Returns 0, a dnnl status or -1. */
+int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, const float *h0,
+                   const float *W, const float *U, const float *b, const float *b_h, float *y,
+                   float *hT, rk_gru_saved *s, float *scratch) {
+    const int64_t T = k->T, B = k->B, D = k->D, H = k->H, G = gates_of(k);
+    int64_t *plan = plan_rows(lengths, B, T);
+    if (!plan) return -1;
+    const int64_t *active = plan, *off = plan + T;
+    float *gates = s ? s->gates : scratch;
+    float *hu = scratch + (s ? 0 : off[T] * G), *rh_run = hu + B * 3 * H;
+    int st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
+    for (int64_t t = 0; t < T && !st && active[t] > 0; t++) {
+        const int64_t a = active[t], at = off[t];
+        float *z = gates + at * G, *yt = y + at * H;
+        const float *hp = t == 0 ? h0 : y + off[t - 1] * H;
+        if (!k->gru) {
+            if ((st = rk_gemm('N', 'N', a, H, H, 1.0f, hp, H, U, H, 1.0f, z, H))) break;
+            for (int64_t j = 0; j < a * H; j++) yt[j] = z[j] + (b ? b[j % H] : 0.0f);
+            act_n(k->act, yt, a * H);
+            continue;
+        }
+        if (k->reset_after) {
+            if ((st = rk_gemm('N', 'N', a, G, H, 1.0f, hp, H, U, G, 0.0f, hu, G))) break;
+        } else if ((st = rk_gemm('N', 'N', a, 2 * H, H, 1.0f, hp, H, U, G, 1.0f, z, G))) {
+            break;
+        }
+        float *rh = s && !k->reset_after ? s->extra + at * H : rh_run;
+        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
+        for (int64_t r = 0; r < a; r++) {
+            float *zr = z + r * G, *hur = hu + r * G;
+            const float *h = hp + r * H;
+            for (int64_t j = 0; j < G; j++) zr[j] += b ? b[j] : 0.0f;
+            if (k->reset_after) {
+                for (int64_t j = 0; j < G; j++) hur[j] += b_h ? b_h[j] : 0.0f;
+                for (int64_t j = 0; j < 2 * H; j++) zr[j] += hur[j];
+            }
+            act_n(k->ract, zr, 2 * H);
+            if (k->reset_after) {
+                for (int64_t j = 0; j < H; j++) zr[2 * H + j] += zr[H + j] * hur[2 * H + j];
+                if (s) memcpy(s->extra + (at + r) * H, hur + 2 * H, H * sizeof(float));
+            } else {
+                for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j];
+            }
+        }
+        if (!k->reset_after &&
+            (st = rk_gemm('N', 'N', a, H, H, 1.0f, rh, H, U + 2 * H, G, 1.0f, z + 2 * H, G)))
+            break;
+        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
+        for (int64_t r = 0; r < a; r++) {
+            float *zr = z + r * G, *c = zr + 2 * H;
+            const float *h = hp + r * H;
+            act_n(k->act, c, H);
+            for (int64_t j = 0; j < H; j++) yt[r * H + j] = zr[j] * h[j] + (1.0f - zr[j]) * c[j];
+        }
+    }
+    for (int64_t r = 0; r < B && !st; r++) {
+        const int64_t n = lengths ? lengths[r] : T;
+        memcpy(hT + r * H, n > 0 ? y + (off[n - 1] + r) * H : h0 + r * H, H * sizeof(float));
+    }
+    free(plan);
+    return st;
+}
+
+/* Backward, given Ut = U transposed [G*H, H]. dy [N, H]; dh [B, H] holds dhT on entry and dh0
+ * on exit; weight gradients are overwritten (db_h may be NULL: no recurrent bias); dx may be
+ * NULL. scratch: [N*G*H] (d of the input projection) + [N*G*H] (d of h U, reset after)
+ * + [N*H] (each step's previous h) + [B*H] (d of r * h, reset before). Returns 0, a dnnl
+ * status or -1. */
+int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, const float *h0,
+                    const float *W, const float *Ut, const float *y, const rk_gru_saved *s,
+                    const float *dy, float *dh, float *dx, float *dW, float *dU, float *db,
+                    float *db_h, float *scratch) {
+    const int64_t T = k->T, B = k->B, D = k->D, H = k->H, G = gates_of(k);
+    const int threads = omp_get_max_threads();
+    int64_t *plan = plan_rows(lengths, B, T);
+    float *acc = calloc((size_t)threads * 2 * G, sizeof(float));  /* per thread: db, db_h */
+    int st = (plan && acc) ? 0 : -1;
+    const int64_t *active = plan, *off = plan + T, N = plan ? off[T] : 0;
+    float *dxw = scratch, *dhu = dxw + N * G, *h_in = dhu + N * G, *drh = h_in + N * H;
+    float *dhu_or_dxw = k->reset_after ? dhu : dxw;  /* d of the recurrent products */
+    float *tmp = malloc((size_t)threads * 3 * H * sizeof(float));
+    if (!tmp) st = -1;
+    for (int64_t t = T - 1; t >= 0 && !st; t--) {
+        const int64_t a = active[t], at = off[t];
+        if (a == 0) continue;
+        const float *hp = t == 0 ? h0 : y + off[t - 1] * H, *yt = y + at * H;
+        memcpy(h_in + at * H, hp, a * H * sizeof(float));
+        for (int64_t j = 0; j < a * H; j++) dh[j] += dy[at * H + j];
+        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
+        for (int64_t r = 0; r < a; r++) {
+            const int64_t row = at + r;
+            const float *g = s->gates + row * G, *h = hp + r * H;
+            float *d = dh + r * H, *dg = dxw + row * G, *my = acc + (size_t)omp_get_thread_num() * 2 * G;
+            float *der = tmp + (size_t)omp_get_thread_num() * 3 * H;
+            if (!k->gru) {
+                deriv_n(k->act, yt + r * H, der, H);
+                for (int64_t j = 0; j < H; j++) { dg[j] = d[j] * der[j]; my[j] += dg[j]; }
+                continue;
+            }
+            const float *zg = g, *rg = g + H, *cg = g + 2 * H;
+            deriv_n(k->ract, g, der, 2 * H);
+            deriv_n(k->act, cg, der + 2 * H, H);
+            for (int64_t j = 0; j < H; j++) {
+                dg[j] = d[j] * (h[j] - cg[j]) * der[j];
+                dg[2 * H + j] = d[j] * (1.0f - zg[j]) * der[2 * H + j];
+                d[j] *= zg[j];
+            }
+            if (k->reset_after) {
+                const float *huc = s->extra + row * H;
+                float *du = dhu + row * G;
+                for (int64_t j = 0; j < H; j++) {
+                    dg[H + j] = dg[2 * H + j] * huc[j] * der[H + j];
+                    du[j] = dg[j];
+                    du[H + j] = dg[H + j];
+                    du[2 * H + j] = dg[2 * H + j] * rg[j];
+                }
+                for (int64_t j = 0; j < G; j++) { my[j] += dg[j]; my[G + j] += du[j]; }
+            }
+        }
+        if (!st && !k->reset_after && k->gru) {  /* d(r * h) = dc U_c^T, then dr and dh */
+            if ((st = rk_gemm('N', 'N', a, H, H, 1.0f, dxw + at * G + 2 * H, G, Ut + 2 * H * H, H,
+                              0.0f, drh, H)))
+                break;
+            #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
+            for (int64_t r = 0; r < a; r++) {
+                const int64_t row = at + r;
+                const float *rg = s->gates + row * G + H, *h = hp + r * H;
+                float *dg = dxw + row * G, *my = acc + (size_t)omp_get_thread_num() * 2 * G;
+                float *der = tmp + (size_t)omp_get_thread_num() * 3 * H;
+                deriv_n(k->ract, rg, der, H);
+                for (int64_t j = 0; j < H; j++) {
+                    dg[H + j] = drh[r * H + j] * h[j] * der[j];
+                    dh[r * H + j] += drh[r * H + j] * rg[j];
+                }
+                for (int64_t j = 0; j < G; j++) my[j] += dg[j];
+            }
+        }
+        const int64_t cols = (k->gru && !k->reset_after) ? 2 * H : G;  /* reset before: z, r */
+        if (!st) st = rk_gemm('N', 'N', a, H, cols, 1.0f, dhu_or_dxw + at * G, G, Ut, H,
+                              k->gru ? 1.0f : 0.0f, dh, H);
+    }
+    if (!st && dx) st = rk_gemm('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
+    if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dxw, G, 0.0f, dW, G);
+    if (!st && (k->reset_after || !k->gru))
+        st = rk_gemm('T', 'N', H, G, N, 1.0f, h_in, H, dhu_or_dxw, G, 0.0f, dU, G);
+    if (!st && k->gru && !k->reset_after) {  /* U_zr from h, U_c from r * h */
+        st = rk_gemm('T', 'N', H, 2 * H, N, 1.0f, h_in, H, dxw, G, 0.0f, dU, G);
+        if (!st) st = rk_gemm('T', 'N', H, H, N, 1.0f, s->extra, H, dxw + 2 * H, G, 0.0f,
+                              dU + 2 * H, G);
+    }
+    if (!st) {
+        if (db) memset(db, 0, G * sizeof(float));
+        if (db_h) memset(db_h, 0, G * sizeof(float));
+        for (int th = 0; th < threads; th++)
+            for (int64_t j = 0; j < G; j++) {
+                if (db) db[j] += acc[(size_t)th * 2 * G + j];
+                if (db_h) db_h[j] += acc[(size_t)th * 2 * G + G + j];
+            }
+    }
+    free(tmp);
+    free(acc);
+    free(plan);
+    return st;
+}

@@ -1,0 +1,86 @@
+/* What rnnkit's C kernels share (lstm_kernel.c, gru_kernel.c): oneDNN's sgemm, the
+ * activations by id (rnnkit/fast/compiled.py's ACTIVATIONS) and their derivatives, and the row
+ * plan of a packed variable-length batch (see lstm_kernel.c). */
+#ifndef RNNKIT_KERNELS_H
+#define RNNKIT_KERNELS_H
+
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 35)
+/* glibc's vector math (libmvec) has SIMD versions of these; saying so lets the loops below
+ * vectorize without -ffast-math (which would change the whole process's handling of
+ * subnormal floats when the library loads). */
+extern float expf(float) __attribute__((__simd__("notinbranch")));
+extern float tanhf(float) __attribute__((__simd__("notinbranch")));
+#endif
+
+#define PARALLEL_MIN 4096  /* gate values per step below which the rows run on one thread */
+
+typedef int (*sgemm_fn)(char, char, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                        const float *, int64_t, float, float *, int64_t);
+extern sgemm_fn rk_gemm;  /* set by rk_set_gemm (lstm_kernel.c) */
+
+enum { ACT_TANH, ACT_SIGMOID, ACT_RELU, ACT_LINEAR, ACT_HARD_SIGMOID, ACT_HARD_SIGMOID_K2,
+       ACT_SOFTSIGN };
+
+static inline float act_f(int id, float v) {
+    switch (id) {
+    case ACT_TANH: return tanhf(v);
+    case ACT_SIGMOID: return 1.0f / (1.0f + expf(-v));
+    case ACT_RELU: return v > 0.0f ? v : 0.0f;
+    case ACT_HARD_SIGMOID: return fminf(fmaxf(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+    case ACT_HARD_SIGMOID_K2: return fminf(fmaxf(0.2f * v + 0.5f, 0.0f), 1.0f);
+    case ACT_SOFTSIGN: return v / (1.0f + fabsf(v));
+    default: return v;
+    }
+}
+
+/* The derivative at each of n outputs y of an activation, into d (a loop per activation, so
+ * that each one vectorizes). */
+static inline void deriv_n(int id, const float *y, float *d, int64_t n) {
+    switch (id) {
+    case ACT_TANH: for (int64_t j = 0; j < n; j++) d[j] = 1.0f - y[j] * y[j]; break;
+    case ACT_SIGMOID: for (int64_t j = 0; j < n; j++) d[j] = y[j] * (1.0f - y[j]); break;
+    case ACT_RELU: for (int64_t j = 0; j < n; j++) d[j] = y[j] > 0.0f ? 1.0f : 0.0f; break;
+    case ACT_HARD_SIGMOID:
+        for (int64_t j = 0; j < n; j++) d[j] = (y[j] > 0.0f && y[j] < 1.0f) ? 1.0f / 6.0f : 0.0f;
+        break;
+    case ACT_HARD_SIGMOID_K2:
+        for (int64_t j = 0; j < n; j++) d[j] = (y[j] > 0.0f && y[j] < 1.0f) ? 0.2f : 0.0f;
+        break;
+    case ACT_SOFTSIGN:
+        for (int64_t j = 0; j < n; j++) { float a = 1.0f - fabsf(y[j]); d[j] = a * a; }
+        break;
+    default: for (int64_t j = 0; j < n; j++) d[j] = 1.0f;
+    }
+}
+
+static inline void act_n(int id, float *v, int64_t n) {
+    switch (id) {
+    case ACT_TANH: for (int64_t j = 0; j < n; j++) v[j] = tanhf(v[j]); break;
+    case ACT_SIGMOID: for (int64_t j = 0; j < n; j++) v[j] = 1.0f / (1.0f + expf(-v[j])); break;
+    case ACT_LINEAR: break;
+    default: for (int64_t j = 0; j < n; j++) v[j] = act_f(id, v[j]);
+    }
+}
+
+/* Rows per step and where each step's rows start: active[T], then off[T + 1] (off[T] = N).
+ * NULL when out of memory. */
+static inline int64_t *plan_rows(const int64_t *lengths, int64_t B, int64_t T) {
+    int64_t *plan = malloc((2 * T + 1) * sizeof(int64_t));
+    if (!plan) return NULL;
+    int64_t *active = plan, *off = plan + T, a = B;
+    off[0] = 0;
+    for (int64_t t = 0; t < T; t++) {
+        if (lengths) while (a > 0 && lengths[a - 1] <= t) a--;
+        active[t] = a;
+        off[t + 1] = off[t] + a;
+    }
+    return plan;
+}
+
+#endif
