@@ -188,8 +188,8 @@ def test_reference_runs_with_one_warning_where_onednn_cannot_load(monkeypatch):
 
 @pytest.fixture
 def without_fused_kernel(monkeypatch):
-    """LSTMs over variable lengths on oneDNN's segments (the fused kernel, which they would
-    otherwise take, reported missing)."""
+    """Variable lengths on oneDNN's segments (the fused kernel, which they would otherwise
+    take, reported missing)."""
     monkeypatch.setattr(compiled, "_state", {"error": "the fused kernel is off in this test"})
 
 
@@ -413,9 +413,10 @@ def test_weights_laid_out_once_follow_in_place_updates():
 
 
 @needs_onednn
-@pytest.mark.parametrize("name", ["basic_lstm", "lstm_peephole_proj"])
-def test_lstm_segments_on_onednn_where_the_fused_kernel_is_missing(name, monkeypatch,
-                                                                  without_fused_kernel):
+@pytest.mark.parametrize("name", ["basic_lstm", "lstm_peephole_proj", "gru_tf1",
+                                  "gru_reset_after", "rnn_relu"])
+def test_segments_on_onednn_where_the_fused_kernel_is_missing(name, monkeypatch,
+                                                              without_fused_kernel):
     cell = CELLS[name]()
     cell.ensure_built(4, torch.float32)
     _perturb(cell)
@@ -428,7 +429,7 @@ def test_lstm_segments_on_onednn_where_the_fused_kernel_is_missing(name, monkeyp
 
 
 @needs_onednn
-def test_variable_length_lstms_take_the_fused_kernel_and_say_why():
+def test_variable_lengths_take_the_fused_kernel_and_say_why():
     cell = rk.BasicLSTMCell(4, input_size=3)
     x = torch.randn(2, 5, 3)
     assert rk.fast.explain(cell, x).path == "onednn"
@@ -436,5 +437,5 @@ def test_variable_length_lstms_take_the_fused_kernel_and_say_why():
     wanted = "onednn" if compiled.load_error() else "fused"
     assert decision.path == wanted
     if wanted == "fused":
-        assert "runs faster packed on the fused kernel" in decision.explain()
-    assert rk.fast.explain(rk.GRUCell(4, input_size=3), x, [5, 2]).path == "onednn"
+        assert "variable lengths run faster packed on the fused kernel" in decision.explain()
+    assert rk.fast.explain(rk.GRUCell(4, input_size=3), x, [5, 2]).path == wanted

@@ -3,9 +3,9 @@
 Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (through
 torch on GPU; not built yet), ``fused`` (rnnkit's own C kernel, ``rnnkit.fast.fused``, for the
 cells neither has: LSTM clipping and layer norm, other activations), ``reference``
-(``rnnkit.unroll.scan``, always exact, always available). One exception, measured: an LSTM over
-a variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN's LSTM
-needs one call per distinct length. A fast path is an
+(``rnnkit.unroll.scan``, always exact, always available). One exception, measured: a
+variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN needs one
+call per segment of constant batch. A fast path is an
 optimization, never a second semantics: it must give the reference path's numbers.
 
 The switch has three values: ``"auto"`` takes the best eligible path and falls back quietly;
@@ -143,8 +143,8 @@ def _onednn_cell_unmet(p: Canonical) -> list[str]:
     return unmet
 
 
-_PACKED_LSTM = ("an LSTM over variable lengths runs faster packed on the fused kernel (oneDNN's "
-                "needs a call per distinct length)")
+_PACKED = ("variable lengths run faster packed on the fused kernel (oneDNN needs a call per "
+           "segment of constant batch)")
 
 
 def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
@@ -174,9 +174,8 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
             err = loader()
             if err:
                 reasons[path].append(err)
-    if params.kind == "lstm" and lengths is not None and not reasons["onednn"] \
-            and not reasons["fused"]:
-        reasons["onednn"].append(_PACKED_LSTM)  # measured faster (benchmarks/RESULTS.md)
+    if lengths is not None and not reasons["onednn"] and not reasons["fused"]:
+        reasons["onednn"].append(_PACKED)  # measured faster (benchmarks/RESULTS.md)
     path = next((name for name in ("onednn", "fused") if not reasons[name]), "reference")
     for name in ("onednn", "fused"):
         if name != path and not reasons[name]:
