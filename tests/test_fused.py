@@ -130,17 +130,14 @@ def test_reference_runs_with_one_warning_where_the_kernel_cannot_build(monkeypat
 @pytest.mark.parametrize("make", [
     lambda: rk.LSTMCell(64, use_peepholes=True, cell_clip=0.7, num_proj=48, proj_clip=0.4),
     lambda: rk.LayerNormLSTMCell(64),
-    lambda: rk.LSTMCell(50, use_peepholes=True, cell_clip=0.7),  # units split between threads
-    lambda: rk.BasicLSTMCell(64, activation="relu"),
     lambda: rk.GRUCell(96, activation="relu"),
     lambda: rk.GRUCell(96, reset_after=True, activation="softsign"),
     lambda: rk.BasicRNNCell(128, activation="hard_sigmoid"),
 ])
 def test_rows_split_across_threads_match_reference(make):
-    """Batches with at least 4096 gate values per step run their rows on several threads, and
-    LSTMs without projection or layer norm split their units between threads; the bias,
-    peephole and layer-norm gradients are then summed over the threads' parts. (Both float32
-    paths are within about 1e-6 of the largest gradient entry of a float64 run here.)"""
+    """Batches with at least 4096 gate values per step run their rows on several threads; the
+    bias, peephole and layer-norm gradients are then summed over the threads' parts. (Both
+    float32 paths are within about 1e-6 of the largest gradient entry of a float64 run here.)"""
     torch.manual_seed(0)
     cell = make()
     x = torch.randn(32, 5, 8, requires_grad=True)

@@ -1,5 +1,5 @@
-"""rnnkit's own C kernels (``lstm_kernel.c``, ``lstm_units.c``, ``gru_kernel.c``), compiled on
-first use and loaded with ctypes.
+"""rnnkit's own C kernels (``lstm_kernel.c``, ``gru_kernel.c``), compiled on first use and loaded
+with ctypes.
 
 The sources ship with the package; the first process that needs it runs the C compiler
 (``$CC``, else ``cc``/``gcc``) once and keeps the shared library in a cache directory
@@ -26,8 +26,7 @@ from pathlib import Path
 
 from rnnkit.fast.library import OneDNNError, library
 
-SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("lstm_kernel.c", "lstm_units.c", "gru_kernel.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("lstm_kernel.c", "gru_kernel.c"))
 HEADER = Path(__file__).with_name("kernels.h")
 # No -ffast-math: a library built with it resets the process's floating-point mode (subnormals
 # flushed to zero) when it loads; kernels.h names libmvec's SIMD functions instead.

@@ -83,35 +83,4 @@ static inline int64_t *plan_rows(const int64_t *lengths, int64_t B, int64_t T) {
     return plan;
 }
 
-/* The LSTM kernels' configuration and saved buffers (lstm_kernel.c, lstm_units.c). */
-typedef struct {
-    int64_t T, B, D, H, P;
-    int32_t act, ract;           /* activation ids of the candidate/cell and of the gates */
-    int32_t peephole, proj, layer_norm;
-    float cell_clip, proj_clip;  /* <= 0: no clipping */
-    float forget_bias, eps;      /* layer norm only (forget_bias is folded into b otherwise) */
-} rk_cfg;
-
-typedef struct {               /* what the forward pass keeps for the backward pass */
-    float *gates;              /* [T, B, 4H] activated i, f, g, o */
-    float *cells;              /* [T, B, H] new c */
-    float *act_c;              /* [T, B, H] act(c) */
-    float *m;                  /* [T, B, H] act(c) * o before projection (projection only) */
-    float *xhat;               /* [T, B, 5H] normalized values (layer norm only) */
-    float *rstd;               /* [T, B, 5] (layer norm only) */
-} rk_saved;
-
-/* Threads for the unit-sliced LSTM (lstm_units.c): >1 where it runs (no layer norm, no
- * projection, several threads, at least 16 units each). */
-int lstm_units_threads(const rk_cfg *k);
-int lstm_forward_units(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
-                       const float *c0, const float *W, const float *U, const float *b,
-                       const float *peep, float *y, float *hT, float *cT, rk_saved *s,
-                       float *scratch);
-int lstm_backward_units(const rk_cfg *k, const int64_t *lengths, const float *x,
-                        const float *h0, const float *c0, const float *W, const float *Ut,
-                        const float *peep, const float *y, const rk_saved *s, const float *dy,
-                        float *dh, float *dc, float *dx, float *dW, float *dU, float *db,
-                        float *dpeep, float *scratch);
-
 #endif

@@ -18,6 +18,23 @@ sgemm_fn rk_gemm;
 
 void rk_set_gemm(void *fn) { rk_gemm = (sgemm_fn)fn; }
 
+typedef struct {
+    int64_t T, B, D, H, P;
+    int32_t act, ract;           /* activation ids of the candidate/cell and of the gates */
+    int32_t peephole, proj, layer_norm;
+    float cell_clip, proj_clip;  /* <= 0: no clipping */
+    float forget_bias, eps;      /* layer norm only (forget_bias is folded into b otherwise) */
+} rk_cfg;
+
+typedef struct {               /* what the forward pass keeps for the backward pass */
+    float *gates;              /* [T, B, 4H] activated i, f, g, o */
+    float *cells;              /* [T, B, H] new c */
+    float *act_c;              /* [T, B, H] act(c) */
+    float *m;                  /* [T, B, H] act(c) * o before projection (projection only) */
+    float *xhat;               /* [T, B, 5H] normalized values (layer norm only) */
+    float *rstd;               /* [T, B, 5] (layer norm only) */
+} rk_saved;
+
 /* y = (x - mean) * rstd * gamma + beta over n values; keeps xhat and rstd when asked. */
 static void norm(float *v, int64_t n, const float *gamma, const float *beta, float eps,
                  float *xhat, float *rstd) {
@@ -87,8 +104,6 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
                     const float *c0, const float *W, const float *U, const float *b,
                     const float *peep, const float *Pw, const float *gamma, const float *beta,
                     float *y, float *hT, float *cT, rk_saved *s, float *scratch) {
-    if (lstm_units_threads(k) > 1)
-        return lstm_forward_units(k, lengths, x, h0, c0, W, U, b, peep, y, hT, cT, s, scratch);
     const int64_t T = k->T, B = k->B, D = k->D, H = k->H, P = k->P, G = 4 * H;
     int64_t *plan = plan_rows(lengths, B, T);
     if (!plan) return -1;
@@ -201,9 +216,6 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
                      const float *dy, float *dh, float *dc, float *dx, float *dW, float *dU,
                      float *db, float *dpeep, float *dPw, float *dgamma, float *dbeta,
                      float *scratch) {
-    if (lstm_units_threads(k) > 1)
-        return lstm_backward_units(k, lengths, x, h0, c0, W, Ut, peep, y, s, dy, dh, dc, dx, dW,
-                                   dU, db, dpeep, scratch);
     const int64_t T = k->T, B = k->B, D = k->D, H = k->H, P = k->P, G = 4 * H;
     const int threads = omp_get_max_threads();
     int64_t *plan = plan_rows(lengths, B, T);
