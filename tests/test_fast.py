@@ -26,6 +26,14 @@ needs_onednn = pytest.mark.skipif(onednn.load_error() is not None,
                                   reason=f"oneDNN does not load: {onednn.load_error()}")
 
 
+@pytest.fixture(autouse=True)
+def _onednn_for_small_cells(monkeypatch):
+    """These tests use cells of a few units, which the dispatch would give to the fused kernels
+    (faster there); here they exercise oneDNN's path."""
+    monkeypatch.setattr(dispatch, "SMALL_BATCH", 0)
+    monkeypatch.setattr(dispatch, "SMALL_UNITS", 0)
+
+
 def _skip_without_kernels(name: str) -> None:
     """The ``fused_`` cells have no fast path where rnnkit's C kernels do not build."""
     if name.startswith("fused_") and compiled.load_error() is not None:

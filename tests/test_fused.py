@@ -46,6 +46,7 @@ def test_swap_memory_chunks_match_reference(lengths):
 
 
 def test_multi_rnn_cell_mixes_fused_and_onednn_layers(monkeypatch):
+    monkeypatch.setattr(dispatch, "SMALL_UNITS", 0)  # a 5-unit GRU on oneDNN
     cell = rk.MultiRNNCell([rk.LSTMCell(6, cell_clip=0.5), rk.GRUCell(5)])
     x = torch.randn(3, 6, 4, requires_grad=True)
     cell.ensure_built(4, torch.float32)
@@ -108,7 +109,7 @@ def test_explain_names_fused_and_why_not_onednn():
     assert "not fused: activation is gelu" in str(rk.fast.explain(gelu, torch.randn(2, 5, 3)))
     assert fused.unmet(rk.GRUCell(4, input_size=3).canonical()) == []
     assert "not fused: can run it, but onednn comes first" in str(
-        rk.fast.explain(rk.GRUCell(4, input_size=3), torch.randn(2, 5, 3)))
+        rk.fast.explain(rk.GRUCell(80, input_size=3), torch.randn(2, 5, 3)))
 
 
 def test_reference_runs_with_one_warning_where_the_kernel_cannot_build(monkeypatch, tmp_path):
@@ -155,3 +156,15 @@ def test_loading_the_kernels_keeps_subnormal_floats():
     tiny = torch.tensor([1e-40], dtype=torch.float32)
     assert float((tiny * 1.0).item()) != 0.0
     assert float(torch.tensor([5e-310], dtype=torch.float64).mul(1.0).item()) != 0.0
+
+
+def test_small_batches_and_cells_take_the_fused_kernels_and_say_why():
+    x = torch.randn(2, 5, 3)
+    small = rk.LSTMCell(8, input_size=3)
+    decision = rk.fast.explain(small, x)
+    assert decision.path == "fused"
+    assert "at most 64 units: the fused kernels cost less per step" in decision.explain()
+    big = rk.GRUCell(80, input_size=3)
+    wanted = "onednn" if dispatch.onednn.load_error() is None else "fused"
+    assert rk.fast.explain(big, x).path == wanted
+    assert rk.fast.explain(big, x[:1]).path == "fused"  # batch 1

@@ -3,9 +3,10 @@
 Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (through
 torch on GPU; not built yet), ``fused`` (rnnkit's own C kernel, ``rnnkit.fast.fused``, for the
 cells neither has: LSTM clipping and layer norm, other activations), ``reference``
-(``rnnkit.unroll.scan``, always exact, always available). One exception, measured: a
+(``rnnkit.unroll.scan``, always exact, always available). Exceptions, measured: a
 variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN needs one
-call per segment of constant batch. A fast path is an
+call per segment of constant batch; so do batch 1 and cells of at most 64 units, where oneDNN
+3.2's primitives cost more per step. A fast path is an
 optimization, never a second semantics: it must give the reference path's numbers.
 
 The switch has three values: ``"auto"`` takes the best eligible path and falls back quietly;
@@ -143,6 +144,8 @@ def _onednn_cell_unmet(p: Canonical) -> list[str]:
     return unmet
 
 
+# Up to these (batch, or output units), the fused kernels beat oneDNN 3.2's primitives here.
+SMALL_BATCH, SMALL_UNITS = 1, 64
 _PACKED = ("variable lengths run faster packed on the fused kernel (oneDNN needs a call per "
            "segment of constant batch)")
 
@@ -174,8 +177,13 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
             err = loader()
             if err:
                 reasons[path].append(err)
-    if lengths is not None and not reasons["onednn"] and not reasons["fused"]:
-        reasons["onednn"].append(_PACKED)  # measured faster (benchmarks/RESULTS.md)
+    if not reasons["onednn"] and not reasons["fused"]:  # measured (benchmarks/RESULTS.md)
+        if lengths is not None:
+            reasons["onednn"].append(_PACKED)
+        elif inputs.shape[1] <= SMALL_BATCH or params.U.shape[0] <= SMALL_UNITS:
+            reasons["onednn"].append(f"batch of at most {SMALL_BATCH} or at most {SMALL_UNITS} "
+                                     "units: the fused kernels cost less per step than oneDNN's "
+                                     "primitives")
     path = next((name for name in ("onednn", "fused") if not reasons[name]), "reference")
     for name in ("onednn", "fused"):
         if name != path and not reasons[name]:
