@@ -121,7 +121,8 @@ def test_previous_output_masks_match_reference(name):
 
 
 @needs_onednn
-@pytest.mark.parametrize("name", ["gru_tf1", "lstm_peephole_proj", "fused_all_options"])
+@pytest.mark.parametrize("name", ["gru_tf1", "lstm_peephole_proj", "fused_all_options",
+                                  "fused_layer_norm", "fused_gru_after_softsign"])
 def test_inference_without_grad_matches_reference(name):
     _skip_without_kernels(name)
     cell = CELLS[name]()

@@ -11,6 +11,7 @@ from fast_checks import FUSED_CELLS, TOL
 from fast_checks import compare as _compare
 from fast_checks import decisions as _decisions
 from fast_checks import perturb as _perturb
+from torch.utils import _pytree as pytree
 
 import rnnkit as rk
 from rnnkit.fast import compiled, dispatch, fused
@@ -147,6 +148,11 @@ def test_rows_split_across_threads_match_reference(make):
     lengths = [5, 5, 4, 0, 3, 5, 1, 2] * 4
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=fast),
              [x, *cell.parameters()], scaled=True)
+    with torch.no_grad():  # inference keeps nothing for backward: its own buffers
+        for lens in (lengths, None):
+            fast, ref = (rk.dynamic_rnn(cell, x, sequence_length=lens, fast=f) for f in (True, False))
+            for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
+                torch.testing.assert_close(a, b, **TOL)
 
 
 def test_loading_the_kernels_keeps_subnormal_floats():

@@ -67,7 +67,8 @@ static void norm_back(float *dv, int64_t n, const float *gamma, const float *xha
 }
 
 /* One row of one step: pre-activation gates z [4H] (overwritten by the activated gates),
- * previous cell c_prev, new cell into c_new, act(c) into ac, act(c) * o into m. */
+ * previous cell c_prev, new cell into c_new, act(c) into ac, act(c) * o into m; xhat, rstd:
+ * the layer norms' values for backward, or NULL (inference). */
 static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c_new, float *ac,
                         float *m, const float *peep, const float *gamma, const float *beta,
                         float *xhat, float *rstd) {
@@ -75,7 +76,8 @@ static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c
     float *i = z, *f = z + H, *g = z + 2 * H, *o = z + 3 * H;
     if (k->layer_norm) {
         for (int q = 0; q < 4; q++)
-            norm(z + q * H, H, gamma + q * H, beta + q * H, k->eps, xhat + q * H, rstd + q);
+            norm(z + q * H, H, gamma + q * H, beta + q * H, k->eps, xhat ? xhat + q * H : NULL,
+                 rstd ? rstd + q : NULL);
         for (int64_t j = 0; j < H; j++) f[j] += k->forget_bias;
     }
     if (k->peephole)
@@ -84,7 +86,8 @@ static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c
     act_n(k->act, g, H);
     for (int64_t j = 0; j < H; j++) c_new[j] = f[j] * c_prev[j] + i[j] * g[j];
     if (k->layer_norm)
-        norm(c_new, H, gamma + 4 * H, beta + 4 * H, k->eps, xhat + 4 * H, rstd + 4);
+        norm(c_new, H, gamma + 4 * H, beta + 4 * H, k->eps, xhat ? xhat + 4 * H : NULL,
+             rstd ? rstd + 4 : NULL);
     if (k->cell_clip > 0.0f) {
         const float cc = k->cell_clip;
         for (int64_t j = 0; j < H; j++) c_new[j] = fminf(fmaxf(c_new[j], -cc), cc);
