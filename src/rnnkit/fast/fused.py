@@ -99,7 +99,7 @@ def _saved_struct(saved: dict) -> compiled.Saved:
 def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
     N, B, H, P = x.shape[0], cfg.B, cfg.H, cfg.P
     y, hT, cT = x.new_empty(N, P), x.new_empty(B, P), x.new_empty(B, H)
-    scratch = x.new_empty((0 if saved else N * 4 * H) + 2 * B * H)
+    scratch = x.new_empty((0 if saved else N * 4 * H) + 4 * B * H)
     status = compiled.kernels().rk_lstm_forward(
         ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y,
                                        hT, cT)),

@@ -27,13 +27,17 @@ extern sgemm_fn rk_gemm;  /* set by rk_set_gemm (lstm_kernel.c) */
 enum { ACT_TANH, ACT_SIGMOID, ACT_RELU, ACT_LINEAR, ACT_HARD_SIGMOID, ACT_HARD_SIGMOID_K2,
        ACT_SOFTSIGN };
 
+/* v clamped to [lo, hi]; NaN stays NaN (as torch.clamp), and unlike fminf/fmaxf it vectorizes
+ * without -ffinite-math-only. */
+static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
 static inline float act_f(int id, float v) {
     switch (id) {
     case ACT_TANH: return tanhf(v);
     case ACT_SIGMOID: return 1.0f / (1.0f + expf(-v));
     case ACT_RELU: return v > 0.0f ? v : 0.0f;
-    case ACT_HARD_SIGMOID: return fminf(fmaxf(v + 3.0f, 0.0f), 6.0f) / 6.0f;
-    case ACT_HARD_SIGMOID_K2: return fminf(fmaxf(0.2f * v + 0.5f, 0.0f), 1.0f);
+    case ACT_HARD_SIGMOID: return clampf(v + 3.0f, 0.0f, 6.0f) / 6.0f;
+    case ACT_HARD_SIGMOID_K2: return clampf(0.2f * v + 0.5f, 0.0f, 1.0f);
     case ACT_SOFTSIGN: return v / (1.0f + fabsf(v));
     default: return v;
     }

@@ -90,7 +90,7 @@ static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c
              rstd ? rstd + 4 : NULL);
     if (k->cell_clip > 0.0f) {
         const float cc = k->cell_clip;
-        for (int64_t j = 0; j < H; j++) c_new[j] = fminf(fmaxf(c_new[j], -cc), cc);
+        for (int64_t j = 0; j < H; j++) c_new[j] = clampf(c_new[j], -cc, cc);
     }
     if (k->peephole)
         for (int64_t j = 0; j < H; j++) o[j] += peep[2 * H + j] * c_new[j];
@@ -100,8 +100,49 @@ static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c
     for (int64_t j = 0; j < H; j++) m[j] = o[j] * ac[j];
 }
 
+/* The common LSTM (tanh, sigmoid gates, no layer norm) as one pass over the units, bias
+ * added here: the same equations as row_forward, without its separate passes. */
+static int standard(const rk_cfg *k) {
+    return k->act == ACT_TANH && k->ract == ACT_SIGMOID && !k->layer_norm;
+}
+
+/* Its loop, for constant flags (each combination compiles to its own branch-free loop). */
+static inline __attribute__((always_inline)) void forward_std_loop(
+        int64_t H, float *z, const float *restrict b, const float *restrict c_prev,
+        float *restrict c_new, float *restrict ac, float *restrict m,
+        const float *restrict peep, float cc, const int has_b, const int ph, const int clip) {
+    /* no two of these overlap (nor do the four gate blocks): saying so lets the loop vectorize */
+    float *restrict zi_p = z, *restrict zf_p = z + H, *restrict zg_p = z + 2 * H;
+    float *restrict zo_p = z + 3 * H;
+    for (int64_t j = 0; j < H; j++) {
+        float zi = zi_p[j], zf = zf_p[j], zg = zg_p[j], zo = zo_p[j];
+        if (has_b) { zi += b[j]; zf += b[H + j]; zg += b[2 * H + j]; zo += b[3 * H + j]; }
+        const float cp = c_prev[j];
+        if (ph) { zi += peep[j] * cp; zf += peep[H + j] * cp; }
+        const float i = 1.0f / (1.0f + expf(-zi)), f = 1.0f / (1.0f + expf(-zf)), g = tanhf(zg);
+        float c = f * cp + i * g;
+        if (clip) c = clampf(c, -cc, cc);
+        if (ph) zo += peep[2 * H + j] * c;
+        const float o = 1.0f / (1.0f + expf(-zo)), a = tanhf(c);
+        zi_p[j] = i; zf_p[j] = f; zg_p[j] = g; zo_p[j] = o;
+        c_new[j] = c; ac[j] = a; m[j] = o * a;
+    }
+}
+
+static void row_forward_std(const rk_cfg *k, float *z, const float *b, const float *c_prev,
+                            float *c_new, float *ac, float *m, const float *peep) {
+    const int64_t H = k->H;
+    const float cc = k->cell_clip;
+    const int flags = (b != NULL) | (k->peephole ? 2 : 0) | (cc > 0.0f ? 4 : 0);
+    switch (flags) {
+#define CASE(n) case n: forward_std_loop(H, z, b, c_prev, c_new, ac, m, peep, cc, n & 1, n & 2, n & 4); break;
+    CASE(0) CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7)
+#undef CASE
+    }
+}
+
 /* Forward over the sequence. s: buffers to keep for backward (training), or NULL; scratch:
- * [N*4H] (gates, when s is NULL) + [B*H] (c) + [B*H] (m). Returns 0, a dnnl status, or -1
+ * [N*4H] (gates, when s is NULL) + [B*H] (c) + 3 [B*H] (a step's c, act(c), m; inference). Returns 0, a dnnl status, or -1
  * (out of memory). */
 int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                     const float *c0, const float *W, const float *U, const float *b,
@@ -112,7 +153,9 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     if (!plan) return -1;
     const int64_t *active = plan, *off = plan + T;
     float *gates = s ? s->gates : scratch;
-    float *c_run = scratch + (s ? 0 : off[T] * G), *m_run = c_run + B * H;
+    /* inference: the new cells, act(c) and m of a step in buffers of their own (no aliasing) */
+    float *c_run = scratch + (s ? 0 : off[T] * G), *c_step = c_run + B * H;
+    float *ac_step = c_step + B * H, *m_step = ac_step + B * H;
     int st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     memcpy(c_run, c0, B * H * sizeof(float));
     for (int64_t t = 0; t < T && !st && active[t] > 0; t++) {
@@ -120,25 +163,29 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
         float *z = gates + at * G, *yt = y + at * P;
         const float *h_prev = t == 0 ? h0 : y + off[t - 1] * P;
         if ((st = rk_gemm('N', 'N', a, G, P, 1.0f, h_prev, P, U, G, 1.0f, z, G))) break;
-        float *m = k->proj ? (s ? s->m + at * H : m_run) : yt;
+        float *m = k->proj ? (s ? s->m + at * H : m_step) : yt;
         #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
         for (int64_t r = 0; r < a; r++) {
             const int64_t row = at + r;
             float *zr = z + r * G;
-            if (b) for (int64_t j = 0; j < G; j++) zr[j] += b[j];
             const float *cp = (s && t > 0) ? s->cells + (off[t - 1] + r) * H : c_run + r * H;
-            float *cn = s ? s->cells + row * H : c_run + r * H;
-            float *ac = s ? s->act_c + row * H : m_run + r * H;
-            row_forward(k, zr, cp, cn, ac, m + r * H, peep, gamma, beta,
-                        s && k->layer_norm ? s->xhat + row * 5 * H : NULL,
-                        s && k->layer_norm ? s->rstd + row * 5 : NULL);
-            if (s) memcpy(c_run + r * H, cn, H * sizeof(float));
+            float *cn = s ? s->cells + row * H : c_step + r * H;
+            float *ac = s ? s->act_c + row * H : ac_step + r * H;
+            if (standard(k)) {
+                row_forward_std(k, zr, b, cp, cn, ac, m + r * H, peep);
+            } else {
+                if (b) for (int64_t j = 0; j < G; j++) zr[j] += b[j];
+                row_forward(k, zr, cp, cn, ac, m + r * H, peep, gamma, beta,
+                            s && k->layer_norm ? s->xhat + row * 5 * H : NULL,
+                            s && k->layer_norm ? s->rstd + row * 5 : NULL);
+            }
+            memcpy(c_run + r * H, cn, H * sizeof(float));
         }
         if (k->proj) {
             if ((st = rk_gemm('N', 'N', a, P, H, 1.0f, m, H, Pw, P, 0.0f, yt, P))) break;
             if (k->proj_clip > 0.0f) {
                 const float pc = k->proj_clip;
-                for (int64_t j = 0; j < a * P; j++) yt[j] = fminf(fmaxf(yt[j], -pc), pc);
+                for (int64_t j = 0; j < a * P; j++) yt[j] = clampf(yt[j], -pc, pc);
             }
         }
     }
@@ -151,9 +198,9 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     return st;
 }
 
-/* A thread's sums over rows in backward: d of the bias [4H], peepholes [3H], layer-norm gains
- * and shifts [5H each], then [5H] of scratch. */
-#define ACC_SIZE(H) (22 * (H))
+/* A thread's sums over rows in backward: d of the peepholes [3H], layer-norm gains and shifts
+ * [5H each], then [5H] of scratch. (The bias's is one product at the end.) */
+#define ACC_SIZE(H) (18 * (H))
 
 /* Backward of one row of one step: dm (d(act(c) * o)) and dc (d of the new cell, carried in,
  * replaced by d of the previous cell) in; dz (d of the pre-activation gates) out; the sums
@@ -163,8 +210,7 @@ static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, 
                          const float *peep, const float *gamma, const float *xhat,
                          const float *rstd, float *acc) {
     const int64_t H = k->H;
-    float *db = acc, *dpeep = acc + 4 * H, *dgamma = acc + 7 * H, *dbeta = acc + 12 * H;
-    float *tmp = acc + 17 * H;
+    float *dpeep = acc, *dgamma = acc + 3 * H, *dbeta = acc + 8 * H, *tmp = acc + 13 * H;
     const float *si = gt, *sf = gt + H, *ga = gt + 2 * H, *so = gt + 3 * H;
     float *di = dz, *df = dz + H, *dg = dz + 2 * H, *dout = dz + 3 * H;
     float *d_gates = tmp, *d_ac = tmp + 4 * H;  /* derivatives of the activations */
@@ -204,7 +250,47 @@ static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, 
         for (int q = 0; q < 4; q++)
             norm_back(dz + q * H, H, gamma + q * H, xhat + q * H, rstd[q], dgamma + q * H,
                       dbeta + q * H);
-    for (int64_t j = 0; j < 4 * H; j++) db[j] += dz[j];
+}
+
+/* row_backward for the common LSTM (see standard) in one pass over the units. */
+static inline __attribute__((always_inline)) void backward_std_loop(
+        int64_t H, const float *restrict gt, const float *restrict c_prev,
+        const float *restrict cn, const float *restrict ac, const float *restrict dm,
+        float *restrict dc, float *dz, const float *restrict peep, float *acc, float cc,
+        const int ph, const int clip) {
+    /* no two of these overlap: saying so lets the loop vectorize */
+    float *restrict dzi = dz, *restrict dzf = dz + H, *restrict dzg = dz + 2 * H;
+    float *restrict dzo = dz + 3 * H;
+    float *restrict dpi = acc, *restrict dpf = acc + H, *restrict dpo = acc + 2 * H;
+    for (int64_t j = 0; j < H; j++) {
+        const float si = gt[j], sf = gt[H + j], ga = gt[2 * H + j], so = gt[3 * H + j];
+        const float a = ac[j], c = cn[j], cp = c_prev[j];
+        const float dout = dm[j] * a * so * (1.0f - so);
+        float d = dc[j] + dm[j] * so * (1.0f - a * a);
+        if (ph) { d += dout * peep[2 * H + j]; dpo[j] += dout * c; }
+        if (clip) d = fabsf(c) < cc ? d : 0.0f;
+        const float di = d * ga * si * (1.0f - si), df = d * cp * sf * (1.0f - sf);
+        const float dg = d * si * (1.0f - ga * ga);
+        float dcp = d * sf;
+        if (ph) {
+            dcp += di * peep[j] + df * peep[H + j];
+            dpi[j] += di * cp;
+            dpf[j] += df * cp;
+        }
+        dc[j] = dcp;
+        dzi[j] = di; dzf[j] = df; dzg[j] = dg; dzo[j] = dout;
+    }
+}
+
+static void row_backward_std(const rk_cfg *k, const float *gt, const float *c_prev,
+                             const float *cn, const float *ac, const float *dm, float *dc,
+                             float *dz, const float *peep, float *acc) {
+    const float cc = k->cell_clip;
+    switch ((k->peephole ? 1 : 0) | (cc > 0.0f ? 2 : 0)) {
+#define CASE(n) case n: backward_std_loop(k->H, gt, c_prev, cn, ac, dm, dc, dz, peep, acc, cc, n & 1, n & 2); break;
+    CASE(0) CASE(1) CASE(2) CASE(3)
+#undef CASE
+    }
 }
 
 /* Backward over the sequence, given the recurrent matrices transposed (Ut [4H, P], Pwt [P, H]:
@@ -246,11 +332,16 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
         for (int64_t r = 0; r < a; r++) {
             const int64_t row = at + r;
             const float *cp = t == 0 ? c0 + r * H : s->cells + (off[t - 1] + r) * H;
-            row_backward(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
-                         dm + r * H, dc + r * H, dz + row * G, peep, gamma,
-                         k->layer_norm ? s->xhat + row * 5 * H : NULL,
-                         k->layer_norm ? s->rstd + row * 5 : NULL,
-                         acc + (size_t)omp_get_thread_num() * ACC_SIZE(H));
+            float *mine = acc + (size_t)omp_get_thread_num() * ACC_SIZE(H);
+            if (standard(k))
+                row_backward_std(k, s->gates + row * G, cp, s->cells + row * H,
+                                 s->act_c + row * H, dm + r * H, dc + r * H, dz + row * G, peep,
+                                 mine);
+            else
+                row_backward(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
+                             dm + r * H, dc + r * H, dz + row * G, peep, gamma,
+                             k->layer_norm ? s->xhat + row * 5 * H : NULL,
+                             k->layer_norm ? s->rstd + row * 5 : NULL, mine);
         }
         st = rk_gemm('N', 'N', a, P, G, 1.0f, dz + at * G, G, Ut, P, 0.0f, dh, P);
     }
@@ -258,9 +349,16 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
     if (!st) st = rk_gemm('T', 'N', P, G, N, 1.0f, h_in, P, dz, G, 0.0f, dU, G);
     if (!st && k->proj) st = rk_gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
+    if (!st && db) {  /* the column sums of dz: ones [1, N] times dz */
+        float *ones = malloc((N > 0 ? N : 1) * sizeof(float));
+        if (!ones) st = -1;
+        for (int64_t j = 0; j < N && ones; j++) ones[j] = 1.0f;
+        if (!st) st = rk_gemm('N', 'N', 1, G, N, 1.0f, ones, N, dz, G, 0.0f, db, G);
+        free(ones);
+    }
     if (!st) {  /* the threads' sums */
         struct { float *out; int64_t at, n; } sums[] = {
-            {db, 0, 4 * H}, {dpeep, 4 * H, 3 * H}, {dgamma, 7 * H, 5 * H}, {dbeta, 12 * H, 5 * H}};
+            {dpeep, 0, 3 * H}, {dgamma, 3 * H, 5 * H}, {dbeta, 8 * H, 5 * H}};
         for (size_t q = 0; q < sizeof(sums) / sizeof(sums[0]); q++) {
             if (!sums[q].out) continue;
             memset(sums[q].out, 0, sums[q].n * sizeof(float));
