@@ -35,34 +35,37 @@ typedef struct {               /* what the forward pass keeps for the backward p
     float *rstd;               /* [T, B, 5] (layer norm only) */
 } rk_saved;
 
-/* y = (x - mean) * rstd * gamma + beta over n values; keeps xhat and rstd when asked. */
-static void norm(float *v, int64_t n, const float *gamma, const float *beta, float eps,
-                 float *xhat, float *rstd) {
-    double s = 0.0, q = 0.0;
+/* y = (x - mean) * rstd * gamma + beta over n values; keeps xhat and rstd when asked. The sums
+ * are float, vectorized (omp simd reductions; the two-pass variance keeps them accurate). */
+static void norm(float *restrict v, int64_t n, const float *restrict gamma,
+                 const float *restrict beta, float eps, float *restrict xhat, float *rstd) {
+    float s = 0.0f, q = 0.0f;
+    #pragma omp simd reduction(+:s)
     for (int64_t j = 0; j < n; j++) s += v[j];
-    float mean = (float)(s / n);
-    for (int64_t j = 0; j < n; j++) { float d = v[j] - mean; q += (double)d * d; }
-    float r = 1.0f / sqrtf((float)(q / n) + eps);
-    for (int64_t j = 0; j < n; j++) {
-        float xh = (v[j] - mean) * r;
-        if (xhat) xhat[j] = xh;
-        v[j] = xh * gamma[j] + beta[j];
-    }
+    const float mean = s / n;
+    #pragma omp simd reduction(+:q)
+    for (int64_t j = 0; j < n; j++) { const float d = v[j] - mean; q += d * d; }
+    const float r = 1.0f / sqrtf(q / n + eps);
+    if (xhat)
+        for (int64_t j = 0; j < n; j++) xhat[j] = (v[j] - mean) * r;
+    for (int64_t j = 0; j < n; j++) v[j] = (v[j] - mean) * r * gamma[j] + beta[j];
     if (rstd) *rstd = r;
 }
 
 /* Gradient through norm: dv holds d(output) on entry and d(input) on exit. */
-static void norm_back(float *dv, int64_t n, const float *gamma, const float *xhat, float rstd,
-                      float *dgamma, float *dbeta) {
-    double s1 = 0.0, s2 = 0.0;
+static void norm_back(float *restrict dv, int64_t n, const float *restrict gamma,
+                      const float *restrict xhat, float rstd, float *restrict dgamma,
+                      float *restrict dbeta) {
+    float s1 = 0.0f, s2 = 0.0f;
+    #pragma omp simd reduction(+:s1, s2)
     for (int64_t j = 0; j < n; j++) {
-        float dx = dv[j] * gamma[j];
+        const float dx = dv[j] * gamma[j];
         dgamma[j] += dv[j] * xhat[j];
         dbeta[j] += dv[j];
         s1 += dx;
-        s2 += (double)dx * xhat[j];
+        s2 += dx * xhat[j];
     }
-    float m1 = (float)(s1 / n), m2 = (float)(s2 / n);
+    const float m1 = s1 / n, m2 = s2 / n;
     for (int64_t j = 0; j < n; j++) dv[j] = rstd * (dv[j] * gamma[j] - m1 - xhat[j] * m2);
 }
 
