@@ -159,6 +159,18 @@ def kernels() -> ctypes.CDLL:
         return lib
 
 
+def ptr(t) -> int | None:
+    """The address of a tensor's data for a kernel argument, or None (NULL) for no tensor; the
+    caller keeps the tensor alive until the call returns."""
+    return None if t is None else t.data_ptr()
+
+
+def check(status: int, what: str) -> None:
+    """Raise ``OneDNNError`` unless a kernel returned 0 (else a dnnl status, or -1: no memory)."""
+    if status != 0:
+        raise OneDNNError(f"{what} failed with status {status}")
+
+
 def load_error() -> str | None:
     """None if the kernel library loads, else one line saying why not."""
     try:

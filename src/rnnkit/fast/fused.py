@@ -23,7 +23,6 @@ from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 from rnnkit.fast.fused_gru import run_gru
-from rnnkit.fast.library import OneDNNError
 
 
 def unmet(p: Canonical) -> list[str]:
@@ -38,15 +37,6 @@ def unmet(p: Canonical) -> list[str]:
     if getattr(p, "h_mask", None) is not None:
         out.append("recurrent dropout (h_mask) between steps")
     return out
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def _check(status: int, what: str) -> None:
-    if status != 0:
-        raise OneDNNError(f"{what} failed with dnnl_status {status}")
 
 
 class _Fused(torch.autograd.Function):
@@ -85,15 +75,15 @@ class _Fused(torch.autograd.Function):
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
         Pwt = Pw.t().contiguous() if Pw is not None else None
         status = compiled.kernels().rk_lstm_backward(
-            ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, c0, W, Ut, peep, Pwt, gamma, y)),
+            ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, c0, W, Ut, peep, Pwt, gamma, y)),
             ctypes.byref(_saved_struct(saved)),
-            *map(_ptr, (dy, dh, dc, dx, dW, dU, db, dpeep, dPw, dgamma, dbeta, scratch)))
-        _check(status, "rk_lstm_backward")
+            *map(compiled.ptr, (dy, dh, dc, dx, dW, dU, db, dpeep, dPw, dgamma, dbeta, scratch)))
+        compiled.check(status, "rk_lstm_backward")
         return None, None, dx, dh, dc, dW, dU, db, dpeep, dPw, dgamma, dbeta
 
 
 def _saved_struct(saved: dict) -> compiled.Saved:
-    return compiled.Saved(**{k: _ptr(v) for k, v in saved.items()})
+    return compiled.Saved(**{k: compiled.ptr(v) for k, v in saved.items()})
 
 
 def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
@@ -101,10 +91,10 @@ def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
     y, hT, cT = x.new_empty(N, P), x.new_empty(B, P), x.new_empty(B, H)
     scratch = x.new_empty((0 if saved else N * 4 * H) + 4 * B * H)
     status = compiled.kernels().rk_lstm_forward(
-        ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y,
+        ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y,
                                        hT, cT)),
-        ctypes.byref(_saved_struct(saved)) if saved else None, _ptr(scratch))
-    _check(status, "rk_lstm_forward")
+        ctypes.byref(_saved_struct(saved)) if saved else None, compiled.ptr(scratch))
+    compiled.check(status, "rk_lstm_forward")
     return y, hT, cT
 
 

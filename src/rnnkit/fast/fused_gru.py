@@ -13,24 +13,15 @@ from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def _check(status: int, what: str) -> None:
-    if status != 0:
-        raise compiled.OneDNNError(f"{what} failed with status {status}")
-
-
 def _forward(cfg: compiled.GRUConfig, lengths, x, h0, W, U, b, b_h, saved: dict | None):
     N, B, H, G = x.shape[0], cfg.B, cfg.H, U.shape[1]
     y, hT = x.new_empty(N, H), x.new_empty(B, H)
     scratch = x.new_empty((0 if saved else N * G) + 4 * B * H)
     status = compiled.kernels().rk_gru_forward(
-        ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, W, U, b, b_h, y, hT)),
-        ctypes.byref(compiled.GRUSaved(**{k: _ptr(v) for k, v in saved.items()}))
-        if saved else None, _ptr(scratch))
-    _check(status, "rk_gru_forward")
+        ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, U, b, b_h, y, hT)),
+        ctypes.byref(compiled.GRUSaved(**{k: compiled.ptr(v) for k, v in saved.items()}))
+        if saved else None, compiled.ptr(scratch))
+    compiled.check(status, "rk_gru_forward")
     return y, hT
 
 
@@ -61,11 +52,11 @@ class _FusedGRU(torch.autograd.Function):
         db_h = torch.empty_like(b_h) if b_h is not None else None
         scratch = x.new_empty(2 * N * G + N * H + B * H)
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
-        saved = compiled.GRUSaved(gates=_ptr(gates), extra=_ptr(extra))
+        saved = compiled.GRUSaved(gates=compiled.ptr(gates), extra=compiled.ptr(extra))
         status = compiled.kernels().rk_gru_backward(
-            ctypes.byref(cfg), *map(_ptr, (lengths, x, h0, W, Ut, y)), ctypes.byref(saved),
-            *map(_ptr, (dy, dh, dx, dW, dU, db, db_h, scratch)))
-        _check(status, "rk_gru_backward")
+            ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, Ut, y)), ctypes.byref(saved),
+            *map(compiled.ptr, (dy, dh, dx, dW, dU, db, db_h, scratch)))
+        compiled.check(status, "rk_gru_backward")
         return None, None, dx, dh, dW, dU, db, db_h
 
 
