@@ -85,6 +85,32 @@ int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, 
     return st;
 }
 
+/* A GRU row's d(z) and d(c) pre-activations from d(h') (d, replaced by its z * h' part), the
+ * activations and their derivatives. Separate, non-overlapping arrays, so the loop vectorizes. */
+static void back_zc(int64_t H, const float *restrict z, const float *restrict c,
+                    const float *restrict h, const float *restrict der_z,
+                    const float *restrict der_c, float *restrict d, float *restrict dz,
+                    float *restrict dc) {
+    for (int64_t j = 0; j < H; j++) {
+        dz[j] = d[j] * (h[j] - c[j]) * der_z[j];
+        dc[j] = d[j] * (1.0f - z[j]) * der_c[j];
+        d[j] *= z[j];
+    }
+}
+
+/* Reset after: d(r) from d(c) and h U_c + b_hc, and the gradient of h U + b_h (du*). */
+static void back_r_after(int64_t H, const float *restrict huc, const float *restrict r,
+                         const float *restrict der_r, const float *restrict dz,
+                         const float *restrict dc, float *restrict dr, float *restrict duz,
+                         float *restrict dur, float *restrict duc) {
+    for (int64_t j = 0; j < H; j++) {
+        dr[j] = dc[j] * huc[j] * der_r[j];
+        duz[j] = dz[j];
+        dur[j] = dr[j];
+        duc[j] = dc[j] * r[j];
+    }
+}
+
 /* Backward, given Ut = U transposed [G*H, H]. dy [N, H]; dh [B, H] holds dhT on entry and dh0
  * on exit; weight gradients are overwritten (db_h may be NULL: no recurrent bias); dx may be
  * NULL. scratch: [N*G*H] (d of the input projection) + [N*G*H] (d of h U, reset after)
@@ -124,20 +150,11 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
             const float *zg = g, *rg = g + H, *cg = g + 2 * H;
             deriv_n(k->ract, g, der, 2 * H);
             deriv_n(k->act, cg, der + 2 * H, H);
-            for (int64_t j = 0; j < H; j++) {
-                dg[j] = d[j] * (h[j] - cg[j]) * der[j];
-                dg[2 * H + j] = d[j] * (1.0f - zg[j]) * der[2 * H + j];
-                d[j] *= zg[j];
-            }
+            back_zc(H, zg, cg, h, der, der + 2 * H, d, dg, dg + 2 * H);
             if (k->reset_after) {
-                const float *huc = s->extra + row * H;
                 float *du = dhu + row * G;
-                for (int64_t j = 0; j < H; j++) {
-                    dg[H + j] = dg[2 * H + j] * huc[j] * der[H + j];
-                    du[j] = dg[j];
-                    du[H + j] = dg[H + j];
-                    du[2 * H + j] = dg[2 * H + j] * rg[j];
-                }
+                back_r_after(H, s->extra + row * H, rg, der + H, dg, dg + 2 * H, dg + H, du,
+                             du + H, du + 2 * H);
                 for (int64_t j = 0; j < G; j++) { my[j] += dg[j]; my[G + j] += du[j]; }
             }
         }
