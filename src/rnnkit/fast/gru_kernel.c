@@ -77,10 +77,7 @@ int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, 
             for (int64_t j = 0; j < H; j++) yt[r * H + j] = zr[j] * h[j] + (1.0f - zr[j]) * c[j];
         }
     }
-    for (int64_t r = 0; r < B && !st; r++) {
-        const int64_t n = lengths ? lengths[r] : T;
-        memcpy(hT + r * H, n > 0 ? y + (off[n - 1] + r) * H : h0 + r * H, H * sizeof(float));
-    }
+    if (!st) final_h(lengths, off, B, T, H, y, h0, hT);
     free(plan);
     return st;
 }
@@ -123,8 +120,7 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     const int64_t T = k->T, B = k->B, D = k->D, H = k->H, G = gates_of(k);
     const int threads = omp_get_max_threads();
     int64_t *plan = plan_rows(lengths, B, T);
-    float *acc = calloc((size_t)threads * 2 * G, sizeof(float));  /* per thread: db, db_h */
-    int st = (plan && acc) ? 0 : -1;
+    int st = plan ? 0 : -1;
     const int64_t *active = plan, *off = plan + T, N = plan ? off[T] : 0;
     float *dxw = scratch, *dhu = dxw + N * G, *h_in = dhu + N * G, *drh = h_in + N * H;
     float *dhu_or_dxw = k->reset_after ? dhu : dxw;  /* d of the recurrent products */
@@ -140,11 +136,11 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
         for (int64_t r = 0; r < a; r++) {
             const int64_t row = at + r;
             const float *g = s->gates + row * G, *h = hp + r * H;
-            float *d = dh + r * H, *dg = dxw + row * G, *my = acc + (size_t)omp_get_thread_num() * 2 * G;
+            float *d = dh + r * H, *dg = dxw + row * G;
             float *der = tmp + (size_t)omp_get_thread_num() * 3 * H;
             if (!k->gru) {
                 deriv_n(k->act, yt + r * H, der, H);
-                for (int64_t j = 0; j < H; j++) { dg[j] = d[j] * der[j]; my[j] += dg[j]; }
+                for (int64_t j = 0; j < H; j++) dg[j] = d[j] * der[j];
                 continue;
             }
             const float *zg = g, *rg = g + H, *cg = g + 2 * H;
@@ -155,7 +151,6 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
                 float *du = dhu + row * G;
                 back_r_after(H, s->extra + row * H, rg, der + H, dg, dg + 2 * H, dg + H, du,
                              du + H, du + 2 * H);
-                for (int64_t j = 0; j < G; j++) { my[j] += dg[j]; my[G + j] += du[j]; }
             }
         }
         if (!st && !k->reset_after && k->gru) {  /* d(r * h) = dc U_c^T, then dr and dh */
@@ -166,14 +161,13 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
             for (int64_t r = 0; r < a; r++) {
                 const int64_t row = at + r;
                 const float *rg = s->gates + row * G + H, *h = hp + r * H;
-                float *dg = dxw + row * G, *my = acc + (size_t)omp_get_thread_num() * 2 * G;
+                float *dg = dxw + row * G;
                 float *der = tmp + (size_t)omp_get_thread_num() * 3 * H;
                 deriv_n(k->ract, rg, der, H);
                 for (int64_t j = 0; j < H; j++) {
                     dg[H + j] = drh[r * H + j] * h[j] * der[j];
                     dh[r * H + j] += drh[r * H + j] * rg[j];
                 }
-                for (int64_t j = 0; j < G; j++) my[j] += dg[j];
             }
         }
         const int64_t cols = (k->gru && !k->reset_after) ? 2 * H : G;  /* reset before: z, r */
@@ -189,17 +183,9 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
         if (!st) st = rk_gemm('T', 'N', H, H, N, 1.0f, s->extra, H, dxw + 2 * H, G, 0.0f,
                               dU + 2 * H, G);
     }
-    if (!st) {
-        if (db) memset(db, 0, G * sizeof(float));
-        if (db_h) memset(db_h, 0, G * sizeof(float));
-        for (int th = 0; th < threads; th++)
-            for (int64_t j = 0; j < G; j++) {
-                if (db) db[j] += acc[(size_t)th * 2 * G + j];
-                if (db_h) db_h[j] += acc[(size_t)th * 2 * G + G + j];
-            }
-    }
+    if (!st && db) st = column_sums(dxw, N, G, db);
+    if (!st && db_h) st = column_sums(dhu, N, G, db_h);
     free(tmp);
-    free(acc);
     free(plan);
     return st;
 }

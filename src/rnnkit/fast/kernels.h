@@ -87,4 +87,27 @@ static inline int64_t *plan_rows(const int64_t *lengths, int64_t B, int64_t T) {
     return plan;
 }
 
+/* The final h of each sequence of a packed batch: its output (y [N, P]) at its last step, or
+ * h0 for length 0. */
+static inline void final_h(const int64_t *lengths, const int64_t *off, int64_t B, int64_t T,
+                           int64_t P, const float *y, const float *h0, float *hT) {
+    for (int64_t r = 0; r < B; r++) {
+        const int64_t n = lengths ? lengths[r] : T;
+        memcpy(hT + r * P, n > 0 ? y + (off[n - 1] + r) * P : h0 + r * P, P * sizeof(float));
+    }
+}
+
+/* out [G] = the column sums of m [N, G] (a bias's gradient from its gates'), as one product
+ * with a row of ones. Returns 0, a dnnl status or -1 (out of memory). */
+static inline int column_sums(const float *m, int64_t N, int64_t G, float *out) {
+    float *ones = malloc((N > 0 ? N : 1) * sizeof(float));
+    if (!ones) return -1;
+    for (int64_t j = 0; j < N; j++) ones[j] = 1.0f;
+    int st = 0;
+    if (N > 0) st = rk_gemm('N', 'N', 1, G, N, 1.0f, ones, N, m, G, 0.0f, out, G);
+    else memset(out, 0, G * sizeof(float));
+    free(ones);
+    return st;
+}
+
 #endif

@@ -192,10 +192,7 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
             }
         }
     }
-    for (int64_t r = 0; r < B && !st; r++) {
-        const int64_t n = lengths ? lengths[r] : T;
-        memcpy(hT + r * P, n > 0 ? y + (off[n - 1] + r) * P : h0 + r * P, P * sizeof(float));
-    }
+    if (!st) final_h(lengths, off, B, T, P, y, h0, hT);
     memcpy(cT, c_run, B * H * sizeof(float));
     free(plan);
     return st;
@@ -352,13 +349,7 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
     if (!st) st = rk_gemm('T', 'N', P, G, N, 1.0f, h_in, P, dz, G, 0.0f, dU, G);
     if (!st && k->proj) st = rk_gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
-    if (!st && db) {  /* the column sums of dz: ones [1, N] times dz */
-        float *ones = malloc((N > 0 ? N : 1) * sizeof(float));
-        if (!ones) st = -1;
-        for (int64_t j = 0; j < N && ones; j++) ones[j] = 1.0f;
-        if (!st) st = rk_gemm('N', 'N', 1, G, N, 1.0f, ones, N, dz, G, 0.0f, db, G);
-        free(ones);
-    }
+    if (!st && db) st = column_sums(dz, N, G, db);
     if (!st) {  /* the threads' sums */
         struct { float *out; int64_t at, n; } sums[] = {
             {dpeep, 0, 3 * H}, {dgamma, 3 * H, 5 * H}, {dbeta, 8 * H, 5 * H}};
