@@ -87,11 +87,13 @@ class Decision:
 
 def _common_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
                   own_step: bool) -> tuple[list[str], torch.Tensor | None, bool]:
-    """What every fast path needs (a ``Canonical`` step, float32 on the CPU, a mask without
-    holes), and the lengths (None: full length) and suffix flag of the mask."""
+    """What every fast path needs (a ``Canonical`` step without recurrent dropout, float32 on
+    the CPU, a mask without holes), and the lengths (None: full length) and suffix flag of the mask."""
     unmet = []
     if own_step:
         unmet.append("the cell has its own prepare_inputs/step (per-step work such as dropout)")
+    if getattr(p, "h_mask", None) is not None:
+        unmet.append("recurrent dropout (h_mask) between steps")
     tensors = [inputs, *pytree.tree_leaves(state), p.W, p.U, p.b, p.b_h, p.P,
                *(p.peepholes or ()), *pytree.tree_leaves(p.norms)]
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
@@ -139,8 +141,6 @@ def _onednn_cell_unmet(p: Canonical) -> list[str]:
             unmet.append(f"recurrent_activation is {rec} (oneDNN {p.kind} has sigmoid only)")
     if p.cell_clip is not None or p.proj_clip is not None:
         unmet.append("cell_clip/proj_clip set (oneDNN LSTM does not clip)")
-    if getattr(p, "h_mask", None) is not None:
-        unmet.append("recurrent dropout (h_mask) between steps")
     return unmet
 
 

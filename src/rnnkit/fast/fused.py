@@ -26,16 +26,14 @@ from rnnkit.fast.fused_gru import run_gru
 
 
 def unmet(p: Canonical) -> list[str]:
-    """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device and masks are
-    the dispatch's to check."""
+    """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device, masks and
+    recurrent dropout are the dispatch's to check."""
     out = []
     for what, fn in (("activation", p.activation), ("recurrent_activation",
                                                     p.recurrent_activation)):
         if fn is not None and name_of(fn) not in compiled.ACTIVATIONS:
             out.append(f"{what} is {name_of(fn)} (the fused kernel has "
                        f"{', '.join(compiled.ACTIVATIONS)})")
-    if getattr(p, "h_mask", None) is not None:
-        out.append("recurrent dropout (h_mask) between steps")
     return out
 
 
@@ -91,8 +89,8 @@ def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
     y, hT, cT = x.new_empty(N, P), x.new_empty(B, P), x.new_empty(B, H)
     scratch = x.new_empty((0 if saved else N * 4 * H) + 4 * B * H)
     status = compiled.kernels().rk_lstm_forward(
-        ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y,
-                                       hT, cT)),
+        ctypes.byref(cfg),
+        *map(compiled.ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y, hT, cT)),
         ctypes.byref(_saved_struct(saved)) if saved else None, compiled.ptr(scratch))
     compiled.check(status, "rk_lstm_forward")
     return y, hT, cT
