@@ -145,8 +145,8 @@ static void row_forward_std(const rk_cfg *k, float *z, const float *b, const flo
 }
 
 /* Forward over the sequence. s: buffers to keep for backward (training), or NULL; scratch:
- * [N*4H] (gates, when s is NULL) + [B*H] (c) + 3 [B*H] (a step's c, act(c), m; inference). Returns 0, a dnnl status, or -1
- * (out of memory). */
+ * [N*4H] (gates, when s is NULL) + [B*H] (c) + 3 [B*H] (a step's c, act(c), m; inference).
+ * Returns 0, a dnnl status, or -1 (out of memory). */
 int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                     const float *c0, const float *W, const float *U, const float *b,
                     const float *peep, const float *Pw, const float *gamma, const float *beta,
