@@ -317,7 +317,9 @@ def write_tf_checkpoint(path: str | os.PathLike, tensors: dict, *,
 
     Writes ``<path>.index``, ``<path>.data-00000-of-00001`` and the folder's ``checkpoint`` file
     (naming this checkpoint as the latest and only one), all atomically: if writing fails,
-    earlier files are intact.
+    earlier files are intact. Each file replaces its predecessor in one rename, the files one
+    after another: a process killed between those renames (microseconds) leaves an index that
+    does not describe the data, which readers report as a checksum mismatch, never as values.
 
     Args:
         path: the checkpoint prefix, e.g. ``"train/model.ckpt"`` (folders are created).
