@@ -148,6 +148,35 @@ def test_lstm_forget_bias_is_added_at_run_time_not_stored():
     torch.testing.assert_close(new.c, torch.full((1, 2), float(torch.sigmoid(torch.tensor(3.0)))))
 
 
+@pytest.mark.parametrize("make", [
+    lambda: rk.BasicLSTMCell(3, forget_bias=0.5, input_size=2),
+    lambda: rk.LSTMCell(3, use_peepholes=True, num_proj=2, input_size=2),
+    lambda: rk.LayerNormLSTMCell(3, input_size=2),
+])
+def test_tf1_lstm_unrolls_read_the_kernel_in_place(make):
+    """The unroll's weights are views of the TF1 kernel (its i, j, f, o blocks where they are);
+    canonical() is the same weights in Keras order i, f, g(j), o, with forget_bias on f."""
+    cell = make()
+    kernel, H = cell.get_parameter("kernel"), 3
+    with torch.no_grad():
+        kernel.copy_(torch.randn_like(kernel))
+    native, keras = cell.sequence_params(), cell.canonical()
+    assert native.gate_order == (0, 2, 1, 3) and keras.gate_order is None
+    assert native.W.data_ptr() == kernel.data_ptr() and native.U._base is kernel
+    for k, letter in enumerate("ifjo"):  # Keras block k holds TF1 gate `letter`
+        tf1 = "ijfo".index(letter)
+        torch.testing.assert_close(keras.W[:, k * H:(k + 1) * H], kernel[:2, tf1 * H:(tf1 + 1) * H])
+        torch.testing.assert_close(keras.U[:, k * H:(k + 1) * H], kernel[2:, tf1 * H:(tf1 + 1) * H])
+    if keras.b is not None:
+        expected = torch.zeros(4, H)
+        expected[1] = cell.forget_bias  # Keras block 1 is f
+        torch.testing.assert_close(keras.b, expected.flatten())
+    v = torch.randn(5, 4 * H)
+    keras_v = v.unflatten(-1, (4, H))[:, [0, 2, 1, 3]]
+    for a, b in zip(native.lstm_gates(v), keras_v.unbind(1), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_linear_rnn_with_ones_kernel_sums_inputs():
     """A linear BasicRNNCell with kernel [[1], [1]] and zero bias accumulates its inputs."""
     cell = rk.BasicRNNCell(1, activation="linear", input_size=1)

@@ -3,9 +3,14 @@
 Every cell (TF1 or Keras layout) reduces its weights to one canonical layout, ``Canonical``:
 ``W [depth, G*H]`` (inputs), ``U [H_out, G*H]`` (recurrent), ``b [G*H]`` (all biases that add
 before the nonlinearity; TF1's run-time ``forget_bias`` is folded in here), gate blocks in
-Keras order: SimpleRNN (h); GRU (z, r, c); LSTM (i, f, g, o). The input projection
-``x W + b`` is done for a whole sequence at once; the functions below are the recurrent rest.
-Fast paths consume the same ``Canonical``.
+Keras order (but see ``gate_order`` below): SimpleRNN (h); GRU (z, r, c); LSTM (i, f, g, o).
+The input projection ``x W + b`` is done for a whole sequence at once; the functions below
+are the recurrent rest. Fast paths consume the same ``Canonical``.
+
+An LSTM's blocks may also stay in the order its variables store them (``gate_order``: TF1's
+i, j, f, o kernels are then plain views, with nothing copied per unroll); the equations take
+their gates through ``lstm_gates``, the fused kernel reads the blocks where they are, and
+``in_keras_order`` makes the Keras-order copy for consumers that need it (oneDNN, exporters).
 
 Keras recurrent dropout multiplies ``h`` by a mask before the recurrent matmul (``h_mask``):
 one ``[B, H]`` mask for every gate (SimpleRNN), or ``[B, G, H]``, one per gate block (Keras
@@ -15,7 +20,7 @@ undropped ``h``. ``masked_matmul`` is that product, also used for Keras input dr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -41,6 +46,28 @@ class Canonical:
     norms: tuple | None = None  # layer-norm LSTM: ((gamma, beta) for i, f, g, o, c), eps
     forget_bias: float = 0.0  # only for layer_norm_lstm, where it cannot be folded into b
     h_mask: torch.Tensor | None = None  # recurrent dropout: [B, H] or [B, G, H], see above
+    gate_order: tuple[int, ...] | None = None  # LSTM: stored block of i, f, g, o; None: as is
+
+    def lstm_gates(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """An LSTM's gates i, f, g, o: the blocks of ``v``'s last dimension, laid out as ``W``'s
+        columns."""
+        parts = v.chunk(4, dim=-1)
+        return parts if self.gate_order is None else tuple(parts[k] for k in self.gate_order)
+
+    def in_keras_order(self) -> Canonical:
+        """This ``Canonical`` with ``W``, ``U`` and ``b`` in Keras gate order (itself if they
+        are; else one differentiable gather per matrix)."""
+        if self.gate_order is None:
+            return self
+        G = len(self.gate_order)
+        index = torch.tensor(self.gate_order, device=self.W.device)
+
+        def keras(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.unflatten(-1, (G, -1)).index_select(-2, index).flatten(-2)
+
+        return replace(self, W=keras(self.W), U=keras(self.U), b=keras(self.b), gate_order=None)
 
     def project(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x W + b`` over any leading dimensions; ``(x ⊙ mask) W + b`` with an input-dropout
@@ -106,7 +133,7 @@ def lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canonical
     c' = σ(f) ⊙ c + σ(i) ⊙ act(g), clipped to ±cell_clip,
     h' = σ(o) ⊙ act(c'), then projected h' P and clipped to ±proj_clip.
     """
-    i, f, g, o = masked_matmul(h, p.U, p.h_mask, xw).chunk(4, dim=-1)
+    i, f, g, o = p.lstm_gates(masked_matmul(h, p.U, p.h_mask, xw))
     sig = p.recurrent_activation
     if p.peepholes is not None:
         p_i, p_f, p_o = p.peepholes
@@ -137,7 +164,7 @@ def layer_norm_lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canon
     h' = act(c') ⊙ σ(o).
     """
     (ln_i, ln_f, ln_g, ln_o, ln_c), eps = p.norms
-    i, f, g, o = masked_matmul(h, p.U, p.h_mask, xw).chunk(4, dim=-1)
+    i, f, g, o = p.lstm_gates(masked_matmul(h, p.U, p.h_mask, xw))
     i, f, g, o = (_norm(v, *ln, eps) for v, ln in ((i, ln_i), (f, ln_f), (g, ln_g), (o, ln_o)))
     sig = p.recurrent_activation
     c_new = _norm(sig(f + p.forget_bias) * c + sig(i) * p.activation(g), *ln_c, eps)

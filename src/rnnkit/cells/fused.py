@@ -13,7 +13,8 @@ class FusedCell(RNNCell):
     """A cell described by ``canonical()``; subclasses only lay out and name their variables."""
 
     def canonical(self) -> eq.Canonical:
-        """This cell's weights as ``W, U, b`` in Keras gate order (views or small copies)."""
+        """This cell's weights as ``W, U, b`` in Keras gate order (views or small copies); the
+        unroll reads ``sequence_params()``, which may keep the variables' own gate order."""
         raise NotImplementedError
 
     def sequence_params(self) -> eq.Canonical:
@@ -45,9 +46,3 @@ def split_kernel(kernel: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.
     halves are views ``kernel[:depth]`` (W) and ``kernel[depth:]`` (U)."""
     return kernel[:depth], kernel[depth:]
 
-
-def blocks(t: torch.Tensor, order: list[int], n: int) -> torch.Tensor:
-    """Reorder the ``n``-wide gate blocks of the last dimension of ``t`` (a copy unless trivial)."""
-    if order == sorted(order):
-        return t
-    return torch.cat([t[..., k * n:(k + 1) * n] for k in order], dim=-1)

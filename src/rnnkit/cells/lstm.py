@@ -10,9 +10,9 @@ from rnnkit import activations
 from rnnkit import init as _init
 from rnnkit.cells import equations as eq
 from rnnkit.cells.base import LSTMStateTuple, check_units
-from rnnkit.cells.fused import FusedCell, blocks, split_kernel
+from rnnkit.cells.fused import FusedCell, split_kernel
 
-_TF1_TO_CANONICAL = [0, 2, 1, 3]  # i, j, f, o -> i, f, g(j), o
+TF1_GATE_ORDER = (0, 2, 1, 3)  # where i, f, g, o sit in a TF1 kernel's i, j, f, o
 
 
 def _check_tuple(state_is_tuple: bool) -> None:
@@ -35,14 +35,20 @@ class _TF1LSTMBase(FusedCell):
                 out[f"b_{g}"] = bias[k * H:(k + 1) * H]
         return out
 
-    def _canonical_wub(self, kernel: torch.Tensor, bias: torch.Tensor | None, fold_forget: bool):
-        H = self.num_units
+    def _stored(self, kernel: torch.Tensor, bias: torch.Tensor | None):
+        """``W, U, b`` as the kernel stores them (i, j, f, o): views, and the bias plus
+        ``forget_bias`` on its f block."""
         W, U = split_kernel(kernel, self.input_depth)
-        W, U = blocks(W, _TF1_TO_CANONICAL, H), blocks(U, _TF1_TO_CANONICAL, H)
-        if bias is None:
-            return W, U, None
-        b_i, b_j, b_f, b_o = bias.split(H)
-        return W, U, torch.cat([b_i, b_f + self.forget_bias if fold_forget else b_f, b_j, b_o])
+        if bias is not None and self.forget_bias != 0.0:
+            shift = bias.new_zeros(4, self.num_units)
+            shift[2] = self.forget_bias  # the f block
+            bias = bias + shift.flatten()
+        return W, U, bias
+
+    def canonical(self) -> eq.Canonical:
+        """``sequence_params()`` in Keras gate order (i, f, g, o): copies of the kernel's
+        blocks."""
+        return self.sequence_params().in_keras_order()
 
 
 class BasicLSTMCell(_TF1LSTMBase):
@@ -83,10 +89,10 @@ class BasicLSTMCell(_TF1LSTMBase):
         self.require_built("gates")
         return self._gate_views(self.get_parameter("kernel"), self.get_parameter("bias"))
 
-    def canonical(self) -> eq.Canonical:
-        W, U, b = self._canonical_wub(self.get_parameter("kernel"), self.get_parameter("bias"),
-                                      fold_forget=True)
-        return eq.Canonical("lstm", W, U, b, self.activation, torch.sigmoid)
+    def sequence_params(self) -> eq.Canonical:
+        W, U, b = self._stored(self.get_parameter("kernel"), self.get_parameter("bias"))
+        return eq.Canonical("lstm", W, U, b, self.activation, torch.sigmoid,
+                            gate_order=TF1_GATE_ORDER)
 
 
 class LSTMCell(_TF1LSTMBase):
@@ -156,14 +162,14 @@ class LSTMCell(_TF1LSTMBase):
             out["P"] = p("projection/kernel")
         return out
 
-    def canonical(self) -> eq.Canonical:
+    def sequence_params(self) -> eq.Canonical:
         p = self.get_parameter
-        W, U, b = self._canonical_wub(p("kernel"), p("bias"), fold_forget=True)
+        W, U, b = self._stored(p("kernel"), p("bias"))
         peep = (p("w_i_diag"), p("w_f_diag"), p("w_o_diag")) if self.use_peepholes else None
         return eq.Canonical("lstm", W, U, b, self.activation, torch.sigmoid, peepholes=peep,
                             cell_clip=self.cell_clip,
                             P=p("projection/kernel") if self.num_proj is not None else None,
-                            proj_clip=self.proj_clip)
+                            proj_clip=self.proj_clip, gate_order=TF1_GATE_ORDER)
 
 
 class LayerNormLSTMCell(_TF1LSTMBase):
@@ -224,12 +230,14 @@ class LayerNormLSTMCell(_TF1LSTMBase):
                 out[f"gamma_{letter}"], out[f"beta_{letter}"] = p(f"{scope}/gamma"), p(f"{scope}/beta")
         return out
 
-    def canonical(self) -> eq.Canonical:
+    def sequence_params(self) -> eq.Canonical:
         p = self.get_parameter
         if not self.layer_norm:
-            W, U, b = self._canonical_wub(p("kernel"), p("bias"), fold_forget=True)
-            return eq.Canonical("lstm", W, U, b, self.activation, torch.sigmoid)
-        W, U, _ = self._canonical_wub(p("kernel"), None, fold_forget=False)
+            W, U, b = self._stored(p("kernel"), p("bias"))
+            return eq.Canonical("lstm", W, U, b, self.activation, torch.sigmoid,
+                                gate_order=TF1_GATE_ORDER)
+        W, U, _ = self._stored(p("kernel"), None)
         norms = tuple((p(f"{s}/gamma"), p(f"{s}/beta")) for s in self._NORMS)
         return eq.Canonical("layer_norm_lstm", W, U, None, self.activation, torch.sigmoid,
-                            norms=(norms, self.EPSILON), forget_bias=self.forget_bias)
+                            norms=(norms, self.EPSILON), forget_bias=self.forget_bias,
+                            gate_order=TF1_GATE_ORDER)

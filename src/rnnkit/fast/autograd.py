@@ -11,7 +11,8 @@ cells reorder gate blocks) once per unroll, shared by every primitive that wants
 (the forward and backward of every segment). Variable-length batches run in
 ``rnnkit.fast.packed``.
 
-Gate orders match without reordering: ``Canonical`` keeps Keras order, which is oneDNN's
+Gate orders match once ``Canonical.in_keras_order()`` has run (a copy only for TF1 LSTM
+cells, whose unrolls keep the kernel's i, j, f, o): Keras order is oneDNN's
 (LSTM i, f, g(c~), o; GRU z(u), r, c(o)). ``lbr_gru`` takes four bias blocks
 ``(b_u, b_r, b_o, b_hc)``: the recurrent biases of z and r fold into the first two.
 Training workspaces come from a pool (``workspaces``), except under ``swap_memory``, where
@@ -107,6 +108,7 @@ class Weights:
     ``Canonical``; ``laid_out`` gives the matrices in a primitive's layouts."""
 
     def __init__(self, p: Canonical, pooled: bool = True):
+        p = p.in_keras_order()  # oneDNN's gate order (TF1 LSTM cells keep theirs until here)
         self.pooled = pooled  # training workspaces from the pool (False under swap_memory)
         self.cell = cell_kind(p)
         self.hidden = p.U.shape[1] // dnnl.GATES[self.cell]

@@ -47,7 +47,8 @@ class Config(ctypes.Structure):
                 ("peephole", ctypes.c_int32), ("proj", ctypes.c_int32),
                 ("layer_norm", ctypes.c_int32),
                 ("cell_clip", ctypes.c_float), ("proj_clip", ctypes.c_float),
-                ("forget_bias", ctypes.c_float), ("eps", ctypes.c_float)]
+                ("forget_bias", ctypes.c_float), ("eps", ctypes.c_float),
+                ("order", ctypes.c_int32 * 4)]
 
 
 class Saved(ctypes.Structure):

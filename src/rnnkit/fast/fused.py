@@ -105,7 +105,8 @@ def _config(p: Canonical, steps: int, batch: int, depth: int) -> compiled.Config
         ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)],
         peephole=p.peepholes is not None, proj=p.P is not None, layer_norm=p.norms is not None,
         cell_clip=p.cell_clip or 0.0, proj_clip=(p.proj_clip or 0.0) if p.P is not None else 0.0,
-        forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps)
+        forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps,
+        order=(ctypes.c_int32 * 4)(*(p.gate_order or range(4))))
 
 
 def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,

@@ -3,7 +3,8 @@
  * call. Compiled on first use by rnnkit/fast/compiled.py and loaded with ctypes; every matrix
  * product goes through oneDNN's dnnl_sgemm (row-major), whose address the loader passes in.
  *
- * Layouts (row-major, float32): W [D, 4H]; U [P, 4H]; b [4H]; gates in Keras order i, f, g, o;
+ * Layouts (row-major, float32): W [D, 4H]; U [P, 4H]; b [4H]; the gate blocks of i, f, g, o
+ * (Keras order) at blocks order[0..3] of these and of the gate buffers (TF1 kernels: 0, 2, 1, 3);
  * peepholes [3, H] (i, f, o); projection Pw [H, P]; layer norm gamma/beta [5, H] (i, f, g, o, c);
  * states h [B, P], c [B, H]. Sequences are packed: with lengths (sorted longest first), step t
  * runs the first active(t) sequences, and its rows of x [N, D], y [N, P] and of every per-step
@@ -24,7 +25,11 @@ typedef struct {
     int32_t peephole, proj, layer_norm;
     float cell_clip, proj_clip;  /* <= 0: no clipping */
     float forget_bias, eps;      /* layer norm only (forget_bias is folded into b otherwise) */
+    int32_t order[4];            /* the block of W's columns holding i, f, g, o */
 } rk_cfg;
+
+/* Where gate q (0..3: i, f, g, o) starts in a row of 4H gate values. */
+static inline int64_t at_gate(const rk_cfg *k, int q) { return k->order[q] * k->H; }
 
 typedef struct {               /* what the forward pass keeps for the backward pass */
     float *gates;              /* [T, B, 4H] activated i, f, g, o */
@@ -76,16 +81,18 @@ static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c
                         float *m, const float *peep, const float *gamma, const float *beta,
                         float *xhat, float *rstd) {
     const int64_t H = k->H;
-    float *i = z, *f = z + H, *g = z + 2 * H, *o = z + 3 * H;
+    float *i = z + at_gate(k, 0), *f = z + at_gate(k, 1), *g = z + at_gate(k, 2);
+    float *o = z + at_gate(k, 3);
     if (k->layer_norm) {
         for (int q = 0; q < 4; q++)
-            norm(z + q * H, H, gamma + q * H, beta + q * H, k->eps, xhat ? xhat + q * H : NULL,
-                 rstd ? rstd + q : NULL);
+            norm(z + at_gate(k, q), H, gamma + q * H, beta + q * H, k->eps,
+                 xhat ? xhat + q * H : NULL, rstd ? rstd + q : NULL);
         for (int64_t j = 0; j < H; j++) f[j] += k->forget_bias;
     }
     if (k->peephole)
         for (int64_t j = 0; j < H; j++) { i[j] += peep[j] * c_prev[j]; f[j] += peep[H + j] * c_prev[j]; }
-    act_n(k->ract, z, 2 * H);
+    act_n(k->ract, i, H);
+    act_n(k->ract, f, H);
     act_n(k->act, g, H);
     for (int64_t j = 0; j < H; j++) c_new[j] = f[j] * c_prev[j] + i[j] * g[j];
     if (k->layer_norm)
@@ -111,15 +118,20 @@ static int standard(const rk_cfg *k) {
 
 /* Its loop, for constant flags (each combination compiles to its own branch-free loop). */
 static inline __attribute__((always_inline)) void forward_std_loop(
-        int64_t H, float *z, const float *restrict b, const float *restrict c_prev,
+        const rk_cfg *k, float *z, const float *b, const float *restrict c_prev,
         float *restrict c_new, float *restrict ac, float *restrict m,
         const float *restrict peep, float cc, const int has_b, const int ph, const int clip) {
+    const int64_t H = k->H, oi = at_gate(k, 0), of = at_gate(k, 1), og = at_gate(k, 2);
+    const int64_t oo = at_gate(k, 3);
     /* no two of these overlap (nor do the four gate blocks): saying so lets the loop vectorize */
-    float *restrict zi_p = z, *restrict zf_p = z + H, *restrict zg_p = z + 2 * H;
-    float *restrict zo_p = z + 3 * H;
+    float *restrict zi_p = z + oi, *restrict zf_p = z + of, *restrict zg_p = z + og;
+    float *restrict zo_p = z + oo;
+    const float *restrict bi = has_b ? b + oi : NULL, *restrict bf = has_b ? b + of : NULL;
+    const float *restrict bg = has_b ? b + og : NULL, *restrict bo = has_b ? b + oo : NULL;
+    #pragma omp simd
     for (int64_t j = 0; j < H; j++) {
         float zi = zi_p[j], zf = zf_p[j], zg = zg_p[j], zo = zo_p[j];
-        if (has_b) { zi += b[j]; zf += b[H + j]; zg += b[2 * H + j]; zo += b[3 * H + j]; }
+        if (has_b) { zi += bi[j]; zf += bf[j]; zg += bg[j]; zo += bo[j]; }
         const float cp = c_prev[j];
         if (ph) { zi += peep[j] * cp; zf += peep[H + j] * cp; }
         const float i = 1.0f / (1.0f + expf(-zi)), f = 1.0f / (1.0f + expf(-zf)), g = tanhf(zg);
@@ -134,11 +146,10 @@ static inline __attribute__((always_inline)) void forward_std_loop(
 
 static void row_forward_std(const rk_cfg *k, float *z, const float *b, const float *c_prev,
                             float *c_new, float *ac, float *m, const float *peep) {
-    const int64_t H = k->H;
     const float cc = k->cell_clip;
     const int flags = (b != NULL) | (k->peephole ? 2 : 0) | (cc > 0.0f ? 4 : 0);
     switch (flags) {
-#define CASE(n) case n: forward_std_loop(H, z, b, c_prev, c_new, ac, m, peep, cc, n & 1, n & 2, n & 4); break;
+#define CASE(n) case n: forward_std_loop(k, z, b, c_prev, c_new, ac, m, peep, cc, n & 1, n & 2, n & 4); break;
     CASE(0) CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7)
 #undef CASE
     }
@@ -211,10 +222,13 @@ static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, 
                          const float *rstd, float *acc) {
     const int64_t H = k->H;
     float *dpeep = acc, *dgamma = acc + 3 * H, *dbeta = acc + 8 * H, *tmp = acc + 13 * H;
-    const float *si = gt, *sf = gt + H, *ga = gt + 2 * H, *so = gt + 3 * H;
-    float *di = dz, *df = dz + H, *dg = dz + 2 * H, *dout = dz + 3 * H;
-    float *d_gates = tmp, *d_ac = tmp + 4 * H;  /* derivatives of the activations */
-    deriv_n(k->ract, gt, d_gates, 2 * H);
+    const float *si = gt + at_gate(k, 0), *sf = gt + at_gate(k, 1), *ga = gt + at_gate(k, 2);
+    const float *so = gt + at_gate(k, 3);
+    float *di = dz + at_gate(k, 0), *df = dz + at_gate(k, 1), *dg = dz + at_gate(k, 2);
+    float *dout = dz + at_gate(k, 3);
+    float *d_gates = tmp, *d_ac = tmp + 4 * H;  /* derivatives of the activations, i f g o */
+    deriv_n(k->ract, si, d_gates, H);
+    deriv_n(k->ract, sf, d_gates + H, H);
     deriv_n(k->act, ga, d_gates + 2 * H, H);
     deriv_n(k->ract, so, d_gates + 3 * H, H);
     deriv_n(k->act, ac, d_ac, H);
@@ -248,22 +262,27 @@ static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, 
         }
     if (k->layer_norm)
         for (int q = 0; q < 4; q++)
-            norm_back(dz + q * H, H, gamma + q * H, xhat + q * H, rstd[q], dgamma + q * H,
-                      dbeta + q * H);
+            norm_back(dz + at_gate(k, q), H, gamma + q * H, xhat + q * H, rstd[q],
+                      dgamma + q * H, dbeta + q * H);
 }
 
 /* row_backward for the common LSTM (see standard) in one pass over the units. */
 static inline __attribute__((always_inline)) void backward_std_loop(
-        int64_t H, const float *restrict gt, const float *restrict c_prev,
+        const rk_cfg *k, const float *gt, const float *restrict c_prev,
         const float *restrict cn, const float *restrict ac, const float *restrict dm,
         float *restrict dc, float *dz, const float *restrict peep, float *acc, float cc,
         const int ph, const int clip) {
+    const int64_t H = k->H, oi = at_gate(k, 0), of = at_gate(k, 1), og = at_gate(k, 2);
+    const int64_t oo = at_gate(k, 3);
     /* no two of these overlap: saying so lets the loop vectorize */
-    float *restrict dzi = dz, *restrict dzf = dz + H, *restrict dzg = dz + 2 * H;
-    float *restrict dzo = dz + 3 * H;
+    const float *restrict gi = gt + oi, *restrict gf = gt + of, *restrict gg = gt + og;
+    const float *restrict go = gt + oo;
+    float *restrict dzi = dz + oi, *restrict dzf = dz + of, *restrict dzg = dz + og;
+    float *restrict dzo = dz + oo;
     float *restrict dpi = acc, *restrict dpf = acc + H, *restrict dpo = acc + 2 * H;
+    #pragma omp simd
     for (int64_t j = 0; j < H; j++) {
-        const float si = gt[j], sf = gt[H + j], ga = gt[2 * H + j], so = gt[3 * H + j];
+        const float si = gi[j], sf = gf[j], ga = gg[j], so = go[j];
         const float a = ac[j], c = cn[j], cp = c_prev[j];
         const float dout = dm[j] * a * so * (1.0f - so);
         float d = dc[j] + dm[j] * so * (1.0f - a * a);
@@ -287,7 +306,7 @@ static void row_backward_std(const rk_cfg *k, const float *gt, const float *c_pr
                              float *dz, const float *peep, float *acc) {
     const float cc = k->cell_clip;
     switch ((k->peephole ? 1 : 0) | (cc > 0.0f ? 2 : 0)) {
-#define CASE(n) case n: backward_std_loop(k->H, gt, c_prev, cn, ac, dm, dc, dz, peep, acc, cc, n & 1, n & 2); break;
+#define CASE(n) case n: backward_std_loop(k, gt, c_prev, cn, ac, dm, dc, dz, peep, acc, cc, n & 1, n & 2); break;
     CASE(0) CASE(1) CASE(2) CASE(3)
 #undef CASE
     }
