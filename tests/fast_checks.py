@@ -8,7 +8,7 @@ from torch.utils import _pytree as pytree
 
 import rnnkit as rk
 from rnnkit.fast import dispatch
-from rnnkit.unroll import map_state
+from rnnkit.unroll import length_mask, map_state
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -74,4 +74,26 @@ def decisions(monkeypatch) -> list[str]:
         return decision
 
     monkeypatch.setattr(dispatch, "decide", spy)
+    return seen
+
+
+def compare_masked_keras_layer(layer: str, go_backwards: bool, monkeypatch, **kwargs
+                               ) -> list[str]:
+    """``compare`` for Keras layer ``layer`` (5 units, sequences and states returned) under a
+    Keras mask of lengths 6, 1, 0, 4 (outputs past a length repeat the last one; with
+    ``go_backwards`` the valid steps are a suffix). Returns the paths the fast run took."""
+    torch.manual_seed(0)
+    made = getattr(rk.layers, layer)(5, return_sequences=True, return_state=True,
+                                     go_backwards=go_backwards, **kwargs)
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    mask = length_mask(torch.tensor([6, 1, 0, 4]), 6).T
+    made(x)
+    perturb(made)
+    seen = decisions(monkeypatch)
+
+    def run(fast):
+        made.fast = fast
+        return made(x, mask=mask)
+
+    compare(run, [x, *made.parameters()])
     return seen

@@ -171,7 +171,7 @@ def test_decisions_explain_each_path():
     text = str(rk.fast.explain(gru, x))
     first = "path: onednn" if onednn.load_error() is None else "path: reference"
     assert text.splitlines()[0] == first
-    assert "not cudnn: inputs are on cpu, not cuda" in text
+    assert "not cudnn: devices are cpu; cuda only" in text
     assert "not fused: can run it, but onednn comes first" in text
     holes = torch.tensor([[True, True], [False, True], [True, True]])
     p = gru.sequence_params()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fast_checks import FUSED_CELLS, TOL
+from fast_checks import FUSED_CELLS, TOL, compare_masked_keras_layer
 from fast_checks import compare as _compare
 from fast_checks import decisions as _decisions
 from fast_checks import perturb as _perturb
@@ -15,7 +15,6 @@ from torch.utils import _pytree as pytree
 
 import rnnkit as rk
 from rnnkit.fast import compiled, dispatch, fused
-from rnnkit.unroll import length_mask
 
 needs_kernel = pytest.mark.skipif(compiled.load_error() is not None,
                                   reason=f"the fused kernel does not load: {compiled.load_error()}")
@@ -69,22 +68,7 @@ def test_multi_rnn_cell_mixes_fused_and_onednn_layers(monkeypatch):
 def test_keras_layers_with_masks_match_reference(layer, kwargs, go_backwards, monkeypatch):
     """Keras masks (outputs past a length repeat the last one; with ``go_backwards`` the valid
     steps are a suffix) on the Keras activations oneDNN lacks."""
-    torch.manual_seed(0)
-    layer = getattr(rk.layers, layer)(5, return_sequences=True, return_state=True,
-                                      go_backwards=go_backwards, **kwargs)
-    x = torch.randn(4, 6, 3, requires_grad=True)
-    mask = length_mask(torch.tensor([6, 1, 0, 4]), 6).T
-    layer(x)
-    _perturb(layer)
-    seen = _decisions(monkeypatch)
-
-    def run(fast):
-        layer.fast = fast
-        return layer(x, mask=mask)
-
-    _compare(run, [x, *layer.parameters()])
-    assert seen == ["fused"]
-
+    assert compare_masked_keras_layer(layer, go_backwards, monkeypatch, **kwargs) == ["fused"]
 
 def test_input_without_grad_and_second_backward():
     cell = FUSED_CELLS["fused_proj_clip"]()

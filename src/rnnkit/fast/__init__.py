@@ -1,4 +1,5 @@
-"""Fast paths for the unroll: oneDNN's RNN primitives on CPU, chosen by one dispatch function.
+"""Fast paths for the unroll (oneDNN's RNN primitives and rnnkit's fused C kernels on CPU,
+torch's fused ops, cuDNN, on CUDA), chosen by one dispatch function.
 
 ``rnnkit.fast.explain(cell, inputs, ...)`` says which path an unroll would take and why not the
 others; ``fast_mode(fast)`` sets the ``"auto" | True | False`` switch for a block of code (the

@@ -1,8 +1,9 @@
 """The one place that decides which path runs an unroll, and can say why not the others.
 
-Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (through
-torch on GPU; not built yet), ``fused`` (rnnkit's own C kernel, ``rnnkit.fast.fused``, for the
-cells neither has: LSTM clipping and layer norm, other activations), ``reference``
+Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (torch's
+fused RNN ops, cuDNN on a CUDA device, ``rnnkit.fast.cudnn``), ``fused`` (rnnkit's own C kernel,
+``rnnkit.fast.fused``, on CPU for the cells oneDNN lacks: LSTM clipping and layer norm, other
+activations), ``reference``
 (``rnnkit.unroll.scan``, always exact, always available). Exceptions, measured: a
 variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN needs one
 call per segment of constant batch; so do batch 1 and cells of at most 64 units, where oneDNN
@@ -29,8 +30,9 @@ from torch.utils import _pytree as pytree
 
 from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
-from rnnkit.fast import compiled, fused, onednn
+from rnnkit.fast import compiled, cudnn, fused, onednn
 from rnnkit.fast.autograd import Weights, run
+from rnnkit.fast.cudnn import run_cudnn
 from rnnkit.fast.fused import run_fused
 from rnnkit.fast.packed import run_packed
 from rnnkit.fast.swap import run_chunked
@@ -85,24 +87,31 @@ class Decision:
         return self.explain()
 
 
+def _placement_unmet(p: Canonical, inputs: torch.Tensor, state, device: str,
+                     dtypes: tuple[str, ...]) -> list[str]:
+    """Why the tensors are not where a path runs: every one on ``device``, in one of ``dtypes``."""
+    tensors = [inputs, *pytree.tree_leaves(state), p.W, p.U, p.b, p.b_h, p.P,
+               *(p.peepholes or ()), *pytree.tree_leaves(p.norms)]
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    unmet = []
+    found = {str(t.dtype).removeprefix("torch.") for t in tensors}
+    if len(found) > 1 or not found <= set(dtypes):
+        unmet.append(f"dtypes are {', '.join(sorted(found))}; {' or '.join(dtypes)} only")
+    devices = {t.device.type for t in tensors}
+    if devices != {device}:
+        unmet.append(f"devices are {', '.join(sorted(devices))}; {device} only")
+    return unmet
+
+
 def _common_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
                   own_step: bool) -> tuple[list[str], torch.Tensor | None, bool]:
-    """What every fast path needs (a ``Canonical`` step without recurrent dropout, float32 on
-    the CPU, a mask without holes), and the lengths (None: full length) and suffix flag of the mask."""
+    """What every fast path needs (a ``Canonical`` step without recurrent dropout, a mask
+    without holes), and the lengths (None: full length) and suffix flag of the mask."""
     unmet = []
     if own_step:
         unmet.append("the cell has its own prepare_inputs/step (per-step work such as dropout)")
     if getattr(p, "h_mask", None) is not None:
         unmet.append("recurrent dropout (h_mask) between steps")
-    tensors = [inputs, *pytree.tree_leaves(state), p.W, p.U, p.b, p.b_h, p.P,
-               *(p.peepholes or ()), *pytree.tree_leaves(p.norms)]
-    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
-    dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors}
-    if dtypes != {"float32"}:
-        unmet.append(f"dtypes are {', '.join(sorted(dtypes))}; float32 only")
-    devices = {t.device.type for t in tensors}
-    if devices != {"cpu"}:
-        unmet.append(f"devices are {', '.join(sorted(devices))}; cpu only")
     if inputs.shape[1] == 0:
         unmet.append("batch is empty")
     if masked_output not in ("zero", "previous"):
@@ -166,11 +175,12 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         return Decision("reference", {"onednn": why, "cudnn": why, "fused": why})
     common, lengths, suffix = _common_unmet(params, inputs, state, mask, masked_output, chunk,
                                             own_step)
+    on_cpu = _placement_unmet(params, inputs, state, "cpu", ("float32",))
     reasons = {
-        "onednn": [*common, *_onednn_cell_unmet(params)],
-        "cudnn": ["not built yet" if inputs.device.type == "cuda" else
-                  f"inputs are on {inputs.device.type}, not cuda"],
-        "fused": [*common, *fused.unmet(params)],
+        "onednn": [*common, *on_cpu, *_onednn_cell_unmet(params)],
+        "cudnn": [*common, *_placement_unmet(params, inputs, state, cudnn.DEVICE, cudnn.DTYPES),
+                  *cudnn.unmet(params)],
+        "fused": [*common, *on_cpu, *fused.unmet(params)],
     }
     for path, loader in (("onednn", onednn.load_error), ("fused", compiled.load_error)):
         if not reasons[path]:
@@ -184,8 +194,9 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
             reasons["onednn"].append(f"batch of at most {SMALL_BATCH} or at most {SMALL_UNITS} "
                                      "units: the fused kernels cost less per step than oneDNN's "
                                      "primitives")
-    path = next((name for name in ("onednn", "fused") if not reasons[name]), "reference")
-    for name in ("onednn", "fused"):
+    path = next((name for name in ("onednn", "cudnn", "fused") if not reasons[name]),
+                "reference")
+    for name in ("onednn", "cudnn", "fused"):
         if name != path and not reasons[name]:
             reasons[name].append(f"can run it, but {path} comes first")
     return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
@@ -226,9 +237,11 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
                 break
         return None
     chunked = bool(chunk) and chunk < inputs.shape[0] and torch.is_grad_enabled()
-    if decision.path == "fused":
+    if decision.path in ("fused", "cudnn"):
+        runner = run_fused if decision.path == "fused" else run_cudnn
+
         def sequence(x, s, lengths, masked="zero"):
-            out, final = run_fused(params, x, s, lengths)
+            out, final = runner(params, x, s, lengths)
             if masked == "previous" and lengths is not None:
                 out = hold_last(out, lengths)
             return out, final

@@ -65,7 +65,7 @@ def plan(sorted_lens: list[int], merge: bool, waste: float = 0.125
 
 def hold_last(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Outputs past each length repeat the last valid one (zeros for length 0)."""
-    steps = torch.arange(out.shape[0])[:, None]
+    steps = torch.arange(out.shape[0], device=lengths.device)[:, None]
     lens = lengths[None, :]
     src = torch.where(steps < lens, steps, (lens - 1).clamp(min=0))
     held = out.gather(0, src[..., None].expand_as(out).to(out.device))

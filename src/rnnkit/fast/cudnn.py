@@ -1,0 +1,117 @@
+"""The ``cudnn`` path: torch's own fused RNN ops (``torch.lstm``, ``torch.gru``,
+``torch.rnn_tanh``, ``torch.rnn_relu``; cuDNN on a CUDA device) for the cells whose math they
+have.
+
+torch's cells are cuDNN's: an LSTM with sigmoid gates and tanh (optionally projected), a GRU
+with the reset applied after the recurrent product (Keras ``reset_after=True``; TF1's
+``GRUCell`` resets before it and is not one of them), a vanilla RNN with tanh or relu. Their
+weights are ``Canonical``'s transposed, gate blocks in torch's order (LSTM i, f, g, o, as
+Keras; GRU r, z, n where ``Canonical`` has z, r, c), so autograd carries the gradients back to
+the cell's variables through the transposes. A variable-length batch is packed
+(``torch.nn.utils.rnn``) with the same TF1 semantics as the other paths: outputs past a length
+are zero, the final state is the one at each sequence's length, and a sequence of length 0
+keeps its initial state.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from rnnkit.activations import name_of
+from rnnkit.cells.base import LSTMStateTuple
+from rnnkit.cells.equations import Canonical
+
+DEVICE = "cuda"  # where the dispatch takes this path (tests run it on "cpu", torch's own op)
+DTYPES = ("float32", "float64")
+_TORCH_GRU_ORDER = [1, 0, 2]  # torch's r, z, n from Canonical's z, r, c
+
+
+def unmet(p: Canonical) -> list[str]:
+    """What torch's fused RNN ops lack for ``p``'s math (empty when they have it)."""
+    act, rec = name_of(p.activation), p.recurrent_activation and name_of(p.recurrent_activation)
+    if p.kind == "layer_norm_lstm":
+        return ["layer normalization has no cuDNN cell"]
+    if p.kind == "rnn":
+        return [] if act in ("tanh", "relu") else [f"activation is {act} (cuDNN's RNN has tanh "
+                                                   "and relu)"]
+    out = []
+    if act != "tanh" or rec != "sigmoid":
+        out.append(f"activations are {act}/{rec} (cuDNN's {p.kind.upper()} has tanh/sigmoid)")
+    if p.kind == "gru" and not p.reset_after:
+        out.append("the GRU resets before the recurrent product (TF1 GRUCell); cuDNN's resets "
+                   "after it (reset_after=True)")
+    if p.peepholes is not None:
+        out.append("peepholes (cuDNN's LSTM has none)")
+    if p.cell_clip is not None or p.proj_clip is not None:
+        out.append("cell_clip/proj_clip set (cuDNN's LSTM does not clip)")
+    return out
+
+
+def _blocks(t: torch.Tensor | None, order: list[int]) -> torch.Tensor | None:
+    """``t``'s gate blocks (last dimension) in ``order``."""
+    if t is None:
+        return None
+    return t.unflatten(-1, (len(order), -1))[..., order, :].flatten(-2)
+
+
+def _weights(p: Canonical) -> list[torch.Tensor]:
+    """torch's flat weight list for one layer: ``w_ih, w_hh, b_ih, b_hh`` (then ``w_hr``)."""
+    p = p.in_keras_order()
+    W, U, b, b_h = p.W, p.U, p.b, p.b_h
+    if p.kind == "gru":
+        W, U, b, b_h = (_blocks(t, _TORCH_GRU_ORDER) for t in (W, U, b, b_h))
+    zeros = W.new_zeros(W.shape[1])
+    out = [W.t(), U.t(), zeros if b is None else b, zeros if b_h is None else b_h]
+    if p.P is not None:
+        out.append(p.P.t())
+    return out
+
+
+def run_cudnn(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None = None):
+    """Run ``p`` over time-major ``x`` ``[T, B, depth]`` from ``state`` on torch's fused op;
+    the caller (``rnnkit.fast.dispatch``) has checked eligibility.
+
+    Args:
+        p: the cell's ``Canonical`` (``unmet(p)`` empty).
+        x: inputs ``[T, B, depth]``.
+        state: ``LSTMStateTuple(c, h)`` for LSTMs, else ``[B, H]``.
+        lengths: optional ``[B]`` lengths in ``[0, T]`` (TF1 semantics past them).
+
+    Returns:
+        ``(outputs [T, B, out], final_state)``, the state in the cell's structure.
+    """
+    lstm = p.kind == "lstm"
+    op = {"lstm": torch.lstm, "gru": torch.gru}.get(p.kind)
+    if op is None:
+        op = torch.rnn_relu if name_of(p.activation) == "relu" else torch.rnn_tanh
+    weights = _weights(p)
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights))
+    h0, c0 = (state.h, state.c) if lstm else (state, None)
+    steps, batch = x.shape[:2]
+    with warnings.catch_warnings():
+        # the weights are views of the cell's variables, not one flat buffer (CUDA); torch's
+        # CPU op (tests) notes that its oneDNN has no projection
+        warnings.filterwarnings("ignore", message=".*(contiguous chunk of memory|not supported "
+                                "with oneDNN)")
+        if lengths is None:
+            hx = (h0[None], c0[None]) if lstm else h0[None]
+            y, *final = op(x, hx, weights, True, 1, 0.0, train, False, False)
+            hT, cT = final[0][0], (final[1][0] if lstm else None)
+        else:
+            live = torch.nonzero(lengths > 0).flatten().to(x.device)
+            packed = pack_padded_sequence(x.index_select(1, live), lengths[lengths > 0].cpu(),
+                                          enforce_sorted=False)
+            order = packed.sorted_indices
+            h_live = h0.index_select(0, live).index_select(0, order)[None]
+            hx = (h_live, c0.index_select(0, live).index_select(0, order)[None]) if lstm else h_live
+            data, *final = op(packed.data, packed.batch_sizes, hx, weights, True, 1, 0.0, train,
+                              False)
+            y_live, _ = pad_packed_sequence(packed._replace(data=data), total_length=steps)
+            y = y_live.new_zeros(steps, batch, y_live.shape[-1]).index_copy(1, live, y_live)
+            back = packed.unsorted_indices
+            hT = h0.index_copy(0, live, final[0][0].index_select(0, back))
+            cT = c0.index_copy(0, live, final[1][0].index_select(0, back)) if lstm else None
+    return y, (LSTMStateTuple(cT, hT) if lstm else hT)

@@ -1,0 +1,129 @@
+"""The ``cudnn`` path (``rnnkit.fast.cudnn``: torch's fused RNN ops, cuDNN on a GPU) against the
+reference loop: outputs, final states and gradients to 1e-5, over the cells it serves, lengths
+(zero included), directions, Keras masks and ``swap_memory``.
+
+There is no GPU here or in CI, so the path is run on torch's CPU implementation of the same ops
+(``cudnn.DEVICE = "cpu"``, oneDNN and the fused kernels switched off): that checks everything of
+ours (weight transposes and gate orders, packing, states, masks). The last test runs on a CUDA
+device where there is one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fast_checks import TOL, compare_masked_keras_layer
+from fast_checks import compare as _compare
+from fast_checks import decisions as _decisions
+from fast_checks import perturb as _perturb
+from fast_checks import random_state as _random_state
+
+import rnnkit as rk
+from rnnkit.fast import compiled, cudnn, onednn
+
+CELLS = {
+    "basic_lstm": lambda: rk.BasicLSTMCell(6, forget_bias=0.5),
+    "lstm_proj": lambda: rk.LSTMCell(6, num_proj=4),
+    "gru_reset_after": lambda: rk.GRUCell(6, reset_after=True),
+    "rnn_tanh": lambda: rk.BasicRNNCell(6),
+    "rnn_relu": lambda: rk.BasicRNNCell(6, activation="relu"),
+}
+LENGTHS = {"full": None, "varied": [5, 0, 7, 3, 7], "one_short": [7, 7, 6, 7, 7]}
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    """The cudnn path on torch's CPU ops, the only fast path eligible."""
+    monkeypatch.setattr(cudnn, "DEVICE", "cpu")
+    monkeypatch.setattr(onednn, "load_error", lambda: "oneDNN switched off for this test")
+    monkeypatch.setattr(compiled, "load_error", lambda: "kernels switched off for this test")
+    return _decisions(monkeypatch)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cells_match_reference(name, lengths, time_major, on_cpu):
+    cell = CELLS[name]()
+    x = torch.randn(*((7, 5) if time_major else (5, 7)), 4, requires_grad=True)
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    state = _random_state(cell, 5)
+    leaves = [t for t in torch.utils._pytree.tree_leaves(state)]
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=LENGTHS[lengths],
+                                         initial_state=state, time_major=time_major, fast=fast),
+             [x, *leaves, *cell.parameters()])
+    assert on_cpu == ["cudnn"]
+
+
+@pytest.mark.parametrize("name", ["basic_lstm", "gru_reset_after"])
+def test_float64_and_swap_memory(name, on_cpu):
+    cell = CELLS[name]()
+    x = torch.randn(5, 9, 4, dtype=torch.float64, requires_grad=True)
+    cell.ensure_built(4, torch.float64)
+    _perturb(cell)
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=[9, 2, 0, 5, 8], dtype=torch.float64,
+                                         swap_memory=True, fast=fast),
+             [x, *cell.parameters()])
+    assert set(on_cpu) == {"cudnn"}
+
+
+def test_bidirectional_and_multi_layer(on_cpu):
+    fw, bw = rk.MultiRNNCell([rk.BasicLSTMCell(5), rk.GRUCell(4, reset_after=True)]), \
+        rk.BasicLSTMCell(3)
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    lengths = [6, 1, 0, 4]
+    rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths, dtype=torch.float32)
+    _perturb(fw, bw)
+    _compare(lambda fast: rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths,
+                                                       dtype=torch.float32, fast=fast),
+             [x, *fw.parameters(), *bw.parameters()])
+    assert set(on_cpu) == {"cudnn"}
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("layer, kwargs", [
+    ("LSTM", {}), ("GRU", {}), ("SimpleRNN", {"activation": "relu"}),
+])
+def test_keras_layers_with_masks_match_reference(layer, kwargs, go_backwards, on_cpu,
+                                                 monkeypatch):
+    assert compare_masked_keras_layer(layer, go_backwards, monkeypatch, **kwargs) == ["cudnn"]
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda: rk.GRUCell(4), "resets before the recurrent product"),
+    (lambda: rk.LSTMCell(4, use_peepholes=True), "peepholes"),
+    (lambda: rk.LSTMCell(4, cell_clip=1.0), "cell_clip/proj_clip set"),
+    (lambda: rk.LayerNormLSTMCell(4), "layer normalization has no cuDNN cell"),
+    (lambda: rk.BasicLSTMCell(4, activation="relu"), "activations are relu/sigmoid"),
+    (lambda: rk.BasicRNNCell(4, activation="sigmoid"), "activation is sigmoid"),
+])
+def test_explain_says_why_not_cudnn(make, why, on_cpu):
+    cell = make()
+    cell.ensure_built(3, torch.float32)
+    decision = rk.fast.explain(cell, torch.randn(2, 5, 3))
+    assert decision.path == "reference"
+    assert why in " ".join(decision.unmet["cudnn"])
+
+
+def test_cpu_tensors_do_not_take_it():
+    cell = rk.BasicLSTMCell(4, input_size=3)
+    text = str(rk.fast.explain(cell, torch.randn(2, 5, 3)))
+    assert "not cudnn: devices are cpu; cuda only" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", list(CELLS))
+def test_on_cuda_matches_the_cpu_reference(name):
+    cell = CELLS[name]()
+    x = torch.randn(5, 7, 4)
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    lengths = torch.tensor(LENGTHS["varied"])
+    ref, ref_state = rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=False)
+    cell.cuda()
+    assert rk.fast.explain(cell, x.cuda(), lengths.cuda()).path == "cudnn"
+    out, state = rk.dynamic_rnn(cell, x.cuda(), sequence_length=lengths.cuda(), fast=True)
+    torch.testing.assert_close(out.cpu(), ref, **TOL)
+    for a, b in zip(torch.utils._pytree.tree_leaves(state),
+                    torch.utils._pytree.tree_leaves(ref_state), strict=True):
+        torch.testing.assert_close(a.cpu(), b, **TOL)
