@@ -28,10 +28,11 @@ needs_onednn = pytest.mark.skipif(onednn.load_error() is not None,
 
 @pytest.fixture(autouse=True)
 def _onednn_for_small_cells(monkeypatch):
-    """These tests use cells of a few units, which the dispatch would give to the fused kernels
-    (faster there); here they exercise oneDNN's path."""
+    """These tests use cells of a few units (and peephole LSTMs), which the dispatch would give
+    to the fused kernels (faster there); here they exercise oneDNN's path."""
     monkeypatch.setattr(dispatch, "SMALL_BATCH", 0)
     monkeypatch.setattr(dispatch, "SMALL_UNITS", 0)
+    monkeypatch.setattr(dispatch, "FUSED_PEEPHOLES", False)
 
 
 def _skip_without_kernels(name: str) -> None:

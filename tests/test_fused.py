@@ -158,3 +158,8 @@ def test_small_batches_and_cells_take_the_fused_kernels_and_say_why():
     wanted = "onednn" if dispatch.onednn.load_error() is None else "fused"
     assert rk.fast.explain(big, x).path == wanted
     assert rk.fast.explain(big, x[:1]).path == "fused"  # batch 1
+    peepholes = rk.LSTMCell(80, use_peepholes=True, input_size=3)
+    decision = rk.fast.explain(peepholes, x)
+    assert decision.path == "fused"
+    if dispatch.onednn.load_error() is None:
+        assert "peepholes: the fused kernel runs them faster" in decision.explain()

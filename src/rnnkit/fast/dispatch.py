@@ -6,8 +6,8 @@ fused RNN ops, cuDNN on a CUDA device, ``rnnkit.fast.cudnn``), ``fused`` (rnnkit
 activations), ``reference``
 (``rnnkit.unroll.scan``, always exact, always available). Exceptions, measured: a
 variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN needs one
-call per segment of constant batch; so do batch 1 and cells of at most 64 units, where oneDNN
-3.2's primitives cost more per step. A fast path is an
+call per segment of constant batch; so do batch 1, cells of at most 64 units and LSTMs with
+peepholes, where oneDNN 3.2's primitives cost more per step. A fast path is an
 optimization, never a second semantics: it must give the reference path's numbers.
 
 The switch has three values: ``"auto"`` takes the best eligible path and falls back quietly;
@@ -153,8 +153,10 @@ def _onednn_cell_unmet(p: Canonical) -> list[str]:
     return unmet
 
 
-# Up to these (batch, or output units), the fused kernels beat oneDNN 3.2's primitives here.
+# Up to these (batch, or output units), the fused kernels beat oneDNN 3.2's primitives here;
+# so they do for LSTMs with peepholes at every size measured (benchmarks/RESULTS.md).
 SMALL_BATCH, SMALL_UNITS = 1, 64
+FUSED_PEEPHOLES = True
 _PACKED = ("variable lengths run faster packed on the fused kernel (oneDNN needs a call per "
            "segment of constant batch)")
 
@@ -194,6 +196,9 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
             reasons["onednn"].append(f"batch of at most {SMALL_BATCH} or at most {SMALL_UNITS} "
                                      "units: the fused kernels cost less per step than oneDNN's "
                                      "primitives")
+        elif params.peepholes is not None and FUSED_PEEPHOLES:
+            reasons["onednn"].append("peepholes: the fused kernel runs them faster than oneDNN "
+                                     "3.2's peephole LSTM")
     path = next((name for name in ("onednn", "cudnn", "fused") if not reasons[name]),
                 "reference")
     for name in ("onednn", "cudnn", "fused"):
