@@ -8,7 +8,9 @@ milliseconds (median of ``--repeats`` runs after one warm-up, the paths of one r
 round-robin so that load from other processes falls on all alike) and the speed ratio against the
 torch.nn module with the same math (``torch.nn.LSTM``; ``torch.nn.GRU`` for both GRUs: the
 nearest peer, although it is the reset-after variant). Also: the first call of a new shape
-(primitive creation) and a variable-length batch against the same batch padded.
+(primitive creation) and a variable-length batch against the same batch padded. Where torch
+sees a CUDA device, a GPU section (``gpu``) does the same on it: rnnkit's cuDNN path (torch's
+fused ops) or reference loop against torch.nn on that device.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ _BEST: list[float] = []
 def _keras_case(x: torch.Tensor, fast):
     """``rk.layers.LSTM`` (Keras gate order: its kernels are the oneDNN weights as they are)."""
     layer = rk.layers.LSTM(x.shape[-1], return_sequences=True, fast=fast)
-    layer(x)
+    layer(x.detach().cpu())
+    layer.to(x.device)
     params = list(layer.parameters())
 
     def forward():
@@ -66,6 +69,7 @@ def _rnnkit_case(make_cell, x: torch.Tensor, fast, lengths=None):
     rk.reset_default_graph()
     cell = make_cell(x.shape[-1])
     cell.ensure_built(x.shape[-1], torch.float32)
+    cell.to(x.device)
     params = list(cell.parameters())
 
     def forward():
@@ -113,7 +117,7 @@ def _path(make, x: torch.Tensor) -> str:
         rk.reset_default_graph()
         cell = make(x.shape[-1])
     cell.ensure_built(x.shape[-1], torch.float32)
-    return rk.fast.explain(cell, x).path
+    return rk.fast.explain(cell.to(x.device), x).path
 
 
 def _peer(kind: str, h: int) -> torch.nn.Module:
@@ -148,6 +152,8 @@ def run(repeats: int, quick: bool) -> None:
                 _row(B, T, H, name, path, times, peers[kind])
     _first_call()
     _varlen(repeats)
+    if torch.cuda.is_available():
+        gpu(repeats)
 
 
 def _row(B, T, H, name, path, times, peer) -> None:
@@ -186,6 +192,54 @@ def _varlen(repeats: int) -> None:
               f"{padded[0]:.1f} / {padded[1]:.1f} ms, with sequence_length {varlen[0]:.1f} / "
               f"{varlen[1]:.1f} ms (fwd / f+b): {padded[1] / varlen[1]:.2f}x (best runs "
               f"{best:.2f}x)")
+
+
+GPU_CELLS = ["LSTM (BasicLSTMCell)", "LSTM (Keras layer)", "GRU reset after",
+             "GRU TF1 (reset before)", "LSTM peephole+proj"]
+
+
+def _synced(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    def run():
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run
+
+
+def gpu(repeats: int, device: str = "cuda") -> None:
+    """The GPU section: rnnkit (cuDNN through torch's fused ops where the math allows, else the
+    reference loop) against torch.nn on the same device, same shapes, fixed and variable
+    lengths."""
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else device
+    print(f"\nGPU section: {name}, torch {torch.__version__}")
+    print(f"{'B,T,H':<12}{'cell':<24}{'path':<11}{'fwd ms':>9}{'f+b ms':>9}{'fwd x':>8}"
+          f"{'f+b x':>8}{'best x':>9}   (x = torch.nn on the same device / this time)")
+    g = torch.Generator().manual_seed(0)
+    for B, T, H in SHAPES:
+        x = torch.randn(B, T, H, device=dev, requires_grad=True)
+        peers: dict[str, tuple[float, float, float]] = {}
+        for cell_name in GPU_CELLS:
+            make, kind = CELLS[cell_name]
+            cases = [_rnnkit_case(make, x, True)]
+            if kind not in peers:
+                cases.insert(0, _torch_case(_peer(kind, H).to(dev), x))
+            fwd = _interleaved([_synced(c[0], dev) for c in cases], repeats)
+            train = _interleaved([_synced(c[1], dev) for c in cases], repeats)
+            rows = list(zip(fwd, train, _BEST, strict=True))
+            if kind not in peers:
+                peers[kind] = rows[0]
+                _row(B, T, H, f"torch.nn ({kind})", "torch", rows[0], rows[0])
+            _row(B, T, H, cell_name, _path(make, x), rows[-1], peers[kind])
+    x = torch.randn(32, 100, 256, device=dev, requires_grad=True)
+    lengths = torch.randint(10, 101, (32,), generator=g).to(dev)
+    for cell_name in ("LSTM (BasicLSTMCell)", "GRU reset after"):
+        make = CELLS[cell_name][0]
+        padded, varlen = _rnnkit_case(make, x, True), _rnnkit_case(make, x, True, lengths)
+        train = _interleaved([_synced(padded[1], dev), _synced(varlen[1], dev)], repeats)
+        print(f"variable length B32 T100 H256, {cell_name}: padded {train[0]:.2f} ms, with "
+              f"sequence_length {train[1]:.2f} ms (f+b): {train[0] / train[1]:.2f}x")
 
 
 if __name__ == "__main__":
