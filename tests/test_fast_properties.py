@@ -1,10 +1,12 @@
 """Property tests of the fast paths (hypothesis): random cells, sizes, batches, lengths and
-directions, each fast path (oneDNN or the fused kernels, whichever the dispatch picks, and the
-fused kernels forced by making every cell "small") against the reference loop: outputs, final
+directions, each fast path (oneDNN or the fused kernels, whichever the dispatch picks; the
+fused kernels forced by making every cell "small"; the cudnn path on torch's CPU op, for the
+cells it serves) against the reference loop: outputs, final
 states and gradients with respect to inputs, initial states and every variable.
 ``RNNKIT_PROPERTY_EXAMPLES`` sets the examples (default 15; a longer local run raises it).
 Both float32 paths are measured against a float64 run of the reference loop."""
 
+import contextlib
 import copy
 import os
 
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
-from rnnkit.fast import compiled, dispatch, onednn
+from rnnkit.fast import compiled, cudnn, dispatch, onednn
 
 pytestmark = pytest.mark.skipif(onednn.load_error() is not None or compiled.load_error() is not None,
                                 reason="needs oneDNN and the fused kernels")
@@ -50,7 +52,27 @@ def cases(draw):
     lengths = draw(st.none() | st.lists(st.integers(0, steps), min_size=batch, max_size=batch))
     if lengths is not None and max(lengths) == 0:
         lengths[0] = steps
-    return kind, units, batch, steps, depth, lengths, draw(st.booleans()), draw(st.booleans())
+    path = draw(st.sampled_from(["dispatch", "fused", "cudnn"]))
+    return kind, units, batch, steps, depth, lengths, draw(st.booleans()), path
+
+
+@contextlib.contextmanager
+def _forced(path: str, cell):
+    """The dispatch as it is, or made to pick the fused kernels (every cell "small"), or the
+    cudnn path on torch's CPU op (the other two switched off) where it serves the cell."""
+    saved = [(dispatch, "SMALL_UNITS"), (cudnn, "DEVICE"), (onednn, "load_error"),
+             (compiled, "load_error")]
+    saved = [(module, name, getattr(module, name)) for module, name in saved]
+    try:
+        if path == "fused":
+            dispatch.SMALL_UNITS = 10**9
+        elif path == "cudnn" and not cudnn.unmet(cell.sequence_params()):
+            cudnn.DEVICE = "cpu"
+            onednn.load_error = compiled.load_error = lambda: "switched off"
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def _leaves_and_grads(out, wrt):
@@ -67,7 +89,7 @@ def test_fast_paths_match_the_reference_loop(case):
     """The fast path is as close to a float64 run of the reference loop as the float32
     reference loop is (within 10x its error, plus 1e-5 of the largest entry): layer norm over a
     few units or gradients summed over many rows are ill-conditioned in float32 on every path."""
-    kind, units, batch, steps, depth, lengths, backward, force_fused = case
+    kind, units, batch, steps, depth, lengths, backward, path = case
     torch.manual_seed(0)
     rk.reset_default_graph()
     cell = CELLS[kind](units)
@@ -86,13 +108,9 @@ def test_fast_paths_match_the_reference_loop(case):
             return rk.bidirectional_dynamic_rnn(c, c, inputs, lengths, state, state, fast=fast)
         return rk.dynamic_rnn(c, inputs, sequence_length=lengths, initial_state=state, fast=fast)
 
-    old = dispatch.SMALL_UNITS
-    dispatch.SMALL_UNITS = 10**9 if force_fused else old
-    try:
+    with _forced(path, cell):
         fast = _leaves_and_grads(run(cell, x, h0, True), [x, *pytree.tree_leaves(h0),
                                                           *cell.parameters()])
-    finally:
-        dispatch.SMALL_UNITS = old
     ref = _leaves_and_grads(run(cell, x, h0, False), [x, *pytree.tree_leaves(h0),
                                                       *cell.parameters()])
     truth = _leaves_and_grads(run(cell64, x64, h064, False), [x64, *pytree.tree_leaves(h064),

@@ -88,8 +88,9 @@ def run_cudnn(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
     if op is None:
         op = torch.rnn_relu if name_of(p.activation) == "relu" else torch.rnn_tanh
     weights = _weights(p)
-    train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights))
     h0, c0 = (state.h, state.c) if lstm else (state, None)
+    train = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, *weights))
     steps, batch = x.shape[:2]
     with warnings.catch_warnings():
         # the weights are views of the cell's variables, not one flat buffer (CUDA); torch's
