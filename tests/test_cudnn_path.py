@@ -111,6 +111,18 @@ def test_cpu_tensors_do_not_take_it():
     assert "not cudnn: devices are cpu; cuda only" in text
 
 
+def test_dtypes_each_path_takes(on_cpu):
+    cell = rk.BasicLSTMCell(4, input_size=3)
+    x = torch.randn(2, 5, 3)
+    decision = rk.fast.explain(cell.double(), x.double())
+    assert decision.path == "cudnn"  # float64 too (float32 only on the CPU paths)
+    assert "dtype is float64; float32 only" in " ".join(decision.unmet["fused"])
+    mixed = rk.fast.explain(cell, x.float())
+    assert "dtypes are mixed (float32, float64)" in " ".join(mixed.unmet["cudnn"])
+    half = rk.fast.explain(cell.half(), x.half())
+    assert "dtype is float16; float32 or float64 only" in " ".join(half.unmet["cudnn"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", list(CELLS))
 def test_on_cuda_matches_the_cpu_reference(name):

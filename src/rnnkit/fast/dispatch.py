@@ -94,9 +94,11 @@ def _placement_unmet(p: Canonical, inputs: torch.Tensor, state, device: str,
                *(p.peepholes or ()), *pytree.tree_leaves(p.norms)]
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
     unmet = []
-    found = {str(t.dtype).removeprefix("torch.") for t in tensors}
-    if len(found) > 1 or not found <= set(dtypes):
-        unmet.append(f"dtypes are {', '.join(sorted(found))}; {' or '.join(dtypes)} only")
+    found = sorted({str(t.dtype).removeprefix("torch.") for t in tensors})
+    if len(found) > 1:
+        unmet.append(f"dtypes are mixed ({', '.join(found)})")
+    elif found[0] not in dtypes:
+        unmet.append(f"dtype is {found[0]}; {' or '.join(dtypes)} only")
     devices = {t.device.type for t in tensors}
     if devices != {device}:
         unmet.append(f"devices are {', '.join(sorted(devices))}; {device} only")
