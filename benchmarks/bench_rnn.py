@@ -4,8 +4,9 @@
 
 For each shape (batch B, time T, hidden H = input depth) and cell, it times forward (no grad)
 and forward+backward (``sum(outputs * g)`` backpropagated to inputs and weights) and prints
-milliseconds (median of ``--repeats`` runs after one warm-up, the paths of one row group timed
-round-robin so that load from other processes falls on all alike) and the speed ratio against the
+milliseconds (median of ``--repeats`` runs, the paths of one row group timed round-robin so
+that load from other processes falls on all alike, each timed run right after an untimed one
+of the same path) and the speed ratio against the
 torch.nn module with the same math (``torch.nn.LSTM``; ``torch.nn.GRU`` for both GRUs: the
 nearest peer, although it is the reset-after variant). Also: the first call of a new shape
 (primitive creation) and a variable-length batch against the same batch padded. Where torch
@@ -28,14 +29,16 @@ SHAPES = [(32, 100, 64), (32, 100, 256), (32, 100, 512), (1, 500, 256)]
 
 
 def _interleaved(fns: list[Callable[[], None]], repeats: int) -> list[float]:
-    """Median milliseconds of each function, timed round-robin (one warm-up each) so that load
-    from other processes on a shared machine falls on all of them alike; the fastest run of
-    each is kept in ``_BEST`` (on a machine with bursts of load, the least disturbed run)."""
-    for fn in fns:
-        fn()
+    """Median milliseconds of each function, timed round-robin so that load from other
+    processes on a shared machine falls on all of them alike; each timed call follows an
+    untimed call of the same function (a function run right after another one pays for the
+    caches that one evicted: 10-40% at H64, measured, and always the same function would pay).
+    The fastest run of each is kept in ``_BEST`` (on a machine with bursts of load, the least
+    disturbed run)."""
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, acc in zip(fns, times, strict=True):
+            fn()
             start = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - start)
