@@ -27,6 +27,14 @@ import torch
 from rnnkit.activations import Activation
 
 
+def reorder_blocks(t: torch.Tensor | None, order: list[int]) -> torch.Tensor | None:
+    """``t`` with the ``len(order)`` equal blocks of its last dimension in ``order`` (block
+    ``k`` of the result is block ``order[k]`` of ``t``): one differentiable gather."""
+    if t is None:
+        return None
+    return t.unflatten(-1, (len(order), -1))[..., order, :].flatten(-2)
+
+
 @dataclass(frozen=True)
 class Canonical:
     """A cell's weights and options in the one layout the unroll and the fast paths use."""
@@ -59,15 +67,9 @@ class Canonical:
         are; else one differentiable gather per matrix)."""
         if self.gate_order is None:
             return self
-        G = len(self.gate_order)
-        index = torch.tensor(self.gate_order, device=self.W.device)
-
-        def keras(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            return t.unflatten(-1, (G, -1)).index_select(-2, index).flatten(-2)
-
-        return replace(self, W=keras(self.W), U=keras(self.U), b=keras(self.b), gate_order=None)
+        order = list(self.gate_order)
+        return replace(self, W=reorder_blocks(self.W, order), U=reorder_blocks(self.U, order),
+                       b=reorder_blocks(self.b, order), gate_order=None)
 
     def project(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x W + b`` over any leading dimensions; ``(x ⊙ mask) W + b`` with an input-dropout

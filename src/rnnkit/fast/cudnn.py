@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
-from rnnkit.cells.equations import Canonical
+from rnnkit.cells.equations import Canonical, reorder_blocks
 
 DEVICE = "cuda"  # where the dispatch takes this path (tests run it on "cpu", torch's own op)
 DTYPES = ("float32", "float64")
@@ -50,19 +50,12 @@ def unmet(p: Canonical) -> list[str]:
     return out
 
 
-def _blocks(t: torch.Tensor | None, order: list[int]) -> torch.Tensor | None:
-    """``t``'s gate blocks (last dimension) in ``order``."""
-    if t is None:
-        return None
-    return t.unflatten(-1, (len(order), -1))[..., order, :].flatten(-2)
-
-
 def _weights(p: Canonical) -> list[torch.Tensor]:
     """torch's flat weight list for one layer: ``w_ih, w_hh, b_ih, b_hh`` (then ``w_hr``)."""
     p = p.in_keras_order()
     W, U, b, b_h = p.W, p.U, p.b, p.b_h
     if p.kind == "gru":
-        W, U, b, b_h = (_blocks(t, _TORCH_GRU_ORDER) for t in (W, U, b, b_h))
+        W, U, b, b_h = (reorder_blocks(t, _TORCH_GRU_ORDER) for t in (W, U, b, b_h))
     zeros = W.new_zeros(W.shape[1])
     out = [W.t(), U.t(), zeros if b is None else b, zeros if b_h is None else b_h]
     if p.P is not None:
