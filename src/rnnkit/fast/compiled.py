@@ -24,7 +24,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from rnnkit.fast.library import OneDNNError, library
+from rnnkit.fast.library import OneDNNError, error_of, library
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("lstm_kernel.c", "gru_kernel.c"))
 HEADER = Path(__file__).with_name("kernels.h")
@@ -166,16 +166,6 @@ def ptr(t) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def check(status: int, what: str) -> None:
-    """Raise ``OneDNNError`` unless a kernel returned 0 (else a dnnl status, or -1: no memory)."""
-    if status != 0:
-        raise OneDNNError(f"{what} failed with status {status}")
-
-
 def load_error() -> str | None:
     """None if the kernel library loads, else one line saying why not."""
-    try:
-        kernels()
-    except OneDNNError as err:
-        return str(err)
-    return None
+    return error_of(kernels)

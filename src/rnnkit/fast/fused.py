@@ -23,6 +23,7 @@ from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 from rnnkit.fast.fused_gru import run_gru
+from rnnkit.fast.library import check
 
 
 def unmet(p: Canonical) -> list[str]:
@@ -76,7 +77,7 @@ class _Fused(torch.autograd.Function):
             ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, c0, W, Ut, peep, Pwt, gamma, y)),
             ctypes.byref(_saved_struct(saved)),
             *map(compiled.ptr, (dy, dh, dc, dx, dW, dU, db, dpeep, dPw, dgamma, dbeta, scratch)))
-        compiled.check(status, "rk_lstm_backward")
+        check(status, "rk_lstm_backward")
         return None, None, dx, dh, dc, dW, dU, db, dpeep, dPw, dgamma, dbeta
 
 
@@ -92,7 +93,7 @@ def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
         ctypes.byref(cfg),
         *map(compiled.ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y, hT, cT)),
         ctypes.byref(_saved_struct(saved)) if saved else None, compiled.ptr(scratch))
-    compiled.check(status, "rk_lstm_forward")
+    check(status, "rk_lstm_forward")
     return y, hT, cT
 
 

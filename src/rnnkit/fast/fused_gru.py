@@ -11,6 +11,7 @@ from torch.autograd.function import once_differentiable
 from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
+from rnnkit.fast.library import check
 
 
 def _forward(cfg: compiled.GRUConfig, lengths, x, h0, W, U, b, b_h, saved: dict | None):
@@ -21,7 +22,7 @@ def _forward(cfg: compiled.GRUConfig, lengths, x, h0, W, U, b, b_h, saved: dict 
         ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, U, b, b_h, y, hT)),
         ctypes.byref(compiled.GRUSaved(**{k: compiled.ptr(v) for k, v in saved.items()}))
         if saved else None, compiled.ptr(scratch))
-    compiled.check(status, "rk_gru_forward")
+    check(status, "rk_gru_forward")
     return y, hT
 
 
@@ -56,7 +57,7 @@ class _FusedGRU(torch.autograd.Function):
         status = compiled.kernels().rk_gru_backward(
             ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, Ut, y)), ctypes.byref(saved),
             *map(compiled.ptr, (dy, dh, dx, dW, dU, db, db_h, scratch)))
-        compiled.check(status, "rk_gru_backward")
+        check(status, "rk_gru_backward")
         return None, None, dx, dh, dW, dU, db, db_h
 
 

@@ -10,6 +10,7 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -78,13 +79,18 @@ def library() -> ctypes.CDLL:
         raise OneDNNError(_state["error"])
 
 
-def load_error() -> str | None:
-    """None if oneDNN loads, else one line saying why not."""
+def error_of(load: Callable[[], object]) -> str | None:
+    """None if ``load()`` succeeds, else the one line of the ``OneDNNError`` it raised."""
     try:
-        library()
+        load()
     except OneDNNError as err:
         return str(err)
     return None
+
+
+def load_error() -> str | None:
+    """None if oneDNN loads, else one line saying why not."""
+    return error_of(library)
 
 
 class _Version(ctypes.Structure):
@@ -137,13 +143,15 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
 
 
-def _check(status: int, what: str) -> None:
+def check(status: int, what: str) -> None:
+    """Raise ``OneDNNError`` unless a call returned 0 (else a dnnl status, or -1 from rnnkit's
+    kernels: out of memory)."""
     if status != 0:
-        raise OneDNNError(f"{what} failed with dnnl_status {status}")
+        raise OneDNNError(f"{what} failed with status {status}")
 
 
 def _engine_and_stream(lib: ctypes.CDLL) -> tuple[ctypes.c_void_p, ctypes.c_void_p]:
     engine, stream = ctypes.c_void_p(), ctypes.c_void_p()
-    _check(lib.dnnl_engine_create(ctypes.byref(engine), _CPU, 0), "dnnl_engine_create")
-    _check(lib.dnnl_stream_create(ctypes.byref(stream), engine, 1), "dnnl_stream_create")
+    check(lib.dnnl_engine_create(ctypes.byref(engine), _CPU, 0), "dnnl_engine_create")
+    check(lib.dnnl_stream_create(ctypes.byref(stream), engine, 1), "dnnl_stream_create")
     return engine, stream

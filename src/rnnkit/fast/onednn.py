@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from rnnkit.fast.library import OneDNNError as OneDNNError
-from rnnkit.fast.library import _check, _ExecArg, _state, library
+from rnnkit.fast.library import _ExecArg, _state, check, library
 from rnnkit.fast.library import load_error as load_error
 
 _F32 = 3
@@ -52,7 +52,7 @@ def _md(lib, dims: tuple[int, ...], strides: tuple[int, ...]) -> ctypes.c_void_p
     """A plain float32 memory descriptor with ``strides``."""
     md, n = ctypes.c_void_p(), len(dims)
     d, s = (ctypes.c_int64 * n)(*dims), (ctypes.c_int64 * n)(*strides)
-    _check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(md), n, d, _F32, s),
+    check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(md), n, d, _F32, s),
            "dnnl_memory_desc_create_with_strides")
     return md
 
@@ -60,7 +60,7 @@ def _md(lib, dims: tuple[int, ...], strides: tuple[int, ...]) -> ctypes.c_void_p
 def _any(lib, dims: tuple[int, ...]) -> ctypes.c_void_p:
     """A float32 memory descriptor leaving the layout to the primitive (``format_tag::any``)."""
     md, n = ctypes.c_void_p(), len(dims)
-    _check(lib.dnnl_memory_desc_create_with_tag(ctypes.byref(md), n, (ctypes.c_int64 * n)(*dims),
+    check(lib.dnnl_memory_desc_create_with_tag(ctypes.byref(md), n, (ctypes.c_int64 * n)(*dims),
                                                 _F32, _FORMAT_ANY),
            "dnnl_memory_desc_create_with_tag")
     return md
@@ -141,7 +141,7 @@ class _Primitive:
         self._busy = threading.Lock()
         self.sizes: dict[int, int] = {}
         try:
-            _check(lib.dnnl_primitive_create(ctypes.byref(self.prim), pd), "dnnl_primitive_create")
+            check(lib.dnnl_primitive_create(ctypes.byref(self.prim), pd), "dnnl_primitive_create")
         except OneDNNError:
             self.__del__()
             raise
@@ -183,7 +183,7 @@ class _Primitive:
         if step is None:
             pd = ctypes.c_void_p()
             engine = _state["engine"]
-            _check(self.lib.dnnl_reorder_primitive_desc_create(
+            check(self.lib.dnnl_reorder_primitive_desc_create(
                 ctypes.byref(pd), self.plain[arg], engine, self.mds[arg], engine, None),
                 "dnnl_reorder_primitive_desc_create")
             step = self._reorders[arg] = _Primitive(
@@ -226,7 +226,7 @@ class _Primitive:
                 ptr, entry = t.data_ptr(), mems.get(arg)
                 if entry is None:
                     mem = ctypes.c_void_p()
-                    _check(lib.dnnl_memory_create(ctypes.byref(mem), self.mds[arg], engine,
+                    check(lib.dnnl_memory_create(ctypes.byref(mem), self.mds[arg], engine,
                                                   ctypes.c_void_p(ptr)), "dnnl_memory_create")
                     entry = [mem, ptr]
                     if mems is self._mems:
@@ -234,13 +234,13 @@ class _Primitive:
                     else:
                         made.append(mem)
                 elif entry[1] != ptr:
-                    _check(lib.dnnl_memory_set_data_handle(entry[0], ctypes.c_void_p(ptr)),
+                    check(lib.dnnl_memory_set_data_handle(entry[0], ctypes.c_void_p(ptr)),
                            "dnnl_memory_set_data_handle")
                     entry[1] = ptr
                 args[k].arg, args[k].memory = arg, entry[0]
-            _check(lib.dnnl_primitive_execute(self.prim, stream, len(tensors), args),
+            check(lib.dnnl_primitive_execute(self.prim, stream, len(tensors), args),
                    "dnnl_primitive_execute")
-            _check(lib.dnnl_stream_wait(stream), "dnnl_stream_wait")
+            check(lib.dnnl_stream_wait(stream), "dnnl_stream_wait")
         finally:
             for mem in made:
                 lib.dnnl_memory_destroy(mem)
@@ -270,8 +270,8 @@ def _create_pd(lib, shape: RNNShape, prop: int, mds: dict[int, ctypes.c_void_p]
     name = {"rnn": "vanilla_rnn", "gru": "gru", "lbr_gru": "lbr_gru", "lstm": "lstm"}[shape.cell]
     fn = getattr(lib, f"dnnl_{name}_{'backward' if backward else 'forward'}_primitive_desc_create")
     attr = ctypes.c_void_p()
-    _check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "dnnl_primitive_attr_create")
-    _check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_USER),
+    check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "dnnl_primitive_attr_create")
+    check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_USER),
            "dnnl_primitive_attr_set_scratchpad_mode")
     tail = [None, attr] if backward else [attr]  # hint_fwd_pd (NULL is allowed), attr
     try:
@@ -283,7 +283,7 @@ def _create_pd(lib, shape: RNNShape, prop: int, mds: dict[int, ctypes.c_void_p]
             status = fn(ctypes.byref(pd), engine, prop, _LEFT2RIGHT, *descs, 0, *tail)
     finally:
         lib.dnnl_primitive_attr_destroy(attr)  # the descriptor keeps its own copy
-    _check(status, f"{fn.__name__}({shape})")
+    check(status, f"{fn.__name__}({shape})")
     return pd
 
 
