@@ -87,21 +87,27 @@ class Decision:
         return self.explain()
 
 
-def _placement_unmet(p: Canonical, inputs: torch.Tensor, state, device: str,
-                     dtypes: tuple[str, ...]) -> list[str]:
-    """Why the tensors are not where a path runs: every one on ``device``, in one of ``dtypes``."""
+def _placement(p: Canonical, inputs: torch.Tensor, state) -> tuple[list[str], list[str]]:
+    """The dtypes and device types of every tensor an unroll reads, sorted, each once."""
     tensors = [inputs, *pytree.tree_leaves(state), p.W, p.U, p.b, p.b_h, p.P,
                *(p.peepholes or ()), *pytree.tree_leaves(p.norms)]
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    return (sorted({str(t.dtype).removeprefix("torch.") for t in tensors}),
+            sorted({t.device.type for t in tensors}))
+
+
+def _placement_unmet(placement: tuple[list[str], list[str]], device: str,
+                     dtypes: tuple[str, ...]) -> list[str]:
+    """Why the tensors (``_placement``) are not where a path runs: every one on ``device``, in
+    one of ``dtypes``."""
+    found, devices = placement
     unmet = []
-    found = sorted({str(t.dtype).removeprefix("torch.") for t in tensors})
     if len(found) > 1:
         unmet.append(f"dtypes are mixed ({', '.join(found)})")
     elif found[0] not in dtypes:
         unmet.append(f"dtype is {found[0]}; {' or '.join(dtypes)} only")
-    devices = {t.device.type for t in tensors}
-    if devices != {device}:
-        unmet.append(f"devices are {', '.join(sorted(devices))}; {device} only")
+    if devices != [device]:
+        unmet.append(f"devices are {', '.join(devices)}; {device} only")
     return unmet
 
 
@@ -179,10 +185,11 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         return Decision("reference", {"onednn": why, "cudnn": why, "fused": why})
     common, lengths, suffix = _common_unmet(params, inputs, state, mask, masked_output, chunk,
                                             own_step)
-    on_cpu = _placement_unmet(params, inputs, state, "cpu", ("float32",))
+    placement = _placement(params, inputs, state)
+    on_cpu = _placement_unmet(placement, "cpu", ("float32",))
     reasons = {
         "onednn": [*common, *on_cpu, *_onednn_cell_unmet(params)],
-        "cudnn": [*common, *_placement_unmet(params, inputs, state, cudnn.DEVICE, cudnn.DTYPES),
+        "cudnn": [*common, *_placement_unmet(placement, cudnn.DEVICE, cudnn.DTYPES),
                   *cudnn.unmet(params)],
         "fused": [*common, *on_cpu, *fused.unmet(params)],
     }
