@@ -131,28 +131,55 @@ def _peer(kind: str, h: int) -> torch.nn.Module:
     return torch.nn.GRU(h, h, batch_first=True)
 
 
+_HEADER = (f"{'B,T,H':<12}{'cell':<24}{'path':<11}{'fwd ms':>9}{'f+b ms':>9}{'fwd x':>8}"
+           f"{'f+b x':>8}{'best x':>9}")
+
+
+def _synced(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``fn``, waiting for the GPU's queue to drain on a CUDA device."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize(device)
+
+    return run
+
+
+def _group(shape: tuple[int, int, int], cells: list[str], repeats: int, device: torch.device,
+           reference: bool) -> None:
+    """The rows of one shape: each torch.nn peer once, then each cell's fast path (and its
+    reference loop), timed round-robin with the peer."""
+    B, T, H = shape
+    x = torch.randn(B, T, H, device=device, requires_grad=True)
+    peers: dict[str, tuple[float, float, float]] = {}
+    for name in cells:
+        make, kind = CELLS[name]
+        cases = [_rnnkit_case(make, x, True)]
+        paths = [_path(make, x)]
+        if reference:
+            cases.append(_rnnkit_case(make, x, False))
+            paths.append("reference")
+        if kind not in peers:
+            cases.insert(0, _torch_case(_peer(kind, H).to(device), x))
+        fwd = _interleaved([_synced(c[0], device) for c in cases], repeats)
+        train = _interleaved([_synced(c[1], device) for c in cases], repeats)
+        rows = list(zip(fwd, train, _BEST, strict=True))
+        if kind not in peers:
+            peers[kind] = rows[0]
+            _row(B, T, H, f"torch.nn ({kind})", "torch", rows[0], rows[0])
+        for path, times in zip(paths, rows[-len(paths):], strict=True):
+            _row(B, T, H, name, path, times, peers[kind])
+
+
 def run(repeats: int, quick: bool) -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"oneDNN: {rk.fast.load_error() or 'loaded'}")
-    header = (f"{'B,T,H':<12}{'cell':<24}{'path':<11}{'fwd ms':>9}{'f+b ms':>9}"
-              f"{'fwd x':>8}{'f+b x':>8}{'best x':>9}")
-    print(header + "   (x = torch.nn time / this time, medians; best x: fastest f+b runs)")
-    for B, T, H in SHAPES[:1] if quick else SHAPES:
-        x = torch.randn(B, T, H, requires_grad=True)
-        peers: dict[str, list[tuple[float, float]]] = {}
-        for name, (make, kind) in CELLS.items():
-            cases = [_rnnkit_case(make, x, True), _rnnkit_case(make, x, False)]
-            if kind not in peers:
-                cases.insert(0, _torch_case(_peer(kind, H), x))
-            fwd = _interleaved([c[0] for c in cases], repeats)
-            train = _interleaved([c[1] for c in cases], repeats)
-            rows = list(zip(fwd, train, _BEST, strict=True))
-            if kind not in peers:
-                peers[kind] = rows[0]
-                _row(B, T, H, f"torch.nn ({kind})", "torch", rows[0], rows[0])
-            for path, times in zip((_path(make, x), "reference"), rows[-2:], strict=True):
-                _row(B, T, H, name, path, times, peers[kind])
+    print(_HEADER + "   (x = torch.nn time / this time, medians; best x: fastest f+b runs)")
+    for shape in SHAPES[:1] if quick else SHAPES:
+        _group(shape, list(CELLS), repeats, torch.device("cpu"), reference=True)
     _first_call()
     _varlen(repeats)
     if torch.cuda.is_available():
@@ -201,15 +228,6 @@ GPU_CELLS = ["LSTM (BasicLSTMCell)", "LSTM (Keras layer)", "GRU reset after",
              "GRU TF1 (reset before)", "LSTM peephole+proj"]
 
 
-def _synced(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
-    def run():
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    return run
-
-
 def gpu(repeats: int, device: str = "cuda") -> None:
     """The GPU section: rnnkit (cuDNN through torch's fused ops where the math allows, else the
     reference loop) against torch.nn on the same device, same shapes, fixed and variable
@@ -217,24 +235,10 @@ def gpu(repeats: int, device: str = "cuda") -> None:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else device
     print(f"\nGPU section: {name}, torch {torch.__version__}")
-    print(f"{'B,T,H':<12}{'cell':<24}{'path':<11}{'fwd ms':>9}{'f+b ms':>9}{'fwd x':>8}"
-          f"{'f+b x':>8}{'best x':>9}   (x = torch.nn on the same device / this time)")
+    print(_HEADER + "   (x = torch.nn on the same device / this time)")
     g = torch.Generator().manual_seed(0)
-    for B, T, H in SHAPES:
-        x = torch.randn(B, T, H, device=dev, requires_grad=True)
-        peers: dict[str, tuple[float, float, float]] = {}
-        for cell_name in GPU_CELLS:
-            make, kind = CELLS[cell_name]
-            cases = [_rnnkit_case(make, x, True)]
-            if kind not in peers:
-                cases.insert(0, _torch_case(_peer(kind, H).to(dev), x))
-            fwd = _interleaved([_synced(c[0], dev) for c in cases], repeats)
-            train = _interleaved([_synced(c[1], dev) for c in cases], repeats)
-            rows = list(zip(fwd, train, _BEST, strict=True))
-            if kind not in peers:
-                peers[kind] = rows[0]
-                _row(B, T, H, f"torch.nn ({kind})", "torch", rows[0], rows[0])
-            _row(B, T, H, cell_name, _path(make, x), rows[-1], peers[kind])
+    for shape in SHAPES:
+        _group(shape, GPU_CELLS, repeats, dev, reference=False)
     x = torch.randn(32, 100, 256, device=dev, requires_grad=True)
     lengths = torch.randint(10, 101, (32,), generator=g).to(dev)
     for cell_name in ("LSTM (BasicLSTMCell)", "GRU reset after"):
