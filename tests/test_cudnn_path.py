@@ -48,7 +48,7 @@ def test_cells_match_reference(name, lengths, time_major, on_cpu):
     cell.ensure_built(4, torch.float32)
     _perturb(cell)
     state = _random_state(cell, 5)
-    leaves = [t for t in torch.utils._pytree.tree_leaves(state)]
+    leaves = torch.utils._pytree.tree_leaves(state)
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=LENGTHS[lengths],
                                          initial_state=state, time_major=time_major, fast=fast),
              [x, *leaves, *cell.parameters()])
