@@ -19,7 +19,8 @@ from torch.utils import _pytree as pytree
 
 import rnnkit as rk
 from rnnkit.fast import compiled, dispatch, library, onednn
-from rnnkit.fast.varlen import plan
+from rnnkit.fast.fused import pack
+from rnnkit.fast.varlen import hold_last, plan, roll_to_front, take_tokens
 from rnnkit.unroll import length_mask
 
 needs_onednn = pytest.mark.skipif(onednn.load_error() is not None,
@@ -244,6 +245,31 @@ def test_plan_cuts_at_every_length_unless_told_to_merge():
             end == min(n for n in lens if n > start)
 
 
+def test_varlen_helpers_equal_their_loops_and_pass_gradcheck():
+    """``take_tokens``, ``roll_to_front`` and ``hold_last`` have backward passes of their own
+    (writes and permutations instead of accumulating scatters): checked against plain loops
+    and float64 ``gradcheck``."""
+    T, B = 6, 4
+    lengths = torch.tensor([6, 0, 2, 5])
+    x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
+    _, _, t_idx, b_idx = pack(lengths, T)
+    taken = take_tokens(x, t_idx, b_idx)
+    assert torch.equal(taken, torch.stack([x[t, b] for t, b in zip(t_idx, b_idx, strict=True)]))
+    rolled = roll_to_front(x, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.equal(rolled[:, b], torch.cat([x[T - n:, b], x[:T - n, b]]))
+    assert torch.equal(roll_to_front(rolled, T - lengths), x)
+    held = hold_last(x, lengths)
+    for t in range(T):
+        for b, n in enumerate(lengths.tolist()):
+            want = x[min(t, n - 1), b] if n else torch.zeros(3, dtype=x.dtype)
+            assert torch.equal(held[t, b], want)
+    for fn in (lambda v: take_tokens(v, t_idx, b_idx), lambda v: roll_to_front(v, lengths),
+               lambda v: hold_last(v, lengths)):
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))
+
+
 @needs_onednn
 @pytest.mark.parametrize("name", ["gru_tf1", "rnn_relu", "lstm_proj"])
 def test_many_segments_match_reference(name):
@@ -408,16 +434,30 @@ def test_keras_layers_take_fast_and_keep_it_in_their_config(monkeypatch):
         rk.layers.SimpleRNN(4, fast="on")
 
 
-@needs_onednn
-def test_weights_laid_out_once_follow_in_place_updates():
-    """Layouts cached per weight tensor and ``_version``: an optimizer step (in place) between
-    calls must reach the next call, in training and in inference primitives."""
+def _keras_lstm():
     layer = rk.layers.LSTM(5, return_sequences=True)
+    return layer, layer, lambda: layer.cell.kernel
+
+
+def _tf1_lstm():
+    cell = rk.BasicLSTMCell(5, forget_bias=0.5)
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    return cell, lambda x: rk.dynamic_rnn(cell, x)[0], lambda: cell.get_parameter("kernel")
+
+
+@needs_onednn
+@pytest.mark.parametrize("make", [_keras_lstm, _tf1_lstm], ids=["keras", "tf1_gate_order"])
+def test_weights_laid_out_once_follow_in_place_updates(make):
+    """Layouts cached per weight tensor and ``_version`` (for a TF1 kernel, with the gather into
+    oneDNN's gate order): an optimizer step (in place) between calls must reach the next call,
+    in training and in inference primitives, and so must a kernel in new memory."""
+    module, layer, kernel = make()
     x = torch.randn(3, 6, 4, requires_grad=True)
     layer(x)
     for step in range(2):
         with torch.no_grad():
-            for p in layer.parameters():
+            for p in module.parameters():
                 p.add_(0.3 * (step + 1))
         with torch.no_grad():
             inference = layer(x)
@@ -426,10 +466,10 @@ def test_weights_laid_out_once_follow_in_place_updates():
             with rk.fast.fast_mode(fast):
                 return layer(x)
 
-        _compare(run, [x, *layer.parameters()])
+        _compare(run, [x, *module.parameters()])
         with rk.fast.fast_mode(False):
             torch.testing.assert_close(inference, layer(x), **TOL)
-        layer.cell.kernel.data = torch.randn_like(layer.cell.kernel)  # new memory
+        kernel().data = torch.randn_like(kernel())  # new memory
 
 
 @needs_onednn

@@ -6,15 +6,15 @@ oneDNN. ``Weights`` turns ``Canonical`` into oneDNN's plain tensors with ordinar
 primitive's own backward computes the rest. Each primitive reads the weight matrices in the
 layout it prefers (``onednn._Primitive.reorder``); those copies are cached per weight tensor and
 its ``_version`` counter, so a cell whose ``Canonical`` matrices are views of its variables
-(Keras cells) lays them out once per optimizer step, and one that builds them per call (TF1
-cells reorder gate blocks) once per unroll, shared by every primitive that wants that layout
-(the forward and backward of every segment). Variable-length batches run in
-``rnnkit.fast.packed``.
+(Keras cells, and TF1 LSTM cells, whose kernel keeps its gate blocks i, j, f, o: the gather into
+oneDNN's order is made with the layout) lays them out once per optimizer step, and one that
+builds them per call (the TF1 GRU concatenates two kernels) once per unroll, shared by every
+primitive that wants that layout (the forward and backward of every segment). Variable-length
+batches run in ``rnnkit.fast.packed``.
 
-Gate orders match once ``Canonical.in_keras_order()`` has run (a copy only for TF1 LSTM
-cells, whose unrolls keep the kernel's i, j, f, o): Keras order is oneDNN's
-(LSTM i, f, g(c~), o; GRU z(u), r, c(o)). ``lbr_gru`` takes four bias blocks
-``(b_u, b_r, b_o, b_hc)``: the recurrent biases of z and r fold into the first two.
+oneDNN's gate order is Keras's (LSTM i, f, g(c~), o; GRU z(u), r, c(o)). ``lbr_gru`` takes
+four bias blocks ``(b_u, b_r, b_o, b_hc)``: the recurrent biases of z and r fold into the
+first two.
 Training workspaces come from a pool (``workspaces``), except under ``swap_memory``, where
 checkpointing must be free to drop them (``Weights(pooled=False)``).
 """
@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import threading
 import weakref
+from dataclasses import replace
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
-from rnnkit.cells.equations import Canonical
+from rnnkit.cells.equations import Canonical, reorder_blocks
 from rnnkit.fast import onednn as dnnl
 
 _ACT = {"tanh": "tanh", "relu": "relu", "sigmoid": "logistic"}
@@ -77,11 +78,14 @@ class _Layouts:
         self._lock = threading.Lock()
         self._entries: dict[int, tuple[weakref.ref, list]] = {}
 
-    def get(self, prim: dnnl._Primitive, arg: int, t: torch.Tensor) -> torch.Tensor:
-        if arg not in prim.relaid:
+    def get(self, prim: dnnl._Primitive, arg: int, t: torch.Tensor,
+            order: tuple[int, ...] | None = None) -> torch.Tensor:
+        """``t`` (gate blocks gathered by ``order`` first, if given) in ``prim``'s layout for
+        weights argument ``arg``."""
+        if arg not in prim.relaid and order is None:
             return t
         base = t if t._base is None else t._base
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t._version)
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t._version, order)
         with self._lock:
             ref, entries = self._entries.get(id(base), (None, None))
             if ref is None or ref() is not base:
@@ -92,7 +96,8 @@ class _Layouts:
             for e_key, _, e_prim, e_arg, buf in entries:
                 if e_key == key and e_arg == arg and prim.same_layout(e_prim, arg):
                     return buf
-        buf = prim.reorder(arg, t.detach())
+        plain = t.detach() if order is None else reorder_blocks(t.detach(), order).contiguous()
+        buf = prim.reorder(arg, plain)
         with self._lock:
             entries.append((key, key[3], prim, arg, buf))
             del entries[:-8]
@@ -105,11 +110,16 @@ layouts = _Layouts()
 class Weights:
     """A cell's weights for oneDNN, made once per unroll and shared by its calls (the segments of
     a variable-length batch). ``tensors`` are plain and differentiable functions of
-    ``Canonical``; ``laid_out`` gives the matrices in a primitive's layouts."""
+    ``Canonical``; ``laid_out`` gives the matrices in a primitive's layouts. A TF1 LSTM's ``W``
+    and ``U`` stay views of its kernel, gate blocks in the kernel's order (``order``): the
+    Keras-order copy oneDNN reads is made with the layout, cached with it per kernel version,
+    and ``stored`` puts the primitive's gradients back in the kernel's order."""
 
     def __init__(self, p: Canonical, pooled: bool = True):
-        p = p.in_keras_order()  # oneDNN's gate order (TF1 LSTM cells keep theirs until here)
         self.pooled = pooled  # training workspaces from the pool (False under swap_memory)
+        self.order = p.gate_order  # None: W and U already in oneDNN's (Keras) gate order
+        b = reorder_blocks(p.b, list(p.gate_order)) if p.gate_order is not None else p.b
+        p = replace(p, b=b, gate_order=None)
         self.cell = cell_kind(p)
         self.hidden = p.U.shape[1] // dnnl.GATES[self.cell]
         self.input_size, self.proj = p.W.shape[0], p.U.shape[0]
@@ -127,10 +137,19 @@ class Weights:
     def laid_out(self, prim: dnnl._Primitive) -> dict[int, torch.Tensor]:
         """The weight matrices (argument number -> tensor) in ``prim``'s layouts (cached)."""
         wl, wi, _, _, wproj = self.tensors
-        out = {dnnl.WEIGHTS_LAYER: wl, dnnl.WEIGHTS_ITER: wi}
+        out = {dnnl.WEIGHTS_LAYER: layouts.get(prim, dnnl.WEIGHTS_LAYER, wl, self.order),
+               dnnl.WEIGHTS_ITER: layouts.get(prim, dnnl.WEIGHTS_ITER, wi, self.order)}
         if wproj is not None:
-            out[dnnl.WEIGHTS_PROJECTION] = wproj
-        return {arg: layouts.get(prim, arg, t) for arg, t in out.items()}
+            out[dnnl.WEIGHTS_PROJECTION] = layouts.get(prim, dnnl.WEIGHTS_PROJECTION, wproj)
+        return out
+
+    def stored(self, grads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The primitive's weight gradients, ``W`` and ``U``'s in the order of ``tensors``."""
+        if self.order is None:
+            return grads
+        back = [self.order.index(k) for k in range(len(self.order))]
+        return grads | {arg: reorder_blocks(grads[arg], back)
+                        for arg in (dnnl.WEIGHTS_LAYER, dnnl.WEIGHTS_ITER)}
 
 
 def _bias(p: Canonical, kind: str, H: int) -> torch.Tensor:
@@ -186,7 +205,7 @@ class _RNN(torch.autograd.Function):
         t.update({dnnl.DIFF + k: v for k, v in diff.items()})
         t.update({dnnl.DIFF + k: v for k, v in (grads | wgrads).items()})
         bwd.execute(t)
-        g = (grads | wgrads).get
+        g = (grads | ctx.weights.stored(wgrads)).get
         return (None, None, g(dnnl.SRC_LAYER), g(dnnl.SRC_ITER), g(dnnl.SRC_ITER_C),
                 g(dnnl.WEIGHTS_LAYER), g(dnnl.WEIGHTS_ITER), g(dnnl.BIAS),
                 g(dnnl.WEIGHTS_PEEPHOLE), g(dnnl.WEIGHTS_PROJECTION))

@@ -24,6 +24,7 @@ from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 from rnnkit.fast.fused_gru import run_gru
 from rnnkit.fast.library import check
+from rnnkit.fast.varlen import take_tokens
 
 
 def unmet(p: Canonical) -> list[str]:
@@ -164,7 +165,7 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
         order, packed = None, x.reshape(steps * batch, depth)
     else:
         order, lengths, t_idx, b_idx = pack(lengths, steps)
-        packed = x[t_idx, b_idx]
+        packed = take_tokens(x, t_idx, b_idx)
         h0 = h0.index_select(0, order)
         c0 = c0.index_select(0, order) if lstm else None
     if lstm:

@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.fast import onednn as dnnl
 from rnnkit.fast.autograd import Weights, workspaces
-from rnnkit.fast.varlen import hold_last, plan
+from rnnkit.fast.varlen import hold_last, plan, take_tokens
 from rnnkit.unroll import map_state
 
 _ALIGN = 64  # bytes: each segment's workspace starts on a cache line
@@ -129,7 +129,7 @@ class _Segments(torch.autograd.Function):
         if lstm:
             dc0 = torch.zeros_like(c0)
             dc0[:first] = carry_c
-        g = wgrads.get
+        g = weights.stored(wgrads).get
         return (None, None, None, dx, dh0, dc0, g(dnnl.WEIGHTS_LAYER), g(dnnl.WEIGHTS_ITER),
                 g(dnnl.BIAS), g(dnnl.WEIGHTS_PEEPHOLE), g(dnnl.WEIGHTS_PROJECTION))
 
@@ -179,7 +179,7 @@ def run_packed(weights: Weights, x: torch.Tensor, state, lengths: torch.Tensor,
     h0, c0 = (sorted_state.h, sorted_state.c) if lstm else (sorted_state, None)
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *weights.tensors))
-    y, hT, cT = _Segments.apply(weights, segs, training, x[t_idx, b_idx], h0, c0,
+    y, hT, cT = _Segments.apply(weights, segs, training, take_tokens(x, t_idx, b_idx), h0, c0,
                                 *weights.tensors)
     if ends_inside:  # merged segments: a final state is the output at the sequence's last step
         rows, pos = (torch.tensor(v, device=dev) for v in zip(*ends_inside, strict=True))

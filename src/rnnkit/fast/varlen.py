@@ -29,12 +29,29 @@ def prefix_lengths(mask: torch.Tensor) -> torch.Tensor | None:
 def roll_to_front(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Rotate each sequence of time-major ``x`` ``[T, B, ...]`` so that its last ``lengths[b]``
     steps come first (a suffix mask becomes a prefix mask); ``roll_to_front(y, T - lengths)``
-    undoes it."""
+    undoes it, and is its backward (a permutation: no accumulation, which ``torch.gather``'s
+    own backward pays, several times slower on CPU)."""
+    return _Roll.apply(x, lengths)
+
+
+def _rolled(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     steps = x.shape[0]
     t = torch.arange(steps, device=x.device)[:, None]
     src = (t + steps - lengths.to(x.device)[None, :]) % steps
     index = src.reshape(steps, -1, *([1] * (x.dim() - 2))).expand_as(x)
     return torch.gather(x, 0, index)
+
+
+class _Roll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lengths):
+        ctx.save_for_backward(lengths)
+        return _rolled(x, lengths)
+
+    @staticmethod
+    def backward(ctx, g):
+        (lengths,) = ctx.saved_tensors
+        return roll_to_front(g, g.shape[0] - lengths), None
 
 
 def plan(sorted_lens: list[int], merge: bool, waste: float = 0.125
@@ -63,10 +80,37 @@ def plan(sorted_lens: list[int], merge: bool, waste: float = 0.125
     return segments
 
 
+class _Tokens(torch.autograd.Function):
+    """``x[t_idx, b_idx]`` for index pairs that are all different: the backward writes each
+    row's gradient in place (``index_put`` without accumulation), where autograd's own backward
+    of advanced indexing accumulates, about 10x slower on CPU (1.3 against 0.12 ms for
+    B32 T100 H256)."""
+
+    @staticmethod
+    def forward(ctx, x, t_idx, b_idx):
+        ctx.save_for_backward(t_idx, b_idx)
+        ctx.shape = x.shape
+        return x[t_idx, b_idx]
+
+    @staticmethod
+    def backward(ctx, g):
+        t_idx, b_idx = ctx.saved_tensors
+        return g.new_zeros(ctx.shape).index_put_((t_idx, b_idx), g), None, None
+
+
+def take_tokens(x: torch.Tensor, t_idx: torch.Tensor, b_idx: torch.Tensor) -> torch.Tensor:
+    """The packed rows ``x[t_idx, b_idx]`` of time-major ``x`` (each ``(t, b)`` at most once)."""
+    return _Tokens.apply(x, t_idx, b_idx)
+
+
 def hold_last(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Outputs past each length repeat the last valid one (zeros for length 0)."""
-    steps = torch.arange(out.shape[0], device=lengths.device)[:, None]
+    """Outputs past each length repeat the last valid one (zeros for length 0). One row gather
+    (``index_select``, whose backward ``index_add_`` is fast where ``gather``'s is not)."""
+    steps, batch = out.shape[0], out.shape[1]
+    t = torch.arange(steps, device=lengths.device)[:, None]
     lens = lengths[None, :]
-    src = torch.where(steps < lens, steps, (lens - 1).clamp(min=0))
-    held = out.gather(0, src[..., None].expand_as(out).to(out.device))
-    return torch.where((lens > 0)[..., None].to(out.device), held, torch.zeros_like(out))
+    src = torch.where(t < lens, t, (lens - 1).clamp(min=0))
+    rows = (src * batch + torch.arange(batch, device=lengths.device)).flatten().to(out.device)
+    held = out.reshape(steps * batch, -1).index_select(0, rows).view(out.shape)
+    keep = (lens > 0).to(out.device).view(1, batch, *([1] * (out.dim() - 2)))
+    return torch.where(keep, held, torch.zeros_like(out))
