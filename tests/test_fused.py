@@ -139,6 +139,68 @@ def test_rows_split_across_threads_match_reference(make):
                 torch.testing.assert_close(a, b, **TOL)
 
 
+@pytest.fixture
+def two_threads():
+    """The small-batch path needs more than one thread (CI machines have two cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("units", [10, 40, 100, 128])
+@pytest.mark.parametrize("make", [
+    lambda n: rk.BasicLSTMCell(n, forget_bias=0.5),  # the kernel's TF1 gate order
+    lambda n: rk.LSTMCell(n, use_peepholes=True, cell_clip=0.7),
+], ids=["basic", "peephole_clip"])
+@pytest.mark.parametrize("lengths", [[9], None, [9, 4], [9, 0]])
+def test_small_batches_split_units_across_threads_match_reference(make, units, lengths,
+                                                                  two_threads, monkeypatch):
+    """Batches of 1 or 2 run each thread's units through the whole sequence, one barrier a
+    step (``lstm_kernel.c``'s small-batch path): units split unevenly, a thread with none
+    (10 units), panels of U narrower than 64 columns, sequences ending early and of length 0.
+    (Variables moved by 0.1 noise: with 0.4 at 128 units, gradients reach 6, and the two float32
+    paths, summing in different orders, differed by 1.6e-5, the fast one the closer of the two
+    to a float64 run.)"""
+    monkeypatch.setattr(dispatch, "SMALL_UNITS", 10**9)  # the fused kernel at any batch
+    torch.manual_seed(0)
+    cell = make(units)
+    batch = 1 if lengths is None else len(lengths)
+    x = torch.randn(batch, 9, 5, requires_grad=True)
+    cell.ensure_built(5, torch.float32)
+    _perturb(cell, scale=0.1)
+    cfg = fused._config(cell.sequence_params(), 9, batch, 5)
+    assert compiled.kernels().rk_lstm_small_batch(cfg) == 1
+    h0 = rk.LSTMStateTuple(torch.randn(batch, units, requires_grad=True),
+                           torch.randn(batch, units, requires_grad=True))
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=h0,
+                                         fast=fast),
+             [x, *h0, *cell.parameters()])
+    with torch.no_grad():  # inference: the state in buffers of its own
+        fast, ref = (rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=h0, fast=f)
+                     for f in (True, False))
+        for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+
+
+def test_small_batch_path_only_where_it_was_measured_faster(two_threads):
+    """Batches of at most 2, no projection, the standard activations, and a share of U of at
+    most 128 KB per thread (up to 128 units at 2 threads)."""
+    def small(cell, batch=1):
+        cell.ensure_built(4, torch.float32)
+        return compiled.kernels().rk_lstm_small_batch(
+            fused._config(cell.sequence_params(), 5, batch, 4))
+
+    assert small(rk.BasicLSTMCell(128)) == 1
+    assert small(rk.BasicLSTMCell(129)) == 0
+    assert small(rk.BasicLSTMCell(64), batch=3) == 0
+    assert small(rk.LSTMCell(64, num_proj=32)) == 0
+    assert small(rk.LayerNormLSTMCell(64)) == 0
+    assert small(rk.BasicLSTMCell(64, activation="relu")) == 0
+    torch.set_num_threads(1)
+    assert small(rk.BasicLSTMCell(64)) == 0
+
+
 def test_loading_the_kernels_keeps_subnormal_floats():
     """A library built with -ffast-math would switch the whole process to flushing subnormals
     to zero when it loads; the kernels are built without it."""

@@ -120,7 +120,8 @@ static int standard(const rk_cfg *k) {
 static inline __attribute__((always_inline)) void forward_std_loop(
         const rk_cfg *k, float *z, const float *b, const float *restrict c_prev,
         float *restrict c_new, float *restrict ac, float *restrict m,
-        const float *restrict peep, float cc, const int has_b, const int ph, const int clip) {
+        const float *restrict peep, float cc, int64_t j0, int64_t j1, const int has_b,
+        const int ph, const int clip) {
     const int64_t H = k->H, oi = at_gate(k, 0), of = at_gate(k, 1), og = at_gate(k, 2);
     const int64_t oo = at_gate(k, 3);
     /* no two of these overlap (nor do the four gate blocks): saying so lets the loop vectorize */
@@ -129,7 +130,7 @@ static inline __attribute__((always_inline)) void forward_std_loop(
     const float *restrict bi = has_b ? b + oi : NULL, *restrict bf = has_b ? b + of : NULL;
     const float *restrict bg = has_b ? b + og : NULL, *restrict bo = has_b ? b + oo : NULL;
     #pragma omp simd
-    for (int64_t j = 0; j < H; j++) {
+    for (int64_t j = j0; j < j1; j++) {
         float zi = zi_p[j], zf = zf_p[j], zg = zg_p[j], zo = zo_p[j];
         if (has_b) { zi += bi[j]; zf += bf[j]; zg += bg[j]; zo += bo[j]; }
         const float cp = c_prev[j];
@@ -144,15 +145,122 @@ static inline __attribute__((always_inline)) void forward_std_loop(
     }
 }
 
+/* Units [j0, j1) of one row (the state and output pointers are the row's, not offset). */
 static void row_forward_std(const rk_cfg *k, float *z, const float *b, const float *c_prev,
-                            float *c_new, float *ac, float *m, const float *peep) {
+                            float *c_new, float *ac, float *m, const float *peep, int64_t j0,
+                            int64_t j1) {
     const float cc = k->cell_clip;
     const int flags = (b != NULL) | (k->peephole ? 2 : 0) | (cc > 0.0f ? 4 : 0);
     switch (flags) {
-#define CASE(n) case n: forward_std_loop(k, z, b, c_prev, c_new, ac, m, peep, cc, n & 1, n & 2, n & 4); break;
+#define CASE(n) case n: forward_std_loop(k, z, b, c_prev, c_new, ac, m, peep, cc, j0, j1, n & 1, n & 2, n & 4); break;
     CASE(0) CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7)
 #undef CASE
     }
+}
+
+
+/* ---- Small batches: every thread owns a range of units for the whole sequence ----
+ * At batch 1 or 2 a step's recurrent product is a matrix-vector product, bound by reading U
+ * (P x 4H), and a call of sgemm per step pays its hand-off between threads on top. Here each
+ * thread owns units [u0, u1): the four gate columns of those units, for every step. It packs
+ * its columns of U once per call into panels of PANEL columns (each panel [P, w] contiguous,
+ * so the reads stream and its share stays in its own core's cache), computes those gates,
+ * their units' new c and h, and one barrier per step hands the new h over. Backward mirrors
+ * it: a thread's gate gradients give its part of d(h_prev) = dz U^T over all P units (rows
+ * of Ut), and after the step's barrier each thread sums the parts for its own units (parts
+ * double-buffered by step parity, so one barrier a step suffices); its rows of Ut are packed
+ * into panels the same way. The standard LSTM only (tanh, sigmoid, no layer norm; peepholes
+ * and cell_clip included), no projection. */
+#define SMALL_ROWS 2            /* batches up to this take the small-batch path ... */
+#define SMALL_SHARE (128 << 10)  /* ... where each thread's share of U is at most this many bytes */
+#define PANEL 64
+
+/* Measured (benchmarks/RESULTS.md, 2 threads, B1 T500): 30-40% faster than the per-step sgemm
+ * at H 64 and 128; from H 224 on (a share of U of 400 KB and more) slower. */
+static int small_batch(const rk_cfg *k) {
+    const int nt = omp_get_max_threads();
+    return standard(k) && !k->proj && k->B <= SMALL_ROWS && nt > 1 &&
+           k->P * 4 * k->H * (int64_t)sizeof(float) <= (int64_t)SMALL_SHARE * nt;
+}
+
+/* Whether a call with this configuration takes the small-batch path (for tests). */
+int rk_lstm_small_batch(const rk_cfg *k) { return small_batch(k); }
+
+/* The first unit of thread th of nt (a multiple of 16 floats: no two threads share a cache
+ * line of a state row). */
+static inline int64_t unit_start(int64_t H, int th, int nt) {
+    return th >= nt ? H : (H * th / nt) / 16 * 16;
+}
+
+/* out[0, w) += v [K] times a panel [K, w] (w <= PANEL, the panel contiguous): the forward's
+ * h U over a thread's columns, and the backward's dz Ut over its rows. The sums stay in
+ * registers when w is a constant (panel_product's full panels). */
+static inline __attribute__((always_inline)) void panel_loop(
+        int64_t K, const float *restrict v, const float *restrict pan, const int64_t w,
+        float *restrict out) {
+    float acc[PANEL];
+    for (int64_t j = 0; j < w; j++) acc[j] = out[j];
+    for (int64_t q = 0; q < K; q++) {
+        const float s = v[q];
+        const float *restrict u = pan + q * w;
+        #pragma omp simd
+        for (int64_t j = 0; j < w; j++) acc[j] += s * u[j];
+    }
+    for (int64_t j = 0; j < w; j++) out[j] = acc[j];
+}
+
+static inline void panel_product(int64_t K, const float *v, const float *pan, int64_t w,
+                                 float *out) {
+    if (w == PANEL) panel_loop(K, v, pan, PANEL, out);
+    else panel_loop(K, v, pan, w, out);
+}
+
+/* The forward steps on the small-batch path (gates hold x W for every step on entry; see
+ * rk_lstm_forward for the other buffers). Returns 0 or -1 (out of memory). */
+static int forward_small(const rk_cfg *k, const int64_t *active, const int64_t *off,
+                         const float *h0, const float *U, const float *b, const float *peep,
+                         float *gates, float *y, float *c_run, float *c_step, float *ac_step,
+                         rk_saved *s) {
+    const int64_t T = k->T, H = k->H, P = k->P, G = 4 * H;
+    float *packed = malloc((size_t)P * G * sizeof(float));
+    if (!packed) return -1;
+    #pragma omp parallel
+    {
+        const int th = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t u0 = unit_start(H, th, nt), u1 = unit_start(H, th + 1, nt);
+        float *mine = packed + 4 * P * u0;  /* this thread's panels: gate by gate, unit order */
+        float *pan = mine;
+        for (int q = 0; q < 4; q++)
+            for (int64_t j = u0; j < u1; j += PANEL) {
+                const int64_t w = u1 - j < PANEL ? u1 - j : PANEL, col = at_gate(k, q) + j;
+                for (int64_t p = 0; p < P; p++)
+                    memcpy(pan + p * w, U + p * G + col, w * sizeof(float));
+                pan += P * w;
+            }
+        for (int64_t t = 0; t < T && active[t] > 0; t++) {
+            const int64_t a = active[t], at = off[t];
+            const float *h_prev = t == 0 ? h0 : y + off[t - 1] * P;
+            for (int64_t r = 0; r < a; r++) {
+                const int64_t row = at + r;
+                float *z = gates + row * G;
+                pan = mine;
+                for (int q = 0; q < 4; q++)
+                    for (int64_t j = u0; j < u1; j += PANEL) {
+                        const int64_t w = u1 - j < PANEL ? u1 - j : PANEL;
+                        panel_product(P, h_prev + r * P, pan, w, z + at_gate(k, q) + j);
+                        pan += P * w;
+                    }
+                const float *cp = (s && t > 0) ? s->cells + (off[t - 1] + r) * H : c_run + r * H;
+                float *cn = s ? s->cells + row * H : c_step + r * H;
+                float *ac = s ? s->act_c + row * H : ac_step + r * H;
+                row_forward_std(k, z, b, cp, cn, ac, y + row * P, peep, u0, u1);
+                memcpy(c_run + r * H + u0, cn + u0, (u1 - u0) * sizeof(float));
+            }
+            #pragma omp barrier
+        }
+    }
+    free(packed);
+    return 0;
 }
 
 /* Forward over the sequence. s: buffers to keep for backward (training), or NULL; scratch:
@@ -172,7 +280,9 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     float *ac_step = c_step + B * H, *m_step = ac_step + B * H;
     int st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     memcpy(c_run, c0, B * H * sizeof(float));
-    for (int64_t t = 0; t < T && !st && active[t] > 0; t++) {
+    if (!st && small_batch(k))
+        st = forward_small(k, active, off, h0, U, b, peep, gates, y, c_run, c_step, ac_step, s);
+    for (int64_t t = 0; t < T && !st && !small_batch(k) && active[t] > 0; t++) {
         const int64_t a = active[t], at = off[t];
         float *z = gates + at * G, *yt = y + at * P;
         const float *h_prev = t == 0 ? h0 : y + off[t - 1] * P;
@@ -186,7 +296,7 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
             float *cn = s ? s->cells + row * H : c_step + r * H;
             float *ac = s ? s->act_c + row * H : ac_step + r * H;
             if (standard(k)) {
-                row_forward_std(k, zr, b, cp, cn, ac, m + r * H, peep);
+                row_forward_std(k, zr, b, cp, cn, ac, m + r * H, peep, 0, H);
             } else {
                 if (b) for (int64_t j = 0; j < G; j++) zr[j] += b[j];
                 row_forward(k, zr, cp, cn, ac, m + r * H, peep, gamma, beta,
@@ -271,7 +381,7 @@ static inline __attribute__((always_inline)) void backward_std_loop(
         const rk_cfg *k, const float *gt, const float *restrict c_prev,
         const float *restrict cn, const float *restrict ac, const float *restrict dm,
         float *restrict dc, float *dz, const float *restrict peep, float *acc, float cc,
-        const int ph, const int clip) {
+        int64_t j0, int64_t j1, const int ph, const int clip) {
     const int64_t H = k->H, oi = at_gate(k, 0), of = at_gate(k, 1), og = at_gate(k, 2);
     const int64_t oo = at_gate(k, 3);
     /* no two of these overlap: saying so lets the loop vectorize */
@@ -281,7 +391,7 @@ static inline __attribute__((always_inline)) void backward_std_loop(
     float *restrict dzo = dz + oo;
     float *restrict dpi = acc, *restrict dpf = acc + H, *restrict dpo = acc + 2 * H;
     #pragma omp simd
-    for (int64_t j = 0; j < H; j++) {
+    for (int64_t j = j0; j < j1; j++) {
         const float si = gi[j], sf = gf[j], ga = gg[j], so = go[j];
         const float a = ac[j], c = cn[j], cp = c_prev[j];
         const float dout = dm[j] * a * so * (1.0f - so);
@@ -301,15 +411,82 @@ static inline __attribute__((always_inline)) void backward_std_loop(
     }
 }
 
+/* Units [j0, j1) of one row (pointers are the row's, not offset). */
 static void row_backward_std(const rk_cfg *k, const float *gt, const float *c_prev,
                              const float *cn, const float *ac, const float *dm, float *dc,
-                             float *dz, const float *peep, float *acc) {
+                             float *dz, const float *peep, float *acc, int64_t j0, int64_t j1) {
     const float cc = k->cell_clip;
     switch ((k->peephole ? 1 : 0) | (cc > 0.0f ? 2 : 0)) {
-#define CASE(n) case n: backward_std_loop(k, gt, c_prev, cn, ac, dm, dc, dz, peep, acc, cc, n & 1, n & 2); break;
+#define CASE(n) case n: backward_std_loop(k, gt, c_prev, cn, ac, dm, dc, dz, peep, acc, cc, j0, j1, n & 1, n & 2); break;
     CASE(0) CASE(1) CASE(2) CASE(3)
 #undef CASE
     }
+}
+
+/* The backward steps on the small-batch path (see forward_small and rk_lstm_backward). */
+static int backward_small(const rk_cfg *k, const int64_t *active, const int64_t *off,
+                          const float *h0, const float *c0, const float *Ut, const float *peep,
+                          const float *y, const rk_saved *s, const float *dy, float *dh,
+                          float *dc, float *dz, float *h_in, float *acc) {
+    const int64_t T = k->T, B = k->B, H = k->H, P = k->P, G = 4 * H;
+    const int most = omp_get_max_threads();
+    float *parts = malloc((size_t)2 * most * B * P * sizeof(float));
+    float *packed = malloc((size_t)P * G * sizeof(float));
+    if (!parts || !packed) { free(parts); free(packed); return -1; }
+    #pragma omp parallel
+    {
+        const int th = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t u0 = unit_start(H, th, nt), u1 = unit_start(H, th + 1, nt), n = u1 - u0;
+        float *mine = acc + (size_t)th * ACC_SIZE(H);
+        float *panels = packed + 4 * P * u0;  /* my rows of Ut, gate by gate, PANEL columns */
+        float *pan = panels;
+        for (int q = 0; q < 4; q++)
+            for (int64_t k0 = 0; k0 < P; k0 += PANEL) {
+                const int64_t w = P - k0 < PANEL ? P - k0 : PANEL;
+                for (int64_t c = 0; c < n; c++)
+                    memcpy(pan + c * w, Ut + (at_gate(k, q) + u0 + c) * P + k0, w * sizeof(float));
+                pan += n * w;
+            }
+        int64_t pending = 0;  /* rows whose d(h) the last step's parts hold */
+        int parity = 0;
+        for (int64_t t = T - 1; t >= -1; t--) {
+            if (t >= 0 && active[t] == 0) continue;
+            for (int64_t r = 0; r < pending; r++)  /* d(h) of my units: the sum of the parts */
+                for (int64_t j = u0; j < u1; j++) {
+                    float v = 0.0f;
+                    for (int q = 0; q < nt; q++) v += parts[((size_t)(parity ^ 1) * most + q) * B * P + r * P + j];
+                    dh[r * P + j] = v;
+                }
+            if (t < 0) break;
+            const int64_t a = active[t], at = off[t];
+            float *part = parts + ((size_t)parity * most + th) * B * P;
+            for (int64_t r = 0; r < a; r++) {
+                const int64_t row = at + r;
+                const float *hp = t == 0 ? h0 + r * P : y + (off[t - 1] + r) * P;
+                memcpy(h_in + row * P + u0, hp + u0, n * sizeof(float));
+                for (int64_t j = u0; j < u1; j++) dh[r * P + j] += dy[row * P + j];
+                const float *cp = t == 0 ? c0 + r * H : s->cells + (off[t - 1] + r) * H;
+                row_backward_std(k, s->gates + row * G, cp, s->cells + row * H,
+                                 s->act_c + row * H, dh + r * P, dc + r * H, dz + row * G, peep,
+                                 mine, u0, u1);
+                float *out = part + r * P;
+                memset(out, 0, P * sizeof(float));
+                pan = panels;
+                for (int q = 0; q < 4; q++)
+                    for (int64_t k0 = 0; k0 < P; k0 += PANEL) {
+                        const int64_t w = P - k0 < PANEL ? P - k0 : PANEL;
+                        panel_product(n, dz + row * G + at_gate(k, q) + u0, pan, w, out + k0);
+                        pan += n * w;
+                    }
+            }
+            pending = a;
+            parity ^= 1;
+            #pragma omp barrier
+        }
+    }
+    free(parts);
+    free(packed);
+    return 0;
 }
 
 /* Backward over the sequence, given the recurrent matrices transposed (Ut [4H, P], Pwt [P, H]:
@@ -332,7 +509,9 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     const int64_t *active = plan, *off = plan + T, N = plan ? off[T] : 0;
     float *dz = scratch, *h_in = dz + N * G, *dyp = h_in + N * P;
     float *dm_buf = dyp + (k->proj ? N * P : 0);
-    for (int64_t t = T - 1; t >= 0 && !st; t--) {
+    if (!st && small_batch(k))
+        st = backward_small(k, active, off, h0, c0, Ut, peep, y, s, dy, dh, dc, dz, h_in, acc);
+    for (int64_t t = T - 1; t >= 0 && !st && !small_batch(k); t--) {
         const int64_t a = active[t], at = off[t];
         if (a == 0) continue;
         memcpy(h_in + at * P, t == 0 ? h0 : y + off[t - 1] * P, a * P * sizeof(float));
@@ -355,7 +534,7 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
             if (standard(k))
                 row_backward_std(k, s->gates + row * G, cp, s->cells + row * H,
                                  s->act_c + row * H, dm + r * H, dc + r * H, dz + row * G, peep,
-                                 mine);
+                                 mine, 0, H);
             else
                 row_backward(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
                              dm + r * H, dc + r * H, dz + row * G, peep, gamma,
