@@ -18,7 +18,7 @@ from fast_checks import perturb as _perturb
 from fast_checks import random_state as _random_state
 
 import rnnkit as rk
-from rnnkit.fast import compiled, cudnn, onednn
+from rnnkit.fast import compiled, cudnn, dispatch, onednn
 
 CELLS = {
     "basic_lstm": lambda: rk.BasicLSTMCell(6, forget_bias=0.5),
@@ -54,6 +54,42 @@ def test_cells_match_reference(name, lengths, time_major, on_cpu):
              [x, *leaves, *cell.parameters()])
     assert on_cpu == ["cudnn"]
 
+
+
+@pytest.mark.parametrize("lengths", ["full", "varied"])
+def test_a_cudnn_refusal_falls_back_to_the_reference_loop(lengths, on_cpu, monkeypatch):
+    """cuDNN's run-time refusals become ``CuDNNError``: the reference loop under "auto" (one
+    warning), the error under ``fast=True``; other errors, out-of-memory included, propagate."""
+    cell = CELLS["basic_lstm"]()
+    x = torch.randn(5, 7, 4)
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    lens = LENGTHS[lengths]
+    want = rk.dynamic_rnn(cell, x, sequence_length=lens, fast=False)
+
+    def fails_with(err):
+        def op(*args):
+            raise err
+        monkeypatch.setattr(torch, "lstm", op)
+
+    fails_with(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if "
+                            "you passed in a non-contiguous input."))
+    monkeypatch.setattr(dispatch, "_warned", set())
+    with pytest.warns(RuntimeWarning, match=r"the cudnn path failed \(torch\.op failed in "
+                                            r"cuDNN: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"):
+        got = rk.dynamic_rnn(cell, x, sequence_length=lens)
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want),
+                    strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    with pytest.raises(cudnn.CuDNNError, match="CUDNN_STATUS_NOT_SUPPORTED"):
+        rk.dynamic_rnn(cell, x, sequence_length=lens, fast=True)
+    fails_with(RuntimeError("input.size(-1) must be equal to input_size"))
+    with pytest.raises(RuntimeError, match="must be equal") as raised:
+        rk.dynamic_rnn(cell, x, sequence_length=lens)
+    assert not isinstance(raised.value, cudnn.CuDNNError)
+    fails_with(torch.OutOfMemoryError("CUDA out of memory (cudnn workspace)"))
+    with pytest.raises(torch.OutOfMemoryError):
+        rk.dynamic_rnn(cell, x, sequence_length=lens)
 
 @pytest.mark.parametrize("name", ["basic_lstm", "gru_reset_after"])
 def test_float64_and_swap_memory(name, on_cpu):

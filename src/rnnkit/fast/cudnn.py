@@ -11,6 +11,11 @@ the cell's variables through the transposes. A variable-length batch is packed
 (``torch.nn.utils.rnn``) with the same TF1 semantics as the other paths: outputs past a length
 are zero, the final state is the one at each sequence's length, and a sequence of length 0
 keeps its initial state.
+
+cuDNN refuses some configurations at run time (``CUDNN_STATUS_NOT_SUPPORTED`` and the like): such
+an error in the forward call becomes ``CuDNNError``, which the dispatch answers as it does a
+oneDNN error (the reference loop under ``fast="auto"``). Other errors, out-of-memory included,
+propagate, as do errors in the backward pass (the forward has then already run).
 """
 
 from __future__ import annotations
@@ -23,10 +28,28 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.cells.equations import Canonical, reorder_blocks
+from rnnkit.fast.library import FastPathError
 
 DEVICE = "cuda"  # where the dispatch takes this path (tests run it on "cpu", torch's own op)
 DTYPES = ("float32", "float64")
 _TORCH_GRU_ORDER = [1, 0, 2]  # torch's r, z, n from Canonical's z, r, c
+
+
+class CuDNNError(FastPathError):
+    """torch's fused RNN op failed in cuDNN."""
+
+
+def _call(op, *args):
+    """``op(*args)``, a cuDNN failure raised as ``CuDNNError``."""
+    try:
+        return op(*args)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as err:
+        if "cudnn" not in str(err).lower():
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CuDNNError(f"torch.{op.__name__} failed in cuDNN: {first}") from err
 
 
 def unmet(p: Canonical) -> list[str]:
@@ -92,7 +115,7 @@ def run_cudnn(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
                                 "with oneDNN)")
         if lengths is None:
             hx = (h0[None], c0[None]) if lstm else h0[None]
-            y, *final = op(x, hx, weights, True, 1, 0.0, train, False, False)
+            y, *final = _call(op, x, hx, weights, True, 1, 0.0, train, False, False)
             hT, cT = final[0][0], (final[1][0] if lstm else None)
         else:
             live = torch.nonzero(lengths > 0).flatten().to(x.device)
@@ -101,8 +124,8 @@ def run_cudnn(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
             order = packed.sorted_indices
             h_live = h0.index_select(0, live).index_select(0, order)[None]
             hx = (h_live, c0.index_select(0, live).index_select(0, order)[None]) if lstm else h_live
-            data, *final = op(packed.data, packed.batch_sizes, hx, weights, True, 1, 0.0, train,
-                              False)
+            data, *final = _call(op, packed.data, packed.batch_sizes, hx, weights, True, 1, 0.0,
+                                 train, False)
             y_live, _ = pad_packed_sequence(packed._replace(data=data), total_length=steps)
             y = y_live.new_zeros(steps, batch, y_live.shape[-1]).index_copy(1, live, y_live)
             back = packed.unsorted_indices

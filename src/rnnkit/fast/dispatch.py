@@ -34,6 +34,7 @@ from rnnkit.fast import compiled, cudnn, fused, onednn
 from rnnkit.fast.autograd import Weights, run
 from rnnkit.fast.cudnn import run_cudnn
 from rnnkit.fast.fused import run_fused
+from rnnkit.fast.library import FastPathError
 from rnnkit.fast.packed import run_packed
 from rnnkit.fast.swap import run_chunked
 from rnnkit.fast.varlen import hold_last, prefix_lengths, roll_to_front
@@ -275,7 +276,7 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         if chunked:
             return run_chunked(sequence, inputs, state, lengths, chunk)
         return sequence(inputs, state, lengths, masked_output)
-    except onednn.OneDNNError as err:
+    except FastPathError as err:  # oneDNN's status, a cuDNN refusal (forward only)
         if mode is True:
             raise
         _warn_once(f"rnnkit: the {decision.path} path failed ({err}); using the reference loop")

@@ -21,7 +21,12 @@ class _ExecArg(ctypes.Structure):
     _fields_ = [("arg", ctypes.c_int), ("memory", ctypes.c_void_p)]
 
 
-class OneDNNError(RuntimeError):
+class FastPathError(RuntimeError):
+    """A fast path could not run a call (with ``fast="auto"`` the dispatch then runs the
+    reference loop, with one warning)."""
+
+
+class OneDNNError(FastPathError):
     """A oneDNN call returned an error status."""
 
 
