@@ -10,7 +10,8 @@ are the recurrent rest. Fast paths consume the same ``Canonical``.
 An LSTM's blocks may also stay in the order its variables store them (``gate_order``: TF1's
 i, j, f, o kernels are then plain views, with nothing copied per unroll); the equations take
 their gates through ``lstm_gates``, the fused kernel reads the blocks where they are, and
-``in_keras_order`` makes the Keras-order copy for consumers that need it (oneDNN, exporters).
+``in_keras_order`` makes the Keras-order copy for consumers that need it (the cudnn path,
+exporters; oneDNN's path gathers with its weight layout, cached per kernel version).
 
 Keras recurrent dropout multiplies ``h`` by a mask before the recurrent matmul (``h_mask``):
 one ``[B, H]`` mask for every gate (SimpleRNN), or ``[B, G, H]``, one per gate block (Keras
