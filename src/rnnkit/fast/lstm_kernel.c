@@ -280,9 +280,10 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     float *ac_step = c_step + B * H, *m_step = ac_step + B * H;
     int st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     memcpy(c_run, c0, B * H * sizeof(float));
-    if (!st && small_batch(k))
+    const int small = small_batch(k);  /* decided once: the path runs the whole sequence */
+    if (!st && small)
         st = forward_small(k, active, off, h0, U, b, peep, gates, y, c_run, c_step, ac_step, s);
-    for (int64_t t = 0; t < T && !st && !small_batch(k) && active[t] > 0; t++) {
+    for (int64_t t = 0; t < T && !st && !small && active[t] > 0; t++) {
         const int64_t a = active[t], at = off[t];
         float *z = gates + at * G, *yt = y + at * P;
         const float *h_prev = t == 0 ? h0 : y + off[t - 1] * P;
@@ -451,10 +452,11 @@ static int backward_small(const rk_cfg *k, const int64_t *active, const int64_t 
         int parity = 0;
         for (int64_t t = T - 1; t >= -1; t--) {
             if (t >= 0 && active[t] == 0) continue;
+            const float *last = parts + (size_t)(parity ^ 1) * most * B * P;  /* last step's */
             for (int64_t r = 0; r < pending; r++)  /* d(h) of my units: the sum of the parts */
                 for (int64_t j = u0; j < u1; j++) {
                     float v = 0.0f;
-                    for (int q = 0; q < nt; q++) v += parts[((size_t)(parity ^ 1) * most + q) * B * P + r * P + j];
+                    for (int q = 0; q < nt; q++) v += last[(size_t)q * B * P + r * P + j];
                     dh[r * P + j] = v;
                 }
             if (t < 0) break;
@@ -509,9 +511,10 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     const int64_t *active = plan, *off = plan + T, N = plan ? off[T] : 0;
     float *dz = scratch, *h_in = dz + N * G, *dyp = h_in + N * P;
     float *dm_buf = dyp + (k->proj ? N * P : 0);
-    if (!st && small_batch(k))
+    const int small = small_batch(k);  /* decided once: the path runs the whole sequence */
+    if (!st && small)
         st = backward_small(k, active, off, h0, c0, Ut, peep, y, s, dy, dh, dc, dz, h_in, acc);
-    for (int64_t t = T - 1; t >= 0 && !st && !small_batch(k); t--) {
+    for (int64_t t = T - 1; t >= 0 && !st && !small; t--) {
         const int64_t a = active[t], at = off[t];
         if (a == 0) continue;
         memcpy(h_in + at * P, t == 0 ? h0 : y + off[t - 1] * P, a * P * sizeof(float));
