@@ -53,7 +53,7 @@ def _md(lib, dims: tuple[int, ...], strides: tuple[int, ...]) -> ctypes.c_void_p
     md, n = ctypes.c_void_p(), len(dims)
     d, s = (ctypes.c_int64 * n)(*dims), (ctypes.c_int64 * n)(*strides)
     check(lib.dnnl_memory_desc_create_with_strides(ctypes.byref(md), n, d, _F32, s),
-           "dnnl_memory_desc_create_with_strides")
+          "dnnl_memory_desc_create_with_strides")
     return md
 
 
@@ -61,8 +61,8 @@ def _any(lib, dims: tuple[int, ...]) -> ctypes.c_void_p:
     """A float32 memory descriptor leaving the layout to the primitive (``format_tag::any``)."""
     md, n = ctypes.c_void_p(), len(dims)
     check(lib.dnnl_memory_desc_create_with_tag(ctypes.byref(md), n, (ctypes.c_int64 * n)(*dims),
-                                                _F32, _FORMAT_ANY),
-           "dnnl_memory_desc_create_with_tag")
+                                               _F32, _FORMAT_ANY),
+          "dnnl_memory_desc_create_with_tag")
     return md
 
 
@@ -227,7 +227,7 @@ class _Primitive:
                 if entry is None:
                     mem = ctypes.c_void_p()
                     check(lib.dnnl_memory_create(ctypes.byref(mem), self.mds[arg], engine,
-                                                  ctypes.c_void_p(ptr)), "dnnl_memory_create")
+                                                 ctypes.c_void_p(ptr)), "dnnl_memory_create")
                     entry = [mem, ptr]
                     if mems is self._mems:
                         mems[arg] = entry
@@ -235,11 +235,11 @@ class _Primitive:
                         made.append(mem)
                 elif entry[1] != ptr:
                     check(lib.dnnl_memory_set_data_handle(entry[0], ctypes.c_void_p(ptr)),
-                           "dnnl_memory_set_data_handle")
+                          "dnnl_memory_set_data_handle")
                     entry[1] = ptr
                 args[k].arg, args[k].memory = arg, entry[0]
             check(lib.dnnl_primitive_execute(self.prim, stream, len(tensors), args),
-                   "dnnl_primitive_execute")
+                  "dnnl_primitive_execute")
             check(lib.dnnl_stream_wait(stream), "dnnl_stream_wait")
         finally:
             for mem in made:
@@ -272,7 +272,7 @@ def _create_pd(lib, shape: RNNShape, prop: int, mds: dict[int, ctypes.c_void_p]
     attr = ctypes.c_void_p()
     check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "dnnl_primitive_attr_create")
     check(lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_USER),
-           "dnnl_primitive_attr_set_scratchpad_mode")
+          "dnnl_primitive_attr_set_scratchpad_mode")
     tail = [None, attr] if backward else [attr]  # hint_fwd_pd (NULL is allowed), attr
     try:
         if shape.cell == "rnn":
