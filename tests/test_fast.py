@@ -32,7 +32,7 @@ def _onednn_for_small_cells(monkeypatch):
     """These tests use cells of a few units (and peephole LSTMs), which the dispatch would give
     to the fused kernels (faster there); here they exercise oneDNN's path."""
     monkeypatch.setattr(dispatch, "SMALL_BATCH", 0)
-    monkeypatch.setattr(dispatch, "SMALL_UNITS", 0)
+    monkeypatch.setattr(dispatch, "SMALL_UNITS", dict.fromkeys(dispatch.SMALL_UNITS, 0))
     monkeypatch.setattr(dispatch, "FUSED_PEEPHOLES", False)
 
 

@@ -65,7 +65,7 @@ def _forced(path: str, cell):
     saved = [(module, name, getattr(module, name)) for module, name in saved]
     try:
         if path == "fused":
-            dispatch.SMALL_UNITS = 10**9
+            dispatch.SMALL_UNITS = dict.fromkeys(dispatch.SMALL_UNITS, 10**9)
         elif path == "cudnn" and not cudnn.unmet(cell.sequence_params()):
             cudnn.DEVICE = "cpu"
             onednn.load_error = compiled.load_error = lambda: "switched off"

@@ -46,7 +46,7 @@ def test_swap_memory_chunks_match_reference(lengths):
 
 
 def test_multi_rnn_cell_mixes_fused_and_onednn_layers(monkeypatch):
-    monkeypatch.setattr(dispatch, "SMALL_UNITS", 0)  # a 5-unit GRU on oneDNN
+    monkeypatch.setattr(dispatch, "SMALL_UNITS", dict.fromkeys(dispatch.SMALL_UNITS, 0))  # GRU on oneDNN
     cell = rk.MultiRNNCell([rk.LSTMCell(6, cell_clip=0.5), rk.GRUCell(5)])
     x = torch.randn(3, 6, 4, requires_grad=True)
     cell.ensure_built(4, torch.float32)
@@ -94,7 +94,7 @@ def test_explain_names_fused_and_why_not_onednn():
     assert "not fused: activation is gelu" in str(rk.fast.explain(gelu, torch.randn(2, 5, 3)))
     assert fused.unmet(rk.GRUCell(4, input_size=3).canonical()) == []
     assert "not fused: can run it, but onednn comes first" in str(
-        rk.fast.explain(rk.GRUCell(80, input_size=3), torch.randn(2, 5, 3)))
+        rk.fast.explain(rk.GRUCell(300, input_size=3), torch.randn(2, 5, 3)))
 
 
 def test_reference_runs_with_one_warning_where_the_kernel_cannot_build(monkeypatch, tmp_path):
@@ -111,6 +111,15 @@ def test_reference_runs_with_one_warning_where_the_kernel_cannot_build(monkeypat
     with pytest.raises(ValueError, match="no C compiler found"):
         rk.dynamic_rnn(cell, x, fast=True)
     assert rk.fast.explain(cell, x).path == "reference"
+
+
+def _compare_inference(run) -> None:
+    """``run(fast)`` without gradients (inference keeps nothing for backward: the state in
+    buffers of its own), ``fast=True`` against ``fast=False``, every output leaf to 1e-5."""
+    with torch.no_grad():
+        fast, ref = run(True), run(False)
+    for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
 
 
 @pytest.mark.parametrize("make", [
@@ -132,11 +141,9 @@ def test_rows_split_across_threads_match_reference(make):
     lengths = [5, 5, 4, 0, 3, 5, 1, 2] * 4
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=fast),
              [x, *cell.parameters()], scaled=True)
-    with torch.no_grad():  # inference keeps nothing for backward: its own buffers
-        for lens in (lengths, None):
-            fast, ref = (rk.dynamic_rnn(cell, x, sequence_length=lens, fast=f) for f in (True, False))
-            for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
-                torch.testing.assert_close(a, b, **TOL)
+    for lens in (lengths, None):
+        _compare_inference(lambda fast, lens=lens: rk.dynamic_rnn(cell, x, sequence_length=lens,
+                                                                  fast=fast))
 
 
 @pytest.fixture
@@ -162,7 +169,8 @@ def test_small_batches_split_units_across_threads_match_reference(make, units, l
     (Variables moved by 0.1 noise: with 0.4 at 128 units, gradients reach 6, and the two float32
     paths, summing in different orders, differed by 1.6e-5, the fast one the closer of the two
     to a float64 run.)"""
-    monkeypatch.setattr(dispatch, "SMALL_UNITS", 10**9)  # the fused kernel at any batch
+    # the fused kernel at any batch
+    monkeypatch.setattr(dispatch, "SMALL_UNITS", dict.fromkeys(dispatch.SMALL_UNITS, 10**9))
     torch.manual_seed(0)
     cell = make(units)
     batch = 1 if lengths is None else len(lengths)
@@ -176,20 +184,22 @@ def test_small_batches_split_units_across_threads_match_reference(make, units, l
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=h0,
                                          fast=fast),
              [x, *h0, *cell.parameters()])
-    with torch.no_grad():  # inference: the state in buffers of its own
-        fast, ref = (rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=h0, fast=f)
-                     for f in (True, False))
-        for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
-            torch.testing.assert_close(a, b, **TOL)
+    _compare_inference(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths,
+                                                   initial_state=h0, fast=fast))
+
+
+def _takes(query: str, cell, batch: int) -> int:
+    """What the kernel's ``query`` (``rk_lstm_small_batch``, ``rk_lstm_split_batch``) says of a
+    5-step call of ``cell`` on ``batch`` sequences of depth 4."""
+    cell.ensure_built(4, torch.float32)
+    return getattr(compiled.kernels(), query)(fused._config(cell.sequence_params(), 5, batch, 4))
 
 
 def test_small_batch_path_only_where_it_was_measured_faster(two_threads):
     """Batches of at most 2, no projection, the standard activations, and a share of U of at
     most 128 KB per thread (up to 128 units at 2 threads)."""
     def small(cell, batch=1):
-        cell.ensure_built(4, torch.float32)
-        return compiled.kernels().rk_lstm_small_batch(
-            fused._config(cell.sequence_params(), 5, batch, 4))
+        return _takes("rk_lstm_small_batch", cell, batch)
 
     assert small(rk.BasicLSTMCell(128)) == 1
     assert small(rk.BasicLSTMCell(129)) == 0
@@ -199,6 +209,75 @@ def test_small_batch_path_only_where_it_was_measured_faster(two_threads):
     assert small(rk.BasicLSTMCell(64, activation="relu")) == 0
     torch.set_num_threads(1)
     assert small(rk.BasicLSTMCell(64)) == 0
+
+
+SPLIT_LENGTHS = {
+    "full": None,
+    "varied": [9, 9, 8, 0, 3, 9, 1, 2, 5, 7, 0, 9, 4, 6, 9, 2, 8],  # 17 rows: uneven halves
+    "one_long": [9] + [1] * 19,  # by tokens, the first thread owns a single sequence
+}
+
+
+@pytest.mark.parametrize("lengths", list(SPLIT_LENGTHS))
+@pytest.mark.parametrize("make", [
+    lambda: rk.BasicLSTMCell(40, forget_bias=0.5),  # the kernel's TF1 gate order
+    lambda: rk.LSTMCell(48, use_peepholes=True, cell_clip=0.7, num_proj=24, proj_clip=0.4),
+    lambda: rk.LayerNormLSTMCell(32),
+    lambda: rk.BasicLSTMCell(24, activation="relu"),
+], ids=["basic", "peephole_proj_clip", "layer_norm", "relu"])
+def test_batches_split_between_threads_match_reference(make, lengths, two_threads):
+    """From 8 rows per thread, with U in each core's cache, each thread runs its own
+    sequences through the whole sequence (``lstm_kernel.c``'s split batches): rows split by
+    tokens, sequences ending early and of length 0, a thread whose rows all end before the
+    other's, the peephole and layer-norm sums of each thread, training and inference."""
+    torch.manual_seed(0)
+    cell = make()
+    lens = SPLIT_LENGTHS[lengths]
+    batch = 16 if lens is None else len(lens)
+    x = torch.randn(batch, 9, 5, requires_grad=True)
+    cell.ensure_built(5, torch.float32)
+    _perturb(cell, scale=0.2)
+    assert compiled.kernels().rk_lstm_split_batch(
+        fused._config(cell.sequence_params(), 9, batch, 5)) == 1
+    assert rk.fast.explain(cell, x, sequence_length=lens).path == "fused"
+    state = cell.zero_state(batch)
+    h0 = type(state)(*(torch.randn_like(s).requires_grad_() for s in state))
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lens, initial_state=h0,
+                                         fast=fast),
+             [x, *h0, *cell.parameters()], scaled=True)
+    _compare_inference(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lens,
+                                                   initial_state=h0, fast=fast))
+
+
+def test_lstm_rows_split_per_step_where_u_leaves_the_cache(two_threads):
+    """Past 256 KB of U, an LSTM's steps are one product over all rows each and the rows' gate
+    passes are split between threads."""
+    torch.manual_seed(0)
+    cell = rk.LSTMCell(160, use_peepholes=True, cell_clip=0.7)
+    x = torch.randn(32, 5, 8, requires_grad=True)
+    cell.ensure_built(8, torch.float32)
+    _perturb(cell, scale=0.1)
+    assert compiled.kernels().rk_lstm_split_batch(
+        fused._config(cell.sequence_params(), 5, 32, 8)) == 0
+    lengths = [5, 5, 4, 0, 3, 5, 1, 2] * 4
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=fast),
+             [x, *cell.parameters()], scaled=True)
+
+
+def test_batch_split_only_where_it_was_measured_faster(two_threads):
+    """At least 8 rows per thread and at most 256 KB of U (with the projection): up to 128
+    units at 2 threads."""
+    def split(cell, batch=16):
+        return _takes("rk_lstm_split_batch", cell, batch)
+
+    assert split(rk.BasicLSTMCell(128)) == 1
+    assert split(rk.BasicLSTMCell(129)) == 0
+    assert split(rk.BasicLSTMCell(64), batch=15) == 0
+    assert split(rk.LSTMCell(160, num_proj=80)) == 1  # U 200 KB, projection 50 KB
+    assert split(rk.LSTMCell(176, num_proj=80)) == 0  # U 220 KB, projection 55 KB
+    assert split(rk.LayerNormLSTMCell(64)) == 1
+    torch.set_num_threads(1)
+    assert split(rk.BasicLSTMCell(64)) == 0
 
 
 def test_loading_the_kernels_keeps_subnormal_floats():
@@ -215,12 +294,14 @@ def test_small_batches_and_cells_take_the_fused_kernels_and_say_why():
     small = rk.LSTMCell(8, input_size=3)
     decision = rk.fast.explain(small, x)
     assert decision.path == "fused"
-    assert "at most 64 units: the fused kernels cost less per step" in decision.explain()
-    big = rk.GRUCell(80, input_size=3)
+    assert "at most 128 units (lstm): the fused kernels cost less per step" in decision.explain()
+    assert rk.fast.explain(rk.LSTMCell(128, input_size=3), x).path == "fused"
+    assert rk.fast.explain(rk.GRUCell(256, input_size=3), x).path == "fused"
+    big = rk.GRUCell(257, input_size=3)
     wanted = "onednn" if dispatch.onednn.load_error() is None else "fused"
     assert rk.fast.explain(big, x).path == wanted
     assert rk.fast.explain(big, x[:1]).path == "fused"  # batch 1
-    peepholes = rk.LSTMCell(80, use_peepholes=True, input_size=3)
+    peepholes = rk.LSTMCell(200, use_peepholes=True, input_size=3)
     decision = rk.fast.explain(peepholes, x)
     assert decision.path == "fused"
     if dispatch.onednn.load_error() is None:

@@ -6,8 +6,9 @@ fused RNN ops, cuDNN on a CUDA device, ``rnnkit.fast.cudnn``), ``fused`` (rnnkit
 activations), ``reference``
 (``rnnkit.unroll.scan``, always exact, always available). Exceptions, measured: a
 variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN needs one
-call per segment of constant batch; so do batch 1, cells of at most 64 units and LSTMs with
-peepholes, where oneDNN 3.2's primitives cost more per step. A fast path is an
+call per segment of constant batch; so do batch 1, small cells (LSTMs up to 128 units, GRUs
+up to 256, vanilla RNNs up to 64) and LSTMs with peepholes, where oneDNN 3.2's primitives cost
+more per step. A fast path is an
 optimization, never a second semantics: it must give the reference path's numbers.
 
 The switch has three values: ``"auto"`` takes the best eligible path and falls back quietly;
@@ -162,9 +163,13 @@ def _onednn_cell_unmet(p: Canonical) -> list[str]:
     return unmet
 
 
-# Up to these (batch, or output units), the fused kernels beat oneDNN 3.2's primitives here;
-# so they do for LSTMs with peepholes at every size measured (benchmarks/RESULTS.md).
-SMALL_BATCH, SMALL_UNITS = 1, 64
+# Up to these (batch, or output units by kind of cell), the fused kernels beat oneDNN 3.2's
+# primitives here; so they do for LSTMs with peepholes at every size measured
+# (benchmarks/RESULTS.md). LSTMs up to 128 units split the batch between threads (U then stays
+# in each core's cache; lstm_kernel.c); GRUs up to 256 units beat oneDNN's GRU primitives
+# without it.
+SMALL_BATCH = 1
+SMALL_UNITS = {"lstm": 128, "gru": 256, "rnn": 64}
 FUSED_PEEPHOLES = True
 _PACKED = ("variable lengths run faster packed on the fused kernel (oneDNN needs a call per "
            "segment of constant batch)")
@@ -202,10 +207,10 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     if not reasons["onednn"] and not reasons["fused"]:  # measured (benchmarks/RESULTS.md)
         if lengths is not None:
             reasons["onednn"].append(_PACKED)
-        elif inputs.shape[1] <= SMALL_BATCH or params.U.shape[0] <= SMALL_UNITS:
-            reasons["onednn"].append(f"batch of at most {SMALL_BATCH} or at most {SMALL_UNITS} "
-                                     "units: the fused kernels cost less per step than oneDNN's "
-                                     "primitives")
+        elif inputs.shape[1] <= SMALL_BATCH or params.U.shape[0] <= SMALL_UNITS.get(params.kind, 0):
+            reasons["onednn"].append(f"batch of at most {SMALL_BATCH} or at most "
+                                     f"{SMALL_UNITS.get(params.kind, 0)} units ({params.kind}): the "
+                                     "fused kernels cost less per step than oneDNN's primitives")
         elif params.peepholes is not None and FUSED_PEEPHOLES:
             reasons["onednn"].append("peepholes: the fused kernel runs them faster than oneDNN "
                                      "3.2's peephole LSTM")

@@ -11,7 +11,10 @@
  * buffer follow those of step t - 1 (N = the batch's tokens; without lengths, every step has
  * all B rows and x is [T, B, D]). So every product, the input projection and the weight
  * gradients included, costs the tokens, not T * B. The equations are
- * rnnkit/cells/equations.py's lstm and layer_norm_lstm.
+ * rnnkit/cells/equations.py's lstm and layer_norm_lstm. The steps share the threads in one of
+ * three ways, chosen once per call: each step's product over all its rows (oneDNN splits it)
+ * and its rows' gate passes split between threads; split batches (each thread its own
+ * sequences for the whole call); small batches (each thread its own units).
  */
 #include "kernels.h"
 
@@ -263,6 +266,111 @@ static int forward_small(const rk_cfg *k, const int64_t *active, const int64_t *
     return 0;
 }
 
+/* ---- Batches split between threads ----
+ * The sequences of a batch never meet, so each thread can run its own rows through the whole
+ * sequence with no hand-off between steps: a thread owns a fixed range of the packed order's
+ * sequences (balanced by tokens) and runs their recurrent products (oneDNN's sgemm runs on the
+ * calling thread inside a parallel region) and gate passes step after step. Every thread reads
+ * all of U each step, so this pays where U stays in each core's cache; elsewhere each step's
+ * product is one sgemm call over all rows, split between the threads by oneDNN. */
+#define SPLIT_ROWS 8              /* at least this many rows per thread ... */
+#define SPLIT_SHARE (256 << 10)   /* ... and U (with the projection) of at most this many bytes */
+
+static int split_batch(const rk_cfg *k) {
+    const int nt = omp_get_max_threads();
+    const int64_t bytes = (k->P * 4 * k->H + (k->proj ? k->H * k->P : 0)) * (int64_t)sizeof(float);
+    return nt > 1 && k->B >= (int64_t)SPLIT_ROWS * nt && bytes <= SPLIT_SHARE;
+}
+
+/* Whether a call with this configuration splits its batch between threads (for tests). */
+int rk_lstm_split_batch(const rk_cfg *k) { return !small_batch(k) && split_batch(k); }
+
+/* The first row of thread th of nt: lengths (sorted longest first; NULL: all equal) split so
+ * that each thread has about as many tokens. */
+static int64_t row_start(const int64_t *lengths, int64_t B, int th, int nt) {
+    if (th >= nt) return B;
+    if (!lengths) return B * th / nt;
+    int64_t total = 0, sum = 0, r = 0;
+    for (int64_t q = 0; q < B; q++) total += lengths[q];
+    while (r < B && sum * nt < total * th) sum += lengths[r++];
+    return r;
+}
+
+typedef int (*thread_step)(const rk_cfg *k, const void *call, int64_t t, int64_t lo,
+                           int64_t hi, int th);
+
+/* Each thread's own rows through every step (backward: last step first); step runs rows
+ * [lo, hi) of step t for thread th. Returns 0 or the status of a failed step. */
+static int run_split(const rk_cfg *k, const int64_t *lengths, const int64_t *active,
+                     int backward, thread_step step, const void *call) {
+    const int64_t T = k->T;
+    int st = 0;
+    #pragma omp parallel
+    {
+        const int th = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t lo = row_start(lengths, k->B, th, nt), hi = row_start(lengths, k->B, th + 1, nt);
+        int err = 0;
+        for (int64_t q = 0; q < T && !err; q++) {
+            const int64_t t = backward ? T - 1 - q : q;
+            if (active[t] > lo) err = step(k, call, t, lo, active[t] < hi ? active[t] : hi, th);
+        }
+        if (err) {
+            #pragma omp atomic write
+            st = err;
+        }
+    }
+    return st;
+}
+
+typedef struct {   /* a forward call's inputs and buffers (see rk_lstm_forward) */
+    const int64_t *active, *off;
+    const float *h0, *U, *b, *peep, *Pw, *gamma, *beta;
+    float *gates, *y, *c_run, *c_step, *ac_step, *m_step;
+    rk_saved *s;
+} fwd_call;
+
+/* Rows [lo, hi) of step t (call: a fwd_call): their recurrent product, gates, cells and
+ * outputs (projected). th: the calling thread inside a parallel region, or -1: split the rows'
+ * gate passes between threads. Returns 0 or a dnnl status. */
+static int forward_step(const rk_cfg *k, const void *call, int64_t t, int64_t lo, int64_t hi,
+                        int th) {
+    const fwd_call *f = call;
+    const int64_t H = k->H, P = k->P, G = 4 * H, n = hi - lo, at = f->off[t];
+    const int64_t *off = f->off;
+    rk_saved *s = f->s;
+    float *z = f->gates + at * G, *yt = f->y + at * P;
+    const float *h_prev = t == 0 ? f->h0 : f->y + off[t - 1] * P;
+    int st = rk_gemm('N', 'N', n, G, P, 1.0f, h_prev + lo * P, P, f->U, G, 1.0f, z + lo * G, G);
+    if (st) return st;
+    float *m = k->proj ? (s ? s->m + at * H : f->m_step) : yt;
+    #pragma omp parallel for schedule(static) if (th < 0 && n * G >= PARALLEL_MIN)
+    for (int64_t r = lo; r < hi; r++) {
+        const int64_t row = at + r;
+        float *zr = z + r * G;
+        const float *cp = (s && t > 0) ? s->cells + (off[t - 1] + r) * H : f->c_run + r * H;
+        float *cn = s ? s->cells + row * H : f->c_step + r * H;
+        float *ac = s ? s->act_c + row * H : f->ac_step + r * H;
+        if (standard(k)) {
+            row_forward_std(k, zr, f->b, cp, cn, ac, m + r * H, f->peep, 0, H);
+        } else {
+            if (f->b) for (int64_t j = 0; j < G; j++) zr[j] += f->b[j];
+            row_forward(k, zr, cp, cn, ac, m + r * H, f->peep, f->gamma, f->beta,
+                        s && k->layer_norm ? s->xhat + row * 5 * H : NULL,
+                        s && k->layer_norm ? s->rstd + row * 5 : NULL);
+        }
+        memcpy(f->c_run + r * H, cn, H * sizeof(float));
+    }
+    if (k->proj) {
+        if ((st = rk_gemm('N', 'N', n, P, H, 1.0f, m + lo * H, H, f->Pw, P, 0.0f, yt + lo * P, P)))
+            return st;
+        if (k->proj_clip > 0.0f) {
+            const float pc = k->proj_clip;
+            for (int64_t j = lo * P; j < hi * P; j++) yt[j] = clampf(yt[j], -pc, pc);
+        }
+    }
+    return 0;
+}
+
 /* Forward over the sequence. s: buffers to keep for backward (training), or NULL; scratch:
  * [N*4H] (gates, when s is NULL) + [B*H] (c) + 3 [B*H] (a step's c, act(c), m; inference).
  * Returns 0, a dnnl status, or -1 (out of memory). */
@@ -283,37 +391,12 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     const int small = small_batch(k);  /* decided once: the path runs the whole sequence */
     if (!st && small)
         st = forward_small(k, active, off, h0, U, b, peep, gates, y, c_run, c_step, ac_step, s);
-    for (int64_t t = 0; t < T && !st && !small && active[t] > 0; t++) {
-        const int64_t a = active[t], at = off[t];
-        float *z = gates + at * G, *yt = y + at * P;
-        const float *h_prev = t == 0 ? h0 : y + off[t - 1] * P;
-        if ((st = rk_gemm('N', 'N', a, G, P, 1.0f, h_prev, P, U, G, 1.0f, z, G))) break;
-        float *m = k->proj ? (s ? s->m + at * H : m_step) : yt;
-        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
-        for (int64_t r = 0; r < a; r++) {
-            const int64_t row = at + r;
-            float *zr = z + r * G;
-            const float *cp = (s && t > 0) ? s->cells + (off[t - 1] + r) * H : c_run + r * H;
-            float *cn = s ? s->cells + row * H : c_step + r * H;
-            float *ac = s ? s->act_c + row * H : ac_step + r * H;
-            if (standard(k)) {
-                row_forward_std(k, zr, b, cp, cn, ac, m + r * H, peep, 0, H);
-            } else {
-                if (b) for (int64_t j = 0; j < G; j++) zr[j] += b[j];
-                row_forward(k, zr, cp, cn, ac, m + r * H, peep, gamma, beta,
-                            s && k->layer_norm ? s->xhat + row * 5 * H : NULL,
-                            s && k->layer_norm ? s->rstd + row * 5 : NULL);
-            }
-            memcpy(c_run + r * H, cn, H * sizeof(float));
-        }
-        if (k->proj) {
-            if ((st = rk_gemm('N', 'N', a, P, H, 1.0f, m, H, Pw, P, 0.0f, yt, P))) break;
-            if (k->proj_clip > 0.0f) {
-                const float pc = k->proj_clip;
-                for (int64_t j = 0; j < a * P; j++) yt[j] = clampf(yt[j], -pc, pc);
-            }
-        }
-    }
+    const fwd_call f = {active, off, h0, U, b, peep, Pw, gamma, beta, gates, y, c_run, c_step,
+                        ac_step, m_step, s};
+    const int split = !small && split_batch(k);
+    if (!st && split) st = run_split(k, lengths, active, 0, forward_step, &f);
+    for (int64_t t = 0; t < T && !st && !small && !split && active[t] > 0; t++)
+        st = forward_step(k, &f, t, 0, active[t], -1);
     if (!st) final_h(lengths, off, B, T, P, y, h0, hT);
     memcpy(cT, c_run, B * H * sizeof(float));
     free(plan);
@@ -491,6 +574,55 @@ static int backward_small(const rk_cfg *k, const int64_t *active, const int64_t 
     return 0;
 }
 
+typedef struct {   /* a backward call's inputs and buffers (see rk_lstm_backward) */
+    const int64_t *active, *off;
+    const float *h0, *c0, *Ut, *peep, *Pwt, *gamma, *y, *dy;
+    const rk_saved *s;
+    float *dh, *dc, *dz, *h_in, *dyp, *dm_buf, *acc;
+} bwd_call;
+
+/* Rows [lo, hi) of step t in backward (call: a bwd_call): their gate gradients (dz), and d of
+ * their previous h and c (dh, dc). th as forward_step's (the thread's sums, acc, are its own).
+ * Returns 0 or a dnnl status. */
+static int backward_step(const rk_cfg *k, const void *call, int64_t t, int64_t lo, int64_t hi,
+                         int th) {
+    const bwd_call *f = call;
+    const int64_t H = k->H, P = k->P, G = 4 * H, n = hi - lo, at = f->off[t];
+    const int64_t *off = f->off;
+    const rk_saved *s = f->s;
+    float *dh = f->dh;
+    memcpy(f->h_in + (at + lo) * P, (t == 0 ? f->h0 : f->y + off[t - 1] * P) + lo * P,
+           n * P * sizeof(float));
+    const float *dyt = f->dy + at * P;
+    for (int64_t j = lo * P; j < hi * P; j++) dh[j] += dyt[j];
+    const float *dm = dh;
+    if (k->proj) {
+        float *dp = f->dyp + at * P;
+        const float *yt = f->y + at * P;
+        for (int64_t j = lo * P; j < hi * P; j++)
+            dp[j] = (k->proj_clip > 0.0f && !(fabsf(yt[j]) < k->proj_clip)) ? 0.0f : dh[j];
+        int st = rk_gemm('N', 'N', n, H, P, 1.0f, dp + lo * P, P, f->Pwt, H, 0.0f,
+                         f->dm_buf + lo * H, H);
+        if (st) return st;
+        dm = f->dm_buf;
+    }
+    #pragma omp parallel for schedule(static) if (th < 0 && n * G >= PARALLEL_MIN)
+    for (int64_t r = lo; r < hi; r++) {
+        const int64_t row = at + r;
+        const float *cp = t == 0 ? f->c0 + r * H : s->cells + (off[t - 1] + r) * H;
+        float *mine = f->acc + (size_t)(th < 0 ? omp_get_thread_num() : th) * ACC_SIZE(H);
+        if (standard(k))
+            row_backward_std(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
+                             dm + r * H, f->dc + r * H, f->dz + row * G, f->peep, mine, 0, H);
+        else
+            row_backward(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
+                         dm + r * H, f->dc + r * H, f->dz + row * G, f->peep, f->gamma,
+                         k->layer_norm ? s->xhat + row * 5 * H : NULL,
+                         k->layer_norm ? s->rstd + row * 5 : NULL, mine);
+    }
+    return rk_gemm('N', 'N', n, P, G, 1.0f, f->dz + (at + lo) * G, G, f->Ut, P, 0.0f, dh + lo * P, P);
+}
+
 /* Backward over the sequence, given the recurrent matrices transposed (Ut [4H, P], Pwt [P, H]:
  * the per-step products run faster untransposed). dy [N, P], dhT [B, P] and dcT [B, H] are
  * the incoming gradients (dhT, dcT are overwritten: they carry the state gradients and end as
@@ -514,38 +646,12 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     const int small = small_batch(k);  /* decided once: the path runs the whole sequence */
     if (!st && small)
         st = backward_small(k, active, off, h0, c0, Ut, peep, y, s, dy, dh, dc, dz, h_in, acc);
-    for (int64_t t = T - 1; t >= 0 && !st && !small; t--) {
-        const int64_t a = active[t], at = off[t];
-        if (a == 0) continue;
-        memcpy(h_in + at * P, t == 0 ? h0 : y + off[t - 1] * P, a * P * sizeof(float));
-        const float *dyt = dy + at * P;
-        for (int64_t j = 0; j < a * P; j++) dh[j] += dyt[j];
-        const float *dm = dh;
-        if (k->proj) {
-            float *dp = dyp + at * P;
-            const float *yt = y + at * P;
-            for (int64_t j = 0; j < a * P; j++)
-                dp[j] = (k->proj_clip > 0.0f && !(fabsf(yt[j]) < k->proj_clip)) ? 0.0f : dh[j];
-            if ((st = rk_gemm('N', 'N', a, H, P, 1.0f, dp, P, Pwt, H, 0.0f, dm_buf, H))) break;
-            dm = dm_buf;
-        }
-        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
-        for (int64_t r = 0; r < a; r++) {
-            const int64_t row = at + r;
-            const float *cp = t == 0 ? c0 + r * H : s->cells + (off[t - 1] + r) * H;
-            float *mine = acc + (size_t)omp_get_thread_num() * ACC_SIZE(H);
-            if (standard(k))
-                row_backward_std(k, s->gates + row * G, cp, s->cells + row * H,
-                                 s->act_c + row * H, dm + r * H, dc + r * H, dz + row * G, peep,
-                                 mine, 0, H);
-            else
-                row_backward(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
-                             dm + r * H, dc + r * H, dz + row * G, peep, gamma,
-                             k->layer_norm ? s->xhat + row * 5 * H : NULL,
-                             k->layer_norm ? s->rstd + row * 5 : NULL, mine);
-        }
-        st = rk_gemm('N', 'N', a, P, G, 1.0f, dz + at * G, G, Ut, P, 0.0f, dh, P);
-    }
+    const bwd_call f = {active, off, h0, c0, Ut, peep, Pwt, gamma, y, dy, s, dh, dc, dz, h_in,
+                        dyp, dm_buf, acc};
+    const int split = !small && split_batch(k);
+    if (!st && split) st = run_split(k, lengths, active, 1, backward_step, &f);
+    for (int64_t t = T - 1; t >= 0 && !st && !small && !split; t--)
+        if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
     if (!st && dx) st = rk_gemm('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
     if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
     if (!st) st = rk_gemm('T', 'N', P, G, N, 1.0f, h_in, P, dz, G, 0.0f, dU, G);
