@@ -71,7 +71,8 @@ class _Fused(torch.autograd.Function):
         dPw = torch.empty_like(Pw) if Pw is not None else None
         dgamma = torch.empty_like(gamma) if gamma is not None else None
         dbeta = torch.empty_like(gamma) if gamma is not None else None
-        scratch = x.new_empty(N * 4 * H + N * P + (N * P if cfg.proj else 0) + B * H)
+        h_in = N * P if lengths is not None else 0  # each row's previous h (lengths only)
+        scratch = x.new_empty(N * 4 * H + h_in + (N * P if cfg.proj else 0) + B * H)
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
         Pwt = Pw.t().contiguous() if Pw is not None else None
         status = compiled.kernels().rk_lstm_backward(

@@ -51,7 +51,8 @@ class _FusedGRU(torch.autograd.Function):
         dW, dU = torch.empty_like(W), torch.empty_like(U)
         db = torch.empty_like(b) if b is not None else None
         db_h = torch.empty_like(b_h) if b_h is not None else None
-        scratch = x.new_empty(2 * N * G + N * H + B * H)
+        h_in = N * H if lengths is not None else 0  # each row's previous h (lengths only)
+        scratch = x.new_empty(2 * N * G + h_in + B * H)
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
         saved = compiled.GRUSaved(gates=compiled.ptr(gates), extra=compiled.ptr(extra))
         status = compiled.kernels().rk_gru_backward(

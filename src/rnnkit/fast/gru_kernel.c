@@ -111,8 +111,8 @@ static void back_r_after(int64_t H, const float *restrict huc, const float *rest
 /* Backward, given Ut = U transposed [G*H, H]. dy [N, H]; dh [B, H] holds dhT on entry and dh0
  * on exit; weight gradients are overwritten (db_h may be NULL: no recurrent bias); dx may be
  * NULL. scratch: [N*G*H] (d of the input projection) + [N*G*H] (d of h U, reset after)
- * + [N*H] (each step's previous h) + [B*H] (d of r * h, reset before). Returns 0, a dnnl
- * status or -1. */
+ * + [N*H] (each step's previous h, with lengths only) + [B*H] (d of r * h, reset before).
+ * Returns 0, a dnnl status or -1. */
 int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                     const float *W, const float *Ut, const float *y, const rk_gru_saved *s,
                     const float *dy, float *dh, float *dx, float *dW, float *dU, float *db,
@@ -122,7 +122,8 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     int64_t *plan = plan_rows(lengths, B, T);
     int st = plan ? 0 : -1;
     const int64_t *active = plan, *off = plan + T, N = plan ? off[T] : 0;
-    float *dxw = scratch, *dhu = dxw + N * G, *h_in = dhu + N * G, *drh = h_in + N * H;
+    float *dxw = scratch, *dhu = dxw + N * G, *h_in = lengths ? dhu + N * G : NULL;
+    float *drh = dhu + N * G + (lengths ? N * H : 0);  /* h_in: see prev_h_product */
     float *dhu_or_dxw = k->reset_after ? dhu : dxw;  /* d of the recurrent products */
     float *tmp = malloc((size_t)threads * 3 * H * sizeof(float));
     if (!tmp) st = -1;
@@ -130,7 +131,7 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
         const int64_t a = active[t], at = off[t];
         if (a == 0) continue;
         const float *hp = t == 0 ? h0 : y + off[t - 1] * H, *yt = y + at * H;
-        memcpy(h_in + at * H, hp, a * H * sizeof(float));
+        if (h_in) memcpy(h_in + at * H, hp, a * H * sizeof(float));
         for (int64_t j = 0; j < a * H; j++) dh[j] += dy[at * H + j];
         #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
         for (int64_t r = 0; r < a; r++) {
@@ -177,9 +178,9 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     if (!st && dx) st = rk_gemm('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
     if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dxw, G, 0.0f, dW, G);
     if (!st && (k->reset_after || !k->gru))
-        st = rk_gemm('T', 'N', H, G, N, 1.0f, h_in, H, dhu_or_dxw, G, 0.0f, dU, G);
+        st = prev_h_product(lengths, N, B, H, G, h0, y, h_in, dhu_or_dxw, G, dU, G);
     if (!st && k->gru && !k->reset_after) {  /* U_zr from h, U_c from r * h */
-        st = rk_gemm('T', 'N', H, 2 * H, N, 1.0f, h_in, H, dxw, G, 0.0f, dU, G);
+        st = prev_h_product(lengths, N, B, H, 2 * H, h0, y, h_in, dxw, G, dU, G);
         if (!st) st = rk_gemm('T', 'N', H, H, N, 1.0f, s->extra, H, dxw + 2 * H, G, 0.0f,
                               dU + 2 * H, G);
     }

@@ -97,6 +97,22 @@ static inline void final_h(const int64_t *lengths, const int64_t *off, int64_t B
     }
 }
 
+/* out [P, cols] = h_in^T dz over a packed batch's N rows (dz's row stride ldz), h_in being each
+ * row's previous h: the weight gradient of a recurrent product. A variable-length batch needs
+ * the copy h_in [N, P] (its steps' rows do not line up with the last step's); without lengths
+ * the first B rows' previous h is h0 and every other row's is y's row B before it, so two
+ * products read them where they are (h_in unused). Returns 0 or a dnnl status. */
+static inline int prev_h_product(const int64_t *lengths, int64_t N, int64_t B, int64_t P,
+                                 int64_t cols, const float *h0, const float *y,
+                                 const float *h_in, const float *dz, int64_t ldz, float *out,
+                                 int64_t ldo) {
+    if (lengths) return rk_gemm('T', 'N', P, cols, N, 1.0f, h_in, P, dz, ldz, 0.0f, out, ldo);
+    int st = rk_gemm('T', 'N', P, cols, B, 1.0f, h0, P, dz, ldz, 0.0f, out, ldo);
+    if (!st && N > B) st = rk_gemm('T', 'N', P, cols, N - B, 1.0f, y, P, dz + B * ldz, ldz, 1.0f,
+                                   out, ldo);
+    return st;
+}
+
 /* out [G] = the column sums of m [N, G] (a bias's gradient from its gates'), as one product
  * with a row of ones. Returns 0, a dnnl status or -1 (out of memory). */
 static inline int column_sums(const float *m, int64_t N, int64_t G, float *out) {

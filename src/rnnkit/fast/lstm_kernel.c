@@ -548,7 +548,7 @@ static int backward_small(const rk_cfg *k, const int64_t *active, const int64_t 
             for (int64_t r = 0; r < a; r++) {
                 const int64_t row = at + r;
                 const float *hp = t == 0 ? h0 + r * P : y + (off[t - 1] + r) * P;
-                memcpy(h_in + row * P + u0, hp + u0, n * sizeof(float));
+                if (h_in) memcpy(h_in + row * P + u0, hp + u0, n * sizeof(float));
                 for (int64_t j = u0; j < u1; j++) dh[r * P + j] += dy[row * P + j];
                 const float *cp = t == 0 ? c0 + r * H : s->cells + (off[t - 1] + r) * H;
                 row_backward_std(k, s->gates + row * G, cp, s->cells + row * H,
@@ -591,8 +591,9 @@ static int backward_step(const rk_cfg *k, const void *call, int64_t t, int64_t l
     const int64_t *off = f->off;
     const rk_saved *s = f->s;
     float *dh = f->dh;
-    memcpy(f->h_in + (at + lo) * P, (t == 0 ? f->h0 : f->y + off[t - 1] * P) + lo * P,
-           n * P * sizeof(float));
+    if (f->h_in)
+        memcpy(f->h_in + (at + lo) * P, (t == 0 ? f->h0 : f->y + off[t - 1] * P) + lo * P,
+               n * P * sizeof(float));
     const float *dyt = f->dy + at * P;
     for (int64_t j = lo * P; j < hi * P; j++) dh[j] += dyt[j];
     const float *dm = dh;
@@ -627,8 +628,8 @@ static int backward_step(const rk_cfg *k, const void *call, int64_t t, int64_t l
  * the per-step products run faster untransposed). dy [N, P], dhT [B, P] and dcT [B, H] are
  * the incoming gradients (dhT, dcT are overwritten: they carry the state gradients and end as
  * dh0, dc0). Weight gradients are overwritten; dx may be NULL (not wanted). scratch:
- * [N*4H] (dz) + [N*P] (each step's previous h) + [N*P] (d of the projected output, projection
- * only) + [B*H] (dm). Returns 0, a dnnl status, or -1 (out of memory). */
+ * [N*4H] (dz) + [N*P] (each step's previous h, with lengths only) + [N*P] (d of the projected
+ * output, projection only) + [B*H] (dm). Returns 0, a dnnl status, or -1 (out of memory). */
 int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                      const float *c0, const float *W, const float *Ut, const float *peep,
                      const float *Pwt, const float *gamma, const float *y, const rk_saved *s,
@@ -641,8 +642,8 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     float *acc = calloc((size_t)threads * ACC_SIZE(H), sizeof(float));
     int st = (plan && acc) ? 0 : -1;
     const int64_t *active = plan, *off = plan + T, N = plan ? off[T] : 0;
-    float *dz = scratch, *h_in = dz + N * G, *dyp = h_in + N * P;
-    float *dm_buf = dyp + (k->proj ? N * P : 0);
+    float *dz = scratch, *h_in = lengths ? dz + N * G : NULL;  /* see prev_h_product */
+    float *dyp = dz + N * G + (lengths ? N * P : 0), *dm_buf = dyp + (k->proj ? N * P : 0);
     const int small = small_batch(k);  /* decided once: the path runs the whole sequence */
     if (!st && small)
         st = backward_small(k, active, off, h0, c0, Ut, peep, y, s, dy, dh, dc, dz, h_in, acc);
@@ -654,7 +655,7 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
     if (!st && dx) st = rk_gemm('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
     if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
-    if (!st) st = rk_gemm('T', 'N', P, G, N, 1.0f, h_in, P, dz, G, 0.0f, dU, G);
+    if (!st) st = prev_h_product(lengths, N, B, P, G, h0, y, h_in, dz, G, dU, G);
     if (!st && k->proj) st = rk_gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
     if (!st && db) st = column_sums(dz, N, G, db);
     if (!st) {  /* the threads' sums */
