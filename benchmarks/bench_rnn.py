@@ -1,6 +1,6 @@
 """rnnkit's fast paths (oneDNN, the fused kernel) against its reference loop and torch.nn, in one run.
 
-    .venv/bin/python benchmarks/bench_rnn.py [--repeats 7] [--quick]
+    .venv/bin/python benchmarks/bench_rnn.py [--repeats 7] [--quick] [--malloc steady]
 
 For each shape (batch B, time T, hidden H = input depth) and cell, it times forward (no grad)
 and forward+backward (``sum(outputs * g)`` backpropagated to inputs and weights) and prints
@@ -21,6 +21,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import allocator
 import torch
 
 import rnnkit as rk
@@ -253,5 +254,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="first shape only")
+    parser.add_argument("--malloc", choices=["glibc", "steady"], default="glibc",
+                        help="steady: glibc keeps large freed buffers for reuse "
+                             "(benchmarks/allocator.py)")
     args = parser.parse_args()
+    if args.malloc == "steady":
+        allocator.steady()
+    print(f"malloc: {args.malloc}")
     run(args.repeats, args.quick)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+import allocator  # noqa: E402
 from peers import SHAPES  # noqa: E402
 
 PEERS = ["rnnkit", "rnnkit-ref", "torch", "keras-torch", "keras-tf", "tf1", "flax"]
@@ -25,8 +26,9 @@ CELLS = ["lstm", "gru_keras", "gru_tf1", "lstm_peep_proj", "lstm_clip"]
 GATES = {"lstm": 4, "gru_keras": 3, "gru_tf1": 3, "lstm_peep_proj": 4, "lstm_clip": 4}
 
 
-def _peer(peer: str, cell: str, shapes: list[str], reps: int) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+def _peer(peer: str, cell: str, shapes: list[str], reps: int, malloc: str = "glibc") -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               **(allocator.ENV if malloc == "steady" else {}))
     proc = subprocess.run([sys.executable, str(HERE / "peers.py"), peer, cell,
                            "--shapes", ",".join(shapes), "--reps", str(reps)],
                           capture_output=True, text=True, env=env, timeout=3600)
@@ -99,6 +101,9 @@ def main() -> int:
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--cells", default=",".join(CELLS))
     parser.add_argument("--out", type=Path, default=None, help="also write Markdown here")
+    parser.add_argument("--malloc", choices=["glibc", "steady"], default="glibc",
+                        help="steady: each peer's glibc keeps large freed buffers for reuse "
+                             "(benchmarks/allocator.py)")
     args = parser.parse_args()
     shapes = args.shapes.split(",")
     matmul = _peer("matmul", "-", shapes, 1)
@@ -107,12 +112,13 @@ def main() -> int:
     for cell in args.cells.split(","):
         for peer in args.peers.split(","):
             print(f"running {peer} {cell} ...", file=sys.stderr, flush=True)
-            results[peer][cell] = _peer(peer, cell, shapes, args.reps)
+            results[peer][cell] = _peer(peer, cell, shapes, args.reps, args.malloc)
     skips = sorted({f"{p} / {c}: {r.get('skip') or r.get('note')}" for p in PEERS for c in CELLS
                     for r in results[p][c].values() if "skip" in r or "note" in r})
     rates = ", ".join(f"{name} {rate:.0f}" for name, rate in matmul.items())
     text = (f"Machine: {_machine()}\n\nfloat32 matmul 2048^3, GFLOP/s: {rates} "
             "(2 threads, best of 10; the share of matmul below is of the faster). "
+            f"Allocator: glibc, {args.malloc} (benchmarks/allocator.py). "
             f"Median of {args.reps} runs after a warm-up, batch-major inputs, "
             "input depth = H. Forward+backward: gradients of sum(outputs * g), g a fixed random array, "
             "with respect to the inputs and all trainable weights. Keras 3 layers run with use_cudnn=False "
