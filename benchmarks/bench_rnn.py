@@ -1,6 +1,6 @@
 """rnnkit's fast paths (oneDNN, the fused kernel) against its reference loop and torch.nn, in one run.
 
-    .venv/bin/python benchmarks/bench_rnn.py [--repeats 7] [--quick] [--malloc steady]
+    .venv/bin/python benchmarks/bench_rnn.py [--repeats 7] [--quick] [--malloc steady] [--gpu-only]
 
 For each shape (batch B, time T, hidden H = input depth) and cell, it times forward (no grad)
 and forward+backward (``sum(outputs * g)`` backpropagated to inputs and weights) and prints
@@ -149,21 +149,26 @@ def _synced(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
 
 
 def _group(shape: tuple[int, int, int], cells: list[str], repeats: int, device: torch.device,
-           reference: bool) -> None:
-    """The rows of one shape: each torch.nn peer once, then each cell's fast path (and its
-    reference loop), timed round-robin with the peer."""
+           reference: bool, fast: bool | str = True) -> None:
+    """The rows of one shape: each torch.nn peer once, then each cell's fast path (``fast``:
+    "auto" where some cells have none) and with ``reference`` its reference loop too, timed
+    round-robin with the peer."""
     B, T, H = shape
     x = torch.randn(B, T, H, device=device, requires_grad=True)
     peers: dict[str, tuple[float, float, float]] = {}
     for name in cells:
         make, kind = CELLS[name]
-        cases = [_rnnkit_case(make, x, True)]
+        cases = [_rnnkit_case(make, x, fast)]
         paths = [_path(make, x)]
         if reference:
             cases.append(_rnnkit_case(make, x, False))
             paths.append("reference")
         if kind not in peers:
             cases.insert(0, _torch_case(_peer(kind, H).to(device), x))
+        if device.type == "cuda":  # the graph path captures a shape at its second call
+            for case in cases:
+                for fn in (*case, *case):
+                    fn()
         fwd = _interleaved([_synced(c[0], device) for c in cases], repeats)
         train = _interleaved([_synced(c[1], device) for c in cases], repeats)
         rows = list(zip(fwd, train, _BEST, strict=True))
@@ -226,7 +231,7 @@ def _varlen(repeats: int) -> None:
 
 
 GPU_CELLS = ["LSTM (BasicLSTMCell)", "LSTM (Keras layer)", "GRU reset after",
-             "GRU TF1 (reset before)", "LSTM peephole+proj"]
+             "GRU TF1 (reset before)", "LSTM peephole+proj", "LSTM cell_clip", "LSTM layer norm"]
 
 
 def gpu(repeats: int, device: str = "cuda") -> None:
@@ -235,25 +240,40 @@ def gpu(repeats: int, device: str = "cuda") -> None:
     lengths."""
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else device
-    print(f"\nGPU section: {name}, torch {torch.__version__}")
+    print(f"\nGPU section: {name}, torch {torch.__version__}, cuDNN "
+          f"{torch.backends.cudnn.version()}, TF32: cuDNN {torch.backends.cudnn.allow_tf32}, "
+          f"matmul {torch.backends.cuda.matmul.allow_tf32}")
     print(_HEADER + "   (x = torch.nn on the same device / this time)")
     g = torch.Generator().manual_seed(0)
     for shape in SHAPES:
-        _group(shape, GPU_CELLS, repeats, dev, reference=False)
+        _group(shape, GPU_CELLS, repeats, dev, reference=False, fast="auto")
     x = torch.randn(32, 100, 256, device=dev, requires_grad=True)
     lengths = torch.randint(10, 101, (32,), generator=g).to(dev)
-    for cell_name in ("LSTM (BasicLSTMCell)", "GRU reset after"):
+    for cell_name in ("LSTM (BasicLSTMCell)", "GRU reset after", "GRU TF1 (reset before)"):
         make = CELLS[cell_name][0]
         padded, varlen = _rnnkit_case(make, x, True), _rnnkit_case(make, x, True, lengths)
+        for fn in (padded[1], varlen[1]) * 2:
+            fn()
         train = _interleaved([_synced(padded[1], dev), _synced(varlen[1], dev)], repeats)
         print(f"variable length B32 T100 H256, {cell_name}: padded {train[0]:.2f} ms, with "
               f"sequence_length {train[1]:.2f} ms (f+b): {train[0] / train[1]:.2f}x")
+    for cell_name in GPU_CELLS[3:]:  # the graph path: eager, captured, replayed
+        rk.reset_default_graph()
+        train = _synced(_rnnkit_case(CELLS[cell_name][0], x, True)[1], dev)
+        took = []
+        for _ in range(3):
+            start = time.perf_counter()
+            train()
+            took.append(time.perf_counter() - start)
+        print(f"first calls B32 T100 H256, {cell_name} (f+b): eager {took[0]:.3f} s, capture "
+              f"{took[1]:.3f} s, replay {took[2]:.3f} s")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="first shape only")
+    parser.add_argument("--gpu-only", action="store_true", help="the GPU section alone")
     parser.add_argument("--malloc", choices=["glibc", "steady"], default="glibc",
                         help="steady: glibc keeps large freed buffers for reuse "
                              "(benchmarks/allocator.py)")
@@ -261,4 +281,7 @@ if __name__ == "__main__":
     if args.malloc == "steady":
         allocator.steady()
     print(f"malloc: {args.malloc}")
-    run(args.repeats, args.quick)
+    if args.gpu_only:
+        gpu(args.repeats)
+    else:
+        run(args.repeats, args.quick)

@@ -12,6 +12,15 @@ from rnnkit.unroll import length_mask, map_state
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
+CUDNN_CELLS = {  # cells whose math torch's fused ops (cuDNN) have
+    "basic_lstm": lambda: rk.BasicLSTMCell(6, forget_bias=0.5),
+    "lstm_proj": lambda: rk.LSTMCell(6, num_proj=4),
+    "gru_reset_after": lambda: rk.GRUCell(6, reset_after=True),
+    "rnn_tanh": lambda: rk.BasicRNNCell(6),
+    "rnn_relu": lambda: rk.BasicRNNCell(6, activation="relu"),
+}
+CUDNN_LENGTHS = {"full": None, "varied": [5, 0, 7, 3, 7], "one_short": [7, 7, 6, 7, 7]}
+
 FUSED_CELLS = {  # cells that oneDNN lacks and rnnkit's fused kernels serve
     "fused_cell_clip": lambda: rk.LSTMCell(6, cell_clip=0.6),
     "fused_peephole_clip": lambda: rk.LSTMCell(6, use_peepholes=True, cell_clip=0.8),
@@ -45,7 +54,8 @@ def random_state(cell: rk.RNNCell, batch: int) -> object:
 def _grads(outputs, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
     leaves = pytree.tree_leaves(outputs)
     g = torch.Generator().manual_seed(1)
-    loss = sum((leaf * torch.randn(leaf.shape, generator=g)).sum() for leaf in leaves)
+    loss = sum((leaf * torch.randn(leaf.shape, generator=g).to(leaf.device)).sum()
+               for leaf in leaves)
     return list(torch.autograd.grad(loss, wrt))
 
 

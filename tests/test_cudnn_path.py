@@ -4,14 +4,14 @@ reference loop: outputs, final states and gradients to 1e-5, over the cells it s
 
 There is no GPU here or in CI, so the path is run on torch's CPU implementation of the same ops
 (``cudnn.DEVICE = "cpu"``, oneDNN and the fused kernels switched off): that checks everything of
-ours (weight transposes and gate orders, packing, states, masks). The last test runs on a CUDA
-device where there is one."""
+ours (weight transposes and gate orders, packing, states, masks). ``test_gpu.py`` runs the
+same checks on cuDNN itself where there is a CUDA device."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from fast_checks import TOL, compare_masked_keras_layer
+from fast_checks import CUDNN_CELLS, CUDNN_LENGTHS, TOL, compare_masked_keras_layer
 from fast_checks import compare as _compare
 from fast_checks import decisions as _decisions
 from fast_checks import perturb as _perturb
@@ -20,14 +20,7 @@ from fast_checks import random_state as _random_state
 import rnnkit as rk
 from rnnkit.fast import compiled, cudnn, dispatch, onednn
 
-CELLS = {
-    "basic_lstm": lambda: rk.BasicLSTMCell(6, forget_bias=0.5),
-    "lstm_proj": lambda: rk.LSTMCell(6, num_proj=4),
-    "gru_reset_after": lambda: rk.GRUCell(6, reset_after=True),
-    "rnn_tanh": lambda: rk.BasicRNNCell(6),
-    "rnn_relu": lambda: rk.BasicRNNCell(6, activation="relu"),
-}
-LENGTHS = {"full": None, "varied": [5, 0, 7, 3, 7], "one_short": [7, 7, 6, 7, 7]}
+CELLS, LENGTHS = CUDNN_CELLS, CUDNN_LENGTHS
 
 
 @pytest.fixture
@@ -157,21 +150,3 @@ def test_dtypes_each_path_takes(on_cpu):
     assert "dtypes are mixed (float32, float64)" in " ".join(mixed.unmet["cudnn"])
     half = rk.fast.explain(cell.half(), x.half())
     assert "dtype is float16; float32 or float64 only" in " ".join(half.unmet["cudnn"])
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("name", list(CELLS))
-def test_on_cuda_matches_the_cpu_reference(name):
-    cell = CELLS[name]()
-    x = torch.randn(5, 7, 4)
-    cell.ensure_built(4, torch.float32)
-    _perturb(cell)
-    lengths = torch.tensor(LENGTHS["varied"])
-    ref, ref_state = rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=False)
-    cell.cuda()
-    assert rk.fast.explain(cell, x.cuda(), lengths.cuda()).path == "cudnn"
-    out, state = rk.dynamic_rnn(cell, x.cuda(), sequence_length=lengths.cuda(), fast=True)
-    torch.testing.assert_close(out.cpu(), ref, **TOL)
-    for a, b in zip(torch.utils._pytree.tree_leaves(state),
-                    torch.utils._pytree.tree_leaves(ref_state), strict=True):
-        torch.testing.assert_close(a.cpu(), b, **TOL)

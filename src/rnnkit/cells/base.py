@@ -95,9 +95,14 @@ class RNNCell(torch.nn.Module):
 
     def zero_state(self, batch_size: int, dtype: torch.dtype = torch.float32,
                    device: torch.device | str | None = None) -> State:
-        """All-zero state of structure ``state_size`` for ``batch_size`` sequences."""
+        """All-zero state of structure ``state_size`` for ``batch_size`` sequences.
+
+        On ``device``; by default where the cell's variables are (the CPU before it is built).
+        """
         if not isinstance(batch_size, int) or batch_size < 0:
             raise ValueError(f"zero_state: batch_size must be a non-negative int, got {batch_size!r}")
+        if device is None:
+            device = next((p.device for p in self.parameters()), None)
         return pytree.tree_map(lambda n: torch.zeros(batch_size, n, dtype=dtype, device=device),
                                self.state_size)
 
@@ -185,7 +190,7 @@ class RNNCell(torch.nn.Module):
 
         params = self.sequence_params()
         done = dispatch.unroll(params, inputs, state, mask, masked_output, chunk, fast,
-                               own_step=not self.uses_canonical_step())
+                               own_step=not self.uses_canonical_step(), cell=self)
         if done is not None:
             return done
         return scan(lambda x, s: self.step(x, s, params), inputs, state, mask, masked_output, chunk,

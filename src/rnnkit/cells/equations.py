@@ -30,10 +30,13 @@ from rnnkit.activations import Activation
 
 def reorder_blocks(t: torch.Tensor | None, order: list[int]) -> torch.Tensor | None:
     """``t`` with the ``len(order)`` equal blocks of its last dimension in ``order`` (block
-    ``k`` of the result is block ``order[k]`` of ``t``): one differentiable gather."""
+    ``k`` of the result is block ``order[k]`` of ``t``): one concatenation of views, whose
+    backward is slices (an index with a list would copy the list to the device each call and
+    scatter in its backward)."""
     if t is None:
         return None
-    return t.unflatten(-1, (len(order), -1))[..., order, :].flatten(-2)
+    blocks = t.chunk(len(order), dim=-1)
+    return torch.cat([blocks[k] for k in order], dim=-1)
 
 
 @dataclass(frozen=True)

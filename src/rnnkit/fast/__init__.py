@@ -1,12 +1,15 @@
-"""Fast paths for the unroll (oneDNN's RNN primitives and rnnkit's fused C kernels on CPU,
-torch's fused ops, cuDNN, on CUDA), chosen by one dispatch function.
+"""Fast paths for the unroll (oneDNN's RNN primitives and rnnkit's fused C kernels on CPU;
+torch's fused ops, cuDNN, and CUDA graphs of the reference loop on CUDA), chosen by one dispatch
+function.
 
 ``rnnkit.fast.explain(cell, inputs, ...)`` says which path an unroll would take and why not the
 others; ``fast_mode(fast)`` sets the ``"auto" | True | False`` switch for a block of code (the
-``fast=`` argument of ``dynamic_rnn`` does the same for one call).
+``fast=`` argument of ``dynamic_rnn`` does the same for one call); ``clear_graphs(cell=None)``
+frees the CUDA graphs captured for a cell (or for all).
 """
 
 from rnnkit.fast.dispatch import PATHS, Decision, decide, explain, fast_mode
+from rnnkit.fast.graphs import clear as clear_graphs
 from rnnkit.fast.onednn import load_error
 
-__all__ = ["PATHS", "Decision", "decide", "explain", "fast_mode", "load_error"]
+__all__ = ["PATHS", "Decision", "clear_graphs", "decide", "explain", "fast_mode", "load_error"]

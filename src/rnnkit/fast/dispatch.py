@@ -3,7 +3,8 @@
 Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (torch's
 fused RNN ops, cuDNN on a CUDA device, ``rnnkit.fast.cudnn``), ``fused`` (rnnkit's own C kernel,
 ``rnnkit.fast.fused``, on CPU for the cells oneDNN lacks: LSTM clipping and layer norm, other
-activations), ``reference``
+activations), ``graph`` (the reference loop captured as CUDA graphs and replayed, on a CUDA
+device for the cells cuDNN lacks, ``rnnkit.fast.graphs``), ``reference``
 (``rnnkit.unroll.scan``, always exact, always available). Exceptions, measured: a
 variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN needs one
 call per segment of constant batch; so do batch 1, small cells (LSTMs up to 128 units, GRUs
@@ -31,7 +32,7 @@ from torch.utils import _pytree as pytree
 
 from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
-from rnnkit.fast import compiled, cudnn, fused, onednn
+from rnnkit.fast import compiled, cudnn, fused, graphs, onednn
 from rnnkit.fast.autograd import Weights, run
 from rnnkit.fast.cudnn import run_cudnn
 from rnnkit.fast.fused import run_fused
@@ -41,7 +42,8 @@ from rnnkit.fast.swap import run_chunked
 from rnnkit.fast.varlen import hold_last, prefix_lengths, roll_to_front
 from rnnkit.unroll import default_chunk, length_mask
 
-PATHS = ("onednn", "cudnn", "fused", "reference")
+PATHS = ("onednn", "cudnn", "fused", "graph", "reference")
+_FAST = PATHS[:-1]
 _MODE: contextvars.ContextVar = contextvars.ContextVar("rnnkit_fast", default="auto")
 _log = logging.getLogger("rnnkit.fast")
 _warned: set[str] = set()
@@ -188,7 +190,7 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     if not isinstance(params, Canonical):
         why = ("the cell has no Canonical weights (the fast paths serve BasicRNNCell, GRUCell, "
                "the LSTM cells and the Keras layers' cells)",)
-        return Decision("reference", {"onednn": why, "cudnn": why, "fused": why})
+        return Decision("reference", dict.fromkeys(_FAST, why))
     common, lengths, suffix = _common_unmet(params, inputs, state, mask, masked_output, chunk,
                                             own_step)
     placement = _placement(params, inputs, state)
@@ -198,6 +200,8 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         "cudnn": [*common, *_placement_unmet(placement, cudnn.DEVICE, cudnn.DTYPES),
                   *cudnn.unmet(params)],
         "fused": [*common, *on_cpu, *fused.unmet(params)],
+        "graph": [*common, *_placement_unmet(placement, graphs.DEVICE, graphs.DTYPES),
+                  *graphs.unmet(chunk, inputs)],
     }
     for path, loader in (("onednn", onednn.load_error), ("fused", compiled.load_error)):
         if not reasons[path]:
@@ -214,9 +218,8 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         elif params.peepholes is not None and FUSED_PEEPHOLES:
             reasons["onednn"].append("peepholes: the fused kernel runs them faster than oneDNN "
                                      "3.2's peephole LSTM")
-    path = next((name for name in ("onednn", "cudnn", "fused") if not reasons[name]),
-                "reference")
-    for name in ("onednn", "cudnn", "fused"):
+    path = next((name for name in _FAST if not reasons[name]), "reference")
+    for name in _FAST:
         if name != path and not reasons[name]:
             reasons[name].append(f"can run it, but {path} comes first")
     return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
@@ -226,12 +229,14 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
 @torch.compiler.disable  # under torch.compile: a graph break here, oneDNN runs on real tensors
 def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
            masked_output: str = "zero", chunk: int | None = None, fast=None,
-           own_step: bool = False):
+           own_step: bool = False, cell=None):
     """Run the unroll on the fastest eligible path, or return None for the reference loop.
 
     Args:
         params, inputs, state, mask, masked_output, chunk, own_step: as ``decide``.
         fast: ``"auto"``, ``True``, ``False``, or None for the switch set by ``fast_mode``.
+        cell: the cell whose ``sequence_params()`` ``params`` are (the graph path captures its
+            reference loop; without it that path does not run).
 
     Returns:
         ``(outputs [T, B, out], final_state)``, or None when the reference path must run.
@@ -245,6 +250,8 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     if mode is False:
         return None
     decision = decide(params, inputs, state, mask, masked_output, chunk, own_step)
+    if decision.path == "graph" and cell is None:
+        decision = Decision("reference", {**decision.unmet, "graph": ("no cell to capture",)})
     _log.debug("%s", decision)
     if decision.path == "reference":
         if mode is True:
@@ -256,6 +263,14 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
                 _warn_once(f"rnnkit: {unmet[0]}; using the reference loop")
                 break
         return None
+    if decision.path == "graph":
+        try:
+            return graphs.run(cell, inputs, state, mask, masked_output)
+        except FastPathError as err:  # the capture failed (the shape then runs eagerly)
+            if mode is True:
+                raise
+            _warn_once(f"rnnkit: the graph path failed ({err}); using the reference loop")
+            return None
     chunked = bool(chunk) and chunk < inputs.shape[0] and torch.is_grad_enabled()
     if decision.path in ("fused", "cudnn"):
         runner = run_fused if decision.path == "fused" else run_cudnn

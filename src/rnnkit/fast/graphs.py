@@ -1,0 +1,226 @@
+"""The ``graph`` path: on a CUDA device, the reference loop of a cell cuDNN lacks (TF1's GRU,
+peepholes, clipping, layer norm, other activations), captured as CUDA graphs and replayed.
+
+On a GPU the reference loop is bound by launching its small kernels, a few dozen per step in
+each direction; a CUDA graph replays all of a sequence's kernels with one launch. The numbers
+are the reference loop's own (the same kernels on the same inputs). Per cell, each shape
+(inputs, state, mask; which of them want gradients; with or without autograd) is captured the
+second time it is seen, so that a shape seen once costs only its eager run, and at most
+``PER_CELL`` shapes are kept (least recently used dropped), each holding its own memory pool:
+the forward graph, the backward graph, and the activations between them.
+
+A replay writes into the graph's fixed buffers, so each call's outputs are copies, and a
+second forward of the same shape before the first one's backward overwrites the activations
+the first one saved: its backward then replays its forward again from its saved inputs (a
+generation count tells), as it does for a second backward (``retain_graph``). As in eager
+autograd, a variable modified in place between a forward and its backward is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections import OrderedDict
+
+import torch
+from torch.autograd.function import once_differentiable
+from torch.utils import _pytree as pytree
+
+from rnnkit.fast.library import FastPathError
+
+DEVICE = "cuda"
+DTYPES = ("float32", "float64")
+PER_CELL = 8
+_SEEN = "seen"  # a shape met once (captured at the second sight)
+_FAILED = "failed"  # a shape whose capture failed: eager from then on
+_lock = threading.Lock()
+_store: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class GraphCaptureError(FastPathError):
+    """The reference loop could not be captured as a CUDA graph (it synchronizes with the host,
+    say); the shape runs eagerly from then on."""
+
+
+def unmet(chunk: int | None, inputs: torch.Tensor) -> list[str]:
+    """What the graph path lacks beyond the common requirements and the device."""
+    out = []
+    if chunk:
+        out.append("swap_memory recomputes chunks eagerly (a graph would hold all of them)")
+    if torch.is_autocast_enabled(inputs.device.type):
+        out.append("autocast is on")
+    return out
+
+
+@contextlib.contextmanager
+def _aliased(cell, aliases: dict[int, torch.Tensor]):
+    """The cell reads ``aliases[id(variable)]`` (same storage, a new autograd leaf) for each of
+    its variables."""
+    slots = [(m, name) for m in cell.modules() for name, p in m._parameters.items()
+             if p is not None]
+    saved = [m._parameters[name] for m, name in slots]
+    try:
+        for (m, name), p in zip(slots, saved, strict=True):
+            m._parameters[name] = aliases[id(p)]
+        yield
+    finally:
+        for (m, name), p in zip(slots, saved, strict=True):
+            m._parameters[name] = p
+
+
+class _Graph:
+    """One shape's captured forward (and backward, when anything wants a gradient).
+
+    The capture reads the cell's variables through aliases (new leaves on the same storage),
+    so that it never meets an autograd node of theirs made on another stream (a graph of an
+    earlier call kept alive), which would break the capture; warm-up and capture run on one
+    stream of their own."""
+
+    def __init__(self, fn, inputs: list[torch.Tensor], params: list[torch.Tensor], grad: bool):
+        self.static_in = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+        self.params = params
+        aliases = [torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in params]
+        every = [*self.static_in, *aliases]
+        self.wrt = [i for i, t in enumerate(every) if t.requires_grad] if grad else []
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.set_grad_enabled(bool(self.wrt)):
+            self._capture(fn, every, aliases, stream)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.generation = 0
+
+    def _capture(self, fn, every, aliases, stream) -> None:
+        n = len(self.static_in)
+        alias_of = {id(p): a for p, a in zip(self.params, aliases, strict=True)}
+        for capturing in (False, True):  # warm-up (lazy initialization), then the capture
+            self.pool = torch.cuda.graph_pool_handle()
+            self.fwd = torch.cuda.CUDAGraph()
+            with _aliased(fn.cell, alias_of), contextlib.ExitStack() as capture:
+                if capturing:
+                    capture.enter_context(torch.cuda.graph(self.fwd, pool=self.pool,
+                                                           stream=stream))
+                outs = list(fn(*every[:n]))
+            self.diff = [i for i, o in enumerate(outs) if o.requires_grad]
+            self.bwd = None
+            if not (self.wrt and self.diff):
+                continue
+            gout = [torch.ones_like(outs[i]) for i in self.diff]
+            with contextlib.ExitStack() as capture:
+                if capturing:
+                    self.bwd = torch.cuda.CUDAGraph()
+                    capture.enter_context(torch.cuda.graph(self.bwd, pool=self.pool,
+                                                           stream=stream))
+                grads = torch.autograd.grad([outs[i] for i in self.diff],
+                                            [every[i] for i in self.wrt], gout,
+                                            allow_unused=True)
+            self.static_gout, self.static_grads = gout, list(grads)
+        self.static_out = [o.detach() for o in outs]
+
+    def forward(self, inputs) -> None:
+        """Replay the forward on ``inputs``: its activations are then this generation's."""
+        with torch.no_grad():
+            for s, t in zip(self.static_in, inputs, strict=True):
+                s.copy_(t)
+        self.fwd.replay()
+        self.generation += 1
+
+
+class _Replay(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, graph: _Graph, *tensors):
+        n = len(graph.static_in)
+        graph.forward(tensors[:n])
+        ctx.graph, ctx.generation = graph, graph.generation
+        ctx.versions = [p._version for p in graph.params]
+        ctx.save_for_backward(*tensors[:n])
+        outs = tuple(o.clone() for o in graph.static_out)
+        ctx.mark_non_differentiable(*(o for i, o in enumerate(outs) if i not in graph.diff))
+        return outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_outputs):
+        graph: _Graph = ctx.graph
+        if [p._version for p in graph.params] != ctx.versions:
+            raise RuntimeError("rnnkit: a variable of the cell was modified in place between an "
+                               "unroll on the graph path and its backward pass")
+        if graph.generation != ctx.generation:  # another replay overwrote this one's activations
+            graph.forward(ctx.saved_tensors)
+        with torch.no_grad():
+            for static, i in zip(graph.static_gout, graph.diff, strict=True):
+                g = grad_outputs[i]
+                static.copy_(g) if g is not None else static.zero_()
+        graph.bwd.replay()
+        graph.generation += 1  # the backward's buffers reuse the activations' memory
+        grads: list[torch.Tensor | None] = [None] * (len(graph.static_in) + len(graph.params))
+        for i, g in zip(graph.wrt, graph.static_grads, strict=True):
+            grads[i] = None if g is None else g.clone()
+        return (None, *grads)
+
+
+def _key(inputs: list[torch.Tensor], params: list[torch.Tensor], spec, masked: bool,
+         masked_output: str, grad: bool) -> tuple:
+    return (grad, masked, masked_output, str(spec),
+            tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in inputs),
+            tuple((p.data_ptr(), p.shape, p.dtype, p.requires_grad) for p in params))
+
+
+def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_output: str):
+    """``cell.unroll(inputs, state, mask, masked_output, fast=False)``, replayed from a CUDA
+    graph of its shape once that shape has been seen before; the caller
+    (``rnnkit.fast.dispatch``) has checked eligibility."""
+    leaves, spec = pytree.tree_flatten(state)
+    flat = [inputs, *leaves] + ([mask] if mask is not None else [])
+    n_state = len(leaves)
+
+    def reference(x, *rest):
+        s = pytree.tree_unflatten(list(rest[:n_state]), spec)
+        m = rest[n_state] if mask is not None else None
+        out, final = cell.unroll(x, s, m, masked_output, None, fast=False)
+        return (out, *pytree.tree_leaves(final))
+
+    reference.cell = cell
+
+    params = [p for p in cell.parameters()]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*flat, *params))
+    key = _key(flat, params, spec, mask is not None, masked_output, grad)
+    with _lock:
+        shapes = _store.setdefault(cell, OrderedDict())
+        entry = shapes.get(key)
+        if entry is None:
+            shapes[key] = _SEEN
+            while len(shapes) > PER_CELL:
+                shapes.popitem(last=False)
+        else:
+            shapes.move_to_end(key)
+    if entry is None or entry == _FAILED:
+        out, *final = reference(*flat)
+    else:
+        if entry == _SEEN:
+            try:
+                on = inputs.device
+                with torch.cuda.device(on) if on.type == "cuda" else contextlib.nullcontext():
+                    entry = _Graph(reference, flat, params, grad)
+            except RuntimeError as err:
+                with _lock:
+                    shapes[key] = _FAILED
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise GraphCaptureError(f"CUDA graph capture failed: {first}") from err
+            with _lock:
+                shapes[key] = entry
+        if entry.bwd is None:
+            entry.forward(flat)
+            out, *final = (o.clone() for o in entry.static_out)
+        else:
+            out, *final = _Replay.apply(entry, *flat, *params)
+    return out, pytree.tree_unflatten(final, spec)
+
+
+def clear(cell=None) -> None:
+    """Drop the captured graphs (of ``cell``, or of every cell) and their memory pools."""
+    with _lock:
+        if cell is None:
+            _store.clear()
+        else:
+            _store.pop(cell, None)

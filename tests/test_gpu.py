@@ -1,0 +1,302 @@
+"""On a CUDA device (skipped without one; CI has none): the cudnn path (cuDNN itself, through
+torch's fused ops) against the reference loop on the same device, outputs, final states and
+gradients with TF32 off, over cells, lengths (zero included), directions, layers, Keras masks
+and ``swap_memory``: to 1e-5 in float64; in float32 to 5e-4 (cuDNN sums its products in an order
+of its own: a few elements of a float32 run differ from the reference loop's by 1e-5 to 1e-4,
+measured on an H100, where a wrong layout or state differs by tenths). The cells cuDNN lacks
+take the graph path (CUDA graphs of the reference loop) and give the CPU's numbers and
+gradients at each call; TF32 (torch's default for cuDNN's RNNs) stays within its own
+precision; ``torch.compile`` and the native format take CUDA models.
+
+The same checks run on torch's CPU ops in ``test_cudnn_path.py`` (weight layouts, packing,
+states, masks); these add what only a GPU has: cuDNN's own kernels, its packed-sequence and
+float64 support, and tensors that live on the device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fast_checks import CUDNN_CELLS, CUDNN_LENGTHS, FUSED_CELLS, TOL, _grads, compare, decisions, perturb
+from torch.utils import _pytree as pytree
+
+import rnnkit as rk
+from rnnkit.fast import graphs
+from rnnkit.unroll import length_mask, map_state
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+OTHER_CELLS = {
+    "gru_tf1": lambda: rk.GRUCell(6),
+    "lstm_peepholes": lambda: rk.LSTMCell(6, use_peepholes=True, num_proj=4),
+    **FUSED_CELLS,
+}
+LENGTHS = CUDNN_LENGTHS
+F32 = {"atol": 5e-4, "rtol": 5e-4}  # cuDNN's float32 against the reference loop's (see above)
+
+
+@pytest.fixture
+def exact(monkeypatch):
+    """float32 products in full precision (cuDNN's RNNs use TF32 by default on Ampere and
+    later, which would hide layout errors below 1e-3); the paths taken are recorded."""
+    switches = [(torch.backends.cudnn, "allow_tf32", False),
+                (torch.backends.cuda.matmul, "allow_tf32", False)]
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if hasattr(rnn, "fp32_precision"):  # torch >= 2.9: cuDNN's RNNs have their own, "tf32"
+        switches = [(rnn, "fp32_precision", "ieee"), (torch.backends.cudnn, "fp32_precision",
+                                                      "ieee"),
+                    (torch.backends.cuda.matmul, "fp32_precision", "ieee")]
+    saved = [getattr(obj, name) for obj, name, _ in switches]
+    for obj, name, value in switches:
+        setattr(obj, name, value)
+    yield decisions(monkeypatch)
+    for (obj, name, _), value in zip(switches, saved, strict=True):
+        setattr(obj, name, value)
+
+
+def _built(make, depth: int = 4, dtype=torch.float32) -> rk.RNNCell:
+    cell = make()
+    cell.ensure_built(depth, dtype)
+    perturb(cell)
+    return cell.cuda()
+
+
+def _captured(cell) -> bool:
+    """Whether a CUDA graph of ``cell`` was captured (a failed capture falls back quietly)."""
+    return any(isinstance(e, graphs._Graph) for e in graphs._store.get(cell, {}).values())
+
+
+def _compare(run, wrt: list[torch.Tensor], tol: dict) -> None:
+    """``fast_checks.compare`` to tolerance ``tol``."""
+    fast, ref = run(True), run(False)
+    for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(_grads(fast, wrt), _grads(ref, wrt), strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def _leaves_close(a, b, **tol) -> None:
+    for x, y in zip(pytree.tree_leaves(a), pytree.tree_leaves(b), strict=True):
+        torch.testing.assert_close(x.cpu(), y.cpu(), **(tol or TOL))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("name", list(CUDNN_CELLS))
+def test_cudnn_matches_reference_on_the_gpu(name, lengths, time_major, dtype, exact):
+    cell = _built(CUDNN_CELLS[name], dtype=dtype)
+    x = torch.randn(*((7, 5) if time_major else (5, 7)), 4, device="cuda", dtype=dtype,
+                    requires_grad=True)
+    state = map_state(lambda s: torch.randn_like(s, dtype=dtype).requires_grad_(),
+                      cell.zero_state(5))
+    lens = None if LENGTHS[lengths] is None else torch.tensor(LENGTHS[lengths], device="cuda")
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lens, initial_state=state,
+                                         time_major=time_major, dtype=dtype, fast=fast),
+             [x, *pytree.tree_leaves(state), *cell.parameters()],
+             TOL if dtype == torch.float64 else F32)
+    assert exact == ["cudnn"]
+
+
+@pytest.mark.parametrize("name", list(CUDNN_CELLS))
+def test_cudnn_matches_the_cpu_reference(name, exact):
+    cell = _built(CUDNN_CELLS[name], dtype=torch.float64)
+    x = torch.randn(5, 7, 4, dtype=torch.float64)
+    lengths = torch.tensor(LENGTHS["varied"])
+    want = rk.dynamic_rnn(cell.cpu(), x, sequence_length=lengths, fast=False)
+    cell.cuda()
+    assert rk.fast.explain(cell, x.cuda(), lengths.cuda()).path == "cudnn"
+    _leaves_close(rk.dynamic_rnn(cell, x.cuda(), sequence_length=lengths.cuda(), fast=True), want)
+
+
+def _weighted_grads(out, wrt, device):
+    """The outputs' leaves (on the CPU) and the gradients of a fixed random weighting of them."""
+    leaves = pytree.tree_leaves(out)
+    g = torch.Generator().manual_seed(1)
+    loss = sum((leaf * torch.randn(leaf.shape, generator=g, dtype=leaf.dtype).to(device)).sum()
+               for leaf in leaves)
+    return [t.cpu() for t in (*leaves, *torch.autograd.grad(loss, wrt))]
+
+
+@pytest.mark.parametrize("lengths", ["full", "varied"])
+@pytest.mark.parametrize("name", list(OTHER_CELLS))
+def test_cells_cudnn_lacks_replay_cuda_graphs(name, lengths, exact):
+    """No kernel of ours runs on a GPU (the fused kernels are CPU code): the reference loop,
+    captured as CUDA graphs at a shape's second call and replayed from the third, gives the
+    CPU's numbers and gradients every time."""
+    cell = _built(OTHER_CELLS[name])
+    x = torch.randn(5, 7, 4, requires_grad=True)
+    state = None
+    lens = None if LENGTHS[lengths] is None else torch.tensor(LENGTHS[lengths])
+    decision = rk.fast.explain(cell, x.cuda(), lens)
+    assert decision.path == "graph"
+    assert "devices are cuda; cpu only" in " ".join(decision.unmet["fused"])
+
+    def run(device):
+        cell.to(device)
+        lens_on = None if lens is None else lens.to(device)
+        out = rk.dynamic_rnn(cell, x.to(device), sequence_length=lens_on, initial_state=state)
+        return _weighted_grads(out, [x, *cell.parameters()], device)
+
+    want = run("cpu")
+    for _ in range(3):  # eager, captured, replayed
+        _leaves_close(run("cuda"), want)
+    assert exact[-3:] == ["graph"] * 3
+    assert _captured(cell)
+
+
+def _graph_case(name="gru_tf1"):
+    cell = _built(OTHER_CELLS[name])
+    x = torch.randn(3, 6, 4, device="cuda", requires_grad=True)
+    for _ in range(2):  # eager, then captured
+        rk.dynamic_rnn(cell, x)
+    assert _captured(cell)
+    return cell, x
+
+
+def test_two_forwards_before_a_backward(exact):
+    """The second replay overwrites the first one's activations: the first backward replays
+    its forward again, and every gradient equals the reference loop's."""
+    cell, x = _graph_case()
+    params = list(cell.parameters())
+    x2 = torch.randn_like(x, requires_grad=True)
+    first, second = rk.dynamic_rnn(cell, x)[0], rk.dynamic_rnn(cell, x2)[0]
+    assert exact[-2:] == ["graph", "graph"]
+    got1 = torch.autograd.grad(first.square().sum(), [x, *params], retain_graph=True)
+    again1 = torch.autograd.grad(first.square().sum(), [x, *params])  # a second backward
+    got2 = torch.autograd.grad(second.square().sum(), [x2, *params])
+    for inp, got in ((x, got1), (x, again1), (x2, got2)):
+        ref = rk.dynamic_rnn(cell, inp, fast=False)[0]
+        _leaves_close(got, torch.autograd.grad(ref.square().sum(), [inp, *params]))
+    torch.testing.assert_close(first, rk.dynamic_rnn(cell, x, fast=False)[0], **TOL)
+
+
+def test_in_place_change_before_backward_is_an_error(exact):
+    cell, x = _graph_case()
+    out = rk.dynamic_rnn(cell, x)[0]
+    with torch.no_grad():
+        next(cell.parameters()).mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place between an unroll on the graph path"):
+        out.sum().backward()
+
+
+def test_inference_and_training_graphs(exact):
+    cell, x = _graph_case("fused_layer_norm")
+    with torch.no_grad():
+        for _ in range(3):
+            got = rk.dynamic_rnn(cell, x)
+    _leaves_close(got, rk.dynamic_rnn(cell, x.detach(), fast=False))
+    held = rk.dynamic_rnn(cell, x)[0]
+    torch.testing.assert_close(held, rk.dynamic_rnn(cell, x, fast=False)[0], **TOL)
+    rk.dynamic_rnn(cell, 2 * x)  # outputs are copies: a later replay leaves them alone
+    torch.testing.assert_close(held, rk.dynamic_rnn(cell, x, fast=False)[0], **TOL)
+
+
+def test_keras_gru_with_tf1_reset_and_masks(exact):
+    made = rk.layers.GRU(5, reset_after=False, return_sequences=True, return_state=True,
+                         go_backwards=True)
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    made(x)
+    perturb(made)
+    mask = length_mask(torch.tensor([6, 1, 0, 4]), 6).T
+    want = _weighted_grads(made(x, mask=mask), [x, *made.parameters()], "cpu")
+    made.cuda()
+    for _ in range(3):
+        _leaves_close(_weighted_grads(made(x.cuda(), mask=mask.cuda()), [x, *made.parameters()],
+                                      "cuda"), want)
+    assert exact[-1] == "graph"
+    assert _captured(made.cell)
+
+
+@pytest.mark.parametrize("name", ["basic_lstm", "gru_reset_after", "rnn_tanh"])
+def test_float64_and_swap_memory(name, exact):
+    cell = _built(CUDNN_CELLS[name], dtype=torch.float64)
+    x = torch.randn(5, 9, 4, dtype=torch.float64, device="cuda", requires_grad=True)
+    compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=[9, 2, 0, 5, 8],
+                                        dtype=torch.float64, swap_memory=True, fast=fast),
+            [x, *cell.parameters()])
+    assert set(exact) == {"cudnn"}
+
+
+def test_bidirectional_and_multi_layer(exact):
+    fw = rk.MultiRNNCell([rk.BasicLSTMCell(5), rk.GRUCell(4, reset_after=True)])
+    bw = rk.BasicLSTMCell(3)
+    x = torch.randn(4, 6, 3, device="cuda", requires_grad=True)
+    lengths = [6, 1, 0, 4]
+    rk.bidirectional_dynamic_rnn(fw, bw, x.cpu(), sequence_length=lengths, dtype=torch.float32)
+    perturb(fw, bw)
+    fw.cuda(), bw.cuda()
+    exact.clear()
+    _compare(lambda fast: rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths,
+                                                       dtype=torch.float32, fast=fast),
+             [x, *fw.parameters(), *bw.parameters()], F32)
+    assert set(exact) == {"cudnn"}
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("layer, kwargs", [
+    ("LSTM", {}), ("GRU", {}), ("SimpleRNN", {"activation": "relu"}),
+])
+def test_keras_layers_with_masks(layer, kwargs, go_backwards, exact):
+    """Keras masks of lengths 6, 1, 0, 4 on the device: outputs past a length repeat the last
+    one (with ``go_backwards`` the valid steps are a suffix)."""
+    made = getattr(rk.layers, layer)(5, return_sequences=True, return_state=True,
+                                     go_backwards=go_backwards, **kwargs)
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    made(x)
+    perturb(made)
+    made.cuda()
+    exact.clear()
+    x = x.detach().cuda().requires_grad_()
+    mask = length_mask(torch.tensor([6, 1, 0, 4]), 6).T.cuda()
+
+    def run(fast):
+        made.fast = fast
+        return made(x, mask=mask)
+
+    _compare(run, [x, *made.parameters()], F32)
+    assert exact == ["cudnn"]
+
+
+def test_tf32_default_stays_within_its_precision():
+    """torch's default lets cuDNN's RNNs use TF32 (10-bit mantissa) on Ampere and later, as TF's
+    does; rnnkit leaves that setting to the user. The results then agree to TF32's precision."""
+    cell = _built(CUDNN_CELLS["basic_lstm"], depth=64)
+    x = torch.randn(8, 50, 64, device="cuda")
+    with torch.no_grad():
+        got = rk.dynamic_rnn(cell, x, fast=True)
+        want = rk.dynamic_rnn(cell.double(), x.double(), fast=False)
+    _leaves_close(got, [t.float() for t in pytree.tree_leaves(want)], atol=2e-2, rtol=0)
+
+
+def test_compiled_model_on_the_gpu(exact):
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell, self.head = rk.BasicLSTMCell(8), torch.nn.Linear(8, 3)
+
+        def forward(self, x, lengths):
+            return self.head(rk.dynamic_rnn(self.cell, x, sequence_length=lengths)[0])
+
+    torch.manual_seed(0)
+    model = Tagger()
+    x, lengths = torch.randn(4, 6, 5), torch.tensor([6, 3, 1, 5])
+    model(x, lengths)
+    model.cuda()
+    x, lengths = x.cuda(), lengths.cuda()
+    eager = model(x, lengths)
+    eager_grads = torch.autograd.grad(eager.square().sum(), list(model.parameters()))
+    compiled = torch.compile(model)
+    out = compiled(x, lengths)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    _leaves_close([out, *grads], [eager, *eager_grads])
+
+
+def test_a_cuda_model_saves_and_loads(tmp_path):
+    pytest.importorskip("google_crc32c")
+    cell = _built(CUDNN_CELLS["lstm_proj"])
+    path = rk.io.save_native(tmp_path / "model.safetensors", cell)
+    rk.reset_default_graph()
+    again = rk.io.load(path)
+    _leaves_close(list(again.parameters()), list(cell.parameters()), atol=0, rtol=0)
+    x = torch.randn(3, 5, 4)
+    _leaves_close(rk.dynamic_rnn(again, x), rk.dynamic_rnn(cell.cpu(), x))

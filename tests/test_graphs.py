@@ -1,0 +1,113 @@
+"""The graph path's bookkeeping (``rnnkit.fast.graphs``), on the CPU: which path the dispatch
+picks and why, a shape captured at its second call and kept (at most ``PER_CELL`` per cell), a
+capture that fails falling back to the reference loop. CUDA graphs themselves run on a GPU
+only: ``test_gpu.py`` checks their numbers and gradients there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fast_checks import TOL, decisions, perturb
+
+import rnnkit as rk
+from rnnkit.fast import compiled, dispatch, graphs, onednn
+
+
+class FakeGraph:
+    """Stands in for ``graphs._Graph`` on the CPU: forward-only, runs the captured function
+    eagerly at each replay; counts captures."""
+
+    made = 0
+
+    def __init__(self, fn, inputs, params, grad):
+        FakeGraph.made += 1
+        self.fn, self.bwd, self.static_in = fn, None, inputs
+        assert not grad
+
+    def forward(self, inputs):
+        self.static_out = self.fn(*inputs)
+
+
+@pytest.fixture
+def graph_on_cpu(monkeypatch):
+    monkeypatch.setattr(graphs, "DEVICE", "cpu")
+    monkeypatch.setattr(onednn, "load_error", lambda: "oneDNN switched off for this test")
+    monkeypatch.setattr(compiled, "load_error", lambda: "kernels switched off for this test")
+    monkeypatch.setattr(graphs, "_Graph", FakeGraph)
+    monkeypatch.setattr(FakeGraph, "made", 0)
+    return decisions(monkeypatch)
+
+
+def _cell():
+    cell = rk.LSTMCell(5, cell_clip=0.5, use_peepholes=True)
+    cell.ensure_built(3, torch.float32)
+    perturb(cell)
+    return cell
+
+
+def test_explain_names_the_graph_path_and_its_requirements(graph_on_cpu):
+    cell = _cell()
+    x = torch.randn(2, 4, 3)
+    assert rk.fast.explain(cell, x).path == "graph"
+    text = str(rk.fast.explain(cell, x, swap_memory=True))
+    assert "not graph: swap_memory recomputes chunks eagerly" in text
+    with torch.autocast("cpu"):
+        assert "autocast is on" in str(rk.fast.explain(cell, x))
+
+
+def test_not_on_the_cpu_by_default():
+    text = str(rk.fast.explain(_cell(), torch.randn(2, 4, 3)))
+    assert "not graph: devices are cpu; cuda only" in text
+
+
+@torch.no_grad()
+def test_a_shape_is_captured_at_its_second_call_and_kept(graph_on_cpu, monkeypatch):
+    cell = _cell()
+    x = torch.randn(2, 4, 3)
+    want = rk.dynamic_rnn(cell, x, sequence_length=[4, 2], fast=False)
+    made = []
+    for _ in range(4):
+        got = rk.dynamic_rnn(cell, x, sequence_length=[4, 2])
+        made.append(FakeGraph.made)
+        for a, b in zip(torch.utils._pytree.tree_leaves(got),
+                        torch.utils._pytree.tree_leaves(want), strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+    assert made == [0, 1, 1, 1]
+    assert graph_on_cpu == ["graph"] * 4
+    monkeypatch.setattr(graphs, "PER_CELL", 2)
+    for steps in (5, 6):  # two new shapes push the first one out
+        rk.dynamic_rnn(cell, torch.randn(2, steps, 3), sequence_length=[4, 2])
+    rk.dynamic_rnn(cell, x, sequence_length=[4, 2])
+    assert FakeGraph.made == 1  # as if never seen: eager
+    rk.dynamic_rnn(cell, x, sequence_length=[4, 2])
+    assert FakeGraph.made == 2
+    rk.fast.clear_graphs(cell)
+    assert cell not in graphs._store
+
+
+@pytest.mark.parametrize("fast", ["auto", True])
+def test_a_failed_capture_falls_back_to_the_reference_loop(fast, graph_on_cpu, monkeypatch):
+    cell = _cell()
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    attempts = []
+
+    def refuse(*args):
+        attempts.append(1)
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphs, "_Graph", refuse)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    want = rk.dynamic_rnn(cell, x, fast=False)[0]
+    rk.dynamic_rnn(cell, x, fast=fast)  # eager, first sight
+    if fast is True:
+        with pytest.raises(graphs.GraphCaptureError, match="capture failed: CUDA error: "
+                                                           "operation not permitted"):
+            rk.dynamic_rnn(cell, x, fast=True)
+    else:
+        with pytest.warns(RuntimeWarning, match=r"the graph path failed \(CUDA graph capture "
+                                                r"failed: CUDA error"):
+            got = rk.dynamic_rnn(cell, x)[0]
+        torch.testing.assert_close(got, want, **TOL)
+    got = rk.dynamic_rnn(cell, x, fast=fast)[0]  # eager from then on, no second attempt
+    torch.testing.assert_close(got, want, **TOL)
+    assert attempts == [1]
