@@ -5,6 +5,8 @@ only: ``test_gpu.py`` checks their numbers and gradients there."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from fast_checks import TOL, decisions, perturb
@@ -19,9 +21,12 @@ class FakeGraph:
 
     made = 0
 
+    using = graphs._Graph.using
+
     def __init__(self, fn, inputs, params, grad):
         FakeGraph.made += 1
         self.fn, self.bwd, self.static_in = fn, None, inputs
+        self.lock, self.stream = threading.RLock(), None
         assert not grad
 
     def forward(self, inputs):
@@ -111,3 +116,12 @@ def test_a_failed_capture_falls_back_to_the_reference_loop(fast, graph_on_cpu, m
     got = rk.dynamic_rnn(cell, x, fast=fast)[0]  # eager from then on, no second attempt
     torch.testing.assert_close(got, want, **TOL)
     assert attempts == [1]
+
+
+@torch.no_grad()
+def test_per_cell_zero_turns_the_path_off(graph_on_cpu, monkeypatch):
+    monkeypatch.setattr(graphs, "PER_CELL", 0)
+    cell = _cell()
+    for _ in range(3):
+        rk.dynamic_rnn(cell, torch.randn(2, 4, 3))
+    assert FakeGraph.made == 0

@@ -13,7 +13,14 @@ A replay writes into the graph's fixed buffers, so each call's outputs are copie
 second forward of the same shape before the first one's backward overwrites the activations
 the first one saved: its backward then replays its forward again from its saved inputs (a
 generation count tells), as it does for a second backward (``retain_graph``). As in eager
-autograd, a variable modified in place between a forward and its backward is an error.
+autograd, a variable modified in place between a forward and its backward is an error. One
+thread at a time uses a graph (its buffers are shared), and a replay on another stream than the
+last one waits for it.
+
+Memory: each kept shape holds the activations of a whole forward pass for good (the eager loop
+frees them after its backward), so ``PER_CELL`` shapes a cell can cost that many times an eager
+step's peak; ``rnnkit.fast.clear_graphs()`` frees them, and ``PER_CELL = 0`` turns the path off
+(every shape then runs eagerly, as if seen for the first time).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from rnnkit.fast.library import FastPathError
 
 DEVICE = "cuda"
 DTYPES = ("float32", "float64")
-PER_CELL = 8
+PER_CELL = 4
 _SEEN = "seen"  # a shape met once (captured at the second sight)
 _FAILED = "failed"  # a shape whose capture failed: eager from then on
 _lock = threading.Lock()
@@ -89,6 +96,17 @@ class _Graph:
             self._capture(fn, every, aliases, stream)
         torch.cuda.current_stream().wait_stream(stream)
         self.generation = 0
+        self.lock, self.stream = threading.RLock(), None
+
+    @contextlib.contextmanager
+    def using(self):
+        """Hold the graph for this thread; order this stream after the last one that used it."""
+        with self.lock:
+            current = torch.cuda.current_stream() if torch.cuda.is_available() else None
+            if self.stream is not None and current is not None and self.stream != current:
+                current.wait_stream(self.stream)
+            self.stream = current
+            yield
 
     def _capture(self, fn, every, aliases, stream) -> None:
         n = len(self.static_in)
@@ -130,11 +148,12 @@ class _Replay(torch.autograd.Function):
     @staticmethod
     def forward(ctx, graph: _Graph, *tensors):
         n = len(graph.static_in)
-        graph.forward(tensors[:n])
-        ctx.graph, ctx.generation = graph, graph.generation
+        with graph.using():
+            graph.forward(tensors[:n])
+            ctx.graph, ctx.generation = graph, graph.generation
+            outs = tuple(o.clone() for o in graph.static_out)
         ctx.versions = [p._version for p in graph.params]
         ctx.save_for_backward(*tensors[:n])
-        outs = tuple(o.clone() for o in graph.static_out)
         ctx.mark_non_differentiable(*(o for i, o in enumerate(outs) if i not in graph.diff))
         return outs
 
@@ -145,17 +164,18 @@ class _Replay(torch.autograd.Function):
         if [p._version for p in graph.params] != ctx.versions:
             raise RuntimeError("rnnkit: a variable of the cell was modified in place between an "
                                "unroll on the graph path and its backward pass")
-        if graph.generation != ctx.generation:  # another replay overwrote this one's activations
-            graph.forward(ctx.saved_tensors)
-        with torch.no_grad():
-            for static, i in zip(graph.static_gout, graph.diff, strict=True):
-                g = grad_outputs[i]
-                static.copy_(g) if g is not None else static.zero_()
-        graph.bwd.replay()
-        graph.generation += 1  # the backward's buffers reuse the activations' memory
         grads: list[torch.Tensor | None] = [None] * (len(graph.static_in) + len(graph.params))
-        for i, g in zip(graph.wrt, graph.static_grads, strict=True):
-            grads[i] = None if g is None else g.clone()
+        with graph.using():
+            if graph.generation != ctx.generation:  # another replay overwrote its activations
+                graph.forward(ctx.saved_tensors)
+            with torch.no_grad():
+                for static, i in zip(graph.static_gout, graph.diff, strict=True):
+                    g = grad_outputs[i]
+                    static.copy_(g) if g is not None else static.zero_()
+            graph.bwd.replay()
+            graph.generation += 1  # the backward's buffers reuse the activations' memory
+            for i, g in zip(graph.wrt, graph.static_grads, strict=True):
+                grads[i] = None if g is None else g.clone()
         return (None, *grads)
 
 
@@ -210,8 +230,9 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
             with _lock:
                 shapes[key] = entry
         if entry.bwd is None:
-            entry.forward(flat)
-            out, *final = (o.clone() for o in entry.static_out)
+            with entry.using():
+                entry.forward(flat)
+                out, *final = [o.clone() for o in entry.static_out]
         else:
             out, *final = _Replay.apply(entry, *flat, *params)
     return out, pytree.tree_unflatten(final, spec)
