@@ -14,7 +14,8 @@ from fast_checks import perturb as _perturb
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
-from rnnkit.fast import compiled, dispatch, fused
+from rnnkit.fast import compiled, dispatch, fused, fused_gru
+from rnnkit.unroll import map_state
 
 needs_kernel = pytest.mark.skipif(compiled.load_error() is not None,
                                   reason=f"the fused kernel does not load: {compiled.load_error()}")
@@ -224,12 +225,18 @@ SPLIT_LENGTHS = {
     lambda: rk.LSTMCell(48, use_peepholes=True, cell_clip=0.7, num_proj=24, proj_clip=0.4),
     lambda: rk.LayerNormLSTMCell(32),
     lambda: rk.BasicLSTMCell(24, activation="relu"),
-], ids=["basic", "peephole_proj_clip", "layer_norm", "relu"])
+    lambda: rk.GRUCell(40),  # TF1's: reset before the recurrent product
+    lambda: rk.GRUCell(40, reset_after=True),
+    lambda: rk.GRUCell(24, activation="relu"),
+    lambda: rk.BasicRNNCell(24, activation="softsign"),
+], ids=["basic", "peephole_proj_clip", "layer_norm", "relu", "gru_tf1", "gru_reset_after",
+        "gru_relu", "rnn_softsign"])
 def test_batches_split_between_threads_match_reference(make, lengths, two_threads):
     """From 8 rows per thread, with U in each core's cache, each thread runs its own
-    sequences through the whole sequence (``lstm_kernel.c``'s split batches): rows split by
-    tokens, sequences ending early and of length 0, a thread whose rows all end before the
-    other's, the peephole and layer-norm sums of each thread, training and inference."""
+    sequences through the whole sequence (split batches, ``lstm_kernel.c`` and
+    ``gru_kernel.c``): rows split by tokens, sequences ending early and of length 0, a thread
+    whose rows all end before the other's, each thread's own sums and scratch (peepholes,
+    layer norm; r * h, h U, the activations' derivatives), training and inference."""
     torch.manual_seed(0)
     cell = make()
     lens = SPLIT_LENGTHS[lengths]
@@ -237,16 +244,48 @@ def test_batches_split_between_threads_match_reference(make, lengths, two_thread
     x = torch.randn(batch, 9, 5, requires_grad=True)
     cell.ensure_built(5, torch.float32)
     _perturb(cell, scale=0.2)
-    assert compiled.kernels().rk_lstm_split_batch(
-        fused._config(cell.sequence_params(), 9, batch, 5)) == 1
+    p = cell.sequence_params()
+    query, kernel = (("rk_lstm_split_batch", fused) if p.kind.endswith("lstm")
+                     else ("rk_gru_split_batch", fused_gru))
+    assert getattr(compiled.kernels(), query)(kernel._config(p, 9, batch, 5)) == 1
     assert rk.fast.explain(cell, x, sequence_length=lens).path == "fused"
-    state = cell.zero_state(batch)
-    h0 = type(state)(*(torch.randn_like(s).requires_grad_() for s in state))
+    h0 = map_state(lambda s: torch.randn_like(s).requires_grad_(), cell.zero_state(batch))
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lens, initial_state=h0,
                                          fast=fast),
-             [x, *h0, *cell.parameters()], scaled=True)
+             [x, *pytree.tree_leaves(h0), *cell.parameters()], scaled=True)
     _compare_inference(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lens,
                                                    initial_state=h0, fast=fast))
+
+
+def test_gru_split_only_where_u_stays_in_the_cache(two_threads):
+    """At least 8 rows per thread and U of at most 256 KB: GRUs up to 147 units, vanilla RNNs
+    up to 256, at 2 threads; past that each step is one product over all rows."""
+    def split(cell, batch=16):
+        cell.ensure_built(4, torch.float32)
+        return compiled.kernels().rk_gru_split_batch(
+            fused_gru._config(cell.sequence_params(), 5, batch, 4))
+
+    assert split(rk.GRUCell(147)) == 1
+    assert split(rk.GRUCell(148, reset_after=True)) == 0
+    assert split(rk.GRUCell(64), batch=15) == 0
+    assert split(rk.BasicRNNCell(256)) == 1
+    assert split(rk.BasicRNNCell(257)) == 0
+    torch.set_num_threads(1)
+    assert split(rk.GRUCell(64)) == 0
+
+
+def test_gru_rows_split_per_step_where_u_leaves_the_cache(two_threads):
+    torch.manual_seed(0)
+    cell = rk.GRUCell(160)
+    x = torch.randn(32, 5, 8, requires_grad=True)
+    cell.ensure_built(8, torch.float32)
+    _perturb(cell, scale=0.1)
+    assert compiled.kernels().rk_gru_split_batch(
+        fused_gru._config(cell.sequence_params(), 5, 32, 8)) == 0
+    assert rk.fast.explain(cell, x).path == "fused"
+    lengths = [5, 5, 4, 0, 3, 5, 1, 2] * 4
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=fast),
+             [x, *cell.parameters()], scaled=True)
 
 
 def test_lstm_rows_split_per_step_where_u_leaves_the_cache(two_threads):

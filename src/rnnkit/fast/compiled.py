@@ -132,8 +132,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.rk_gru_forward.argtypes = [ctypes.POINTER(GRUConfig)] + [vp] * 11
     lib.rk_gru_backward.argtypes = [ctypes.POINTER(GRUConfig)] + [vp] * 15
     lib.rk_lstm_small_batch.argtypes = lib.rk_lstm_split_batch.argtypes = [cfg]
+    lib.rk_gru_split_batch.argtypes = [ctypes.POINTER(GRUConfig)]
     for fn in (lib.rk_lstm_forward, lib.rk_lstm_backward, lib.rk_gru_forward,
-               lib.rk_gru_backward, lib.rk_lstm_small_batch, lib.rk_lstm_split_batch):
+               lib.rk_gru_backward, lib.rk_lstm_small_batch, lib.rk_lstm_split_batch,
+               lib.rk_gru_split_batch):
         fn.restype = ctypes.c_int
 
 

@@ -167,9 +167,9 @@ def _onednn_cell_unmet(p: Canonical) -> list[str]:
 
 # Up to these (batch, or output units by kind of cell), the fused kernels beat oneDNN 3.2's
 # primitives here; so they do for LSTMs with peepholes at every size measured
-# (benchmarks/RESULTS.md). LSTMs up to 128 units split the batch between threads (U then stays
-# in each core's cache; lstm_kernel.c); GRUs up to 256 units beat oneDNN's GRU primitives
-# without it.
+# (benchmarks/RESULTS.md). LSTMs up to 128 units and GRUs up to 147 split the batch between
+# threads (U then stays in each core's cache; kernels.h's run_split); GRUs up to 256 units beat
+# oneDNN's GRU primitives even without it.
 SMALL_BATCH = 1
 SMALL_UNITS = {"lstm": 128, "gru": 256, "rnn": 64}
 FUSED_PEEPHOLES = True

@@ -62,6 +62,17 @@ class _FusedGRU(torch.autograd.Function):
         return None, None, dx, dh, dW, dU, db, db_h
 
 
+def _config(p: Canonical, steps: int, batch: int, depth: int) -> compiled.GRUConfig:
+    """The kernel's configuration for the GRU or vanilla RNN ``p`` over ``steps`` x ``batch``
+    inputs of ``depth``."""
+    gru = p.kind == "gru"
+    return compiled.GRUConfig(
+        T=steps, B=batch, D=depth, H=p.U.shape[0],
+        act=compiled.ACTIVATIONS[name_of(p.activation)],
+        ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)] if gru else 0,
+        gru=gru, reset_after=gru and p.reset_after)
+
+
 def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor | None,
             steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The GRU or vanilla RNN ``p`` over packed ``x`` ``[N, depth]`` (``lengths`` sorted
@@ -71,11 +82,7 @@ def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tens
         ``(y [N, H], hT [B, H])``, packed and sorted as the inputs.
     """
     gru = p.kind == "gru"
-    cfg = compiled.GRUConfig(
-        T=steps, B=h0.shape[0], D=x.shape[1], H=h0.shape[1],
-        act=compiled.ACTIVATIONS[name_of(p.activation)],
-        ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)] if gru else 0,
-        gru=gru, reset_after=gru and p.reset_after)
+    cfg = _config(p, steps, h0.shape[0], x.shape[1])
     b_h = p.b_h if gru and p.reset_after else None
     args = [t.contiguous() if t is not None else None for t in (x, h0, p.W, p.U, p.b, b_h)]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):

@@ -1,6 +1,7 @@
 /* rnnkit's own fused GRU (both reset variants) and vanilla RNN, for activations oneDNN lacks
  * (hard_sigmoid gates of Keras 2 files, relu or softsign candidates...), forward and backward
- * over a whole packed sequence in one call, as lstm_kernel.c (layouts, packing, sgemm).
+ * over a whole packed sequence in one call, as lstm_kernel.c (layouts, packing, sgemm, and
+ * batches split between threads where U stays in each core's cache: kernels.h's run_split).
  *
  * Layouts: W [D, G*H]; U [H, G*H]; b [G*H]; b_h [3H] (reset after only); gates in Keras order
  * z, r, c (G = 3) or the one block h (vanilla RNN, G = 1); h [B, H]; x [N, D]; y [N, H].
@@ -21,6 +22,79 @@ typedef struct {           /* what the forward pass keeps for the backward pass 
 
 static inline int64_t gates_of(const rk_gru_cfg *k) { return k->gru ? 3 * k->H : k->H; }
 
+/* ---- Batches split between threads (run_split, kernels.h) ---- */
+static int split_batch(const rk_gru_cfg *k) {
+    return split_rows(k->B, k->H * gates_of(k) * (int64_t)sizeof(float));
+}
+
+/* Whether a call with this configuration splits its batch between threads (for tests). */
+int rk_gru_split_batch(const rk_gru_cfg *k) { return split_batch(k); }
+
+typedef struct {   /* a forward call's inputs and buffers (see rk_gru_forward) */
+    const int64_t *off;
+    const float *h0, *U, *b, *b_h;
+    float *gates, *y, *hu, *rh_run;
+    rk_gru_saved *s;
+} fwd_call;
+
+/* Rows [lo, hi) of step t (call: a fwd_call): their recurrent products, gates and outputs. th:
+ * the calling thread inside a parallel region, or -1: split the rows' gate passes between
+ * threads. Returns 0 or a dnnl status. */
+static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo, int64_t hi,
+                        int th) {
+    const rk_gru_cfg *k = cfg;
+    const fwd_call *f = call;
+    const int64_t H = k->H, G = gates_of(k), n = hi - lo, at = f->off[t];
+    const float *b = f->b, *b_h = f->b_h;
+    float *z = f->gates + at * G, *yt = f->y + at * H, *hu = f->hu;
+    const float *hp = t == 0 ? f->h0 : f->y + f->off[t - 1] * H;
+    int st;
+    if (!k->gru) {
+        if ((st = rk_gemm('N', 'N', n, H, H, 1.0f, hp + lo * H, H, f->U, H, 1.0f, z + lo * H, H)))
+            return st;
+        for (int64_t j = lo * H; j < hi * H; j++) yt[j] = z[j] + (b ? b[j % H] : 0.0f);
+        act_n(k->act, yt + lo * H, n * H);
+        return 0;
+    }
+    if (k->reset_after) {
+        if ((st = rk_gemm('N', 'N', n, G, H, 1.0f, hp + lo * H, H, f->U, G, 0.0f, hu + lo * G, G)))
+            return st;
+    } else if ((st = rk_gemm('N', 'N', n, 2 * H, H, 1.0f, hp + lo * H, H, f->U, G, 1.0f,
+                             z + lo * G, G))) {
+        return st;
+    }
+    rk_gru_saved *s = f->s;
+    float *rh = s && !k->reset_after ? s->extra + at * H : f->rh_run;
+    #pragma omp parallel for schedule(static) if (th < 0 && n * G >= PARALLEL_MIN)
+    for (int64_t r = lo; r < hi; r++) {
+        float *zr = z + r * G, *hur = hu + r * G;
+        const float *h = hp + r * H;
+        for (int64_t j = 0; j < G; j++) zr[j] += b ? b[j] : 0.0f;
+        if (k->reset_after) {
+            for (int64_t j = 0; j < G; j++) hur[j] += b_h ? b_h[j] : 0.0f;
+            for (int64_t j = 0; j < 2 * H; j++) zr[j] += hur[j];
+        }
+        act_n(k->ract, zr, 2 * H);
+        if (k->reset_after) {
+            for (int64_t j = 0; j < H; j++) zr[2 * H + j] += zr[H + j] * hur[2 * H + j];
+            if (s) memcpy(s->extra + (at + r) * H, hur + 2 * H, H * sizeof(float));
+        } else {
+            for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j];
+        }
+    }
+    if (!k->reset_after && (st = rk_gemm('N', 'N', n, H, H, 1.0f, rh + lo * H, H, f->U + 2 * H,
+                                         G, 1.0f, z + lo * G + 2 * H, G)))
+        return st;
+    #pragma omp parallel for schedule(static) if (th < 0 && n * G >= PARALLEL_MIN)
+    for (int64_t r = lo; r < hi; r++) {
+        float *zr = z + r * G, *c = zr + 2 * H;
+        const float *h = hp + r * H;
+        act_n(k->act, c, H);
+        for (int64_t j = 0; j < H; j++) yt[r * H + j] = zr[j] * h[j] + (1.0f - zr[j]) * c[j];
+    }
+    return 0;
+}
+
 /* Forward. s: buffers for backward (training), or NULL; scratch: [N*G*H] (gates, when s is NULL)
  * + [B*3H] (h U of a step) + [B*H] (r * h of a step). Returns 0, a dnnl status or -1. */
 int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, const float *h0,
@@ -33,50 +107,11 @@ int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, 
     float *gates = s ? s->gates : scratch;
     float *hu = scratch + (s ? 0 : off[T] * G), *rh_run = hu + B * 3 * H;
     int st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
-    for (int64_t t = 0; t < T && !st && active[t] > 0; t++) {
-        const int64_t a = active[t], at = off[t];
-        float *z = gates + at * G, *yt = y + at * H;
-        const float *hp = t == 0 ? h0 : y + off[t - 1] * H;
-        if (!k->gru) {
-            if ((st = rk_gemm('N', 'N', a, H, H, 1.0f, hp, H, U, H, 1.0f, z, H))) break;
-            for (int64_t j = 0; j < a * H; j++) yt[j] = z[j] + (b ? b[j % H] : 0.0f);
-            act_n(k->act, yt, a * H);
-            continue;
-        }
-        if (k->reset_after) {
-            if ((st = rk_gemm('N', 'N', a, G, H, 1.0f, hp, H, U, G, 0.0f, hu, G))) break;
-        } else if ((st = rk_gemm('N', 'N', a, 2 * H, H, 1.0f, hp, H, U, G, 1.0f, z, G))) {
-            break;
-        }
-        float *rh = s && !k->reset_after ? s->extra + at * H : rh_run;
-        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
-        for (int64_t r = 0; r < a; r++) {
-            float *zr = z + r * G, *hur = hu + r * G;
-            const float *h = hp + r * H;
-            for (int64_t j = 0; j < G; j++) zr[j] += b ? b[j] : 0.0f;
-            if (k->reset_after) {
-                for (int64_t j = 0; j < G; j++) hur[j] += b_h ? b_h[j] : 0.0f;
-                for (int64_t j = 0; j < 2 * H; j++) zr[j] += hur[j];
-            }
-            act_n(k->ract, zr, 2 * H);
-            if (k->reset_after) {
-                for (int64_t j = 0; j < H; j++) zr[2 * H + j] += zr[H + j] * hur[2 * H + j];
-                if (s) memcpy(s->extra + (at + r) * H, hur + 2 * H, H * sizeof(float));
-            } else {
-                for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j];
-            }
-        }
-        if (!k->reset_after &&
-            (st = rk_gemm('N', 'N', a, H, H, 1.0f, rh, H, U + 2 * H, G, 1.0f, z + 2 * H, G)))
-            break;
-        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
-        for (int64_t r = 0; r < a; r++) {
-            float *zr = z + r * G, *c = zr + 2 * H;
-            const float *h = hp + r * H;
-            act_n(k->act, c, H);
-            for (int64_t j = 0; j < H; j++) yt[r * H + j] = zr[j] * h[j] + (1.0f - zr[j]) * c[j];
-        }
-    }
+    const fwd_call f = {off, h0, U, b, b_h, gates, y, hu, rh_run, s};
+    const int split = split_batch(k);  /* decided once: each thread runs its rows to the end */
+    if (!st && split) st = run_split(T, B, lengths, active, 0, forward_step, k, &f);
+    for (int64_t t = 0; t < T && !st && !split && active[t] > 0; t++)
+        st = forward_step(k, &f, t, 0, active[t], -1);
     if (!st) final_h(lengths, off, B, T, H, y, h0, hT);
     free(plan);
     return st;
@@ -108,6 +143,72 @@ static void back_r_after(int64_t H, const float *restrict huc, const float *rest
     }
 }
 
+typedef struct {   /* a backward call's inputs and buffers (see rk_gru_backward) */
+    const int64_t *off;
+    const float *h0, *Ut, *y, *dy;
+    const rk_gru_saved *s;
+    float *dh, *dxw, *dhu, *h_in, *drh, *tmp;
+} bwd_call;
+
+/* Rows [lo, hi) of step t in backward (call: a bwd_call): their gate gradients (dxw, and dhu
+ * reset after), and d of their previous h (dh). th as forward_step's (the thread's scratch,
+ * tmp, is its own). Returns 0 or a dnnl status. */
+static int backward_step(const void *cfg, const void *call, int64_t t, int64_t lo, int64_t hi,
+                         int th) {
+    const rk_gru_cfg *k = cfg;
+    const bwd_call *f = call;
+    const int64_t H = k->H, G = gates_of(k), n = hi - lo, at = f->off[t];
+    const rk_gru_saved *s = f->s;
+    float *dh = f->dh, *dxw = f->dxw, *dhu = f->dhu, *drh = f->drh;
+    const float *hp = t == 0 ? f->h0 : f->y + f->off[t - 1] * H, *yt = f->y + at * H;
+    if (f->h_in) memcpy(f->h_in + (at + lo) * H, hp + lo * H, n * H * sizeof(float));
+    const float *dyt = f->dy + at * H;
+    for (int64_t j = lo * H; j < hi * H; j++) dh[j] += dyt[j];
+    #pragma omp parallel for schedule(static) if (th < 0 && n * G >= PARALLEL_MIN)
+    for (int64_t r = lo; r < hi; r++) {
+        const int64_t row = at + r;
+        const float *g = s->gates + row * G, *h = hp + r * H;
+        float *d = dh + r * H, *dg = dxw + row * G;
+        float *der = f->tmp + (size_t)(th < 0 ? omp_get_thread_num() : th) * 3 * H;
+        if (!k->gru) {
+            deriv_n(k->act, yt + r * H, der, H);
+            for (int64_t j = 0; j < H; j++) dg[j] = d[j] * der[j];
+            continue;
+        }
+        const float *zg = g, *rg = g + H, *cg = g + 2 * H;
+        deriv_n(k->ract, g, der, 2 * H);
+        deriv_n(k->act, cg, der + 2 * H, H);
+        back_zc(H, zg, cg, h, der, der + 2 * H, d, dg, dg + 2 * H);
+        if (k->reset_after) {
+            float *du = dhu + row * G;
+            back_r_after(H, s->extra + row * H, rg, der + H, dg, dg + 2 * H, dg + H, du, du + H,
+                         du + 2 * H);
+        }
+    }
+    int st;
+    if (!k->reset_after && k->gru) {  /* d(r * h) = dc U_c^T, then dr and dh */
+        if ((st = rk_gemm('N', 'N', n, H, H, 1.0f, dxw + (at + lo) * G + 2 * H, G,
+                          f->Ut + 2 * H * H, H, 0.0f, drh + lo * H, H)))
+            return st;
+        #pragma omp parallel for schedule(static) if (th < 0 && n * G >= PARALLEL_MIN)
+        for (int64_t r = lo; r < hi; r++) {
+            const int64_t row = at + r;
+            const float *rg = s->gates + row * G + H, *h = hp + r * H;
+            float *dg = dxw + row * G;
+            float *der = f->tmp + (size_t)(th < 0 ? omp_get_thread_num() : th) * 3 * H;
+            deriv_n(k->ract, rg, der, H);
+            for (int64_t j = 0; j < H; j++) {
+                dg[H + j] = drh[r * H + j] * h[j] * der[j];
+                dh[r * H + j] += drh[r * H + j] * rg[j];
+            }
+        }
+    }
+    const int64_t cols = (k->gru && !k->reset_after) ? 2 * H : G;  /* reset before: z, r */
+    const float *dprod = (k->reset_after ? dhu : dxw) + (at + lo) * G;  /* d of h U */
+    return rk_gemm('N', 'N', n, H, cols, 1.0f, dprod, G, f->Ut, H, k->gru ? 1.0f : 0.0f,
+                   dh + lo * H, H);
+}
+
 /* Backward, given Ut = U transposed [G*H, H]. dy [N, H]; dh [B, H] holds dhT on entry and dh0
  * on exit; weight gradients are overwritten (db_h may be NULL: no recurrent bias); dx may be
  * NULL. scratch: [N*G*H] (d of the input projection) + [N*G*H] (d of h U, reset after)
@@ -127,54 +228,11 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     float *dhu_or_dxw = k->reset_after ? dhu : dxw;  /* d of the recurrent products */
     float *tmp = malloc((size_t)threads * 3 * H * sizeof(float));
     if (!tmp) st = -1;
-    for (int64_t t = T - 1; t >= 0 && !st; t--) {
-        const int64_t a = active[t], at = off[t];
-        if (a == 0) continue;
-        const float *hp = t == 0 ? h0 : y + off[t - 1] * H, *yt = y + at * H;
-        if (h_in) memcpy(h_in + at * H, hp, a * H * sizeof(float));
-        for (int64_t j = 0; j < a * H; j++) dh[j] += dy[at * H + j];
-        #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
-        for (int64_t r = 0; r < a; r++) {
-            const int64_t row = at + r;
-            const float *g = s->gates + row * G, *h = hp + r * H;
-            float *d = dh + r * H, *dg = dxw + row * G;
-            float *der = tmp + (size_t)omp_get_thread_num() * 3 * H;
-            if (!k->gru) {
-                deriv_n(k->act, yt + r * H, der, H);
-                for (int64_t j = 0; j < H; j++) dg[j] = d[j] * der[j];
-                continue;
-            }
-            const float *zg = g, *rg = g + H, *cg = g + 2 * H;
-            deriv_n(k->ract, g, der, 2 * H);
-            deriv_n(k->act, cg, der + 2 * H, H);
-            back_zc(H, zg, cg, h, der, der + 2 * H, d, dg, dg + 2 * H);
-            if (k->reset_after) {
-                float *du = dhu + row * G;
-                back_r_after(H, s->extra + row * H, rg, der + H, dg, dg + 2 * H, dg + H, du,
-                             du + H, du + 2 * H);
-            }
-        }
-        if (!st && !k->reset_after && k->gru) {  /* d(r * h) = dc U_c^T, then dr and dh */
-            if ((st = rk_gemm('N', 'N', a, H, H, 1.0f, dxw + at * G + 2 * H, G, Ut + 2 * H * H, H,
-                              0.0f, drh, H)))
-                break;
-            #pragma omp parallel for schedule(static) if (a * G >= PARALLEL_MIN)
-            for (int64_t r = 0; r < a; r++) {
-                const int64_t row = at + r;
-                const float *rg = s->gates + row * G + H, *h = hp + r * H;
-                float *dg = dxw + row * G;
-                float *der = tmp + (size_t)omp_get_thread_num() * 3 * H;
-                deriv_n(k->ract, rg, der, H);
-                for (int64_t j = 0; j < H; j++) {
-                    dg[H + j] = drh[r * H + j] * h[j] * der[j];
-                    dh[r * H + j] += drh[r * H + j] * rg[j];
-                }
-            }
-        }
-        const int64_t cols = (k->gru && !k->reset_after) ? 2 * H : G;  /* reset before: z, r */
-        if (!st) st = rk_gemm('N', 'N', a, H, cols, 1.0f, dhu_or_dxw + at * G, G, Ut, H,
-                              k->gru ? 1.0f : 0.0f, dh, H);
-    }
+    const bwd_call f = {off, h0, Ut, y, dy, s, dh, dxw, dhu, h_in, drh, tmp};
+    const int split = split_batch(k);  /* decided once: each thread runs its rows to the end */
+    if (!st && split) st = run_split(T, B, lengths, active, 1, backward_step, k, &f);
+    for (int64_t t = T - 1; t >= 0 && !st && !split; t--)
+        if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
     if (!st && dx) st = rk_gemm('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
     if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dxw, G, 0.0f, dW, G);
     if (!st && (k->reset_after || !k->gru))

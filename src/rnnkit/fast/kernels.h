@@ -113,6 +113,61 @@ static inline int prev_h_product(const int64_t *lengths, int64_t N, int64_t B, i
     return st;
 }
 
+/* ---- Batches split between threads ----
+ * The sequences of a batch never meet, so each thread can run its own rows through the whole
+ * sequence with no hand-off between steps: a thread owns a fixed range of the packed order's
+ * sequences (balanced by tokens) and runs their recurrent products (oneDNN's sgemm runs on the
+ * calling thread inside a parallel region) and gate passes step after step. Every thread reads
+ * all of U each step, so this pays where U stays in each core's cache; elsewhere each step's
+ * product is one sgemm call over all rows, split between the threads by oneDNN. */
+#define SPLIT_ROWS 8              /* at least this many rows per thread ... */
+#define SPLIT_SHARE (256 << 10)   /* ... and recurrent matrices of at most this many bytes */
+
+/* Whether a batch of B rows whose recurrent matrices take u_bytes is split between threads. */
+static inline int split_rows(int64_t B, int64_t u_bytes) {
+    const int nt = omp_get_max_threads();
+    return nt > 1 && B >= (int64_t)SPLIT_ROWS * nt && u_bytes <= SPLIT_SHARE;
+}
+
+/* The first row of thread th of nt: lengths (sorted longest first; NULL: all equal) split so
+ * that each thread has about as many tokens. */
+static inline int64_t row_start(const int64_t *lengths, int64_t B, int th, int nt) {
+    if (th >= nt) return B;
+    if (!lengths) return B * th / nt;
+    int64_t total = 0, sum = 0, r = 0;
+    for (int64_t q = 0; q < B; q++) total += lengths[q];
+    while (r < B && sum * nt < total * th) sum += lengths[r++];
+    return r;
+}
+
+/* Rows [lo, hi) of step t of a call (cfg, call: the kernel's configuration and buffers) for
+ * thread th inside a parallel region, or -1: all rows, the gate passes split between threads.
+ * Returns 0 or a dnnl status. */
+typedef int (*thread_step)(const void *cfg, const void *call, int64_t t, int64_t lo,
+                           int64_t hi, int th);
+
+/* Each thread's own rows of a T-step, B-row batch through every step (backward: last step
+ * first). Returns 0 or the status of a failed step. */
+static inline int run_split(int64_t T, int64_t B, const int64_t *lengths, const int64_t *active,
+                            int backward, thread_step step, const void *cfg, const void *call) {
+    int st = 0;
+    #pragma omp parallel
+    {
+        const int th = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t lo = row_start(lengths, B, th, nt), hi = row_start(lengths, B, th + 1, nt);
+        int err = 0;
+        for (int64_t q = 0; q < T && !err; q++) {
+            const int64_t t = backward ? T - 1 - q : q;
+            if (active[t] > lo) err = step(cfg, call, t, lo, active[t] < hi ? active[t] : hi, th);
+        }
+        if (err) {
+            #pragma omp atomic write
+            st = err;
+        }
+    }
+    return st;
+}
+
 /* out [G] = the column sums of m [N, G] (a bias's gradient from its gates'), as one product
  * with a row of ones. Returns 0, a dnnl status or -1 (out of memory). */
 static inline int column_sums(const float *m, int64_t N, int64_t G, float *out) {

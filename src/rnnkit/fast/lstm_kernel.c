@@ -266,61 +266,14 @@ static int forward_small(const rk_cfg *k, const int64_t *active, const int64_t *
     return 0;
 }
 
-/* ---- Batches split between threads ----
- * The sequences of a batch never meet, so each thread can run its own rows through the whole
- * sequence with no hand-off between steps: a thread owns a fixed range of the packed order's
- * sequences (balanced by tokens) and runs their recurrent products (oneDNN's sgemm runs on the
- * calling thread inside a parallel region) and gate passes step after step. Every thread reads
- * all of U each step, so this pays where U stays in each core's cache; elsewhere each step's
- * product is one sgemm call over all rows, split between the threads by oneDNN. */
-#define SPLIT_ROWS 8              /* at least this many rows per thread ... */
-#define SPLIT_SHARE (256 << 10)   /* ... and U (with the projection) of at most this many bytes */
-
+/* ---- Batches split between threads (run_split, kernels.h) ---- */
 static int split_batch(const rk_cfg *k) {
-    const int nt = omp_get_max_threads();
-    const int64_t bytes = (k->P * 4 * k->H + (k->proj ? k->H * k->P : 0)) * (int64_t)sizeof(float);
-    return nt > 1 && k->B >= (int64_t)SPLIT_ROWS * nt && bytes <= SPLIT_SHARE;
+    return split_rows(k->B, (k->P * 4 * k->H + (k->proj ? k->H * k->P : 0)) *
+                                (int64_t)sizeof(float));
 }
 
 /* Whether a call with this configuration splits its batch between threads (for tests). */
 int rk_lstm_split_batch(const rk_cfg *k) { return !small_batch(k) && split_batch(k); }
-
-/* The first row of thread th of nt: lengths (sorted longest first; NULL: all equal) split so
- * that each thread has about as many tokens. */
-static int64_t row_start(const int64_t *lengths, int64_t B, int th, int nt) {
-    if (th >= nt) return B;
-    if (!lengths) return B * th / nt;
-    int64_t total = 0, sum = 0, r = 0;
-    for (int64_t q = 0; q < B; q++) total += lengths[q];
-    while (r < B && sum * nt < total * th) sum += lengths[r++];
-    return r;
-}
-
-typedef int (*thread_step)(const rk_cfg *k, const void *call, int64_t t, int64_t lo,
-                           int64_t hi, int th);
-
-/* Each thread's own rows through every step (backward: last step first); step runs rows
- * [lo, hi) of step t for thread th. Returns 0 or the status of a failed step. */
-static int run_split(const rk_cfg *k, const int64_t *lengths, const int64_t *active,
-                     int backward, thread_step step, const void *call) {
-    const int64_t T = k->T;
-    int st = 0;
-    #pragma omp parallel
-    {
-        const int th = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int64_t lo = row_start(lengths, k->B, th, nt), hi = row_start(lengths, k->B, th + 1, nt);
-        int err = 0;
-        for (int64_t q = 0; q < T && !err; q++) {
-            const int64_t t = backward ? T - 1 - q : q;
-            if (active[t] > lo) err = step(k, call, t, lo, active[t] < hi ? active[t] : hi, th);
-        }
-        if (err) {
-            #pragma omp atomic write
-            st = err;
-        }
-    }
-    return st;
-}
 
 typedef struct {   /* a forward call's inputs and buffers (see rk_lstm_forward) */
     const int64_t *active, *off;
@@ -332,8 +285,9 @@ typedef struct {   /* a forward call's inputs and buffers (see rk_lstm_forward) 
 /* Rows [lo, hi) of step t (call: a fwd_call): their recurrent product, gates, cells and
  * outputs (projected). th: the calling thread inside a parallel region, or -1: split the rows'
  * gate passes between threads. Returns 0 or a dnnl status. */
-static int forward_step(const rk_cfg *k, const void *call, int64_t t, int64_t lo, int64_t hi,
+static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo, int64_t hi,
                         int th) {
+    const rk_cfg *k = cfg;
     const fwd_call *f = call;
     const int64_t H = k->H, P = k->P, G = 4 * H, n = hi - lo, at = f->off[t];
     const int64_t *off = f->off;
@@ -394,7 +348,7 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     const fwd_call f = {active, off, h0, U, b, peep, Pw, gamma, beta, gates, y, c_run, c_step,
                         ac_step, m_step, s};
     const int split = !small && split_batch(k);
-    if (!st && split) st = run_split(k, lengths, active, 0, forward_step, &f);
+    if (!st && split) st = run_split(T, B, lengths, active, 0, forward_step, k, &f);
     for (int64_t t = 0; t < T && !st && !small && !split && active[t] > 0; t++)
         st = forward_step(k, &f, t, 0, active[t], -1);
     if (!st) final_h(lengths, off, B, T, P, y, h0, hT);
@@ -584,8 +538,9 @@ typedef struct {   /* a backward call's inputs and buffers (see rk_lstm_backward
 /* Rows [lo, hi) of step t in backward (call: a bwd_call): their gate gradients (dz), and d of
  * their previous h and c (dh, dc). th as forward_step's (the thread's sums, acc, are its own).
  * Returns 0 or a dnnl status. */
-static int backward_step(const rk_cfg *k, const void *call, int64_t t, int64_t lo, int64_t hi,
+static int backward_step(const void *cfg, const void *call, int64_t t, int64_t lo, int64_t hi,
                          int th) {
+    const rk_cfg *k = cfg;
     const bwd_call *f = call;
     const int64_t H = k->H, P = k->P, G = 4 * H, n = hi - lo, at = f->off[t];
     const int64_t *off = f->off;
@@ -650,7 +605,7 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     const bwd_call f = {active, off, h0, c0, Ut, peep, Pwt, gamma, y, dy, s, dh, dc, dz, h_in,
                         dyp, dm_buf, acc};
     const int split = !small && split_batch(k);
-    if (!st && split) st = run_split(k, lengths, active, 1, backward_step, &f);
+    if (!st && split) st = run_split(T, B, lengths, active, 1, backward_step, k, &f);
     for (int64_t t = T - 1; t >= 0 && !st && !small && !split; t--)
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
     if (!st && dx) st = rk_gemm('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
