@@ -97,12 +97,16 @@ class _Graph:
         torch.cuda.current_stream().wait_stream(stream)
         self.generation = 0
         self.lock, self.stream = threading.RLock(), None
+        self.device = torch.cuda.current_device()  # run() captures under the inputs' device
 
     @contextlib.contextmanager
     def using(self):
-        """Hold the graph for this thread; order this stream after the last one that used it."""
-        with self.lock:
-            current = torch.cuda.current_stream() if torch.cuda.is_available() else None
+        """Hold the graph for this thread, on its device (a replay runs on the current stream of
+        the current device); order this stream after the last one that used it."""
+        device = getattr(self, "device", None)
+        with self.lock, (torch.cuda.device(device) if device is not None
+                         else contextlib.nullcontext()):
+            current = torch.cuda.current_stream() if device is not None else None
             if self.stream is not None and current is not None and self.stream != current:
                 current.wait_stream(self.stream)
             self.stream = current
