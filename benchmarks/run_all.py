@@ -4,6 +4,11 @@ Runs ``benchmarks/peers.py`` for each (peer, cell) pair and a large float32 matm
 one table per cell and mode (forward, forward+backward): milliseconds per peer, rnnkit's speed-up
 over the best peer and over torch.nn, and rnnkit's GFLOP/s as a share of the matmul's. With
 ``--out FILE`` the tables (with the machine and versions) are written as Markdown too.
+
+``--rounds R`` runs every (peer, cell) pair R times, the peers visited in a rotated order each
+round, and keeps each one's fastest round: on a shared machine a burst of load from elsewhere
+falls on one process's run, and between two single runs an hour apart the same configuration
+was seen to move by 1.7x. The widest spread between rounds is printed with the tables.
 """
 
 from __future__ import annotations
@@ -36,6 +41,24 @@ def _peer(peer: str, cell: str, shapes: list[str], reps: int, malloc: str = "gli
         last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         return {s: {"skip": f"failed: {last[0][:120]}"} for s in shapes}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def merge(best: dict, spread: dict, key: tuple, run: dict) -> None:
+    """Fold one round's results (shape -> {mode: ms} or {"skip": why}) into ``best`` (the
+    fastest round of each shape and mode) and ``spread`` ((fastest, slowest) per key + shape +
+    mode)."""
+    for shape, entry in run.items():
+        kept = best.setdefault(shape, {})
+        if "skip" in entry or "note" in entry:
+            for field in ("skip", "note"):
+                if field in entry:
+                    kept.setdefault(field, entry[field])
+        for mode in ("fwd", "fwd_bwd"):
+            if mode not in entry:
+                continue
+            kept[mode] = min(kept.get(mode, entry[mode]), entry[mode])
+            lo, hi = spread.get((*key, shape, mode), (entry[mode], entry[mode]))
+            spread[(*key, shape, mode)] = (min(lo, entry[mode]), max(hi, entry[mode]))
 
 
 def flops(cell: str, shape: tuple, mode: str) -> float:
@@ -97,6 +120,8 @@ def tables(results: dict, gflops: float, shapes: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run each peer this many times, round-robin; keep its fastest round")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--cells", default=",".join(CELLS))
@@ -109,17 +134,29 @@ def main() -> int:
     matmul = _peer("matmul", "-", shapes, 1)
     gflops = max(matmul.values())
     results = {p: {c: {} for c in CELLS} for p in PEERS}
-    for cell in args.cells.split(","):
-        for peer in args.peers.split(","):
-            print(f"running {peer} {cell} ...", file=sys.stderr, flush=True)
-            results[peer][cell] = _peer(peer, cell, shapes, args.reps, args.malloc)
+    spread: dict = {}
+    peers = args.peers.split(",")
+    for rnd in range(args.rounds):
+        order = peers[rnd % len(peers):] + peers[:rnd % len(peers)]
+        for cell in args.cells.split(","):
+            for peer in order:
+                print(f"round {rnd + 1}/{args.rounds}: running {peer} {cell} ...",
+                      file=sys.stderr, flush=True)
+                merge(results[peer][cell], spread, (peer, cell),
+                      _peer(peer, cell, shapes, args.reps, args.malloc))
+    widest = max(spread.items(), key=lambda kv: kv[1][1] / kv[1][0], default=None)
+    widest_text = ("" if widest is None or args.rounds < 2 else
+                   f" Widest spread between rounds: {widest[1][1] / widest[1][0]:.2f}x "
+                   f"({' / '.join(widest[0])}: {widest[1][0]:.1f} to {widest[1][1]:.1f} ms).")
     skips = sorted({f"{p} / {c}: {r.get('skip') or r.get('note')}" for p in PEERS for c in CELLS
                     for r in results[p][c].values() if "skip" in r or "note" in r})
     rates = ", ".join(f"{name} {rate:.0f}" for name, rate in matmul.items())
     text = (f"Machine: {_machine()}\n\nfloat32 matmul 2048^3, GFLOP/s: {rates} "
             "(2 threads, best of 10; the share of matmul below is of the faster). "
             f"Allocator: glibc, {args.malloc} (benchmarks/allocator.py). "
-            f"Median of {args.reps} runs after a warm-up, batch-major inputs, "
+            f"Each figure: the fastest of {args.rounds} rounds (every peer once per round, in a "
+            f"rotated order), each round the median of {args.reps} runs after a warm-up."
+            f"{widest_text} Batch-major inputs, "
             "input depth = H. Forward+backward: gradients of sum(outputs * g), g a fixed random array, "
             "with respect to the inputs and all trainable weights. Keras 3 layers run with use_cudnn=False "
             "(the generic loop); keras-torch runs eagerly, keras-tf inside tf.function without XLA "
