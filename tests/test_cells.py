@@ -68,6 +68,18 @@ def test_step_calls_equal_the_unrolled_loop(name):
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm_peep_proj_clip", "multi"])
+def test_zero_state_is_made_where_the_variables_are(name):
+    """A cell moved to another device makes its zero state there (the CPU before it is built);
+    an explicit device wins."""
+    cell = CELLS[name]()
+    assert all(s.device.type == "cpu" for s in _leaves(cell.zero_state(2)))
+    rk.dynamic_rnn(cell, torch.randn(2, 3, 4))
+    cell.to("meta")
+    assert all(s.device.type == "meta" for s in _leaves(cell.zero_state(2)))
+    assert all(s.device.type == "cpu" for s in _leaves(cell.zero_state(2, device="cpu")))
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm_peep_proj_clip", "multi"])
 def test_padded_equals_each_sequence_alone(name):
     gen = torch.Generator().manual_seed(2)
     cell = CELLS[name]()
