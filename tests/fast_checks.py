@@ -59,19 +59,21 @@ def _grads(outputs, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, wrt))
 
 
-def compare(run, wrt: list[torch.Tensor], scaled: bool = False) -> None:
+def compare(run, wrt: list[torch.Tensor], scaled: bool = False, tol: dict | None = None) -> None:
     """``run(fast)`` with ``fast=True`` against ``fast=False``: every output leaf, and the
     gradients of a random weighting of them with respect to ``wrt``. ``scaled``: gradients
     summed over many rows (each float32 path is then off from the float64 truth by about 1e-6
     of the gradient's largest entry) are compared with ``atol`` 1e-6 of that entry where that is
-    looser than 1e-5."""
+    looser than 1e-5. ``tol``: another tolerance for everything (``TOL`` by default)."""
     fast = run(True)
     ref = run(False)
+    base = tol or TOL
     for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
-        torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(a, b, **base)
     for a, b in zip(_grads(fast, wrt), _grads(ref, wrt), strict=True):
-        tol = {"rtol": 1e-5, "atol": max(1e-5, 1e-6 * float(b.abs().max()))} if scaled else TOL
-        torch.testing.assert_close(a, b, **tol)
+        grad_tol = ({"rtol": 1e-5, "atol": max(1e-5, 1e-6 * float(b.abs().max()))} if scaled
+                    else base)
+        torch.testing.assert_close(a, b, **grad_tol)
 
 
 def decisions(monkeypatch) -> list[str]:

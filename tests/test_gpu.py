@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fast_checks import CUDNN_CELLS, CUDNN_LENGTHS, FUSED_CELLS, TOL, _grads, compare, decisions, perturb
+from fast_checks import CUDNN_CELLS, CUDNN_LENGTHS, FUSED_CELLS, TOL, compare, decisions, perturb
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
@@ -65,15 +65,6 @@ def _captured(cell) -> bool:
     return any(isinstance(e, graphs._Graph) for e in graphs._store.get(cell, {}).values())
 
 
-def _compare(run, wrt: list[torch.Tensor], tol: dict) -> None:
-    """``fast_checks.compare`` to tolerance ``tol``."""
-    fast, ref = run(True), run(False)
-    for a, b in zip(pytree.tree_leaves(fast), pytree.tree_leaves(ref), strict=True):
-        torch.testing.assert_close(a, b, **tol)
-    for a, b in zip(_grads(fast, wrt), _grads(ref, wrt), strict=True):
-        torch.testing.assert_close(a, b, **tol)
-
-
 def _leaves_close(a, b, **tol) -> None:
     for x, y in zip(pytree.tree_leaves(a), pytree.tree_leaves(b), strict=True):
         torch.testing.assert_close(x.cpu(), y.cpu(), **(tol or TOL))
@@ -90,10 +81,10 @@ def test_cudnn_matches_reference_on_the_gpu(name, lengths, time_major, dtype, ex
     state = map_state(lambda s: torch.randn_like(s, dtype=dtype).requires_grad_(),
                       cell.zero_state(5))
     lens = None if LENGTHS[lengths] is None else torch.tensor(LENGTHS[lengths], device="cuda")
-    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lens, initial_state=state,
-                                         time_major=time_major, dtype=dtype, fast=fast),
-             [x, *pytree.tree_leaves(state), *cell.parameters()],
-             TOL if dtype == torch.float64 else F32)
+    compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lens, initial_state=state,
+                                        time_major=time_major, dtype=dtype, fast=fast),
+            [x, *pytree.tree_leaves(state), *cell.parameters()],
+            tol=TOL if dtype == torch.float64 else F32)
     assert exact == ["cudnn"]
 
 
@@ -226,9 +217,9 @@ def test_bidirectional_and_multi_layer(exact):
     perturb(fw, bw)
     fw.cuda(), bw.cuda()
     exact.clear()
-    _compare(lambda fast: rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths,
-                                                       dtype=torch.float32, fast=fast),
-             [x, *fw.parameters(), *bw.parameters()], F32)
+    compare(lambda fast: rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths,
+                                                      dtype=torch.float32, fast=fast),
+            [x, *fw.parameters(), *bw.parameters()], tol=F32)
     assert set(exact) == {"cudnn"}
 
 
@@ -253,7 +244,7 @@ def test_keras_layers_with_masks(layer, kwargs, go_backwards, exact):
         made.fast = fast
         return made(x, mask=mask)
 
-    _compare(run, [x, *made.parameters()], F32)
+    compare(run, [x, *made.parameters()], tol=F32)
     assert exact == ["cudnn"]
 
 

@@ -23,10 +23,10 @@ class FakeGraph:
 
     using = graphs._Graph.using
 
-    def __init__(self, fn, inputs, params, grad):
+    def __init__(self, fn, cell, inputs, params, grad):
         FakeGraph.made += 1
         self.fn, self.bwd, self.static_in = fn, None, inputs
-        self.lock, self.stream = threading.RLock(), None
+        self.lock, self.stream, self.device = threading.RLock(), None, None  # no CUDA device
         assert not grad
 
     def forward(self, inputs):

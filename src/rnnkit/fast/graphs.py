@@ -84,7 +84,8 @@ class _Graph:
     earlier call kept alive), which would break the capture; warm-up and capture run on one
     stream of their own."""
 
-    def __init__(self, fn, inputs: list[torch.Tensor], params: list[torch.Tensor], grad: bool):
+    def __init__(self, fn, cell, inputs: list[torch.Tensor], params: list[torch.Tensor],
+                 grad: bool):
         self.static_in = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
         self.params = params
         aliases = [torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in params]
@@ -93,7 +94,7 @@ class _Graph:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.set_grad_enabled(bool(self.wrt)):
-            self._capture(fn, every, aliases, stream)
+            self._capture(fn, cell, every, aliases, stream)
         torch.cuda.current_stream().wait_stream(stream)
         self.generation = 0
         self.lock, self.stream = threading.RLock(), None
@@ -103,7 +104,7 @@ class _Graph:
     def using(self):
         """Hold the graph for this thread, on its device (a replay runs on the current stream of
         the current device); order this stream after the last one that used it."""
-        device = getattr(self, "device", None)
+        device = self.device
         with self.lock, (torch.cuda.device(device) if device is not None
                          else contextlib.nullcontext()):
             current = torch.cuda.current_stream() if device is not None else None
@@ -112,13 +113,13 @@ class _Graph:
             self.stream = current
             yield
 
-    def _capture(self, fn, every, aliases, stream) -> None:
+    def _capture(self, fn, cell, every, aliases, stream) -> None:
         n = len(self.static_in)
         alias_of = {id(p): a for p, a in zip(self.params, aliases, strict=True)}
+        self.pool = torch.cuda.graph_pool_handle()
+        self.fwd = torch.cuda.CUDAGraph()
         for capturing in (False, True):  # warm-up (lazy initialization), then the capture
-            self.pool = torch.cuda.graph_pool_handle()
-            self.fwd = torch.cuda.CUDAGraph()
-            with _aliased(fn.cell, alias_of), contextlib.ExitStack() as capture:
+            with _aliased(cell, alias_of), contextlib.ExitStack() as capture:
                 if capturing:
                     capture.enter_context(torch.cuda.graph(self.fwd, pool=self.pool,
                                                            stream=stream))
@@ -204,9 +205,7 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
         out, final = cell.unroll(x, s, m, masked_output, None, fast=False)
         return (out, *pytree.tree_leaves(final))
 
-    reference.cell = cell
-
-    params = [p for p in cell.parameters()]
+    params = list(cell.parameters())
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*flat, *params))
     key = _key(flat, params, spec, mask is not None, masked_output, grad)
     with _lock:
@@ -225,7 +224,7 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
             try:
                 on = inputs.device
                 with torch.cuda.device(on) if on.type == "cuda" else contextlib.nullcontext():
-                    entry = _Graph(reference, flat, params, grad)
+                    entry = _Graph(reference, cell, flat, params, grad)
             except RuntimeError as err:
                 with _lock:
                     shapes[key] = _FAILED
