@@ -156,7 +156,7 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("units", [10, 40, 100, 128])
+@pytest.mark.parametrize("units", [10, 40, 100, 128, 200])
 @pytest.mark.parametrize("make", [
     lambda n: rk.BasicLSTMCell(n, forget_bias=0.5),  # the kernel's TF1 gate order
     lambda n: rk.LSTMCell(n, use_peepholes=True, cell_clip=0.7),
@@ -166,7 +166,9 @@ def test_small_batches_split_units_across_threads_match_reference(make, units, l
                                                                   two_threads, monkeypatch):
     """Batches of 1 or 2 run each thread's units through the whole sequence, one barrier a
     step (``lstm_kernel.c``'s small-batch path): units split unevenly, a thread with none
-    (10 units), panels of U narrower than 64 columns, sequences ending early and of length 0.
+    (10 units), panels of U narrower than 64 columns and full ones next to them (200 units;
+    batch 1 only: at batch 2 that takes the per-step sgemm), sequences ending early and of
+    length 0.
     (Variables moved by 0.1 noise: with 0.4 at 128 units, gradients reach 6, and the two float32
     paths, summing in different orders, differed by 1.6e-5, the fast one the closer of the two
     to a float64 run.)"""
@@ -179,7 +181,7 @@ def test_small_batches_split_units_across_threads_match_reference(make, units, l
     cell.ensure_built(5, torch.float32)
     _perturb(cell, scale=0.1)
     cfg = fused._config(cell.sequence_params(), 9, batch, 5)
-    assert compiled.kernels().rk_lstm_small_batch(cfg) == 1
+    assert compiled.kernels().rk_lstm_small_batch(cfg) == (batch == 1 or units <= 128)
     h0 = rk.LSTMStateTuple(torch.randn(batch, units, requires_grad=True),
                            torch.randn(batch, units, requires_grad=True))
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=h0,
@@ -197,13 +199,15 @@ def _takes(query: str, cell, batch: int) -> int:
 
 
 def test_small_batch_path_only_where_it_was_measured_faster(two_threads):
-    """Batches of at most 2, no projection, the standard activations, and a share of U of at
-    most 128 KB per thread (up to 128 units at 2 threads)."""
+    """Batch 1 at any size, batch 2 with a share of U of at most 128 KB per thread (up to 128
+    units at 2 threads); no projection, the standard activations."""
     def small(cell, batch=1):
         return _takes("rk_lstm_small_batch", cell, batch)
 
-    assert small(rk.BasicLSTMCell(128)) == 1
-    assert small(rk.BasicLSTMCell(129)) == 0
+    assert small(rk.BasicLSTMCell(128), batch=2) == 1
+    assert small(rk.BasicLSTMCell(129), batch=2) == 0
+    assert small(rk.BasicLSTMCell(129)) == 1
+    assert small(rk.BasicLSTMCell(1024)) == 1
     assert small(rk.BasicLSTMCell(64), batch=3) == 0
     assert small(rk.LSTMCell(64, num_proj=32)) == 0
     assert small(rk.LayerNormLSTMCell(64)) == 0

@@ -174,16 +174,19 @@ static void row_forward_std(const rk_cfg *k, float *z, const float *b, const flo
  * double-buffered by step parity, so one barrier a step suffices); its rows of Ut are packed
  * into panels the same way. The standard LSTM only (tanh, sigmoid, no layer norm; peepholes
  * and cell_clip included), no projection. */
-#define SMALL_ROWS 2            /* batches up to this take the small-batch path ... */
+#define SMALL_ROWS 2            /* batch 1 always takes the small-batch path; batch 2 ... */
 #define SMALL_SHARE (128 << 10)  /* ... where each thread's share of U is at most this many bytes */
 #define PANEL 64
 
-/* Measured (benchmarks/RESULTS.md, 2 threads, B1 T500): 30-40% faster than the per-step sgemm
- * at H 64 and 128; from H 224 on (a share of U of 400 KB and more) slower. */
+/* Measured (benchmarks/RESULTS.md, 2 threads, B1 T500, in one process against the per-step
+ * sgemm), since the panel products keep their sums in registers: forward+backward 6-10% faster
+ * at H256-512 (forward 15-25%), no slower at H1024, where U no longer fits the caches. At
+ * batch 2 each row reads U again: level with sgemm at H256, faster up to H128. */
 static int small_batch(const rk_cfg *k) {
     const int nt = omp_get_max_threads();
-    return standard(k) && !k->proj && k->B <= SMALL_ROWS && nt > 1 &&
-           k->P * 4 * k->H * (int64_t)sizeof(float) <= (int64_t)SMALL_SHARE * nt;
+    return standard(k) && !k->proj && nt > 1 &&
+           (k->B == 1 || (k->B <= SMALL_ROWS &&
+                          k->P * 4 * k->H * (int64_t)sizeof(float) <= (int64_t)SMALL_SHARE * nt));
 }
 
 /* Whether a call with this configuration takes the small-batch path (for tests). */
@@ -196,26 +199,44 @@ static inline int64_t unit_start(int64_t H, int th, int nt) {
 }
 
 /* out[0, w) += v [K] times a panel [K, w] (w <= PANEL, the panel contiguous): the forward's
- * h U over a thread's columns, and the backward's dz Ut over its rows. The sums stay in
- * registers when w is a constant (panel_product's full panels). */
-static inline __attribute__((always_inline)) void panel_loop(
-        int64_t K, const float *restrict v, const float *restrict pan, const int64_t w,
-        float *restrict out) {
-    float acc[PANEL];
-    for (int64_t j = 0; j < w; j++) acc[j] = out[j];
+ * h U over a thread's columns, and the backward's dz Ut over its rows. A full panel keeps its
+ * PANEL sums in eight 8-float vectors (GCC vector extensions: registers on any SIMD width; as
+ * a float array, GCC kept them in memory and every step waited on a store and a reload). The
+ * sums are the same products added in the same order as the partial panels' scalar loop. */
+typedef float vec8 __attribute__((vector_size(32)));
+
+static inline vec8 load8(const float *p) { vec8 v; memcpy(&v, p, sizeof v); return v; }
+static inline void store8(float *p, vec8 v) { memcpy(p, &v, sizeof v); }
+
+static void panel_full(int64_t K, const float *restrict v, const float *restrict pan,
+                       float *restrict out) {
+    vec8 a0 = load8(out), a1 = load8(out + 8), a2 = load8(out + 16), a3 = load8(out + 24);
+    vec8 a4 = load8(out + 32), a5 = load8(out + 40), a6 = load8(out + 48), a7 = load8(out + 56);
+    for (int64_t q = 0; q < K; q++) {
+        const float s = v[q];
+        const float *u = pan + q * PANEL;
+        a0 += s * load8(u);      a1 += s * load8(u + 8);
+        a2 += s * load8(u + 16); a3 += s * load8(u + 24);
+        a4 += s * load8(u + 32); a5 += s * load8(u + 40);
+        a6 += s * load8(u + 48); a7 += s * load8(u + 56);
+    }
+    store8(out, a0);      store8(out + 8, a1);  store8(out + 16, a2); store8(out + 24, a3);
+    store8(out + 32, a4); store8(out + 40, a5); store8(out + 48, a6); store8(out + 56, a7);
+}
+
+static void panel_part(int64_t K, const float *restrict v, const float *restrict pan, int64_t w,
+                       float *restrict out) {
     for (int64_t q = 0; q < K; q++) {
         const float s = v[q];
         const float *restrict u = pan + q * w;
-        #pragma omp simd
-        for (int64_t j = 0; j < w; j++) acc[j] += s * u[j];
+        for (int64_t j = 0; j < w; j++) out[j] += s * u[j];
     }
-    for (int64_t j = 0; j < w; j++) out[j] = acc[j];
 }
 
 static inline void panel_product(int64_t K, const float *v, const float *pan, int64_t w,
                                  float *out) {
-    if (w == PANEL) panel_loop(K, v, pan, PANEL, out);
-    else panel_loop(K, v, pan, w, out);
+    if (w == PANEL) panel_full(K, v, pan, out);
+    else panel_part(K, v, pan, w, out);
 }
 
 /* The forward steps on the small-batch path (gates hold x W for every step on entry; see
