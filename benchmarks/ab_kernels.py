@@ -38,7 +38,8 @@ CELLS = {
 
 def build(ref: str, out_dir: Path) -> ctypes.CDLL:
     """The kernels at git revision ``ref`` (``"."``: the working tree), built and loaded."""
-    src = out_dir / ref.replace("/", "_").replace("~", "-").replace("^", "-")
+    src = out_dir / ("worktree" if ref == "." else
+                     ref.replace("/", "_").replace("~", "-").replace("^", "-"))
     src.mkdir()
     for path in (*compiled.SOURCES, compiled.HEADER):
         rel = path.relative_to(ROOT)
