@@ -19,6 +19,7 @@ from torch.utils import _pytree as pytree
 
 import rnnkit as rk
 from rnnkit.fast import compiled, dispatch, library, onednn
+from rnnkit.fast.autograd import Weights
 from rnnkit.fast.fused import pack
 from rnnkit.fast.varlen import hold_last, plan, roll_to_front, take_tokens
 from rnnkit.unroll import length_mask
@@ -470,6 +471,28 @@ def test_weights_laid_out_once_follow_in_place_updates(make):
         with rk.fast.fast_mode(False):
             torch.testing.assert_close(inference, layer(x), **TOL)
         kernel().data = torch.randn_like(kernel())  # new memory
+
+
+@pytest.mark.parametrize("make, joint", [
+    (lambda: rk.BasicLSTMCell(5), "kernel"),
+    (lambda: rk.LSTMCell(5, num_proj=3), "kernel"),
+    (lambda: rk.BasicRNNCell(5), "kernel"),
+    (lambda: rk.GRUCell(5), None),  # two kernels: W and U are made per call
+    (lambda: rk.layers.LSTM(5).cell, None),  # kernel and recurrent_kernel apart
+], ids=["basic_lstm", "lstm_proj", "rnn", "gru_tf1", "keras_lstm"])
+def test_a_tf1_kernel_is_one_input_and_gets_one_gradient(make, joint):
+    """Where ``W`` and ``U`` are the row blocks of one kernel, the oneDNN Functions take the
+    kernel itself and make its gradient in one buffer (no zero-padded slice gradients summed by
+    autograd); the numbers are checked by the comparisons above."""
+    cell = make()
+    cell.ensure_built(4, torch.float32)
+    weights = Weights(cell.sequence_params())
+    if joint is None:
+        assert weights.joint is None
+        assert weights.inputs is weights.tensors
+    else:
+        assert weights.joint is cell.get_parameter(joint)
+        assert weights.inputs[0] is weights.joint and weights.inputs[1] is None
 
 
 @needs_onednn

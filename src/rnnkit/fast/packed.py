@@ -91,12 +91,7 @@ class _Segments(torch.autograd.Function):
         dhT = torch.zeros_like(h0) if dhT is None else dhT
         dcT = (torch.zeros_like(c0) if dcT is None else dcT) if lstm else None
         dx = torch.empty_like(x)
-        like = {dnnl.WEIGHTS_LAYER: wl, dnnl.WEIGHTS_ITER: wi, dnnl.BIAS: bias}
-        if wp is not None:
-            like[dnnl.WEIGHTS_PEEPHOLE] = wp
-        if wproj is not None:
-            like[dnnl.WEIGHTS_PROJECTION] = wproj
-        wgrads = {k: torch.zeros_like(v) for k, v in like.items()}
+        wgrads = weights.grad_buffers(bias, wp, wproj)
         carry_h = carry_c = None
         for k in reversed(range(n)):
             t, a, alive, off = segs[k]
@@ -178,9 +173,9 @@ def run_packed(weights: Weights, x: torch.Tensor, state, lengths: torch.Tensor,
     sorted_state = map_state(lambda s: s.index_select(0, order_d).contiguous(), state)
     h0, c0 = (sorted_state.h, sorted_state.c) if lstm else (sorted_state, None)
     training = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, h0, c0, *weights.tensors))
+        t is not None and t.requires_grad for t in (x, h0, c0, *weights.inputs))
     y, hT, cT = _Segments.apply(weights, segs, training, take_tokens(x, t_idx, b_idx), h0, c0,
-                                *weights.tensors)
+                                *weights.inputs)
     if ends_inside:  # merged segments: a final state is the output at the sequence's last step
         rows, pos = (torch.tensor(v, device=dev) for v in zip(*ends_inside, strict=True))
         hT = hT.index_put((rows,), y[pos])
