@@ -5,11 +5,14 @@ function.
 ``rnnkit.fast.explain(cell, inputs, ...)`` says which path an unroll would take and why not the
 others; ``fast_mode(fast)`` sets the ``"auto" | True | False`` switch for a block of code (the
 ``fast=`` argument of ``dynamic_rnn`` does the same for one call); ``clear_graphs(cell=None)``
-frees the CUDA graphs captured for a cell (or for all).
+frees the CUDA graphs captured for a cell (or for all); ``release_scratch()`` frees the calling
+thread's reusable temporaries (at most 32 MB per kind of temporary, ``rnnkit.fast.scratch``).
 """
 
 from rnnkit.fast.dispatch import PATHS, Decision, decide, explain, fast_mode
 from rnnkit.fast.graphs import clear as clear_graphs
 from rnnkit.fast.onednn import load_error
+from rnnkit.fast.scratch import release as release_scratch
 
-__all__ = ["PATHS", "Decision", "clear_graphs", "decide", "explain", "fast_mode", "load_error"]
+__all__ = ["PATHS", "Decision", "clear_graphs", "decide", "explain", "fast_mode", "load_error",
+           "release_scratch"]

@@ -34,6 +34,7 @@ from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.cells.equations import Canonical, reorder_blocks
 from rnnkit.fast import onednn as dnnl
+from rnnkit.fast.scratch import scratch
 
 _ACT = {"tanh": "tanh", "relu": "relu", "sigmoid": "logistic"}
 
@@ -249,7 +250,7 @@ class _RNN(torch.autograd.Function):
         bwd = dnnl.primitives(shape).backward()
         t = {dnnl.SRC_LAYER: x, dnnl.SRC_ITER: h0, dnnl.BIAS: bias, dnnl.DST_LAYER: y,
              dnnl.DST_ITER: hT, dnnl.WORKSPACE: ws, **ctx.weights.laid_out(bwd)}
-        diff = {dnnl.DST_LAYER: _grad(dy, y), dnnl.DST_ITER: _grad(dhT, hT)}
+        diff = {dnnl.DST_LAYER: _grad(dy, y, "onednn-dy"), dnnl.DST_ITER: _grad(dhT, hT)}
         grads = {dnnl.SRC_LAYER: torch.empty_like(x), dnnl.SRC_ITER: torch.empty_like(h0)}
         if shape.cell == "lstm":
             t.update({dnnl.SRC_ITER_C: c0, dnnl.DST_ITER_C: cT})
@@ -268,13 +269,15 @@ class _RNN(torch.autograd.Function):
                 g(dnnl.WEIGHTS_PEEPHOLE), g(dnnl.WEIGHTS_PROJECTION))
 
 
-def _grad(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """``g`` (zeros if None) in the layout of ``like``."""
+def _grad(g: torch.Tensor | None, like: torch.Tensor, use: str | None = None) -> torch.Tensor:
+    """``g`` (zeros if None) in the layout of ``like`` (contiguous), a copy made in the scratch
+    buffer for ``use`` if given (read by one primitive call only)."""
     if g is None:
         return torch.zeros_like(like)
     if g.stride() == like.stride():
         return g
-    return torch.empty_like(like).copy_(g)
+    out = torch.empty_like(like) if use is None else scratch(use, like.numel()).view(like.shape)
+    return out.copy_(g)
 
 
 def _outputs_and_args(shape: dnnl.RNNShape, x, h0, c0, wl, wi, bias, wp, wproj):

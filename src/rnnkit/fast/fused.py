@@ -24,6 +24,7 @@ from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 from rnnkit.fast.fused_gru import run_gru
 from rnnkit.fast.library import check
+from rnnkit.fast.scratch import scratch
 from rnnkit.fast.varlen import take_tokens
 
 
@@ -72,13 +73,13 @@ class _Fused(torch.autograd.Function):
         dgamma = torch.empty_like(gamma) if gamma is not None else None
         dbeta = torch.empty_like(gamma) if gamma is not None else None
         h_in = N * P if lengths is not None else 0  # each row's previous h (lengths only)
-        scratch = x.new_empty(N * 4 * H + h_in + (N * P if cfg.proj else 0) + B * H)
+        buf = scratch("fused-backward", N * 4 * H + h_in + (N * P if cfg.proj else 0) + B * H)
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
         Pwt = Pw.t().contiguous() if Pw is not None else None
         status = compiled.kernels().rk_lstm_backward(
             ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, c0, W, Ut, peep, Pwt, gamma, y)),
             ctypes.byref(_saved_struct(saved)),
-            *map(compiled.ptr, (dy, dh, dc, dx, dW, dU, db, dpeep, dPw, dgamma, dbeta, scratch)))
+            *map(compiled.ptr, (dy, dh, dc, dx, dW, dU, db, dpeep, dPw, dgamma, dbeta, buf)))
         check(status, "rk_lstm_backward")
         return None, None, dx, dh, dc, dW, dU, db, dpeep, dPw, dgamma, dbeta
 
@@ -90,11 +91,11 @@ def _saved_struct(saved: dict) -> compiled.Saved:
 def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
     N, B, H, P = x.shape[0], cfg.B, cfg.H, cfg.P
     y, hT, cT = x.new_empty(N, P), x.new_empty(B, P), x.new_empty(B, H)
-    scratch = x.new_empty((0 if saved else N * 4 * H) + 4 * B * H)
+    buf = scratch("fused-forward", (0 if saved else N * 4 * H) + 4 * B * H)
     status = compiled.kernels().rk_lstm_forward(
         ctypes.byref(cfg),
         *map(compiled.ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y, hT, cT)),
-        ctypes.byref(_saved_struct(saved)) if saved else None, compiled.ptr(scratch))
+        ctypes.byref(_saved_struct(saved)) if saved else None, compiled.ptr(buf))
     check(status, "rk_lstm_forward")
     return y, hT, cT
 

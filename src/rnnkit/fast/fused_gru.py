@@ -12,16 +12,17 @@ from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 from rnnkit.fast.library import check
+from rnnkit.fast.scratch import scratch
 
 
 def _forward(cfg: compiled.GRUConfig, lengths, x, h0, W, U, b, b_h, saved: dict | None):
     N, B, H, G = x.shape[0], cfg.B, cfg.H, U.shape[1]
     y, hT = x.new_empty(N, H), x.new_empty(B, H)
-    scratch = x.new_empty((0 if saved else N * G) + 4 * B * H)
+    buf = scratch("fused-forward", (0 if saved else N * G) + 4 * B * H)
     status = compiled.kernels().rk_gru_forward(
         ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, U, b, b_h, y, hT)),
         ctypes.byref(compiled.GRUSaved(**{k: compiled.ptr(v) for k, v in saved.items()}))
-        if saved else None, compiled.ptr(scratch))
+        if saved else None, compiled.ptr(buf))
     check(status, "rk_gru_forward")
     return y, hT
 
@@ -52,12 +53,12 @@ class _FusedGRU(torch.autograd.Function):
         db = torch.empty_like(b) if b is not None else None
         db_h = torch.empty_like(b_h) if b_h is not None else None
         h_in = N * H if lengths is not None else 0  # each row's previous h (lengths only)
-        scratch = x.new_empty(2 * N * G + h_in + B * H)
+        buf = scratch("fused-backward", 2 * N * G + h_in + B * H)
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
         saved = compiled.GRUSaved(gates=compiled.ptr(gates), extra=compiled.ptr(extra))
         status = compiled.kernels().rk_gru_backward(
             ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, Ut, y)), ctypes.byref(saved),
-            *map(compiled.ptr, (dy, dh, dx, dW, dU, db, db_h, scratch)))
+            *map(compiled.ptr, (dy, dh, dx, dW, dU, db, db_h, buf)))
         check(status, "rk_gru_backward")
         return None, None, dx, dh, dW, dU, db, db_h
 

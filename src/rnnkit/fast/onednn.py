@@ -29,6 +29,7 @@ import torch
 from rnnkit.fast.library import OneDNNError as OneDNNError
 from rnnkit.fast.library import _ExecArg, _state, check, library
 from rnnkit.fast.library import load_error as load_error
+from rnnkit.fast.scratch import scratch
 
 _F32 = 3
 _FWD_TRAINING, _FWD_INFERENCE, _BACKWARD = 64, 96, 128
@@ -207,7 +208,7 @@ class _Primitive:
                                   f"{t.dtype}, expected {self.sizes.get(arg)} contiguous bytes")
         tensors = dict(tensors)
         if self.sizes.get(SCRATCHPAD):
-            tensors[SCRATCHPAD] = _scratch(self.sizes[SCRATCHPAD])
+            tensors[SCRATCHPAD] = scratch("onednn", self.sizes[SCRATCHPAD], torch.uint8)
         if not self._busy.acquire(blocking=False):  # another thread runs it: memories of its own
             self._run(tensors, {})
             return
@@ -244,17 +245,6 @@ class _Primitive:
         finally:
             for mem in made:
                 lib.dnnl_memory_destroy(mem)
-
-
-_local = threading.local()
-
-
-def _scratch(nbytes: int) -> torch.Tensor:
-    buf = getattr(_local, "scratch", None)
-    if buf is None or buf.numel() < nbytes:
-        buf = _local.scratch = torch.empty(nbytes, dtype=torch.uint8)
-    return buf
-
 
 
 
