@@ -6,7 +6,7 @@ function.
 others; ``fast_mode(fast)`` sets the ``"auto" | True | False`` switch for a block of code (the
 ``fast=`` argument of ``dynamic_rnn`` does the same for one call); ``clear_graphs(cell=None)``
 frees the CUDA graphs captured for a cell (or for all); ``release_scratch()`` frees the calling
-thread's reusable temporaries (at most 32 MB per kind of temporary, ``rnnkit.fast.scratch``).
+thread's reusable temporaries (``rnnkit.fast.scratch``).
 """
 
 from rnnkit.fast.dispatch import PATHS, Decision, decide, explain, fast_mode

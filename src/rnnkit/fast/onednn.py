@@ -208,7 +208,7 @@ class _Primitive:
                                   f"{t.dtype}, expected {self.sizes.get(arg)} contiguous bytes")
         tensors = dict(tensors)
         if self.sizes.get(SCRATCHPAD):
-            tensors[SCRATCHPAD] = scratch("onednn", self.sizes[SCRATCHPAD], torch.uint8)
+            tensors[SCRATCHPAD] = scratch("onednn", self.sizes[SCRATCHPAD], torch.uint8, keep=None)
         if not self._busy.acquire(blocking=False):  # another thread runs it: memories of its own
             self._run(tensors, {})
             return

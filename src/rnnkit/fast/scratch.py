@@ -4,7 +4,8 @@ A kernel call's temporaries (oneDNN's scratchpad, the fused kernels' gate buffer
 and their gradient buffers in backward) are needed only while the call runs. Fresh tensors of a
 few MB cost page faults on every call: glibc hands large freed blocks back to the OS, so each
 new one is mapped and zeroed again. Here each thread keeps one buffer per use, grown as needed
-and reused by the next call, up to ``KEEP_BYTES``; larger requests get memory of their own.
+and reused by the next call, up to ``KEEP_BYTES`` (oneDNN's scratchpad at any size); larger
+requests get memory of their own.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ KEEP_BYTES = 32 << 20  # per thread and use
 _local = threading.local()
 
 
-def scratch(use: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def scratch(use: str, numel: int, dtype: torch.dtype = torch.float32,
+            keep: int | None = -1) -> torch.Tensor:
     """A 1-D tensor of ``numel`` elements of ``dtype`` on the CPU, contents undefined, for the
     temporary use ``use``; it stays valid until the next call for ``use`` on this thread, so a
-    caller must be done with it before it calls anything that could ask for the same use."""
+    caller must be done with it before it calls anything that could ask for the same use.
+    Buffers up to ``keep`` bytes are kept (default ``KEEP_BYTES``; None: any size, as oneDNN's
+    scratchpad, 64 MB for a B32 T100 H256 LSTM's training primitives)."""
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    if nbytes > KEEP_BYTES:
+    if keep is not None and nbytes > (KEEP_BYTES if keep == -1 else keep):
         return torch.empty(numel, dtype=dtype)
     bufs = _local.__dict__.setdefault("bufs", {})
     buf = bufs.get(use)
