@@ -276,7 +276,8 @@ def _grad(g: torch.Tensor | None, like: torch.Tensor, use: str | None = None) ->
         return torch.zeros_like(like)
     if g.stride() == like.stride():
         return g
-    out = torch.empty_like(like) if use is None else scratch(use, like.numel()).view(like.shape)
+    out = torch.empty_like(like) if use is None else \
+        scratch(use, like.numel(), like.dtype).view(like.shape)
     return out.copy_(g)
 
 
