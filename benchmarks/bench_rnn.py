@@ -282,6 +282,9 @@ if __name__ == "__main__":
         allocator.steady()
     print(f"malloc: {args.malloc}")
     if args.gpu_only:
+        if not torch.cuda.is_available():
+            parser.exit(2, "--gpu-only: no CUDA device here (torch.cuda.is_available() is "
+                           "False)\n")
         gpu(args.repeats)
     else:
         run(args.repeats, args.quick)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One GPU round in one call, for a session lent a GPU machine (its torch has CUDA; it has no
+# oneDNN wheel, so the CPU paths are not in play): the GPU tests, then the GPU section of the
+# benchmark, each under its own time limit, logs under $OUT (or ./gpu_round).
+#
+#   bash benchmarks/gpu_round.sh [tests-seconds] [bench-seconds]
+#
+# Defaults 240 and 200 s: both fit one 10-minute device call with time to spare.
+set -u
+out="${OUT:-gpu_round}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
+py="${PYTHON:-python3}"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'cudnn', torch.backends.cudnn.version())"
+} > "$out/machine.txt" 2>&1
+timeout "${1:-240}" "$py" -m pytest -q -x tests/test_gpu.py tests/test_graphs.py \
+  tests/test_cudnn_path.py tests/test_io_cudnn.py tests/test_compile.py > "$out/tests.txt" 2>&1
+echo "tests: exit $?" >> "$out/tests.txt"
+timeout "${2:-200}" "$py" benchmarks/bench_rnn.py --gpu-only --repeats 5 > "$out/bench.txt" 2>&1
+echo "bench: exit $?" >> "$out/bench.txt"
+tail -n 3 "$out/tests.txt"
+cat "$out/bench.txt"
