@@ -41,8 +41,8 @@ def test_uses_and_threads_do_not_share_and_large_requests_are_not_kept(monkeypat
     big = scratch.scratch("one", 1000)  # 4000 bytes: memory of its own, not kept
     assert big.data_ptr() != scratch.scratch("one", 1000).data_ptr()
     assert scratch.scratch("one", 64).data_ptr() == a.data_ptr()
-    kept = scratch.scratch("any size", 1000, keep=None)  # oneDNN's scratchpad: always kept
-    assert scratch.scratch("any size", 1000, keep=None).data_ptr() == kept.data_ptr()
+    kept = scratch.scratch("any size", 1000, bounded=False)  # oneDNN's scratchpad: always kept
+    assert scratch.scratch("any size", 1000, bounded=False).data_ptr() == kept.data_ptr()
     rk.fast.release_scratch()
     assert not scratch._local.__dict__.get("bufs")
 

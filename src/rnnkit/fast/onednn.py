@@ -208,7 +208,8 @@ class _Primitive:
                                   f"{t.dtype}, expected {self.sizes.get(arg)} contiguous bytes")
         tensors = dict(tensors)
         if self.sizes.get(SCRATCHPAD):
-            tensors[SCRATCHPAD] = scratch("onednn", self.sizes[SCRATCHPAD], torch.uint8, keep=None)
+            tensors[SCRATCHPAD] = scratch("onednn", self.sizes[SCRATCHPAD], torch.uint8,
+                                          bounded=False)
         if not self._busy.acquire(blocking=False):  # another thread runs it: memories of its own
             self._run(tensors, {})
             return
@@ -245,7 +246,6 @@ class _Primitive:
         finally:
             for mem in made:
                 lib.dnnl_memory_destroy(mem)
-
 
 
 def _create_pd(lib, shape: RNNShape, prop: int, mds: dict[int, ctypes.c_void_p]

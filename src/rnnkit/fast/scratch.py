@@ -19,14 +19,14 @@ _local = threading.local()
 
 
 def scratch(use: str, numel: int, dtype: torch.dtype = torch.float32,
-            keep: int | None = -1) -> torch.Tensor:
+            bounded: bool = True) -> torch.Tensor:
     """A 1-D tensor of ``numel`` elements of ``dtype`` on the CPU, contents undefined, for the
     temporary use ``use``; it stays valid until the next call for ``use`` on this thread, so a
     caller must be done with it before it calls anything that could ask for the same use.
-    Buffers up to ``keep`` bytes are kept (default ``KEEP_BYTES``; None: any size, as oneDNN's
-    scratchpad, 64 MB for a B32 T100 H256 LSTM's training primitives)."""
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    if keep is not None and nbytes > (KEEP_BYTES if keep == -1 else keep):
+    Buffers up to ``KEEP_BYTES`` are kept, or of any size if not ``bounded`` (oneDNN's
+    scratchpad: 64 MB for a B32 T100 H256 LSTM's training primitives)."""
+    nbytes = numel * dtype.itemsize
+    if bounded and nbytes > KEEP_BYTES:
         return torch.empty(numel, dtype=dtype)
     bufs = _local.__dict__.setdefault("bufs", {})
     buf = bufs.get(use)
