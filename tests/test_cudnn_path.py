@@ -150,3 +150,36 @@ def test_dtypes_each_path_takes(on_cpu):
     assert "dtypes are mixed (float32, float64)" in " ".join(mixed.unmet["cudnn"])
     half = rk.fast.explain(cell.half(), x.half())
     assert "dtype is float16; float32 or float64 only" in " ".join(half.unmet["cudnn"])
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_weights_reach_torch_as_one_buffer_in_its_layout(name):
+    """cuDNN reads the weights in place only as views of one buffer, back to back in torch's
+    order (``w_ih, w_hh, b_ih, b_hh, w_hr``); the values are ``rk.io.to_torch``'s (an
+    independent conversion)."""
+    cell = CELLS[name]()
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    weights = cudnn._weights(cell.sequence_params())
+    module = rk.io.to_torch(cell)
+    expected = [t for _, t in module.named_parameters()]
+    assert [tuple(w.shape) for w in weights] == [tuple(t.shape) for t in expected]
+    for w, t in zip(weights, expected, strict=True):
+        torch.testing.assert_close(w, t, rtol=0, atol=0)
+    start = weights[0].data_ptr()
+    for w in weights:
+        assert w.is_contiguous() and w.data_ptr() == start
+        start += w.numel() * w.element_size()
+
+
+@pytest.mark.parametrize("frozen", ["kernel", "bias"])
+def test_frozen_variables_get_no_gradient(frozen, on_cpu):
+    """A frozen kernel or bias: the weight buffer's backward makes only the gradients asked
+    for, and they match the reference loop's."""
+    cell = rk.BasicLSTMCell(5, forget_bias=0.5, input_size=3)
+    _perturb(cell)
+    getattr(cell, frozen).requires_grad_(False)
+    x = torch.randn(2, 4, 3)
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, dtype=torch.float32, fast=fast),
+             [p for p in cell.parameters() if p.requires_grad])
+    assert on_cpu == ["cudnn"]

@@ -103,8 +103,14 @@ class RNNCell(torch.nn.Module):
             raise ValueError(f"zero_state: batch_size must be a non-negative int, got {batch_size!r}")
         if device is None:
             device = next((p.device for p in self.parameters()), None)
+        size = self.state_size
+        if isinstance(size, int):  # the common structures without pytree's walk
+            return torch.zeros(batch_size, size, dtype=dtype, device=device)
+        if type(size) is LSTMStateTuple and all(isinstance(n, int) for n in size):
+            return LSTMStateTuple(*(torch.zeros(batch_size, n, dtype=dtype, device=device)
+                                    for n in size))
         return pytree.tree_map(lambda n: torch.zeros(batch_size, n, dtype=dtype, device=device),
-                               self.state_size)
+                               size)
 
     # -- building --------------------------------------------------------------------------
     def build(self, input_depth: int, dtype: torch.dtype) -> None:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rnnkit import activations
@@ -13,6 +15,26 @@ from rnnkit.cells.base import LSTMStateTuple, check_units
 from rnnkit.cells.fused import FusedCell, split_kernel
 
 TF1_GATE_ORDER = (0, 2, 1, 3)  # where i, f, g, o sit in a TF1 kernel's i, j, f, o
+
+
+def _forget_shift(units: int, forget_bias: float, dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor:
+    """``forget_bias`` on the f block of a TF1 kernel's i, j, f, o bias, zeros elsewhere (an
+    unroll adds it in one op): made once per size, value, dtype and device, except while
+    torch.compile traces (its cache wrapper would be ignored, with a warning)."""
+    if torch.compiler.is_compiling():
+        return _make_shift(units, forget_bias, dtype, device)
+    return _cached_shift(units, forget_bias, dtype, device)
+
+
+def _make_shift(units: int, forget_bias: float, dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor:
+    shift = torch.zeros(4, units, dtype=dtype, device=device)
+    shift[2] = forget_bias
+    return shift.flatten()
+
+
+_cached_shift = functools.lru_cache(maxsize=32)(_make_shift)  # only read, never written
 
 
 def _check_tuple(state_is_tuple: bool) -> None:
@@ -40,9 +62,7 @@ class _TF1LSTMBase(FusedCell):
         ``forget_bias`` on its f block."""
         W, U = split_kernel(kernel, self.input_depth)
         if bias is not None and self.forget_bias != 0.0:
-            shift = bias.new_zeros(4, self.num_units)
-            shift[2] = self.forget_bias  # the f block
-            bias = bias + shift.flatten()
+            bias = bias + _forget_shift(self.num_units, self.forget_bias, bias.dtype, bias.device)
         return W, U, bias
 
     def canonical(self) -> eq.Canonical:

@@ -131,7 +131,7 @@ class Weights:
                         _bias(p, self.cell, self.hidden).contiguous(),
                         torch.cat(p.peepholes).contiguous() if p.peepholes is not None else None,
                         p.P.contiguous() if p.P is not None else None)
-        self.joint = _joint(p.W, p.U)
+        self.joint = joint_kernel(p.W, p.U)
 
     @property
     def inputs(self) -> tuple[torch.Tensor | None, ...]:
@@ -196,7 +196,7 @@ class Weights:
         return grads | {dnnl.WEIGHTS_LAYER: layer, dnnl.WEIGHTS_ITER: it}
 
 
-def _joint(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor | None:
+def joint_kernel(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor | None:
     """The 2-D tensor whose rows are ``W`` then ``U`` (a TF1 cell's kernel: both are row
     blocks of it, views), or None."""
     K = W._base

@@ -20,14 +20,17 @@ propagate, as do errors in the backward pass (the forward has then already run).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
-from rnnkit.cells.equations import Canonical, reorder_blocks
+from rnnkit.cells.equations import Canonical
+from rnnkit.fast.autograd import joint_kernel
 from rnnkit.fast.library import FastPathError
 
 DEVICE = "cuda"  # where the dispatch takes this path (tests run it on "cpu", torch's own op)
@@ -73,23 +76,106 @@ def unmet(p: Canonical) -> list[str]:
     return out
 
 
-def _weights(p: Canonical) -> list[torch.Tensor]:
-    """torch's flat weight list for one layer: ``w_ih, w_hh, b_ih, b_hh`` (then ``w_hr``)."""
-    p = p.in_keras_order()
-    W, U, b, b_h = p.W, p.U, p.b, p.b_h
+def _torch_order(p: Canonical) -> tuple[int, ...] | None:
+    """Where each of torch's gate blocks sits among ``p``'s stored ones (None: the same place):
+    an LSTM's are Keras's (a TF1 kernel's are not: ``gate_order``), a GRU's r, z, n are
+    ``Canonical``'s blocks 1, 0, 2."""
     if p.kind == "gru":
-        W, U, b, b_h = (reorder_blocks(t, _TORCH_GRU_ORDER) for t in (W, U, b, b_h))
-    zeros = W.new_zeros(W.shape[1])
-    out = [W.t(), U.t(), zeros if b is None else b, zeros if b_h is None else b_h]
-    if p.P is not None:
-        out.append(p.P.t())
-    # One flat buffer (one differentiable concatenation), each weight a view of it in torch's
-    # order: cuDNN reads that buffer in place where its layout is cuDNN's own; loose weights it
-    # would copy into a buffer of its own each call, after querying cuDNN for each one's place
-    # (0.45 ms of CPU a call, measured on an H100), and a transposed view it refuses.
-    flat = torch.cat([w.reshape(-1) for w in out])
-    return [v.view(w.shape) for v, w in zip(flat.split([w.numel() for w in out]), out,
-                                             strict=True)]
+        return _TORCH_GRU_ORDER
+    if p.gate_order is not None and tuple(p.gate_order) != tuple(range(len(p.gate_order))):
+        return tuple(p.gate_order)
+    return None
+
+
+def _gather(src: torch.Tensor, order: tuple[int, ...] | None, dim: int,
+            out: torch.Tensor) -> torch.Tensor:
+    """``src``'s equal blocks along ``dim`` in ``order`` (block k of ``out`` is block
+    ``order[k]`` of ``src``), written into ``out``: one copy either way."""
+    if order is None:
+        return out.copy_(src)
+    blocks = src.chunk(len(order), dim=dim)
+    return torch.cat([blocks[k] for k in order], dim=dim, out=out)
+
+
+class _TorchWeights(torch.autograd.Function):
+    """``Canonical``'s weights as torch's flat weight list for one layer (``w_ih, w_hh, b_ih,
+    b_hh``, then ``w_hr``), every one a view of one buffer in torch's order: cuDNN reads that
+    buffer in place where its layout is cuDNN's own; loose weights it would copy into a buffer
+    of its own each call, after querying cuDNN for each one's place (0.45 ms of CPU a call,
+    measured on an H100), and a transposed view it refuses.
+
+    One autograd node each way: the forward writes each matrix transposed and its gate blocks
+    in torch's order with one copy; the backward writes each gradient back in the cell's layout
+    with one copy, a TF1 kernel's (``W`` and ``U`` its row blocks, given whole with ``U``
+    None) into one buffer. As differentiable torch ops (concatenations, transposes, reshapes,
+    a flat concatenation, its split) the same took about 25 autograd nodes a call."""
+
+    @staticmethod
+    def forward(ctx, order, rows, W, U, b, b_h, P):
+        kernel = W if U is None else None
+        if kernel is not None:
+            W, U = kernel[:rows], kernel[rows:]
+        gh = U.shape[1]
+        shapes = [(gh, W.shape[0]), (gh, U.shape[0]), (gh,), (gh,)]
+        if P is not None:
+            shapes.append((P.shape[1], P.shape[0]))
+        flat = W.new_empty(sum(math.prod(s) for s in shapes))
+        views = [v.view(s) for v, s in
+                 zip(flat.split([math.prod(s) for s in shapes]), shapes, strict=True)]
+        _gather(W.t(), order, 0, views[0])
+        _gather(U.t(), order, 0, views[1])
+        for bias, view in ((b, views[2]), (b_h, views[3])):
+            if bias is None:
+                view.zero_()
+            else:
+                _gather(bias, order, 0, view)
+        if P is not None:
+            views[4].copy_(P.t())
+        ctx.order, ctx.rows, ctx.joint = order, rows, kernel is not None
+        ctx.mark_non_differentiable(*(views[k] for k in (2, 3) if (b, b_h)[k - 2] is None))
+        return tuple(views)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_ih, g_hh, g_b, g_bh, g_hr=None):
+        order = ctx.order
+        back = None if order is None else tuple(order.index(k) for k in range(len(order)))
+        need = ctx.needs_input_grad  # (order, rows, W, U, b, b_h, P)
+
+        def cell_layout(g, out=None):  # [gates*H, n] in torch's order -> [n, gates*H], cell's
+            if g is None:
+                return None if out is None else out.zero_()
+            if back is None and out is None:
+                return g.t()
+            if out is None:
+                out = g.new_empty(g.shape[::-1])
+            return _gather(g.t(), back, 1, out)
+
+        gW = gU = gb = gbh = gP = None
+        if ctx.joint:
+            if need[2]:
+                gW = g_ih.new_empty(ctx.rows + g_hh.shape[1], g_ih.shape[0]) if g_ih is not None \
+                    else g_hh.new_empty(ctx.rows + g_hh.shape[1], g_hh.shape[0])
+                cell_layout(g_ih, gW[:ctx.rows])
+                cell_layout(g_hh, gW[ctx.rows:])
+        else:
+            gW = cell_layout(g_ih) if need[2] else None
+            gU = cell_layout(g_hh) if need[3] else None
+        if need[4] and g_b is not None:
+            gb = g_b if back is None else _gather(g_b, back, 0, torch.empty_like(g_b))
+        if need[5] and g_bh is not None:
+            gbh = g_bh if back is None else _gather(g_bh, back, 0, torch.empty_like(g_bh))
+        if need[6] and g_hr is not None:
+            gP = g_hr.t()
+        return None, None, gW, gU, gb, gbh, gP
+
+
+def _weights(p: Canonical) -> list[torch.Tensor]:
+    """torch's flat weight list for one layer: ``w_ih, w_hh, b_ih, b_hh`` (then ``w_hr``), views
+    of one buffer (``_TorchWeights``)."""
+    kernel = joint_kernel(p.W, p.U)
+    W, U = (kernel, None) if kernel is not None else (p.W, p.U)
+    return list(_TorchWeights.apply(_torch_order(p), p.W.shape[0], W, U, p.b, p.b_h, p.P))
 
 
 def _padded(op, x: torch.Tensor, h0: torch.Tensor, weights, lengths: torch.Tensor, train: bool):

@@ -93,11 +93,25 @@ class Decision:
 
 def _placement(p: Canonical, inputs: torch.Tensor, state) -> tuple[list[str], list[str]]:
     """The dtypes and device types of every tensor an unroll reads, sorted, each once."""
-    tensors = [inputs, *pytree.tree_leaves(state), p.W, p.U, p.b, p.b_h, p.P,
-               *(p.peepholes or ()), *pytree.tree_leaves(p.norms)]
-    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
-    return (sorted({str(t.dtype).removeprefix("torch.") for t in tensors}),
-            sorted({t.device.type for t in tensors}))
+    tensors = [inputs, *_leaves(state), p.W, p.U, p.b, p.b_h, p.P, *(p.peepholes or ())]
+    if p.norms is not None:
+        tensors += pytree.tree_leaves(p.norms)
+    dtypes, devices = set(), set()
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            dtypes.add(t.dtype)
+            devices.add(t.device.type)
+    return (sorted(str(d).removeprefix("torch.") for d in dtypes), sorted(devices))
+
+
+def _leaves(state) -> list:
+    """A state's tensors: a tensor, or a flat tuple of them (``LSTMStateTuple``) without
+    pytree's walk (most calls), any other structure with it."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, tuple) and all(isinstance(t, torch.Tensor) for t in state):
+        return list(state)
+    return pytree.tree_leaves(state)
 
 
 def _placement_unmet(placement: tuple[list[str], list[str]], device: str,
