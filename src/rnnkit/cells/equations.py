@@ -118,19 +118,18 @@ def gru(xw: torch.Tensor, h: torch.Tensor, p: Canonical) -> torch.Tensor:
     h' = z ⊙ h + (1 - z) ⊙ c.
     """
     H = h.shape[-1]
-    x_z, x_r, x_c = xw.split(H, dim=-1)
+    sig = p.recurrent_activation
+    # z and r as one block (one sum, one activation), h' as one lerp: c + z (h - c)
     if p.reset_after:
         hu = masked_matmul(h, p.U, p.h_mask, p.b_h)
-        h_z, h_r, h_c = hu.split(H, dim=-1)
-        z = p.recurrent_activation(x_z + h_z)
-        r = p.recurrent_activation(x_r + h_r)
-        c = p.activation(x_c + r * h_c)
+        z, r = sig(xw[..., :2 * H] + hu[..., :2 * H]).split(H, dim=-1)
+        c = p.activation(torch.addcmul(xw[..., 2 * H:], r, hu[..., 2 * H:]))
     else:
-        h_z, h_r = masked_matmul(h, p.U[:, : 2 * H], _gates(p.h_mask, 0, 2)).split(H, dim=-1)
-        z = p.recurrent_activation(x_z + h_z)
-        r = p.recurrent_activation(x_r + h_r)
-        c = p.activation(masked_matmul(r * h, p.U[:, 2 * H:], _gates(p.h_mask, 2, 3), x_c))
-    return z * h + (1 - z) * c
+        z, r = sig(masked_matmul(h, p.U[:, :2 * H], _gates(p.h_mask, 0, 2),
+                                 xw[..., :2 * H])).split(H, dim=-1)
+        c = p.activation(masked_matmul(r * h, p.U[:, 2 * H:], _gates(p.h_mask, 2, 3),
+                                       xw[..., 2 * H:]))
+    return torch.lerp(c, h, z)
 
 
 def lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canonical
@@ -139,17 +138,21 @@ def lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canonical
     c' = σ(f) ⊙ c + σ(i) ⊙ act(g), clipped to ±cell_clip,
     h' = σ(o) ⊙ act(c'), then projected h' P and clipped to ±proj_clip.
     """
-    i, f, g, o = p.lstm_gates(masked_matmul(h, p.U, p.h_mask, xw))
+    z = masked_matmul(h, p.U, p.h_mask, xw)
+    i, f, g, o = p.lstm_gates(z)
     sig = p.recurrent_activation
     if p.peepholes is not None:
         p_i, p_f, p_o = p.peepholes
-        i, f = i + p_i * c, f + p_f * c
-    c_new = sig(f) * c + sig(i) * p.activation(g)
+        i, f = torch.addcmul(i, p_i, c), torch.addcmul(f, p_f, c)
+        i, f = sig(i), sig(f)
+    else:  # one activation for the whole block (g's part unused): fewer, larger kernels
+        i, f, _, o = p.lstm_gates(sig(z))
+    c_new = torch.addcmul(f * c, i, p.activation(g))
     if p.cell_clip is not None:
         c_new = c_new.clamp(-p.cell_clip, p.cell_clip)
     if p.peepholes is not None:
-        o = o + p_o * c_new
-    h_new = sig(o) * p.activation(c_new)
+        o = sig(torch.addcmul(o, p_o, c_new))
+    h_new = o * p.activation(c_new)
     if p.P is not None:
         h_new = h_new @ p.P
         if p.proj_clip is not None:
