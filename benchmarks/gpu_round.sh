@@ -3,9 +3,9 @@
 # oneDNN wheel, so the CPU paths are not in play): the GPU tests, then the GPU section of the
 # benchmark, each under its own time limit, logs under $OUT (or ./gpu_round).
 #
-#   bash benchmarks/gpu_round.sh [tests-seconds] [bench-seconds]
+#   bash benchmarks/gpu_round.sh [tests-seconds] [bench-seconds] [ab-steps-seconds]
 #
-# Defaults 240 and 200 s: both fit one 10-minute device call with time to spare.
+# Defaults 240, 200 and 120 s: all fit one 10-minute device call with a little to spare.
 set -u
 out="${OUT:-gpu_round}"
 mkdir -p "$out"
@@ -15,11 +15,15 @@ py="${PYTHON:-python3}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'cudnn', torch.backends.cudnn.version())"
+  "$py" -c "import triton; print('triton', triton.__version__)"
 } > "$out/machine.txt" 2>&1
-timeout "${1:-240}" "$py" -m pytest -q -x tests/test_gpu.py tests/test_graphs.py \
-  tests/test_cudnn_path.py tests/test_io_cudnn.py tests/test_compile.py > "$out/tests.txt" 2>&1
+timeout "${1:-240}" "$py" -m pytest -q --maxfail=5 tests/test_gpu.py tests/test_steps.py \
+  tests/test_graphs.py tests/test_cudnn_path.py tests/test_io_cudnn.py tests/test_compile.py \
+  > "$out/tests.txt" 2>&1
 echo "tests: exit $?" >> "$out/tests.txt"
 timeout "${2:-200}" "$py" benchmarks/bench_rnn.py --gpu-only --repeats 5 > "$out/bench.txt" 2>&1
 echo "bench: exit $?" >> "$out/bench.txt"
+timeout "${3:-120}" "$py" benchmarks/ab_steps.py --repeats 5 > "$out/ab_steps.txt" 2>&1
+echo "ab_steps: exit $?" >> "$out/ab_steps.txt"
 tail -n 3 "$out/tests.txt"
-cat "$out/bench.txt"
+cat "$out/bench.txt" "$out/ab_steps.txt"

@@ -9,6 +9,9 @@ second time it is seen, so that a shape seen once costs only its eager run, and 
 ``PER_CELL`` shapes are kept (least recently used dropped), each holding its own memory pool:
 the forward graph, the backward graph, and the activations between them.
 
+The loop runs with ``rnnkit.fast.steps`` on: where Triton is (torch's CUDA builds bring it), an
+LSTM's or TF1 GRU's step does its elementwise work in one kernel each way instead of a dozen.
+
 A replay writes into the graph's fixed buffers, so each call's outputs are copies, and a
 second forward of the same shape before the first one's backward overwrites the activations
 the first one saved: its backward then replays its forward again from its saved inputs (a
@@ -34,6 +37,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
+from rnnkit.fast import steps
 from rnnkit.fast.library import FastPathError
 
 DEVICE = "cuda"
@@ -202,7 +206,8 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
     def reference(x, *rest):
         s = pytree.tree_unflatten(list(rest[:n_state]), spec)
         m = rest[n_state] if mask is not None else None
-        out, final = cell.unroll(x, s, m, masked_output, None, fast=False)
+        with steps.enabled():  # a step's elementwise work in one kernel each way
+            out, final = cell.unroll(x, s, m, masked_output, None, fast=False)
         return (out, *pytree.tree_leaves(final))
 
     params = list(cell.parameters())

@@ -1,0 +1,72 @@
+"""The graph path with and without its fused steps (``rnnkit.fast.steps``), on a CUDA device.
+
+    python benchmarks/ab_steps.py [--repeats 7] [--shapes 32,100,256 32,100,64 1,500,256]
+
+For each shape and cell the graph path runs (TF1's GRU, peepholes with projection, cell
+clipping, layer norm), forward+backward with the steps on and off (``steps.ENABLED``, graphs
+captured afresh for each), timed interleaved with torch.nn's cuDNN module of the nearest math;
+prints milliseconds (medians) and the ratio torch.nn / this. Under ``--device cpu`` it runs the
+same on the CPU (without the graphs or Triton: a smoke test of the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from bench_rnn import CELLS, _interleaved, _peer, _rnnkit_case, _synced
+
+from rnnkit.fast import steps
+
+GRAPH_CELLS = ["GRU TF1 (reset before)", "LSTM peephole+proj", "LSTM cell_clip",
+               "LSTM layer norm"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--shapes", nargs="+", default=["32,100,256", "32,100,64", "1,500,256"])
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, "no CUDA device here\n")
+    print(f"torch {torch.__version__}, device {dev}, fused steps: "
+          f"{steps.load_error() or 'Triton loaded'}")
+    print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}{'steps off':>11}{'steps on':>10}"
+          f"{'x off':>7}{'x on':>7}{'on/off':>8}")
+    for text in args.shapes:
+        B, T, H = (int(v) for v in text.split(","))
+        x = torch.randn(B, T, H, device=dev, requires_grad=True)
+        for name in GRAPH_CELLS:
+            make, kind = CELLS[name]
+            peer = _peer(kind, H).to(dev)
+            params = list(peer.parameters())
+
+            def torch_train(peer=peer, params=params, x=x):
+                out, _ = peer(x)
+                torch.autograd.grad(out.sum(), [x, *params])
+
+            cases = []
+            for on in (False, True):
+                steps.ENABLED = on  # a new cell: its graphs are captured with the steps so
+                train = _rnnkit_case(make, x, True)[1]
+                for _ in range(3):  # eager, capture, replay
+                    train()
+                cases.append(train)
+
+            def flip(on, train):
+                def run():
+                    steps.ENABLED = on
+                    train()
+                return run
+
+            fns = [torch_train, flip(False, cases[0]), flip(True, cases[1])]  # as captured
+            ms = _interleaved([_synced(f, dev) for f in fns], args.repeats)
+            steps.ENABLED = True
+            print(f"{text:<12}{name:<24}{ms[0]:>9.2f}{ms[1]:>11.2f}{ms[2]:>10.2f}"
+                  f"{ms[0] / ms[1]:>7.2f}{ms[0] / ms[2]:>7.2f}{ms[1] / ms[2]:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Triton kernels of ``rnnkit.fast.steps``: one time step's pointwise work, forward and backward.
+
+Imported only where Triton is (``steps`` says why not otherwise). Every tensor is contiguous
+and rows are ``[B, width]``; a program handles ``BLOCK`` of the ``N = B * H`` (row, unit)
+pairs. Activations are the logistic sigmoid and tanh, written with ``exp`` so that float32
+and float64 take the same code (tanh(x) = 2 σ(2x) - 1).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sig(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def _grad_in(ptr, idx, m, like, HAS: tl.constexpr):
+    """An incoming gradient, or zeros like ``like`` where autograd gave none."""
+    if HAS:
+        out = tl.load(ptr + idx, mask=m, other=0.0)
+    else:
+        out = like * 0.0
+    return out
+
+
+@triton.jit
+def _lstm_in(z, c, N, H, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
+             OO: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's (row, unit) pairs, their mask, unit, offset in ``z``, ``c`` and the four
+    gate pre-activations."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = idx < N
+    col = idx % H
+    zrow = (idx // H) * 4 * H + col
+    cv = tl.load(c + idx, mask=m, other=0.0)
+    zi = tl.load(z + zrow + OI * H, mask=m, other=0.0)
+    zf = tl.load(z + zrow + OF * H, mask=m, other=0.0)
+    zg = tl.load(z + zrow + OG * H, mask=m, other=0.0)
+    zo = tl.load(z + zrow + OO * H, mask=m, other=0.0)
+    return idx, m, col, zrow, cv, zi, zf, zg, zo
+
+
+@triton.jit
+def lstm_forward(z, c, peep, c_out, h_out, N, H, clip,
+                 OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
+                 PEEP: tl.constexpr, CLIP: tl.constexpr, BLOCK: tl.constexpr):
+    """c' = σ(f) c + σ(i) tanh(g) (clipped), h = σ(o) tanh(c'); gate k's block of ``z``
+    ``[B, 4H]`` is ``O<k>``; peepholes ``peep [3, H]`` (p_i, p_f on c, p_o on c')."""
+    idx, m, col, zrow, cv, zi, zf, zg, zo = _lstm_in(z, c, N, H, OI, OF, OG, OO, BLOCK)
+    if PEEP:
+        zi += tl.load(peep + col, mask=m, other=0.0) * cv
+        zf += tl.load(peep + H + col, mask=m, other=0.0) * cv
+    cn = _sig(zf) * cv + _sig(zi) * _tanh(zg)
+    if CLIP:
+        cn = tl.minimum(tl.maximum(cn, -clip), clip)
+    if PEEP:
+        zo += tl.load(peep + 2 * H + col, mask=m, other=0.0) * cn
+    tl.store(c_out + idx, cn, mask=m)
+    tl.store(h_out + idx, _sig(zo) * _tanh(cn), mask=m)
+
+
+@triton.jit
+def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, N, H, clip,
+                  OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
+                  PEEP: tl.constexpr, CLIP: tl.constexpr, HAS_DH: tl.constexpr,
+                  HAS_DC: tl.constexpr, BLOCK: tl.constexpr):
+    """Gradients of ``lstm_forward``: ``dz [B, 4H]``, ``dc [B, H]`` and, with peepholes, the
+    per-row terms ``dpeep [3, B, H]`` (summed over rows by the caller)."""
+    idx, m, col, zrow, cv, zi, zf, zg, zo = _lstm_in(z, c, N, H, OI, OF, OG, OO, BLOCK)
+    cnv = tl.load(cn + idx, mask=m, other=0.0)
+    if PEEP:
+        p_i = tl.load(peep + col, mask=m, other=0.0)
+        p_f = tl.load(peep + H + col, mask=m, other=0.0)
+        p_o = tl.load(peep + 2 * H + col, mask=m, other=0.0)
+        zi += p_i * cv
+        zf += p_f * cv
+        zo += p_o * cnv
+    i, f, g, o = _sig(zi), _sig(zf), _tanh(zg), _sig(zo)
+    tc = _tanh(cnv)
+    dhv = _grad_in(dh, idx, m, cv, HAS_DH)
+    dct = _grad_in(dcn, idx, m, cv, HAS_DC)
+    dzo = dhv * tc * o * (1.0 - o)
+    dct += dhv * o * (1.0 - tc * tc)
+    if PEEP:
+        dct += dzo * p_o
+    if CLIP:
+        pre = f * cv + i * g
+        dct = tl.where((pre >= -clip) & (pre <= clip), dct, 0.0)
+    dzi = dct * g * i * (1.0 - i)
+    dzf = dct * cv * f * (1.0 - f)
+    dzg = dct * i * (1.0 - g * g)
+    dcp = dct * f
+    if PEEP:
+        dcp += dzi * p_i + dzf * p_f
+        tl.store(dpeep + idx, dzi * cv, mask=m)
+        tl.store(dpeep + N + idx, dzf * cv, mask=m)
+        tl.store(dpeep + 2 * N + idx, dzo * cnv, mask=m)
+    tl.store(dz + zrow + OI * H, dzi, mask=m)
+    tl.store(dz + zrow + OF * H, dzf, mask=m)
+    tl.store(dz + zrow + OG * H, dzg, mask=m)
+    tl.store(dz + zrow + OO * H, dzo, mask=m)
+    tl.store(dc + idx, dcp, mask=m)
+
+
+@triton.jit
+def _gru_in(zr, N, H, BLOCK: tl.constexpr):
+    """This program's (row, unit) pairs, their mask, offset in ``zr [B, 2H]``, z and r."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = idx < N
+    base = (idx // H) * 2 * H + idx % H
+    z = _sig(tl.load(zr + base, mask=m, other=0.0))
+    r = _sig(tl.load(zr + base + H, mask=m, other=0.0))
+    return idx, m, base, z, r
+
+
+@triton.jit
+def gates_forward(zr, h, z_out, rh_out, N, H, BLOCK: tl.constexpr):
+    """A reset-before GRU's gates: z = σ(zr[:, :H]), r = σ(zr[:, H:]); writes z and r ⊙ h."""
+    idx, m, base, z, r = _gru_in(zr, N, H, BLOCK)
+    tl.store(z_out + idx, z, mask=m)
+    tl.store(rh_out + idx, r * tl.load(h + idx, mask=m, other=0.0), mask=m)
+
+
+@triton.jit
+def gates_backward(zr, h, dz, drh, dzr, dh, N, H, HAS_DZ: tl.constexpr, HAS_DRH: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """Gradients of ``gates_forward``: ``dzr [B, 2H]`` and the ``r ⊙ h`` part of ``dh``."""
+    idx, m, base, z, r = _gru_in(zr, N, H, BLOCK)
+    hv = tl.load(h + idx, mask=m, other=0.0)
+    dzv = _grad_in(dz, idx, m, hv, HAS_DZ)
+    drhv = _grad_in(drh, idx, m, hv, HAS_DRH)
+    tl.store(dzr + base, dzv * z * (1.0 - z), mask=m)
+    tl.store(dzr + base + H, drhv * hv * r * (1.0 - r), mask=m)
+    tl.store(dh + idx, drhv * r, mask=m)
+
+
+@triton.jit
+def blend_forward(cp, h, z, h_out, N, BLOCK: tl.constexpr):
+    """h' = c + z (h - c) with c = tanh(cp): a GRU's new state."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = idx < N
+    c = _tanh(tl.load(cp + idx, mask=m, other=0.0))
+    hv = tl.load(h + idx, mask=m, other=0.0)
+    zv = tl.load(z + idx, mask=m, other=0.0)
+    tl.store(h_out + idx, c + zv * (hv - c), mask=m)
+
+
+@triton.jit
+def blend_backward(cp, h, z, dout, dcp, dh, dz, N, BLOCK: tl.constexpr):
+    """Gradients of ``blend_forward`` with respect to ``cp``, ``h`` and ``z``."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = idx < N
+    c = _tanh(tl.load(cp + idx, mask=m, other=0.0))
+    hv = tl.load(h + idx, mask=m, other=0.0)
+    zv = tl.load(z + idx, mask=m, other=0.0)
+    d = tl.load(dout + idx, mask=m, other=0.0)
+    tl.store(dcp + idx, d * (1.0 - zv) * (1.0 - c * c), mask=m)
+    tl.store(dh + idx, d * zv, mask=m)
+    tl.store(dz + idx, d * (hv - c), mask=m)

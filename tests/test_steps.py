@@ -1,0 +1,174 @@
+"""The graph path's fused steps (``rnnkit.fast.steps``, Triton kernels) against the equations'
+own ops: whole unrolls, outputs, final states and gradients to 1e-5 (float32) and by float64
+``gradcheck``, over the cells they serve (clipping, peepholes, projection, TF1's gate order,
+TF1's GRU) and the ones they leave to the ops.
+
+Without a GPU (here and in CI) the kernels run under Triton's interpreter on the CPU
+(``TRITON_INTERPRET=1``, set before they are first imported); on a CUDA device, on it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+from fast_checks import TOL, perturb
+
+import rnnkit as rk
+from rnnkit.fast import steps
+
+pytest.importorskip("triton")
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:  # the kernels are made interpreted when first imported; the rest of the
+    # session keeps the variable unset, so that no other test's steps run interpreted
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        from rnnkit.fast import _triton_kernels  # noqa: F401
+    finally:
+        del os.environ["TRITON_INTERPRET"]
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+CELLS = {
+    "lstm_clip": lambda: rk.LSTMCell(6, cell_clip=0.6),
+    "lstm_peephole_clip": lambda: rk.LSTMCell(6, use_peepholes=True, cell_clip=0.8,
+                                              forget_bias=0.5),
+    "lstm_peephole_proj": lambda: rk.LSTMCell(6, use_peepholes=True, num_proj=4, proj_clip=0.3),
+    "basic_lstm": lambda: rk.BasicLSTMCell(5),
+    "keras_lstm": lambda: rk.layers.LSTMCell(5),
+    "gru_tf1": lambda: rk.GRUCell(6),
+}
+SERVED = {"lstm": "lstm", "gru": "gru"}
+
+
+@pytest.fixture(autouse=True)
+def _kernels_on(monkeypatch):
+    if not ON_GPU:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert steps.load_error() is None, steps.load_error()
+    steps._broken.clear()
+    yield
+    assert not steps._broken, steps._broken  # no kernel fell back to the ops
+
+
+def _calls(monkeypatch) -> list[str]:
+    """Which of ``FusedSteps``'s methods served a step (the name, once per served step)."""
+    seen = []
+    for name in ("lstm", "gru"):
+        real = getattr(steps.FusedSteps, name)
+
+        def spy(*args, _real=real, _name=name):
+            out = _real(*args)
+            if out is not None:
+                seen.append(_name)
+            return out
+
+        monkeypatch.setattr(steps.FusedSteps, name, staticmethod(spy))
+    return seen
+
+
+def _unroll(cell, x, state, fused: bool):
+    with steps.enabled() if fused else contextlib.nullcontext():
+        return cell.unroll(x, state, None, "zero", None, fast=False)
+
+
+def _built(name, dtype=torch.float32):
+    cell = CELLS[name]()
+    cell.ensure_built(3, dtype)
+    perturb(cell, scale=0.8)
+    return cell.to(DEVICE)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_unrolls_match_the_equations(name, monkeypatch):
+    cell = _built(name)
+    torch.manual_seed(1)
+    x = torch.randn(5, 4, 3, device=DEVICE, requires_grad=True)
+    state = cell.zero_state(4, torch.float32, DEVICE)
+    state = torch.utils._pytree.tree_map(lambda t: (t + 0.5 * torch.randn_like(t))
+                                         .requires_grad_(), state)
+    leaves = torch.utils._pytree.tree_leaves(state)
+    wrt = [x, *leaves, *cell.parameters()]
+    seen = _calls(monkeypatch)
+    results = []
+    for fused in (True, False):
+        out, final = _unroll(cell, x, state, fused)
+        outs = [out, *torch.utils._pytree.tree_leaves(final)]
+        torch.manual_seed(2)
+        weights = [torch.randn_like(o) for o in outs]
+        loss = sum((o * w).sum() for o, w in zip(outs, weights, strict=True))
+        results.append((outs, torch.autograd.grad(loss, wrt, allow_unused=True)))
+    for a, b in zip(results[0][0], results[1][0], strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, **TOL)
+    kind = cell.sequence_params().kind
+    assert seen == [SERVED[kind]] * 5  # every step served
+
+
+@pytest.mark.parametrize("name", ["lstm_peephole_clip", "basic_lstm", "gru_tf1"])
+def test_float64_gradcheck(name):
+    cell = _built(name, torch.float64).double()
+    x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    state = cell.zero_state(2, torch.float64, DEVICE)
+    leaves = [t.clone().normal_().requires_grad_() for t in torch.utils._pytree.tree_leaves(state)]
+    spec = torch.utils._pytree.tree_structure(state)
+    params = list(cell.parameters())
+
+    def run(x, *rest):
+        s = torch.utils._pytree.tree_unflatten(list(rest), spec)
+        with steps.enabled():
+            out, final = cell.unroll(x, s, None, "zero", None, fast=False)
+        return (out, *torch.utils._pytree.tree_leaves(final))
+
+    assert torch.autograd.gradcheck(run, (x, *leaves), atol=1e-6)
+    assert all(p.dtype == torch.float64 for p in params)
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda: rk.LSTMCell(6, activation="relu", cell_clip=1.0), "activation"),
+    (lambda: rk.GRUCell(6, reset_after=True), "reset after (cuDNN's)"),
+    (lambda: rk.LayerNormLSTMCell(6), "layer norm"),
+])
+def test_steps_it_does_not_serve_run_as_ops(make, why, monkeypatch):
+    cell = make()
+    cell.ensure_built(3, torch.float32)
+    cell.to(DEVICE)
+    x = torch.randn(4, 2, 3, device=DEVICE)
+    seen = _calls(monkeypatch)
+    state = cell.zero_state(2, torch.float32, DEVICE)
+    fused = _unroll(cell, x, state, True)
+    plain = _unroll(cell, x, state, False)
+    torch.testing.assert_close(fused[0], plain[0], rtol=0, atol=0)
+    assert seen == [], why
+
+
+def test_a_failing_kernel_turns_them_off_with_one_warning(monkeypatch):
+    """A kernel that fails (say, to compile on an unexpected GPU) warns once and the steps run
+    as the equations' ops, forward and backward, with the same numbers."""
+    cell = _built("lstm_peephole_clip")
+    x = torch.randn(4, 2, 3, device=DEVICE, requires_grad=True)
+    state = cell.zero_state(2, torch.float32, DEVICE)
+    out, _ = _unroll(cell, x, state, True)  # forward on the kernels, backward to come
+    kernels = steps._kernels()
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("no such GPU")
+            return launch
+
+    monkeypatch.setattr(kernels, "lstm_backward", Broken())
+    with pytest.warns(UserWarning, match="fused steps failed .*no such GPU"):
+        gx, = torch.autograd.grad(out.sum(), x)
+    ref, _ = _unroll(cell, x, state, False)
+    gref, = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(gx, gref, **TOL)
+    assert steps._broken == ["no such GPU"]
+    seen = _calls(monkeypatch)
+    _unroll(cell, x, state, True)
+    assert seen == []  # off from then on
+    steps._broken.clear()
