@@ -4,7 +4,8 @@ own ops: whole unrolls, outputs, final states and gradients to 1e-5 (float32) an
 TF1's GRU) and the ones they leave to the ops.
 
 Without a GPU (here and in CI) the kernels run under Triton's interpreter on the CPU
-(``TRITON_INTERPRET=1``, set before they are first imported); on a CUDA device, on it."""
+(``TRITON_INTERPRET=1``, set by ``conftest.py`` before Triton is first imported); on a CUDA
+device, on it."""
 
 from __future__ import annotations
 
@@ -19,15 +20,7 @@ import rnnkit as rk
 from rnnkit.fast import steps
 
 pytest.importorskip("triton")
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU:  # the kernels are made interpreted when first imported; the rest of the
-    # session keeps the variable unset, so that no other test's steps run interpreted
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        from rnnkit.fast import _triton_kernels  # noqa: F401
-    finally:
-        del os.environ["TRITON_INTERPRET"]
-
+ON_GPU = torch.cuda.is_available()  # else conftest.py has set TRITON_INTERPRET=1
 DEVICE = "cuda" if ON_GPU else "cpu"
 CELLS = {
     "lstm_clip": lambda: rk.LSTMCell(6, cell_clip=0.6),
@@ -37,14 +30,15 @@ CELLS = {
     "basic_lstm": lambda: rk.BasicLSTMCell(5),
     "keras_lstm": lambda: rk.layers.LSTMCell(5),
     "gru_tf1": lambda: rk.GRUCell(6),
+    "layer_norm": lambda: rk.LayerNormLSTMCell(6, forget_bias=0.7),
+    "layer_norm_5_units": lambda: rk.LayerNormLSTMCell(5),  # a row shorter than its block
 }
-SERVED = {"lstm": "lstm", "gru": "gru"}
+SERVED = {"lstm": "lstm", "gru": "gru", "layer_norm_lstm": "layer_norm_lstm"}
 
 
 @pytest.fixture(autouse=True)
-def _kernels_on(monkeypatch):
-    if not ON_GPU:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+def _kernels_on():
+    assert ON_GPU or os.environ.get("TRITON_INTERPRET") == "1"
     assert steps.load_error() is None, steps.load_error()
     steps._broken.clear()
     yield
@@ -54,7 +48,7 @@ def _kernels_on(monkeypatch):
 def _calls(monkeypatch) -> list[str]:
     """Which of ``FusedSteps``'s methods served a step (the name, once per served step)."""
     seen = []
-    for name in ("lstm", "gru"):
+    for name in SERVED.values():
         real = getattr(steps.FusedSteps, name)
 
         def spy(*args, _real=real, _name=name):
@@ -109,7 +103,7 @@ def test_unrolls_match_the_equations(name, monkeypatch):
     assert seen == [SERVED[kind]] * 5  # every step served
 
 
-@pytest.mark.parametrize("name", ["lstm_peephole_clip", "basic_lstm", "gru_tf1"])
+@pytest.mark.parametrize("name", ["lstm_peephole_clip", "basic_lstm", "gru_tf1", "layer_norm"])
 def test_float64_gradcheck(name):
     cell = _built(name, torch.float64).double()
     x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
@@ -124,14 +118,14 @@ def test_float64_gradcheck(name):
             out, final = cell.unroll(x, s, None, "zero", None, fast=False)
         return (out, *torch.utils._pytree.tree_leaves(final))
 
-    assert torch.autograd.gradcheck(run, (x, *leaves), atol=1e-6)
+    assert torch.autograd.gradcheck(run, (x, *leaves), atol=1e-6, fast_mode=True)
     assert all(p.dtype == torch.float64 for p in params)
 
 
 @pytest.mark.parametrize("make, why", [
     (lambda: rk.LSTMCell(6, activation="relu", cell_clip=1.0), "activation"),
     (lambda: rk.GRUCell(6, reset_after=True), "reset after (cuDNN's)"),
-    (lambda: rk.LayerNormLSTMCell(6), "layer norm"),
+    (lambda: rk.LayerNormLSTMCell(6, activation="relu"), "activation"),
 ])
 def test_steps_it_does_not_serve_run_as_ops(make, why, monkeypatch):
     cell = make()
@@ -146,10 +140,13 @@ def test_steps_it_does_not_serve_run_as_ops(make, why, monkeypatch):
     assert seen == [], why
 
 
-def test_a_failing_kernel_turns_them_off_with_one_warning(monkeypatch):
+@pytest.mark.parametrize("name, kernel", [("lstm_peephole_clip", "lstm_backward"),
+                                          ("gru_tf1", "blend_backward"),
+                                          ("layer_norm", "ln_lstm_backward")])
+def test_a_failing_kernel_turns_them_off_with_one_warning(name, kernel, monkeypatch):
     """A kernel that fails (say, to compile on an unexpected GPU) warns once and the steps run
     as the equations' ops, forward and backward, with the same numbers."""
-    cell = _built("lstm_peephole_clip")
+    cell = _built(name)
     x = torch.randn(4, 2, 3, device=DEVICE, requires_grad=True)
     state = cell.zero_state(2, torch.float32, DEVICE)
     out, _ = _unroll(cell, x, state, True)  # forward on the kernels, backward to come
@@ -161,7 +158,7 @@ def test_a_failing_kernel_turns_them_off_with_one_warning(monkeypatch):
                 raise RuntimeError("no such GPU")
             return launch
 
-    monkeypatch.setattr(kernels, "lstm_backward", Broken())
+    monkeypatch.setattr(kernels, kernel, Broken())
     with pytest.warns(UserWarning, match="fused steps failed .*no such GPU"):
         gx, = torch.autograd.grad(out.sum(), x)
     ref, _ = _unroll(cell, x, state, False)

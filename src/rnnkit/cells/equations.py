@@ -29,8 +29,9 @@ import torch
 from rnnkit.activations import Activation
 
 # Another implementation of some steps, on while it is set (``rnnkit.fast.steps``: Triton kernels
-# for the GPU graph path): ``.lstm(z, c, p)`` and ``.gru(xw, h, p)`` return None where they do
-# not serve the step, which then runs as the ops below.
+# for the GPU graph path): ``.lstm(z, c, p)``, ``.layer_norm_lstm(z, c, p)`` and
+# ``.gru(xw, h, p)`` return None where they do not serve the step, which then runs as the ops
+# below.
 FUSED_STEPS: contextvars.ContextVar = contextvars.ContextVar("rnnkit_fused_steps", default=None)
 
 
@@ -193,8 +194,17 @@ def layer_norm_lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canon
     i, f, g, o = LN(x W + h U); c' = LN(σ(f + forget_bias) ⊙ c + σ(i) ⊙ act(g));
     h' = act(c') ⊙ σ(o).
     """
+    z = masked_matmul(h, p.U, p.h_mask, xw)
+    fused = FUSED_STEPS.get()
+    done = fused.layer_norm_lstm(z, c, p) if fused is not None else None
+    return done if done is not None else layer_norm_pointwise(z, c, p)
+
+
+def layer_norm_pointwise(z: torch.Tensor, c: torch.Tensor, p: Canonical
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer-norm LSTM step after its recurrent product ``z``: ``c'`` and ``h'``."""
     (ln_i, ln_f, ln_g, ln_o, ln_c), eps = p.norms
-    i, f, g, o = p.lstm_gates(masked_matmul(h, p.U, p.h_mask, xw))
+    i, f, g, o = p.lstm_gates(z)
     i, f, g, o = (_norm(v, *ln, eps) for v, ln in ((i, ln_i), (f, ln_f), (g, ln_g), (o, ln_o)))
     sig = p.recurrent_activation
     c_new = _norm(sig(f + p.forget_bias) * c + sig(i) * p.activation(g), *ln_c, eps)

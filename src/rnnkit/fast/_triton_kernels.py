@@ -131,16 +131,16 @@ def gates_forward(zr, h, z_out, rh_out, N, H, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def gates_backward(zr, h, dz, drh, dzr, dh, N, H, HAS_DZ: tl.constexpr, HAS_DRH: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    """Gradients of ``gates_forward``: ``dzr [B, 2H]`` and the ``r ⊙ h`` part of ``dh``."""
+def gates_backward(zr, h, dz, drh, dh_in, dzr, dh, N, H, LD, BLOCK: tl.constexpr):
+    """Gradients of ``gates_forward``: ``dzr`` (rows ``LD`` apart: the first 2H columns of a
+    step's input gradient) and ``dh = dh_in + drh ⊙ r``."""
     idx, m, base, z, r = _gru_in(zr, N, H, BLOCK)
     hv = tl.load(h + idx, mask=m, other=0.0)
-    dzv = _grad_in(dz, idx, m, hv, HAS_DZ)
-    drhv = _grad_in(drh, idx, m, hv, HAS_DRH)
-    tl.store(dzr + base, dzv * z * (1.0 - z), mask=m)
-    tl.store(dzr + base + H, drhv * hv * r * (1.0 - r), mask=m)
-    tl.store(dh + idx, drhv * r, mask=m)
+    drhv = tl.load(drh + idx, mask=m, other=0.0)
+    out = (idx // H) * LD + idx % H
+    tl.store(dzr + out, tl.load(dz + idx, mask=m, other=0.0) * z * (1.0 - z), mask=m)
+    tl.store(dzr + out + H, drhv * hv * r * (1.0 - r), mask=m)
+    tl.store(dh + idx, tl.load(dh_in + idx, mask=m, other=0.0) + drhv * r, mask=m)
 
 
 @triton.jit
@@ -155,14 +155,110 @@ def blend_forward(cp, h, z, h_out, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def blend_backward(cp, h, z, dout, dcp, dh, dz, N, BLOCK: tl.constexpr):
-    """Gradients of ``blend_forward`` with respect to ``cp``, ``h`` and ``z``."""
+def blend_backward(cp, h, z, dout, dcp, dh, dz, N, H, LD, BLOCK: tl.constexpr):
+    """Gradients of ``blend_forward`` with respect to ``cp`` (rows ``LD`` apart), ``h`` and
+    ``z``."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = idx < N
     c = _tanh(tl.load(cp + idx, mask=m, other=0.0))
     hv = tl.load(h + idx, mask=m, other=0.0)
     zv = tl.load(z + idx, mask=m, other=0.0)
     d = tl.load(dout + idx, mask=m, other=0.0)
-    tl.store(dcp + idx, d * (1.0 - zv) * (1.0 - c * c), mask=m)
+    tl.store(dcp + (idx // H) * LD + idx % H, d * (1.0 - zv) * (1.0 - c * c), mask=m)
     tl.store(dh + idx, d * zv, mask=m)
     tl.store(dz + idx, d * (hv - c), mask=m)
+
+
+@triton.jit
+def _ln(x, m, H, eps):
+    """Layer norm's x̂ and 1/σ over one row (``m``: the row's valid units)."""
+    mean = tl.sum(tl.where(m, x, 0.0), axis=0) / H
+    d = tl.where(m, x - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / H + eps)
+    return d * rstd, rstd
+
+
+@triton.jit
+def _ln_back(dxhat, xhat, rstd, m, H):
+    """Layer norm's input gradient from the gradient of x̂."""
+    mean_d = tl.sum(tl.where(m, dxhat, 0.0), axis=0) / H
+    mean_dx = tl.sum(tl.where(m, dxhat * xhat, 0.0), axis=0) / H
+    return rstd * (dxhat - mean_d - xhat * mean_dx)
+
+
+@triton.jit
+def _ln_lstm_in(z, c, gb, H, eps, forget_bias, OI: tl.constexpr, OF: tl.constexpr,
+                OG: tl.constexpr, OO: tl.constexpr, BLOCK_H: tl.constexpr):
+    """One row's layer-norm LSTM step, recomputed from ``z``, ``c`` and the gains and shifts
+    ``gb [10, H]`` (γ, β of i, f, g, o, c)."""
+    row = tl.program_id(0)
+    col = tl.arange(0, BLOCK_H)
+    m = col < H
+    zr = z + row * 4 * H + col
+    cv = tl.load(c + row * H + col, mask=m, other=0.0)
+    xi, ri = _ln(tl.load(zr + OI * H, mask=m, other=0.0), m, H, eps)
+    xf, rf = _ln(tl.load(zr + OF * H, mask=m, other=0.0), m, H, eps)
+    xg, rg = _ln(tl.load(zr + OG * H, mask=m, other=0.0), m, H, eps)
+    xo, ro = _ln(tl.load(zr + OO * H, mask=m, other=0.0), m, H, eps)
+    gi = tl.load(gb + col, mask=m, other=0.0)
+    gf = tl.load(gb + 2 * H + col, mask=m, other=0.0)
+    gg = tl.load(gb + 4 * H + col, mask=m, other=0.0)
+    go = tl.load(gb + 6 * H + col, mask=m, other=0.0)
+    gc = tl.load(gb + 8 * H + col, mask=m, other=0.0)
+    si = _sig(xi * gi + tl.load(gb + H + col, mask=m, other=0.0))
+    sf = _sig(xf * gf + tl.load(gb + 3 * H + col, mask=m, other=0.0) + forget_bias)
+    tg = _tanh(xg * gg + tl.load(gb + 5 * H + col, mask=m, other=0.0))
+    so = _sig(xo * go + tl.load(gb + 7 * H + col, mask=m, other=0.0))
+    xc, rc = _ln(sf * cv + si * tg, m, H, eps)
+    cn = xc * gc + tl.load(gb + 9 * H + col, mask=m, other=0.0)
+    return (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so,
+            xc, rc, cn)
+
+
+@triton.jit
+def ln_lstm_forward(z, c, gb, c_out, h_out, H, eps, forget_bias, OI: tl.constexpr,
+                    OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
+                    BLOCK_H: tl.constexpr):
+    """TF's LayerNormBasicLSTMCell step, one program per row: i, f, g, o = LN(z blocks),
+    c' = LN(σ(f + forget_bias) c + σ(i) tanh(g)), h = tanh(c') σ(o)."""
+    (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so, xc, rc,
+     cn) = _ln_lstm_in(z, c, gb, H, eps, forget_bias, OI, OF, OG, OO, BLOCK_H)
+    tl.store(c_out + row * H + col, cn, mask=m)
+    tl.store(h_out + row * H + col, _tanh(cn) * so, mask=m)
+
+
+@triton.jit
+def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, B, H, eps, forget_bias,
+                     OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
+                     HAS_DH: tl.constexpr, HAS_DC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Gradients of ``ln_lstm_forward``: ``dz``, ``dc`` and the per-row terms of the gains'
+    and shifts' gradients, ``dgb [10, B, H]`` (summed over rows by the caller)."""
+    (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so, xc, rc,
+     cn) = _ln_lstm_in(z, c, gb, H, eps, forget_bias, OI, OF, OG, OO, BLOCK_H)
+    at = row * H + col
+    dhv = _grad_in(dh, at, m, cv, HAS_DH)
+    dcv = _grad_in(dcn, at, m, cv, HAS_DC)
+    tc = _tanh(cn)
+    dao = dhv * tc * so * (1.0 - so)
+    dcv += dhv * so * (1.0 - tc * tc)
+    dcp = _ln_back(dcv * gc, xc, rc, m, H)
+    dai = dcp * tg * si * (1.0 - si)
+    daf = dcp * cv * sf * (1.0 - sf)
+    dag = dcp * si * (1.0 - tg * tg)
+    tl.store(dc + at, dcp * sf, mask=m)
+    zr = dz + row * 4 * H + col
+    tl.store(zr + OI * H, _ln_back(dai * gi, xi, ri, m, H), mask=m)
+    tl.store(zr + OF * H, _ln_back(daf * gf, xf, rf, m, H), mask=m)
+    tl.store(zr + OG * H, _ln_back(dag * gg, xg, rg, m, H), mask=m)
+    tl.store(zr + OO * H, _ln_back(dao * go, xo, ro, m, H), mask=m)
+    step = B * H
+    tl.store(dgb + at, dai * xi, mask=m)
+    tl.store(dgb + step + at, dai, mask=m)
+    tl.store(dgb + 2 * step + at, daf * xf, mask=m)
+    tl.store(dgb + 3 * step + at, daf, mask=m)
+    tl.store(dgb + 4 * step + at, dag * xg, mask=m)
+    tl.store(dgb + 5 * step + at, dag, mask=m)
+    tl.store(dgb + 6 * step + at, dao * xo, mask=m)
+    tl.store(dgb + 7 * step + at, dao, mask=m)
+    tl.store(dgb + 8 * step + at, dcv * xc, mask=m)
+    tl.store(dgb + 9 * step + at, dcv, mask=m)

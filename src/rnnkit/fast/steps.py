@@ -1,10 +1,17 @@
-"""Fused time steps for the graph path: one Triton kernel for a step's elementwise work, each way.
+"""Fused time steps for the graph path: a step's elementwise work in one Triton kernel each way.
 
 On a GPU the graph path (``rnnkit.fast.graphs``) replays the reference loop from a CUDA graph,
-so its cost is the number of kernels a step takes: about 20 (forward and backward) for an LSTM
-with cell clipping, 26 with peepholes, 22 for TF1's GRU, each a few microseconds even when
-replayed. With these steps an LSTM's step is its recurrent product and one kernel (two
-backward, plus the products'), and a reset-before GRU's two products and two kernels.
+so its cost is the number of kernels a step takes, each a few microseconds even when replayed:
+as ops, about 18 top-level ops and autograd nodes a step (forward and backward) for an LSTM with
+cell clipping, 28 with peepholes and projection, 22 for TF1's GRU, 34 for layer norm. With
+these steps:
+
+- an LSTM (cell clip, peepholes, TF1's gate order; a projection stays a product): its
+  recurrent product and one kernel forward, one kernel and the product's two backward;
+- a layer-norm LSTM (TF's LayerNormBasicLSTMCell, up to ``MAX_NORM_UNITS`` units: one program
+  per row normalizes its four gates and the cell): the same, plus stacking the gains;
+- a reset-before GRU (TF1's ``GRUCell``): two products and two kernels forward; two kernels and
+  four products backward, the input's and ``U``'s gradients each written into one buffer.
 
 ``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does, for the
 eager first call and the capture alike); the equations (``rnnkit.cells.equations``) ask
@@ -16,7 +23,7 @@ the equations' to rounding (the same formulas; sums in another order), tested ag
 Where Triton is missing the steps stay off (``load_error``). A kernel that fails to compile or
 launch turns them off for the process with one warning, and the step runs as ops: in the
 forward, the equations' own; in the backward, the equations recomputed from the saved inputs
-and differentiated by autograd.
+and differentiated by autograd. Not yet measured on a GPU (``benchmarks/ab_steps.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from rnnkit.cells import equations as eq
 
 ENABLED = True  # False: ``enabled()`` leaves the steps off (benchmarks/ab_steps.py compares)
 BLOCK = 512  # (row, unit) pairs a program handles
+MAX_NORM_UNITS = 4096  # a layer-norm LSTM's row (four gates) in one program up to this
 _DTYPES = (torch.float32, torch.float64)
 _broken: list[str] = []  # why the kernels were turned off in this process (at most one entry)
 
@@ -99,8 +107,7 @@ class _LSTMStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, c, peep, p):
-        order = tuple(p.gate_order) if p.gate_order is not None else (0, 1, 2, 3)
-        clip = p.cell_clip
+        order, clip = _order(p), p.cell_clip
         N, H = c.numel(), c.shape[-1]
         c_new, h = torch.empty_like(c), torch.empty_like(c)
         _launch(_kernels().lstm_forward, N, z, c, peep if peep is not None else z, c_new, h, N,
@@ -139,92 +146,150 @@ def _lstm_backward(z, c, c_new, peep, order, clip, dh, dcn):
     return dz, dc, (dpeep.flatten(1, -2).sum(1) if dpeep is not None else None)
 
 
-class _GRUGates(torch.autograd.Function):
-    """``(z, r ⊙ h)`` of a reset-before GRU from ``zr [B, 2H]`` (z's and r's pre-activations)."""
+class _GRUStep(torch.autograd.Function):
+    """A reset-before GRU's step from ``xw [B, 3H]`` (x W + b), ``h`` and ``U [H, 3H]``: its two
+    products and two kernels forward; backward, two kernels and four products that write the
+    input's and ``U``'s gradients each into one buffer (as ops, slices of ``xw`` and ``U``
+    would each cost a zeroed buffer, a copy and a sum)."""
 
     @staticmethod
-    def forward(ctx, zr, h):
+    def forward(ctx, xw, h, U, p):
         N, H = h.numel(), h.shape[-1]
+        k = _kernels()
+        zr = torch.addmm(xw[:, :2 * H], h, U[:, :2 * H])
         z, rh = torch.empty_like(h), torch.empty_like(h)
-        _launch(_kernels().gates_forward, N, zr, h, z, rh, N, H)
-        ctx.save_for_backward(zr, h)
-        return z, rh
-
-    @staticmethod
-    def backward(ctx, dz, drh):
-        zr, h = ctx.saved_tensors
-        N, H = h.numel(), h.shape[-1]
-        try:
-            dzr, dh = torch.empty_like(zr), torch.empty_like(h)
-            dz_, drh_ = (None if g is None else g.contiguous() for g in (dz, drh))
-            _launch(_kernels().gates_backward, N, zr, h, dz_ if dz_ is not None else h,
-                    drh_ if drh_ is not None else h, dzr, dh, N, H, HAS_DZ=dz_ is not None,
-                    HAS_DRH=drh_ is not None)
-            return dzr, dh
-        except Exception as err:
-            _turn_off(err)
-        return tuple(_recomputed(_gates_ops, [zr, h], [dz, drh], ctx.needs_input_grad))
-
-
-def _gates_ops(zr, h):
-    z, r = torch.sigmoid(zr).chunk(2, dim=-1)
-    return z, r * h
-
-
-class _GRUBlend(torch.autograd.Function):
-    """A GRU's new state ``c + z (h - c)``, ``c = tanh(cp)``."""
-
-    @staticmethod
-    def forward(ctx, cp, h, z):
+        _launch(k.gates_forward, N, zr, h, z, rh, N, H)
+        cp = torch.addmm(xw[:, 2 * H:], rh, U[:, 2 * H:])
         out = torch.empty_like(h)
-        _launch(_kernels().blend_forward, h.numel(), cp, h, z, out, h.numel())
-        ctx.save_for_backward(cp, h, z)
+        _launch(k.blend_forward, N, cp, h, z, out, N)
+        ctx.p = p
+        ctx.save_for_backward(xw, h, U, zr, z, rh, cp)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        cp, h, z = ctx.saved_tensors
+        xw, h, U, zr, z, rh, cp = ctx.saved_tensors
         try:
-            dcp, dh, dz = (torch.empty_like(h) for _ in range(3))
-            _launch(_kernels().blend_backward, h.numel(), cp, h, z, dout.contiguous(), dcp, dh,
-                    dz, h.numel())
-            return dcp, dh, dz
+            return (*_gru_backward(h, U, zr, z, rh, cp, dout.contiguous(),
+                                   ctx.needs_input_grad[2]), None)
         except Exception as err:
             _turn_off(err)
-        return tuple(_recomputed(lambda a, b, c: (torch.lerp(torch.tanh(a), b, c),),
-                                 [cp, h, z], [dout], ctx.needs_input_grad))
+
+        def ops(xw_, h_, U_):
+            token = eq.FUSED_STEPS.set(None)
+            try:
+                return (eq.gru(xw_, h_, replace(ctx.p, U=U_)),)
+            finally:
+                eq.FUSED_STEPS.reset(token)
+
+        return (*_recomputed(ops, [xw, h, U], [dout], ctx.needs_input_grad[:3]), None)
+
+
+def _gru_backward(h, U, zr, z, rh, cp, dout, want_U: bool):
+    N, H = h.numel(), h.shape[-1]
+    k = _kernels()
+    dxw = h.new_empty(h.shape[0], 3 * H)
+    dcp = dxw[:, 2 * H:]
+    dh_blend, dz, dh = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h)
+    _launch(k.blend_backward, N, cp, h, z, dout, dcp, dh_blend, dz, N, H, 3 * H)
+    drh = torch.mm(dcp, U[:, 2 * H:].t())
+    _launch(k.gates_backward, N, zr, h, dz, drh, dh_blend, dxw, dh, N, H, 3 * H)
+    dzr = dxw[:, :2 * H]
+    dh = torch.addmm(dh, dzr, U[:, :2 * H].t())
+    dU = None
+    if want_U:  # U's gradient transposed: its row blocks are contiguous outputs of a product
+        dUt = U.new_empty(3 * H, H)
+        torch.mm(dzr.t(), h, out=dUt[:2 * H])
+        torch.mm(dcp.t(), rh, out=dUt[2 * H:])
+        dU = dUt.t()
+    return dxw, dh, dU
+
+
+class _LayerNormLSTMStep(torch.autograd.Function):
+    """``(c', h)`` of a layer-norm LSTM step from ``z [B, 4H]``, ``c`` and ``gb [10, H]`` (the
+    gains and shifts of i, f, g, o and c), one program per row."""
+
+    @staticmethod
+    def forward(ctx, z, c, gb, p):
+        B, H = c.shape
+        c_new, h = torch.empty_like(c), torch.empty_like(c)
+        order = _order(p)
+        _kernels().ln_lstm_forward[(B,)](z, c, gb, c_new, h, H, float(p.norms[1]),
+                                         float(p.forget_bias), OI=order[0], OF=order[1],
+                                         OG=order[2], OO=order[3], BLOCK_H=_block(H))
+        ctx.p = p
+        ctx.save_for_backward(z, c, gb)
+        return c_new, h
+
+    @staticmethod
+    def backward(ctx, dcn, dh):
+        z, c, gb = ctx.saved_tensors
+        p, (B, H) = ctx.p, c.shape
+        try:
+            dz, dc, dgb = torch.empty_like(z), torch.empty_like(c), c.new_empty(10, B, H)
+            dh_, dcn_ = (None if g is None else g.contiguous() for g in (dh, dcn))
+            order = _order(p)
+            _kernels().ln_lstm_backward[(B,)](
+                z, c, gb, dh_ if dh_ is not None else c, dcn_ if dcn_ is not None else c, dz,
+                dc, dgb, B, H, float(p.norms[1]), float(p.forget_bias), OI=order[0],
+                OF=order[1], OG=order[2], OO=order[3], HAS_DH=dh_ is not None,
+                HAS_DC=dcn_ is not None, BLOCK_H=_block(H))
+            return dz, dc, dgb.sum(1), None
+        except Exception as err:
+            _turn_off(err)
+
+        def ops(z_, c_, gb_):
+            pairs = tuple(zip(gb_[0::2].unbind(0), gb_[1::2].unbind(0), strict=True))
+            return eq.layer_norm_pointwise(z_, c_, replace(p, norms=(pairs, p.norms[1])))
+
+        return (*_recomputed(ops, [z, c, gb], [dcn, dh], ctx.needs_input_grad[:3]), None)
+
+
+def _order(p: eq.Canonical) -> tuple[int, ...]:
+    return tuple(p.gate_order) if p.gate_order is not None else (0, 1, 2, 3)
+
+
+def _block(H: int) -> int:
+    return 1 << max(0, H - 1).bit_length()
 
 
 class FusedSteps:
     """What ``equations.FUSED_STEPS`` holds while the steps are on: each method returns None
-    where it does not serve the step (the equations then run their own ops)."""
+    where it does not serve the step (the equations then run their own ops). The dispatch has
+    checked that the cell's tensors share the inputs' device and dtype."""
 
     @staticmethod
     def lstm(z: torch.Tensor, c: torch.Tensor, p: eq.Canonical):
         """``(c', h)`` before any projection, from the pre-activations ``z = x W + b + h U``."""
+        if not _ok(p, z, c):
+            return None
         peep = torch.stack(p.peepholes) if p.peepholes is not None else None
-        if not _ok(p, z, c, *(() if peep is None else (peep,))):
+        return _served(_LSTMStep, z.contiguous(), c.contiguous(), peep, p)
+
+    @staticmethod
+    def layer_norm_lstm(z: torch.Tensor, c: torch.Tensor, p: eq.Canonical):
+        """``(c', h)`` of a layer-norm LSTM (TF's LayerNormBasicLSTMCell) from ``z = x W + h U``,
+        up to ``MAX_NORM_UNITS`` units (a row's gates in one program)."""
+        if c.dim() != 2 or c.shape[-1] > MAX_NORM_UNITS or not _ok(p, z, c):
             return None
-        try:
-            return _LSTMStep.apply(z.contiguous(), c.contiguous(), peep, p)
-        except Exception as err:
-            _turn_off(err)
-            return None
+        gb = torch.stack([t for pair in p.norms[0] for t in pair])
+        return _served(_LayerNormLSTMStep, z.contiguous(), c.contiguous(), gb, p)
 
     @staticmethod
     def gru(xw: torch.Tensor, h: torch.Tensor, p: eq.Canonical):
         """A reset-before GRU's new state (reset-after GRUs are cuDNN's)."""
-        if p.reset_after or not _ok(p, xw, h, p.U):
+        if p.reset_after or h.dim() != 2 or not _ok(p, xw, h):
             return None
-        H = h.shape[-1]
-        try:
-            zr = torch.addmm(xw[..., :2 * H], h, p.U[:, :2 * H])
-            z, rh = _GRUGates.apply(zr, h.contiguous())
-            cp = torch.addmm(xw[..., 2 * H:], rh, p.U[:, 2 * H:])
-            return _GRUBlend.apply(cp, h.contiguous(), z)
-        except Exception as err:
-            _turn_off(err)
-            return None
+        return _served(_GRUStep, xw, h.contiguous(), p.U, p)
+
+
+def _served(step, *args):
+    """``step.apply(*args)``, or None (the ops then run) where its kernel fails."""
+    try:
+        return step.apply(*args)
+    except Exception as err:
+        _turn_off(err)
+        return None
 
 
 @contextlib.contextmanager
