@@ -169,3 +169,17 @@ def test_a_failing_kernel_turns_them_off_with_one_warning(name, kernel, monkeypa
     _unroll(cell, x, state, True)
     assert seen == []  # off from then on
     steps._broken.clear()
+
+
+@pytest.mark.parametrize("name", ["lstm_peephole_clip", "layer_norm", "gru_tf1"])
+def test_float64_steps_keep_float64_precision(name):
+    """In float64 the kernels' options (cell_clip, epsilon, forget_bias) stay float64 too."""
+    cell = _built(name, torch.float64).double()
+    x = torch.randn(4, 3, 3, dtype=torch.float64, device=DEVICE)
+    state = torch.utils._pytree.tree_map(lambda t: t.normal_(), cell.zero_state(
+        3, torch.float64, DEVICE))
+    fused = _unroll(cell, x, state, True)
+    plain = _unroll(cell, x, state, False)
+    for a, b in zip(torch.utils._pytree.tree_leaves(fused), torch.utils._pytree.tree_leaves(plain),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)

@@ -3,7 +3,9 @@
 Imported only where Triton is (``steps`` says why not otherwise). Every tensor is contiguous
 and rows are ``[B, width]``; a program handles ``BLOCK`` of the ``N = B * H`` (row, unit)
 pairs. Activations are the logistic sigmoid and tanh, written with ``exp`` so that float32
-and float64 take the same code (tanh(x) = 2 σ(2x) - 1).
+and float64 take the same code (tanh(x) = 2 σ(2x) - 1). Float options (cell_clip, epsilon,
+forget_bias) come in a small tensor ``consts`` of the inputs' dtype: a Python float would reach
+the kernel as float32.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _lstm_in(z, c, N, H, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
 
 
 @triton.jit
-def lstm_forward(z, c, peep, c_out, h_out, N, H, clip,
+def lstm_forward(z, c, peep, c_out, h_out, N, H, consts,
                  OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
                  PEEP: tl.constexpr, CLIP: tl.constexpr, BLOCK: tl.constexpr):
     """c' = σ(f) c + σ(i) tanh(g) (clipped), h = σ(o) tanh(c'); gate k's block of ``z``
@@ -61,6 +63,7 @@ def lstm_forward(z, c, peep, c_out, h_out, N, H, clip,
         zf += tl.load(peep + H + col, mask=m, other=0.0) * cv
     cn = _sig(zf) * cv + _sig(zi) * _tanh(zg)
     if CLIP:
+        clip = tl.load(consts)
         cn = tl.minimum(tl.maximum(cn, -clip), clip)
     if PEEP:
         zo += tl.load(peep + 2 * H + col, mask=m, other=0.0) * cn
@@ -69,7 +72,7 @@ def lstm_forward(z, c, peep, c_out, h_out, N, H, clip,
 
 
 @triton.jit
-def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, N, H, clip,
+def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, N, H, consts,
                   OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
                   PEEP: tl.constexpr, CLIP: tl.constexpr, HAS_DH: tl.constexpr,
                   HAS_DC: tl.constexpr, BLOCK: tl.constexpr):
@@ -93,6 +96,7 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, N, H, clip,
     if PEEP:
         dct += dzo * p_o
     if CLIP:
+        clip = tl.load(consts)
         pre = f * cv + i * g
         dct = tl.where((pre >= -clip) & (pre <= clip), dct, 0.0)
     dzi = dct * g * i * (1.0 - i)
@@ -187,10 +191,11 @@ def _ln_back(dxhat, xhat, rstd, m, H):
 
 
 @triton.jit
-def _ln_lstm_in(z, c, gb, H, eps, forget_bias, OI: tl.constexpr, OF: tl.constexpr,
+def _ln_lstm_in(z, c, gb, H, consts, OI: tl.constexpr, OF: tl.constexpr,
                 OG: tl.constexpr, OO: tl.constexpr, BLOCK_H: tl.constexpr):
-    """One row's layer-norm LSTM step, recomputed from ``z``, ``c`` and the gains and shifts
-    ``gb [10, H]`` (γ, β of i, f, g, o, c)."""
+    """One row's layer-norm LSTM step, recomputed from ``z``, ``c``, the gains and shifts
+    ``gb [10, H]`` (γ, β of i, f, g, o, c) and ``consts`` (epsilon, forget_bias)."""
+    eps, forget_bias = tl.load(consts), tl.load(consts + 1)
     row = tl.program_id(0)
     col = tl.arange(0, BLOCK_H)
     m = col < H
@@ -216,25 +221,25 @@ def _ln_lstm_in(z, c, gb, H, eps, forget_bias, OI: tl.constexpr, OF: tl.constexp
 
 
 @triton.jit
-def ln_lstm_forward(z, c, gb, c_out, h_out, H, eps, forget_bias, OI: tl.constexpr,
+def ln_lstm_forward(z, c, gb, c_out, h_out, H, consts, OI: tl.constexpr,
                     OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
                     BLOCK_H: tl.constexpr):
     """TF's LayerNormBasicLSTMCell step, one program per row: i, f, g, o = LN(z blocks),
     c' = LN(σ(f + forget_bias) c + σ(i) tanh(g)), h = tanh(c') σ(o)."""
     (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so, xc, rc,
-     cn) = _ln_lstm_in(z, c, gb, H, eps, forget_bias, OI, OF, OG, OO, BLOCK_H)
+     cn) = _ln_lstm_in(z, c, gb, H, consts, OI, OF, OG, OO, BLOCK_H)
     tl.store(c_out + row * H + col, cn, mask=m)
     tl.store(h_out + row * H + col, _tanh(cn) * so, mask=m)
 
 
 @triton.jit
-def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, B, H, eps, forget_bias,
+def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, B, H, consts,
                      OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
                      HAS_DH: tl.constexpr, HAS_DC: tl.constexpr, BLOCK_H: tl.constexpr):
     """Gradients of ``ln_lstm_forward``: ``dz``, ``dc`` and the per-row terms of the gains'
     and shifts' gradients, ``dgb [10, B, H]`` (summed over rows by the caller)."""
     (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so, xc, rc,
-     cn) = _ln_lstm_in(z, c, gb, H, eps, forget_bias, OI, OF, OG, OO, BLOCK_H)
+     cn) = _ln_lstm_in(z, c, gb, H, consts, OI, OF, OG, OO, BLOCK_H)
     at = row * H + col
     dhv = _grad_in(dh, at, m, cv, HAS_DH)
     dcv = _grad_in(dcn, at, m, cv, HAS_DC)

@@ -76,6 +76,18 @@ def _ok(p: eq.Canonical, *tensors: torch.Tensor) -> bool:
         first.dtype in _DTYPES and _on_device(first)
 
 
+def _consts(*values: float, like: torch.Tensor) -> torch.Tensor:
+    """``values`` as a tensor of ``like``'s dtype on its device, made once (none is made while
+    a CUDA graph is captured: the warm-up before it made them)."""
+    return _cached_consts(tuple(float(v) for v in values), like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_consts(values: tuple[float, ...], dtype: torch.dtype,
+                   device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _launch(kernel, n: int, *args, **meta) -> None:
     kernel[(max(1, -(-n // BLOCK)),)](*args, BLOCK=BLOCK, **meta)
 
@@ -111,7 +123,7 @@ class _LSTMStep(torch.autograd.Function):
         N, H = c.numel(), c.shape[-1]
         c_new, h = torch.empty_like(c), torch.empty_like(c)
         _launch(_kernels().lstm_forward, N, z, c, peep if peep is not None else z, c_new, h, N,
-                H, 0.0 if clip is None else float(clip), OI=order[0], OF=order[1],
+                H, _consts(0.0 if clip is None else clip, like=c), OI=order[0], OF=order[1],
                 OG=order[2], OO=order[3], PEEP=peep is not None, CLIP=clip is not None)
         ctx.p, ctx.order, ctx.clip = p, order, clip
         ctx.save_for_backward(z, c, c_new, peep)
@@ -140,7 +152,7 @@ def _lstm_backward(z, c, c_new, peep, order, clip, dh, dcn):
     dh_, dcn_ = (None if g is None else g.contiguous() for g in (dh, dcn))
     _launch(_kernels().lstm_backward, N, z, c, c_new, peep if peep is not None else z,
             dh_ if dh_ is not None else c, dcn_ if dcn_ is not None else c, dz, dc,
-            dpeep if dpeep is not None else c, N, H, 0.0 if clip is None else float(clip),
+            dpeep if dpeep is not None else c, N, H, _consts(0.0 if clip is None else clip, like=c),
             OI=order[0], OF=order[1], OG=order[2], OO=order[3], PEEP=peep is not None,
             CLIP=clip is not None, HAS_DH=dh_ is not None, HAS_DC=dcn_ is not None)
     return dz, dc, (dpeep.flatten(1, -2).sum(1) if dpeep is not None else None)
@@ -214,8 +226,9 @@ class _LayerNormLSTMStep(torch.autograd.Function):
         B, H = c.shape
         c_new, h = torch.empty_like(c), torch.empty_like(c)
         order = _order(p)
-        _kernels().ln_lstm_forward[(B,)](z, c, gb, c_new, h, H, float(p.norms[1]),
-                                         float(p.forget_bias), OI=order[0], OF=order[1],
+        _kernels().ln_lstm_forward[(B,)](z, c, gb, c_new, h, H,
+                                         _consts(p.norms[1], p.forget_bias, like=c),
+                                         OI=order[0], OF=order[1],
                                          OG=order[2], OO=order[3], BLOCK_H=_block(H))
         ctx.p = p
         ctx.save_for_backward(z, c, gb)
@@ -231,7 +244,7 @@ class _LayerNormLSTMStep(torch.autograd.Function):
             order = _order(p)
             _kernels().ln_lstm_backward[(B,)](
                 z, c, gb, dh_ if dh_ is not None else c, dcn_ if dcn_ is not None else c, dz,
-                dc, dgb, B, H, float(p.norms[1]), float(p.forget_bias), OI=order[0],
+                dc, dgb, B, H, _consts(p.norms[1], p.forget_bias, like=c), OI=order[0],
                 OF=order[1], OG=order[2], OO=order[3], HAS_DH=dh_ is not None,
                 HAS_DC=dcn_ is not None, BLOCK_H=_block(H))
             return dz, dc, dgb.sum(1), None
