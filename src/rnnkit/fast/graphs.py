@@ -9,8 +9,10 @@ second time it is seen, so that a shape seen once costs only its eager run, and 
 ``PER_CELL`` shapes are kept (least recently used dropped), each holding its own memory pool:
 the forward graph, the backward graph, and the activations between them.
 
-The loop runs with ``rnnkit.fast.steps`` on: where Triton is (torch's CUDA builds bring it), an
-LSTM's or TF1 GRU's step does its elementwise work in one kernel each way instead of a dozen.
+The captured loop runs with ``rnnkit.fast.steps`` on: where Triton is (torch's CUDA builds
+bring it), an LSTM's, layer-norm LSTM's or TF1 GRU's step does its elementwise work in one
+kernel each way instead of a dozen or more. Eager calls (a shape's first, and shapes whose
+capture failed) run the loop as ops, so that a first call never waits for Triton to compile.
 
 A replay writes into the graph's fixed buffers, so each call's outputs are copies, and a
 second forward of the same shape before the first one's backward overwrites the activations
@@ -203,10 +205,10 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
     flat = [inputs, *leaves] + ([mask] if mask is not None else [])
     n_state = len(leaves)
 
-    def reference(x, *rest):
+    def reference(x, *rest, fused: bool = True):
         s = pytree.tree_unflatten(list(rest[:n_state]), spec)
         m = rest[n_state] if mask is not None else None
-        with steps.enabled():  # a step's elementwise work in one kernel each way
+        with steps.enabled() if fused else contextlib.nullcontext():
             out, final = cell.unroll(x, s, m, masked_output, None, fast=False)
         return (out, *pytree.tree_leaves(final))
 
@@ -223,7 +225,7 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
         else:
             shapes.move_to_end(key)
     if entry is None or entry == _FAILED:
-        out, *final = reference(*flat)
+        out, *final = reference(*flat, fused=False)  # a first call compiles nothing
     else:
         if entry == _SEEN:
             try:

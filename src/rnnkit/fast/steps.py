@@ -13,8 +13,9 @@ these steps:
 - a reset-before GRU (TF1's ``GRUCell``): two products and two kernels forward; two kernels and
   four products backward, the input's and ``U``'s gradients each written into one buffer.
 
-``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does, for the
-eager first call and the capture alike); the equations (``rnnkit.cells.equations``) ask
+``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does for the
+loop it captures, warm-up included, so that a shape's eager first call compiles nothing); the
+equations (``rnnkit.cells.equations``) ask
 ``equations.FUSED_STEPS`` at each step and keep their own ops where a step is not served here:
 tanh and sigmoid only, float32 or float64, no recurrent dropout, tensors on a CUDA device (or on
 the CPU under Triton's interpreter, ``TRITON_INTERPRET=1``, which the tests use). The numbers are
