@@ -4,9 +4,10 @@ gradients with TF32 off, over cells, lengths (zero included), directions, layers
 and ``swap_memory``: to 1e-5 in float64; in float32 to 5e-4 (cuDNN sums its products in an order
 of its own: a few elements of a float32 run differ from the reference loop's by 1e-5 to 1e-4,
 measured on an H100, where a wrong layout or state differs by tenths). The cells cuDNN lacks
-take the graph path (CUDA graphs of the reference loop) and give the CPU's numbers and
-gradients at each call; TF32 (torch's default for cuDNN's RNNs) stays within its own
-precision; ``torch.compile`` and the native format take CUDA models.
+take the graph path (CUDA graphs of the reference loop, its steps fused in Triton where
+served) and give the CPU's numbers and gradients at each call, to 1e-5; TF32 (torch's
+default for cuDNN's RNNs) stays within its own precision; ``torch.compile`` and the native
+format take CUDA models.
 
 The same checks run on torch's CPU ops in ``test_cudnn_path.py`` (weight layouts, packing,
 states, masks); these add what only a GPU has: cuDNN's own kernels, its packed-sequence and
@@ -111,9 +112,9 @@ def _weighted_grads(out, wrt, device):
 @pytest.mark.parametrize("lengths", ["full", "varied"])
 @pytest.mark.parametrize("name", list(OTHER_CELLS))
 def test_cells_cudnn_lacks_replay_cuda_graphs(name, lengths, exact):
-    """No kernel of ours runs on a GPU (the fused kernels are CPU code): the reference loop,
-    captured as CUDA graphs at a shape's second call and replayed from the third, gives the
-    CPU's numbers and gradients every time."""
+    """The reference loop, captured as CUDA graphs at a shape's second call (its steps then
+    fused in Triton, ``rnnkit.fast.steps``, where served) and replayed from the third, gives
+    the CPU's numbers and gradients every time."""
     cell = _built(OTHER_CELLS[name])
     x = torch.randn(5, 7, 4, requires_grad=True)
     state = None
