@@ -18,6 +18,7 @@ from fast_checks import TOL, perturb
 
 import rnnkit as rk
 from rnnkit.fast import steps
+from rnnkit.unroll import length_mask
 
 pytest.importorskip("triton")
 ON_GPU = torch.cuda.is_available()  # else conftest.py has set TRITON_INTERPRET=1
@@ -183,3 +184,24 @@ def test_float64_steps_keep_float64_precision(name):
     for a, b in zip(torch.utils._pytree.tree_leaves(fused), torch.utils._pytree.tree_leaves(plain),
                     strict=True):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("masked_output", ["zero", "previous"])
+@pytest.mark.parametrize("name", ["lstm_peephole_proj", "gru_tf1", "layer_norm"])
+def test_masked_unrolls_match_the_equations(name, masked_output):
+    """Variable lengths (a zero among them) and Keras's held outputs: the loop around the
+    steps masks them, the steps run whole batches."""
+    cell = _built(name)
+    x = torch.randn(5, 4, 3, device=DEVICE, requires_grad=True)
+    mask = length_mask(torch.tensor([5, 0, 3, 2]), 5).to(DEVICE)
+    state = cell.zero_state(4, torch.float32, DEVICE)
+    params = list(cell.parameters())
+    got = []
+    for fused in (True, False):
+        with steps.enabled() if fused else contextlib.nullcontext():
+            out, final = cell.unroll(x, state, mask, masked_output, None, fast=False)
+        leaves = [out, *torch.utils._pytree.tree_leaves(final)]
+        loss = sum((t * (k + 1)).sum() for k, t in enumerate(leaves))
+        got.append([*leaves, *torch.autograd.grad(loss, [x, *params])])
+    for a, b in zip(*got, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
