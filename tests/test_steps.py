@@ -33,6 +33,16 @@ CELLS = {
     "gru_tf1": lambda: rk.GRUCell(6),
     "layer_norm": lambda: rk.LayerNormLSTMCell(6, forget_bias=0.7),
     "layer_norm_5_units": lambda: rk.LayerNormLSTMCell(5),  # a row shorter than its block
+    # the other activations, by the C kernels' ids
+    "lstm_relu_clip": lambda: rk.LSTMCell(6, activation="relu", cell_clip=0.9),
+    "lstm_softsign_peephole": lambda: rk.LSTMCell(6, activation="softsign", use_peepholes=True),
+    "keras_lstm_hard_sigmoid": lambda: rk.layers.LSTMCell(5, recurrent_activation="hard_sigmoid"),
+    "keras_lstm_linear": lambda: rk.layers.LSTMCell(
+        5, activation="linear", recurrent_activation="hard_sigmoid_keras2"),
+    "gru_tf1_relu": lambda: rk.GRUCell(6, activation="relu"),
+    "keras_gru_tf1_softsign": lambda: rk.layers.GRUCell(
+        5, reset_after=False, activation="softsign", recurrent_activation="hard_sigmoid"),
+    "layer_norm_softsign": lambda: rk.LayerNormLSTMCell(6, activation="softsign"),
 }
 SERVED = {"lstm": "lstm", "gru": "gru", "layer_norm_lstm": "layer_norm_lstm"}
 
@@ -124,9 +134,9 @@ def test_float64_gradcheck(name):
 
 
 @pytest.mark.parametrize("make, why", [
-    (lambda: rk.LSTMCell(6, activation="relu", cell_clip=1.0), "activation"),
+    (lambda: rk.LSTMCell(6, activation="elu", cell_clip=1.0), "activation"),
     (lambda: rk.GRUCell(6, reset_after=True), "reset after (cuDNN's)"),
-    (lambda: rk.LayerNormLSTMCell(6, activation="relu"), "activation"),
+    (lambda: rk.LayerNormLSTMCell(6, activation="swish"), "activation"),
 ])
 def test_steps_it_does_not_serve_run_as_ops(make, why, monkeypatch):
     cell = make()

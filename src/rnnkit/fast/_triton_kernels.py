@@ -2,10 +2,11 @@
 
 Imported only where Triton is (``steps`` says why not otherwise). Every tensor is contiguous
 and rows are ``[B, width]``; a program handles ``BLOCK`` of the ``N = B * H`` (row, unit)
-pairs. Activations are the logistic sigmoid and tanh, written with ``exp`` so that float32
-and float64 take the same code (tanh(x) = 2 σ(2x) - 1). Float options (cell_clip, epsilon,
-forget_bias) come in a small tensor ``consts`` of the inputs' dtype: a Python float would reach
-the kernel as float32.
+pairs. Activations are the fused C kernels' (``compiled.ACTIVATIONS``, by id), the logistic
+sigmoid and tanh written with ``exp`` so that float32 and float64 take the same code
+(tanh(x) = 2 σ(2x) - 1); a derivative is taken from the activation's output, as there.
+Float options (cell_clip, epsilon, forget_bias) come in a small tensor ``consts`` of the
+inputs' dtype: a Python float would reach the kernel as float32.
 """
 
 from __future__ import annotations
@@ -22,6 +23,48 @@ def _sig(x):
 @triton.jit
 def _tanh(x):
     return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def _act(x, ID: tl.constexpr):
+    """Activation ``ID`` (``compiled.ACTIVATIONS``: tanh 0, sigmoid 1, relu 2, linear 3,
+    hard_sigmoid 4 (Keras 3), hard_sigmoid_keras2 5, softsign 6)."""
+    if ID == 0:
+        y = _tanh(x)
+    elif ID == 1:
+        y = _sig(x)
+    elif ID == 2:
+        y = tl.maximum(x, 0.0)
+    elif ID == 4:
+        y = tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
+    elif ID == 5:
+        y = tl.minimum(tl.maximum(0.2 * x + 0.5, 0.0), 1.0)
+    elif ID == 6:
+        y = x / (1.0 + tl.abs(x))
+    else:
+        y = x
+    return y
+
+
+@triton.jit
+def _dact(y, ID: tl.constexpr):
+    """The derivative of activation ``ID`` where it output ``y``."""
+    if ID == 0:
+        d = 1.0 - y * y
+    elif ID == 1:
+        d = y * (1.0 - y)
+    elif ID == 2:
+        d = tl.where(y > 0.0, 1.0, 0.0)
+    elif ID == 4:
+        d = tl.where((y > 0.0) & (y < 1.0), 1.0 / 6.0, 0.0)
+    elif ID == 5:
+        d = tl.where((y > 0.0) & (y < 1.0), 0.2, 0.0)
+    elif ID == 6:
+        a = 1.0 - tl.abs(y)
+        d = a * a
+    else:
+        d = y * 0.0 + 1.0
+    return d
 
 
 @triton.jit
@@ -54,28 +97,31 @@ def _lstm_in(z, c, N, H, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
 @triton.jit
 def lstm_forward(z, c, peep, c_out, h_out, N, H, consts,
                  OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
-                 PEEP: tl.constexpr, CLIP: tl.constexpr, BLOCK: tl.constexpr):
-    """c' = σ(f) c + σ(i) tanh(g) (clipped), h = σ(o) tanh(c'); gate k's block of ``z``
+                 PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr, REC: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """c' = σ(f) c + σ(i) act(g) (clipped), h = σ(o) act(c') (σ: ``REC``, act: ``ACT``); gate
+    k's block of ``z``
     ``[B, 4H]`` is ``O<k>``; peepholes ``peep [3, H]`` (p_i, p_f on c, p_o on c')."""
     idx, m, col, zrow, cv, zi, zf, zg, zo = _lstm_in(z, c, N, H, OI, OF, OG, OO, BLOCK)
     if PEEP:
         zi += tl.load(peep + col, mask=m, other=0.0) * cv
         zf += tl.load(peep + H + col, mask=m, other=0.0) * cv
-    cn = _sig(zf) * cv + _sig(zi) * _tanh(zg)
+    cn = _act(zf, REC) * cv + _act(zi, REC) * _act(zg, ACT)
     if CLIP:
         clip = tl.load(consts)
         cn = tl.minimum(tl.maximum(cn, -clip), clip)
     if PEEP:
         zo += tl.load(peep + 2 * H + col, mask=m, other=0.0) * cn
     tl.store(c_out + idx, cn, mask=m)
-    tl.store(h_out + idx, _sig(zo) * _tanh(cn), mask=m)
+    tl.store(h_out + idx, _act(zo, REC) * _act(cn, ACT), mask=m)
 
 
 @triton.jit
 def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, N, H, consts,
                   OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
-                  PEEP: tl.constexpr, CLIP: tl.constexpr, HAS_DH: tl.constexpr,
-                  HAS_DC: tl.constexpr, BLOCK: tl.constexpr):
+                  PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
+                  REC: tl.constexpr, HAS_DH: tl.constexpr, HAS_DC: tl.constexpr,
+                  BLOCK: tl.constexpr):
     """Gradients of ``lstm_forward``: ``dz [B, 4H]``, ``dc [B, H]`` and, with peepholes, the
     per-row terms ``dpeep [3, B, H]`` (summed over rows by the caller)."""
     idx, m, col, zrow, cv, zi, zf, zg, zo = _lstm_in(z, c, N, H, OI, OF, OG, OO, BLOCK)
@@ -87,21 +133,21 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, N, H, consts,
         zi += p_i * cv
         zf += p_f * cv
         zo += p_o * cnv
-    i, f, g, o = _sig(zi), _sig(zf), _tanh(zg), _sig(zo)
-    tc = _tanh(cnv)
+    i, f, g, o = _act(zi, REC), _act(zf, REC), _act(zg, ACT), _act(zo, REC)
+    tc = _act(cnv, ACT)
     dhv = _grad_in(dh, idx, m, cv, HAS_DH)
     dct = _grad_in(dcn, idx, m, cv, HAS_DC)
-    dzo = dhv * tc * o * (1.0 - o)
-    dct += dhv * o * (1.0 - tc * tc)
+    dzo = dhv * tc * _dact(o, REC)
+    dct += dhv * o * _dact(tc, ACT)
     if PEEP:
         dct += dzo * p_o
     if CLIP:
         clip = tl.load(consts)
         pre = f * cv + i * g
         dct = tl.where((pre >= -clip) & (pre <= clip), dct, 0.0)
-    dzi = dct * g * i * (1.0 - i)
-    dzf = dct * cv * f * (1.0 - f)
-    dzg = dct * i * (1.0 - g * g)
+    dzi = dct * g * _dact(i, REC)
+    dzf = dct * cv * _dact(f, REC)
+    dzg = dct * i * _dact(g, ACT)
     dcp = dct * f
     if PEEP:
         dcp += dzi * p_i + dzf * p_f
@@ -116,59 +162,62 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, N, H, consts,
 
 
 @triton.jit
-def _gru_in(zr, N, H, BLOCK: tl.constexpr):
+def _gru_in(zr, N, H, REC: tl.constexpr, BLOCK: tl.constexpr):
     """This program's (row, unit) pairs, their mask, offset in ``zr [B, 2H]``, z and r."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = idx < N
     base = (idx // H) * 2 * H + idx % H
-    z = _sig(tl.load(zr + base, mask=m, other=0.0))
-    r = _sig(tl.load(zr + base + H, mask=m, other=0.0))
+    z = _act(tl.load(zr + base, mask=m, other=0.0), REC)
+    r = _act(tl.load(zr + base + H, mask=m, other=0.0), REC)
     return idx, m, base, z, r
 
 
 @triton.jit
-def gates_forward(zr, h, z_out, rh_out, N, H, BLOCK: tl.constexpr):
-    """A reset-before GRU's gates: z = σ(zr[:, :H]), r = σ(zr[:, H:]); writes z and r ⊙ h."""
-    idx, m, base, z, r = _gru_in(zr, N, H, BLOCK)
+def gates_forward(zr, h, z_out, rh_out, N, H, REC: tl.constexpr, BLOCK: tl.constexpr):
+    """A reset-before GRU's gates: z = σ(zr[:, :H]), r = σ(zr[:, H:]) (σ: ``REC``); writes z
+    and r ⊙ h."""
+    idx, m, base, z, r = _gru_in(zr, N, H, REC, BLOCK)
     tl.store(z_out + idx, z, mask=m)
     tl.store(rh_out + idx, r * tl.load(h + idx, mask=m, other=0.0), mask=m)
 
 
 @triton.jit
-def gates_backward(zr, h, dz, drh, dh_in, dzr, dh, N, H, LD, BLOCK: tl.constexpr):
+def gates_backward(zr, h, dz, drh, dh_in, dzr, dh, N, H, LD, REC: tl.constexpr,
+                   BLOCK: tl.constexpr):
     """Gradients of ``gates_forward``: ``dzr`` (rows ``LD`` apart: the first 2H columns of a
     step's input gradient) and ``dh = dh_in + drh ⊙ r``."""
-    idx, m, base, z, r = _gru_in(zr, N, H, BLOCK)
+    idx, m, base, z, r = _gru_in(zr, N, H, REC, BLOCK)
     hv = tl.load(h + idx, mask=m, other=0.0)
     drhv = tl.load(drh + idx, mask=m, other=0.0)
     out = (idx // H) * LD + idx % H
-    tl.store(dzr + out, tl.load(dz + idx, mask=m, other=0.0) * z * (1.0 - z), mask=m)
-    tl.store(dzr + out + H, drhv * hv * r * (1.0 - r), mask=m)
+    tl.store(dzr + out, tl.load(dz + idx, mask=m, other=0.0) * _dact(z, REC), mask=m)
+    tl.store(dzr + out + H, drhv * hv * _dact(r, REC), mask=m)
     tl.store(dh + idx, tl.load(dh_in + idx, mask=m, other=0.0) + drhv * r, mask=m)
 
 
 @triton.jit
-def blend_forward(cp, h, z, h_out, N, BLOCK: tl.constexpr):
-    """h' = c + z (h - c) with c = tanh(cp): a GRU's new state."""
+def blend_forward(cp, h, z, h_out, N, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    """h' = c + z (h - c) with c = act(cp) (``ACT``): a GRU's new state."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = idx < N
-    c = _tanh(tl.load(cp + idx, mask=m, other=0.0))
+    c = _act(tl.load(cp + idx, mask=m, other=0.0), ACT)
     hv = tl.load(h + idx, mask=m, other=0.0)
     zv = tl.load(z + idx, mask=m, other=0.0)
     tl.store(h_out + idx, c + zv * (hv - c), mask=m)
 
 
 @triton.jit
-def blend_backward(cp, h, z, dout, dcp, dh, dz, N, H, LD, BLOCK: tl.constexpr):
+def blend_backward(cp, h, z, dout, dcp, dh, dz, N, H, LD, ACT: tl.constexpr,
+                   BLOCK: tl.constexpr):
     """Gradients of ``blend_forward`` with respect to ``cp`` (rows ``LD`` apart), ``h`` and
     ``z``."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = idx < N
-    c = _tanh(tl.load(cp + idx, mask=m, other=0.0))
+    c = _act(tl.load(cp + idx, mask=m, other=0.0), ACT)
     hv = tl.load(h + idx, mask=m, other=0.0)
     zv = tl.load(z + idx, mask=m, other=0.0)
     d = tl.load(dout + idx, mask=m, other=0.0)
-    tl.store(dcp + (idx // H) * LD + idx % H, d * (1.0 - zv) * (1.0 - c * c), mask=m)
+    tl.store(dcp + (idx // H) * LD + idx % H, d * (1.0 - zv) * _dact(c, ACT), mask=m)
     tl.store(dh + idx, d * zv, mask=m)
     tl.store(dz + idx, d * (hv - c), mask=m)
 
@@ -192,7 +241,8 @@ def _ln_back(dxhat, xhat, rstd, m, H):
 
 @triton.jit
 def _ln_lstm_in(z, c, gb, H, consts, OI: tl.constexpr, OF: tl.constexpr,
-                OG: tl.constexpr, OO: tl.constexpr, BLOCK_H: tl.constexpr):
+                OG: tl.constexpr, OO: tl.constexpr, ACT: tl.constexpr, REC: tl.constexpr,
+                BLOCK_H: tl.constexpr):
     """One row's layer-norm LSTM step, recomputed from ``z``, ``c``, the gains and shifts
     ``gb [10, H]`` (γ, β of i, f, g, o, c) and ``consts`` (epsilon, forget_bias)."""
     eps, forget_bias = tl.load(consts), tl.load(consts + 1)
@@ -210,10 +260,10 @@ def _ln_lstm_in(z, c, gb, H, consts, OI: tl.constexpr, OF: tl.constexpr,
     gg = tl.load(gb + 4 * H + col, mask=m, other=0.0)
     go = tl.load(gb + 6 * H + col, mask=m, other=0.0)
     gc = tl.load(gb + 8 * H + col, mask=m, other=0.0)
-    si = _sig(xi * gi + tl.load(gb + H + col, mask=m, other=0.0))
-    sf = _sig(xf * gf + tl.load(gb + 3 * H + col, mask=m, other=0.0) + forget_bias)
-    tg = _tanh(xg * gg + tl.load(gb + 5 * H + col, mask=m, other=0.0))
-    so = _sig(xo * go + tl.load(gb + 7 * H + col, mask=m, other=0.0))
+    si = _act(xi * gi + tl.load(gb + H + col, mask=m, other=0.0), REC)
+    sf = _act(xf * gf + tl.load(gb + 3 * H + col, mask=m, other=0.0) + forget_bias, REC)
+    tg = _act(xg * gg + tl.load(gb + 5 * H + col, mask=m, other=0.0), ACT)
+    so = _act(xo * go + tl.load(gb + 7 * H + col, mask=m, other=0.0), REC)
     xc, rc = _ln(sf * cv + si * tg, m, H, eps)
     cn = xc * gc + tl.load(gb + 9 * H + col, mask=m, other=0.0)
     return (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so,
@@ -222,34 +272,36 @@ def _ln_lstm_in(z, c, gb, H, consts, OI: tl.constexpr, OF: tl.constexpr,
 
 @triton.jit
 def ln_lstm_forward(z, c, gb, c_out, h_out, H, consts, OI: tl.constexpr,
-                    OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
-                    BLOCK_H: tl.constexpr):
+                    OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr, ACT: tl.constexpr,
+                    REC: tl.constexpr, BLOCK_H: tl.constexpr):
     """TF's LayerNormBasicLSTMCell step, one program per row: i, f, g, o = LN(z blocks),
-    c' = LN(σ(f + forget_bias) c + σ(i) tanh(g)), h = tanh(c') σ(o)."""
+    c' = LN(σ(f + forget_bias) c + σ(i) act(g)), h = act(c') σ(o) (σ: ``REC``, act:
+    ``ACT``)."""
     (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so, xc, rc,
-     cn) = _ln_lstm_in(z, c, gb, H, consts, OI, OF, OG, OO, BLOCK_H)
+     cn) = _ln_lstm_in(z, c, gb, H, consts, OI, OF, OG, OO, ACT, REC, BLOCK_H)
     tl.store(c_out + row * H + col, cn, mask=m)
-    tl.store(h_out + row * H + col, _tanh(cn) * so, mask=m)
+    tl.store(h_out + row * H + col, _act(cn, ACT) * so, mask=m)
 
 
 @triton.jit
 def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, B, H, consts,
                      OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
-                     HAS_DH: tl.constexpr, HAS_DC: tl.constexpr, BLOCK_H: tl.constexpr):
+                     ACT: tl.constexpr, REC: tl.constexpr, HAS_DH: tl.constexpr,
+                     HAS_DC: tl.constexpr, BLOCK_H: tl.constexpr):
     """Gradients of ``ln_lstm_forward``: ``dz``, ``dc`` and the per-row terms of the gains'
     and shifts' gradients, ``dgb [10, B, H]`` (summed over rows by the caller)."""
     (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so, xc, rc,
-     cn) = _ln_lstm_in(z, c, gb, H, consts, OI, OF, OG, OO, BLOCK_H)
+     cn) = _ln_lstm_in(z, c, gb, H, consts, OI, OF, OG, OO, ACT, REC, BLOCK_H)
     at = row * H + col
     dhv = _grad_in(dh, at, m, cv, HAS_DH)
     dcv = _grad_in(dcn, at, m, cv, HAS_DC)
-    tc = _tanh(cn)
-    dao = dhv * tc * so * (1.0 - so)
-    dcv += dhv * so * (1.0 - tc * tc)
+    tc = _act(cn, ACT)
+    dao = dhv * tc * _dact(so, REC)
+    dcv += dhv * so * _dact(tc, ACT)
     dcp = _ln_back(dcv * gc, xc, rc, m, H)
-    dai = dcp * tg * si * (1.0 - si)
-    daf = dcp * cv * sf * (1.0 - sf)
-    dag = dcp * si * (1.0 - tg * tg)
+    dai = dcp * tg * _dact(si, REC)
+    daf = dcp * cv * _dact(sf, REC)
+    dag = dcp * si * _dact(tg, ACT)
     tl.store(dc + at, dcp * sf, mask=m)
     zr = dz + row * 4 * H + col
     tl.store(zr + OI * H, _ln_back(dai * gi, xi, ri, m, H), mask=m)

@@ -15,11 +15,12 @@ these steps:
 
 ``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does for the
 loop it captures, warm-up included, so that a shape's eager first call compiles nothing); the
-equations (``rnnkit.cells.equations``) ask
-``equations.FUSED_STEPS`` at each step and keep their own ops where a step is not served here:
-tanh and sigmoid only, float32 or float64, no recurrent dropout, tensors on a CUDA device (or on
-the CPU under Triton's interpreter, ``TRITON_INTERPRET=1``, which the tests use). The numbers are
-the equations' to rounding (the same formulas; sums in another order), tested against them.
+equations (``rnnkit.cells.equations``) ask ``equations.FUSED_STEPS`` at each step and keep
+their own ops where a step is not served here. Served: the fused C kernels' activations (tanh,
+sigmoid, relu, linear, both hard_sigmoids, softsign), float32 or float64, no recurrent
+dropout, tensors on a CUDA device (or on the CPU under Triton's interpreter,
+``TRITON_INTERPRET=1``, which the tests use). The numbers are the equations' to rounding (the
+same formulas; sums in another order), tested against them.
 
 Where Triton is missing the steps stay off (``load_error``). A kernel that fails to compile or
 launch turns them off for the process with one warning, and the step runs as ops: in the
@@ -40,6 +41,7 @@ import torch
 
 from rnnkit.activations import name_of
 from rnnkit.cells import equations as eq
+from rnnkit.fast.compiled import ACTIVATIONS
 
 ENABLED = True  # False: ``enabled()`` leaves the steps off (benchmarks/ab_steps.py compares)
 BLOCK = 512  # (row, unit) pairs a program handles
@@ -67,10 +69,17 @@ def _on_device(t: torch.Tensor) -> bool:
     return t.is_cuda or (t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
+def _acts(p: eq.Canonical) -> dict[str, int]:
+    """The kernels' activation ids (``compiled.ACTIVATIONS``, as the fused C kernels')."""
+    return {"ACT": ACTIVATIONS[name_of(p.activation)],
+            "REC": ACTIVATIONS[name_of(p.recurrent_activation)]}
+
+
 def _ok(p: eq.Canonical, *tensors: torch.Tensor) -> bool:
     if _broken or p.h_mask is not None:
         return False
-    if name_of(p.activation) != "tanh" or name_of(p.recurrent_activation) != "sigmoid":
+    if name_of(p.activation) not in ACTIVATIONS or \
+            name_of(p.recurrent_activation) not in ACTIVATIONS:
         return False
     first = tensors[0]
     return all(t.dtype == first.dtype and t.device == first.device for t in tensors) and \
@@ -125,7 +134,8 @@ class _LSTMStep(torch.autograd.Function):
         c_new, h = torch.empty_like(c), torch.empty_like(c)
         _launch(_kernels().lstm_forward, N, z, c, peep if peep is not None else z, c_new, h, N,
                 H, _consts(0.0 if clip is None else clip, like=c), OI=order[0], OF=order[1],
-                OG=order[2], OO=order[3], PEEP=peep is not None, CLIP=clip is not None)
+                OG=order[2], OO=order[3], PEEP=peep is not None, CLIP=clip is not None,
+                **_acts(p))
         ctx.p, ctx.order, ctx.clip = p, order, clip
         ctx.save_for_backward(z, c, c_new, peep)
         return c_new, h
@@ -135,7 +145,7 @@ class _LSTMStep(torch.autograd.Function):
         z, c, c_new, peep = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         try:
-            return (*_lstm_backward(z, c, c_new, peep, ctx.order, ctx.clip, dh, dcn), None)
+            return (*_lstm_backward(z, c, c_new, peep, ctx.p, dh, dcn), None)
         except Exception as err:  # a kernel that does not compile or launch here
             _turn_off(err)
 
@@ -146,7 +156,8 @@ class _LSTMStep(torch.autograd.Function):
         return (*_recomputed(ops, [z, c, peep], [dcn, dh], needs), None)
 
 
-def _lstm_backward(z, c, c_new, peep, order, clip, dh, dcn):
+def _lstm_backward(z, c, c_new, peep, p, dh, dcn):
+    order, clip = _order(p), p.cell_clip
     N, H = c.numel(), c.shape[-1]
     dz, dc = torch.empty_like(z), torch.empty_like(c)
     dpeep = c.new_empty(3, *c.shape) if peep is not None else None
@@ -155,7 +166,8 @@ def _lstm_backward(z, c, c_new, peep, order, clip, dh, dcn):
             dh_ if dh_ is not None else c, dcn_ if dcn_ is not None else c, dz, dc,
             dpeep if dpeep is not None else c, N, H, _consts(0.0 if clip is None else clip, like=c),
             OI=order[0], OF=order[1], OG=order[2], OO=order[3], PEEP=peep is not None,
-            CLIP=clip is not None, HAS_DH=dh_ is not None, HAS_DC=dcn_ is not None)
+            CLIP=clip is not None, HAS_DH=dh_ is not None, HAS_DC=dcn_ is not None,
+            **_acts(p))
     return dz, dc, (dpeep.flatten(1, -2).sum(1) if dpeep is not None else None)
 
 
@@ -171,10 +183,10 @@ class _GRUStep(torch.autograd.Function):
         k = _kernels()
         zr = torch.addmm(xw[:, :2 * H], h, U[:, :2 * H])
         z, rh = torch.empty_like(h), torch.empty_like(h)
-        _launch(k.gates_forward, N, zr, h, z, rh, N, H)
+        _launch(k.gates_forward, N, zr, h, z, rh, N, H, REC=_acts(p)["REC"])
         cp = torch.addmm(xw[:, 2 * H:], rh, U[:, 2 * H:])
         out = torch.empty_like(h)
-        _launch(k.blend_forward, N, cp, h, z, out, N)
+        _launch(k.blend_forward, N, cp, h, z, out, N, ACT=_acts(p)["ACT"])
         ctx.p = p
         ctx.save_for_backward(xw, h, U, zr, z, rh, cp)
         return out
@@ -184,7 +196,7 @@ class _GRUStep(torch.autograd.Function):
         xw, h, U, zr, z, rh, cp = ctx.saved_tensors
         try:
             return (*_gru_backward(h, U, zr, z, rh, cp, dout.contiguous(),
-                                   ctx.needs_input_grad[2]), None)
+                                   ctx.needs_input_grad[2], _acts(ctx.p)), None)
         except Exception as err:
             _turn_off(err)
 
@@ -198,15 +210,16 @@ class _GRUStep(torch.autograd.Function):
         return (*_recomputed(ops, [xw, h, U], [dout], ctx.needs_input_grad[:3]), None)
 
 
-def _gru_backward(h, U, zr, z, rh, cp, dout, want_U: bool):
+def _gru_backward(h, U, zr, z, rh, cp, dout, want_U: bool, acts: dict[str, int]):
     N, H = h.numel(), h.shape[-1]
     k = _kernels()
     dxw = h.new_empty(h.shape[0], 3 * H)
     dcp = dxw[:, 2 * H:]
     dh_blend, dz, dh = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h)
-    _launch(k.blend_backward, N, cp, h, z, dout, dcp, dh_blend, dz, N, H, 3 * H)
+    _launch(k.blend_backward, N, cp, h, z, dout, dcp, dh_blend, dz, N, H, 3 * H, ACT=acts["ACT"])
     drh = torch.mm(dcp, U[:, 2 * H:].t())
-    _launch(k.gates_backward, N, zr, h, dz, drh, dh_blend, dxw, dh, N, H, 3 * H)
+    _launch(k.gates_backward, N, zr, h, dz, drh, dh_blend, dxw, dh, N, H, 3 * H,
+            REC=acts["REC"])
     dzr = dxw[:, :2 * H]
     dh = torch.addmm(dh, dzr, U[:, :2 * H].t())
     dU = None
@@ -229,8 +242,8 @@ class _LayerNormLSTMStep(torch.autograd.Function):
         order = _order(p)
         _kernels().ln_lstm_forward[(B,)](z, c, gb, c_new, h, H,
                                          _consts(p.norms[1], p.forget_bias, like=c),
-                                         OI=order[0], OF=order[1],
-                                         OG=order[2], OO=order[3], BLOCK_H=_block(H))
+                                         OI=order[0], OF=order[1], OG=order[2],
+                                         OO=order[3], BLOCK_H=_block(H), **_acts(p))
         ctx.p = p
         ctx.save_for_backward(z, c, gb)
         return c_new, h
@@ -247,7 +260,7 @@ class _LayerNormLSTMStep(torch.autograd.Function):
                 z, c, gb, dh_ if dh_ is not None else c, dcn_ if dcn_ is not None else c, dz,
                 dc, dgb, B, H, _consts(p.norms[1], p.forget_bias, like=c), OI=order[0],
                 OF=order[1], OG=order[2], OO=order[3], HAS_DH=dh_ is not None,
-                HAS_DC=dcn_ is not None, BLOCK_H=_block(H))
+                HAS_DC=dcn_ is not None, BLOCK_H=_block(H), **_acts(p))
             return dz, dc, dgb.sum(1), None
         except Exception as err:
             _turn_off(err)
