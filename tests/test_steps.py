@@ -215,3 +215,92 @@ def test_masked_unrolls_match_the_equations(name, masked_output):
         got.append([*leaves, *torch.autograd.grad(loss, [x, *params])])
     for a, b in zip(*got, strict=True):
         torch.testing.assert_close(a, b, **TOL)
+
+
+LOOP_CELLS = [n for n in CELLS if n != "lstm_peephole_proj"]  # a projection runs per step
+
+
+@pytest.mark.parametrize("name", LOOP_CELLS)
+def test_whole_loops_match_the_equations(name):
+    """``steps.sequence``: the whole unroll as one autograd node (U's gradient in one product
+    at the end), against the equations' loop: outputs, final state, every gradient."""
+    cell = _built(name)
+    torch.manual_seed(3)
+    x = torch.randn(6, 3, 3, device=DEVICE, requires_grad=True)
+    state = torch.utils._pytree.tree_map(lambda t: t.normal_().requires_grad_(),
+                                         cell.zero_state(3, torch.float32, DEVICE))
+    wrt = [x, *torch.utils._pytree.tree_leaves(state), *cell.parameters()]
+    got = []
+    for loop in (True, False):
+        done = steps.sequence(cell, x, state, None) if loop else \
+            cell.unroll(x, state, None, "zero", None, fast=False)
+        assert done is not None
+        leaves = [done[0], *torch.utils._pytree.tree_leaves(done[1])]
+        loss = sum((t * (k + 1.5)).sum() for k, t in enumerate(leaves))
+        got.append([*leaves, *torch.autograd.grad(loss, wrt)])
+    for a, b in zip(*got, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("name", ["lstm_peephole_clip", "gru_tf1", "layer_norm"])
+def test_whole_loops_gradcheck_and_partial_outputs(name):
+    """float64 gradcheck; and gradients when only the outputs, or only the final state, are
+    used (autograd then hands the loop None for the others)."""
+    cell = _built(name, torch.float64).double()
+    x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    state = cell.zero_state(2, torch.float64, DEVICE)
+    leaves = [t.clone().normal_().requires_grad_() for t in torch.utils._pytree.tree_leaves(state)]
+    spec = torch.utils._pytree.tree_structure(state)
+
+    def run(x, *rest):
+        out, final = steps.sequence(cell, x, torch.utils._pytree.tree_unflatten(list(rest), spec),
+                                    None)
+        return (out, *torch.utils._pytree.tree_leaves(final))
+
+    assert torch.autograd.gradcheck(run, (x, *leaves), atol=1e-6, fast_mode=True)
+    for pick in (lambda outs: outs[0].sum(), lambda outs: outs[-1].sum()):
+        got = torch.autograd.grad(pick(run(x, *leaves)), [x, *leaves])
+        ref_out, ref_final = cell.unroll(x, torch.utils._pytree.tree_unflatten(leaves, spec), None,
+                                         "zero", None, fast=False)
+        want = torch.autograd.grad(pick([ref_out, *torch.utils._pytree.tree_leaves(ref_final)]),
+                                   [x, *leaves])
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_what_a_whole_loop_leaves_to_the_steps():
+    cell = _built("lstm_peephole_proj")
+    x = torch.randn(4, 2, 3, device=DEVICE)
+    state = cell.zero_state(2, torch.float32, DEVICE)
+    assert steps.sequence(cell, x, state, None) is None  # a projection
+    gru = _built("gru_tf1")
+    mask = length_mask(torch.tensor([4, 2]), 4).to(DEVICE)
+    assert steps.sequence(gru, x, gru.zero_state(2, torch.float32, DEVICE), mask) is None
+    assert steps.sequence(gru, x, gru.zero_state(2, torch.float32, DEVICE), None) is not None
+
+
+@pytest.mark.parametrize("name, kernel", [("lstm_peephole_clip", "lstm_backward"),
+                                          ("gru_tf1", "gates_backward"),
+                                          ("layer_norm", "ln_lstm_backward")])
+def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, monkeypatch):
+    cell = _built(name)
+    x = torch.randn(4, 2, 3, device=DEVICE, requires_grad=True)
+    state = cell.zero_state(2, torch.float32, DEVICE)
+    params = list(cell.parameters())
+    out, _ = steps.sequence(cell, x, state, None)
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("no such GPU")
+            return launch
+
+    monkeypatch.setattr(steps._kernels(), kernel, Broken())
+    with pytest.warns(UserWarning, match="fused steps failed .*no such GPU"):
+        got = torch.autograd.grad(out.square().sum(), [x, *params])
+    ref, _ = cell.unroll(x, state, None, "zero", None, fast=False)
+    want = torch.autograd.grad(ref.square().sum(), [x, *params])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    assert steps.sequence(cell, x, state, None) is None  # off from then on
+    steps._broken.clear()

@@ -68,6 +68,14 @@ def _dact(y, ID: tl.constexpr):
 
 
 @triton.jit
+def _put(ptr, offs, v, m, ACC: tl.constexpr):
+    """Store ``v``, or add it to what is there (``ACC``: a sum over time steps)."""
+    if ACC:
+        v += tl.load(ptr + offs, mask=m, other=0.0)
+    tl.store(ptr + offs, v, mask=m)
+
+
+@triton.jit
 def _grad_in(ptr, idx, m, like, HAS: tl.constexpr):
     """An incoming gradient, or zeros like ``like`` where autograd gave none."""
     if HAS:
@@ -121,9 +129,10 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, N, H, consts,
                   OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
                   PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
                   REC: tl.constexpr, HAS_DH: tl.constexpr, HAS_DC: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Gradients of ``lstm_forward``: ``dz [B, 4H]``, ``dc [B, H]`` and, with peepholes, the
-    per-row terms ``dpeep [3, B, H]`` (summed over rows by the caller)."""
+    per-row terms ``dpeep [3, B, H]`` (summed over rows by the caller; ``ACC``: added to what
+    it holds). ``dc`` may be ``dcn``: each element is read before it is written."""
     idx, m, col, zrow, cv, zi, zf, zg, zo = _lstm_in(z, c, N, H, OI, OF, OG, OO, BLOCK)
     cnv = tl.load(cn + idx, mask=m, other=0.0)
     if PEEP:
@@ -151,9 +160,9 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, N, H, consts,
     dcp = dct * f
     if PEEP:
         dcp += dzi * p_i + dzf * p_f
-        tl.store(dpeep + idx, dzi * cv, mask=m)
-        tl.store(dpeep + N + idx, dzf * cv, mask=m)
-        tl.store(dpeep + 2 * N + idx, dzo * cnv, mask=m)
+        _put(dpeep, idx, dzi * cv, m, ACC)
+        _put(dpeep, N + idx, dzf * cv, m, ACC)
+        _put(dpeep, 2 * N + idx, dzo * cnv, m, ACC)
     tl.store(dz + zrow + OI * H, dzi, mask=m)
     tl.store(dz + zrow + OF * H, dzf, mask=m)
     tl.store(dz + zrow + OG * H, dzg, mask=m)
@@ -182,17 +191,21 @@ def gates_forward(zr, h, z_out, rh_out, N, H, REC: tl.constexpr, BLOCK: tl.const
 
 
 @triton.jit
-def gates_backward(zr, h, dz, drh, dh_in, dzr, dh, N, H, LD, REC: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def gates_backward(zr, h, dz, drh, dh_in, extra, dzr, dh, N, H, LD, REC: tl.constexpr,
+                   EXTRA: tl.constexpr, BLOCK: tl.constexpr):
     """Gradients of ``gates_forward``: ``dzr`` (rows ``LD`` apart: the first 2H columns of a
-    step's input gradient) and ``dh = dh_in + drh ⊙ r``."""
+    step's input gradient) and ``dh = dh_in + drh ⊙ r`` (``+ extra``: the previous output's
+    gradient, in a whole loop)."""
     idx, m, base, z, r = _gru_in(zr, N, H, REC, BLOCK)
     hv = tl.load(h + idx, mask=m, other=0.0)
     drhv = tl.load(drh + idx, mask=m, other=0.0)
     out = (idx // H) * LD + idx % H
     tl.store(dzr + out, tl.load(dz + idx, mask=m, other=0.0) * _dact(z, REC), mask=m)
     tl.store(dzr + out + H, drhv * hv * _dact(r, REC), mask=m)
-    tl.store(dh + idx, tl.load(dh_in + idx, mask=m, other=0.0) + drhv * r, mask=m)
+    dhv = tl.load(dh_in + idx, mask=m, other=0.0) + drhv * r
+    if EXTRA:
+        dhv += tl.load(extra + idx, mask=m, other=0.0)
+    tl.store(dh + idx, dhv, mask=m)
 
 
 @triton.jit
@@ -287,9 +300,10 @@ def ln_lstm_forward(z, c, gb, c_out, h_out, H, consts, OI: tl.constexpr,
 def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, B, H, consts,
                      OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
                      ACT: tl.constexpr, REC: tl.constexpr, HAS_DH: tl.constexpr,
-                     HAS_DC: tl.constexpr, BLOCK_H: tl.constexpr):
+                     HAS_DC: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
     """Gradients of ``ln_lstm_forward``: ``dz``, ``dc`` and the per-row terms of the gains'
-    and shifts' gradients, ``dgb [10, B, H]`` (summed over rows by the caller)."""
+    and shifts' gradients, ``dgb [10, B, H]`` (summed over rows by the caller; ``ACC``: added
+    to what it holds). ``dc`` may be ``dcn``: each element is read before it is written."""
     (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so, xc, rc,
      cn) = _ln_lstm_in(z, c, gb, H, consts, OI, OF, OG, OO, ACT, REC, BLOCK_H)
     at = row * H + col
@@ -309,13 +323,13 @@ def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, B, H, consts,
     tl.store(zr + OG * H, _ln_back(dag * gg, xg, rg, m, H), mask=m)
     tl.store(zr + OO * H, _ln_back(dao * go, xo, ro, m, H), mask=m)
     step = B * H
-    tl.store(dgb + at, dai * xi, mask=m)
-    tl.store(dgb + step + at, dai, mask=m)
-    tl.store(dgb + 2 * step + at, daf * xf, mask=m)
-    tl.store(dgb + 3 * step + at, daf, mask=m)
-    tl.store(dgb + 4 * step + at, dag * xg, mask=m)
-    tl.store(dgb + 5 * step + at, dag, mask=m)
-    tl.store(dgb + 6 * step + at, dao * xo, mask=m)
-    tl.store(dgb + 7 * step + at, dao, mask=m)
-    tl.store(dgb + 8 * step + at, dcv * xc, mask=m)
-    tl.store(dgb + 9 * step + at, dcv, mask=m)
+    _put(dgb, at, dai * xi, m, ACC)
+    _put(dgb, step + at, dai, m, ACC)
+    _put(dgb, 2 * step + at, daf * xf, m, ACC)
+    _put(dgb, 3 * step + at, daf, m, ACC)
+    _put(dgb, 4 * step + at, dag * xg, m, ACC)
+    _put(dgb, 5 * step + at, dag, m, ACC)
+    _put(dgb, 6 * step + at, dao * xo, m, ACC)
+    _put(dgb, 7 * step + at, dao, m, ACC)
+    _put(dgb, 8 * step + at, dcv * xc, m, ACC)
+    _put(dgb, 9 * step + at, dcv, m, ACC)

@@ -13,6 +13,12 @@ these steps:
 - a reset-before GRU (TF1's ``GRUCell``): two products and two kernels forward; two kernels and
   four products backward, the input's and ``U``'s gradients each written into one buffer.
 
+A full-length batch of these cells (an LSTM without projection) runs as one autograd node for
+the whole loop (``sequence``): per step, the step's products and kernels forward; backward,
+its kernels and the products that carry the gradient to the previous state (one for an LSTM,
+two for a GRU); ``U``'s gradient in one product over every step at the end, as cuDNN does,
+where per-step autograd makes a product and a sum for it at each step.
+
 ``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does for the
 loop it captures, warm-up included, so that a shape's eager first call compiles nothing); the
 equations (``rnnkit.cells.equations``) ask ``equations.FUSED_STEPS`` at each step and keep
@@ -38,9 +44,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from rnnkit.activations import name_of
 from rnnkit.cells import equations as eq
+from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.fast.compiled import ACTIVATIONS
 
 ENABLED = True  # False: ``enabled()`` leaves the steps off (benchmarks/ab_steps.py compares)
@@ -167,7 +175,7 @@ def _lstm_backward(z, c, c_new, peep, p, dh, dcn):
             dpeep if dpeep is not None else c, N, H, _consts(0.0 if clip is None else clip, like=c),
             OI=order[0], OF=order[1], OG=order[2], OO=order[3], PEEP=peep is not None,
             CLIP=clip is not None, HAS_DH=dh_ is not None, HAS_DC=dcn_ is not None,
-            **_acts(p))
+            ACC=False, **_acts(p))
     return dz, dc, (dpeep.flatten(1, -2).sum(1) if dpeep is not None else None)
 
 
@@ -218,8 +226,8 @@ def _gru_backward(h, U, zr, z, rh, cp, dout, want_U: bool, acts: dict[str, int])
     dh_blend, dz, dh = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h)
     _launch(k.blend_backward, N, cp, h, z, dout, dcp, dh_blend, dz, N, H, 3 * H, ACT=acts["ACT"])
     drh = torch.mm(dcp, U[:, 2 * H:].t())
-    _launch(k.gates_backward, N, zr, h, dz, drh, dh_blend, dxw, dh, N, H, 3 * H,
-            REC=acts["REC"])
+    _launch(k.gates_backward, N, zr, h, dz, drh, dh_blend, h, dxw, dh, N, H, 3 * H,
+            REC=acts["REC"], EXTRA=False)
     dzr = dxw[:, :2 * H]
     dh = torch.addmm(dh, dzr, U[:, :2 * H].t())
     dU = None
@@ -260,7 +268,7 @@ class _LayerNormLSTMStep(torch.autograd.Function):
                 z, c, gb, dh_ if dh_ is not None else c, dcn_ if dcn_ is not None else c, dz,
                 dc, dgb, B, H, _consts(p.norms[1], p.forget_bias, like=c), OI=order[0],
                 OF=order[1], OG=order[2], OO=order[3], HAS_DH=dh_ is not None,
-                HAS_DC=dcn_ is not None, BLOCK_H=_block(H), **_acts(p))
+                HAS_DC=dcn_ is not None, ACC=False, BLOCK_H=_block(H), **_acts(p))
             return dz, dc, dgb.sum(1), None
         except Exception as err:
             _turn_off(err)
@@ -317,6 +325,250 @@ def _served(step, *args):
     except Exception as err:
         _turn_off(err)
         return None
+
+
+# -- whole loops: one autograd node a sequence -----------------------------------------------
+# Per-step autograd costs a step's backward its products' gradient for U (a product and a sum a
+# step) and the sums of gradients that meet at each step's state. A loop's own backward runs the
+# steps' kernels and one product a step (two for a GRU), and makes U's gradient at the end, in
+# one product over every step (as cuDNN does).
+
+
+class _LSTMLoop(torch.autograd.Function):
+    """An LSTM's whole unroll (no projection), or a layer-norm LSTM's, from ``xw [T, B, 4H]``
+    (x W + b) and ``extra`` (peepholes ``[3, H]`` or None; a layer-norm LSTM's gains and shifts
+    ``[10, H]``): ``(y, c_T, h_T)``. Per step, its product and one kernel each way."""
+
+    @staticmethod
+    def forward(ctx, xw, c0, h0, U, extra, p):
+        T, B, H = xw.shape[0], c0.shape[0], c0.shape[-1]
+        Z, C, Hs = xw.new_empty(T, B, 4 * H), xw.new_empty(T + 1, B, H), xw.new_empty(T + 1, B, H)
+        C[0].copy_(c0)
+        Hs[0].copy_(h0)
+        launch = _LSTMLaunch(p, c0)
+        for t in range(T):
+            torch.addmm(xw[t], Hs[t], U, out=Z[t])
+            launch.forward(Z[t], C[t], extra, C[t + 1], Hs[t + 1])
+        ctx.p = p
+        ctx.save_for_backward(Z, C, Hs, U, extra)
+        return Hs[1:], C[T].clone(), Hs[T].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dcT, dhT):
+        Z, C, Hs, U, extra = ctx.saved_tensors
+        try:
+            return _lstm_loop_backward(ctx, Z, C, Hs, U, extra, dy, dcT, dhT)
+        except Exception as err:  # a kernel that does not compile or launch here
+            _turn_off(err)
+        return _loop_recomputed(ctx, Z, C, Hs, U, extra, (dy, dcT, dhT))
+
+
+class _LSTMLaunch:
+    """One step's kernel launches for an LSTM loop: the plain or the layer-norm kernels."""
+
+    def __init__(self, p: eq.Canonical, like: torch.Tensor):
+        self.p, self.norm = p, p.kind == "layer_norm_lstm"
+        self.B, self.H = like.shape
+        self.k, order = _kernels(), _order(p)
+        self.consts = _consts(p.norms[1], p.forget_bias, like=like) if self.norm else \
+            _consts(p.cell_clip or 0.0, like=like)
+        self.meta = dict(OI=order[0], OF=order[1], OG=order[2], OO=order[3], **_acts(p))
+        if not self.norm:
+            self.meta["CLIP"] = p.cell_clip is not None
+
+    def forward(self, z, c, extra, c_out, h_out) -> None:
+        B, H = self.B, self.H
+        if self.norm:
+            self.k.ln_lstm_forward[(B,)](z, c, extra, c_out, h_out, H, self.consts,
+                                         BLOCK_H=_block(H), **self.meta)
+        else:
+            _launch(self.k.lstm_forward, B * H, z, c, extra if extra is not None else z, c_out,
+                    h_out, B * H, H, self.consts, PEEP=extra is not None, **self.meta)
+
+    def backward(self, z, c, cn, extra, dh, dc, dz, dextra) -> None:
+        """``dc`` in and out (the next step's gradient, then this one's); ``dextra`` summed."""
+        B, H = self.B, self.H
+        if self.norm:
+            self.k.ln_lstm_backward[(B,)](z, c, extra, dh, dc, dz, dc, dextra, B, H,
+                                          self.consts, HAS_DH=True, HAS_DC=True, ACC=True,
+                                          BLOCK_H=_block(H), **self.meta)
+        else:
+            _launch(self.k.lstm_backward, B * H, z, c, cn, extra if extra is not None else z,
+                    dh, dc, dz, dc, dextra if dextra is not None else dc, B * H, H, self.consts,
+                    PEEP=extra is not None, HAS_DH=True, HAS_DC=True, ACC=True, **self.meta)
+
+
+def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, dy, dcT, dhT):
+    T = Z.shape[0]
+    launch = _LSTMLaunch(ctx.p, C[0])
+    dZ = torch.empty_like(Z)
+    dc = _fresh(dcT, C)
+    dh = _last_grad(dy, dhT, C)
+    dextra = C.new_zeros(extra.shape[0], *C.shape[1:]) if extra is not None else None
+    Ut = U.t()
+    for t in reversed(range(T)):
+        launch.backward(Z[t], C[t], C[t + 1], extra, dh, dc, dZ[t], dextra)
+        dh = _recurrent_grad(dZ[t], Ut, dy, t)
+    dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
+    return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), None
+
+
+class _GRULoop(torch.autograd.Function):
+    """A reset-before GRU's whole unroll from ``xw [T, B, 3H]`` (x W + b): ``(y, h_T)``; per
+    step, two products and two kernels each way."""
+
+    @staticmethod
+    def forward(ctx, xw, h0, U, p):
+        T, B, H = xw.shape[0], h0.shape[0], h0.shape[-1]
+        N, k, acts = B * H, _kernels(), _acts(p)
+        ZR = xw.new_empty(T, B, 2 * H)
+        Zs, RH, CP, Hs = (xw.new_empty(n, B, H) for n in (T, T, T, T + 1))
+        Hs[0].copy_(h0)
+        for t in range(T):
+            torch.addmm(xw[t, :, :2 * H], Hs[t], U[:, :2 * H], out=ZR[t])
+            _launch(k.gates_forward, N, ZR[t], Hs[t], Zs[t], RH[t], N, H, REC=acts["REC"])
+            torch.addmm(xw[t, :, 2 * H:], RH[t], U[:, 2 * H:], out=CP[t])
+            _launch(k.blend_forward, N, CP[t], Hs[t], Zs[t], Hs[t + 1], N, ACT=acts["ACT"])
+        ctx.p = p
+        ctx.save_for_backward(U, ZR, Zs, RH, CP, Hs)
+        return Hs[1:], Hs[T].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dhT):
+        U, ZR, Zs, RH, CP, Hs = ctx.saved_tensors
+        try:
+            return _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, dy, dhT)
+        except Exception as err:  # a kernel that does not compile or launch here
+            _turn_off(err)
+        T, H = Zs.shape[0], Zs.shape[-1]
+        xw = torch.cat([ZR - Hs[:T] @ U[:, :2 * H], CP - RH @ U[:, 2 * H:]], dim=-1)
+        return (*_recomputed(lambda xw_, h_, U_: _ops_loop(ctx.p, xw_, None, h_, U_, None),
+                             [xw, Hs[0], U], [dy, dhT], ctx.needs_input_grad[:3]), None)
+
+
+def _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, dy, dhT):
+    T, B, H = Zs.shape
+    N, k, acts = B * H, _kernels(), _acts(ctx.p)
+    dXW = ZR.new_empty(T, B, 3 * H)
+    dh = _last_grad(dy, dhT, Hs)
+    dh_blend, dz, dh_gates = (torch.empty_like(Hs[0]) for _ in range(3))
+    U_zr_t, U_c_t = U[:, :2 * H].t(), U[:, 2 * H:].t()
+    for t in reversed(range(T)):
+        dcp = dXW[t, :, 2 * H:]
+        _launch(k.blend_backward, N, CP[t], Hs[t], Zs[t], dh, dcp, dh_blend, dz, N, H,
+                3 * H, ACT=acts["ACT"])
+        drh = torch.mm(dcp, U_c_t)
+        extra = dy is not None and t > 0
+        _launch(k.gates_backward, N, ZR[t], Hs[t], dz, drh, dh_blend,
+                dy[t - 1].contiguous() if extra else dh, dXW[t], dh_gates, N, H, 3 * H,
+                REC=acts["REC"], EXTRA=extra)
+        dh = torch.addmm(dh_gates, dXW[t, :, :2 * H], U_zr_t)
+    dU = None
+    if ctx.needs_input_grad[2]:
+        flat = dXW.reshape(T * B, 3 * H)
+        dUt = U.new_empty(3 * H, H)
+        torch.mm(flat[:, :2 * H].t(), Hs[:T].reshape(T * B, H), out=dUt[:2 * H])
+        torch.mm(flat[:, 2 * H:].t(), RH.reshape(T * B, H), out=dUt[2 * H:])
+        dU = dUt.t()
+    return dXW, dh, dU, None
+
+
+def _fresh(g, like):
+    """A contiguous copy of gradient ``g`` (zeros if None) shaped as one step's state."""
+    out = like.new_empty(like.shape[-2:])
+    return out.zero_() if g is None else out.copy_(g)
+
+
+def _last_grad(dy, dhT, like):
+    """The last step's output gradient: the last output's plus the final state's."""
+    out = _fresh(dhT, like)
+    if dy is not None:
+        out += dy[-1]
+    return out
+
+
+def _ops_loop(p, xw, c0, h0, U, extra):
+    """The loop as the equations' ops (a failed kernel's backward recomputes it): ``(y, h_T)``
+    for a GRU, ``(y, c_T, h_T)`` for the LSTMs; ``extra``: peepholes ``[3, H]`` or the gains
+    and shifts ``[10, H]``."""
+    token = eq.FUSED_STEPS.set(None)
+    try:
+        if p.kind == "lstm":
+            q = replace(p, U=U, peepholes=None if extra is None else tuple(extra.unbind(0)))
+            step = eq.lstm
+        elif p.kind == "layer_norm_lstm":
+            pairs = tuple(zip(extra[0::2].unbind(0), extra[1::2].unbind(0), strict=True))
+            q, step = replace(p, U=U, norms=(pairs, p.norms[1])), eq.layer_norm_lstm
+        else:
+            q = replace(p, U=U)
+        ys, c, h = [], c0, h0
+        for t in range(xw.shape[0]):
+            if p.kind == "gru":
+                h = eq.gru(xw[t], h, q)
+            else:
+                c, h = step(xw[t], c, h, q)
+            ys.append(h)
+    finally:
+        eq.FUSED_STEPS.reset(token)
+    y = torch.stack(ys)
+    return (y, h) if p.kind == "gru" else (y, c, h)
+
+
+def _loop_recomputed(ctx, Z, C, Hs, U, extra, grads):
+    """An LSTM loop's gradients by autograd through the ops, from its saved tensors (the inputs
+    ``x W + b`` are ``Z - h U``)."""
+    T = Z.shape[0]
+    xw = Z - Hs[:T] @ U
+    return tuple(_recomputed(lambda xw_, c_, h_, U_, e_: _ops_loop(ctx.p, xw_, c_, h_, U_, e_),
+                             [xw, C[0], Hs[0], U, extra], list(grads),
+                             ctx.needs_input_grad[:5])) + (None,)
+
+
+def _recurrent_grad(dz, Ut, dy, t):
+    """The gradient reaching step ``t``'s input state: through the recurrent product, plus the
+    previous output's."""
+    return torch.addmm(dy[t - 1], dz, Ut) if dy is not None and t > 0 else torch.mm(dz, Ut)
+
+
+def _weight_grad(states, dZ):
+    """U's gradient over every step: ``states [T, B, H]`` (each step's input state) against
+    ``dZ [T, B, G]``, one product."""
+    T, B, H = states.shape
+    return torch.mm(states.reshape(T * B, H).t(), dZ.reshape(T * B, -1))
+
+
+def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None):
+    """``cell.unroll(x, state, mask, fast=False)`` as one autograd node with the fused steps'
+    kernels (``(outputs, final_state)``), or None where a loop does not serve it: a mask
+    (variable lengths: the per-step path), an LSTM projection, a cell with a step of its own,
+    what the steps do not serve."""
+    if mask is not None or not ENABLED or load_error() is not None or \
+            not cell.uses_canonical_step():
+        return None
+    p = cell.sequence_params()
+    if not isinstance(p, eq.Canonical) or p.kind == "rnn" or p.P is not None or \
+            (p.kind == "gru" and p.reset_after) or state is None:
+        return None
+    h0 = state.h if p.kind != "gru" else state
+    if h0.dim() != 2 or not _ok(p, x, h0) or \
+            (p.kind == "layer_norm_lstm" and h0.shape[-1] > MAX_NORM_UNITS):
+        return None
+    xw = cell.prepare_inputs(x, p).contiguous()
+    try:
+        if p.kind == "gru":
+            y, hT = _GRULoop.apply(xw, h0.contiguous(), p.U, p)
+            return y, hT
+        if p.kind == "lstm":
+            extra = torch.stack(p.peepholes) if p.peepholes is not None else None
+        else:
+            extra = torch.stack([t for pair in p.norms[0] for t in pair])
+        y, cT, hT = _LSTMLoop.apply(xw, state.c.contiguous(), h0.contiguous(), p.U, extra, p)
+    except Exception as err:  # a kernel that does not compile or launch here
+        _turn_off(err)
+        return None
+    return y, LSTMStateTuple(cT, hT)
 
 
 @contextlib.contextmanager
