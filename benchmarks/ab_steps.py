@@ -1,11 +1,12 @@
-"""The graph path with and without its fused steps (``rnnkit.fast.steps``), on a CUDA device.
+"""The graph path with and without its fused steps and loops (``rnnkit.fast.steps``), on a GPU.
 
     python benchmarks/ab_steps.py [--repeats 7] [--shapes 32,100,256 32,100,64 1,500,256]
 
 For each shape and cell the graph path runs (TF1's GRU, peepholes with projection, cell
-clipping, layer norm), forward+backward with the steps on and off (``steps.ENABLED``, graphs
-captured afresh for each), timed interleaved with torch.nn's cuDNN module of the nearest math;
-prints milliseconds (medians) and the ratio torch.nn / this. Under ``--device cpu`` it runs the
+clipping, layer norm), forward+backward as ops (``steps.ENABLED`` off), with fused steps
+(``steps.LOOPS`` off) and with whole loops where they serve (the default), each captured
+afresh, timed interleaved with torch.nn's cuDNN module of the nearest math; prints milliseconds
+(medians) and the ratios torch.nn / each. Under ``--device cpu`` it runs the
 same on the CPU (without the graphs or Triton: a smoke test of the script).
 """
 
@@ -33,8 +34,8 @@ def main() -> None:
         parser.exit(2, "no CUDA device here\n")
     print(f"torch {torch.__version__}, device {dev}, fused steps: "
           f"{steps.load_error() or 'Triton loaded'}")
-    print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}{'steps off':>11}{'steps on':>10}"
-          f"{'x off':>7}{'x on':>7}{'on/off':>8}")
+    print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}{'ops':>8}{'steps':>8}{'loops':>8}"
+          f"{'x ops':>7}{'x steps':>8}{'x loops':>8}")
     for text in args.shapes:
         B, T, H = (int(v) for v in text.split(","))
         x = torch.randn(B, T, H, device=dev, requires_grad=True)
@@ -48,24 +49,16 @@ def main() -> None:
                 torch.autograd.grad(out.sum(), [x, *params])
 
             cases = []
-            for on in (False, True):
-                steps.ENABLED = on  # a new cell: its graphs are captured with the steps so
+            for enabled, loops in ((False, False), (True, False), (True, True)):
+                steps.ENABLED, steps.LOOPS = enabled, loops  # a new cell, captured so
                 train = _rnnkit_case(make, x, True)[1]
                 for _ in range(3):  # eager, capture, replay
                     train()
                 cases.append(train)
-
-            def flip(on, train):
-                def run():
-                    steps.ENABLED = on
-                    train()
-                return run
-
-            fns = [torch_train, flip(False, cases[0]), flip(True, cases[1])]  # as captured
-            ms = _interleaved([_synced(f, dev) for f in fns], args.repeats)
-            steps.ENABLED = True
-            print(f"{text:<12}{name:<24}{ms[0]:>9.2f}{ms[1]:>11.2f}{ms[2]:>10.2f}"
-                  f"{ms[0] / ms[1]:>7.2f}{ms[0] / ms[2]:>7.2f}{ms[1] / ms[2]:>8.2f}")
+            steps.ENABLED = steps.LOOPS = True  # the cases replay what they captured
+            ms = _interleaved([_synced(f, dev) for f in (torch_train, *cases)], args.repeats)
+            print(f"{text:<12}{name:<24}{ms[0]:>9.2f}{ms[1]:>8.2f}{ms[2]:>8.2f}{ms[3]:>8.2f}"
+                  f"{ms[0] / ms[1]:>7.2f}{ms[0] / ms[2]:>8.2f}{ms[0] / ms[3]:>8.2f}")
 
 
 if __name__ == "__main__":

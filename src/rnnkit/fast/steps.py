@@ -52,6 +52,7 @@ from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.fast.compiled import ACTIVATIONS
 
 ENABLED = True  # False: ``enabled()`` leaves the steps off (benchmarks/ab_steps.py compares)
+LOOPS = True  # False: ``sequence`` leaves every loop to the steps (the same comparison)
 BLOCK = 512  # (row, unit) pairs a program handles
 MAX_NORM_UNITS = 4096  # a layer-norm LSTM's row (four gates) in one program up to this
 _DTYPES = (torch.float32, torch.float64)
@@ -544,7 +545,7 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None):
     kernels (``(outputs, final_state)``), or None where a loop does not serve it: a mask
     (variable lengths: the per-step path), an LSTM projection, a cell with a step of its own,
     what the steps do not serve."""
-    if mask is not None or not ENABLED or load_error() is not None or \
+    if mask is not None or not (ENABLED and LOOPS) or load_error() is not None or \
             not cell.uses_canonical_step():
         return None
     p = cell.sequence_params()
