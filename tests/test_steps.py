@@ -217,14 +217,18 @@ def test_masked_unrolls_match_the_equations(name, masked_output):
         torch.testing.assert_close(a, b, **TOL)
 
 
-LOOP_CELLS = [n for n in CELLS if n != "lstm_peephole_proj"]  # a projection runs per step
+LOOP_CELLS = [*CELLS, "lstm_proj_no_clip"]
+CELLS_AND_PROJ = {**CELLS, "lstm_proj_no_clip": lambda: rk.LSTMCell(6, num_proj=4, cell_clip=2.0)}
 
 
 @pytest.mark.parametrize("name", LOOP_CELLS)
 def test_whole_loops_match_the_equations(name):
     """``steps.sequence``: the whole unroll as one autograd node (U's gradient in one product
     at the end), against the equations' loop: outputs, final state, every gradient."""
-    cell = _built(name)
+    cell = CELLS_AND_PROJ[name]()
+    cell.ensure_built(3, torch.float32)
+    perturb(cell, scale=0.8)
+    cell.to(DEVICE)
     torch.manual_seed(3)
     x = torch.randn(6, 3, 3, device=DEVICE, requires_grad=True)
     state = torch.utils._pytree.tree_map(lambda t: t.normal_().requires_grad_(),
@@ -242,7 +246,8 @@ def test_whole_loops_match_the_equations(name):
         torch.testing.assert_close(a, b, **TOL)
 
 
-@pytest.mark.parametrize("name", ["lstm_peephole_clip", "gru_tf1", "layer_norm"])
+@pytest.mark.parametrize("name", ["lstm_peephole_clip", "lstm_peephole_proj", "gru_tf1",
+                                  "layer_norm"])
 def test_whole_loops_gradcheck_and_partial_outputs(name):
     """float64 gradcheck; and gradients when only the outputs, or only the final state, are
     used (autograd then hands the loop None for the others)."""
@@ -269,10 +274,7 @@ def test_whole_loops_gradcheck_and_partial_outputs(name):
 
 
 def test_what_a_whole_loop_leaves_to_the_steps():
-    cell = _built("lstm_peephole_proj")
     x = torch.randn(4, 2, 3, device=DEVICE)
-    state = cell.zero_state(2, torch.float32, DEVICE)
-    assert steps.sequence(cell, x, state, None) is None  # a projection
     gru = _built("gru_tf1")
     mask = length_mask(torch.tensor([4, 2]), 4).to(DEVICE)
     assert steps.sequence(gru, x, gru.zero_state(2, torch.float32, DEVICE), mask) is None
@@ -280,6 +282,7 @@ def test_what_a_whole_loop_leaves_to_the_steps():
 
 
 @pytest.mark.parametrize("name, kernel", [("lstm_peephole_clip", "lstm_backward"),
+                                          ("lstm_peephole_proj", "lstm_backward"),
                                           ("gru_tf1", "gates_backward"),
                                           ("layer_norm", "ln_lstm_backward")])
 def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, monkeypatch):

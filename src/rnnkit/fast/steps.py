@@ -13,11 +13,12 @@ these steps:
 - a reset-before GRU (TF1's ``GRUCell``): two products and two kernels forward; two kernels and
   four products backward, the input's and ``U``'s gradients each written into one buffer.
 
-A full-length batch of these cells (an LSTM without projection) runs as one autograd node for
-the whole loop (``sequence``): per step, the step's products and kernels forward; backward,
-its kernels and the products that carry the gradient to the previous state (one for an LSTM,
-two for a GRU); ``U``'s gradient in one product over every step at the end, as cuDNN does,
-where per-step autograd makes a product and a sum for it at each step.
+A full-length batch of these cells runs as one autograd node for the whole loop
+(``sequence``): per step, the step's products and kernels forward; backward, its kernels and
+the products that carry the gradient to the previous state (one for an LSTM, two for a GRU,
+and an LSTM's projection one more each way); ``U``'s (and a projection's) gradient in one
+product over every step at the end, as cuDNN does, where per-step autograd makes a product
+and a sum for it at each step.
 
 ``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does for the
 loop it captures, warm-up included, so that a shape's eager first call compiles nothing); the
@@ -336,33 +337,43 @@ def _served(step, *args):
 
 
 class _LSTMLoop(torch.autograd.Function):
-    """An LSTM's whole unroll (no projection), or a layer-norm LSTM's, from ``xw [T, B, 4H]``
-    (x W + b) and ``extra`` (peepholes ``[3, H]`` or None; a layer-norm LSTM's gains and shifts
-    ``[10, H]``): ``(y, c_T, h_T)``. Per step, its product and one kernel each way."""
+    """An LSTM's whole unroll, or a layer-norm LSTM's, from ``xw [T, B, 4H]`` (x W + b),
+    ``extra`` (peepholes ``[3, H]`` or None; a layer-norm LSTM's gains and shifts ``[10, H]``)
+    and the projection ``Pw [H, P]`` or None: ``(y, c_T, h_T)``. Per step, its product and one
+    kernel each way, and a projection's product (and clip) each way."""
 
     @staticmethod
-    def forward(ctx, xw, c0, h0, U, extra, p):
-        T, B, H = xw.shape[0], c0.shape[0], c0.shape[-1]
-        Z, C, Hs = xw.new_empty(T, B, 4 * H), xw.new_empty(T + 1, B, H), xw.new_empty(T + 1, B, H)
+    def forward(ctx, xw, c0, h0, U, extra, Pw, p):
+        T, B, H, P = xw.shape[0], c0.shape[0], c0.shape[-1], h0.shape[-1]
+        Z, C = xw.new_empty(T, B, 4 * H), xw.new_empty(T + 1, B, H)
+        Hs = xw.new_empty(T + 1, B, P)
+        M = xw.new_empty(T, B, H) if Pw is not None else Hs[1:]  # h before the projection
+        R = xw.new_empty(T, B, P) if p.proj_clip is not None else None  # before its clip
         C[0].copy_(c0)
         Hs[0].copy_(h0)
         launch = _LSTMLaunch(p, c0)
         for t in range(T):
             torch.addmm(xw[t], Hs[t], U, out=Z[t])
-            launch.forward(Z[t], C[t], extra, C[t + 1], Hs[t + 1])
+            launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
+            if Pw is not None:
+                if R is None:
+                    torch.mm(M[t], Pw, out=Hs[t + 1])
+                else:
+                    torch.clamp(torch.mm(M[t], Pw, out=R[t]), -p.proj_clip, p.proj_clip,
+                                out=Hs[t + 1])
         ctx.p = p
-        ctx.save_for_backward(Z, C, Hs, U, extra)
+        ctx.save_for_backward(Z, C, Hs, U, extra, Pw, M if Pw is not None else None, R)
         return Hs[1:], C[T].clone(), Hs[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dcT, dhT):
-        Z, C, Hs, U, extra = ctx.saved_tensors
+        Z, C, Hs, U, extra, Pw, M, R = ctx.saved_tensors
         try:
-            return _lstm_loop_backward(ctx, Z, C, Hs, U, extra, dy, dcT, dhT)
+            return _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, dy, dcT, dhT)
         except Exception as err:  # a kernel that does not compile or launch here
             _turn_off(err)
-        return _loop_recomputed(ctx, Z, C, Hs, U, extra, (dy, dcT, dhT))
+        return _loop_recomputed(ctx, Z, C, Hs, U, extra, Pw, (dy, dcT, dhT))
 
 
 class _LSTMLaunch:
@@ -400,19 +411,29 @@ class _LSTMLaunch:
                     PEEP=extra is not None, HAS_DH=True, HAS_DC=True, ACC=True, **self.meta)
 
 
-def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, dy, dcT, dhT):
-    T = Z.shape[0]
-    launch = _LSTMLaunch(ctx.p, C[0])
+def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, dy, dcT, dhT):
+    T, p = Z.shape[0], ctx.p
+    launch = _LSTMLaunch(p, C[0])
     dZ = torch.empty_like(Z)
     dc = _fresh(dcT, C)
-    dh = _last_grad(dy, dhT, C)
+    dh = _last_grad(dy, dhT, Hs)
     dextra = C.new_zeros(extra.shape[0], *C.shape[1:]) if extra is not None else None
-    Ut = U.t()
+    dR = torch.empty_like(Hs[1:]) if Pw is not None else None  # gradients after the clip
+    Ut, Pt = U.t(), (Pw.t() if Pw is not None else None)
+    zero = _consts(0.0, like=C)[0]
     for t in reversed(range(T)):
-        launch.backward(Z[t], C[t], C[t + 1], extra, dh, dc, dZ[t], dextra)
+        dm = dh
+        if Pw is not None:
+            if R is not None:  # clamp's gradient: where min <= x <= max
+                torch.where((R[t] >= -p.proj_clip) & (R[t] <= p.proj_clip), dh, zero, out=dR[t])
+            else:
+                dR[t].copy_(dh)
+            dm = torch.mm(dR[t], Pt)
+        launch.backward(Z[t], C[t], C[t + 1], extra, dm, dc, dZ[t], dextra)
         dh = _recurrent_grad(dZ[t], Ut, dy, t)
     dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
-    return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), None
+    dP = _weight_grad(M, dR) if Pw is not None and ctx.needs_input_grad[5] else None
+    return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), dP, None
 
 
 class _GRULoop(torch.autograd.Function):
@@ -490,14 +511,15 @@ def _last_grad(dy, dhT, like):
     return out
 
 
-def _ops_loop(p, xw, c0, h0, U, extra):
+def _ops_loop(p, xw, c0, h0, U, extra, Pw=None):
     """The loop as the equations' ops (a failed kernel's backward recomputes it): ``(y, h_T)``
     for a GRU, ``(y, c_T, h_T)`` for the LSTMs; ``extra``: peepholes ``[3, H]`` or the gains
-    and shifts ``[10, H]``."""
+    and shifts ``[10, H]``; ``Pw``: an LSTM's projection."""
     token = eq.FUSED_STEPS.set(None)
     try:
         if p.kind == "lstm":
-            q = replace(p, U=U, peepholes=None if extra is None else tuple(extra.unbind(0)))
+            q = replace(p, U=U, peepholes=None if extra is None else tuple(extra.unbind(0)),
+                        P=Pw)
             step = eq.lstm
         elif p.kind == "layer_norm_lstm":
             pairs = tuple(zip(extra[0::2].unbind(0), extra[1::2].unbind(0), strict=True))
@@ -517,14 +539,14 @@ def _ops_loop(p, xw, c0, h0, U, extra):
     return (y, h) if p.kind == "gru" else (y, c, h)
 
 
-def _loop_recomputed(ctx, Z, C, Hs, U, extra, grads):
+def _loop_recomputed(ctx, Z, C, Hs, U, extra, Pw, grads):
     """An LSTM loop's gradients by autograd through the ops, from its saved tensors (the inputs
     ``x W + b`` are ``Z - h U``)."""
     T = Z.shape[0]
     xw = Z - Hs[:T] @ U
-    return tuple(_recomputed(lambda xw_, c_, h_, U_, e_: _ops_loop(ctx.p, xw_, c_, h_, U_, e_),
-                             [xw, C[0], Hs[0], U, extra], list(grads),
-                             ctx.needs_input_grad[:5])) + (None,)
+    return (*_recomputed(lambda xw_, c_, h_, U_, e_, P_: _ops_loop(ctx.p, xw_, c_, h_, U_, e_, P_),
+                         [xw, C[0], Hs[0], U, extra, Pw], list(grads), ctx.needs_input_grad[:6]),
+            None)
 
 
 def _recurrent_grad(dz, Ut, dy, t):
@@ -543,13 +565,13 @@ def _weight_grad(states, dZ):
 def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None):
     """``cell.unroll(x, state, mask, fast=False)`` as one autograd node with the fused steps'
     kernels (``(outputs, final_state)``), or None where a loop does not serve it: a mask
-    (variable lengths: the per-step path), an LSTM projection, a cell with a step of its own,
-    what the steps do not serve."""
+    (variable lengths: the per-step path), a cell with a step of its own, what the steps do not
+    serve."""
     if mask is not None or not (ENABLED and LOOPS) or load_error() is not None or \
             not cell.uses_canonical_step():
         return None
     p = cell.sequence_params()
-    if not isinstance(p, eq.Canonical) or p.kind == "rnn" or p.P is not None or \
+    if not isinstance(p, eq.Canonical) or p.kind == "rnn" or \
             (p.kind == "gru" and p.reset_after) or state is None:
         return None
     h0 = state.h if p.kind != "gru" else state
@@ -565,7 +587,8 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None):
             extra = torch.stack(p.peepholes) if p.peepholes is not None else None
         else:
             extra = torch.stack([t for pair in p.norms[0] for t in pair])
-        y, cT, hT = _LSTMLoop.apply(xw, state.c.contiguous(), h0.contiguous(), p.U, extra, p)
+        y, cT, hT = _LSTMLoop.apply(xw, state.c.contiguous(), h0.contiguous(), p.U, extra,
+                                    p.P if p.kind == "lstm" else None, p)
     except Exception as err:  # a kernel that does not compile or launch here
         _turn_off(err)
         return None
