@@ -135,50 +135,40 @@ def _recomputed(ops, saved, grads, needs):
 
 
 class _LSTMStep(torch.autograd.Function):
-    """``(c', h)`` of an LSTM step from its gate pre-activations ``z [B, 4H]`` and ``c``."""
+    """``(c', h)`` of an LSTM step (before any projection), or a layer-norm LSTM's, from its gate
+    pre-activations ``z [B, 4H]``, ``c`` and ``extra`` (peepholes ``[3, H]`` or None; the gains
+    and shifts ``[10, H]``)."""
 
     @staticmethod
-    def forward(ctx, z, c, peep, p):
-        order, clip = _order(p), p.cell_clip
-        N, H = c.numel(), c.shape[-1]
+    def forward(ctx, z, c, extra, p):
         c_new, h = torch.empty_like(c), torch.empty_like(c)
-        _launch(_kernels().lstm_forward, N, z, c, peep if peep is not None else z, c_new, h, N,
-                H, _consts(0.0 if clip is None else clip, like=c), OI=order[0], OF=order[1],
-                OG=order[2], OO=order[3], PEEP=peep is not None, CLIP=clip is not None,
-                **_acts(p))
-        ctx.p, ctx.order, ctx.clip = p, order, clip
-        ctx.save_for_backward(z, c, c_new, peep)
+        _LSTMLaunch(p, c).forward(z, c, extra, c_new, h)
+        ctx.p = p
+        ctx.save_for_backward(z, c, c_new, extra)
         return c_new, h
 
     @staticmethod
     def backward(ctx, dcn, dh):
-        z, c, c_new, peep = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
+        z, c, c_new, extra = ctx.saved_tensors
         try:
-            return (*_lstm_backward(z, c, c_new, peep, ctx.p, dh, dcn), None)
+            dz, dc = torch.empty_like(z), _fresh(dcn, c)
+            dextra = c.new_empty(extra.shape[0], *c.shape) if extra is not None else None
+            _LSTMLaunch(ctx.p, c, accumulate=False).backward(
+                z, c, c_new, extra, dh.contiguous() if dh is not None else None, dc, dz, dextra)
+            return dz, dc, (dextra.sum(1) if dextra is not None else None), None
         except Exception as err:  # a kernel that does not compile or launch here
             _turn_off(err)
-
-        def ops(z_, c_, peep_):
-            p = ctx.p if peep_ is None else replace(ctx.p, peepholes=tuple(peep_.unbind(0)))
-            return eq.lstm_pointwise(z_, c_, p)
-
-        return (*_recomputed(ops, [z, c, peep], [dcn, dh], needs), None)
+        return (*_recomputed(lambda z_, c_, e_: _pointwise(ctx.p, z_, c_, e_), [z, c, extra],
+                             [dcn, dh], ctx.needs_input_grad[:3]), None)
 
 
-def _lstm_backward(z, c, c_new, peep, p, dh, dcn):
-    order, clip = _order(p), p.cell_clip
-    N, H = c.numel(), c.shape[-1]
-    dz, dc = torch.empty_like(z), torch.empty_like(c)
-    dpeep = c.new_empty(3, *c.shape) if peep is not None else None
-    dh_, dcn_ = (None if g is None else g.contiguous() for g in (dh, dcn))
-    _launch(_kernels().lstm_backward, N, z, c, c_new, peep if peep is not None else z,
-            dh_ if dh_ is not None else c, dcn_ if dcn_ is not None else c, dz, dc,
-            dpeep if dpeep is not None else c, N, H, _consts(0.0 if clip is None else clip, like=c),
-            OI=order[0], OF=order[1], OG=order[2], OO=order[3], PEEP=peep is not None,
-            CLIP=clip is not None, HAS_DH=dh_ is not None, HAS_DC=dcn_ is not None,
-            ACC=False, **_acts(p))
-    return dz, dc, (dpeep.flatten(1, -2).sum(1) if dpeep is not None else None)
+def _pointwise(p: eq.Canonical, z, c, extra):
+    """An LSTM step after its product, as the equations' ops (``extra`` as in ``_LSTMStep``)."""
+    if p.kind == "layer_norm_lstm":
+        pairs = tuple(zip(extra[0::2].unbind(0), extra[1::2].unbind(0), strict=True))
+        return eq.layer_norm_pointwise(z, c, replace(p, norms=(pairs, p.norms[1])))
+    q = p if extra is None else replace(p, peepholes=tuple(extra.unbind(0)))
+    return eq.lstm_pointwise(z, c, q)
 
 
 class _GRUStep(torch.autograd.Function):
@@ -241,47 +231,6 @@ def _gru_backward(h, U, zr, z, rh, cp, dout, want_U: bool, acts: dict[str, int])
     return dxw, dh, dU
 
 
-class _LayerNormLSTMStep(torch.autograd.Function):
-    """``(c', h)`` of a layer-norm LSTM step from ``z [B, 4H]``, ``c`` and ``gb [10, H]`` (the
-    gains and shifts of i, f, g, o and c), one program per row."""
-
-    @staticmethod
-    def forward(ctx, z, c, gb, p):
-        B, H = c.shape
-        c_new, h = torch.empty_like(c), torch.empty_like(c)
-        order = _order(p)
-        _kernels().ln_lstm_forward[(B,)](z, c, gb, c_new, h, H,
-                                         _consts(p.norms[1], p.forget_bias, like=c),
-                                         OI=order[0], OF=order[1], OG=order[2],
-                                         OO=order[3], BLOCK_H=_block(H), **_acts(p))
-        ctx.p = p
-        ctx.save_for_backward(z, c, gb)
-        return c_new, h
-
-    @staticmethod
-    def backward(ctx, dcn, dh):
-        z, c, gb = ctx.saved_tensors
-        p, (B, H) = ctx.p, c.shape
-        try:
-            dz, dc, dgb = torch.empty_like(z), torch.empty_like(c), c.new_empty(10, B, H)
-            dh_, dcn_ = (None if g is None else g.contiguous() for g in (dh, dcn))
-            order = _order(p)
-            _kernels().ln_lstm_backward[(B,)](
-                z, c, gb, dh_ if dh_ is not None else c, dcn_ if dcn_ is not None else c, dz,
-                dc, dgb, B, H, _consts(p.norms[1], p.forget_bias, like=c), OI=order[0],
-                OF=order[1], OG=order[2], OO=order[3], HAS_DH=dh_ is not None,
-                HAS_DC=dcn_ is not None, ACC=False, BLOCK_H=_block(H), **_acts(p))
-            return dz, dc, dgb.sum(1), None
-        except Exception as err:
-            _turn_off(err)
-
-        def ops(z_, c_, gb_):
-            pairs = tuple(zip(gb_[0::2].unbind(0), gb_[1::2].unbind(0), strict=True))
-            return eq.layer_norm_pointwise(z_, c_, replace(p, norms=(pairs, p.norms[1])))
-
-        return (*_recomputed(ops, [z, c, gb], [dcn, dh], ctx.needs_input_grad[:3]), None)
-
-
 def _order(p: eq.Canonical) -> tuple[int, ...]:
     return tuple(p.gate_order) if p.gate_order is not None else (0, 1, 2, 3)
 
@@ -298,7 +247,7 @@ class FusedSteps:
     @staticmethod
     def lstm(z: torch.Tensor, c: torch.Tensor, p: eq.Canonical):
         """``(c', h)`` before any projection, from the pre-activations ``z = x W + b + h U``."""
-        if not _ok(p, z, c):
+        if c.dim() != 2 or not _ok(p, z, c):
             return None
         peep = torch.stack(p.peepholes) if p.peepholes is not None else None
         return _served(_LSTMStep, z.contiguous(), c.contiguous(), peep, p)
@@ -310,7 +259,7 @@ class FusedSteps:
         if c.dim() != 2 or c.shape[-1] > MAX_NORM_UNITS or not _ok(p, z, c):
             return None
         gb = torch.stack([t for pair in p.norms[0] for t in pair])
-        return _served(_LayerNormLSTMStep, z.contiguous(), c.contiguous(), gb, p)
+        return _served(_LSTMStep, z.contiguous(), c.contiguous(), gb, p)
 
     @staticmethod
     def gru(xw: torch.Tensor, h: torch.Tensor, p: eq.Canonical):
@@ -379,8 +328,8 @@ class _LSTMLoop(torch.autograd.Function):
 class _LSTMLaunch:
     """One step's kernel launches for an LSTM loop: the plain or the layer-norm kernels."""
 
-    def __init__(self, p: eq.Canonical, like: torch.Tensor):
-        self.p, self.norm = p, p.kind == "layer_norm_lstm"
+    def __init__(self, p: eq.Canonical, like: torch.Tensor, accumulate: bool = True):
+        self.p, self.norm, self.acc = p, p.kind == "layer_norm_lstm", accumulate
         self.B, self.H = like.shape
         self.k, order = _kernels(), _order(p)
         self.consts = _consts(p.norms[1], p.forget_bias, like=like) if self.norm else \
@@ -399,16 +348,18 @@ class _LSTMLaunch:
                     h_out, B * H, H, self.consts, PEEP=extra is not None, **self.meta)
 
     def backward(self, z, c, cn, extra, dh, dc, dz, dextra) -> None:
-        """``dc`` in and out (the next step's gradient, then this one's); ``dextra`` summed."""
+        """``dc`` in and out (the next step's gradient, then this one's); ``dh`` None: zeros;
+        ``dextra`` summed over steps where ``accumulate``, else written."""
         B, H = self.B, self.H
+        flags = dict(HAS_DH=dh is not None, HAS_DC=True, ACC=self.acc)
+        dh = dh if dh is not None else dc
         if self.norm:
             self.k.ln_lstm_backward[(B,)](z, c, extra, dh, dc, dz, dc, dextra, B, H,
-                                          self.consts, HAS_DH=True, HAS_DC=True, ACC=True,
-                                          BLOCK_H=_block(H), **self.meta)
+                                          self.consts, BLOCK_H=_block(H), **flags, **self.meta)
         else:
             _launch(self.k.lstm_backward, B * H, z, c, cn, extra if extra is not None else z,
                     dh, dc, dz, dc, dextra if dextra is not None else dc, B * H, H, self.consts,
-                    PEEP=extra is not None, HAS_DH=True, HAS_DC=True, ACC=True, **self.meta)
+                    PEEP=extra is not None, **flags, **self.meta)
 
 
 def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, dy, dcT, dhT):
