@@ -307,3 +307,30 @@ def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, monkeyp
         torch.testing.assert_close(a, b, **TOL)
     assert steps.sequence(cell, x, state, None) is None  # off from then on
     steps._broken.clear()
+
+
+def test_without_triton_the_steps_stay_off():
+    """Where Triton cannot be imported, ``load_error`` says so and the loop runs as ops."""
+    code = """
+import sys
+sys.modules["triton"] = None  # as if it were not installed
+import torch, rnnkit as rk
+from rnnkit.fast import steps
+print(steps.load_error())
+cell = rk.GRUCell(4, input_size=3)
+x = torch.randn(5, 2, 3)
+state = cell.zero_state(2)
+assert steps.sequence(cell, x, state, None) is None
+with steps.enabled():
+    out, _ = cell.unroll(x, state, None, "zero", None, fast=False)
+print(tuple(out.shape))
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    first, shape = done.stdout.strip().splitlines()[-2:]
+    assert first.startswith("Triton is unavailable (")
+    assert shape == "(5, 2, 4)"
