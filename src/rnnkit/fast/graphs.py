@@ -11,8 +11,8 @@ the forward graph, the backward graph, and the activations between them.
 
 The captured loop runs with ``rnnkit.fast.steps`` on: where Triton is (torch's CUDA builds
 bring it), an LSTM's, layer-norm LSTM's or TF1 GRU's step does its elementwise work in one
-kernel each way instead of a dozen or more, and a full-length batch runs as one autograd node
-for the whole loop (``steps.sequence``: U's gradient in one product at the end). Eager calls
+kernel each way instead of a dozen or more, and the whole loop runs as one autograd node
+(``steps.sequence``: U's gradient in one product at the end; TF1's padding in the kernels). Eager calls
 (a shape's first, and shapes whose capture failed) run the loop as ops, so that a first call
 never waits for Triton to compile.
 
@@ -210,7 +210,7 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
     def reference(x, *rest, fused: bool = True):
         s = pytree.tree_unflatten(list(rest[:n_state]), spec)
         m = rest[n_state] if mask is not None else None
-        done = steps.sequence(cell, x, s, m) if fused else None  # one node for the whole loop
+        done = steps.sequence(cell, x, s, m, masked_output) if fused else None  # one node
         if done is None:
             with steps.enabled() if fused else contextlib.nullcontext():
                 done = cell.unroll(x, s, m, masked_output, None, fast=False)

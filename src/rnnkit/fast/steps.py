@@ -13,12 +13,14 @@ these steps:
 - a reset-before GRU (TF1's ``GRUCell``): two products and two kernels forward; two kernels and
   four products backward, the input's and ``U``'s gradients each written into one buffer.
 
-A full-length batch of these cells runs as one autograd node for the whole loop
-(``sequence``): per step, the step's products and kernels forward; backward, its kernels and
-the products that carry the gradient to the previous state (one for an LSTM, two for a GRU,
-and an LSTM's projection one more each way); ``U``'s (and a projection's) gradient in one
-product over every step at the end, as cuDNN does, where per-step autograd makes a product
-and a sum for it at each step.
+A batch of these cells runs as one autograd node for the whole loop (``sequence``): per step,
+the step's products and kernels forward; backward, its kernels and the products that carry
+the gradient to the previous state (one for an LSTM, two for a GRU, and an LSTM's projection
+one more each way); ``U``'s (and a projection's) gradient in one product over every step at
+the end, as cuDNN does, where per-step autograd makes a product and a sum for it at each step.
+TF1's padding (``sequence_length``, any mask with zero outputs) is in the kernels: a row past
+its length keeps its state and outputs 0, and its gradients pass through; Keras's held
+outputs, and projections under a mask, stay with the per-step Functions.
 
 ``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does for the
 loop it captures, warm-up included, so that a shape's eager first call compiles nothing); the
@@ -186,7 +188,8 @@ class _GRUStep(torch.autograd.Function):
         _launch(k.gates_forward, N, zr, h, z, rh, N, H, REC=_acts(p)["REC"])
         cp = torch.addmm(xw[:, 2 * H:], rh, U[:, 2 * H:])
         out = torch.empty_like(h)
-        _launch(k.blend_forward, N, cp, h, z, out, N, ACT=_acts(p)["ACT"])
+        _launch(k.blend_forward, N, cp, h, z, out, h, out, N, h.shape[-1], ACT=_acts(p)["ACT"],
+                MASKED=False)
         ctx.p = p
         ctx.save_for_backward(xw, h, U, zr, z, rh, cp)
         return out
@@ -216,7 +219,8 @@ def _gru_backward(h, U, zr, z, rh, cp, dout, want_U: bool, acts: dict[str, int])
     dxw = h.new_empty(h.shape[0], 3 * H)
     dcp = dxw[:, 2 * H:]
     dh_blend, dz, dh = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h)
-    _launch(k.blend_backward, N, cp, h, z, dout, dcp, dh_blend, dz, N, H, 3 * H, ACT=acts["ACT"])
+    _launch(k.blend_backward, N, cp, h, z, dout, dcp, dh_blend, dz, h, N, H, 3 * H,
+            ACT=acts["ACT"], MASKED=False)
     drh = torch.mm(dcp, U[:, 2 * H:].t())
     _launch(k.gates_backward, N, zr, h, dz, drh, dh_blend, h, dxw, dh, N, H, 3 * H,
             REC=acts["REC"], EXTRA=False)
@@ -292,17 +296,21 @@ class _LSTMLoop(torch.autograd.Function):
     kernel each way, and a projection's product (and clip) each way."""
 
     @staticmethod
-    def forward(ctx, xw, c0, h0, U, extra, Pw, p):
+    def forward(ctx, xw, c0, h0, U, extra, Pw, mask, p):
         T, B, H, P = xw.shape[0], c0.shape[0], c0.shape[-1], h0.shape[-1]
         Z, C = xw.new_empty(T, B, 4 * H), xw.new_empty(T + 1, B, H)
         Hs = xw.new_empty(T + 1, B, P)
         M = xw.new_empty(T, B, H) if Pw is not None else Hs[1:]  # h before the projection
         R = xw.new_empty(T, B, P) if p.proj_clip is not None else None  # before its clip
+        Y = xw.new_empty(T, B, H) if mask is not None else Hs[1:]  # outputs: 0 past a length
         C[0].copy_(c0)
         Hs[0].copy_(h0)
         launch = _LSTMLaunch(p, c0)
         for t in range(T):
             torch.addmm(xw[t], Hs[t], U, out=Z[t])
+            if mask is not None:  # (no projection: sequence() leaves that to the steps)
+                launch.forward(Z[t], C[t], extra, C[t + 1], Hs[t + 1], mask[t], Hs[t], Y[t])
+                continue
             launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
             if Pw is not None:
                 if R is None:
@@ -311,18 +319,18 @@ class _LSTMLoop(torch.autograd.Function):
                     torch.clamp(torch.mm(M[t], Pw, out=R[t]), -p.proj_clip, p.proj_clip,
                                 out=Hs[t + 1])
         ctx.p = p
-        ctx.save_for_backward(Z, C, Hs, U, extra, Pw, M if Pw is not None else None, R)
-        return Hs[1:], C[T].clone(), Hs[T].clone()
+        ctx.save_for_backward(Z, C, Hs, U, extra, Pw, M if Pw is not None else None, R, mask)
+        return Y, C[T].clone(), Hs[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dcT, dhT):
-        Z, C, Hs, U, extra, Pw, M, R = ctx.saved_tensors
+        Z, C, Hs, U, extra, Pw, M, R, mask = ctx.saved_tensors
         try:
-            return _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, dy, dcT, dhT)
+            return _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT)
         except Exception as err:  # a kernel that does not compile or launch here
             _turn_off(err)
-        return _loop_recomputed(ctx, Z, C, Hs, U, extra, Pw, (dy, dcT, dhT))
+        return _loop_recomputed(ctx, Z, C, Hs, U, extra, Pw, mask, (dy, dcT, dhT))
 
 
 class _LSTMLaunch:
@@ -338,41 +346,58 @@ class _LSTMLaunch:
         if not self.norm:
             self.meta["CLIP"] = p.cell_clip is not None
 
-    def forward(self, z, c, extra, c_out, h_out) -> None:
+    def forward(self, z, c, extra, c_out, h_out, act=None, h_prev=None, y_out=None) -> None:
+        """``act [B]`` (0 where a row does not run: it keeps ``c`` and ``h_prev``, and outputs 0
+        in ``y_out``) or None."""
         B, H = self.B, self.H
+        masked = dict(MASKED=act is not None)
+        act, h_prev, y_out = (t if t is not None else c for t in (act, h_prev, y_out))
         if self.norm:
-            self.k.ln_lstm_forward[(B,)](z, c, extra, c_out, h_out, H, self.consts,
-                                         BLOCK_H=_block(H), **self.meta)
+            self.k.ln_lstm_forward[(B,)](z, c, extra, c_out, h_out, act, h_prev, y_out, H,
+                                         self.consts, BLOCK_H=_block(H), **masked, **self.meta)
         else:
             _launch(self.k.lstm_forward, B * H, z, c, extra if extra is not None else z, c_out,
-                    h_out, B * H, H, self.consts, PEEP=extra is not None, **self.meta)
+                    h_out, act, h_prev, y_out, B * H, H, self.consts, PEEP=extra is not None,
+                    **masked, **self.meta)
 
-    def backward(self, z, c, cn, extra, dh, dc, dz, dextra) -> None:
+    def backward(self, z, c, cn, extra, dh, dc, dz, dextra, act=None, dh_pass=None,
+                 extra_dy=None) -> None:
         """``dc`` in and out (the next step's gradient, then this one's); ``dh`` None: zeros;
-        ``dextra`` summed over steps where ``accumulate``, else written."""
+        ``dextra`` summed over steps where ``accumulate``, else written. With ``act``, a row
+        that did not run passes ``dh`` (``+ extra_dy``) to ``dh_pass`` and ``dc`` on."""
         B, H = self.B, self.H
-        flags = dict(HAS_DH=dh is not None, HAS_DC=True, ACC=self.acc)
+        flags = dict(HAS_DH=dh is not None, HAS_DC=True, ACC=self.acc, MASKED=act is not None,
+                     EXTRA=extra_dy is not None)
         dh = dh if dh is not None else dc
+        act, dh_pass, extra_dy = (t if t is not None else dc for t in (act, dh_pass, extra_dy))
         if self.norm:
-            self.k.ln_lstm_backward[(B,)](z, c, extra, dh, dc, dz, dc, dextra, B, H,
-                                          self.consts, BLOCK_H=_block(H), **flags, **self.meta)
+            self.k.ln_lstm_backward[(B,)](z, c, extra, dh, dc, dz, dc, dextra, act, dh_pass,
+                                          extra_dy, B, H, self.consts, BLOCK_H=_block(H),
+                                          **flags, **self.meta)
         else:
             _launch(self.k.lstm_backward, B * H, z, c, cn, extra if extra is not None else z,
-                    dh, dc, dz, dc, dextra if dextra is not None else dc, B * H, H, self.consts,
-                    PEEP=extra is not None, **flags, **self.meta)
+                    dh, dc, dz, dc, dextra if dextra is not None else dc, act, dh_pass, extra_dy,
+                    B * H, H, self.consts, PEEP=extra is not None, **flags, **self.meta)
 
 
-def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, dy, dcT, dhT):
+def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
     T, p = Z.shape[0], ctx.p
     launch = _LSTMLaunch(p, C[0])
     dZ = torch.empty_like(Z)
     dc = _fresh(dcT, C)
+    dy = _masked_grad(dy, mask)
     dh = _last_grad(dy, dhT, Hs)
     dextra = C.new_zeros(extra.shape[0], *C.shape[1:]) if extra is not None else None
     dR = torch.empty_like(Hs[1:]) if Pw is not None else None  # gradients after the clip
     Ut, Pt = U.t(), (Pw.t() if Pw is not None else None)
     zero = _consts(0.0, like=C)[0]
+    passed = torch.empty_like(dc) if mask is not None else None
     for t in reversed(range(T)):
+        if mask is not None:  # rows past their length pass the held state's gradients on
+            launch.backward(Z[t], C[t], C[t + 1], extra, dh, dc, dZ[t], dextra, mask[t], passed,
+                            dy[t - 1] if dy is not None and t > 0 else None)
+            dh = torch.addmm(passed, dZ[t], Ut)
+            continue
         dm = dh
         if Pw is not None:
             if R is not None:  # clamp's gradient: where min <= x <= max
@@ -384,7 +409,7 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, dy, dcT, dhT):
         dh = _recurrent_grad(dZ[t], Ut, dy, t)
     dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
     dP = _weight_grad(M, dR) if Pw is not None and ctx.needs_input_grad[5] else None
-    return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), dP, None
+    return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), dP, None, None
 
 
 class _GRULoop(torch.autograd.Function):
@@ -392,46 +417,52 @@ class _GRULoop(torch.autograd.Function):
     step, two products and two kernels each way."""
 
     @staticmethod
-    def forward(ctx, xw, h0, U, p):
+    def forward(ctx, xw, h0, U, mask, p):
         T, B, H = xw.shape[0], h0.shape[0], h0.shape[-1]
         N, k, acts = B * H, _kernels(), _acts(p)
         ZR = xw.new_empty(T, B, 2 * H)
         Zs, RH, CP, Hs = (xw.new_empty(n, B, H) for n in (T, T, T, T + 1))
+        Y = xw.new_empty(T, B, H) if mask is not None else Hs[1:]  # outputs: 0 past a length
         Hs[0].copy_(h0)
         for t in range(T):
             torch.addmm(xw[t, :, :2 * H], Hs[t], U[:, :2 * H], out=ZR[t])
             _launch(k.gates_forward, N, ZR[t], Hs[t], Zs[t], RH[t], N, H, REC=acts["REC"])
             torch.addmm(xw[t, :, 2 * H:], RH[t], U[:, 2 * H:], out=CP[t])
-            _launch(k.blend_forward, N, CP[t], Hs[t], Zs[t], Hs[t + 1], N, ACT=acts["ACT"])
+            _launch(k.blend_forward, N, CP[t], Hs[t], Zs[t], Hs[t + 1],
+                    mask[t] if mask is not None else Hs[t], Y[t], N, H, ACT=acts["ACT"],
+                    MASKED=mask is not None)
         ctx.p = p
-        ctx.save_for_backward(U, ZR, Zs, RH, CP, Hs)
-        return Hs[1:], Hs[T].clone()
+        ctx.save_for_backward(U, ZR, Zs, RH, CP, Hs, mask)
+        return Y, Hs[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dhT):
-        U, ZR, Zs, RH, CP, Hs = ctx.saved_tensors
+        U, ZR, Zs, RH, CP, Hs, mask = ctx.saved_tensors
         try:
-            return _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, dy, dhT)
+            return _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, mask, dy, dhT)
         except Exception as err:  # a kernel that does not compile or launch here
             _turn_off(err)
         T, H = Zs.shape[0], Zs.shape[-1]
         xw = torch.cat([ZR - Hs[:T] @ U[:, :2 * H], CP - RH @ U[:, 2 * H:]], dim=-1)
-        return (*_recomputed(lambda xw_, h_, U_: _ops_loop(ctx.p, xw_, None, h_, U_, None),
-                             [xw, Hs[0], U], [dy, dhT], ctx.needs_input_grad[:3]), None)
+        return (*_recomputed(lambda xw_, h_, U_: _ops_loop(ctx.p, xw_, None, h_, U_, None,
+                                                           mask=mask),
+                             [xw, Hs[0], U], [dy, dhT], ctx.needs_input_grad[:3]), None, None)
 
 
-def _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, dy, dhT):
+def _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, mask, dy, dhT):
     T, B, H = Zs.shape
     N, k, acts = B * H, _kernels(), _acts(ctx.p)
     dXW = ZR.new_empty(T, B, 3 * H)
+    dy = _masked_grad(dy, mask)
     dh = _last_grad(dy, dhT, Hs)
     dh_blend, dz, dh_gates = (torch.empty_like(Hs[0]) for _ in range(3))
     U_zr_t, U_c_t = U[:, :2 * H].t(), U[:, 2 * H:].t()
     for t in reversed(range(T)):
         dcp = dXW[t, :, 2 * H:]
-        _launch(k.blend_backward, N, CP[t], Hs[t], Zs[t], dh, dcp, dh_blend, dz, N, H,
-                3 * H, ACT=acts["ACT"])
+        _launch(k.blend_backward, N, CP[t], Hs[t], Zs[t], dh, dcp, dh_blend, dz,
+                mask[t] if mask is not None else dh, N, H, 3 * H, ACT=acts["ACT"],
+                MASKED=mask is not None)
         drh = torch.mm(dcp, U_c_t)
         extra = dy is not None and t > 0
         _launch(k.gates_backward, N, ZR[t], Hs[t], dz, drh, dh_blend,
@@ -445,13 +476,20 @@ def _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, dy, dhT):
         torch.mm(flat[:, :2 * H].t(), Hs[:T].reshape(T * B, H), out=dUt[:2 * H])
         torch.mm(flat[:, 2 * H:].t(), RH.reshape(T * B, H), out=dUt[2 * H:])
         dU = dUt.t()
-    return dXW, dh, dU, None
+    return dXW, dh, dU, None, None
 
 
 def _fresh(g, like):
     """A contiguous copy of gradient ``g`` (zeros if None) shaped as one step's state."""
     out = like.new_empty(like.shape[-2:])
     return out.zero_() if g is None else out.copy_(g)
+
+
+def _masked_grad(dy, mask):
+    """The outputs' gradient where each row ran (outputs past a length are zeros, constants)."""
+    if dy is None or mask is None:
+        return dy
+    return (dy * mask[..., None]).contiguous()
 
 
 def _last_grad(dy, dhT, like):
@@ -462,10 +500,11 @@ def _last_grad(dy, dhT, like):
     return out
 
 
-def _ops_loop(p, xw, c0, h0, U, extra, Pw=None):
+def _ops_loop(p, xw, c0, h0, U, extra, Pw=None, mask=None):
     """The loop as the equations' ops (a failed kernel's backward recomputes it): ``(y, h_T)``
     for a GRU, ``(y, c_T, h_T)`` for the LSTMs; ``extra``: peepholes ``[3, H]`` or the gains
-    and shifts ``[10, H]``; ``Pw``: an LSTM's projection."""
+    and shifts ``[10, H]``; ``Pw``: an LSTM's projection; ``mask [T, B]`` (1 where a row runs;
+    elsewhere the state is held and the output is 0)."""
     token = eq.FUSED_STEPS.set(None)
     try:
         if p.kind == "lstm":
@@ -480,24 +519,34 @@ def _ops_loop(p, xw, c0, h0, U, extra, Pw=None):
         ys, c, h = [], c0, h0
         for t in range(xw.shape[0]):
             if p.kind == "gru":
-                h = eq.gru(xw[t], h, q)
+                c_new, h_new = None, eq.gru(xw[t], h, q)
             else:
-                c, h = step(xw[t], c, h, q)
-            ys.append(h)
+                c_new, h_new = step(xw[t], c, h, q)
+            if mask is None:
+                c, h = c_new, h_new
+                ys.append(h)
+                continue
+            m = mask[t, :, None] != 0
+            ys.append(torch.where(m, h_new, 0.0))
+            h = torch.where(m, h_new, h)
+            c = torch.where(m, c_new, c) if c_new is not None else None
     finally:
         eq.FUSED_STEPS.reset(token)
     y = torch.stack(ys)
     return (y, h) if p.kind == "gru" else (y, c, h)
 
 
-def _loop_recomputed(ctx, Z, C, Hs, U, extra, Pw, grads):
+def _loop_recomputed(ctx, Z, C, Hs, U, extra, Pw, mask, grads):
     """An LSTM loop's gradients by autograd through the ops, from its saved tensors (the inputs
     ``x W + b`` are ``Z - h U``)."""
     T = Z.shape[0]
     xw = Z - Hs[:T] @ U
-    return (*_recomputed(lambda xw_, c_, h_, U_, e_, P_: _ops_loop(ctx.p, xw_, c_, h_, U_, e_, P_),
-                         [xw, C[0], Hs[0], U, extra, Pw], list(grads), ctx.needs_input_grad[:6]),
-            None)
+
+    def ops(xw_, c_, h_, U_, e_, P_):
+        return _ops_loop(ctx.p, xw_, c_, h_, U_, e_, P_, mask)
+
+    return (*_recomputed(ops, [xw, C[0], Hs[0], U, extra, Pw], list(grads),
+                         ctx.needs_input_grad[:6]), None, None)
 
 
 def _recurrent_grad(dz, Ut, dy, t):
@@ -513,33 +562,37 @@ def _weight_grad(states, dZ):
     return torch.mm(states.reshape(T * B, H).t(), dZ.reshape(T * B, -1))
 
 
-def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None):
-    """``cell.unroll(x, state, mask, fast=False)`` as one autograd node with the fused steps'
-    kernels (``(outputs, final_state)``), or None where a loop does not serve it: a mask
-    (variable lengths: the per-step path), a cell with a step of its own, what the steps do not
-    serve."""
-    if mask is not None or not (ENABLED and LOOPS) or load_error() is not None or \
-            not cell.uses_canonical_step():
+def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
+             masked_output: str = "zero"):
+    """``cell.unroll(x, state, mask, masked_output, fast=False)`` as one autograd node with the
+    fused steps' kernels (``(outputs, final_state)``), or None where a loop does not serve it:
+    a mask with Keras's held outputs (``"previous"``), or on an LSTM with a projection; a cell
+    with a step of its own; what the steps do not serve. A mask (``[T, B]``, False where a step
+    is padding) holds the state and zeroes the output there, as TF1's ``sequence_length``."""
+    if not (ENABLED and LOOPS) or load_error() is not None or not cell.uses_canonical_step():
         return None
     p = cell.sequence_params()
     if not isinstance(p, eq.Canonical) or p.kind == "rnn" or \
             (p.kind == "gru" and p.reset_after) or state is None:
+        return None
+    if mask is not None and (masked_output != "zero" or p.P is not None):
         return None
     h0 = state.h if p.kind != "gru" else state
     if h0.dim() != 2 or not _ok(p, x, h0) or \
             (p.kind == "layer_norm_lstm" and h0.shape[-1] > MAX_NORM_UNITS):
         return None
     xw = cell.prepare_inputs(x, p).contiguous()
+    runs = mask.to(x.dtype).contiguous() if mask is not None else None
     try:
         if p.kind == "gru":
-            y, hT = _GRULoop.apply(xw, h0.contiguous(), p.U, p)
+            y, hT = _GRULoop.apply(xw, h0.contiguous(), p.U, runs, p)
             return y, hT
         if p.kind == "lstm":
             extra = torch.stack(p.peepholes) if p.peepholes is not None else None
         else:
             extra = torch.stack([t for pair in p.norms[0] for t in pair])
         y, cT, hT = _LSTMLoop.apply(xw, state.c.contiguous(), h0.contiguous(), p.U, extra,
-                                    p.P if p.kind == "lstm" else None, p)
+                                    p.P if p.kind == "lstm" else None, runs, p)
     except Exception as err:  # a kernel that does not compile or launch here
         _turn_off(err)
         return None
