@@ -292,7 +292,8 @@ def _served(step, *args):
 class _LSTMLoop(torch.autograd.Function):
     """An LSTM's whole unroll, or a layer-norm LSTM's, from ``xw [T, B, 4H]`` (x W + b),
     ``extra`` (peepholes ``[3, H]`` or None; a layer-norm LSTM's gains and shifts ``[10, H]``)
-    and the projection ``Pw [H, P]`` or None: ``(y, c_T, h_T)``. Per step, its product and one
+    the projection ``Pw [H, P]`` or None and ``mask [T, B]`` (1 where a row runs; elsewhere it
+    keeps its state and outputs 0) or None: ``(y, c_T, h_T)``. Per step, its product and one
     kernel each way, and a projection's product (and clip) each way."""
 
     @staticmethod
@@ -413,8 +414,8 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
 
 
 class _GRULoop(torch.autograd.Function):
-    """A reset-before GRU's whole unroll from ``xw [T, B, 3H]`` (x W + b): ``(y, h_T)``; per
-    step, two products and two kernels each way."""
+    """A reset-before GRU's whole unroll from ``xw [T, B, 3H]`` (x W + b) and ``mask`` (as
+    ``_LSTMLoop``'s): ``(y, h_T)``; per step, two products and two kernels each way."""
 
     @staticmethod
     def forward(ctx, xw, h0, U, mask, p):
