@@ -232,16 +232,16 @@ def test_whole_loops_match_the_equations(name):
     _compare_loop(cell.to(DEVICE), torch.randn(6, 3, 3, device=DEVICE, requires_grad=True), None)
 
 
-def _compare_loop(cell, x, mask):
-    """``steps.sequence`` against the equations' loop (TF1's zero outputs under ``mask``):
+def _compare_loop(cell, x, mask, masked_output="zero"):
+    """``steps.sequence`` against the equations' loop (under ``mask``, ``masked_output``):
     outputs, final state, and the gradients of a weighting of them to every input."""
     state = torch.utils._pytree.tree_map(lambda t: t.normal_().requires_grad_(),
                                          cell.zero_state(x.shape[1], x.dtype, DEVICE))
     wrt = [x, *torch.utils._pytree.tree_leaves(state), *cell.parameters()]
     got = []
     for loop in (True, False):
-        done = steps.sequence(cell, x, state, mask) if loop else \
-            cell.unroll(x, state, mask, "zero", None, fast=False)
+        done = steps.sequence(cell, x, state, mask, masked_output) if loop else \
+            cell.unroll(x, state, mask, masked_output, None, fast=False)
         assert done is not None
         leaves = [done[0], *torch.utils._pytree.tree_leaves(done[1])]
         loss = sum((t * (k + 1.5)).sum() for k, t in enumerate(leaves))
@@ -280,36 +280,36 @@ def test_whole_loops_gradcheck_and_partial_outputs(name):
 def test_what_a_whole_loop_leaves_to_the_steps():
     x = torch.randn(4, 2, 3, device=DEVICE)
     mask = length_mask(torch.tensor([4, 2]), 4).to(DEVICE)
-    gru = _built("gru_tf1")
-    state = gru.zero_state(2, torch.float32, DEVICE)
-    assert steps.sequence(gru, x, state, mask, "previous") is None  # Keras's held outputs
-    assert steps.sequence(gru, x, state, mask, "zero") is not None
     proj = _built("lstm_peephole_proj")
     state = proj.zero_state(2, torch.float32, DEVICE)
     assert steps.sequence(proj, x, state, mask) is None  # a projection under a mask
     assert steps.sequence(proj, x, state, None) is not None
 
 
+@pytest.mark.parametrize("masked_output", ["zero", "previous"])
 @pytest.mark.parametrize("holes", [False, True])
 @pytest.mark.parametrize("name", ["lstm_peephole_clip", "basic_lstm", "gru_tf1", "layer_norm",
                                   "keras_gru_tf1_softsign"])
-def test_masked_whole_loops_match_the_equations(name, holes):
-    """TF1's ``sequence_length`` (a zero length among them) and masks with holes: past a
-    length the state is held and the output is 0, forward and backward, as the equations'."""
+def test_masked_whole_loops_match_the_equations(name, holes, masked_output):
+    """TF1's ``sequence_length`` (a zero length among them), Keras's held outputs, and masks
+    with holes (a first step masked too): past a length the state is held and the output is 0
+    or the previous one, forward and backward, as the equations'."""
     mask = length_mask(torch.tensor([6, 0, 3, 1]), 6)
     if holes:
-        mask[1, 0] = mask[4, 0] = False
+        mask[0, 0] = mask[1, 0] = mask[4, 0] = False
         mask[2, 1] = True
     _compare_loop(_built(name), torch.randn(6, 4, 3, device=DEVICE, requires_grad=True),
-                  mask.to(DEVICE))
+                  mask.to(DEVICE), masked_output)
 
 
 @pytest.mark.parametrize("name, kernel", [("lstm_peephole_clip", "lstm_backward"),
                                           ("lstm_peephole_proj", "lstm_backward"),
                                           ("gru_tf1", "gates_backward"),
                                           ("layer_norm", "ln_lstm_backward")])
-@pytest.mark.parametrize("lengths", [None, [4, 1]])
-def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, lengths, monkeypatch):
+@pytest.mark.parametrize("lengths, masked_output", [(None, "zero"), ([4, 1], "zero"),
+                                                    ([4, 1], "previous")])
+def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, lengths, masked_output,
+                                                           monkeypatch):
     cell = _built(name)
     x = torch.randn(4, 2, 3, device=DEVICE, requires_grad=True)
     state = cell.zero_state(2, torch.float32, DEVICE)
@@ -317,7 +317,7 @@ def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, lengths
     mask = None if lengths is None else length_mask(torch.tensor(lengths), 4).to(DEVICE)
     if mask is not None and name == "lstm_peephole_proj":
         pytest.skip("a projection under a mask runs per step")
-    out, _ = steps.sequence(cell, x, state, mask)
+    out, _ = steps.sequence(cell, x, state, mask, masked_output)
 
     class Broken:
         def __getitem__(self, grid):
@@ -328,7 +328,7 @@ def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, lengths
     monkeypatch.setattr(steps._kernels(), kernel, Broken())
     with pytest.warns(UserWarning, match="fused steps failed .*no such GPU"):
         got = torch.autograd.grad(out.square().sum(), [x, *params])
-    ref, _ = cell.unroll(x, state, mask, "zero", None, fast=False)
+    ref, _ = cell.unroll(x, state, mask, masked_output, None, fast=False)
     want = torch.autograd.grad(ref.square().sum(), [x, *params])
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **TOL)

@@ -103,26 +103,41 @@ def _lstm_in(z, c, N, H, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
 
 
 @triton.jit
-def _store_step(c_out, h_out, y_out, h_prev, act, at, rows, m, cn, hn, cv, MASKED: tl.constexpr):
-    """Store a step's ``c'`` and ``h``; ``MASKED``: where ``act`` (by row) is 0, the row keeps
-    ``cv`` and ``h_prev`` and outputs 0 in ``y_out``, elsewhere it outputs ``h`` there too."""
+def _store_step(c_out, h_out, y_out, h_prev, y_prev, act, at, rows, m, cn, hn, cv,
+                MASKED: tl.constexpr, PREV: tl.constexpr, HAS_C: tl.constexpr = True):
+    """Store a step's ``c'`` (unless not ``HAS_C``: a GRU) and ``h``; ``MASKED``: where ``act``
+    (by row) is 0, the row keeps ``cv`` and ``h_prev`` and outputs 0 in ``y_out`` (``PREV``:
+    its previous output, ``y_prev``, as Keras), elsewhere it outputs ``h`` there too."""
     if MASKED:
         keep = tl.load(act + rows, mask=m, other=0.0) != 0.0
-        tl.store(y_out + at, tl.where(keep, hn, 0.0), mask=m)
+        if PREV:
+            y_else = tl.load(y_prev + at, mask=m, other=0.0)
+        else:
+            y_else = hn * 0.0
+        tl.store(y_out + at, tl.where(keep, hn, y_else), mask=m)
         cn = tl.where(keep, cn, cv)
         hn = tl.where(keep, hn, tl.load(h_prev + at, mask=m, other=0.0))
-    tl.store(c_out + at, cn, mask=m)
+    if HAS_C:
+        tl.store(c_out + at, cn, mask=m)
     tl.store(h_out + at, hn, mask=m)
 
 
 @triton.jit
-def _runs(act, rows, m, dh, dc, MASKED: tl.constexpr):
+def _runs(act, rows, m, dh, dc, dy, carry, at, MASKED: tl.constexpr, PREV: tl.constexpr):
     """Where each row ran (``act`` by row; every row unless ``MASKED``), the held state's
-    gradients ``dh``, ``dc`` as given, and as the step's own (zero where the row did not run)."""
+    gradients ``dh``, ``dc`` as given, and as the step's own (zero where the row did not run).
+    ``PREV`` (Keras's held outputs): the output's gradient ``dy`` plus what the later held
+    outputs carried back (``carry``, in and out) reaches the step's ``h`` where the row ran,
+    and is carried on to the previous output where it did not."""
     keep = m
     if MASKED:
         keep = tl.load(act + rows, mask=m, other=0.0) != 0.0
-    return keep, dh, dc, tl.where(keep, dh, 0.0), tl.where(keep, dc, 0.0)
+    dh_step = dh
+    if PREV:
+        gy = tl.load(dy + at, mask=m, other=0.0) + tl.load(carry + at, mask=m, other=0.0)
+        tl.store(carry + at, tl.where(keep, 0.0, gy), mask=m)
+        dh_step = dh + gy
+    return keep, dh, dc, tl.where(keep, dh_step, 0.0), tl.where(keep, dc, 0.0)
 
 
 @triton.jit
@@ -141,14 +156,15 @@ def _store_back(dc, dh_pass, extra, at, m, dc_step, keep, dh_held, dc_held, MASK
 
 
 @triton.jit
-def lstm_forward(z, c, peep, c_out, h_out, act, h_prev, y_out, N, H, consts,
+def lstm_forward(z, c, peep, c_out, h_out, act, h_prev, y_out, y_prev, N, H, consts,
                  OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
                  PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr, REC: tl.constexpr,
-                 MASKED: tl.constexpr, BLOCK: tl.constexpr):
+                 MASKED: tl.constexpr, PREV: tl.constexpr, BLOCK: tl.constexpr):
     """c' = σ(f) c + σ(i) act(g) (clipped), h = σ(o) act(c') (σ: ``REC``, act: ``ACT``); gate
     k's block of ``z [B, 4H]`` is ``O<k>``; peepholes ``peep [3, H]`` (p_i, p_f on c, p_o on
     c'). ``MASKED``: rows whose ``act [B]`` is 0 keep ``c`` and ``h_prev`` and output 0 in
-    ``y_out`` (TF1's padding), the others output h there too."""
+    ``y_out`` (TF1's padding; ``PREV``: their previous output ``y_prev``, as Keras), the others
+    output h there too."""
     idx, m, col, zrow, cv, zi, zf, zg, zo = _lstm_in(z, c, N, H, OI, OF, OG, OO, BLOCK)
     if PEEP:
         zi += tl.load(peep + col, mask=m, other=0.0) * cv
@@ -159,23 +175,24 @@ def lstm_forward(z, c, peep, c_out, h_out, act, h_prev, y_out, N, H, consts,
         cn = tl.minimum(tl.maximum(cn, -clip), clip)
     if PEEP:
         zo += tl.load(peep + 2 * H + col, mask=m, other=0.0) * cn
-    _store_step(c_out, h_out, y_out, h_prev, act, idx, idx // H, m, cn,
-                _act(zo, REC) * _act(cn, ACT), cv, MASKED)
+    _store_step(c_out, h_out, y_out, h_prev, y_prev, act, idx, idx // H, m, cn,
+                _act(zo, REC) * _act(cn, ACT), cv, MASKED, PREV)
 
 
 @triton.jit
-def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, act, dh_pass, extra, N, H, consts,
-                  OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
-                  PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
+def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, act, dh_pass, extra, dy, carry, N, H,
+                  consts, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
+                  OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
                   REC: tl.constexpr, HAS_DH: tl.constexpr, HAS_DC: tl.constexpr,
                   ACC: tl.constexpr, MASKED: tl.constexpr, EXTRA: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  PREV: tl.constexpr, BLOCK: tl.constexpr):
     """Gradients of ``lstm_forward``: ``dz [B, 4H]``, ``dc [B, H]`` and, with peepholes, the
     per-row terms ``dpeep [3, B, H]`` (summed over rows by the caller; ``ACC``: added to what
     it holds). ``dc`` may be ``dcn``: each element is read before it is written. ``MASKED``:
     ``dh`` and ``dcn`` are the held state's gradients (the output's folded into ``dh`` where
     the row ran); a row that did not run passes them on, ``dc`` and ``dh_pass`` (``+ extra``:
-    the previous step's output gradient), and its ``dz`` is 0."""
+    the previous step's output gradient), and its ``dz`` is 0. ``PREV``: Keras's held outputs
+    (``dy``, ``carry``: see ``_runs``)."""
     idx, m, col, zrow, cv, zi, zf, zg, zo = _lstm_in(z, c, N, H, OI, OF, OG, OO, BLOCK)
     cnv = tl.load(cn + idx, mask=m, other=0.0)
     if PEEP:
@@ -189,7 +206,8 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, act, dh_pass, extra, N
     tc = _act(cnv, ACT)
     dhv = _grad_in(dh, idx, m, cv, HAS_DH)
     dct = _grad_in(dcn, idx, m, cv, HAS_DC)
-    keep, dh_held, dc_held, dhv, dct = _runs(act, idx // H, m, dhv, dct, MASKED)
+    keep, dh_held, dc_held, dhv, dct = _runs(act, idx // H, m, dhv, dct, dy, carry, idx, MASKED,
+                                             PREV)
     dzo = dhv * tc * _dact(o, REC)
     dct += dhv * o * _dact(tc, ACT)
     if PEEP:
@@ -253,40 +271,36 @@ def gates_backward(zr, h, dz, drh, dh_in, extra, dzr, dh, N, H, LD, REC: tl.cons
 
 
 @triton.jit
-def blend_forward(cp, h, z, h_out, act, y_out, N, H, ACT: tl.constexpr, MASKED: tl.constexpr,
-                  BLOCK: tl.constexpr):
-    """h' = c + z (h - c) with c = act(cp) (``ACT``): a GRU's new state. ``MASKED``: rows whose
-    ``act [B]`` is 0 keep ``h`` and output 0 in ``y_out``, the others output h' there too."""
+def blend_forward(cp, h, z, h_out, act, y_out, y_prev, N, H, ACT: tl.constexpr,
+                  MASKED: tl.constexpr, PREV: tl.constexpr, BLOCK: tl.constexpr):
+    """h' = c + z (h - c) with c = act(cp) (``ACT``): a GRU's new state. ``MASKED`` as
+    ``lstm_forward``'s (the row keeps ``h``)."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = idx < N
     c = _act(tl.load(cp + idx, mask=m, other=0.0), ACT)
     hv = tl.load(h + idx, mask=m, other=0.0)
     zv = tl.load(z + idx, mask=m, other=0.0)
     hn = c + zv * (hv - c)
-    if MASKED:
-        keep = tl.load(act + idx // H, mask=m, other=0.0) != 0.0
-        tl.store(y_out + idx, tl.where(keep, hn, 0.0), mask=m)
-        hn = tl.where(keep, hn, hv)
-    tl.store(h_out + idx, hn, mask=m)
+    _store_step(h_out, h_out, y_out, h, y_prev, act, idx, idx // H, m, hn, hn, hv, MASKED, PREV,
+                HAS_C=False)
 
 
 @triton.jit
-def blend_backward(cp, h, z, dout, dcp, dh, dz, act, N, H, LD, ACT: tl.constexpr,
-                   MASKED: tl.constexpr, BLOCK: tl.constexpr):
+def blend_backward(cp, h, z, dout, dcp, dh, dz, act, dy, carry, N, H, LD, ACT: tl.constexpr,
+                   MASKED: tl.constexpr, PREV: tl.constexpr, BLOCK: tl.constexpr):
     """Gradients of ``blend_forward`` with respect to ``cp`` (rows ``LD`` apart), ``h`` and
     ``z``; ``MASKED``: a row that did not run passes ``dout`` (the held state's gradient) to
-    ``dh`` whole."""
+    ``dh`` whole; ``PREV`` as ``lstm_backward``'s."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = idx < N
     c = _act(tl.load(cp + idx, mask=m, other=0.0), ACT)
     hv = tl.load(h + idx, mask=m, other=0.0)
     zv = tl.load(z + idx, mask=m, other=0.0)
-    d = tl.load(dout + idx, mask=m, other=0.0)
-    passed = d * 0.0
+    d_in = tl.load(dout + idx, mask=m, other=0.0)
+    keep, d_held, _, d, _ = _runs(act, idx // H, m, d_in, d_in, dy, carry, idx, MASKED, PREV)
+    passed = d_in * 0.0
     if MASKED:
-        keep = tl.load(act + idx // H, mask=m, other=0.0) != 0.0
-        passed = tl.where(keep, 0.0, d)
-        d = tl.where(keep, d, 0.0)
+        passed = tl.where(keep, 0.0, d_held)
     tl.store(dcp + (idx // H) * LD + idx % H, d * (1.0 - zv) * _dact(c, ACT), mask=m)
     tl.store(dh + idx, d * zv + passed, mask=m)
     tl.store(dz + idx, d * (hv - c), mask=m)
@@ -341,24 +355,26 @@ def _ln_lstm_in(z, c, gb, H, consts, OI: tl.constexpr, OF: tl.constexpr,
 
 
 @triton.jit
-def ln_lstm_forward(z, c, gb, c_out, h_out, act, h_prev, y_out, H, consts, OI: tl.constexpr,
-                    OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr, ACT: tl.constexpr,
-                    REC: tl.constexpr, MASKED: tl.constexpr, BLOCK_H: tl.constexpr):
+def ln_lstm_forward(z, c, gb, c_out, h_out, act, h_prev, y_out, y_prev, H, consts,
+                    OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
+                    ACT: tl.constexpr, REC: tl.constexpr, MASKED: tl.constexpr,
+                    PREV: tl.constexpr, BLOCK_H: tl.constexpr):
     """TF's LayerNormBasicLSTMCell step, one program per row: i, f, g, o = LN(z blocks),
     c' = LN(σ(f + forget_bias) c + σ(i) act(g)), h = act(c') σ(o) (σ: ``REC``, act:
     ``ACT``); ``MASKED`` as ``lstm_forward``."""
     (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so, xc, rc,
      cn) = _ln_lstm_in(z, c, gb, H, consts, OI, OF, OG, OO, ACT, REC, BLOCK_H)
-    _store_step(c_out, h_out, y_out, h_prev, act, row * H + col, row + col * 0, m, cn,
-                _act(cn, ACT) * so, cv, MASKED)
+    _store_step(c_out, h_out, y_out, h_prev, y_prev, act, row * H + col, row + col * 0, m, cn,
+                _act(cn, ACT) * so, cv, MASKED, PREV)
 
 
 @triton.jit
-def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, act, dh_pass, extra, B, H, consts,
-                     OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
-                     ACT: tl.constexpr, REC: tl.constexpr, HAS_DH: tl.constexpr,
-                     HAS_DC: tl.constexpr, ACC: tl.constexpr, MASKED: tl.constexpr,
-                     EXTRA: tl.constexpr, BLOCK_H: tl.constexpr):
+def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, act, dh_pass, extra, dy, carry, B, H,
+                     consts, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
+                     OO: tl.constexpr, ACT: tl.constexpr, REC: tl.constexpr,
+                     HAS_DH: tl.constexpr, HAS_DC: tl.constexpr, ACC: tl.constexpr,
+                     MASKED: tl.constexpr, EXTRA: tl.constexpr, PREV: tl.constexpr,
+                     BLOCK_H: tl.constexpr):
     """Gradients of ``ln_lstm_forward``: ``dz``, ``dc`` and the per-row terms of the gains'
     and shifts' gradients, ``dgb [10, B, H]`` (summed over rows by the caller; ``ACC``: added
     to what it holds). ``dc`` may be ``dcn``: each element is read before it is written.
@@ -368,7 +384,8 @@ def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, act, dh_pass, extra, B, H, 
     at = row * H + col
     dhv = _grad_in(dh, at, m, cv, HAS_DH)
     dcv = _grad_in(dcn, at, m, cv, HAS_DC)
-    keep, dh_held, dc_held, dhv, dcv = _runs(act, row + col * 0, m, dhv, dcv, MASKED)
+    keep, dh_held, dc_held, dhv, dcv = _runs(act, row + col * 0, m, dhv, dcv, dy, carry, at,
+                                             MASKED, PREV)
     tc = _act(cn, ACT)
     dao = dhv * tc * _dact(so, REC)
     dcv += dhv * so * _dact(tc, ACT)

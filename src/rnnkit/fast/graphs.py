@@ -12,7 +12,7 @@ the forward graph, the backward graph, and the activations between them.
 The captured loop runs with ``rnnkit.fast.steps`` on: where Triton is (torch's CUDA builds
 bring it), an LSTM's, layer-norm LSTM's or TF1 GRU's step does its elementwise work in one
 kernel each way instead of a dozen or more, and the whole loop runs as one autograd node
-(``steps.sequence``: U's gradient in one product at the end; TF1's padding in the kernels). Eager calls
+(``steps.sequence``: U's gradient in one product at the end; masks in the kernels). Eager calls
 (a shape's first, and shapes whose capture failed) run the loop as ops, so that a first call
 never waits for Triton to compile.
 

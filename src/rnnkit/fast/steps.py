@@ -18,9 +18,9 @@ the step's products and kernels forward; backward, its kernels and the products 
 the gradient to the previous state (one for an LSTM, two for a GRU, and an LSTM's projection
 one more each way); ``U``'s (and a projection's) gradient in one product over every step at
 the end, as cuDNN does, where per-step autograd makes a product and a sum for it at each step.
-TF1's padding (``sequence_length``, any mask with zero outputs) is in the kernels: a row past
-its length keeps its state and outputs 0, and its gradients pass through; Keras's held
-outputs, and projections under a mask, stay with the per-step Functions.
+Masks are in the kernels: a row past its length (or at any masked step) keeps its state and
+outputs 0 (TF1's ``sequence_length``) or its previous output (Keras's), and its gradients pass
+through; only an LSTM projection under a mask stays with the per-step Functions.
 
 ``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does for the
 loop it captures, warm-up included, so that a shape's eager first call compiles nothing); the
@@ -188,8 +188,8 @@ class _GRUStep(torch.autograd.Function):
         _launch(k.gates_forward, N, zr, h, z, rh, N, H, REC=_acts(p)["REC"])
         cp = torch.addmm(xw[:, 2 * H:], rh, U[:, 2 * H:])
         out = torch.empty_like(h)
-        _launch(k.blend_forward, N, cp, h, z, out, h, out, N, h.shape[-1], ACT=_acts(p)["ACT"],
-                MASKED=False)
+        _launch(k.blend_forward, N, cp, h, z, out, h, out, out, N, h.shape[-1],
+                ACT=_acts(p)["ACT"], MASKED=False, PREV=False)
         ctx.p = p
         ctx.save_for_backward(xw, h, U, zr, z, rh, cp)
         return out
@@ -219,8 +219,8 @@ def _gru_backward(h, U, zr, z, rh, cp, dout, want_U: bool, acts: dict[str, int])
     dxw = h.new_empty(h.shape[0], 3 * H)
     dcp = dxw[:, 2 * H:]
     dh_blend, dz, dh = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h)
-    _launch(k.blend_backward, N, cp, h, z, dout, dcp, dh_blend, dz, h, N, H, 3 * H,
-            ACT=acts["ACT"], MASKED=False)
+    _launch(k.blend_backward, N, cp, h, z, dout, dcp, dh_blend, dz, h, h, h, N, H, 3 * H,
+            ACT=acts["ACT"], MASKED=False, PREV=False)
     drh = torch.mm(dcp, U[:, 2 * H:].t())
     _launch(k.gates_backward, N, zr, h, dz, drh, dh_blend, h, dxw, dh, N, H, 3 * H,
             REC=acts["REC"], EXTRA=False)
@@ -297,7 +297,7 @@ class _LSTMLoop(torch.autograd.Function):
     kernel each way, and a projection's product (and clip) each way."""
 
     @staticmethod
-    def forward(ctx, xw, c0, h0, U, extra, Pw, mask, p):
+    def forward(ctx, xw, c0, h0, U, extra, Pw, mask, held, p):
         T, B, H, P = xw.shape[0], c0.shape[0], c0.shape[-1], h0.shape[-1]
         Z, C = xw.new_empty(T, B, 4 * H), xw.new_empty(T + 1, B, H)
         Hs = xw.new_empty(T + 1, B, P)
@@ -310,7 +310,8 @@ class _LSTMLoop(torch.autograd.Function):
         for t in range(T):
             torch.addmm(xw[t], Hs[t], U, out=Z[t])
             if mask is not None:  # (no projection: sequence() leaves that to the steps)
-                launch.forward(Z[t], C[t], extra, C[t + 1], Hs[t + 1], mask[t], Hs[t], Y[t])
+                launch.forward(Z[t], C[t], extra, C[t + 1], Hs[t + 1], mask[t], Hs[t], Y[t],
+                               _previous(Y, t, held) if held else None)
                 continue
             launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
             if Pw is not None:
@@ -319,7 +320,7 @@ class _LSTMLoop(torch.autograd.Function):
                 else:
                     torch.clamp(torch.mm(M[t], Pw, out=R[t]), -p.proj_clip, p.proj_clip,
                                 out=Hs[t + 1])
-        ctx.p = p
+        ctx.p, ctx.held = p, held
         ctx.save_for_backward(Z, C, Hs, U, extra, Pw, M if Pw is not None else None, R, mask)
         return Y, C[T].clone(), Hs[T].clone()
 
@@ -347,38 +348,43 @@ class _LSTMLaunch:
         if not self.norm:
             self.meta["CLIP"] = p.cell_clip is not None
 
-    def forward(self, z, c, extra, c_out, h_out, act=None, h_prev=None, y_out=None) -> None:
+    def forward(self, z, c, extra, c_out, h_out, act=None, h_prev=None, y_out=None,
+                y_prev=None) -> None:
         """``act [B]`` (0 where a row does not run: it keeps ``c`` and ``h_prev``, and outputs 0
-        in ``y_out``) or None."""
+        in ``y_out``, or its previous output ``y_prev`` if given) or None."""
         B, H = self.B, self.H
-        masked = dict(MASKED=act is not None)
-        act, h_prev, y_out = (t if t is not None else c for t in (act, h_prev, y_out))
+        masked = dict(MASKED=act is not None, PREV=y_prev is not None)
+        act, h_prev, y_out, y_prev = (t if t is not None else c
+                                      for t in (act, h_prev, y_out, y_prev))
         if self.norm:
-            self.k.ln_lstm_forward[(B,)](z, c, extra, c_out, h_out, act, h_prev, y_out, H,
+            self.k.ln_lstm_forward[(B,)](z, c, extra, c_out, h_out, act, h_prev, y_out, y_prev, H,
                                          self.consts, BLOCK_H=_block(H), **masked, **self.meta)
         else:
             _launch(self.k.lstm_forward, B * H, z, c, extra if extra is not None else z, c_out,
-                    h_out, act, h_prev, y_out, B * H, H, self.consts, PEEP=extra is not None,
-                    **masked, **self.meta)
+                    h_out, act, h_prev, y_out, y_prev, B * H, H, self.consts,
+                    PEEP=extra is not None, **masked, **self.meta)
 
     def backward(self, z, c, cn, extra, dh, dc, dz, dextra, act=None, dh_pass=None,
-                 extra_dy=None) -> None:
+                 extra_dy=None, dy=None, carry=None) -> None:
         """``dc`` in and out (the next step's gradient, then this one's); ``dh`` None: zeros;
         ``dextra`` summed over steps where ``accumulate``, else written. With ``act``, a row
-        that did not run passes ``dh`` (``+ extra_dy``) to ``dh_pass`` and ``dc`` on."""
+        that did not run passes ``dh`` (``+ extra_dy``) to ``dh_pass`` and ``dc`` on; with
+        ``dy`` (Keras's held outputs), the output's gradient and ``carry`` (see ``_runs``)."""
         B, H = self.B, self.H
         flags = dict(HAS_DH=dh is not None, HAS_DC=True, ACC=self.acc, MASKED=act is not None,
-                     EXTRA=extra_dy is not None)
+                     EXTRA=extra_dy is not None, PREV=dy is not None)
         dh = dh if dh is not None else dc
-        act, dh_pass, extra_dy = (t if t is not None else dc for t in (act, dh_pass, extra_dy))
+        act, dh_pass, extra_dy, dy, carry = (t if t is not None else dc
+                                             for t in (act, dh_pass, extra_dy, dy, carry))
         if self.norm:
             self.k.ln_lstm_backward[(B,)](z, c, extra, dh, dc, dz, dc, dextra, act, dh_pass,
-                                          extra_dy, B, H, self.consts, BLOCK_H=_block(H),
-                                          **flags, **self.meta)
+                                          extra_dy, dy, carry, B, H, self.consts,
+                                          BLOCK_H=_block(H), **flags, **self.meta)
         else:
             _launch(self.k.lstm_backward, B * H, z, c, cn, extra if extra is not None else z,
                     dh, dc, dz, dc, dextra if dextra is not None else dc, act, dh_pass, extra_dy,
-                    B * H, H, self.consts, PEEP=extra is not None, **flags, **self.meta)
+                    dy, carry, B * H, H, self.consts, PEEP=extra is not None, **flags,
+                    **self.meta)
 
 
 def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
@@ -386,7 +392,8 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
     launch = _LSTMLaunch(p, C[0])
     dZ = torch.empty_like(Z)
     dc = _fresh(dcT, C)
-    dy = _masked_grad(dy, mask)
+    held, dy_held, carry = _output_grads(ctx.held, dy)
+    dy = _masked_grad(dy, mask) if not held else None
     dh = _last_grad(dy, dhT, Hs)
     dextra = C.new_zeros(extra.shape[0], *C.shape[1:]) if extra is not None else None
     dR = torch.empty_like(Hs[1:]) if Pw is not None else None  # gradients after the clip
@@ -396,7 +403,8 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
     for t in reversed(range(T)):
         if mask is not None:  # rows past their length pass the held state's gradients on
             launch.backward(Z[t], C[t], C[t + 1], extra, dh, dc, dZ[t], dextra, mask[t], passed,
-                            dy[t - 1] if dy is not None and t > 0 else None)
+                            dy[t - 1] if dy is not None and t > 0 else None,
+                            dy_held[t] if held else None, carry)
             dh = torch.addmm(passed, dZ[t], Ut)
             continue
         dm = dh
@@ -410,7 +418,7 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
         dh = _recurrent_grad(dZ[t], Ut, dy, t)
     dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
     dP = _weight_grad(M, dR) if Pw is not None and ctx.needs_input_grad[5] else None
-    return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), dP, None, None
+    return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), dP, None, None, None
 
 
 class _GRULoop(torch.autograd.Function):
@@ -418,7 +426,7 @@ class _GRULoop(torch.autograd.Function):
     ``_LSTMLoop``'s): ``(y, h_T)``; per step, two products and two kernels each way."""
 
     @staticmethod
-    def forward(ctx, xw, h0, U, mask, p):
+    def forward(ctx, xw, h0, U, mask, held, p):
         T, B, H = xw.shape[0], h0.shape[0], h0.shape[-1]
         N, k, acts = B * H, _kernels(), _acts(p)
         ZR = xw.new_empty(T, B, 2 * H)
@@ -430,9 +438,9 @@ class _GRULoop(torch.autograd.Function):
             _launch(k.gates_forward, N, ZR[t], Hs[t], Zs[t], RH[t], N, H, REC=acts["REC"])
             torch.addmm(xw[t, :, 2 * H:], RH[t], U[:, 2 * H:], out=CP[t])
             _launch(k.blend_forward, N, CP[t], Hs[t], Zs[t], Hs[t + 1],
-                    mask[t] if mask is not None else Hs[t], Y[t], N, H, ACT=acts["ACT"],
-                    MASKED=mask is not None)
-        ctx.p = p
+                    mask[t] if mask is not None else Hs[t], Y[t], _previous(Y, t, held), N, H,
+                    ACT=acts["ACT"], MASKED=mask is not None, PREV=held)
+        ctx.p, ctx.held = p, held
         ctx.save_for_backward(U, ZR, Zs, RH, CP, Hs, mask)
         return Y, Hs[T].clone()
 
@@ -447,23 +455,26 @@ class _GRULoop(torch.autograd.Function):
         T, H = Zs.shape[0], Zs.shape[-1]
         xw = torch.cat([ZR - Hs[:T] @ U[:, :2 * H], CP - RH @ U[:, 2 * H:]], dim=-1)
         return (*_recomputed(lambda xw_, h_, U_: _ops_loop(ctx.p, xw_, None, h_, U_, None,
-                                                           mask=mask),
-                             [xw, Hs[0], U], [dy, dhT], ctx.needs_input_grad[:3]), None, None)
+                                                           mask=mask, held=ctx.held),
+                             [xw, Hs[0], U], [dy, dhT], ctx.needs_input_grad[:3]), None, None,
+                None)
 
 
 def _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, mask, dy, dhT):
     T, B, H = Zs.shape
     N, k, acts = B * H, _kernels(), _acts(ctx.p)
     dXW = ZR.new_empty(T, B, 3 * H)
-    dy = _masked_grad(dy, mask)
+    held, dy_held, carry = _output_grads(ctx.held, dy)
+    dy = _masked_grad(dy, mask) if not held else None
     dh = _last_grad(dy, dhT, Hs)
     dh_blend, dz, dh_gates = (torch.empty_like(Hs[0]) for _ in range(3))
     U_zr_t, U_c_t = U[:, :2 * H].t(), U[:, 2 * H:].t()
     for t in reversed(range(T)):
         dcp = dXW[t, :, 2 * H:]
         _launch(k.blend_backward, N, CP[t], Hs[t], Zs[t], dh, dcp, dh_blend, dz,
-                mask[t] if mask is not None else dh, N, H, 3 * H, ACT=acts["ACT"],
-                MASKED=mask is not None)
+                mask[t] if mask is not None else dh, dy_held[t] if held else dh,
+                carry if held else dh, N, H, 3 * H, ACT=acts["ACT"], MASKED=mask is not None,
+                PREV=held)
         drh = torch.mm(dcp, U_c_t)
         extra = dy is not None and t > 0
         _launch(k.gates_backward, N, ZR[t], Hs[t], dz, drh, dh_blend,
@@ -477,13 +488,29 @@ def _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, mask, dy, dhT):
         torch.mm(flat[:, :2 * H].t(), Hs[:T].reshape(T * B, H), out=dUt[:2 * H])
         torch.mm(flat[:, 2 * H:].t(), RH.reshape(T * B, H), out=dUt[2 * H:])
         dU = dUt.t()
-    return dXW, dh, dU, None, None
+    return dXW, dh, dU, None, None, None
 
 
 def _fresh(g, like):
     """A contiguous copy of gradient ``g`` (zeros if None) shaped as one step's state."""
     out = like.new_empty(like.shape[-2:])
     return out.zero_() if g is None else out.copy_(g)
+
+
+def _previous(Y, t, held: bool):
+    """Step ``t``'s previous output for Keras's held outputs (zeros before the first step)."""
+    if not held:
+        return Y[t]  # unread
+    return Y[t - 1] if t > 0 else Y.new_zeros(Y.shape[1:])
+
+
+def _output_grads(held: bool, dy):
+    """For Keras's held outputs, ``(True, dy contiguous, carry)`` (the gradient carried back to
+    earlier outputs through the steps that held them, zeros to start); else ``(False, ...)``."""
+    if not held or dy is None:
+        return False, None, None
+    dy = dy.contiguous()
+    return True, dy, torch.zeros_like(dy[0])
 
 
 def _masked_grad(dy, mask):
@@ -501,11 +528,11 @@ def _last_grad(dy, dhT, like):
     return out
 
 
-def _ops_loop(p, xw, c0, h0, U, extra, Pw=None, mask=None):
+def _ops_loop(p, xw, c0, h0, U, extra, Pw=None, mask=None, held=False):
     """The loop as the equations' ops (a failed kernel's backward recomputes it): ``(y, h_T)``
     for a GRU, ``(y, c_T, h_T)`` for the LSTMs; ``extra``: peepholes ``[3, H]`` or the gains
     and shifts ``[10, H]``; ``Pw``: an LSTM's projection; ``mask [T, B]`` (1 where a row runs;
-    elsewhere the state is held and the output is 0)."""
+    elsewhere the state is held and the output is 0, or the previous output if ``held``)."""
     token = eq.FUSED_STEPS.set(None)
     try:
         if p.kind == "lstm":
@@ -528,7 +555,7 @@ def _ops_loop(p, xw, c0, h0, U, extra, Pw=None, mask=None):
                 ys.append(h)
                 continue
             m = mask[t, :, None] != 0
-            ys.append(torch.where(m, h_new, 0.0))
+            ys.append(torch.where(m, h_new, ys[-1] if held and ys else 0.0))
             h = torch.where(m, h_new, h)
             c = torch.where(m, c_new, c) if c_new is not None else None
     finally:
@@ -544,10 +571,10 @@ def _loop_recomputed(ctx, Z, C, Hs, U, extra, Pw, mask, grads):
     xw = Z - Hs[:T] @ U
 
     def ops(xw_, c_, h_, U_, e_, P_):
-        return _ops_loop(ctx.p, xw_, c_, h_, U_, e_, P_, mask)
+        return _ops_loop(ctx.p, xw_, c_, h_, U_, e_, P_, mask, ctx.held)
 
     return (*_recomputed(ops, [xw, C[0], Hs[0], U, extra, Pw], list(grads),
-                         ctx.needs_input_grad[:6]), None, None)
+                         ctx.needs_input_grad[:6]), None, None, None)
 
 
 def _recurrent_grad(dz, Ut, dy, t):
@@ -567,16 +594,17 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
              masked_output: str = "zero"):
     """``cell.unroll(x, state, mask, masked_output, fast=False)`` as one autograd node with the
     fused steps' kernels (``(outputs, final_state)``), or None where a loop does not serve it:
-    a mask with Keras's held outputs (``"previous"``), or on an LSTM with a projection; a cell
-    with a step of its own; what the steps do not serve. A mask (``[T, B]``, False where a step
-    is padding) holds the state and zeroes the output there, as TF1's ``sequence_length``."""
+    a mask on an LSTM with a projection; a cell with a step of its own; what the steps do not
+    serve. A mask (``[T, B]``, False where a step is padding) holds the state there, and the
+    output is 0 (``"zero"``, TF1's ``sequence_length``) or the previous output
+    (``"previous"``, Keras's)."""
     if not (ENABLED and LOOPS) or load_error() is not None or not cell.uses_canonical_step():
         return None
     p = cell.sequence_params()
     if not isinstance(p, eq.Canonical) or p.kind == "rnn" or \
             (p.kind == "gru" and p.reset_after) or state is None:
         return None
-    if mask is not None and (masked_output != "zero" or p.P is not None):
+    if mask is not None and p.P is not None:
         return None
     h0 = state.h if p.kind != "gru" else state
     if h0.dim() != 2 or not _ok(p, x, h0) or \
@@ -584,16 +612,17 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
         return None
     xw = cell.prepare_inputs(x, p).contiguous()
     runs = mask.to(x.dtype).contiguous() if mask is not None else None
+    held = mask is not None and masked_output == "previous"
     try:
         if p.kind == "gru":
-            y, hT = _GRULoop.apply(xw, h0.contiguous(), p.U, runs, p)
+            y, hT = _GRULoop.apply(xw, h0.contiguous(), p.U, runs, held, p)
             return y, hT
         if p.kind == "lstm":
             extra = torch.stack(p.peepholes) if p.peepholes is not None else None
         else:
             extra = torch.stack([t for pair in p.norms[0] for t in pair])
         y, cT, hT = _LSTMLoop.apply(xw, state.c.contiguous(), h0.contiguous(), p.U, extra,
-                                    p.P if p.kind == "lstm" else None, runs, p)
+                                    p.P if p.kind == "lstm" else None, runs, held, p)
     except Exception as err:  # a kernel that does not compile or launch here
         _turn_off(err)
         return None
