@@ -188,8 +188,8 @@ class _GRUStep(torch.autograd.Function):
         _launch(k.gates_forward, N, zr, h, z, rh, N, H, REC=_acts(p)["REC"])
         cp = torch.addmm(xw[:, 2 * H:], rh, U[:, 2 * H:])
         out = torch.empty_like(h)
-        _launch(k.blend_forward, N, cp, h, z, out, h, out, out, N, h.shape[-1],
-                ACT=_acts(p)["ACT"], MASKED=False, PREV=False)
+        _launch(k.blend_forward, N, cp, h, z, out, h, out, out, N, H, ACT=_acts(p)["ACT"],
+                MASKED=False, PREV=False)
         ctx.p = p
         ctx.save_for_backward(xw, h, U, zr, z, rh, cp)
         return out
@@ -291,10 +291,11 @@ def _served(step, *args):
 
 class _LSTMLoop(torch.autograd.Function):
     """An LSTM's whole unroll, or a layer-norm LSTM's, from ``xw [T, B, 4H]`` (x W + b),
-    ``extra`` (peepholes ``[3, H]`` or None; a layer-norm LSTM's gains and shifts ``[10, H]``)
-    the projection ``Pw [H, P]`` or None and ``mask [T, B]`` (1 where a row runs; elsewhere it
-    keeps its state and outputs 0) or None: ``(y, c_T, h_T)``. Per step, its product and one
-    kernel each way, and a projection's product (and clip) each way."""
+    ``extra`` (peepholes ``[3, H]`` or None; a layer-norm LSTM's gains and shifts ``[10, H]``),
+    the projection ``Pw [H, P]`` or None, and ``mask [T, B]`` or None (1 where a row runs;
+    elsewhere it keeps its state and outputs 0, or its previous output where ``held``):
+    ``(y, c_T, h_T)``. Per step, its product and one kernel each way, and a projection's
+    product (and clip) each way."""
 
     @staticmethod
     def forward(ctx, xw, c0, h0, U, extra, Pw, mask, held, p):
