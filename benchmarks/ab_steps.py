@@ -6,7 +6,8 @@ For each shape and cell the graph path runs (TF1's GRU, peepholes with projectio
 clipping, layer norm), forward+backward as ops (``steps.ENABLED`` off), with fused steps
 (``steps.LOOPS`` off) and with whole loops where they serve (the default), each captured
 afresh, timed interleaved with torch.nn's cuDNN module of the nearest math; prints milliseconds
-(medians) and the ratios torch.nn / each. Under ``--device cpu`` it runs the
+(medians) and the ratios torch.nn / each. Last, a variable-length batch (B32 T100 H256,
+lengths 10..100, ``sequence_length``) against torch.nn on the padded batch. Under ``--device cpu`` it runs the
 same on the CPU (without the graphs or Triton: a smoke test of the script).
 """
 
@@ -36,8 +37,11 @@ def main() -> None:
           f"{steps.load_error() or 'Triton loaded'}")
     print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}{'ops':>8}{'steps':>8}{'loops':>8}"
           f"{'x ops':>7}{'x steps':>8}{'x loops':>8}")
-    for text in args.shapes:
-        B, T, H = (int(v) for v in text.split(","))
+    g = torch.Generator().manual_seed(0)
+    varlen = torch.randint(10, 101, (32,), generator=g).to(dev)
+    for text in [*args.shapes, "varlen"]:  # varlen: B32 T100 H256, lengths 10..100
+        B, T, H = (32, 100, 256) if text == "varlen" else (int(v) for v in text.split(","))
+        lengths = varlen if text == "varlen" else None
         x = torch.randn(B, T, H, device=dev, requires_grad=True)
         for name in GRAPH_CELLS:
             make, kind = CELLS[name]
@@ -51,7 +55,7 @@ def main() -> None:
             cases = []
             for enabled, loops in ((False, False), (True, False), (True, True)):
                 steps.ENABLED, steps.LOOPS = enabled, loops  # a new cell, captured so
-                train = _rnnkit_case(make, x, True)[1]
+                train = _rnnkit_case(make, x, True, lengths)[1]
                 for _ in range(3):  # eager, capture, replay
                     train()
                 cases.append(train)
