@@ -277,19 +277,20 @@ def test_whole_loops_gradcheck_and_partial_outputs(name):
             torch.testing.assert_close(a, b)
 
 
-def test_what_a_whole_loop_leaves_to_the_steps():
+def test_what_a_whole_loop_leaves_to_the_ops():
     x = torch.randn(4, 2, 3, device=DEVICE)
-    mask = length_mask(torch.tensor([4, 2]), 4).to(DEVICE)
-    proj = _built("lstm_peephole_proj")
-    state = proj.zero_state(2, torch.float32, DEVICE)
-    assert steps.sequence(proj, x, state, mask) is None  # a projection under a mask
-    assert steps.sequence(proj, x, state, None) is not None
+    cell = rk.BasicRNNCell(4)  # nothing to fuse in a vanilla RNN's step
+    cell.ensure_built(3, torch.float32)
+    assert steps.sequence(cell.to(DEVICE), x, cell.zero_state(2, torch.float32, DEVICE)) is None
+    elu = rk.LSTMCell(4, activation="elu", input_size=3).to(DEVICE)  # no kernel has elu
+    assert steps.sequence(elu, x, elu.zero_state(2, torch.float32, DEVICE)) is None
 
 
 @pytest.mark.parametrize("masked_output", ["zero", "previous"])
 @pytest.mark.parametrize("holes", [False, True])
 @pytest.mark.parametrize("name", ["lstm_peephole_clip", "basic_lstm", "gru_tf1", "layer_norm",
-                                  "keras_gru_tf1_softsign"])
+                                  "keras_gru_tf1_softsign", "lstm_peephole_proj",
+                                  "lstm_proj_no_clip"])
 def test_masked_whole_loops_match_the_equations(name, holes, masked_output):
     """TF1's ``sequence_length`` (a zero length among them), Keras's held outputs, and masks
     with holes (a first step masked too): past a length the state is held and the output is 0
@@ -298,7 +299,10 @@ def test_masked_whole_loops_match_the_equations(name, holes, masked_output):
     if holes:
         mask[0, 0] = mask[1, 0] = mask[4, 0] = False
         mask[2, 1] = True
-    _compare_loop(_built(name), torch.randn(6, 4, 3, device=DEVICE, requires_grad=True),
+    cell = CELLS_AND_PROJ[name]()
+    cell.ensure_built(3, torch.float32)
+    perturb(cell, scale=0.8)
+    _compare_loop(cell.to(DEVICE), torch.randn(6, 4, 3, device=DEVICE, requires_grad=True),
                   mask.to(DEVICE), masked_output)
 
 
@@ -315,8 +319,6 @@ def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, lengths
     state = cell.zero_state(2, torch.float32, DEVICE)
     params = list(cell.parameters())
     mask = None if lengths is None else length_mask(torch.tensor(lengths), 4).to(DEVICE)
-    if mask is not None and name == "lstm_peephole_proj":
-        pytest.skip("a projection under a mask runs per step")
     out, _ = steps.sequence(cell, x, state, mask, masked_output)
 
     class Broken:

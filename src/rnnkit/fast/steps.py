@@ -20,7 +20,7 @@ one more each way); ``U``'s (and a projection's) gradient in one product over ev
 the end, as cuDNN does, where per-step autograd makes a product and a sum for it at each step.
 Masks are in the kernels: a row past its length (or at any masked step) keeps its state and
 outputs 0 (TF1's ``sequence_length``) or its previous output (Keras's), and its gradients pass
-through; only an LSTM projection under a mask stays with the per-step Functions.
+through (an LSTM's projected state is held by ops, a few a step).
 
 ``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does for the
 loop it captures, warm-up included, so that a shape's eager first call compiles nothing); the
@@ -304,23 +304,34 @@ class _LSTMLoop(torch.autograd.Function):
         Hs = xw.new_empty(T + 1, B, P)
         M = xw.new_empty(T, B, H) if Pw is not None else Hs[1:]  # h before the projection
         R = xw.new_empty(T, B, P) if p.proj_clip is not None else None  # before its clip
-        Y = xw.new_empty(T, B, H) if mask is not None else Hs[1:]  # outputs: 0 past a length
+        Y = xw.new_empty(T, B, P) if mask is not None else Hs[1:]  # outputs: 0 past a length
         C[0].copy_(c0)
         Hs[0].copy_(h0)
         launch = _LSTMLaunch(p, c0)
+        if mask is not None and Pw is not None:  # c held in the kernel, h after the projection
+            zeros, unread, proj = c0.new_zeros(B, H), c0.new_empty(B, H), h0.new_empty(B, P)
         for t in range(T):
             torch.addmm(xw[t], Hs[t], U, out=Z[t])
-            if mask is not None:  # (no projection: sequence() leaves that to the steps)
+            if mask is None:
+                launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
+                if Pw is None:
+                    continue
+            elif Pw is None:
                 launch.forward(Z[t], C[t], extra, C[t + 1], Hs[t + 1], mask[t], Hs[t], Y[t],
                                _previous(Y, t, held) if held else None)
                 continue
-            launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
-            if Pw is not None:
-                if R is None:
-                    torch.mm(M[t], Pw, out=Hs[t + 1])
-                else:
-                    torch.clamp(torch.mm(M[t], Pw, out=R[t]), -p.proj_clip, p.proj_clip,
-                                out=Hs[t + 1])
+            else:  # rows that do not run: c held, m 0 (unread but finite), h held below
+                launch.forward(Z[t], C[t], extra, C[t + 1], M[t], mask[t], zeros, unread)
+            out = Hs[t + 1] if mask is None else proj
+            if R is None:
+                torch.mm(M[t], Pw, out=out)
+            else:
+                torch.clamp(torch.mm(M[t], Pw, out=R[t]), -p.proj_clip, p.proj_clip, out=out)
+            if mask is not None:
+                runs = mask[t][:, None] != 0
+                torch.where(runs, proj, Hs[t], out=Hs[t + 1])
+                torch.where(runs, proj, Y[t - 1] if held and t > 0 else proj.new_zeros(()),
+                            out=Y[t])
         ctx.p, ctx.held = p, held
         ctx.save_for_backward(Z, C, Hs, U, extra, Pw, M if Pw is not None else None, R, mask)
         return Y, C[T].clone(), Hs[T].clone()
@@ -393,6 +404,9 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
     launch = _LSTMLaunch(p, C[0])
     dZ = torch.empty_like(Z)
     dc = _fresh(dcT, C)
+    if mask is not None and Pw is not None:
+        return _projected_masked_backward(ctx, launch, Z, C, Hs, U, extra, Pw, M, R, mask, dy,
+                                          dc, dhT)
     held, dy_held, carry = _output_grads(ctx.held, dy)
     dy = _masked_grad(dy, mask) if not held else None
     dh = _last_grad(dy, dhT, Hs)
@@ -419,6 +433,35 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
         dh = _recurrent_grad(dZ[t], Ut, dy, t)
     dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
     dP = _weight_grad(M, dR) if Pw is not None and ctx.needs_input_grad[5] else None
+    return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), dP, None, None, None
+
+
+def _projected_masked_backward(ctx, launch, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dc, dhT):
+    """``_lstm_loop_backward`` for an LSTM with a projection under a mask: the projected state
+    is held (and the output zeroed or held) by ops; the kernel holds ``c``."""
+    T, p = Z.shape[0], ctx.p
+    dZ = torch.empty_like(Z)
+    dh = _fresh(dhT, Hs)  # the held (projected) state's gradient; the outputs' come in below
+    dy = dy.contiguous() if dy is not None else None
+    carry = torch.zeros_like(dh) if ctx.held and dy is not None else None
+    dextra = C.new_zeros(extra.shape[0], *C.shape[1:]) if extra is not None else None
+    dR, unread = torch.empty_like(Hs[1:]), torch.empty_like(dc)
+    Ut, Pt = U.t(), Pw.t()
+    for t in reversed(range(T)):
+        runs = mask[t][:, None]
+        gy = dy[t] if dy is not None else None
+        if carry is not None:  # Keras's held outputs: the gradient of the ones held at t
+            gy = gy + carry
+            carry = gy * (1.0 - runs)
+        total = dh if gy is None else dh + gy
+        torch.mul(total, runs, out=dR[t])
+        if R is not None:  # clamp's gradient: where min <= x <= max
+            dR[t].mul_((R[t] >= -p.proj_clip) & (R[t] <= p.proj_clip))
+        launch.backward(Z[t], C[t], C[t + 1], extra, torch.mm(dR[t], Pt), dc, dZ[t], dextra,
+                        mask[t], unread)
+        dh = torch.addmm(dh * (1.0 - runs), dZ[t], Ut)
+    dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
+    dP = _weight_grad(M, dR) if ctx.needs_input_grad[5] else None
     return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), dP, None, None, None
 
 
@@ -595,17 +638,14 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
              masked_output: str = "zero"):
     """``cell.unroll(x, state, mask, masked_output, fast=False)`` as one autograd node with the
     fused steps' kernels (``(outputs, final_state)``), or None where a loop does not serve it:
-    a mask on an LSTM with a projection; a cell with a step of its own; what the steps do not
-    serve. A mask (``[T, B]``, False where a step is padding) holds the state there, and the
-    output is 0 (``"zero"``, TF1's ``sequence_length``) or the previous output
-    (``"previous"``, Keras's)."""
+    a cell with a step of its own, what the steps do not serve. A mask (``[T, B]``, False where
+    a step is padding) holds the state there, and the output is 0 (``"zero"``, TF1's
+    ``sequence_length``) or the previous output (``"previous"``, Keras's)."""
     if not (ENABLED and LOOPS) or load_error() is not None or not cell.uses_canonical_step():
         return None
     p = cell.sequence_params()
     if not isinstance(p, eq.Canonical) or p.kind == "rnn" or \
             (p.kind == "gru" and p.reset_after) or state is None:
-        return None
-    if mask is not None and p.P is not None:
         return None
     h0 = state.h if p.kind != "gru" else state
     if h0.dim() != 2 or not _ok(p, x, h0) or \
