@@ -35,15 +35,16 @@ from rnnkit.activations import Activation
 FUSED_STEPS: contextvars.ContextVar = contextvars.ContextVar("rnnkit_fused_steps", default=None)
 
 
-def reorder_blocks(t: torch.Tensor | None, order: list[int]) -> torch.Tensor | None:
-    """``t`` with the ``len(order)`` equal blocks of its last dimension in ``order`` (block
-    ``k`` of the result is block ``order[k]`` of ``t``): one concatenation of views, whose
-    backward is slices (an index with a list would copy the list to the device each call and
-    scatter in its backward)."""
+def reorder_blocks(t: torch.Tensor | None, order: list[int], dim: int = -1,
+                   out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``t`` with the ``len(order)`` equal blocks of dimension ``dim`` in ``order`` (block ``k``
+    of the result is block ``order[k]`` of ``t``), written into ``out`` if given: one
+    concatenation of views, whose backward is slices (an index with a list would copy the list
+    to the device each call and scatter in its backward)."""
     if t is None:
         return None
-    blocks = t.chunk(len(order), dim=-1)
-    return torch.cat([blocks[k] for k in order], dim=-1)
+    blocks = t.chunk(len(order), dim=dim)
+    return torch.cat([blocks[k] for k in order], dim=dim, out=out)
 
 
 @dataclass(frozen=True)

@@ -188,8 +188,7 @@ class Weights:
             else:  # the blocks go straight into the kernel's rows
                 whole = layer.new_empty(self.joint.shape)
                 for src, rows in ((layer, whole[:layer.shape[0]]), (it, whole[layer.shape[0]:])):
-                    blocks = src.chunk(len(back), dim=-1)
-                    torch.cat([blocks[k] for k in back], dim=-1, out=rows)
+                    reorder_blocks(src, back, out=rows)
                 layer, it = whole, None
         elif self.joint is not None:  # the two are row blocks of one buffer
             layer, it = layer._base, None

@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
-from rnnkit.cells.equations import Canonical
+from rnnkit.cells.equations import Canonical, reorder_blocks
 from rnnkit.fast.autograd import joint_kernel
 from rnnkit.fast.library import FastPathError
 
@@ -91,10 +91,7 @@ def _gather(src: torch.Tensor, order: tuple[int, ...] | None, dim: int,
             out: torch.Tensor) -> torch.Tensor:
     """``src``'s equal blocks along ``dim`` in ``order`` (block k of ``out`` is block
     ``order[k]`` of ``src``), written into ``out``: one copy either way."""
-    if order is None:
-        return out.copy_(src)
-    blocks = src.chunk(len(order), dim=dim)
-    return torch.cat([blocks[k] for k in order], dim=dim, out=out)
+    return out.copy_(src) if order is None else reorder_blocks(src, order, dim, out)
 
 
 class _TorchWeights(torch.autograd.Function):
