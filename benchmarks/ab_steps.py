@@ -1,14 +1,14 @@
-"""The graph path with and without its fused steps and loops (``rnnkit.fast.steps``), on a GPU.
+"""The graph path with and without its Triton loops (``rnnkit.fast.steps``), on a GPU.
 
     python benchmarks/ab_steps.py [--repeats 7] [--shapes 32,100,256 32,100,64 1,500,256]
 
 For each shape and cell the graph path runs (TF1's GRU, peepholes with projection, cell
-clipping, layer norm), forward+backward as ops (``steps.ENABLED`` off), with fused steps
-(``steps.LOOPS`` off) and with whole loops where they serve (the default), each captured
-afresh, timed interleaved with torch.nn's cuDNN module of the nearest math; prints milliseconds
-(medians) and the ratios torch.nn / each. Last, a variable-length batch (B32 T100 H256,
-lengths 10..100, ``sequence_length``) against torch.nn on the padded batch. Under ``--device cpu`` it runs the
-same on the CPU (without the graphs or Triton: a smoke test of the script).
+clipping, layer norm), forward+backward as ops (``steps.ENABLED`` off) and as Triton loops
+(the default), each captured afresh, timed interleaved with torch.nn's cuDNN module of the
+nearest math; prints milliseconds (medians) and the ratios torch.nn / each. Last, a
+variable-length batch (B32 T100 H256, lengths 10..100, ``sequence_length``) against torch.nn on
+the padded batch. Under ``--device cpu`` it runs the same on the CPU (without the graphs or
+Triton: a smoke test of the script).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def main() -> None:
         parser.exit(2, "no CUDA device here\n")
     print(f"torch {torch.__version__}, device {dev}, fused steps: "
           f"{steps.load_error() or 'Triton loaded'}")
-    print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}{'ops':>8}{'steps':>8}{'loops':>8}"
-          f"{'x ops':>7}{'x steps':>8}{'x loops':>8}")
+    print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}{'ops':>8}{'loops':>8}{'x ops':>7}"
+          f"{'x loops':>8}")
     g = torch.Generator().manual_seed(0)
     varlen = torch.randint(10, 101, (32,), generator=g).to(dev)
     for text in [*args.shapes, "varlen"]:  # varlen: B32 T100 H256, lengths 10..100
@@ -53,16 +53,16 @@ def main() -> None:
                 torch.autograd.grad(out.sum(), [x, *params])
 
             cases = []
-            for enabled, loops in ((False, False), (True, False), (True, True)):
-                steps.ENABLED, steps.LOOPS = enabled, loops  # a new cell, captured so
+            for enabled in (False, True):
+                steps.ENABLED = enabled  # a new cell, captured so
                 train = _rnnkit_case(make, x, True, lengths)[1]
                 for _ in range(3):  # eager, capture, replay
                     train()
                 cases.append(train)
-            steps.ENABLED = steps.LOOPS = True  # the cases replay what they captured
+            steps.ENABLED = True  # the cases replay what they captured
             ms = _interleaved([_synced(f, dev) for f in (torch_train, *cases)], args.repeats)
-            print(f"{text:<12}{name:<24}{ms[0]:>9.2f}{ms[1]:>8.2f}{ms[2]:>8.2f}{ms[3]:>8.2f}"
-                  f"{ms[0] / ms[1]:>7.2f}{ms[0] / ms[2]:>8.2f}{ms[0] / ms[3]:>8.2f}")
+            print(f"{text:<12}{name:<24}{ms[0]:>9.2f}{ms[1]:>8.2f}{ms[2]:>8.2f}"
+                  f"{ms[0] / ms[1]:>7.2f}{ms[0] / ms[2]:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The graph path's fused steps (``rnnkit.fast.steps``, Triton kernels) against the equations'
-own ops: whole unrolls, outputs, final states and gradients to 1e-5 (float32) and by float64
-``gradcheck``, over the cells they serve (clipping, peepholes, projection, TF1's gate order,
-TF1's GRU) and the ones they leave to the ops.
+"""The graph path's loops in Triton (``rnnkit.fast.steps.sequence``) against the equations'
+own loop: outputs, final states and gradients to 1e-5 (float32), float64 ``gradcheck`` and
+1e-12 agreement, over the cells they serve (clipping, peepholes, projections, TF1's gate order,
+layer norm, TF1's GRU, the C kernels' activations), masks (TF1's zero outputs, Keras's held
+ones, holes), the cells they leave to the ops, and a kernel that fails.
 
 Without a GPU (here and in CI) the kernels run under Triton's interpreter on the CPU
 (``TRITON_INTERPRET=1``, set by ``conftest.py`` before Triton is first imported); on a CUDA
@@ -9,7 +10,6 @@ device, on it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import pytest
@@ -44,7 +44,6 @@ CELLS = {
         5, reset_after=False, activation="softsign", recurrent_activation="hard_sigmoid"),
     "layer_norm_softsign": lambda: rk.LayerNormLSTMCell(6, activation="softsign"),
 }
-SERVED = {"lstm": "lstm", "gru": "gru", "layer_norm_lstm": "layer_norm_lstm"}
 
 
 @pytest.fixture(autouse=True)
@@ -56,27 +55,6 @@ def _kernels_on():
     assert not steps._broken, steps._broken  # no kernel fell back to the ops
 
 
-def _calls(monkeypatch) -> list[str]:
-    """Which of ``FusedSteps``'s methods served a step (the name, once per served step)."""
-    seen = []
-    for name in SERVED.values():
-        real = getattr(steps.FusedSteps, name)
-
-        def spy(*args, _real=real, _name=name):
-            out = _real(*args)
-            if out is not None:
-                seen.append(_name)
-            return out
-
-        monkeypatch.setattr(steps.FusedSteps, name, staticmethod(spy))
-    return seen
-
-
-def _unroll(cell, x, state, fused: bool):
-    with steps.enabled() if fused else contextlib.nullcontext():
-        return cell.unroll(x, state, None, "zero", None, fast=False)
-
-
 def _built(name, dtype=torch.float32):
     cell = CELLS[name]()
     cell.ensure_built(3, dtype)
@@ -84,137 +62,18 @@ def _built(name, dtype=torch.float32):
     return cell.to(DEVICE)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
-def test_unrolls_match_the_equations(name, monkeypatch):
-    cell = _built(name)
-    torch.manual_seed(1)
-    x = torch.randn(5, 4, 3, device=DEVICE, requires_grad=True)
-    state = cell.zero_state(4, torch.float32, DEVICE)
-    state = torch.utils._pytree.tree_map(lambda t: (t + 0.5 * torch.randn_like(t))
-                                         .requires_grad_(), state)
-    leaves = torch.utils._pytree.tree_leaves(state)
-    wrt = [x, *leaves, *cell.parameters()]
-    seen = _calls(monkeypatch)
-    results = []
-    for fused in (True, False):
-        out, final = _unroll(cell, x, state, fused)
-        outs = [out, *torch.utils._pytree.tree_leaves(final)]
-        torch.manual_seed(2)
-        weights = [torch.randn_like(o) for o in outs]
-        loss = sum((o * w).sum() for o, w in zip(outs, weights, strict=True))
-        results.append((outs, torch.autograd.grad(loss, wrt, allow_unused=True)))
-    for a, b in zip(results[0][0], results[1][0], strict=True):
-        torch.testing.assert_close(a, b, **TOL)
-    for a, b in zip(results[0][1], results[1][1], strict=True):
-        if b is None:
-            assert a is None
-        else:
-            torch.testing.assert_close(a, b, **TOL)
-    kind = cell.sequence_params().kind
-    assert seen == [SERVED[kind]] * 5  # every step served
-
-
-@pytest.mark.parametrize("name", ["lstm_peephole_clip", "basic_lstm", "gru_tf1", "layer_norm"])
-def test_float64_gradcheck(name):
-    cell = _built(name, torch.float64).double()
-    x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    state = cell.zero_state(2, torch.float64, DEVICE)
-    leaves = [t.clone().normal_().requires_grad_() for t in torch.utils._pytree.tree_leaves(state)]
-    spec = torch.utils._pytree.tree_structure(state)
-    params = list(cell.parameters())
-
-    def run(x, *rest):
-        s = torch.utils._pytree.tree_unflatten(list(rest), spec)
-        with steps.enabled():
-            out, final = cell.unroll(x, s, None, "zero", None, fast=False)
-        return (out, *torch.utils._pytree.tree_leaves(final))
-
-    assert torch.autograd.gradcheck(run, (x, *leaves), atol=1e-6, fast_mode=True)
-    assert all(p.dtype == torch.float64 for p in params)
-
-
-@pytest.mark.parametrize("make, why", [
-    (lambda: rk.LSTMCell(6, activation="elu", cell_clip=1.0), "activation"),
-    (lambda: rk.GRUCell(6, reset_after=True), "reset after (cuDNN's)"),
-    (lambda: rk.LayerNormLSTMCell(6, activation="swish"), "activation"),
-])
-def test_steps_it_does_not_serve_run_as_ops(make, why, monkeypatch):
-    cell = make()
-    cell.ensure_built(3, torch.float32)
-    cell.to(DEVICE)
-    x = torch.randn(4, 2, 3, device=DEVICE)
-    seen = _calls(monkeypatch)
-    state = cell.zero_state(2, torch.float32, DEVICE)
-    fused = _unroll(cell, x, state, True)
-    plain = _unroll(cell, x, state, False)
-    torch.testing.assert_close(fused[0], plain[0], rtol=0, atol=0)
-    assert seen == [], why
-
-
-@pytest.mark.parametrize("name, kernel", [("lstm_peephole_clip", "lstm_backward"),
-                                          ("gru_tf1", "blend_backward"),
-                                          ("layer_norm", "ln_lstm_backward")])
-def test_a_failing_kernel_turns_them_off_with_one_warning(name, kernel, monkeypatch):
-    """A kernel that fails (say, to compile on an unexpected GPU) warns once and the steps run
-    as the equations' ops, forward and backward, with the same numbers."""
-    cell = _built(name)
-    x = torch.randn(4, 2, 3, device=DEVICE, requires_grad=True)
-    state = cell.zero_state(2, torch.float32, DEVICE)
-    out, _ = _unroll(cell, x, state, True)  # forward on the kernels, backward to come
-    kernels = steps._kernels()
-
-    class Broken:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                raise RuntimeError("no such GPU")
-            return launch
-
-    monkeypatch.setattr(kernels, kernel, Broken())
-    with pytest.warns(UserWarning, match="fused steps failed .*no such GPU"):
-        gx, = torch.autograd.grad(out.sum(), x)
-    ref, _ = _unroll(cell, x, state, False)
-    gref, = torch.autograd.grad(ref.sum(), x)
-    torch.testing.assert_close(gx, gref, **TOL)
-    assert steps._broken == ["no such GPU"]
-    seen = _calls(monkeypatch)
-    _unroll(cell, x, state, True)
-    assert seen == []  # off from then on
-    steps._broken.clear()
-
-
 @pytest.mark.parametrize("name", ["lstm_peephole_clip", "layer_norm", "gru_tf1"])
-def test_float64_steps_keep_float64_precision(name):
+def test_float64_loops_keep_float64_precision(name):
     """In float64 the kernels' options (cell_clip, epsilon, forget_bias) stay float64 too."""
     cell = _built(name, torch.float64).double()
     x = torch.randn(4, 3, 3, dtype=torch.float64, device=DEVICE)
     state = torch.utils._pytree.tree_map(lambda t: t.normal_(), cell.zero_state(
         3, torch.float64, DEVICE))
-    fused = _unroll(cell, x, state, True)
-    plain = _unroll(cell, x, state, False)
+    fused = steps.sequence(cell, x, state)
+    plain = cell.unroll(x, state, None, "zero", None, fast=False)
     for a, b in zip(torch.utils._pytree.tree_leaves(fused), torch.utils._pytree.tree_leaves(plain),
                     strict=True):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
-
-
-@pytest.mark.parametrize("masked_output", ["zero", "previous"])
-@pytest.mark.parametrize("name", ["lstm_peephole_proj", "gru_tf1", "layer_norm"])
-def test_masked_unrolls_match_the_equations(name, masked_output):
-    """Variable lengths (a zero among them) and Keras's held outputs: the loop around the
-    steps masks them, the steps run whole batches."""
-    cell = _built(name)
-    x = torch.randn(5, 4, 3, device=DEVICE, requires_grad=True)
-    mask = length_mask(torch.tensor([5, 0, 3, 2]), 5).to(DEVICE)
-    state = cell.zero_state(4, torch.float32, DEVICE)
-    params = list(cell.parameters())
-    got = []
-    for fused in (True, False):
-        with steps.enabled() if fused else contextlib.nullcontext():
-            out, final = cell.unroll(x, state, mask, masked_output, None, fast=False)
-        leaves = [out, *torch.utils._pytree.tree_leaves(final)]
-        loss = sum((t * (k + 1)).sum() for k, t in enumerate(leaves))
-        got.append([*leaves, *torch.autograd.grad(loss, [x, *params])])
-    for a, b in zip(*got, strict=True):
-        torch.testing.assert_close(a, b, **TOL)
 
 
 LOOP_CELLS = [*CELLS, "lstm_proj_no_clip"]
@@ -277,13 +136,17 @@ def test_whole_loops_gradcheck_and_partial_outputs(name):
             torch.testing.assert_close(a, b)
 
 
-def test_what_a_whole_loop_leaves_to_the_ops():
-    x = torch.randn(4, 2, 3, device=DEVICE)
-    cell = rk.BasicRNNCell(4)  # nothing to fuse in a vanilla RNN's step
+@pytest.mark.parametrize("make", [
+    lambda: rk.BasicRNNCell(4),  # nothing to fuse in a vanilla RNN's step
+    lambda: rk.LSTMCell(4, activation="elu", cell_clip=1.0),  # no kernel has elu
+    lambda: rk.GRUCell(4, reset_after=True),  # cuDNN's
+    lambda: rk.LayerNormLSTMCell(4, activation="swish"),
+])
+def test_what_a_whole_loop_leaves_to_the_ops(make):
+    cell = make()
     cell.ensure_built(3, torch.float32)
+    x = torch.randn(4, 2, 3, device=DEVICE)
     assert steps.sequence(cell.to(DEVICE), x, cell.zero_state(2, torch.float32, DEVICE)) is None
-    elu = rk.LSTMCell(4, activation="elu", input_size=3).to(DEVICE)  # no kernel has elu
-    assert steps.sequence(elu, x, elu.zero_state(2, torch.float32, DEVICE)) is None
 
 
 @pytest.mark.parametrize("masked_output", ["zero", "previous"])
@@ -314,6 +177,8 @@ def test_masked_whole_loops_match_the_equations(name, holes, masked_output):
                                                     ([4, 1], "previous")])
 def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, lengths, masked_output,
                                                            monkeypatch):
+    """A kernel that fails (say, to compile on an unexpected GPU) warns once, the backward is
+    recomputed through the equations with the same numbers, and the loops are off from then on."""
     cell = _built(name)
     x = torch.randn(4, 2, 3, device=DEVICE, requires_grad=True)
     state = cell.zero_state(2, torch.float32, DEVICE)
@@ -334,11 +199,12 @@ def test_a_whole_loop_whose_kernel_fails_recomputes_as_ops(name, kernel, lengths
     want = torch.autograd.grad(ref.square().sum(), [x, *params])
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **TOL)
+    assert steps._broken == ["no such GPU"]
     assert steps.sequence(cell, x, state, mask) is None  # off from then on
     steps._broken.clear()
 
 
-def test_without_triton_the_steps_stay_off():
+def test_without_triton_the_loops_stay_off():
     """Where Triton cannot be imported, ``load_error`` says so and the loop runs as ops."""
     code = """
 import sys
@@ -350,8 +216,7 @@ cell = rk.GRUCell(4, input_size=3)
 x = torch.randn(5, 2, 3)
 state = cell.zero_state(2)
 assert steps.sequence(cell, x, state, None) is None
-with steps.enabled():
-    out, _ = cell.unroll(x, state, None, "zero", None, fast=False)
+out, _ = cell.unroll(x, state, None, "zero", None, fast=False)
 print(tuple(out.shape))
 """
     import subprocess

@@ -21,18 +21,11 @@ undropped ``h``. ``masked_matmul`` is that product, also used for Keras input dr
 
 from __future__ import annotations
 
-import contextvars
 from dataclasses import dataclass, replace
 
 import torch
 
 from rnnkit.activations import Activation
-
-# Another implementation of some steps, on while it is set (``rnnkit.fast.steps``: Triton kernels
-# for the GPU graph path): ``.lstm(z, c, p)``, ``.layer_norm_lstm(z, c, p)`` and
-# ``.gru(xw, h, p)`` return None where they do not serve the step, which then runs as the ops
-# below.
-FUSED_STEPS: contextvars.ContextVar = contextvars.ContextVar("rnnkit_fused_steps", default=None)
 
 
 def reorder_blocks(t: torch.Tensor | None, order: list[int], dim: int = -1,
@@ -125,9 +118,6 @@ def gru(xw: torch.Tensor, h: torch.Tensor, p: Canonical) -> torch.Tensor:
     c = act(x W_c + b_c + r ⊙ (h U_c + b_hc))      (reset after, cuDNN / Keras / torch)
     h' = z ⊙ h + (1 - z) ⊙ c.
     """
-    fused = FUSED_STEPS.get()
-    if fused is not None and (h_new := fused.gru(xw, h, p)) is not None:
-        return h_new
     H = h.shape[-1]
     sig = p.recurrent_activation
     # z and r as one block (one sum, one activation), h' as one lerp: c + z (h - c)
@@ -150,22 +140,6 @@ def lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canonical
     h' = σ(o) ⊙ act(c'), then projected h' P and clipped to ±proj_clip.
     """
     z = masked_matmul(h, p.U, p.h_mask, xw)
-    fused = FUSED_STEPS.get()
-    done = fused.lstm(z, c, p) if fused is not None else None
-    if done is not None:
-        c_new, h_new = done
-    else:
-        c_new, h_new = lstm_pointwise(z, c, p)
-    if p.P is not None:
-        h_new = h_new @ p.P
-        if p.proj_clip is not None:
-            h_new = h_new.clamp(-p.proj_clip, p.proj_clip)
-    return c_new, h_new
-
-
-def lstm_pointwise(z: torch.Tensor, c: torch.Tensor, p: Canonical
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """An LSTM step after its recurrent product ``z``: ``c'`` and ``h'`` before projection."""
     i, f, g, o = p.lstm_gates(z)
     sig = p.recurrent_activation
     if p.peepholes is not None:
@@ -179,7 +153,12 @@ def lstm_pointwise(z: torch.Tensor, c: torch.Tensor, p: Canonical
         c_new = c_new.clamp(-p.cell_clip, p.cell_clip)
     if p.peepholes is not None:
         o = sig(torch.addcmul(o, p_o, c_new))
-    return c_new, o * p.activation(c_new)
+    h_new = o * p.activation(c_new)
+    if p.P is not None:
+        h_new = h_new @ p.P
+        if p.proj_clip is not None:
+            h_new = h_new.clamp(-p.proj_clip, p.proj_clip)
+    return c_new, h_new
 
 
 def _norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -195,17 +174,8 @@ def layer_norm_lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canon
     i, f, g, o = LN(x W + h U); c' = LN(σ(f + forget_bias) ⊙ c + σ(i) ⊙ act(g));
     h' = act(c') ⊙ σ(o).
     """
-    z = masked_matmul(h, p.U, p.h_mask, xw)
-    fused = FUSED_STEPS.get()
-    done = fused.layer_norm_lstm(z, c, p) if fused is not None else None
-    return done if done is not None else layer_norm_pointwise(z, c, p)
-
-
-def layer_norm_pointwise(z: torch.Tensor, c: torch.Tensor, p: Canonical
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A layer-norm LSTM step after its recurrent product ``z``: ``c'`` and ``h'``."""
     (ln_i, ln_f, ln_g, ln_o, ln_c), eps = p.norms
-    i, f, g, o = p.lstm_gates(z)
+    i, f, g, o = p.lstm_gates(masked_matmul(h, p.U, p.h_mask, xw))
     i, f, g, o = (_norm(v, *ln, eps) for v, ln in ((i, ln_i), (f, ln_f), (g, ln_g), (o, ln_o)))
     sig = p.recurrent_activation
     c_new = _norm(sig(f + p.forget_bias) * c + sig(i) * p.activation(g), *ln_c, eps)

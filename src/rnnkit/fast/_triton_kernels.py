@@ -68,21 +68,9 @@ def _dact(y, ID: tl.constexpr):
 
 
 @triton.jit
-def _put(ptr, offs, v, m, ACC: tl.constexpr):
-    """Store ``v``, or add it to what is there (``ACC``: a sum over time steps)."""
-    if ACC:
-        v += tl.load(ptr + offs, mask=m, other=0.0)
-    tl.store(ptr + offs, v, mask=m)
-
-
-@triton.jit
-def _grad_in(ptr, idx, m, like, HAS: tl.constexpr):
-    """An incoming gradient, or zeros like ``like`` where autograd gave none."""
-    if HAS:
-        out = tl.load(ptr + idx, mask=m, other=0.0)
-    else:
-        out = like * 0.0
-    return out
+def _add(ptr, offs, v, m):
+    """Add ``v`` to what ``ptr`` holds at ``offs`` (a sum over time steps)."""
+    tl.store(ptr + offs, v + tl.load(ptr + offs, mask=m, other=0.0), mask=m)
 
 
 @triton.jit
@@ -183,12 +171,11 @@ def lstm_forward(z, c, peep, c_out, h_out, act, h_prev, y_out, y_prev, N, H, con
 def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, act, dh_pass, extra, dy, carry, N, H,
                   consts, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
                   OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
-                  REC: tl.constexpr, HAS_DH: tl.constexpr, HAS_DC: tl.constexpr,
-                  ACC: tl.constexpr, MASKED: tl.constexpr, EXTRA: tl.constexpr,
+                  REC: tl.constexpr, MASKED: tl.constexpr, EXTRA: tl.constexpr,
                   PREV: tl.constexpr, BLOCK: tl.constexpr):
     """Gradients of ``lstm_forward``: ``dz [B, 4H]``, ``dc [B, H]`` and, with peepholes, the
-    per-row terms ``dpeep [3, B, H]`` (summed over rows by the caller; ``ACC``: added to what
-    it holds). ``dc`` may be ``dcn``: each element is read before it is written. ``MASKED``:
+    per-row terms ``dpeep [3, B, H]``, added to what it holds (summed over rows by the
+    caller). ``dc`` may be ``dcn``: each element is read before it is written. ``MASKED``:
     ``dh`` and ``dcn`` are the held state's gradients (the output's folded into ``dh`` where
     the row ran); a row that did not run passes them on, ``dc`` and ``dh_pass`` (``+ extra``:
     the previous step's output gradient), and its ``dz`` is 0. ``PREV``: Keras's held outputs
@@ -204,8 +191,8 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, act, dh_pass, extra, d
         zo += p_o * cnv
     i, f, g, o = _act(zi, REC), _act(zf, REC), _act(zg, ACT), _act(zo, REC)
     tc = _act(cnv, ACT)
-    dhv = _grad_in(dh, idx, m, cv, HAS_DH)
-    dct = _grad_in(dcn, idx, m, cv, HAS_DC)
+    dhv = tl.load(dh + idx, mask=m, other=0.0)
+    dct = tl.load(dcn + idx, mask=m, other=0.0)
     keep, dh_held, dc_held, dhv, dct = _runs(act, idx // H, m, dhv, dct, dy, carry, idx, MASKED,
                                              PREV)
     dzo = dhv * tc * _dact(o, REC)
@@ -222,9 +209,9 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, act, dh_pass, extra, d
     dcp = dct * f
     if PEEP:
         dcp += dzi * p_i + dzf * p_f
-        _put(dpeep, idx, dzi * cv, m, ACC)
-        _put(dpeep, N + idx, dzf * cv, m, ACC)
-        _put(dpeep, 2 * N + idx, dzo * cnv, m, ACC)
+        _add(dpeep, idx, dzi * cv, m)
+        _add(dpeep, N + idx, dzf * cv, m)
+        _add(dpeep, 2 * N + idx, dzo * cnv, m)
     tl.store(dz + zrow + OI * H, dzi, mask=m)
     tl.store(dz + zrow + OF * H, dzf, mask=m)
     tl.store(dz + zrow + OG * H, dzg, mask=m)
@@ -372,18 +359,17 @@ def ln_lstm_forward(z, c, gb, c_out, h_out, act, h_prev, y_out, y_prev, H, const
 def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, act, dh_pass, extra, dy, carry, B, H,
                      consts, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
                      OO: tl.constexpr, ACT: tl.constexpr, REC: tl.constexpr,
-                     HAS_DH: tl.constexpr, HAS_DC: tl.constexpr, ACC: tl.constexpr,
                      MASKED: tl.constexpr, EXTRA: tl.constexpr, PREV: tl.constexpr,
                      BLOCK_H: tl.constexpr):
     """Gradients of ``ln_lstm_forward``: ``dz``, ``dc`` and the per-row terms of the gains'
-    and shifts' gradients, ``dgb [10, B, H]`` (summed over rows by the caller; ``ACC``: added
-    to what it holds). ``dc`` may be ``dcn``: each element is read before it is written.
+    and shifts' gradients, added to what ``dgb [10, B, H]`` holds (summed over rows by the
+    caller). ``dc`` may be ``dcn``: each element is read before it is written.
     ``MASKED`` as ``lstm_backward``."""
     (row, col, m, cv, xi, ri, xf, rf, xg, rg, xo, ro, gi, gf, gg, go, gc, si, sf, tg, so, xc, rc,
      cn) = _ln_lstm_in(z, c, gb, H, consts, OI, OF, OG, OO, ACT, REC, BLOCK_H)
     at = row * H + col
-    dhv = _grad_in(dh, at, m, cv, HAS_DH)
-    dcv = _grad_in(dcn, at, m, cv, HAS_DC)
+    dhv = tl.load(dh + at, mask=m, other=0.0)
+    dcv = tl.load(dcn + at, mask=m, other=0.0)
     keep, dh_held, dc_held, dhv, dcv = _runs(act, row + col * 0, m, dhv, dcv, dy, carry, at,
                                              MASKED, PREV)
     tc = _act(cn, ACT)
@@ -400,13 +386,13 @@ def ln_lstm_backward(z, c, gb, dh, dcn, dz, dc, dgb, act, dh_pass, extra, dy, ca
     tl.store(zr + OG * H, _ln_back(dag * gg, xg, rg, m, H), mask=m)
     tl.store(zr + OO * H, _ln_back(dao * go, xo, ro, m, H), mask=m)
     step = B * H
-    _put(dgb, at, dai * xi, m, ACC)
-    _put(dgb, step + at, dai, m, ACC)
-    _put(dgb, 2 * step + at, daf * xf, m, ACC)
-    _put(dgb, 3 * step + at, daf, m, ACC)
-    _put(dgb, 4 * step + at, dag * xg, m, ACC)
-    _put(dgb, 5 * step + at, dag, m, ACC)
-    _put(dgb, 6 * step + at, dao * xo, m, ACC)
-    _put(dgb, 7 * step + at, dao, m, ACC)
-    _put(dgb, 8 * step + at, dcv * xc, m, ACC)
-    _put(dgb, 9 * step + at, dcv, m, ACC)
+    _add(dgb, at, dai * xi, m)
+    _add(dgb, step + at, dai, m)
+    _add(dgb, 2 * step + at, daf * xf, m)
+    _add(dgb, 3 * step + at, daf, m)
+    _add(dgb, 4 * step + at, dag * xg, m)
+    _add(dgb, 5 * step + at, dag, m)
+    _add(dgb, 6 * step + at, dao * xo, m)
+    _add(dgb, 7 * step + at, dao, m)
+    _add(dgb, 8 * step + at, dcv * xc, m)
+    _add(dgb, 9 * step + at, dcv, m)

@@ -9,12 +9,12 @@ second time it is seen, so that a shape seen once costs only its eager run, and 
 ``PER_CELL`` shapes are kept (least recently used dropped), each holding its own memory pool:
 the forward graph, the backward graph, and the activations between them.
 
-The captured loop runs with ``rnnkit.fast.steps`` on: where Triton is (torch's CUDA builds
-bring it), an LSTM's, layer-norm LSTM's or TF1 GRU's step does its elementwise work in one
-kernel each way instead of a dozen or more, and the whole loop runs as one autograd node
-(``steps.sequence``: U's gradient in one product at the end; masks in the kernels). Eager calls
-(a shape's first, and shapes whose capture failed) run the loop as ops, so that a first call
-never waits for Triton to compile.
+The captured loop is ``rnnkit.fast.steps.sequence`` where it serves the cell (an LSTM's,
+layer-norm LSTM's or TF1 GRU's, where Triton is: torch's CUDA builds bring it): one autograd
+node for the whole loop, each step's elementwise work in one Triton kernel each way instead of
+a dozen or more, U's gradient in one product at the end, masks in the kernels. Eager calls (a
+shape's first, and shapes whose capture failed) run the loop as ops, so that a first call never
+waits for Triton to compile.
 
 A replay writes into the graph's fixed buffers, so each call's outputs are copies, and a
 second forward of the same shape before the first one's backward overwrites the activations
@@ -211,10 +211,8 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
         s = pytree.tree_unflatten(list(rest[:n_state]), spec)
         m = rest[n_state] if mask is not None else None
         done = steps.sequence(cell, x, s, m, masked_output) if fused else None  # one node
-        if done is None:
-            with steps.enabled() if fused else contextlib.nullcontext():
-                done = cell.unroll(x, s, m, masked_output, None, fast=False)
-        out, final = done
+        out, final = done if done is not None else \
+            cell.unroll(x, s, m, masked_output, None, fast=False)
         return (out, *pytree.tree_leaves(final))
 
     params = list(cell.parameters())

@@ -1,49 +1,43 @@
-"""Fused time steps for the graph path: a step's elementwise work in one Triton kernel each way.
+"""The graph path's loops in Triton: one autograd node a sequence, a step's elementwise work in
+one kernel each way.
 
-On a GPU the graph path (``rnnkit.fast.graphs``) replays the reference loop from a CUDA graph,
+On a GPU the graph path (``rnnkit.fast.graphs``) replays the loop it captures from a CUDA graph,
 so its cost is the number of kernels a step takes, each a few microseconds even when replayed:
-as ops, about 18 top-level ops and autograd nodes a step (forward and backward) for an LSTM with
-cell clipping, 28 with peepholes and projection, 22 for TF1's GRU, 34 for layer norm. With
-these steps:
+as ops, about 18 top-level ops and autograd nodes a step (forward and backward) for an LSTM
+with cell clipping, 28 with peepholes and projection, 22 for TF1's GRU, 34 for layer norm.
+``sequence`` runs the whole loop as one autograd node instead:
 
-- an LSTM (cell clip, peepholes, TF1's gate order; a projection stays a product): its
-  recurrent product and one kernel forward, one kernel and the product's two backward;
+- an LSTM (cell clip, peepholes, TF1's gate order, a projection): per step its recurrent
+  product and one kernel forward, one kernel and the product back to the previous state
+  backward (a projection: one more product each way);
 - a layer-norm LSTM (TF's LayerNormBasicLSTMCell, up to ``MAX_NORM_UNITS`` units: one program
-  per row normalizes its four gates and the cell): the same, plus stacking the gains;
-- a reset-before GRU (TF1's ``GRUCell``): two products and two kernels forward; two kernels and
-  four products backward, the input's and ``U``'s gradients each written into one buffer.
+  per row normalizes its four gates and the cell): the same;
+- a reset-before GRU (TF1's ``GRUCell``): two products and two kernels each way, the input's
+  gradient written into one buffer.
 
-A batch of these cells runs as one autograd node for the whole loop (``sequence``): per step,
-the step's products and kernels forward; backward, its kernels and the products that carry
-the gradient to the previous state (one for an LSTM, two for a GRU, and an LSTM's projection
-one more each way); ``U``'s (and a projection's) gradient in one product over every step at
-the end, as cuDNN does, where per-step autograd makes a product and a sum for it at each step.
-Masks are in the kernels: a row past its length (or at any masked step) keeps its state and
-outputs 0 (TF1's ``sequence_length``) or its previous output (Keras's), and its gradients pass
-through (an LSTM's projected state is held by ops, a few a step).
+``U``'s (and a projection's) gradient is one product over every step at the end, as cuDNN
+does, where per-step autograd makes a product and a sum for it at each step. Masks are in the
+kernels: a row past its length (or at any masked step) keeps its state and outputs 0 (TF1's
+``sequence_length``) or its previous output (Keras's), and its gradients pass through (an
+LSTM's projected state is held by ops, a few a step).
 
-``enabled()`` switches them on for the unrolls run inside it (``graphs.run`` does for the
-loop it captures, warm-up included, so that a shape's eager first call compiles nothing); the
-equations (``rnnkit.cells.equations``) ask ``equations.FUSED_STEPS`` at each step and keep
-their own ops where a step is not served here. Served: the fused C kernels' activations (tanh,
-sigmoid, relu, linear, both hard_sigmoids, softsign), float32 or float64, no recurrent
-dropout, tensors on a CUDA device (or on the CPU under Triton's interpreter,
-``TRITON_INTERPRET=1``, which the tests use). The numbers are the equations' to rounding (the
-same formulas; sums in another order), tested against them.
+Served: the fused C kernels' activations (tanh, sigmoid, relu, linear, both hard_sigmoids,
+softsign), float32 or float64, no recurrent dropout, tensors on a CUDA device (or on the CPU
+under Triton's interpreter, ``TRITON_INTERPRET=1``, which the tests use); ``sequence`` returns
+None for anything else, and the caller runs the equations' loop. The numbers are the
+equations' to rounding (the same formulas; sums in another order), tested against them.
 
-Where Triton is missing the steps stay off (``load_error``). A kernel that fails to compile or
-launch turns them off for the process with one warning, and the step runs as ops: in the
-forward, the equations' own; in the backward, the equations recomputed from the saved inputs
-and differentiated by autograd. Not yet measured on a GPU (``benchmarks/ab_steps.py``).
+Where Triton is missing the loops stay off (``load_error``). A kernel that fails to compile or
+launch turns them off for the process with one warning: in the forward, the equations' loop
+runs instead; in the backward, it is recomputed from the saved tensors and differentiated by
+autograd. Not yet measured on a GPU (``benchmarks/ab_steps.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
@@ -54,8 +48,7 @@ from rnnkit.cells import equations as eq
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.fast.compiled import ACTIVATIONS
 
-ENABLED = True  # False: ``enabled()`` leaves the steps off (benchmarks/ab_steps.py compares)
-LOOPS = True  # False: ``sequence`` leaves every loop to the steps (the same comparison)
+ENABLED = True  # False: ``sequence`` leaves every loop to the ops (benchmarks/ab_steps.py)
 BLOCK = 512  # (row, unit) pairs a program handles
 MAX_NORM_UNITS = 4096  # a layer-norm LSTM's row (four gates) in one program up to this
 _DTYPES = (torch.float32, torch.float64)
@@ -119,7 +112,7 @@ def _turn_off(err: Exception) -> None:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         _broken.append(first)
         warnings.warn(f"rnnkit: the graph path's fused steps failed ({type(err).__name__}: "
-                      f"{first}); its steps run as separate ops from now on", stacklevel=3)
+                      f"{first}); its loops run as separate ops from now on", stacklevel=3)
 
 
 def _recomputed(ops, saved, grads, needs):
@@ -136,150 +129,12 @@ def _recomputed(ops, saved, grads, needs):
             for t, n in zip(saved, needs, strict=True)]
 
 
-class _LSTMStep(torch.autograd.Function):
-    """``(c', h)`` of an LSTM step (before any projection), or a layer-norm LSTM's, from its gate
-    pre-activations ``z [B, 4H]``, ``c`` and ``extra`` (peepholes ``[3, H]`` or None; the gains
-    and shifts ``[10, H]``)."""
-
-    @staticmethod
-    def forward(ctx, z, c, extra, p):
-        c_new, h = torch.empty_like(c), torch.empty_like(c)
-        _LSTMLaunch(p, c).forward(z, c, extra, c_new, h)
-        ctx.p = p
-        ctx.save_for_backward(z, c, c_new, extra)
-        return c_new, h
-
-    @staticmethod
-    def backward(ctx, dcn, dh):
-        z, c, c_new, extra = ctx.saved_tensors
-        try:
-            dz, dc = torch.empty_like(z), _fresh(dcn, c)
-            dextra = c.new_empty(extra.shape[0], *c.shape) if extra is not None else None
-            _LSTMLaunch(ctx.p, c, accumulate=False).backward(
-                z, c, c_new, extra, dh.contiguous() if dh is not None else None, dc, dz, dextra)
-            return dz, dc, (dextra.sum(1) if dextra is not None else None), None
-        except Exception as err:  # a kernel that does not compile or launch here
-            _turn_off(err)
-        return (*_recomputed(lambda z_, c_, e_: _pointwise(ctx.p, z_, c_, e_), [z, c, extra],
-                             [dcn, dh], ctx.needs_input_grad[:3]), None)
-
-
-def _pointwise(p: eq.Canonical, z, c, extra):
-    """An LSTM step after its product, as the equations' ops (``extra`` as in ``_LSTMStep``)."""
-    if p.kind == "layer_norm_lstm":
-        pairs = tuple(zip(extra[0::2].unbind(0), extra[1::2].unbind(0), strict=True))
-        return eq.layer_norm_pointwise(z, c, replace(p, norms=(pairs, p.norms[1])))
-    q = p if extra is None else replace(p, peepholes=tuple(extra.unbind(0)))
-    return eq.lstm_pointwise(z, c, q)
-
-
-class _GRUStep(torch.autograd.Function):
-    """A reset-before GRU's step from ``xw [B, 3H]`` (x W + b), ``h`` and ``U [H, 3H]``: its two
-    products and two kernels forward; backward, two kernels and four products that write the
-    input's and ``U``'s gradients each into one buffer (as ops, slices of ``xw`` and ``U``
-    would each cost a zeroed buffer, a copy and a sum)."""
-
-    @staticmethod
-    def forward(ctx, xw, h, U, p):
-        N, H = h.numel(), h.shape[-1]
-        k = _kernels()
-        zr = torch.addmm(xw[:, :2 * H], h, U[:, :2 * H])
-        z, rh = torch.empty_like(h), torch.empty_like(h)
-        _launch(k.gates_forward, N, zr, h, z, rh, N, H, REC=_acts(p)["REC"])
-        cp = torch.addmm(xw[:, 2 * H:], rh, U[:, 2 * H:])
-        out = torch.empty_like(h)
-        _launch(k.blend_forward, N, cp, h, z, out, h, out, out, N, H, ACT=_acts(p)["ACT"],
-                MASKED=False, PREV=False)
-        ctx.p = p
-        ctx.save_for_backward(xw, h, U, zr, z, rh, cp)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        xw, h, U, zr, z, rh, cp = ctx.saved_tensors
-        try:
-            return (*_gru_backward(h, U, zr, z, rh, cp, dout.contiguous(),
-                                   ctx.needs_input_grad[2], _acts(ctx.p)), None)
-        except Exception as err:
-            _turn_off(err)
-
-        def ops(xw_, h_, U_):
-            token = eq.FUSED_STEPS.set(None)
-            try:
-                return (eq.gru(xw_, h_, replace(ctx.p, U=U_)),)
-            finally:
-                eq.FUSED_STEPS.reset(token)
-
-        return (*_recomputed(ops, [xw, h, U], [dout], ctx.needs_input_grad[:3]), None)
-
-
-def _gru_backward(h, U, zr, z, rh, cp, dout, want_U: bool, acts: dict[str, int]):
-    N, H = h.numel(), h.shape[-1]
-    k = _kernels()
-    dxw = h.new_empty(h.shape[0], 3 * H)
-    dcp = dxw[:, 2 * H:]
-    dh_blend, dz, dh = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h)
-    _launch(k.blend_backward, N, cp, h, z, dout, dcp, dh_blend, dz, h, h, h, N, H, 3 * H,
-            ACT=acts["ACT"], MASKED=False, PREV=False)
-    drh = torch.mm(dcp, U[:, 2 * H:].t())
-    _launch(k.gates_backward, N, zr, h, dz, drh, dh_blend, h, dxw, dh, N, H, 3 * H,
-            REC=acts["REC"], EXTRA=False)
-    dzr = dxw[:, :2 * H]
-    dh = torch.addmm(dh, dzr, U[:, :2 * H].t())
-    dU = None
-    if want_U:  # U's gradient transposed: its row blocks are contiguous outputs of a product
-        dUt = U.new_empty(3 * H, H)
-        torch.mm(dzr.t(), h, out=dUt[:2 * H])
-        torch.mm(dcp.t(), rh, out=dUt[2 * H:])
-        dU = dUt.t()
-    return dxw, dh, dU
-
-
 def _order(p: eq.Canonical) -> tuple[int, ...]:
     return tuple(p.gate_order) if p.gate_order is not None else (0, 1, 2, 3)
 
 
 def _block(H: int) -> int:
     return 1 << max(0, H - 1).bit_length()
-
-
-class FusedSteps:
-    """What ``equations.FUSED_STEPS`` holds while the steps are on: each method returns None
-    where it does not serve the step (the equations then run their own ops). The dispatch has
-    checked that the cell's tensors share the inputs' device and dtype."""
-
-    @staticmethod
-    def lstm(z: torch.Tensor, c: torch.Tensor, p: eq.Canonical):
-        """``(c', h)`` before any projection, from the pre-activations ``z = x W + b + h U``."""
-        if c.dim() != 2 or not _ok(p, z, c):
-            return None
-        peep = torch.stack(p.peepholes) if p.peepholes is not None else None
-        return _served(_LSTMStep, z.contiguous(), c.contiguous(), peep, p)
-
-    @staticmethod
-    def layer_norm_lstm(z: torch.Tensor, c: torch.Tensor, p: eq.Canonical):
-        """``(c', h)`` of a layer-norm LSTM (TF's LayerNormBasicLSTMCell) from ``z = x W + h U``,
-        up to ``MAX_NORM_UNITS`` units (a row's gates in one program)."""
-        if c.dim() != 2 or c.shape[-1] > MAX_NORM_UNITS or not _ok(p, z, c):
-            return None
-        gb = torch.stack([t for pair in p.norms[0] for t in pair])
-        return _served(_LSTMStep, z.contiguous(), c.contiguous(), gb, p)
-
-    @staticmethod
-    def gru(xw: torch.Tensor, h: torch.Tensor, p: eq.Canonical):
-        """A reset-before GRU's new state (reset-after GRUs are cuDNN's)."""
-        if p.reset_after or h.dim() != 2 or not _ok(p, xw, h):
-            return None
-        return _served(_GRUStep, xw, h.contiguous(), p.U, p)
-
-
-def _served(step, *args):
-    """``step.apply(*args)``, or None (the ops then run) where its kernel fails."""
-    try:
-        return step.apply(*args)
-    except Exception as err:
-        _turn_off(err)
-        return None
 
 
 # -- whole loops: one autograd node a sequence -----------------------------------------------
@@ -350,8 +205,8 @@ class _LSTMLoop(torch.autograd.Function):
 class _LSTMLaunch:
     """One step's kernel launches for an LSTM loop: the plain or the layer-norm kernels."""
 
-    def __init__(self, p: eq.Canonical, like: torch.Tensor, accumulate: bool = True):
-        self.p, self.norm, self.acc = p, p.kind == "layer_norm_lstm", accumulate
+    def __init__(self, p: eq.Canonical, like: torch.Tensor):
+        self.p, self.norm = p, p.kind == "layer_norm_lstm"
         self.B, self.H = like.shape
         self.k, order = _kernels(), _order(p)
         self.consts = _consts(p.norms[1], p.forget_bias, like=like) if self.norm else \
@@ -378,14 +233,12 @@ class _LSTMLaunch:
 
     def backward(self, z, c, cn, extra, dh, dc, dz, dextra, act=None, dh_pass=None,
                  extra_dy=None, dy=None, carry=None) -> None:
-        """``dc`` in and out (the next step's gradient, then this one's); ``dh`` None: zeros;
-        ``dextra`` summed over steps where ``accumulate``, else written. With ``act``, a row
-        that did not run passes ``dh`` (``+ extra_dy``) to ``dh_pass`` and ``dc`` on; with
-        ``dy`` (Keras's held outputs), the output's gradient and ``carry`` (see ``_runs``)."""
+        """``dc`` in and out (the next step's gradient, then this one's); ``dextra`` summed
+        over steps. With ``act``, a row that did not run passes ``dh`` (``+ extra_dy``) to
+        ``dh_pass`` and ``dc`` on; with ``dy`` (Keras's held outputs), the output's gradient
+        and ``carry`` (see ``_runs``)."""
         B, H = self.B, self.H
-        flags = dict(HAS_DH=dh is not None, HAS_DC=True, ACC=self.acc, MASKED=act is not None,
-                     EXTRA=extra_dy is not None, PREV=dy is not None)
-        dh = dh if dh is not None else dc
+        flags = dict(MASKED=act is not None, EXTRA=extra_dy is not None, PREV=dy is not None)
         act, dh_pass, extra_dy, dy, carry = (t if t is not None else dc
                                              for t in (act, dh_pass, extra_dy, dy, carry))
         if self.norm:
@@ -577,33 +430,29 @@ def _ops_loop(p, xw, c0, h0, U, extra, Pw=None, mask=None, held=False):
     for a GRU, ``(y, c_T, h_T)`` for the LSTMs; ``extra``: peepholes ``[3, H]`` or the gains
     and shifts ``[10, H]``; ``Pw``: an LSTM's projection; ``mask [T, B]`` (1 where a row runs;
     elsewhere the state is held and the output is 0, or the previous output if ``held``)."""
-    token = eq.FUSED_STEPS.set(None)
-    try:
-        if p.kind == "lstm":
-            q = replace(p, U=U, peepholes=None if extra is None else tuple(extra.unbind(0)),
-                        P=Pw)
-            step = eq.lstm
-        elif p.kind == "layer_norm_lstm":
-            pairs = tuple(zip(extra[0::2].unbind(0), extra[1::2].unbind(0), strict=True))
-            q, step = replace(p, U=U, norms=(pairs, p.norms[1])), eq.layer_norm_lstm
+    if p.kind == "lstm":
+        q = replace(p, U=U, peepholes=None if extra is None else tuple(extra.unbind(0)),
+                    P=Pw)
+        step = eq.lstm
+    elif p.kind == "layer_norm_lstm":
+        pairs = tuple(zip(extra[0::2].unbind(0), extra[1::2].unbind(0), strict=True))
+        q, step = replace(p, U=U, norms=(pairs, p.norms[1])), eq.layer_norm_lstm
+    else:
+        q = replace(p, U=U)
+    ys, c, h = [], c0, h0
+    for t in range(xw.shape[0]):
+        if p.kind == "gru":
+            c_new, h_new = None, eq.gru(xw[t], h, q)
         else:
-            q = replace(p, U=U)
-        ys, c, h = [], c0, h0
-        for t in range(xw.shape[0]):
-            if p.kind == "gru":
-                c_new, h_new = None, eq.gru(xw[t], h, q)
-            else:
-                c_new, h_new = step(xw[t], c, h, q)
-            if mask is None:
-                c, h = c_new, h_new
-                ys.append(h)
-                continue
-            m = mask[t, :, None] != 0
-            ys.append(torch.where(m, h_new, ys[-1] if held and ys else 0.0))
-            h = torch.where(m, h_new, h)
-            c = torch.where(m, c_new, c) if c_new is not None else None
-    finally:
-        eq.FUSED_STEPS.reset(token)
+            c_new, h_new = step(xw[t], c, h, q)
+        if mask is None:
+            c, h = c_new, h_new
+            ys.append(h)
+            continue
+        m = mask[t, :, None] != 0
+        ys.append(torch.where(m, h_new, ys[-1] if held and ys else 0.0))
+        h = torch.where(m, h_new, h)
+        c = torch.where(m, c_new, c) if c_new is not None else None
     y = torch.stack(ys)
     return (y, h) if p.kind == "gru" else (y, c, h)
 
@@ -641,7 +490,7 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
     a cell with a step of its own, what the steps do not serve. A mask (``[T, B]``, False where
     a step is padding) holds the state there, and the output is 0 (``"zero"``, TF1's
     ``sequence_length``) or the previous output (``"previous"``, Keras's)."""
-    if not (ENABLED and LOOPS) or load_error() is not None or not cell.uses_canonical_step():
+    if not ENABLED or load_error() is not None or not cell.uses_canonical_step():
         return None
     p = cell.sequence_params()
     if not isinstance(p, eq.Canonical) or p.kind == "rnn" or \
@@ -668,13 +517,3 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
         _turn_off(err)
         return None
     return y, LSTMStateTuple(cT, hT)
-
-
-@contextlib.contextmanager
-def enabled() -> Iterator[None]:
-    """Fused steps for the unrolls run inside (where Triton loads; else the block runs as is)."""
-    token = eq.FUSED_STEPS.set(FusedSteps if ENABLED and load_error() is None else None)
-    try:
-        yield
-    finally:
-        eq.FUSED_STEPS.reset(token)
