@@ -139,9 +139,8 @@ class _TorchWeights(torch.autograd.Function):
         back = None if order is None else tuple(order.index(k) for k in range(len(order)))
         need = ctx.needs_input_grad  # (order, rows, W, U, b, b_h, P)
 
+        # (autograd materializes every gradient: none of these is None)
         def cell_layout(g, out=None):  # [gates*H, n] in torch's order -> [n, gates*H], cell's
-            if g is None:
-                return None if out is None else out.zero_()
             if back is None and out is None:
                 return g.t()
             if out is None:
@@ -151,18 +150,17 @@ class _TorchWeights(torch.autograd.Function):
         gW = gU = gb = gbh = gP = None
         if ctx.joint:
             if need[2]:
-                gW = g_ih.new_empty(ctx.rows + g_hh.shape[1], g_ih.shape[0]) if g_ih is not None \
-                    else g_hh.new_empty(ctx.rows + g_hh.shape[1], g_hh.shape[0])
+                gW = g_ih.new_empty(ctx.rows + g_hh.shape[1], g_ih.shape[0])
                 cell_layout(g_ih, gW[:ctx.rows])
                 cell_layout(g_hh, gW[ctx.rows:])
         else:
             gW = cell_layout(g_ih) if need[2] else None
             gU = cell_layout(g_hh) if need[3] else None
-        if need[4] and g_b is not None:
+        if need[4]:
             gb = g_b if back is None else _gather(g_b, back, 0, torch.empty_like(g_b))
-        if need[5] and g_bh is not None:
+        if need[5]:
             gbh = g_bh if back is None else _gather(g_bh, back, 0, torch.empty_like(g_bh))
-        if need[6] and g_hr is not None:
+        if need[6]:
             gP = g_hr.t()
         return None, None, gW, gU, gb, gbh, gP
 

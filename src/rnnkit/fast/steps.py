@@ -154,6 +154,7 @@ class _LSTMLoop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xw, c0, h0, U, extra, Pw, mask, held, p):
+        ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not zeros
         T, B, H, P = xw.shape[0], c0.shape[0], c0.shape[-1], h0.shape[-1]
         Z, C = xw.new_empty(T, B, 4 * H), xw.new_empty(T + 1, B, H)
         Hs = xw.new_empty(T + 1, B, P)
@@ -324,6 +325,7 @@ class _GRULoop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xw, h0, U, mask, held, p):
+        ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not zeros
         T, B, H = xw.shape[0], h0.shape[0], h0.shape[-1]
         N, k, acts = B * H, _kernels(), _acts(p)
         ZR = xw.new_empty(T, B, 2 * H)
