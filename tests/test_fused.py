@@ -261,6 +261,34 @@ def test_batches_split_between_threads_match_reference(make, lengths, two_thread
                                                    initial_state=h0, fast=fast))
 
 
+@pytest.mark.parametrize("batch, steps, depth", [(24, 20, 40), (2, 5, 600)],
+                         ids=["rows", "columns"])
+@pytest.mark.parametrize("make", [
+    lambda: rk.LSTMCell(72, use_peepholes=True, cell_clip=0.7),
+    lambda: rk.GRUCell(72),
+    lambda: rk.GRUCell(72, reset_after=True),
+], ids=["lstm", "gru_tf1", "gru_reset_after"])
+def test_input_gradient_split_between_threads_matches_reference(make, batch, steps, depth,
+                                                                 two_threads, monkeypatch):
+    """From a million multiply-adds, the input gradient dz W^T at the end of a backward runs as
+    one one-thread product per thread (``kernels.h``'s ``gemm_split``): by rows of dx where
+    there are more tokens than input features (split at row 16 * k, not the middle), by
+    columns where there are fewer; with lengths (a packed batch) and without."""
+    monkeypatch.setattr(dispatch, "SMALL_UNITS", dict.fromkeys(dispatch.SMALL_UNITS, 10**9))
+    torch.manual_seed(0)
+    cell = make()
+    x = torch.randn(batch, steps, depth, requires_grad=True)
+    cell.ensure_built(depth, torch.float32)
+    _perturb(cell, scale=0.1)
+    gates = cell.sequence_params().W.shape[1]
+    assert batch * steps * depth * gates >= 1 << 20
+    assert rk.fast.explain(cell, x).path == "fused"
+    for lens in (None, [steps - q % 3 for q in range(batch)]):
+        _compare(lambda fast, lens=lens: rk.dynamic_rnn(cell, x, sequence_length=lens,
+                                                        fast=fast),
+                 [x, *cell.parameters()], scaled=True)
+
+
 def test_gru_split_only_where_u_stays_in_the_cache(two_threads):
     """At least 8 rows per thread and U of at most 256 KB: GRUs up to 147 units, vanilla RNNs
     up to 256, at 2 threads; past that each step is one product over all rows."""

@@ -233,7 +233,7 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     if (!st && split) st = run_split(T, B, lengths, active, 1, backward_step, k, &f);
     for (int64_t t = T - 1; t >= 0 && !st && !split; t--)
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
-    if (!st && dx) st = rk_gemm('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
+    if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
     if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dxw, G, 0.0f, dW, G);
     if (!st && (k->reset_after || !k->gru))
         st = prev_h_product(lengths, N, B, H, G, h0, y, h_in, dhu_or_dxw, G, dU, G);

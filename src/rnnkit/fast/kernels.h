@@ -97,6 +97,43 @@ static inline void final_h(const int64_t *lengths, const int64_t *off, int64_t B
     }
 }
 
+/* C = alpha op(A) op(B) + beta C (rk_gemm's arguments), for the input gradient at the end of a
+ * backward (dx = dz W^T, B transposed). oneDNN 3.2 splits that product between two threads
+ * badly once K (the gate count) reaches 512 or so; here each thread runs the one-thread sgemm
+ * (oneDNN runs on the calling thread inside a parallel region) on its own rows of C, or its
+ * columns where C has more of those. Measured on 2 threads (benchmarks/RESULTS.md, session 10):
+ * LSTM dx at H256 and 3200 tokens 4.5 -> 3.6 ms, at H512 18.6 -> 14.1; below H128 and for the
+ * weight gradients (A transposed) no change, so they stay one call. Returns 0 or a dnnl
+ * status. */
+#define GEMM_SPLIT_MIN ((int64_t)1 << 20)  /* multiply-adds below which one call is as fast */
+static inline int gemm_split(char ta, char tb, int64_t M, int64_t N, int64_t K, float alpha,
+                             const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                             float *C, int64_t ldc) {
+    if (omp_get_max_threads() < 2 || omp_in_parallel() || M * N * K < GEMM_SPLIT_MIN)
+        return rk_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    const int rows = M >= N;
+    const int64_t len = rows ? M : N;
+    int st = 0;
+    #pragma omp parallel
+    {
+        const int th = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t lo = len * th / nt / 16 * 16;
+        const int64_t hi = th + 1 == nt ? len : len * (th + 1) / nt / 16 * 16;
+        int err = 0;
+        if (hi > lo && rows)
+            err = rk_gemm(ta, tb, hi - lo, N, K, alpha, ta == 'N' ? A + lo * lda : A + lo, lda,
+                          B, ldb, beta, C + lo * ldc, ldc);
+        else if (hi > lo)
+            err = rk_gemm(ta, tb, M, hi - lo, K, alpha, A, lda, tb == 'N' ? B + lo : B + lo * ldb,
+                          ldb, beta, C + lo, ldc);
+        if (err) {
+            #pragma omp atomic write
+            st = err;
+        }
+    }
+    return st;
+}
+
 /* out [P, cols] = h_in^T dz over a packed batch's N rows (dz's row stride ldz), h_in being each
  * row's previous h: the weight gradient of a recurrent product. A variable-length batch needs
  * the copy h_in [N, P] (its steps' rows do not line up with the last step's); without lengths

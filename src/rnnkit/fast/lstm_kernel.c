@@ -629,7 +629,7 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     if (!st && split) st = run_split(T, B, lengths, active, 1, backward_step, k, &f);
     for (int64_t t = T - 1; t >= 0 && !st && !small && !split; t--)
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
-    if (!st && dx) st = rk_gemm('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
+    if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
     if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
     if (!st) st = prev_h_product(lengths, N, B, P, G, h0, y, h_in, dz, G, dU, G);
     if (!st && k->proj) st = rk_gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
