@@ -52,6 +52,9 @@ ENABLED = True  # False: ``sequence`` leaves every loop to the ops (benchmarks/a
 BLOCK = 512  # (row, unit) pairs a program handles
 MAX_NORM_UNITS = 4096  # a layer-norm LSTM's row (four gates) in one program up to this
 _DTYPES = (torch.float32, torch.float64)
+# Every launch's compile options. Multiply-adds fused (one rounding, as torch's own CUDA
+# kernels): Triton 3.9 does so by default with a warning, and 3.10 stops, so it is said here.
+LAUNCH = {"enable_fp_fusion": True}
 _broken: list[str] = []  # why the kernels were turned off in this process (at most one entry)
 
 
@@ -104,7 +107,7 @@ def _cached_consts(values: tuple[float, ...], dtype: torch.dtype,
 
 
 def _launch(kernel, n: int, *args, **meta) -> None:
-    kernel[(max(1, -(-n // BLOCK)),)](*args, BLOCK=BLOCK, **meta)
+    kernel[(max(1, -(-n // BLOCK)),)](*args, BLOCK=BLOCK, **meta, **LAUNCH)
 
 
 def _turn_off(err: Exception) -> None:
@@ -135,6 +138,15 @@ def _order(p: eq.Canonical) -> tuple[int, ...]:
 
 def _block(H: int) -> int:
     return 1 << max(0, H - 1).bit_length()
+
+
+def _norm_warps(block: int, dtype: torch.dtype) -> int:
+    """Warps for a layer-norm kernel whose program holds rows of ``block`` values: one thread's
+    share of its gates must fit in registers. At 4 warps ptxas spilled from 1024 float32 units
+    (2048: 800 bytes a thread, 4096: 18 KB); with this rule, none up to 2048 float32 units,
+    540 bytes at 4096 (tests/test_steps_compile.py)."""
+    size = block * (8 if dtype == torch.float64 else 4)
+    return min(16, max(4, size // 512))
 
 
 # -- whole loops: one autograd node a sequence -----------------------------------------------
@@ -215,6 +227,7 @@ class _LSTMLaunch:
         self.meta = dict(OI=order[0], OF=order[1], OG=order[2], OO=order[3], **_acts(p))
         if not self.norm:
             self.meta["CLIP"] = p.cell_clip is not None
+        self.norm_launch = dict(LAUNCH, num_warps=_norm_warps(_block(self.H), like.dtype))
 
     def forward(self, z, c, extra, c_out, h_out, act=None, h_prev=None, y_out=None,
                 y_prev=None) -> None:
@@ -226,7 +239,8 @@ class _LSTMLaunch:
                                       for t in (act, h_prev, y_out, y_prev))
         if self.norm:
             self.k.ln_lstm_forward[(B,)](z, c, extra, c_out, h_out, act, h_prev, y_out, y_prev, H,
-                                         self.consts, BLOCK_H=_block(H), **masked, **self.meta)
+                                         self.consts, BLOCK_H=_block(H), **masked, **self.meta,
+                                         **self.norm_launch)
         else:
             _launch(self.k.lstm_forward, B * H, z, c, extra if extra is not None else z, c_out,
                     h_out, act, h_prev, y_out, y_prev, B * H, H, self.consts,
@@ -245,7 +259,8 @@ class _LSTMLaunch:
         if self.norm:
             self.k.ln_lstm_backward[(B,)](z, c, extra, dh, dc, dz, dc, dextra, act, dh_pass,
                                           extra_dy, dy, carry, B, H, self.consts,
-                                          BLOCK_H=_block(H), **flags, **self.meta)
+                                          BLOCK_H=_block(H), **flags, **self.meta,
+                                          **self.norm_launch)
         else:
             _launch(self.k.lstm_backward, B * H, z, c, cn, extra if extra is not None else z,
                     dh, dc, dz, dc, dextra if dextra is not None else dc, act, dh_pass, extra_dy,
