@@ -268,13 +268,24 @@ def test_batches_split_between_threads_match_reference(make, lengths, two_thread
     lambda: rk.GRUCell(72),
     lambda: rk.GRUCell(72, reset_after=True),
 ], ids=["lstm", "gru_tf1", "gru_reset_after"])
+@pytest.mark.parametrize("threads", [2, 3])
 def test_input_gradient_split_between_threads_matches_reference(make, batch, steps, depth,
-                                                                 two_threads, monkeypatch):
+                                                                 threads, monkeypatch):
     """From a million multiply-adds, the input gradient dz W^T at the end of a backward runs as
     one one-thread product per thread (``kernels.h``'s ``gemm_split``): by rows of dx where
     there are more tokens than input features (split at row 16 * k, not the middle), by
-    columns where there are fewer; with lengths (a packed batch) and without."""
+    columns where there are fewer; with lengths (a packed batch) and without; two threads and
+    three (on two cores: blocks of unequal size)."""
     monkeypatch.setattr(dispatch, "SMALL_UNITS", dict.fromkeys(dispatch.SMALL_UNITS, 10**9))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _input_gradient_case(make, batch, steps, depth)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _input_gradient_case(make, batch, steps, depth):
     torch.manual_seed(0)
     cell = make()
     x = torch.randn(batch, steps, depth, requires_grad=True)
