@@ -47,6 +47,7 @@ from rnnkit.activations import name_of
 from rnnkit.cells import equations as eq
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.fast.compiled import ACTIVATIONS
+from rnnkit.unroll import scan
 
 ENABLED = True  # False: ``sequence`` leaves every loop to the ops (benchmarks/ab_steps.py)
 BLOCK = 512  # (row, unit) pairs a program handles
@@ -443,35 +444,34 @@ def _last_grad(dy, dhT, like):
 
 
 def _ops_loop(p, xw, c0, h0, U, extra, Pw=None, mask=None, held=False):
-    """The loop as the equations' ops (a failed kernel's backward recomputes it): ``(y, h_T)``
-    for a GRU, ``(y, c_T, h_T)`` for the LSTMs; ``extra``: peepholes ``[3, H]`` or the gains
-    and shifts ``[10, H]``; ``Pw``: an LSTM's projection; ``mask [T, B]`` (1 where a row runs;
-    elsewhere the state is held and the output is 0, or the previous output if ``held``)."""
-    if p.kind == "lstm":
-        q = replace(p, U=U, peepholes=None if extra is None else tuple(extra.unbind(0)),
-                    P=Pw)
-        step = eq.lstm
-    elif p.kind == "layer_norm_lstm":
-        pairs = tuple(zip(extra[0::2].unbind(0), extra[1::2].unbind(0), strict=True))
-        q, step = replace(p, U=U, norms=(pairs, p.norms[1])), eq.layer_norm_lstm
-    else:
+    """The loop as the equations' ops through ``rnnkit.unroll.scan`` (a failed kernel's
+    backward recomputes it): ``(y, h_T)`` for a GRU, ``(y, c_T, h_T)`` for the LSTMs;
+    ``extra``: peepholes ``[3, H]`` or the gains and shifts ``[10, H]``; ``Pw``: an LSTM's
+    projection; ``mask [T, B]`` (1 where a row runs; elsewhere the state is held and the output
+    is 0, or the previous output if ``held``)."""
+    if p.kind == "gru":
         q = replace(p, U=U)
-    ys, c, h = [], c0, h0
-    for t in range(xw.shape[0]):
-        if p.kind == "gru":
-            c_new, h_new = None, eq.gru(xw[t], h, q)
+
+        def step(x, h):
+            h = eq.gru(x, h, q)
+            return h, h
+        state = h0
+    else:
+        if p.kind == "lstm":
+            q = replace(p, U=U, peepholes=None if extra is None else tuple(extra.unbind(0)),
+                        P=Pw)
+            cell_step = eq.lstm
         else:
-            c_new, h_new = step(xw[t], c, h, q)
-        if mask is None:
-            c, h = c_new, h_new
-            ys.append(h)
-            continue
-        m = mask[t, :, None] != 0
-        ys.append(torch.where(m, h_new, ys[-1] if held and ys else 0.0))
-        h = torch.where(m, h_new, h)
-        c = torch.where(m, c_new, c) if c_new is not None else None
-    y = torch.stack(ys)
-    return (y, h) if p.kind == "gru" else (y, c, h)
+            pairs = tuple(zip(extra[0::2].unbind(0), extra[1::2].unbind(0), strict=True))
+            q, cell_step = replace(p, U=U, norms=(pairs, p.norms[1])), eq.layer_norm_lstm
+
+        def step(x, s):
+            c, h = cell_step(x, s.c, s.h, q)
+            return h, LSTMStateTuple(c, h)
+        state = LSTMStateTuple(c0, h0)
+    y, final = scan(step, xw, state, mask != 0 if mask is not None else None,
+                    "previous" if held else "zero")
+    return (y, final) if p.kind == "gru" else (y, final.c, final.h)
 
 
 def _loop_recomputed(ctx, Z, C, Hs, U, extra, Pw, mask, grads):
