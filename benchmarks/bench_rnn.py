@@ -234,6 +234,21 @@ GPU_CELLS = ["LSTM (BasicLSTMCell)", "LSTM (Keras layer)", "GRU reset after",
              "GRU TF1 (reset before)", "LSTM peephole+proj", "LSTM cell_clip", "LSTM layer norm"]
 
 
+def _packed_peer(module: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor):
+    """torch.nn's own variable-length run, f+b: the batch packed from its lengths (read on the
+    host, as ``pack_padded_sequence`` needs them), run, and padded back."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    params = list(module.parameters())
+
+    def train():
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = module(packed)
+        out = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+        torch.autograd.grad(out.sum(), [x, *params])
+
+    return train
+
+
 def gpu(repeats: int, device: str = "cuda") -> None:
     """The GPU section: rnnkit (cuDNN through torch's fused ops where the math allows, else the
     reference loop) against torch.nn on the same device, same shapes, fixed and variable
@@ -250,13 +265,16 @@ def gpu(repeats: int, device: str = "cuda") -> None:
     x = torch.randn(32, 100, 256, device=dev, requires_grad=True)
     lengths = torch.randint(10, 101, (32,), generator=g).to(dev)
     for cell_name in ("LSTM (BasicLSTMCell)", "GRU reset after", "GRU TF1 (reset before)"):
-        make = CELLS[cell_name][0]
+        make, kind = CELLS[cell_name]
         padded, varlen = _rnnkit_case(make, x, True), _rnnkit_case(make, x, True, lengths)
-        for fn in (padded[1], varlen[1]) * 2:
+        packed = _packed_peer(_peer(kind, 256).to(dev), x, lengths)
+        for fn in (padded[1], varlen[1], packed) * 2:
             fn()
-        train = _interleaved([_synced(padded[1], dev), _synced(varlen[1], dev)], repeats)
+        train = _interleaved([_synced(f, dev) for f in (padded[1], varlen[1], packed)],
+                             repeats)
         print(f"variable length B32 T100 H256, {cell_name}: padded {train[0]:.2f} ms, with "
-              f"sequence_length {train[1]:.2f} ms (f+b): {train[0] / train[1]:.2f}x")
+              f"sequence_length {train[1]:.2f} ms (f+b): {train[0] / train[1]:.2f}x; torch.nn "
+              f"{kind} on a PackedSequence {train[2]:.2f} ms ({train[2] / train[1]:.2f}x)")
     for cell_name in GPU_CELLS[3:]:  # the graph path: eager, captured, replayed
         rk.reset_default_graph()
         train = _synced(_rnnkit_case(CELLS[cell_name][0], x, True)[1], dev)

@@ -21,7 +21,7 @@ from fast_checks import CUDNN_CELLS, CUDNN_LENGTHS, FUSED_CELLS, TOL, compare, d
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
-from rnnkit.fast import graphs
+from rnnkit.fast import dispatch, graphs
 from rnnkit.unroll import length_mask, map_state
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -32,6 +32,7 @@ OTHER_CELLS = {
     **FUSED_CELLS,
 }
 LENGTHS = CUDNN_LENGTHS
+LSTMS = ("basic_lstm", "lstm_proj")  # variable lengths: the graph path, cuDNN until captured
 F32 = {"atol": 5e-4, "rtol": 5e-4}  # cuDNN's float32 against the reference loop's (see above)
 
 
@@ -86,7 +87,7 @@ def test_cudnn_matches_reference_on_the_gpu(name, lengths, time_major, dtype, ex
                                         time_major=time_major, dtype=dtype, fast=fast),
             [x, *pytree.tree_leaves(state), *cell.parameters()],
             tol=TOL if dtype == torch.float64 else F32)
-    assert exact == ["cudnn"]
+    assert exact == ["graph" if name in LSTMS and lens is not None else "cudnn"]
 
 
 @pytest.mark.parametrize("name", list(CUDNN_CELLS))
@@ -96,7 +97,8 @@ def test_cudnn_matches_the_cpu_reference(name, exact):
     lengths = torch.tensor(LENGTHS["varied"])
     want = rk.dynamic_rnn(cell.cpu(), x, sequence_length=lengths, fast=False)
     cell.cuda()
-    assert rk.fast.explain(cell, x.cuda(), lengths.cuda()).path == "cudnn"
+    assert rk.fast.explain(cell, x.cuda(), lengths.cuda()).path == \
+        ("graph" if name in LSTMS else "cudnn")
     _leaves_close(rk.dynamic_rnn(cell, x.cuda(), sequence_length=lengths.cuda(), fast=True), want)
 
 
@@ -134,6 +136,36 @@ def test_cells_cudnn_lacks_replay_cuda_graphs(name, lengths, exact):
         _leaves_close(run("cuda"), want)
     assert exact[-3:] == ["graph"] * 3
     assert _captured(cell)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", LSTMS)
+def test_variable_length_lstm_runs_cudnn_then_its_graph(name, dtype, exact, monkeypatch):
+    """An LSTM batch of variable lengths: its first call runs on cuDNN (packed), the second
+    captures the graph path's Triton loop, the third replays it; each gives the CPU's numbers
+    and gradients (cuDNN's float32 to its own precision, ``F32``)."""
+    runs, run_cudnn = [], dispatch.run_cudnn
+
+    def spy(*args, **kwargs):
+        runs.append(1)
+        return run_cudnn(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "run_cudnn", spy)
+    cell = _built(CUDNN_CELLS[name], dtype=dtype)
+    x = torch.randn(5, 7, 4, dtype=dtype, requires_grad=True)
+    lens = torch.tensor(LENGTHS["varied"])
+
+    def run(device):
+        cell.to(device)
+        out = rk.dynamic_rnn(cell, x.to(device), sequence_length=lens.to(device), dtype=dtype)
+        return _weighted_grads(out, [x, *cell.parameters()], device)
+
+    want = run("cpu")
+    for call in range(3):  # cuDNN, captured, replayed
+        _leaves_close(run("cuda"), want, **(F32 if call == 0 and dtype == torch.float32
+                                            else TOL))
+    assert exact[-3:] == ["graph"] * 3
+    assert len(runs) == 1 and _captured(cell)
 
 
 def _graph_case(name="gru_tf1"):
@@ -221,7 +253,7 @@ def test_bidirectional_and_multi_layer(exact):
     compare(lambda fast: rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths,
                                                       dtype=torch.float32, fast=fast),
             [x, *fw.parameters(), *bw.parameters()], tol=F32)
-    assert set(exact) == {"cudnn"}
+    assert sorted(exact) == ["cudnn", "graph", "graph"]  # LSTMs of variable lengths: graph
 
 
 @pytest.mark.parametrize("go_backwards", [False, True])
@@ -246,7 +278,7 @@ def test_keras_layers_with_masks(layer, kwargs, go_backwards, exact):
         return made(x, mask=mask)
 
     compare(run, [x, *made.parameters()], tol=F32)
-    assert exact == ["cudnn"]
+    assert exact == ["graph" if layer == "LSTM" else "cudnn"]
 
 
 def test_tf32_default_stays_within_its_precision():

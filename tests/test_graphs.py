@@ -12,7 +12,7 @@ import torch
 from fast_checks import TOL, decisions, perturb
 
 import rnnkit as rk
-from rnnkit.fast import compiled, dispatch, graphs, onednn
+from rnnkit.fast import compiled, cudnn, dispatch, graphs, onednn, steps
 
 
 class FakeGraph:
@@ -80,8 +80,8 @@ def test_a_shape_is_captured_at_its_second_call_and_kept(graph_on_cpu, monkeypat
     assert made == [0, 1, 1, 1]
     assert graph_on_cpu == ["graph"] * 4
     monkeypatch.setattr(graphs, "PER_CELL", 2)
-    for steps in (5, 6):  # two new shapes push the first one out
-        rk.dynamic_rnn(cell, torch.randn(2, steps, 3), sequence_length=[4, 2])
+    for length in (5, 6):  # two new shapes push the first one out
+        rk.dynamic_rnn(cell, torch.randn(2, length, 3), sequence_length=[4, 2])
     rk.dynamic_rnn(cell, x, sequence_length=[4, 2])
     assert FakeGraph.made == 1  # as if never seen: eager
     rk.dynamic_rnn(cell, x, sequence_length=[4, 2])
@@ -125,3 +125,69 @@ def test_per_cell_zero_turns_the_path_off(graph_on_cpu, monkeypatch):
     for _ in range(3):
         rk.dynamic_rnn(cell, torch.randn(2, 4, 3))
     assert FakeGraph.made == 0
+
+
+@pytest.fixture
+def cudnn_runs(graph_on_cpu, monkeypatch):
+    """The graph path and the cudnn path both on the CPU (torch's own ops standing in for
+    cuDNN); the calls that ran the cudnn path are counted."""
+    monkeypatch.setattr(cudnn, "DEVICE", "cpu")
+    runs, run_cudnn = [], dispatch.run_cudnn
+
+    def spy(*args, **kwargs):
+        runs.append(1)
+        return run_cudnn(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "run_cudnn", spy)
+    return runs
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("make", [lambda: rk.BasicLSTMCell(5, forget_bias=0.5),
+                                  lambda: rk.LSTMCell(5, num_proj=3)], ids=["basic", "proj"])
+def test_variable_length_lstm_runs_cudnn_until_its_graph_is_captured(make, cudnn_runs,
+                                                                     graph_on_cpu):
+    """An LSTM batch of variable lengths takes the graph path (its Triton loop masks in its
+    kernels, where cuDNN needs the batch packed); a shape not captured yet runs on cuDNN, not
+    on the eager loop. Full-length batches stay on cuDNN."""
+    cell = make()
+    cell.ensure_built(3, torch.float32)
+    perturb(cell)
+    x, lengths = torch.randn(4, 6, 3), torch.tensor([6, 2, 0, 5])
+    decision = rk.fast.explain(cell, x, lengths)
+    assert decision.path == "graph"
+    assert "variable lengths, LSTM: cuDNN needs the batch packed" in \
+        " ".join(decision.unmet["cudnn"])
+    want = rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=False)
+    made = []
+    for _ in range(3):  # cuDNN, captured, replayed
+        got = rk.dynamic_rnn(cell, x, sequence_length=lengths)
+        made.append((len(cudnn_runs), FakeGraph.made))
+        for a, b in zip(torch.utils._pytree.tree_leaves(got),
+                        torch.utils._pytree.tree_leaves(want), strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+    assert made == [(1, 0), (1, 1), (1, 1)]
+    assert graph_on_cpu[-3:] == ["graph"] * 3
+    rk.dynamic_rnn(cell, x)
+    assert graph_on_cpu[-1] == "cudnn" and len(cudnn_runs) == 2
+
+
+@torch.no_grad()
+def test_variable_length_lstm_stays_on_cudnn_without_the_triton_loop(cudnn_runs, graph_on_cpu,
+                                                                     monkeypatch):
+    """Without the fused steps (Triton missing, switched off) the graph path would capture the
+    loop as ops, slower than packed cuDNN: the cudnn path runs it. So it does without a cell to
+    capture (``dispatch.unroll`` called on weights alone)."""
+    cell = rk.BasicLSTMCell(5)
+    cell.ensure_built(3, torch.float32)
+    x, lengths = torch.randn(4, 6, 3), torch.tensor([6, 2, 0, 5])
+    monkeypatch.setattr(steps, "ENABLED", False)
+    assert rk.fast.explain(cell, x, lengths).path == "cudnn"
+    monkeypatch.setattr(steps, "ENABLED", True)
+    assert rk.fast.explain(cell, x, lengths).path == "graph"
+    mask = torch.arange(6)[:, None] < lengths[None, :]
+    state = cell.zero_state(4)
+    got = dispatch.unroll(cell.sequence_params(), x.transpose(0, 1), state, mask)
+    assert graph_on_cpu[-1] == "graph" and len(cudnn_runs) == 1
+    want = rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=False)
+    torch.testing.assert_close(got[0].transpose(0, 1), want[0], **TOL)

@@ -32,7 +32,7 @@ from torch.utils import _pytree as pytree
 
 from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
-from rnnkit.fast import compiled, cudnn, fused, graphs, onednn
+from rnnkit.fast import compiled, cudnn, fused, graphs, onednn, steps
 from rnnkit.fast.autograd import Weights, run
 from rnnkit.fast.cudnn import run_cudnn
 from rnnkit.fast.fused import run_fused
@@ -78,6 +78,8 @@ class Decision:
     unmet: dict[str, tuple[str, ...]]
     lengths: torch.Tensor | None = field(default=None, repr=False, compare=False)
     suffix: bool = field(default=False, repr=False, compare=False)
+    # the path that runs a shape the graph path has not captured (yet), instead of the eager loop
+    first: str | None = field(default=None, repr=False, compare=False)
 
     def explain(self) -> str:
         """One line per path: which ran, and why each other one did not."""
@@ -189,6 +191,11 @@ SMALL_UNITS = {"lstm": 128, "gru": 256, "rnn": 64}
 FUSED_PEEPHOLES = True
 _PACKED = ("variable lengths run faster packed on the fused kernel (oneDNN needs a call per "
            "segment of constant batch)")
+# Measured on an H100 (benchmarks/RESULTS.md, session 11): B32 T100 H256, lengths 10..100, f+b,
+# cuDNN packed 10.2 ms against 4.8 for the padded batch, the graph path's Triton loop 3.5.
+_VARLEN_LSTM = ("variable lengths, LSTM: cuDNN needs the batch packed (sorted, the lengths read "
+                "on the host); the graph path's Triton loop masks in its kernels (cuDNN still "
+                "runs a shape until its graph is captured)")
 
 
 def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None,
@@ -232,12 +239,17 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         elif params.peepholes is not None and FUSED_PEEPHOLES:
             reasons["onednn"].append("peepholes: the fused kernel runs them faster than oneDNN "
                                      "3.2's peephole LSTM")
+    first = None
+    if lengths is not None and params.kind == "lstm" and not reasons["cudnn"] and \
+            not reasons["graph"] and graphs.PER_CELL and steps.serves(params):
+        reasons["cudnn"].append(_VARLEN_LSTM)
+        first = "cudnn"
     path = next((name for name in _FAST if not reasons[name]), "reference")
     for name in _FAST:
         if name != path and not reasons[name]:
             reasons[name].append(f"can run it, but {path} comes first")
     return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
-                    suffix)
+                    suffix, first if path == "graph" else None)
 
 
 @torch.compiler.disable  # under torch.compile: a graph break here, oneDNN runs on real tensors
@@ -264,8 +276,11 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     if mode is False:
         return None
     decision = decide(params, inputs, state, mask, masked_output, chunk, own_step)
-    if decision.path == "graph" and cell is None:
-        decision = Decision("reference", {**decision.unmet, "graph": ("no cell to capture",)})
+    if decision.path == "graph" and cell is None:  # then the path it preferred to, if any
+        unmet = {**decision.unmet, "graph": ("no cell to capture",)}
+        unmet.pop(decision.first, None)
+        decision = Decision(decision.first or "reference", unmet, decision.lengths,
+                            decision.suffix)
     _log.debug("%s", decision)
     if decision.path == "reference":
         if mode is True:
@@ -278,16 +293,34 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
                 break
         return None
     if decision.path == "graph":
+        first = None
+        if decision.first is not None:
+            def first():
+                return _run_path(decision.first, decision, params, inputs, state, masked_output,
+                                 chunk)
         try:
-            return graphs.run(cell, inputs, state, mask, masked_output)
-        except FastPathError as err:  # the capture failed (the shape then runs eagerly)
+            return graphs.run(cell, inputs, state, mask, masked_output, first)
+        except FastPathError as err:  # the capture failed (the shape then runs as first sight)
             if mode is True:
                 raise
             _warn_once(f"rnnkit: the graph path failed ({err}); using the reference loop")
             return None
+    try:
+        return _run_path(decision.path, decision, params, inputs, state, masked_output, chunk)
+    except FastPathError as err:  # oneDNN's status, a cuDNN refusal (forward only)
+        if mode is True:
+            raise
+        _warn_once(f"rnnkit: the {decision.path} path failed ({err}); using the reference loop")
+        return None
+
+
+def _run_path(path: str, decision: Decision, params, inputs: torch.Tensor, state,
+              masked_output: str, chunk: int | None):
+    """Run the unroll on ``path`` (``onednn``, ``cudnn`` or ``fused``), the lengths and suffix
+    flag as ``decision`` found them; a failure raises ``FastPathError``."""
     chunked = bool(chunk) and chunk < inputs.shape[0] and torch.is_grad_enabled()
-    if decision.path in ("fused", "cudnn"):
-        runner = run_fused if decision.path == "fused" else run_cudnn
+    if path in ("fused", "cudnn"):
+        runner = run_fused if path == "fused" else run_cudnn
 
         def sequence(x, s, lengths, masked="zero"):
             out, final = runner(params, x, s, lengths)
@@ -302,19 +335,13 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
                 return run(weights, x, s)
             return run_packed(weights, x, s, lengths, masked)
 
-    try:
-        lengths = decision.lengths
-        if decision.suffix:  # no output before a sequence's first step: zeros either way
-            out, final = sequence(roll_to_front(inputs, lengths), state, lengths)
-            return roll_to_front(out, inputs.shape[0] - lengths), final
-        if chunked:
-            return run_chunked(sequence, inputs, state, lengths, chunk)
-        return sequence(inputs, state, lengths, masked_output)
-    except FastPathError as err:  # oneDNN's status, a cuDNN refusal (forward only)
-        if mode is True:
-            raise
-        _warn_once(f"rnnkit: the {decision.path} path failed ({err}); using the reference loop")
-        return None
+    lengths = decision.lengths
+    if decision.suffix:  # no output before a sequence's first step: zeros either way
+        out, final = sequence(roll_to_front(inputs, lengths), state, lengths)
+        return roll_to_front(out, inputs.shape[0] - lengths), final
+    if chunked:
+        return run_chunked(sequence, inputs, state, lengths, chunk)
+    return sequence(inputs, state, lengths, masked_output)
 
 
 def _warn_once(message: str) -> None:

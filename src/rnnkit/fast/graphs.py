@@ -199,10 +199,14 @@ def _key(inputs: list[torch.Tensor], params: list[torch.Tensor], spec, masked: b
             tuple((p.data_ptr(), p.shape, p.dtype, p.requires_grad) for p in params))
 
 
-def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_output: str):
+def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_output: str,
+        first=None):
     """``cell.unroll(inputs, state, mask, masked_output, fast=False)``, replayed from a CUDA
     graph of its shape once that shape has been seen before; the caller
-    (``rnnkit.fast.dispatch``) has checked eligibility."""
+    (``rnnkit.fast.dispatch``) has checked eligibility. ``first``: what runs a shape not
+    captured (seen for the first time, or its capture failed) instead of the eager loop, a
+    function of no arguments that returns ``(outputs, final_state)`` (another fast path of the
+    same numbers)."""
     leaves, spec = pytree.tree_flatten(state)
     flat = [inputs, *leaves] + ([mask] if mask is not None else [])
     n_state = len(leaves)
@@ -228,6 +232,8 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
         else:
             shapes.move_to_end(key)
     if entry is None or entry == _FAILED:
+        if first is not None:
+            return first()
         out, *final = reference(*flat, fused=False)  # a first call compiles nothing
     else:
         if entry == _SEEN:

@@ -84,12 +84,8 @@ def _acts(p: eq.Canonical) -> dict[str, int]:
             "REC": ACTIVATIONS[name_of(p.recurrent_activation)]}
 
 
-def _ok(p: eq.Canonical, *tensors: torch.Tensor) -> bool:
-    if _broken or p.h_mask is not None:
-        return False
-    if name_of(p.activation) not in ACTIVATIONS or \
-            name_of(p.recurrent_activation) not in ACTIVATIONS:
-        return False
+def _placed(*tensors: torch.Tensor) -> bool:
+    """One dtype the kernels take, on one device where they run."""
     first = tensors[0]
     return all(t.dtype == first.dtype and t.device == first.device for t in tensors) and \
         first.dtype in _DTYPES and _on_device(first)
@@ -500,6 +496,15 @@ def _weight_grad(states, dZ):
     return torch.mm(states.reshape(T * B, H).t(), dZ.reshape(T * B, -1))
 
 
+def serves(p: eq.Canonical) -> bool:
+    """Whether ``sequence`` runs a Triton loop for a cell of ``p``'s math in this process (on a
+    CUDA device, in float32 or float64), rather than leaving it to the ops."""
+    return ENABLED and load_error() is None and not _broken and p.h_mask is None and \
+        p.kind in ("lstm", "layer_norm_lstm", "gru") and \
+        not (p.kind == "gru" and p.reset_after) and \
+        name_of(p.activation) in ACTIVATIONS and name_of(p.recurrent_activation) in ACTIVATIONS
+
+
 def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
              masked_output: str = "zero"):
     """``cell.unroll(x, state, mask, masked_output, fast=False)`` as one autograd node with the
@@ -507,14 +512,13 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
     a cell with a step of its own, what the steps do not serve. A mask (``[T, B]``, False where
     a step is padding) holds the state there, and the output is 0 (``"zero"``, TF1's
     ``sequence_length``) or the previous output (``"previous"``, Keras's)."""
-    if not ENABLED or load_error() is not None or not cell.uses_canonical_step():
+    if not cell.uses_canonical_step() or state is None:
         return None
     p = cell.sequence_params()
-    if not isinstance(p, eq.Canonical) or p.kind == "rnn" or \
-            (p.kind == "gru" and p.reset_after) or state is None:
+    if not isinstance(p, eq.Canonical) or not serves(p):
         return None
     h0 = state.h if p.kind != "gru" else state
-    if h0.dim() != 2 or not _ok(p, x, h0) or \
+    if h0.dim() != 2 or not _placed(x, h0) or \
             (p.kind == "layer_norm_lstm" and h0.shape[-1] > MAX_NORM_UNITS):
         return None
     xw = cell.prepare_inputs(x, p).contiguous()
