@@ -87,7 +87,9 @@ def test_cudnn_matches_reference_on_the_gpu(name, lengths, time_major, dtype, ex
                                         time_major=time_major, dtype=dtype, fast=fast),
             [x, *pytree.tree_leaves(state), *cell.parameters()],
             tol=TOL if dtype == torch.float64 else F32)
-    assert exact == ["graph" if name in LSTMS and lens is not None else "cudnn"]
+    # full length: the graph path (its first call runs cuDNN eagerly); variable lengths: cuDNN,
+    # LSTMs the graph path's Triton loop (their first call too runs cuDNN)
+    assert exact == ["cudnn" if lens is not None and name not in LSTMS else "graph"]
 
 
 @pytest.mark.parametrize("name", list(CUDNN_CELLS))
@@ -136,6 +138,36 @@ def test_cells_cudnn_lacks_replay_cuda_graphs(name, lengths, exact):
         _leaves_close(run("cuda"), want)
     assert exact[-3:] == ["graph"] * 3
     assert _captured(cell)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(CUDNN_CELLS))
+def test_full_length_cells_replay_cudnn_from_graphs(name, dtype, exact):
+    """A full-length batch of a cell cuDNN has: cuDNN eagerly at a shape's first call, then
+    cuDNN's op captured in CUDA graphs and replayed; every call gives the CPU's numbers and
+    gradients (to cuDNN's float32 precision, ``F32``), with and without autograd."""
+    cell = _built(CUDNN_CELLS[name], dtype=dtype)
+    x = torch.randn(5, 7, 4, dtype=dtype, requires_grad=True)
+    state = map_state(lambda s: torch.randn_like(s, dtype=dtype).requires_grad_(),
+                      cell.zero_state(5))
+    tol = TOL if dtype == torch.float64 else F32
+
+    def run(device):
+        cell.to(device)
+        out = rk.dynamic_rnn(cell, x.to(device), dtype=dtype,
+                             initial_state=map_state(lambda s: s.to(device), state))
+        return _weighted_grads(out, [x, *pytree.tree_leaves(state), *cell.parameters()], device)
+
+    want = run("cpu")
+    for _ in range(3):  # cuDNN, captured, replayed
+        _leaves_close(run("cuda"), want, **tol)
+    assert exact[-3:] == ["graph"] * 3 and _captured(cell)
+    with torch.no_grad():
+        want = [t.cpu() for t in pytree.tree_leaves(rk.dynamic_rnn(cell, x.cuda(), dtype=dtype,
+                                                                   fast=False))]
+        for _ in range(3):
+            _leaves_close(rk.dynamic_rnn(cell, x.cuda(), dtype=dtype), want, **tol)
+    assert sum(isinstance(e, graphs._Graph) for e in graphs._store[cell].values()) == 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

@@ -149,7 +149,7 @@ def test_variable_length_lstm_runs_cudnn_until_its_graph_is_captured(make, cudnn
                                                                      graph_on_cpu):
     """An LSTM batch of variable lengths takes the graph path (its Triton loop masks in its
     kernels, where cuDNN needs the batch packed); a shape not captured yet runs on cuDNN, not
-    on the eager loop. Full-length batches stay on cuDNN."""
+    on the eager loop."""
     cell = make()
     cell.ensure_built(3, torch.float32)
     perturb(cell)
@@ -168,8 +168,6 @@ def test_variable_length_lstm_runs_cudnn_until_its_graph_is_captured(make, cudnn
             torch.testing.assert_close(a, b, **TOL)
     assert made == [(1, 0), (1, 1), (1, 1)]
     assert graph_on_cpu[-3:] == ["graph"] * 3
-    rk.dynamic_rnn(cell, x)
-    assert graph_on_cpu[-1] == "cudnn" and len(cudnn_runs) == 2
 
 
 @torch.no_grad()
@@ -191,3 +189,47 @@ def test_variable_length_lstm_stays_on_cudnn_without_the_triton_loop(cudnn_runs,
     assert graph_on_cpu[-1] == "graph" and len(cudnn_runs) == 1
     want = rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=False)
     torch.testing.assert_close(got[0].transpose(0, 1), want[0], **TOL)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("make", [lambda: rk.BasicLSTMCell(5), lambda: rk.LSTMCell(5, num_proj=3),
+                                  lambda: rk.GRUCell(5, reset_after=True),
+                                  lambda: rk.BasicRNNCell(5, activation="relu")],
+                         ids=["lstm", "proj", "gru", "rnn"])
+def test_full_length_cells_cudnn_has_replay_its_op_from_graphs(make, cudnn_runs, graph_on_cpu,
+                                                               monkeypatch):
+    """A full-length batch of a cell cuDNN has: eager cuDNN at a shape's first call, then cuDNN's
+    op captured (here: run again at each replay of the stand-in graph), never the loop; a
+    change of torch's TF32 switches is a new shape (a graph bakes them in)."""
+    cell = make()
+    cell.ensure_built(3, torch.float32)
+    perturb(cell)
+    x = torch.randn(4, 6, 3)
+    decision = rk.fast.explain(cell, x)
+    assert decision.path == "graph" and decision.captures == "cudnn"
+    assert str(decision).startswith("path: graph (replays cudnn from CUDA graphs)")
+    assert "replays cuDNN's own op" in " ".join(decision.unmet["cudnn"])
+    loops = []
+    monkeypatch.setattr(steps, "sequence", lambda *args: loops.append(1))
+    want = rk.dynamic_rnn(cell, x, fast=False)
+    made = []
+    for _ in range(3):  # cuDNN, captured, replayed
+        got = rk.dynamic_rnn(cell, x)
+        made.append((len(cudnn_runs), FakeGraph.made))
+        for a, b in zip(torch.utils._pytree.tree_leaves(got),
+                        torch.utils._pytree.tree_leaves(want), strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+    assert made == [(1, 0), (2, 1), (3, 1)] and not loops
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", not torch.backends.cudnn.allow_tf32)
+    for _ in range(2):
+        rk.dynamic_rnn(cell, x)
+    assert FakeGraph.made == 2
+    held = 2 * 6 * 4 * cell.sequence_params().U.shape[1] * 4  # 2 x T x B x gate units x 4 B
+    monkeypatch.setattr(dispatch, "GRAPHED_CUDNN_MAX_BYTES", held)
+    assert rk.fast.explain(cell, x).path == "graph"
+    monkeypatch.setattr(dispatch, "GRAPHED_CUDNN_MAX_BYTES", held - 1)
+    decision = rk.fast.explain(cell, x)  # a forward's activations over the bound: eager cuDNN
+    assert decision.path == "cudnn" and "over GRAPHED_CUDNN_MAX_BYTES" in str(decision)
+    monkeypatch.setattr(dispatch, "GRAPHED_CUDNN_MAX_BYTES", 1 << 28)
+    monkeypatch.setattr(graphs, "PER_CELL", 0)
+    assert rk.fast.explain(cell, x).path == "cudnn"

@@ -78,12 +78,16 @@ class Decision:
     unmet: dict[str, tuple[str, ...]]
     lengths: torch.Tensor | None = field(default=None, repr=False, compare=False)
     suffix: bool = field(default=False, repr=False, compare=False)
-    # the path that runs a shape the graph path has not captured (yet), instead of the eager loop
+    # the graph path: the path that runs a shape not captured (yet), instead of the eager loop,
+    # and the one its graphs capture, where it captures another path's op ("cudnn")
     first: str | None = field(default=None, repr=False, compare=False)
+    captures: str | None = field(default=None, repr=False, compare=False)
 
     def explain(self) -> str:
         """One line per path: which ran, and why each other one did not."""
         lines = [f"path: {self.path}"]
+        if self.captures:
+            lines[0] += f" (replays {self.captures} from CUDA graphs)"
         for name in PATHS:
             if name != self.path and name in self.unmet:
                 lines.append(f"not {name}: " + "; ".join(self.unmet[name]))
@@ -193,6 +197,22 @@ _PACKED = ("variable lengths run faster packed on the fused kernel (oneDNN needs
            "segment of constant batch)")
 # Measured on an H100 (benchmarks/RESULTS.md, session 11): B32 T100 H256, lengths 10..100, f+b,
 # cuDNN packed 10.2 ms against 4.8 for the padded batch, the graph path's Triton loop 3.5.
+# Measured on an H100 (benchmarks/RESULTS.md, session 11): B32 T100 f+b, torch.nn.LSTM 1.67 ms
+# at H64, this path eagerly 2.60, replayed from CUDA graphs 1.02 (0.96 / 2.09 / 0.58 for a GRU).
+_GRAPHED_CUDNN = ("the graph path replays cuDNN's own op from CUDA graphs, without each call's "
+                  "Python and launches (cuDNN runs a shape eagerly until its graph is captured)")
+# A graph holds its forward's activations for good (eager cuDNN frees them after the
+# backward); above this estimate cuDNN runs eagerly, where launches are a small share anyway.
+GRAPHED_CUDNN_MAX_BYTES = 256 << 20
+
+
+def _activation_bytes(p: Canonical, inputs: torch.Tensor) -> int:
+    """About what a forward keeps for its backward: twice the gate pre-activations of every
+    step (cuDNN's reserve space and the outputs), in the inputs' dtype."""
+    steps_, batch = inputs.shape[:2]
+    return 2 * steps_ * batch * p.U.shape[1] * inputs.element_size()
+
+
 _VARLEN_LSTM = ("variable lengths, LSTM: cuDNN needs the batch packed (sorted, the lengths read "
                 "on the host); the graph path's Triton loop masks in its kernels (cuDNN still "
                 "runs a shape until its graph is captured)")
@@ -239,17 +259,28 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         elif params.peepholes is not None and FUSED_PEEPHOLES:
             reasons["onednn"].append("peepholes: the fused kernel runs them faster than oneDNN "
                                      "3.2's peephole LSTM")
-    first = None
-    if lengths is not None and params.kind == "lstm" and not reasons["cudnn"] and \
-            not reasons["graph"] and graphs.PER_CELL and steps.serves(params):
-        reasons["cudnn"].append(_VARLEN_LSTM)
-        first = "cudnn"
+    first = captures = None
+    if not reasons["cudnn"] and not reasons["graph"] and graphs.PER_CELL:
+        if lengths is None:
+            held = _activation_bytes(params, inputs)
+            if held > GRAPHED_CUDNN_MAX_BYTES:
+                reasons["graph"].append(
+                    f"cuDNN's activations here (about {held >> 20} MiB) are over "
+                    f"GRAPHED_CUDNN_MAX_BYTES ({GRAPHED_CUDNN_MAX_BYTES >> 20} MiB): a graph "
+                    "would keep them between calls, and at this size launches cost little")
+            else:
+                reasons["cudnn"].append(_GRAPHED_CUDNN)
+                first = captures = "cudnn"
+        elif params.kind == "lstm" and steps.serves(params):
+            reasons["cudnn"].append(_VARLEN_LSTM)
+            first = "cudnn"
     path = next((name for name in _FAST if not reasons[name]), "reference")
     for name in _FAST:
         if name != path and not reasons[name]:
             reasons[name].append(f"can run it, but {path} comes first")
+    graph = path == "graph"
     return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
-                    suffix, first if path == "graph" else None)
+                    suffix, first if graph else None, captures if graph else None)
 
 
 @torch.compiler.disable  # under torch.compile: a graph break here, oneDNN runs on real tensors
@@ -293,13 +324,17 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
                 break
         return None
     if decision.path == "graph":
-        first = None
+        first = body = None
         if decision.first is not None:
             def first():
                 return _run_path(decision.first, decision, params, inputs, state, masked_output,
                                  chunk)
+        if decision.captures == "cudnn":  # full length: no lengths read on the host
+            def body(x, s, m):
+                return run_cudnn(cell.sequence_params(), x, s)
         try:
-            return graphs.run(cell, inputs, state, mask, masked_output, first)
+            return graphs.run(cell, inputs, state, mask, masked_output, first, body,
+                              decision.captures or "loop")
         except FastPathError as err:  # the capture failed (the shape then runs as first sight)
             if mode is True:
                 raise

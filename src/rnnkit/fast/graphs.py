@@ -192,21 +192,37 @@ class _Replay(torch.autograd.Function):
         return (None, *grads)
 
 
+def _precision() -> tuple:
+    """torch's float32 switches that a captured kernel bakes in (TF32 in products and in cuDNN's
+    RNNs): a graph captured under one setting is not replayed under another."""
+    switches = ((torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
+                (getattr(torch.backends.cudnn, "rnn", None), "fp32_precision"),
+                (torch.backends.cuda.matmul, "fp32_precision"))
+    return (torch.get_float32_matmul_precision(),
+            *(getattr(obj, name, None) for obj, name in switches))
+
+
 def _key(inputs: list[torch.Tensor], params: list[torch.Tensor], spec, masked: bool,
-         masked_output: str, grad: bool) -> tuple:
-    return (grad, masked, masked_output, str(spec),
+         masked_output: str, grad: bool, body: str) -> tuple:
+    return (body, _precision(), grad, masked, masked_output, str(spec),
             tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in inputs),
             tuple((p.data_ptr(), p.shape, p.dtype, p.requires_grad) for p in params))
 
 
 def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_output: str,
-        first=None):
+        first=None, body=None, name: str = "loop"):
     """``cell.unroll(inputs, state, mask, masked_output, fast=False)``, replayed from a CUDA
     graph of its shape once that shape has been seen before; the caller
-    (``rnnkit.fast.dispatch``) has checked eligibility. ``first``: what runs a shape not
-    captured (seen for the first time, or its capture failed) instead of the eager loop, a
-    function of no arguments that returns ``(outputs, final_state)`` (another fast path of the
-    same numbers)."""
+    (``rnnkit.fast.dispatch``) has checked eligibility.
+
+    Args:
+        first: what runs a shape not captured (seen for the first time, or its capture failed)
+            instead of the eager loop: a function of no arguments that returns
+            ``(outputs, final_state)`` (another fast path of the same numbers).
+        body: what is captured instead of the loop: a function of ``(inputs, state, mask)``
+            that returns ``(outputs, final_state)`` and reads the cell's variables when called
+            (the capture swaps in aliases of them); ``name`` tells its graphs apart.
+    """
     leaves, spec = pytree.tree_flatten(state)
     flat = [inputs, *leaves] + ([mask] if mask is not None else [])
     n_state = len(leaves)
@@ -214,6 +230,9 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
     def reference(x, *rest, fused: bool = True):
         s = pytree.tree_unflatten(list(rest[:n_state]), spec)
         m = rest[n_state] if mask is not None else None
+        if body is not None:
+            out, final = body(x, s, m)
+            return (out, *pytree.tree_leaves(final))
         done = steps.sequence(cell, x, s, m, masked_output) if fused else None  # one node
         out, final = done if done is not None else \
             cell.unroll(x, s, m, masked_output, None, fast=False)
@@ -221,7 +240,7 @@ def run(cell, inputs: torch.Tensor, state, mask: torch.Tensor | None, masked_out
 
     params = list(cell.parameters())
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*flat, *params))
-    key = _key(flat, params, spec, mask is not None, masked_output, grad)
+    key = _key(flat, params, spec, mask is not None, masked_output, grad, name)
     with _lock:
         shapes = _store.setdefault(cell, OrderedDict())
         entry = shapes.get(key)
