@@ -224,6 +224,12 @@ def test_full_length_cells_cudnn_has_replay_its_op_from_graphs(make, cudnn_runs,
     for _ in range(2):
         rk.dynamic_rnn(cell, x)
     assert FakeGraph.made == 2
+    rnn_switches = getattr(torch.backends.cudnn, "rnn", None)
+    if hasattr(rnn_switches, "fp32_precision"):  # torch >= 2.9: cuDNN's RNNs have their own
+        monkeypatch.setattr(rnn_switches, "fp32_precision", "ieee")  # apart from convolutions'
+        for _ in range(2):  # (torch's old allow_tf32 switch then raises when read)
+            rk.dynamic_rnn(cell, x)
+        assert FakeGraph.made == 3
     held = 2 * 6 * 4 * cell.sequence_params().U.shape[1] * 4  # 2 x T x B x gate units x 4 B
     monkeypatch.setattr(dispatch, "GRAPHED_CUDNN_MAX_BYTES", held)
     assert rk.fast.explain(cell, x).path == "graph"

@@ -194,12 +194,22 @@ class _Replay(torch.autograd.Function):
 
 def _precision() -> tuple:
     """torch's float32 switches that a captured kernel bakes in (TF32 in products and in cuDNN's
-    RNNs): a graph captured under one setting is not replayed under another."""
-    switches = ((torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
-                (getattr(torch.backends.cudnn, "rnn", None), "fp32_precision"),
-                (torch.backends.cuda.matmul, "fp32_precision"))
-    return (torch.get_float32_matmul_precision(),
-            *(getattr(obj, name, None) for obj, name in switches))
+    RNNs): a graph captured under one setting is not replayed under another. torch >= 2.9 has
+    ``fp32_precision`` switches, read where they exist; the older ``allow_tf32`` ones then raise
+    when set apart from them, so they are read only where the new ones are missing."""
+    out = [torch.get_float32_matmul_precision()]
+    for obj in (torch.backends.cuda.matmul, torch.backends.cudnn,
+                getattr(torch.backends.cudnn, "rnn", None)):
+        try:
+            if obj is None:
+                out.append(None)
+            elif hasattr(obj, "fp32_precision"):
+                out.append(obj.fp32_precision)
+            else:
+                out.append(getattr(obj, "allow_tf32", None))
+        except RuntimeError as err:  # torch's own complaint about mixed switches
+            out.append(str(err))
+    return tuple(out)
 
 
 def _key(inputs: list[torch.Tensor], params: list[torch.Tensor], spec, masked: bool,
