@@ -87,9 +87,9 @@ def test_cudnn_matches_reference_on_the_gpu(name, lengths, time_major, dtype, ex
                                         time_major=time_major, dtype=dtype, fast=fast),
             [x, *pytree.tree_leaves(state), *cell.parameters()],
             tol=TOL if dtype == torch.float64 else F32)
-    # full length: the graph path (its first call runs cuDNN eagerly); variable lengths: cuDNN,
-    # LSTMs the graph path's Triton loop (their first call too runs cuDNN)
-    assert exact == ["cudnn" if lens is not None and name not in LSTMS else "graph"]
+    # the graph path, whose first call of a shape runs cuDNN eagerly (it then captures cuDNN's
+    # op, or for an LSTM's variable lengths its Triton loop)
+    assert exact == ["graph"]
 
 
 @pytest.mark.parametrize("name", list(CUDNN_CELLS))
@@ -99,8 +99,7 @@ def test_cudnn_matches_the_cpu_reference(name, exact):
     lengths = torch.tensor(LENGTHS["varied"])
     want = rk.dynamic_rnn(cell.cpu(), x, sequence_length=lengths, fast=False)
     cell.cuda()
-    assert rk.fast.explain(cell, x.cuda(), lengths.cuda()).path == \
-        ("graph" if name in LSTMS else "cudnn")
+    assert rk.fast.explain(cell, x.cuda(), lengths.cuda()).path == "graph"
     _leaves_close(rk.dynamic_rnn(cell, x.cuda(), sequence_length=lengths.cuda(), fast=True), want)
 
 
@@ -141,33 +140,39 @@ def test_cells_cudnn_lacks_replay_cuda_graphs(name, lengths, exact):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("lengths", ["full", "varied"])
 @pytest.mark.parametrize("name", list(CUDNN_CELLS))
-def test_full_length_cells_replay_cudnn_from_graphs(name, dtype, exact):
-    """A full-length batch of a cell cuDNN has: cuDNN eagerly at a shape's first call, then
-    cuDNN's op captured in CUDA graphs and replayed; every call gives the CPU's numbers and
-    gradients (to cuDNN's float32 precision, ``F32``), with and without autograd."""
+def test_cells_cudnn_has_replay_cuda_graphs(name, lengths, dtype, exact):
+    """A cell cuDNN has: cuDNN eagerly at a shape's first call, then CUDA graphs replayed
+    (cuDNN's op; an LSTM's variable lengths, its Triton loop); every call gives the CPU's
+    numbers and gradients (to cuDNN's float32 precision, ``F32``), a replay with other lengths
+    of the same shape too, with and without autograd."""
     cell = _built(CUDNN_CELLS[name], dtype=dtype)
     x = torch.randn(5, 7, 4, dtype=dtype, requires_grad=True)
     state = map_state(lambda s: torch.randn_like(s, dtype=dtype).requires_grad_(),
                       cell.zero_state(5))
     tol = TOL if dtype == torch.float64 else F32
 
-    def run(device):
+    def run(device, lens):
         cell.to(device)
-        out = rk.dynamic_rnn(cell, x.to(device), dtype=dtype,
+        lens = None if lens is None else torch.tensor(lens, device=device)
+        out = rk.dynamic_rnn(cell, x.to(device), dtype=dtype, sequence_length=lens,
                              initial_state=map_state(lambda s: s.to(device), state))
         return _weighted_grads(out, [x, *pytree.tree_leaves(state), *cell.parameters()], device)
 
-    want = run("cpu")
-    for _ in range(3):  # cuDNN, captured, replayed
-        _leaves_close(run("cuda"), want, **tol)
-    assert exact[-3:] == ["graph"] * 3 and _captured(cell)
+    other = None if LENGTHS[lengths] is None else [2, 7, 1, 0, 4]
+    for lens in (LENGTHS[lengths], other):  # the same shape: the same graphs
+        want = run("cpu", lens)
+        for _ in range(3):  # cuDNN, captured, replayed (then replayed)
+            _leaves_close(run("cuda", lens), want, **tol)
+    assert exact[-6:] == ["graph"] * 6 and _captured(cell)
     with torch.no_grad():
         want = [t.cpu() for t in pytree.tree_leaves(rk.dynamic_rnn(cell, x.cuda(), dtype=dtype,
                                                                    fast=False))]
         for _ in range(3):
             _leaves_close(rk.dynamic_rnn(cell, x.cuda(), dtype=dtype), want, **tol)
-    assert sum(isinstance(e, graphs._Graph) for e in graphs._store[cell].values()) == 2
+    kept = sum(isinstance(e, graphs._Graph) for e in graphs._store[cell].values())
+    assert kept == 2  # with autograd (both lengths' calls), and without
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -285,7 +290,7 @@ def test_bidirectional_and_multi_layer(exact):
     compare(lambda fast: rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths,
                                                       dtype=torch.float32, fast=fast),
             [x, *fw.parameters(), *bw.parameters()], tol=F32)
-    assert sorted(exact) == ["cudnn", "graph", "graph"]  # LSTMs of variable lengths: graph
+    assert exact == ["graph"] * 3
 
 
 @pytest.mark.parametrize("go_backwards", [False, True])
@@ -310,7 +315,7 @@ def test_keras_layers_with_masks(layer, kwargs, go_backwards, exact):
         return made(x, mask=mask)
 
     compare(run, [x, *made.parameters()], tol=F32)
-    assert exact == ["graph" if layer == "LSTM" else "cudnn"]
+    assert exact == ["graph"]
 
 
 def test_tf32_default_stays_within_its_precision():

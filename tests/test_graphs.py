@@ -239,3 +239,43 @@ def test_full_length_cells_cudnn_has_replay_its_op_from_graphs(make, cudnn_runs,
     monkeypatch.setattr(dispatch, "GRAPHED_CUDNN_MAX_BYTES", 1 << 28)
     monkeypatch.setattr(graphs, "PER_CELL", 0)
     assert rk.fast.explain(cell, x).path == "cudnn"
+
+
+@pytest.mark.parametrize("make", [lambda: rk.GRUCell(5, reset_after=True),
+                                  lambda: rk.BasicRNNCell(5)], ids=["gru", "rnn"])
+def test_variable_lengths_replay_cudnn_with_the_lengths_of_each_call(make, cudnn_runs,
+                                                                    graph_on_cpu, monkeypatch):
+    """A GRU's or vanilla RNN's variable-length batch: cuDNN's op captured with every step run
+    and the lengths taken from the graph's own mask input, so that a replay with other lengths
+    of the same shape gives that call's numbers; full-length, suffix (Keras ``go_backwards``)
+    and held-output (Keras) masks are graphs of their own."""
+    cell = make()
+    cell.ensure_built(3, torch.float32)
+    perturb(cell)
+    x = torch.randn(4, 6, 3)
+    with torch.no_grad():
+        for lengths in ([6, 2, 0, 5], [6, 2, 0, 5], [3, 6, 1, 4], [1, 1, 1, 1], [6, 6, 6, 6]):
+            lengths = torch.tensor(lengths)
+            decision = rk.fast.explain(cell, x, lengths)
+            assert decision.path == "graph" and decision.captures == "cudnn"
+            got = rk.dynamic_rnn(cell, x, sequence_length=lengths)
+            want = rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=False)
+            for a, b in zip(torch.utils._pytree.tree_leaves(got),
+                            torch.utils._pytree.tree_leaves(want), strict=True):
+                torch.testing.assert_close(a, b, **TOL)
+        assert FakeGraph.made == 1  # the last call: a full mask, first sight of its own graph
+        made = FakeGraph.made
+        layer = rk.layers.GRU(5, reset_after=True, return_sequences=True, return_state=True,
+                              go_backwards=True) if isinstance(cell, rk.GRUCell) else \
+            rk.layers.SimpleRNN(5, return_sequences=True, return_state=True, go_backwards=True)
+        layer(x)
+        perturb(layer)
+        for lengths in ([6, 2, 0, 5], [6, 2, 0, 5], [4, 6, 1, 1]):  # suffix masks, held outputs
+            mask = torch.arange(6)[None, :] < torch.tensor(lengths)[:, None]
+            layer.fast = "auto"
+            got = layer(x, mask=mask)
+            layer.fast = False
+            want = layer(x, mask=mask)
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b, **TOL)
+        assert FakeGraph.made == made + 1

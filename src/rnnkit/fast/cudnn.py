@@ -173,15 +173,18 @@ def _weights(p: Canonical) -> list[torch.Tensor]:
     return list(_TorchWeights.apply(_torch_order(p), p.W.shape[0], W, U, p.b, p.b_h, p.P))
 
 
-def _padded(op, x: torch.Tensor, h0: torch.Tensor, weights, lengths: torch.Tensor, train: bool):
+def _padded(op, x: torch.Tensor, h0: torch.Tensor, weights, lengths: torch.Tensor, train: bool,
+            every_step: bool = False):
     """A GRU's or vanilla RNN's variable-length batch, run padded up to its longest sequence:
     its state is its output and a step never reads later ones, so the outputs past each length
     set to zero and the final state read from the output at each length (``h0`` at length 0)
     give packing's numbers and gradients without its sorts and gathers (on an H100 a packed
-    batch of B32 T100 H256 took twice the padded one). Returns ``(y, final_h)``."""
+    batch of B32 T100 H256 took twice the padded one). ``every_step``: up to the last step of
+    ``x`` instead, without reading the longest length on the host (a CUDA graph's capture).
+    Returns ``(y, final_h)``."""
     steps, batch = x.shape[:2]
     lengths = lengths.to(x.device)
-    longest = int(lengths.max())
+    longest = steps if every_step else int(lengths.max())
     y, _ = _call(op, x[:longest], h0[None].contiguous(), weights, True, 1, 0.0, train, False,
                  False)
     valid = torch.arange(longest, device=x.device)[:, None] < lengths[None, :]
@@ -193,7 +196,8 @@ def _padded(op, x: torch.Tensor, h0: torch.Tensor, weights, lengths: torch.Tenso
     return y, final
 
 
-def run_cudnn(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None = None):
+def run_cudnn(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None = None,
+              every_step: bool = False):
     """Run ``p`` over time-major ``x`` ``[T, B, depth]`` from ``state`` on torch's fused op;
     the caller (``rnnkit.fast.dispatch``) has checked eligibility.
 
@@ -202,6 +206,9 @@ def run_cudnn(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
         x: inputs ``[T, B, depth]``.
         state: ``LSTMStateTuple(c, h)`` for LSTMs, else ``[B, H]``.
         lengths: optional ``[B]`` lengths in ``[0, T]`` (TF1 semantics past them).
+        every_step: a GRU's or vanilla RNN's variable-length batch runs every step of ``x``
+            rather than up to its longest length, which is then not read on the host (inside a
+            CUDA graph's capture); the same numbers.
 
     Returns:
         ``(outputs [T, B, out], final_state)``, the state in the cell's structure.
@@ -226,7 +233,7 @@ def run_cudnn(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
             y, *final = _call(op, x, hx, weights, True, 1, 0.0, train, False, False)
             hT, cT = final[0][0], (final[1][0] if lstm else None)
         elif not lstm:
-            (y, hT), cT = _padded(op, x, h0, weights, lengths, train), None
+            (y, hT), cT = _padded(op, x, h0, weights, lengths, train, every_step), None
         else:
             live = torch.nonzero(lengths > 0).flatten().to(x.device)
             packed = pack_padded_sequence(x.index_select(1, live), lengths[lengths > 0].cpu(),

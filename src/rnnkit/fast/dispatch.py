@@ -21,6 +21,7 @@ read it in ``FusedCell.unroll``, so it reaches every layer of a ``MultiRNNCell``
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import warnings
 from collections.abc import Iterator
@@ -261,19 +262,19 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
                                      "3.2's peephole LSTM")
     first = captures = None
     if not reasons["cudnn"] and not reasons["graph"] and graphs.PER_CELL:
-        if lengths is None:
-            held = _activation_bytes(params, inputs)
-            if held > GRAPHED_CUDNN_MAX_BYTES:
-                reasons["graph"].append(
-                    f"cuDNN's activations here (about {held >> 20} MiB) are over "
-                    f"GRAPHED_CUDNN_MAX_BYTES ({GRAPHED_CUDNN_MAX_BYTES >> 20} MiB): a graph "
-                    "would keep them between calls, and at this size launches cost little")
-            else:
-                reasons["cudnn"].append(_GRAPHED_CUDNN)
-                first = captures = "cudnn"
-        elif params.kind == "lstm" and steps.serves(params):
-            reasons["cudnn"].append(_VARLEN_LSTM)
-            first = "cudnn"
+        held = _activation_bytes(params, inputs)
+        if lengths is not None and params.kind == "lstm":  # packed: lengths read on the host
+            if steps.serves(params):
+                reasons["cudnn"].append(_VARLEN_LSTM)
+                first = "cudnn"
+        elif held > GRAPHED_CUDNN_MAX_BYTES:
+            reasons["graph"].append(
+                f"cuDNN's activations here (about {held >> 20} MiB) are over "
+                f"GRAPHED_CUDNN_MAX_BYTES ({GRAPHED_CUDNN_MAX_BYTES >> 20} MiB): a graph "
+                "would keep them between calls, and at this size launches cost little")
+        else:  # a GRU's or vanilla RNN's lengths: every step padded, masked in the graph
+            reasons["cudnn"].append(_GRAPHED_CUDNN)
+            first = captures = "cudnn"
     path = next((name for name in _FAST if not reasons[name]), "reference")
     for name in _FAST:
         if name != path and not reasons[name]:
@@ -327,21 +328,29 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         first = body = None
         if decision.first is not None:
             def first():
-                return _run_path(decision.first, decision, params, inputs, state, masked_output,
-                                 chunk)
-        if decision.captures == "cudnn":  # full length: no lengths read on the host
+                return _run_path(decision.first, params, inputs, state, decision.lengths,
+                                 decision.suffix, masked_output, chunk)
+        name = "loop"
+        if decision.captures == "cudnn":
+            # a graph reads nothing of the call's own but its static inputs: the lengths come
+            # from the captured mask, and no length is read on the host (every step runs)
+            masking = decision.lengths is not None
+            name = f"cudnn, {('suffix' if decision.suffix else 'prefix') if masking else 'full'}"
+
             def body(x, s, m):
-                return run_cudnn(cell.sequence_params(), x, s)
+                lengths = m.sum(0) if masking else None
+                return _run_path("cudnn", cell.sequence_params(), x, s, lengths, decision.suffix,
+                                 masked_output, None, every_step=True)
         try:
-            return graphs.run(cell, inputs, state, mask, masked_output, first, body,
-                              decision.captures or "loop")
+            return graphs.run(cell, inputs, state, mask, masked_output, first, body, name)
         except FastPathError as err:  # the capture failed (the shape then runs as first sight)
             if mode is True:
                 raise
             _warn_once(f"rnnkit: the graph path failed ({err}); using the reference loop")
             return None
     try:
-        return _run_path(decision.path, decision, params, inputs, state, masked_output, chunk)
+        return _run_path(decision.path, params, inputs, state, decision.lengths,
+                         decision.suffix, masked_output, chunk)
     except FastPathError as err:  # oneDNN's status, a cuDNN refusal (forward only)
         if mode is True:
             raise
@@ -349,13 +358,15 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         return None
 
 
-def _run_path(path: str, decision: Decision, params, inputs: torch.Tensor, state,
-              masked_output: str, chunk: int | None):
-    """Run the unroll on ``path`` (``onednn``, ``cudnn`` or ``fused``), the lengths and suffix
-    flag as ``decision`` found them; a failure raises ``FastPathError``."""
+def _run_path(path: str, params, inputs: torch.Tensor, state, lengths: torch.Tensor | None,
+              suffix: bool, masked_output: str, chunk: int | None, every_step: bool = False):
+    """Run the unroll on ``path`` (``onednn``, ``cudnn`` or ``fused``) with the mask's
+    ``lengths`` (None: full length) and ``suffix`` flag (``_common_unmet``); ``every_step``:
+    ``run_cudnn``'s. A failure raises ``FastPathError``."""
     chunked = bool(chunk) and chunk < inputs.shape[0] and torch.is_grad_enabled()
     if path in ("fused", "cudnn"):
-        runner = run_fused if path == "fused" else run_cudnn
+        runner = run_fused if path == "fused" else \
+            functools.partial(run_cudnn, every_step=every_step)
 
         def sequence(x, s, lengths, masked="zero"):
             out, final = runner(params, x, s, lengths)
@@ -370,8 +381,7 @@ def _run_path(path: str, decision: Decision, params, inputs: torch.Tensor, state
                 return run(weights, x, s)
             return run_packed(weights, x, s, lengths, masked)
 
-    lengths = decision.lengths
-    if decision.suffix:  # no output before a sequence's first step: zeros either way
+    if suffix:  # no output before a sequence's first step: zeros either way
         out, final = sequence(roll_to_front(inputs, lengths), state, lengths)
         return roll_to_front(out, inputs.shape[0] - lengths), final
     if chunked:
