@@ -3,9 +3,11 @@ torch's fused ops) against the reference loop on the same device, outputs, final
 gradients with TF32 off, over cells, lengths (zero included), directions, layers, Keras masks
 and ``swap_memory``: to 1e-5 in float64; in float32 to 5e-4 (cuDNN sums its products in an order
 of its own: a few elements of a float32 run differ from the reference loop's by 1e-5 to 1e-4,
-measured on an H100, where a wrong layout or state differs by tenths). The cells cuDNN lacks
-take the graph path (CUDA graphs of the reference loop, its steps fused in Triton where
-served) and give the CPU's numbers and gradients at each call, to 1e-5; TF32 (torch's
+measured on an H100, where a wrong layout or state differs by tenths). Every cell takes the
+graph path there: a shape's first call runs cuDNN eagerly where cuDNN has the cell, later ones
+replay CUDA graphs of cuDNN's op, or of the reference loop (its steps fused in Triton where
+served) for the cells cuDNN lacks and an LSTM's variable lengths; each call gives the CPU's
+numbers and gradients (the loop to 1e-5); TF32 (torch's
 default for cuDNN's RNNs) stays within its own precision; ``torch.compile`` and the native
 format take CUDA models.
 
@@ -165,7 +167,7 @@ def test_cells_cudnn_has_replay_cuda_graphs(name, lengths, dtype, exact):
         want = run("cpu", lens)
         for _ in range(3):  # cuDNN, captured, replayed (then replayed)
             _leaves_close(run("cuda", lens), want, **tol)
-    assert exact[-6:] == ["graph"] * 6 and _captured(cell)
+    assert exact.count("graph") == 6 and _captured(cell)  # (the CPU's runs: other paths)
     with torch.no_grad():
         want = [t.cpu() for t in pytree.tree_leaves(rk.dynamic_rnn(cell, x.cuda(), dtype=dtype,
                                                                    fast=False))]

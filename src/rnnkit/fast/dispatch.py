@@ -3,13 +3,18 @@
 Paths, in order of preference: ``onednn`` (oneDNN's RNN primitives on CPU), ``cudnn`` (torch's
 fused RNN ops, cuDNN on a CUDA device, ``rnnkit.fast.cudnn``), ``fused`` (rnnkit's own C kernel,
 ``rnnkit.fast.fused``, on CPU for the cells oneDNN lacks: LSTM clipping and layer norm, other
-activations), ``graph`` (the reference loop captured as CUDA graphs and replayed, on a CUDA
-device for the cells cuDNN lacks, ``rnnkit.fast.graphs``), ``reference``
+activations), ``graph`` (CUDA graphs captured at a shape's second call and replayed,
+``rnnkit.fast.graphs``: of the reference loop for the cells cuDNN lacks, of cuDNN's own op for
+the cells it has, measured faster than calling cuDNN each time; ``Decision.captures`` and
+``Decision.first`` say what the graphs hold and what runs a shape not captured yet), ``reference``
 (``rnnkit.unroll.scan``, always exact, always available). Exceptions, measured: a
 variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN needs one
 call per segment of constant batch; so do batch 1, small cells (LSTMs up to 128 units, GRUs
 up to 256, vanilla RNNs up to 64) and LSTMs with peepholes, where oneDNN 3.2's primitives cost
-more per step. A fast path is an
+more per step. On a CUDA device ``graph`` goes before ``cudnn`` wherever both can run: a shape's
+first call runs cuDNN eagerly, later ones replay cuDNN's op (an LSTM's variable lengths: the
+Triton loop, where cuDNN would pack the batch), unless a graph would keep more than
+``GRAPHED_CUDNN_MAX_BYTES`` of activations. A fast path is an
 optimization, never a second semantics: it must give the reference path's numbers.
 
 The switch has three values: ``"auto"`` takes the best eligible path and falls back quietly;

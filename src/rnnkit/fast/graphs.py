@@ -1,10 +1,14 @@
-"""The ``graph`` path: on a CUDA device, the reference loop of a cell cuDNN lacks (TF1's GRU,
-peepholes, clipping, layer norm, other activations), captured as CUDA graphs and replayed.
+"""The ``graph`` path: on a CUDA device, an unroll captured as CUDA graphs and replayed: the
+reference loop of a cell cuDNN lacks (TF1's GRU, peepholes, clipping, layer norm, other
+activations), or cuDNN's own op for a cell it has (``body``, given by ``rnnkit.fast.dispatch``).
 
 On a GPU the reference loop is bound by launching its small kernels, a few dozen per step in
-each direction; a CUDA graph replays all of a sequence's kernels with one launch. The numbers
-are the reference loop's own (the same kernels on the same inputs). Per cell, each shape
-(inputs, state, mask; which of them want gradients; with or without autograd) is captured the
+each direction; a CUDA graph replays all of a sequence's kernels with one launch. cuDNN's RNN
+too launches kernels step by step, and a call costs the dispatch's Python besides: replayed, a
+B32 T100 H64 LSTM trains in 1.0 ms instead of 2.6 on an H100 (torch.nn.LSTM: 1.7). The numbers
+are the captured function's own (the same kernels on the same inputs). Per cell, each shape
+(inputs, state, mask; which of them want gradients; with or without autograd; what is captured;
+torch's TF32 switches) is captured the
 second time it is seen, so that a shape seen once costs only its eager run, and at most
 ``PER_CELL`` shapes are kept (least recently used dropped), each holding its own memory pool:
 the forward graph, the backward graph, and the activations between them.
@@ -13,8 +17,9 @@ The captured loop is ``rnnkit.fast.steps.sequence`` where it serves the cell (an
 layer-norm LSTM's or TF1 GRU's, where Triton is: torch's CUDA builds bring it): one autograd
 node for the whole loop, each step's elementwise work in one Triton kernel each way instead of
 a dozen or more, U's gradient in one product at the end, masks in the kernels. Eager calls (a
-shape's first, and shapes whose capture failed) run the loop as ops, so that a first call never
-waits for Triton to compile.
+shape's first, and shapes whose capture failed) run what the dispatch gives as ``first`` (cuDNN,
+for the cells it has), else the loop as ops, so that a first call never waits for Triton to
+compile.
 
 A replay writes into the graph's fixed buffers, so each call's outputs are copies, and a
 second forward of the same shape before the first one's backward overwrites the activations
