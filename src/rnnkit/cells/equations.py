@@ -40,6 +40,12 @@ def reorder_blocks(t: torch.Tensor | None, order: list[int], dim: int = -1,
     return torch.cat([blocks[k] for k in order], dim=dim, out=out)
 
 
+def inverse_order(order) -> tuple[int, ...]:
+    """The order that ``reorder_blocks`` undoes ``order`` with: ``reorder_blocks(reorder_blocks(t,
+    order), inverse_order(order))`` is ``t``."""
+    return tuple(order.index(k) for k in range(len(order)))
+
+
 @dataclass(frozen=True)
 class Canonical:
     """A cell's weights and options in the one layout the unroll and the fast paths use."""

@@ -1,6 +1,6 @@
 """Fast paths for the unroll (oneDNN's RNN primitives and rnnkit's fused C kernels on CPU;
-torch's fused ops, cuDNN, and CUDA graphs of the reference loop on CUDA), chosen by one dispatch
-function.
+torch's fused ops, cuDNN, and CUDA graphs of cuDNN's op or of the reference loop on CUDA),
+chosen by one dispatch function.
 
 ``rnnkit.fast.explain(cell, inputs, ...)`` says which path an unroll would take and why not the
 others; ``fast_mode(fast)`` sets the ``"auto" | True | False`` switch for a block of code (the

@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
-from rnnkit.cells.equations import Canonical, reorder_blocks
+from rnnkit.cells.equations import Canonical, inverse_order, reorder_blocks
 from rnnkit.fast import onednn as dnnl
 from rnnkit.fast.scratch import scratch
 
@@ -182,7 +182,7 @@ class Weights:
         the kernel's gradient in the first slot (one buffer) and none in the second."""
         layer, it = grads[dnnl.WEIGHTS_LAYER], grads[dnnl.WEIGHTS_ITER]
         if self.order is not None:
-            back = [self.order.index(k) for k in range(len(self.order))]
+            back = inverse_order(self.order)
             if self.joint is None:
                 layer, it = reorder_blocks(layer, back), reorder_blocks(it, back)
             else:  # the blocks go straight into the kernel's rows

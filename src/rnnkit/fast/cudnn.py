@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
-from rnnkit.cells.equations import Canonical, reorder_blocks
+from rnnkit.cells.equations import Canonical, inverse_order, reorder_blocks
 from rnnkit.fast.autograd import joint_kernel
 from rnnkit.fast.library import FastPathError
 
@@ -136,7 +136,7 @@ class _TorchWeights(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_ih, g_hh, g_b, g_bh, g_hr=None):
         order = ctx.order
-        back = None if order is None else tuple(order.index(k) for k in range(len(order)))
+        back = None if order is None else inverse_order(order)
         need = ctx.needs_input_grad  # (order, rows, W, U, b, b_h, P)
 
         # (autograd materializes every gradient: none of these is None)
