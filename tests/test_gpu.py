@@ -207,6 +207,21 @@ def test_variable_length_lstm_runs_cudnn_then_its_graph(name, dtype, exact, monk
     assert len(runs) == 1 and _captured(cell)
 
 
+@pytest.mark.parametrize("name", ["basic_lstm", "gru_tf1"])
+def test_inference_mode_and_no_grad_replay_graphs_of_their_own(name, exact):
+    """A graph captured under ``torch.inference_mode`` holds inference tensors, which a replay
+    under ``no_grad`` could not write; each mode replays its own."""
+    cell = _built({**CUDNN_CELLS, **OTHER_CELLS}[name])
+    x = torch.randn(3, 6, 4, device="cuda")
+    with torch.no_grad():
+        want = rk.dynamic_rnn(cell, x, fast=False)[0]
+    for mode in (torch.inference_mode, torch.no_grad) * 2:
+        with mode():
+            for _ in range(3):
+                _leaves_close(rk.dynamic_rnn(cell, x)[0], want, **F32)
+    assert sum(isinstance(e, graphs._Graph) for e in graphs._store[cell].values()) == 2
+
+
 def _graph_case(name="gru_tf1"):
     cell = _built(OTHER_CELLS[name])
     x = torch.randn(3, 6, 4, device="cuda", requires_grad=True)

@@ -279,3 +279,17 @@ def test_variable_lengths_replay_cudnn_with_the_lengths_of_each_call(make, cudnn
             for a, b in zip(got, want, strict=True):
                 torch.testing.assert_close(a, b, **TOL)
         assert FakeGraph.made == made + 1
+
+
+def test_inference_mode_is_a_shape_of_its_own(graph_on_cpu):
+    """A graph captured under ``torch.inference_mode`` holds inference tensors, which a replay
+    outside it could not write: the same call under ``no_grad`` captures a graph of its own,
+    and each replays its own."""
+    cell = _cell()
+    x = torch.randn(2, 4, 3)
+    want = rk.dynamic_rnn(cell, x, fast=False)[0]
+    for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode, torch.no_grad):
+        with mode():
+            for _ in range(2):
+                torch.testing.assert_close(rk.dynamic_rnn(cell, x)[0], want, **TOL)
+    assert FakeGraph.made == 2

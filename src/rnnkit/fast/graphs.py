@@ -219,7 +219,10 @@ def _precision() -> tuple:
 
 def _key(inputs: list[torch.Tensor], params: list[torch.Tensor], spec, masked: bool,
          masked_output: str, grad: bool, body: str) -> tuple:
-    return (body, _precision(), grad, masked, masked_output, str(spec),
+    # under inference mode the graph's buffers are inference tensors, which no copy may write
+    # outside it: such a graph is a shape of its own
+    return (body, _precision(), grad, torch.is_inference_mode_enabled(), masked, masked_output,
+            str(spec),
             tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in inputs),
             tuple((p.data_ptr(), p.shape, p.dtype, p.requires_grad) for p in params))
 
