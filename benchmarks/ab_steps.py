@@ -1,14 +1,17 @@
 """The graph path with and without its Triton loops (``rnnkit.fast.steps``), on a GPU.
 
     python benchmarks/ab_steps.py [--repeats 7] [--shapes 32,100,256 32,100,64 1,500,256]
+                                  [--persistent]
 
 For each shape and cell the graph path runs (TF1's GRU, peepholes with projection, cell
 clipping, layer norm), forward+backward as ops (``steps.ENABLED`` off) and as Triton loops
 (the default), each captured afresh, timed interleaved with torch.nn's cuDNN module of the
 nearest math; prints milliseconds (medians) and the ratios torch.nn / each. Last, a
 variable-length batch (B32 T100 H256, lengths 10..100, ``sequence_length``) against torch.nn on
-the padded batch. Under ``--device cpu`` it runs the same on the CPU (without the graphs or
-Triton: a smoke test of the script).
+the padded batch. ``--persistent`` adds a column: the loops with a plain LSTM's forward as one
+launch (``steps.PERSISTENT_UNITS``, up to ``steps.SEQUENCE_MAX_UNITS`` units; cells it does not
+serve run as in "loops"). Under ``--device cpu`` it runs the same on the CPU (without the
+graphs or Triton: a smoke test of the script).
 """
 
 from __future__ import annotations
@@ -29,14 +32,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--shapes", nargs="+", default=["32,100,256", "32,100,64", "1,500,256"])
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--persistent", action="store_true",
+                        help="a column with the one-launch LSTM forward (steps.PERSISTENT_UNITS)")
     args = parser.parse_args()
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "no CUDA device here\n")
     print(f"torch {torch.__version__}, device {dev}, fused steps: "
           f"{steps.load_error() or 'Triton loaded'}")
-    print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}{'ops':>8}{'loops':>8}{'x ops':>7}"
-          f"{'x loops':>8}")
+    variants = [(False, 0), (True, 0)] + ([(True, steps.SEQUENCE_MAX_UNITS)]
+                                          if args.persistent else [])
+    print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}{'ops':>8}{'loops':>8}"
+          + (f"{'1 launch':>9}" if args.persistent else "") + f"{'x ops':>7}{'x loops':>8}"
+          + (f"{'x 1 launch':>11}" if args.persistent else ""))
     g = torch.Generator().manual_seed(0)
     varlen = torch.randint(10, 101, (32,), generator=g).to(dev)
     for text in [*args.shapes, "varlen"]:  # varlen: B32 T100 H256, lengths 10..100
@@ -53,16 +61,18 @@ def main() -> None:
                 torch.autograd.grad(out.sum(), [x, *params])
 
             cases = []
-            for enabled in (False, True):
-                steps.ENABLED = enabled  # a new cell, captured so
+            for enabled, units in variants:
+                steps.ENABLED, steps.PERSISTENT_UNITS = enabled, units  # a new cell, captured so
                 train = _rnnkit_case(make, x, True, lengths)[1]
                 for _ in range(3):  # eager, capture, replay
                     train()
                 cases.append(train)
-            steps.ENABLED = True  # the cases replay what they captured
+            steps.ENABLED, steps.PERSISTENT_UNITS = True, 0  # the cases replay their captures
             ms = _interleaved([_synced(f, dev) for f in (torch_train, *cases)], args.repeats)
-            print(f"{text:<12}{name:<24}{ms[0]:>9.2f}{ms[1]:>8.2f}{ms[2]:>8.2f}"
-                  f"{ms[0] / ms[1]:>7.2f}{ms[0] / ms[2]:>8.2f}")
+            print(f"{text:<12}{name:<24}" + "".join(f"{t:>{w}.2f}" for t, w in
+                                                    zip(ms, (9, 8, 8, 9), strict=False))
+                  + "".join(f"{ms[0] / t:>{w}.2f}" for t, w in zip(ms[1:], (7, 8, 11),
+                                                                    strict=False)))
 
 
 if __name__ == "__main__":

@@ -228,3 +228,49 @@ print(tuple(out.shape))
     first, shape = done.stdout.strip().splitlines()[-2:]
     assert first.startswith("Triton is unavailable (")
     assert shape == "(5, 2, 4)"
+
+
+SEQUENCE_CELLS = {  # what the one-launch forward serves: LSTMs without projection or layer norm
+    "lstm_clip_20_units": lambda: rk.LSTMCell(20, cell_clip=0.6),  # two chunks of U's rows
+    "lstm_peephole_clip": CELLS["lstm_peephole_clip"],
+    "basic_lstm": CELLS["basic_lstm"],
+    "keras_lstm_hard_sigmoid": CELLS["keras_lstm_hard_sigmoid"],
+    "lstm_softsign_peephole": CELLS["lstm_softsign_peephole"],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batch", [1, 17])  # 17: two programs, the second one row
+@pytest.mark.parametrize("masking", [None, "zero", "previous", "holes"])
+@pytest.mark.parametrize("name", list(SEQUENCE_CELLS))
+def test_one_launch_forward_matches_the_equations(name, masking, batch, dtype, monkeypatch):
+    """``steps.PERSISTENT_UNITS``: a plain LSTM's forward as one launch
+    (``lstm_sequence_forward``, no kernel a step) writes what the step-by-step loop writes, so
+    its outputs, final state and (through the same backward) every gradient are the
+    equations'."""
+    monkeypatch.setattr(steps, "PERSISTENT_UNITS", 64)
+    kernels, launched = steps._kernels(), []
+    for kernel in ("lstm_sequence_forward", "lstm_forward"):
+        real = getattr(kernels, kernel)
+
+        class Spy:
+            def __getitem__(self, grid, real=real, kernel=kernel):
+                launched.append(kernel)
+                return real[grid]
+
+        monkeypatch.setattr(kernels, kernel, Spy())
+    cell = SEQUENCE_CELLS[name]()
+    cell.ensure_built(3, dtype)
+    perturb(cell, scale=0.8)
+    cell = cell.to(DEVICE, dtype)
+    mask = None
+    if masking is not None:
+        lengths = torch.randint(0, 7, (batch,), generator=torch.Generator().manual_seed(batch))
+        mask = length_mask(lengths, 6)
+        if masking == "holes":
+            mask[1] = ~mask[1]
+        mask = mask.to(DEVICE)
+    torch.manual_seed(4)
+    x = torch.randn(6, batch, 3, dtype=dtype, device=DEVICE, requires_grad=True)
+    _compare_loop(cell, x, mask, "previous" if masking == "previous" else "zero")
+    assert launched[0] == "lstm_sequence_forward" and "lstm_forward" not in launched

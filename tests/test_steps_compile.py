@@ -35,7 +35,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="records launches under the interpreter (no GPU here)")
 ARCH = 90  # the H100 the device checks run on
 KERNELS = ("lstm_forward", "lstm_backward", "ln_lstm_forward", "ln_lstm_backward",
-           "gates_forward", "gates_backward", "blend_forward", "blend_backward")
+           "gates_forward", "gates_backward", "blend_forward", "blend_backward",
+           "lstm_sequence_forward")
 _TYPES = {torch.float32: "*fp32", torch.float64: "*fp64"}
 
 
@@ -77,13 +78,14 @@ class _Recorder:
         return launch
 
 
-def _run_loops() -> None:
-    """Every cell of test_steps.py through the loops, forward and backward: float32 and
-    float64, without a mask, with TF1's zero outputs and Keras's held ones, and in float32
-    with gradients for the outputs only and for the final state only."""
+def _run_loops(names=tuple(CELLS_AND_PROJ)) -> None:
+    """Every cell of test_steps.py (or of ``names``) through the loops, forward and backward:
+    float32 and float64, without a mask, with TF1's zero outputs and Keras's held ones, and in
+    float32 with gradients for the outputs only and for the final state only."""
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 1]], dtype=torch.bool)
     for dtype in (torch.float32, torch.float64):
-        for name, make in CELLS_AND_PROJ.items():
+        for name in names:
+            make = CELLS_AND_PROJ[name]
             for masked in (None, "zero", "previous"):
                 cell = make()
                 cell.ensure_built(3, dtype)
@@ -122,6 +124,9 @@ def test_every_launch_compiles_for_a_gpu_without_spilling(monkeypatch):
         monkeypatch.setattr(kernels, name, _Recorder(name, getattr(kernels, name), seen))
     steps._broken.clear()
     _run_loops()
+    monkeypatch.setattr(steps, "PERSISTENT_UNITS", 64)  # the one-launch forward, where it serves
+    _run_loops([name for name in CELLS_AND_PROJ if "lstm" in name and "proj" not in name
+                and not name.startswith("layer_norm")])
     assert not steps._broken, steps._broken
     recorded = list(seen.values())
     assert {spec[0] for spec in recorded} == set(KERNELS)
@@ -132,10 +137,15 @@ def test_every_launch_compiles_for_a_gpu_without_spilling(monkeypatch):
             for block in (1024, 2048, steps.MAX_NORM_UNITS):
                 wide.append([name, signature, constexprs | {"BLOCK_H": block},
                              options | {"num_warps": steps._norm_warps(block, dtype)}])
+        if name == "lstm_sequence_forward":  # up to the units it may serve
+            for block in (32, steps.SEQUENCE_MAX_UNITS):
+                wide.append([name, signature, constexprs | {"BLOCK_H": block},
+                             options | {"num_warps": steps._sequence_warps(block)}])
     results = _compile(recorded + wide)
     failed = [f"{r['name']} {r['constexprs']}: {r['error']}" for r in results if r["error"]]
     assert not failed, "\n".join(failed)
     spilled = [f"{r['name']} {r['constexprs']}: {r['registers']} registers, {r['stack']} bytes "
                "of stack" for r, spec in zip(results, recorded + wide, strict=True)
-               if r["stack"] and spec[1]["z"] == "*fp32" and spec[2].get("BLOCK_H", 0) <= 2048]
+               if r["stack"] and spec[1].get("z", spec[1].get("xw")) == "*fp32"
+               and spec[2].get("BLOCK_H", 0) <= 2048]
     assert not spilled, "\n".join(spilled)

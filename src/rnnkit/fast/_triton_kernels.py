@@ -220,6 +220,94 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, act, dh_pass, extra, d
 
 
 @triton.jit
+def _dot(a, b, F64: tl.constexpr):
+    """``a b``; float32 in full precision (no TF32), as the reference loop's products."""
+    if F64:
+        out = tl.dot(a, b)
+    else:
+        out = tl.dot(a, b, input_precision="ieee")
+    return out
+
+
+@triton.jit
+def lstm_sequence_forward(xw, U, C, Hs, Z, Y, peep, act, consts, T, B, H,
+                          OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
+                          OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr,
+                          ACT: tl.constexpr, REC: tl.constexpr, MASKED: tl.constexpr,
+                          PREV: tl.constexpr, F64: tl.constexpr, BLOCK_B: tl.constexpr,
+                          BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """An LSTM's whole forward (no projection) in one launch: ``lstm_forward``'s step with its
+    recurrent product, for every step, each program keeping ``BLOCK_B`` rows' state (rows are
+    independent: no program waits for another). From ``xw [T, B, 4H]`` (x W + b) and
+    ``U [H, 4H]``, it writes what the step-by-step loop writes: the pre-activations
+    ``Z [T, B, 4H]``, ``C [T + 1, B, H]`` and ``Hs [T + 1, B, H]`` after their first slab (the
+    initial state, read), and with ``MASKED`` (``act [T, B]``, 0 where a row does not run: it
+    keeps its state) the outputs ``Y [T, B, H]``, 0 or (``PREV``) the previous output where a
+    row does not run. The product reads the previous ``h`` back from ``Hs`` in chunks of
+    ``BLOCK_K`` units (a barrier after each step's stores makes them visible to the whole
+    program), so that only chunks of ``U``, never all of it, are in registers."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_H)
+    ks = tl.arange(0, BLOCK_K)
+    rm, cm = rows < B, cols < H
+    m2 = rm[:, None] & cm[None, :]
+    at = rows[:, None] * H + cols[None, :]
+    zat = rows[:, None] * (4 * H) + cols[None, :]
+    h = tl.load(Hs + at, mask=m2, other=0.0)
+    c = tl.load(C + at, mask=m2, other=0.0)
+    y_last = h * 0.0
+    if PEEP:
+        p_i = tl.load(peep + cols, mask=cm, other=0.0)[None, :]
+        p_f = tl.load(peep + H + cols, mask=cm, other=0.0)[None, :]
+        p_o = tl.load(peep + 2 * H + cols, mask=cm, other=0.0)[None, :]
+    for t in range(T):
+        base = t * B * 4 * H
+        zi = tl.load(xw + base + zat + OI * H, mask=m2, other=0.0)
+        zf = tl.load(xw + base + zat + OF * H, mask=m2, other=0.0)
+        zg = tl.load(xw + base + zat + OG * H, mask=m2, other=0.0)
+        zo = tl.load(xw + base + zat + OO * H, mask=m2, other=0.0)
+        for k0 in range(0, H, BLOCK_K):
+            k = k0 + ks
+            km = k < H
+            hk = tl.load(Hs + t * B * H + rows[:, None] * H + k[None, :],
+                         mask=rm[:, None] & km[None, :], other=0.0)
+            uat = k[:, None] * (4 * H) + cols[None, :]
+            um = km[:, None] & cm[None, :]
+            zi += _dot(hk, tl.load(U + uat + OI * H, mask=um, other=0.0), F64)
+            zf += _dot(hk, tl.load(U + uat + OF * H, mask=um, other=0.0), F64)
+            zg += _dot(hk, tl.load(U + uat + OG * H, mask=um, other=0.0), F64)
+            zo += _dot(hk, tl.load(U + uat + OO * H, mask=um, other=0.0), F64)
+        tl.store(Z + base + zat + OI * H, zi, mask=m2)
+        tl.store(Z + base + zat + OF * H, zf, mask=m2)
+        tl.store(Z + base + zat + OG * H, zg, mask=m2)
+        tl.store(Z + base + zat + OO * H, zo, mask=m2)
+        if PEEP:
+            zi += p_i * c
+            zf += p_f * c
+        cn = _act(zf, REC) * c + _act(zi, REC) * _act(zg, ACT)
+        if CLIP:
+            clip = tl.load(consts)
+            cn = tl.minimum(tl.maximum(cn, -clip), clip)
+        if PEEP:
+            zo += p_o * cn
+        hn = _act(zo, REC) * _act(cn, ACT)
+        if MASKED:
+            keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None]
+            if PREV:
+                y = tl.where(keep, hn, y_last)
+            else:
+                y = tl.where(keep, hn, 0.0)
+            tl.store(Y + t * B * H + at, y, mask=m2)
+            y_last = y
+            cn = tl.where(keep, cn, c)
+            hn = tl.where(keep, hn, h)
+        c, h = cn, hn
+        tl.store(C + (t + 1) * B * H + at, c, mask=m2)
+        tl.store(Hs + (t + 1) * B * H + at, h, mask=m2)
+        tl.debug_barrier()  # the next step's product reads h back from Hs
+
+
+@triton.jit
 def _gru_in(zr, N, H, REC: tl.constexpr, BLOCK: tl.constexpr):
     """This program's (row, unit) pairs, their mask, offset in ``zr [B, 2H]``, z and r."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

@@ -15,6 +15,12 @@ with cell clipping, 28 with peepholes and projection, 22 for TF1's GRU, 34 for l
 - a reset-before GRU (TF1's ``GRUCell``): two products and two kernels each way, the input's
   gradient written into one buffer.
 
+A plain LSTM's forward (no projection, not layer norm, up to ``SEQUENCE_MAX_UNITS`` units)
+can instead run as one launch, ``PERSISTENT_UNITS`` (off until measured on a GPU): each
+program keeps a block of rows' state through every step and computes their recurrent product
+itself (rows are independent: no program waits for another); it writes the same tensors as
+the step-by-step forward, so the backward is the same.
+
 ``U``'s (and a projection's) gradient is one product over every step at the end, as cuDNN
 does, where per-step autograd makes a product and a sum for it at each step. Masks are in the
 kernels: a row past its length (or at any masked step) keeps its state and outputs 0 (TF1's
@@ -30,7 +36,8 @@ equations' to rounding (the same formulas; sums in another order), tested agains
 Where Triton is missing the loops stay off (``load_error``). A kernel that fails to compile or
 launch turns them off for the process with one warning: in the forward, the equations' loop
 runs instead; in the backward, it is recomputed from the saved tensors and differentiated by
-autograd. Not yet measured on a GPU (``benchmarks/ab_steps.py``).
+autograd. Measured on an H100 (``benchmarks/ab_steps.py``, ``benchmarks/RESULTS.md``): 2-4x
+faster than the loop as ops; the one-launch forward not yet.
 """
 
 from __future__ import annotations
@@ -50,6 +57,14 @@ from rnnkit.fast.compiled import ACTIVATIONS
 from rnnkit.unroll import scan
 
 ENABLED = True  # False: ``sequence`` leaves every loop to the ops (benchmarks/ab_steps.py)
+# Up to this many units (at most SEQUENCE_MAX_UNITS), a plain LSTM's forward (no projection,
+# not layer norm) runs as one launch (``_triton_kernels.lstm_sequence_forward``: each program
+# keeps its rows' state through every step) instead of a product and a kernel a step; 0: off.
+# Off until measured on a GPU (``benchmarks/ab_steps.py --persistent``); the backward is the
+# same either way. Compiled for an H100, it spills registers beyond 64 units.
+PERSISTENT_UNITS = 0
+SEQUENCE_MAX_UNITS = 64
+PERSISTENT_ROWS = 16  # rows a program of it keeps (tl.dot's least block)
 BLOCK = 512  # (row, unit) pairs a program handles
 MAX_NORM_UNITS = 4096  # a layer-norm LSTM's row (four gates) in one program up to this
 _DTYPES = (torch.float32, torch.float64)
@@ -137,6 +152,12 @@ def _block(H: int) -> int:
     return 1 << max(0, H - 1).bit_length()
 
 
+def _sequence_warps(block_h: int) -> int:
+    """Warps of ``lstm_sequence_forward`` at ``block_h`` units a block (its float32 product on
+    the FMA units holds its operands in registers: 8 warps keep 64 units from spilling)."""
+    return 4 if block_h <= 32 else 8
+
+
 def _norm_warps(block: int, dtype: torch.dtype) -> int:
     """Warps for a layer-norm kernel whose program holds rows of ``block`` values: one thread's
     share of its gates must fit in registers. At 4 warps ptxas spilled from 1024 float32 units
@@ -175,6 +196,9 @@ class _LSTMLoop(torch.autograd.Function):
         launch = _LSTMLaunch(p, c0)
         if mask is not None and Pw is not None:  # c held in the kernel, h after the projection
             zeros, unread, proj = c0.new_zeros(B, H), c0.new_empty(B, H), h0.new_empty(B, P)
+        if Pw is None and p.kind == "lstm" and H <= min(PERSISTENT_UNITS, SEQUENCE_MAX_UNITS):
+            launch.sequence(xw, U, C, Hs, Z, Y, extra, mask, held)
+            T = 0  # every step done
         for t in range(T):
             torch.addmm(xw[t], Hs[t], U, out=Z[t])
             if mask is None:
@@ -199,7 +223,7 @@ class _LSTMLoop(torch.autograd.Function):
                             out=Y[t])
         ctx.p, ctx.held = p, held
         ctx.save_for_backward(Z, C, Hs, U, extra, Pw, M if Pw is not None else None, R, mask)
-        return Y, C[T].clone(), Hs[T].clone()
+        return Y, C[-1].clone(), Hs[-1].clone()
 
     @staticmethod
     @once_differentiable
@@ -242,6 +266,18 @@ class _LSTMLaunch:
             _launch(self.k.lstm_forward, B * H, z, c, extra if extra is not None else z, c_out,
                     h_out, act, h_prev, y_out, y_prev, B * H, H, self.consts,
                     PEEP=extra is not None, **masked, **self.meta)
+
+    def sequence(self, xw, U, C, Hs, Z, Y, extra, mask, held: bool) -> None:
+        """Every step of a plain LSTM's forward (no projection, not layer norm) in one launch
+        (``lstm_sequence_forward``): the same tensors written as the step-by-step loop's."""
+        B, H = self.B, self.H
+        block_h = max(16, _block(H))
+        self.k.lstm_sequence_forward[(-(-B // PERSISTENT_ROWS),)](
+            xw, U.contiguous(), C, Hs, Z, Y, extra if extra is not None else xw,
+            mask if mask is not None else xw, self.consts, xw.shape[0], B, H,
+            PEEP=extra is not None, MASKED=mask is not None, PREV=held,
+            F64=xw.dtype == torch.float64, BLOCK_B=PERSISTENT_ROWS, BLOCK_H=block_h,
+            BLOCK_K=16, num_warps=_sequence_warps(block_h), **self.meta, **LAUNCH)
 
     def backward(self, z, c, cn, extra, dh, dc, dz, dextra, act=None, dh_pass=None,
                  extra_dy=None, dy=None, carry=None) -> None:
