@@ -308,6 +308,111 @@ def lstm_sequence_forward(xw, U, C, Hs, Z, Y, peep, act, consts, T, B, H,
 
 
 @triton.jit
+def lstm_sequence_backward(Z, C, U, peep, act, dym, dyh, dh, dc, dZ, dpeep, consts, T, B, H,
+                           OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
+                           OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr,
+                           ACT: tl.constexpr, REC: tl.constexpr, MASKED: tl.constexpr,
+                           PREV: tl.constexpr, DY: tl.constexpr, F64: tl.constexpr,
+                           BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The backward of ``lstm_sequence_forward`` (of the step-by-step loop: the same saved
+    ``Z`` and ``C``) in one launch: ``lstm_backward``'s step and the product back to the
+    previous state, for every step from the last, ``BLOCK_B`` rows a program. ``dh``, ``dc``
+    ``[B, H]``: the final state's gradients in (the last output's folded into ``dh``), the
+    initial state's out. ``dZ [T, B, 4H]`` out; ``dpeep [3, B, H]`` (``PEEP``) the per-row
+    peephole terms, summed over steps. ``DY``: the outputs' gradient ``dym [T, B, H]``
+    (zero where a row did not run) reaches the previous step's state; ``PREV`` (Keras's held
+    outputs, with ``MASKED``): ``dyh [T, B, H]``, carried back through the steps that held
+    them (``_runs``). The product reads this step's ``dZ`` back in chunks of ``BLOCK_K`` of
+    its ``4H`` columns after a barrier."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_H)
+    ks = tl.arange(0, BLOCK_K)
+    rm, cm = rows < B, cols < H
+    m2 = rm[:, None] & cm[None, :]
+    at = rows[:, None] * H + cols[None, :]
+    zat = rows[:, None] * (4 * H) + cols[None, :]
+    dhv = tl.load(dh + at, mask=m2, other=0.0)
+    dcv = tl.load(dc + at, mask=m2, other=0.0)
+    carry = dhv * 0.0
+    if PEEP:
+        p_i = tl.load(peep + cols, mask=cm, other=0.0)[None, :]
+        p_f = tl.load(peep + H + cols, mask=cm, other=0.0)[None, :]
+        p_o = tl.load(peep + 2 * H + cols, mask=cm, other=0.0)[None, :]
+        g_i, g_f, g_o = carry, carry, carry
+    for s in range(T):
+        t = T - 1 - s
+        base = t * B * 4 * H
+        zi = tl.load(Z + base + zat + OI * H, mask=m2, other=0.0)
+        zf = tl.load(Z + base + zat + OF * H, mask=m2, other=0.0)
+        zg = tl.load(Z + base + zat + OG * H, mask=m2, other=0.0)
+        zo = tl.load(Z + base + zat + OO * H, mask=m2, other=0.0)
+        cv = tl.load(C + t * B * H + at, mask=m2, other=0.0)
+        cnv = tl.load(C + (t + 1) * B * H + at, mask=m2, other=0.0)
+        if PEEP:
+            zi += p_i * cv
+            zf += p_f * cv
+            zo += p_o * cnv
+        i, f, g, o = _act(zi, REC), _act(zf, REC), _act(zg, ACT), _act(zo, REC)
+        tc = _act(cnv, ACT)
+        keep = m2
+        if MASKED:
+            keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None] & m2
+        dh_step = dhv
+        if PREV:
+            gy = tl.load(dyh + t * B * H + at, mask=m2, other=0.0) + carry
+            carry = tl.where(keep, 0.0, gy)
+            dh_step = dhv + gy
+        dht = tl.where(keep, dh_step, 0.0)
+        dct = tl.where(keep, dcv, 0.0)
+        dzo = dht * tc * _dact(o, REC)
+        dct += dht * o * _dact(tc, ACT)
+        if PEEP:
+            dct += dzo * p_o
+        if CLIP:
+            clip = tl.load(consts)
+            pre = f * cv + i * g
+            dct = tl.where((pre >= -clip) & (pre <= clip), dct, 0.0)
+        dzi = dct * g * _dact(i, REC)
+        dzf = dct * cv * _dact(f, REC)
+        dzg = dct * i * _dact(g, ACT)
+        dcp = dct * f
+        if PEEP:
+            dcp += dzi * p_i + dzf * p_f
+            g_i += dzi * cv
+            g_f += dzf * cv
+            g_o += dzo * cnv
+        tl.store(dZ + base + zat + OI * H, dzi, mask=m2)
+        tl.store(dZ + base + zat + OF * H, dzf, mask=m2)
+        tl.store(dZ + base + zat + OG * H, dzg, mask=m2)
+        tl.store(dZ + base + zat + OO * H, dzo, mask=m2)
+        if MASKED:  # a row that did not run passes its held state's gradients on
+            dcv = tl.where(keep, dcp, dcv)
+            passed = tl.where(keep, 0.0, dhv)
+        else:
+            dcv = dcp
+            passed = dhv * 0.0
+        if DY:
+            if t > 0:
+                passed += tl.load(dym + (t - 1) * B * H + at, mask=m2, other=0.0)
+        tl.debug_barrier()  # this step's dZ, read back below by the whole program
+        for k0 in range(0, 4 * H, BLOCK_K):
+            k = k0 + ks
+            km = k < 4 * H
+            dzk = tl.load(dZ + base + rows[:, None] * (4 * H) + k[None, :],
+                          mask=rm[:, None] & km[None, :], other=0.0)
+            ut = tl.load(U + cols[None, :] * (4 * H) + k[:, None],
+                         mask=km[:, None] & cm[None, :], other=0.0)
+            passed += _dot(dzk, ut, F64)
+        dhv = passed
+    tl.store(dh + at, dhv, mask=m2)
+    tl.store(dc + at, dcv, mask=m2)
+    if PEEP:
+        tl.store(dpeep + at, g_i, mask=m2)
+        tl.store(dpeep + B * H + at, g_f, mask=m2)
+        tl.store(dpeep + 2 * B * H + at, g_o, mask=m2)
+
+
+@triton.jit
 def _gru_in(zr, N, H, REC: tl.constexpr, BLOCK: tl.constexpr):
     """This program's (row, unit) pairs, their mask, offset in ``zr [B, 2H]``, z and r."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

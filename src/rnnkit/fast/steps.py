@@ -15,11 +15,11 @@ with cell clipping, 28 with peepholes and projection, 22 for TF1's GRU, 34 for l
 - a reset-before GRU (TF1's ``GRUCell``): two products and two kernels each way, the input's
   gradient written into one buffer.
 
-A plain LSTM's forward (no projection, not layer norm, up to ``SEQUENCE_MAX_UNITS`` units)
-can instead run as one launch, ``PERSISTENT_UNITS`` (off until measured on a GPU): each
-program keeps a block of rows' state through every step and computes their recurrent product
-itself (rows are independent: no program waits for another); it writes the same tensors as
-the step-by-step forward, so the backward is the same.
+A plain LSTM's loop (no projection, not layer norm, up to ``SEQUENCE_MAX_UNITS`` units) can
+instead run as one launch each way, ``PERSISTENT_UNITS`` (off until measured on a GPU): each
+program keeps a block of rows' state (or its gradients) through every step and computes their
+recurrent product itself (rows are independent: no program waits for another); the forward
+saves the same tensors as the step-by-step one, and ``U``'s gradient is the same product.
 
 ``U``'s (and a projection's) gradient is one product over every step at the end, as cuDNN
 does, where per-step autograd makes a product and a sum for it at each step. Masks are in the
@@ -57,11 +57,11 @@ from rnnkit.fast.compiled import ACTIVATIONS
 from rnnkit.unroll import scan
 
 ENABLED = True  # False: ``sequence`` leaves every loop to the ops (benchmarks/ab_steps.py)
-# Up to this many units (at most SEQUENCE_MAX_UNITS), a plain LSTM's forward (no projection,
-# not layer norm) runs as one launch (``_triton_kernels.lstm_sequence_forward``: each program
-# keeps its rows' state through every step) instead of a product and a kernel a step; 0: off.
-# Off until measured on a GPU (``benchmarks/ab_steps.py --persistent``); the backward is the
-# same either way. Compiled for an H100, it spills registers beyond 64 units.
+# Up to this many units (at most SEQUENCE_MAX_UNITS), a plain LSTM's loop (no projection, not
+# layer norm) runs as one launch each way (``_triton_kernels.lstm_sequence_forward`` and
+# ``_backward``: each program keeps its rows' state through every step) instead of a product
+# and a kernel a step; 0: off. Off until measured on a GPU (``benchmarks/ab_steps.py
+# --persistent``). Compiled for an H100, the forward spills registers beyond 64 units.
 PERSISTENT_UNITS = 0
 SEQUENCE_MAX_UNITS = 64
 PERSISTENT_ROWS = 16  # rows a program of it keeps (tl.dot's least block)
@@ -152,9 +152,17 @@ def _block(H: int) -> int:
     return 1 << max(0, H - 1).bit_length()
 
 
-def _sequence_warps(block_h: int) -> int:
-    """Warps of ``lstm_sequence_forward`` at ``block_h`` units a block (its float32 product on
-    the FMA units holds its operands in registers: 8 warps keep 64 units from spilling)."""
+def _one_launch(p: eq.Canonical, Pw, H: int) -> bool:
+    """Whether an LSTM loop runs each way as one launch (``PERSISTENT_UNITS``)."""
+    return Pw is None and p.kind == "lstm" and H <= min(PERSISTENT_UNITS, SEQUENCE_MAX_UNITS)
+
+
+def _sequence_warps(block_h: int, backward: bool = False) -> int:
+    """Warps of ``lstm_sequence_forward`` (``backward``: ``lstm_sequence_backward``) at
+    ``block_h`` units a block: their float32 products on the FMA units hold operands in
+    registers, and these keep them from spilling (``test_steps_compile.py``)."""
+    if backward:
+        return 8 if block_h <= 32 else 16
     return 4 if block_h <= 32 else 8
 
 
@@ -196,7 +204,7 @@ class _LSTMLoop(torch.autograd.Function):
         launch = _LSTMLaunch(p, c0)
         if mask is not None and Pw is not None:  # c held in the kernel, h after the projection
             zeros, unread, proj = c0.new_zeros(B, H), c0.new_empty(B, H), h0.new_empty(B, P)
-        if Pw is None and p.kind == "lstm" and H <= min(PERSISTENT_UNITS, SEQUENCE_MAX_UNITS):
+        if _one_launch(p, Pw, H):
             launch.sequence(xw, U, C, Hs, Z, Y, extra, mask, held)
             T = 0  # every step done
         for t in range(T):
@@ -279,6 +287,21 @@ class _LSTMLaunch:
             F64=xw.dtype == torch.float64, BLOCK_B=PERSISTENT_ROWS, BLOCK_H=block_h,
             BLOCK_K=16, num_warps=_sequence_warps(block_h), **self.meta, **LAUNCH)
 
+    def sequence_backward(self, Z, C, U, extra, mask, dym, dyh, dh, dc, dZ, dextra) -> None:
+        """``sequence``'s backward in one launch (``lstm_sequence_backward``): ``dh``, ``dc``
+        (the final state's gradients) become the initial state's; ``dZ`` and ``dextra``
+        written; ``dym`` the outputs' gradient where rows ran, ``dyh`` Keras's held outputs'."""
+        B, H = self.B, self.H
+        block_h = max(16, _block(H))
+        self.k.lstm_sequence_backward[(-(-B // PERSISTENT_ROWS),)](
+            Z, C, U.contiguous(), extra if extra is not None else Z,
+            mask if mask is not None else Z, dym if dym is not None else Z,
+            dyh if dyh is not None else Z, dh, dc, dZ, dextra if dextra is not None else Z,
+            self.consts, Z.shape[0], B, H, PEEP=extra is not None, MASKED=mask is not None,
+            PREV=dyh is not None, DY=dym is not None, F64=Z.dtype == torch.float64,
+            BLOCK_B=PERSISTENT_ROWS, BLOCK_H=block_h, BLOCK_K=16,
+            num_warps=_sequence_warps(block_h, backward=True), **self.meta, **LAUNCH)
+
     def backward(self, z, c, cn, extra, dh, dc, dz, dextra, act=None, dh_pass=None,
                  extra_dy=None, dy=None, carry=None) -> None:
         """``dc`` in and out (the next step's gradient, then this one's); ``dextra`` summed
@@ -313,6 +336,12 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
     dy = _masked_grad(dy, mask) if not held else None
     dh = _last_grad(dy, dhT, Hs)
     dextra = C.new_zeros(extra.shape[0], *C.shape[1:]) if extra is not None else None
+    if _one_launch(p, Pw, C.shape[-1]):
+        launch.sequence_backward(Z, C, U, extra, mask, dy, dy_held if held else None, dh, dc,
+                                 dZ, dextra)
+        dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
+        return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), None, None, \
+            None, None
     dR = torch.empty_like(Hs[1:]) if Pw is not None else None  # gradients after the clip
     Ut, Pt = U.t(), (Pw.t() if Pw is not None else None)
     zero = _consts(0.0, like=C)[0]
