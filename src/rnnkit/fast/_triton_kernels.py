@@ -168,6 +168,35 @@ def lstm_forward(z, c, peep, c_out, h_out, act, h_prev, y_out, y_prev, N, H, con
 
 
 @triton.jit
+def _lstm_cell_grads(zi, zf, zg, zo, cv, cnv, dh, dc, p_i, p_f, p_o, consts, PEEP: tl.constexpr,
+                     CLIP: tl.constexpr, ACT: tl.constexpr, REC: tl.constexpr):
+    """One LSTM step's backward from its gate pre-activations (before peepholes), ``c`` in and
+    out, and the gradients ``dh`` and ``dc`` reaching its outputs: the pre-activations'
+    gradients and the one reaching its input ``c`` (``dzi, dzf, dzg, dzo, dc_prev``)."""
+    if PEEP:
+        zi += p_i * cv
+        zf += p_f * cv
+        zo += p_o * cnv
+    i, f, g, o = _act(zi, REC), _act(zf, REC), _act(zg, ACT), _act(zo, REC)
+    tc = _act(cnv, ACT)
+    dzo = dh * tc * _dact(o, REC)
+    dc += dh * o * _dact(tc, ACT)
+    if PEEP:
+        dc += dzo * p_o
+    if CLIP:
+        clip = tl.load(consts)
+        pre = f * cv + i * g
+        dc = tl.where((pre >= -clip) & (pre <= clip), dc, 0.0)
+    dzi = dc * g * _dact(i, REC)
+    dzf = dc * cv * _dact(f, REC)
+    dzg = dc * i * _dact(g, ACT)
+    dcp = dc * f
+    if PEEP:
+        dcp += dzi * p_i + dzf * p_f
+    return dzi, dzf, dzg, dzo, dcp
+
+
+@triton.jit
 def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, act, dh_pass, extra, dy, carry, N, H,
                   consts, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
                   OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
@@ -186,29 +215,15 @@ def lstm_backward(z, c, cn, peep, dh, dcn, dz, dc, dpeep, act, dh_pass, extra, d
         p_i = tl.load(peep + col, mask=m, other=0.0)
         p_f = tl.load(peep + H + col, mask=m, other=0.0)
         p_o = tl.load(peep + 2 * H + col, mask=m, other=0.0)
-        zi += p_i * cv
-        zf += p_f * cv
-        zo += p_o * cnv
-    i, f, g, o = _act(zi, REC), _act(zf, REC), _act(zg, ACT), _act(zo, REC)
-    tc = _act(cnv, ACT)
+    else:
+        p_i, p_f, p_o = cv, cv, cv  # unread
     dhv = tl.load(dh + idx, mask=m, other=0.0)
     dct = tl.load(dcn + idx, mask=m, other=0.0)
     keep, dh_held, dc_held, dhv, dct = _runs(act, idx // H, m, dhv, dct, dy, carry, idx, MASKED,
                                              PREV)
-    dzo = dhv * tc * _dact(o, REC)
-    dct += dhv * o * _dact(tc, ACT)
+    dzi, dzf, dzg, dzo, dcp = _lstm_cell_grads(zi, zf, zg, zo, cv, cnv, dhv, dct, p_i, p_f, p_o,
+                                               consts, PEEP, CLIP, ACT, REC)
     if PEEP:
-        dct += dzo * p_o
-    if CLIP:
-        clip = tl.load(consts)
-        pre = f * cv + i * g
-        dct = tl.where((pre >= -clip) & (pre <= clip), dct, 0.0)
-    dzi = dct * g * _dact(i, REC)
-    dzf = dct * cv * _dact(f, REC)
-    dzg = dct * i * _dact(g, ACT)
-    dcp = dct * f
-    if PEEP:
-        dcp += dzi * p_i + dzf * p_f
         _add(dpeep, idx, dzi * cv, m)
         _add(dpeep, N + idx, dzf * cv, m)
         _add(dpeep, 2 * N + idx, dzo * cnv, m)
@@ -230,6 +245,45 @@ def _dot(a, b, F64: tl.constexpr):
 
 
 @triton.jit
+def _row_block(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A one-launch loop's block of ``BLOCK_B`` rows: rows, units, a chunk's offsets, their
+    masks, and the offsets of ``[rows, units]`` in a ``[B, H]`` and a ``[B, 4H]`` slab."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_H)
+    rm, cm = rows < B, cols < H
+    return (rows, cols, tl.arange(0, BLOCK_K), rm, cm, rm[:, None] & cm[None, :],
+            rows[:, None] * H + cols[None, :], rows[:, None] * (4 * H) + cols[None, :])
+
+
+@triton.jit
+def _peephole_rows(peep, cols, cm, H):
+    """The peepholes ``peep [3, H]`` as rows to broadcast: p_i, p_f, p_o."""
+    return (tl.load(peep + cols, mask=cm, other=0.0)[None, :],
+            tl.load(peep + H + cols, mask=cm, other=0.0)[None, :],
+            tl.load(peep + 2 * H + cols, mask=cm, other=0.0)[None, :])
+
+
+@triton.jit
+def _load_gates(slab, zat, m2, H, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
+                OO: tl.constexpr):
+    """The four gate blocks of a ``[B, 4H]`` slab at this block's rows: i, f, g, o."""
+    return (tl.load(slab + zat + OI * H, mask=m2, other=0.0),
+            tl.load(slab + zat + OF * H, mask=m2, other=0.0),
+            tl.load(slab + zat + OG * H, mask=m2, other=0.0),
+            tl.load(slab + zat + OO * H, mask=m2, other=0.0))
+
+
+@triton.jit
+def _store_gates(slab, zat, m2, H, zi, zf, zg, zo, OI: tl.constexpr, OF: tl.constexpr,
+                 OG: tl.constexpr, OO: tl.constexpr):
+    """Store the four gate blocks i, f, g, o of a ``[B, 4H]`` slab at this block's rows."""
+    tl.store(slab + zat + OI * H, zi, mask=m2)
+    tl.store(slab + zat + OF * H, zf, mask=m2)
+    tl.store(slab + zat + OG * H, zg, mask=m2)
+    tl.store(slab + zat + OO * H, zo, mask=m2)
+
+
+@triton.jit
 def lstm_sequence_forward(xw, U, C, Hs, Z, Y, peep, act, consts, T, B, H,
                           OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
                           OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr,
@@ -246,26 +300,15 @@ def lstm_sequence_forward(xw, U, C, Hs, Z, Y, peep, act, consts, T, B, H,
     row does not run. The product reads the previous ``h`` back from ``Hs`` in chunks of
     ``BLOCK_K`` units (a barrier after each step's stores makes them visible to the whole
     program), so that only chunks of ``U``, never all of it, are in registers."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_H)
-    ks = tl.arange(0, BLOCK_K)
-    rm, cm = rows < B, cols < H
-    m2 = rm[:, None] & cm[None, :]
-    at = rows[:, None] * H + cols[None, :]
-    zat = rows[:, None] * (4 * H) + cols[None, :]
+    rows, cols, ks, rm, cm, m2, at, zat = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
     h = tl.load(Hs + at, mask=m2, other=0.0)
     c = tl.load(C + at, mask=m2, other=0.0)
     y_last = h * 0.0
     if PEEP:
-        p_i = tl.load(peep + cols, mask=cm, other=0.0)[None, :]
-        p_f = tl.load(peep + H + cols, mask=cm, other=0.0)[None, :]
-        p_o = tl.load(peep + 2 * H + cols, mask=cm, other=0.0)[None, :]
+        p_i, p_f, p_o = _peephole_rows(peep, cols, cm, H)
     for t in range(T):
         base = t * B * 4 * H
-        zi = tl.load(xw + base + zat + OI * H, mask=m2, other=0.0)
-        zf = tl.load(xw + base + zat + OF * H, mask=m2, other=0.0)
-        zg = tl.load(xw + base + zat + OG * H, mask=m2, other=0.0)
-        zo = tl.load(xw + base + zat + OO * H, mask=m2, other=0.0)
+        zi, zf, zg, zo = _load_gates(xw + base, zat, m2, H, OI, OF, OG, OO)
         for k0 in range(0, H, BLOCK_K):
             k = k0 + ks
             km = k < H
@@ -277,10 +320,7 @@ def lstm_sequence_forward(xw, U, C, Hs, Z, Y, peep, act, consts, T, B, H,
             zf += _dot(hk, tl.load(U + uat + OF * H, mask=um, other=0.0), F64)
             zg += _dot(hk, tl.load(U + uat + OG * H, mask=um, other=0.0), F64)
             zo += _dot(hk, tl.load(U + uat + OO * H, mask=um, other=0.0), F64)
-        tl.store(Z + base + zat + OI * H, zi, mask=m2)
-        tl.store(Z + base + zat + OF * H, zf, mask=m2)
-        tl.store(Z + base + zat + OG * H, zg, mask=m2)
-        tl.store(Z + base + zat + OO * H, zo, mask=m2)
+        _store_gates(Z + base, zat, m2, H, zi, zf, zg, zo, OI, OF, OG, OO)
         if PEEP:
             zi += p_i * c
             zf += p_f * c
@@ -324,36 +364,21 @@ def lstm_sequence_backward(Z, C, U, peep, act, dym, dyh, dh, dc, dZ, dpeep, cons
     outputs, with ``MASKED``): ``dyh [T, B, H]``, carried back through the steps that held
     them (``_runs``). The product reads this step's ``dZ`` back in chunks of ``BLOCK_K`` of
     its ``4H`` columns after a barrier."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_H)
-    ks = tl.arange(0, BLOCK_K)
-    rm, cm = rows < B, cols < H
-    m2 = rm[:, None] & cm[None, :]
-    at = rows[:, None] * H + cols[None, :]
-    zat = rows[:, None] * (4 * H) + cols[None, :]
+    rows, cols, ks, rm, cm, m2, at, zat = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
     dhv = tl.load(dh + at, mask=m2, other=0.0)
     dcv = tl.load(dc + at, mask=m2, other=0.0)
     carry = dhv * 0.0
     if PEEP:
-        p_i = tl.load(peep + cols, mask=cm, other=0.0)[None, :]
-        p_f = tl.load(peep + H + cols, mask=cm, other=0.0)[None, :]
-        p_o = tl.load(peep + 2 * H + cols, mask=cm, other=0.0)[None, :]
+        p_i, p_f, p_o = _peephole_rows(peep, cols, cm, H)
         g_i, g_f, g_o = carry, carry, carry
+    else:
+        p_i, p_f, p_o = carry, carry, carry  # unread
     for s in range(T):
         t = T - 1 - s
         base = t * B * 4 * H
-        zi = tl.load(Z + base + zat + OI * H, mask=m2, other=0.0)
-        zf = tl.load(Z + base + zat + OF * H, mask=m2, other=0.0)
-        zg = tl.load(Z + base + zat + OG * H, mask=m2, other=0.0)
-        zo = tl.load(Z + base + zat + OO * H, mask=m2, other=0.0)
+        zi, zf, zg, zo = _load_gates(Z + base, zat, m2, H, OI, OF, OG, OO)
         cv = tl.load(C + t * B * H + at, mask=m2, other=0.0)
         cnv = tl.load(C + (t + 1) * B * H + at, mask=m2, other=0.0)
-        if PEEP:
-            zi += p_i * cv
-            zf += p_f * cv
-            zo += p_o * cnv
-        i, f, g, o = _act(zi, REC), _act(zf, REC), _act(zg, ACT), _act(zo, REC)
-        tc = _act(cnv, ACT)
         keep = m2
         if MASKED:
             keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None] & m2
@@ -362,29 +387,14 @@ def lstm_sequence_backward(Z, C, U, peep, act, dym, dyh, dh, dc, dZ, dpeep, cons
             gy = tl.load(dyh + t * B * H + at, mask=m2, other=0.0) + carry
             carry = tl.where(keep, 0.0, gy)
             dh_step = dhv + gy
-        dht = tl.where(keep, dh_step, 0.0)
-        dct = tl.where(keep, dcv, 0.0)
-        dzo = dht * tc * _dact(o, REC)
-        dct += dht * o * _dact(tc, ACT)
+        dzi, dzf, dzg, dzo, dcp = _lstm_cell_grads(
+            zi, zf, zg, zo, cv, cnv, tl.where(keep, dh_step, 0.0), tl.where(keep, dcv, 0.0),
+            p_i, p_f, p_o, consts, PEEP, CLIP, ACT, REC)
         if PEEP:
-            dct += dzo * p_o
-        if CLIP:
-            clip = tl.load(consts)
-            pre = f * cv + i * g
-            dct = tl.where((pre >= -clip) & (pre <= clip), dct, 0.0)
-        dzi = dct * g * _dact(i, REC)
-        dzf = dct * cv * _dact(f, REC)
-        dzg = dct * i * _dact(g, ACT)
-        dcp = dct * f
-        if PEEP:
-            dcp += dzi * p_i + dzf * p_f
             g_i += dzi * cv
             g_f += dzf * cv
             g_o += dzo * cnv
-        tl.store(dZ + base + zat + OI * H, dzi, mask=m2)
-        tl.store(dZ + base + zat + OF * H, dzf, mask=m2)
-        tl.store(dZ + base + zat + OG * H, dzg, mask=m2)
-        tl.store(dZ + base + zat + OO * H, dzo, mask=m2)
+        _store_gates(dZ + base, zat, m2, H, dzi, dzf, dzg, dzo, OI, OF, OG, OO)
         if MASKED:  # a row that did not run passes its held state's gradients on
             dcv = tl.where(keep, dcp, dcv)
             passed = tl.where(keep, 0.0, dhv)
