@@ -201,8 +201,6 @@ SMALL_UNITS = {"lstm": 128, "gru": 256, "rnn": 64}
 FUSED_PEEPHOLES = True
 _PACKED = ("variable lengths run faster packed on the fused kernel (oneDNN needs a call per "
            "segment of constant batch)")
-# Measured on an H100 (benchmarks/RESULTS.md, session 11): B32 T100 H256, lengths 10..100, f+b,
-# cuDNN packed 10.2 ms against 4.8 for the padded batch, the graph path's Triton loop 3.5.
 # Measured on an H100 (benchmarks/RESULTS.md, session 11): B32 T100 f+b, torch.nn.LSTM 1.67 ms
 # at H64, this path eagerly 2.60, replayed from CUDA graphs 1.02 (0.96 / 2.09 / 0.58 for a GRU).
 _GRAPHED_CUDNN = ("the graph path replays cuDNN's own op from CUDA graphs, without each call's "
@@ -219,6 +217,9 @@ def _activation_bytes(p: Canonical, inputs: torch.Tensor) -> int:
     return 2 * steps_ * batch * p.U.shape[1] * inputs.element_size()
 
 
+# Measured on an H100 (benchmarks/RESULTS.md, session 11): B32 T100 H256, lengths 10..100, f+b,
+# BasicLSTMCell: cuDNN packed 10.2 ms (4.8 for the padded batch), the graph path's Triton loop
+# 3.4-3.7 (torch.nn.LSTM on a PackedSequence: 7.7).
 _VARLEN_LSTM = ("variable lengths, LSTM: cuDNN needs the batch packed (sorted, the lengths read "
                 "on the host); the graph path's Triton loop masks in its kernels (cuDNN still "
                 "runs a shape until its graph is captured)")
