@@ -89,6 +89,18 @@ def decisions(monkeypatch) -> list[str]:
     return seen
 
 
+def cudnn_runs(monkeypatch) -> list[int]:
+    """The calls that run the cudnn path from now on (one entry each)."""
+    runs, run_cudnn = [], dispatch.run_cudnn
+
+    def spy(*args, **kwargs):
+        runs.append(1)
+        return run_cudnn(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "run_cudnn", spy)
+    return runs
+
+
 def compare_masked_keras_layer(layer: str, go_backwards: bool, monkeypatch, **kwargs
                                ) -> list[str]:
     """``compare`` for Keras layer ``layer`` (5 units, sequences and states returned) under a

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fast_checks import CUDNN_CELLS, CUDNN_LENGTHS, FUSED_CELLS, TOL, compare, decisions, perturb
+from fast_checks import CUDNN_CELLS, CUDNN_LENGTHS, FUSED_CELLS, TOL, compare, cudnn_runs, decisions, perturb
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
-from rnnkit.fast import dispatch, graphs
+from rnnkit.fast import graphs
 from rnnkit.unroll import length_mask, map_state
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -183,13 +183,7 @@ def test_variable_length_lstm_runs_cudnn_then_its_graph(name, dtype, exact, monk
     """An LSTM batch of variable lengths: its first call runs on cuDNN (packed), the second
     captures the graph path's Triton loop, the third replays it; each gives the CPU's numbers
     and gradients (cuDNN's float32 to its own precision, ``F32``)."""
-    runs, run_cudnn = [], dispatch.run_cudnn
-
-    def spy(*args, **kwargs):
-        runs.append(1)
-        return run_cudnn(*args, **kwargs)
-
-    monkeypatch.setattr(dispatch, "run_cudnn", spy)
+    runs = cudnn_runs(monkeypatch)
     cell = _built(CUDNN_CELLS[name], dtype=dtype)
     x = torch.randn(5, 7, 4, dtype=dtype, requires_grad=True)
     lens = torch.tensor(LENGTHS["varied"])

@@ -10,6 +10,7 @@ import threading
 import pytest
 import torch
 from fast_checks import TOL, decisions, perturb
+from fast_checks import cudnn_runs as count_cudnn_runs
 
 import rnnkit as rk
 from rnnkit.fast import compiled, cudnn, dispatch, graphs, onednn, steps
@@ -132,14 +133,7 @@ def cudnn_runs(graph_on_cpu, monkeypatch):
     """The graph path and the cudnn path both on the CPU (torch's own ops standing in for
     cuDNN); the calls that ran the cudnn path are counted."""
     monkeypatch.setattr(cudnn, "DEVICE", "cpu")
-    runs, run_cudnn = [], dispatch.run_cudnn
-
-    def spy(*args, **kwargs):
-        runs.append(1)
-        return run_cudnn(*args, **kwargs)
-
-    monkeypatch.setattr(dispatch, "run_cudnn", spy)
-    return runs
+    return count_cudnn_runs(monkeypatch)
 
 
 @torch.no_grad()

@@ -204,10 +204,10 @@ class _LSTMLoop(torch.autograd.Function):
         launch = _LSTMLaunch(p, c0)
         if mask is not None and Pw is not None:  # c held in the kernel, h after the projection
             zeros, unread, proj = c0.new_zeros(B, H), c0.new_empty(B, H), h0.new_empty(B, P)
-        if _one_launch(p, Pw, H):
+        one_launch = _one_launch(p, Pw, H)
+        if one_launch:
             launch.sequence(xw, U, C, Hs, Z, Y, extra, mask, held)
-            T = 0  # every step done
-        for t in range(T):
+        for t in range(0 if one_launch else T):  # (the one launch ran every step)
             torch.addmm(xw[t], Hs[t], U, out=Z[t])
             if mask is None:
                 launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
@@ -231,7 +231,7 @@ class _LSTMLoop(torch.autograd.Function):
                             out=Y[t])
         ctx.p, ctx.held = p, held
         ctx.save_for_backward(Z, C, Hs, U, extra, Pw, M if Pw is not None else None, R, mask)
-        return Y, C[-1].clone(), Hs[-1].clone()
+        return Y, C[T].clone(), Hs[T].clone()
 
     @staticmethod
     @once_differentiable
@@ -275,14 +275,18 @@ class _LSTMLaunch:
                     h_out, act, h_prev, y_out, y_prev, B * H, H, self.consts,
                     PEEP=extra is not None, **masked, **self.meta)
 
+    def _one_launch_blocks(self) -> tuple[tuple[int], int]:
+        """The one-launch kernels' grid (``PERSISTENT_ROWS`` rows a program) and block of
+        units (at least 16: ``tl.dot``'s least)."""
+        return (-(-self.B // PERSISTENT_ROWS),), max(16, _block(self.H))
+
     def sequence(self, xw, U, C, Hs, Z, Y, extra, mask, held: bool) -> None:
         """Every step of a plain LSTM's forward (no projection, not layer norm) in one launch
         (``lstm_sequence_forward``): the same tensors written as the step-by-step loop's."""
-        B, H = self.B, self.H
-        block_h = max(16, _block(H))
-        self.k.lstm_sequence_forward[(-(-B // PERSISTENT_ROWS),)](
+        grid, block_h = self._one_launch_blocks()
+        self.k.lstm_sequence_forward[grid](
             xw, U.contiguous(), C, Hs, Z, Y, extra if extra is not None else xw,
-            mask if mask is not None else xw, self.consts, xw.shape[0], B, H,
+            mask if mask is not None else xw, self.consts, xw.shape[0], self.B, self.H,
             PEEP=extra is not None, MASKED=mask is not None, PREV=held,
             F64=xw.dtype == torch.float64, BLOCK_B=PERSISTENT_ROWS, BLOCK_H=block_h,
             BLOCK_K=16, num_warps=_sequence_warps(block_h), **self.meta, **LAUNCH)
@@ -291,13 +295,12 @@ class _LSTMLaunch:
         """``sequence``'s backward in one launch (``lstm_sequence_backward``): ``dh``, ``dc``
         (the final state's gradients) become the initial state's; ``dZ`` and ``dextra``
         written; ``dym`` the outputs' gradient where rows ran, ``dyh`` Keras's held outputs'."""
-        B, H = self.B, self.H
-        block_h = max(16, _block(H))
-        self.k.lstm_sequence_backward[(-(-B // PERSISTENT_ROWS),)](
+        grid, block_h = self._one_launch_blocks()
+        self.k.lstm_sequence_backward[grid](
             Z, C, U.contiguous(), extra if extra is not None else Z,
             mask if mask is not None else Z, dym if dym is not None else Z,
             dyh if dyh is not None else Z, dh, dc, dZ, dextra if dextra is not None else Z,
-            self.consts, Z.shape[0], B, H, PEEP=extra is not None, MASKED=mask is not None,
+            self.consts, Z.shape[0], self.B, self.H, PEEP=extra is not None, MASKED=mask is not None,
             PREV=dyh is not None, DY=dym is not None, F64=Z.dtype == torch.float64,
             BLOCK_B=PERSISTENT_ROWS, BLOCK_H=block_h, BLOCK_K=16,
             num_warps=_sequence_warps(block_h, backward=True), **self.meta, **LAUNCH)
