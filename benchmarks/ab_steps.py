@@ -1,17 +1,20 @@
 """The graph path with and without its Triton loops (``rnnkit.fast.steps``), on a GPU.
 
     python benchmarks/ab_steps.py [--repeats 7] [--shapes 32,100,256 32,100,64 1,500,256]
-                                  [--persistent]
+                                  [--persistent] [--fused-steps] [--cells NAME ...]
 
-For each shape and cell the graph path runs (TF1's GRU, peepholes with projection, cell
-clipping, layer norm), forward+backward as ops (``steps.ENABLED`` off) and as Triton loops
-(the default), each captured afresh, timed interleaved with torch.nn's cuDNN module of the
-nearest math; prints milliseconds (medians) and the ratios torch.nn / each. Last, a
-variable-length batch (B32 T100 H256, lengths 10..100, ``sequence_length``) against torch.nn on
-the padded batch. ``--persistent`` adds a column: the loops with a plain LSTM's forward as one
-launch (``steps.PERSISTENT_UNITS``, up to ``steps.SEQUENCE_MAX_UNITS`` units; cells it does not
-serve run as in "loops"). Under ``--device cpu`` it runs the same on the CPU (without the
-graphs or Triton: a smoke test of the script).
+For each shape and cell the graph path runs (by default TF1's GRU, peepholes with projection,
+cell clipping, layer norm; ``--cells`` names others of ``bench_rnn.CELLS``), forward+backward
+as ops (``steps.ENABLED`` off) and as Triton loops (the default), each captured afresh, timed
+interleaved with torch.nn's cuDNN module of the nearest math; prints milliseconds (medians)
+and the ratios torch.nn / each. Last, a variable-length batch (B32 T100 H256, lengths
+10..100, ``sequence_length``) against torch.nn on
+the padded batch. ``--persistent`` adds a column: the loops with a plain LSTM's loop as one
+launch each way (``steps.PERSISTENT_UNITS``, up to ``steps.SEQUENCE_MAX_UNITS`` units; cells it
+does not serve run as in "loops"); ``--fused-steps`` one with a plain LSTM's steps running
+their products in their kernels (``steps.FUSED_STEP_UNITS``, at every size). Under
+``--device cpu`` it runs the same on the CPU (without the graphs or Triton: a smoke test of
+the script).
 """
 
 from __future__ import annotations
@@ -33,25 +36,33 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["32,100,256", "32,100,64", "1,500,256"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--persistent", action="store_true",
-                        help="a column with the one-launch LSTM forward (steps.PERSISTENT_UNITS)")
+                        help="a column with the one-launch LSTM loop (steps.PERSISTENT_UNITS)")
+    parser.add_argument("--fused-steps", action="store_true",
+                        help="a column with the LSTM steps' products in their kernels "
+                             "(steps.FUSED_STEP_UNITS)")
+    parser.add_argument("--cells", nargs="+", default=GRAPH_CELLS, choices=list(CELLS))
     args = parser.parse_args()
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "no CUDA device here\n")
     print(f"torch {torch.__version__}, device {dev}, fused steps: "
           f"{steps.load_error() or 'Triton loaded'}")
-    variants = [(False, 0), (True, 0)] + ([(True, steps.SEQUENCE_MAX_UNITS)]
-                                          if args.persistent else [])
-    print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}{'ops':>8}{'loops':>8}"
-          + (f"{'1 launch':>9}" if args.persistent else "") + f"{'x ops':>7}{'x loops':>8}"
-          + (f"{'x 1 launch':>11}" if args.persistent else ""))
+    # (column, steps.ENABLED, the switches set while its case is made and captured)
+    variants = [("ops", False, {}), ("loops", True, {})]
+    if args.persistent:
+        variants.append(("1 launch", True, {"PERSISTENT_UNITS": steps.SEQUENCE_MAX_UNITS}))
+    if args.fused_steps:
+        variants.append(("fused", True, {"FUSED_STEP_UNITS": 1 << 16}))
+    print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}"
+          + "".join(f"{name:>9}" for name, _, _ in variants)
+          + "".join(f"{'x ' + name:>11}" for name, _, _ in variants))
     g = torch.Generator().manual_seed(0)
     varlen = torch.randint(10, 101, (32,), generator=g).to(dev)
     for text in [*args.shapes, "varlen"]:  # varlen: B32 T100 H256, lengths 10..100
         B, T, H = (32, 100, 256) if text == "varlen" else (int(v) for v in text.split(","))
         lengths = varlen if text == "varlen" else None
         x = torch.randn(B, T, H, device=dev, requires_grad=True)
-        for name in GRAPH_CELLS:
+        for name in args.cells:
             make, kind = CELLS[name]
             peer = _peer(kind, H).to(dev)
             params = list(peer.parameters())
@@ -61,18 +72,21 @@ def main() -> None:
                 torch.autograd.grad(out.sum(), [x, *params])
 
             cases = []
-            for enabled, units in variants:
-                steps.ENABLED, steps.PERSISTENT_UNITS = enabled, units  # a new cell, captured so
+            for _, enabled, switches in variants:
+                saved = {k: getattr(steps, k) for k in switches}
+                steps.ENABLED = enabled
+                for k, v in switches.items():
+                    setattr(steps, k, v)
                 train = _rnnkit_case(make, x, True, lengths)[1]
-                for _ in range(3):  # eager, capture, replay
+                for _ in range(3):  # eager, capture, replay: the captures keep the switches
                     train()
                 cases.append(train)
-            steps.ENABLED, steps.PERSISTENT_UNITS = True, 0  # the cases replay their captures
+                steps.ENABLED = True
+                for k, v in saved.items():
+                    setattr(steps, k, v)
             ms = _interleaved([_synced(f, dev) for f in (torch_train, *cases)], args.repeats)
-            print(f"{text:<12}{name:<24}" + "".join(f"{t:>{w}.2f}" for t, w in
-                                                    zip(ms, (9, 8, 8, 9), strict=False))
-                  + "".join(f"{ms[0] / t:>{w}.2f}" for t, w in zip(ms[1:], (7, 8, 11),
-                                                                    strict=False)))
+            print(f"{text:<12}{name:<24}{ms[0]:>9.2f}" + "".join(f"{t:>9.2f}" for t in ms[1:])
+                  + "".join(f"{ms[0] / t:>11.2f}" for t in ms[1:]), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ float64 support, and tensors that live on the device."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from fast_checks import CUDNN_CELLS, CUDNN_LENGTHS, FUSED_CELLS, TOL, compare, cudnn_runs, decisions, perturb
@@ -149,18 +151,21 @@ def test_cells_cudnn_has_replay_cuda_graphs(name, lengths, dtype, exact):
     (cuDNN's op; an LSTM's variable lengths, its Triton loop); every call gives the CPU's
     numbers and gradients (to cuDNN's float32 precision, ``F32``), a replay with other lengths
     of the same shape too, with and without autograd."""
-    cell = _built(CUDNN_CELLS[name], dtype=dtype)
+    on_cpu = _built(CUDNN_CELLS[name], dtype=dtype).cpu()
+    # the GPU's cell stays put: a graph's key holds its variables' addresses, which a move to
+    # the CPU and back could change (a capture of its own then, correctly, but not what is counted)
+    cell = copy.deepcopy(on_cpu).cuda()
     x = torch.randn(5, 7, 4, dtype=dtype, requires_grad=True)
     state = map_state(lambda s: torch.randn_like(s, dtype=dtype).requires_grad_(),
-                      cell.zero_state(5))
+                      on_cpu.zero_state(5))
     tol = TOL if dtype == torch.float64 else F32
 
     def run(device, lens):
-        cell.to(device)
+        c = cell if device == "cuda" else on_cpu
         lens = None if lens is None else torch.tensor(lens, device=device)
-        out = rk.dynamic_rnn(cell, x.to(device), dtype=dtype, sequence_length=lens,
+        out = rk.dynamic_rnn(c, x.to(device), dtype=dtype, sequence_length=lens,
                              initial_state=map_state(lambda s: s.to(device), state))
-        return _weighted_grads(out, [x, *pytree.tree_leaves(state), *cell.parameters()], device)
+        return _weighted_grads(out, [x, *pytree.tree_leaves(state), *c.parameters()], device)
 
     other = None if LENGTHS[lengths] is None else [2, 7, 1, 0, 4]
     for lens in (LENGTHS[lengths], other):  # the same shape: the same graphs

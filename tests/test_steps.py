@@ -239,18 +239,25 @@ SEQUENCE_CELLS = {  # what the one-launch forward serves: LSTMs without projecti
 }
 
 
+LOOP_KERNELS = ("lstm_sequence_forward", "lstm_step_forward", "lstm_forward",
+                "lstm_sequence_backward", "lstm_step_backward", "lstm_backward")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("batch", [1, 17])  # 17: two programs, the second one row
+@pytest.mark.parametrize("batch", [1, 17])  # 17: two blocks of rows, the second one row
 @pytest.mark.parametrize("masking", [None, "zero", "previous", "holes"])
 @pytest.mark.parametrize("name", list(SEQUENCE_CELLS))
-def test_one_launch_loops_match_the_equations(name, masking, batch, dtype, monkeypatch):
-    """``steps.PERSISTENT_UNITS``: a plain LSTM's loop as one launch each way
-    (``lstm_sequence_forward``, ``lstm_sequence_backward``; no kernel a step): outputs, final
-    state and every gradient are the equations'."""
-    monkeypatch.setattr(steps, "PERSISTENT_UNITS", 64)
+@pytest.mark.parametrize("switch", ["PERSISTENT_UNITS", "FUSED_STEP_UNITS"])
+def test_one_launch_and_fused_steps_match_the_equations(switch, name, masking, batch, dtype,
+                                                         monkeypatch):
+    """A plain LSTM's loop as one launch each way (``steps.PERSISTENT_UNITS``:
+    ``lstm_sequence_forward``, ``lstm_sequence_backward``), or as one launch a step each way,
+    its product inside (``steps.FUSED_STEP_UNITS``: ``lstm_step_forward``,
+    ``lstm_step_backward``; 20 units: two blocks of them): outputs, final state and every
+    gradient are the equations'."""
+    monkeypatch.setattr(steps, switch, 64)
     kernels, launched = steps._kernels(), []
-    for kernel in ("lstm_sequence_forward", "lstm_forward", "lstm_sequence_backward",
-                   "lstm_backward"):
+    for kernel in LOOP_KERNELS:
         real = getattr(kernels, kernel)
 
         class Spy:
@@ -273,4 +280,6 @@ def test_one_launch_loops_match_the_equations(name, masking, batch, dtype, monke
     torch.manual_seed(4)
     x = torch.randn(6, batch, 3, dtype=dtype, device=DEVICE, requires_grad=True)
     _compare_loop(cell, x, mask, "previous" if masking == "previous" else "zero")
-    assert launched == ["lstm_sequence_forward", "lstm_sequence_backward"]
+    want = ["lstm_sequence_forward", "lstm_sequence_backward"] if switch == "PERSISTENT_UNITS" \
+        else ["lstm_step_forward"] * 6 + ["lstm_step_backward"] * 7
+    assert launched == want

@@ -12,7 +12,8 @@ than of speed, may spill a few bytes: 8 in the LSTM backward with every option; 
 LSTM loops, up to 64 bytes of stack frame, ``ONE_LAUNCH_STACK``). The
 layer-norm kernels, which hold a row of each gate in one program, are also compiled at rows of
 1024 to ``MAX_NORM_UNITS`` units with the warps ``steps._norm_warps`` gives them: no spills in
-float32 up to 2048 units, and a compile beyond."""
+float32 up to 2048 units, and a compile beyond. The fused steps (``steps.FUSED_STEP_UNITS``)
+are compiled as the loops launch them."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
 ARCH = 90  # the H100 the device checks run on
 KERNELS = ("lstm_forward", "lstm_backward", "ln_lstm_forward", "ln_lstm_backward",
            "gates_forward", "gates_backward", "blend_forward", "blend_backward",
-           "lstm_sequence_forward", "lstm_sequence_backward")
+           "lstm_sequence_forward", "lstm_sequence_backward", "lstm_step_forward",
+           "lstm_step_backward")
 _TYPES = {torch.float32: "*fp32", torch.float64: "*fp64"}
 # The one-launch loops (off until measured on a GPU): ptxas gives some of their specializations
 # a small stack frame (8-16 bytes seen, at 64-80 registers of the 255 it may use); a
@@ -134,9 +136,13 @@ def test_every_launch_compiles_for_a_gpu_without_spilling(monkeypatch):
         monkeypatch.setattr(kernels, name, _Recorder(name, getattr(kernels, name), seen))
     steps._broken.clear()
     _run_loops()
-    monkeypatch.setattr(steps, "PERSISTENT_UNITS", 64)  # the one-launch forward, where it serves
-    _run_loops([name for name in CELLS_AND_PROJ if "lstm" in name and "proj" not in name
-                and not name.startswith("layer_norm")])
+    plain = [name for name in CELLS_AND_PROJ if "lstm" in name and "proj" not in name
+             and not name.startswith("layer_norm")]
+    monkeypatch.setattr(steps, "PERSISTENT_UNITS", 64)  # the one-launch loops, where they serve
+    _run_loops(plain)
+    monkeypatch.setattr(steps, "PERSISTENT_UNITS", 0)
+    monkeypatch.setattr(steps, "FUSED_STEP_UNITS", 64)  # the steps with their products
+    _run_loops(plain)
     assert not steps._broken, steps._broken
     recorded = list(seen.values())
     assert {spec[0] for spec in recorded} == set(KERNELS)

@@ -246,10 +246,11 @@ def _dot(a, b, F64: tl.constexpr):
 
 @triton.jit
 def _row_block(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A one-launch loop's block of ``BLOCK_B`` rows: rows, units, a chunk's offsets, their
+    """A program's block of ``BLOCK_B`` rows (grid axis 0) and ``BLOCK_H`` units (axis 1; a
+    one-launch loop has one block of all of them): rows, units, a chunk's offsets, their
     masks, and the offsets of ``[rows, units]`` in a ``[B, H]`` and a ``[B, 4H]`` slab."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_H)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rm, cm = rows < B, cols < H
     return (rows, cols, tl.arange(0, BLOCK_K), rm, cm, rm[:, None] & cm[None, :],
             rows[:, None] * H + cols[None, :], rows[:, None] * (4 * H) + cols[None, :])
@@ -304,47 +305,92 @@ def lstm_sequence_forward(xw, U, C, Hs, Z, Y, peep, act, consts, T, B, H,
     h = tl.load(Hs + at, mask=m2, other=0.0)
     c = tl.load(C + at, mask=m2, other=0.0)
     y_last = h * 0.0
+    p_i, p_f, p_o = y_last, y_last, y_last  # unread without PEEP
     if PEEP:
         p_i, p_f, p_o = _peephole_rows(peep, cols, cm, H)
     for t in range(T):
-        base = t * B * 4 * H
-        zi, zf, zg, zo = _load_gates(xw + base, zat, m2, H, OI, OF, OG, OO)
-        for k0 in range(0, H, BLOCK_K):
-            k = k0 + ks
-            km = k < H
-            hk = tl.load(Hs + t * B * H + rows[:, None] * H + k[None, :],
-                         mask=rm[:, None] & km[None, :], other=0.0)
-            uat = k[:, None] * (4 * H) + cols[None, :]
-            um = km[:, None] & cm[None, :]
-            zi += _dot(hk, tl.load(U + uat + OI * H, mask=um, other=0.0), F64)
-            zf += _dot(hk, tl.load(U + uat + OF * H, mask=um, other=0.0), F64)
-            zg += _dot(hk, tl.load(U + uat + OG * H, mask=um, other=0.0), F64)
-            zo += _dot(hk, tl.load(U + uat + OO * H, mask=um, other=0.0), F64)
-        _store_gates(Z + base, zat, m2, H, zi, zf, zg, zo, OI, OF, OG, OO)
-        if PEEP:
-            zi += p_i * c
-            zf += p_f * c
-        cn = _act(zf, REC) * c + _act(zi, REC) * _act(zg, ACT)
-        if CLIP:
-            clip = tl.load(consts)
-            cn = tl.minimum(tl.maximum(cn, -clip), clip)
-        if PEEP:
-            zo += p_o * cn
-        hn = _act(zo, REC) * _act(cn, ACT)
-        if MASKED:
-            keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None]
-            if PREV:
-                y = tl.where(keep, hn, y_last)
-            else:
-                y = tl.where(keep, hn, 0.0)
-            tl.store(Y + t * B * H + at, y, mask=m2)
-            y_last = y
-            cn = tl.where(keep, cn, c)
-            hn = tl.where(keep, hn, h)
-        c, h = cn, hn
+        c, h, y_last = _lstm_step(xw, U, Hs, Z, Y, act, consts, t, B, H, rows, cols, ks, rm, cm,
+                                  m2, at, zat, c, h, y_last, p_i, p_f, p_o, OI, OF, OG, OO, PEEP,
+                                  CLIP, ACT, REC, MASKED, PREV, F64, BLOCK_K)
         tl.store(C + (t + 1) * B * H + at, c, mask=m2)
         tl.store(Hs + (t + 1) * B * H + at, h, mask=m2)
         tl.debug_barrier()  # the next step's product reads h back from Hs
+
+
+@triton.jit
+def _lstm_step(xw, U, Hs, Z, Y, act, consts, t, B, H, rows, cols, ks, rm, cm, m2, at, zat, c, h,
+               y_last, p_i, p_f, p_o, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
+               OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
+               REC: tl.constexpr, MASKED: tl.constexpr, PREV: tl.constexpr, F64: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """One step of an LSTM (no projection) for a block of rows and units, its recurrent
+    product included: the previous ``h`` read from ``Hs[t]`` in chunks of ``BLOCK_K`` units
+    (every unit, the block's or not), ``c``, ``h`` and ``y_last`` (the previous output) this
+    block's. Writes ``Z[t]`` (the pre-activations) and, with ``MASKED``, ``Y[t]``; returns the
+    new ``c``, ``h`` and output."""
+    base = t * B * 4 * H
+    zi, zf, zg, zo = _load_gates(xw + base, zat, m2, H, OI, OF, OG, OO)
+    for k0 in range(0, H, BLOCK_K):
+        k = k0 + ks
+        km = k < H
+        hk = tl.load(Hs + t * B * H + rows[:, None] * H + k[None, :],
+                     mask=rm[:, None] & km[None, :], other=0.0)
+        uat = k[:, None] * (4 * H) + cols[None, :]
+        um = km[:, None] & cm[None, :]
+        zi += _dot(hk, tl.load(U + uat + OI * H, mask=um, other=0.0), F64)
+        zf += _dot(hk, tl.load(U + uat + OF * H, mask=um, other=0.0), F64)
+        zg += _dot(hk, tl.load(U + uat + OG * H, mask=um, other=0.0), F64)
+        zo += _dot(hk, tl.load(U + uat + OO * H, mask=um, other=0.0), F64)
+    _store_gates(Z + base, zat, m2, H, zi, zf, zg, zo, OI, OF, OG, OO)
+    if PEEP:
+        zi += p_i * c
+        zf += p_f * c
+    cn = _act(zf, REC) * c + _act(zi, REC) * _act(zg, ACT)
+    if CLIP:
+        clip = tl.load(consts)
+        cn = tl.minimum(tl.maximum(cn, -clip), clip)
+    if PEEP:
+        zo += p_o * cn
+    hn = _act(zo, REC) * _act(cn, ACT)
+    y = hn
+    if MASKED:
+        keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None]
+        if PREV:
+            y = tl.where(keep, hn, y_last)
+        else:
+            y = tl.where(keep, hn, 0.0)
+        tl.store(Y + t * B * H + at, y, mask=m2)
+        cn = tl.where(keep, cn, c)
+        hn = tl.where(keep, hn, h)
+    return cn, hn, y
+
+
+@triton.jit(do_not_specialize=["t"])
+def lstm_step_forward(xw, U, C, Hs, Z, Y, peep, act, consts, t, B, H,
+                      OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
+                      PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
+                      REC: tl.constexpr, MASKED: tl.constexpr, PREV: tl.constexpr,
+                      F64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
+    """Step ``t`` of ``lstm_sequence_forward``'s loop as a launch of its own, a program a
+    block of rows and units (the launch's end is the step's barrier): its recurrent product
+    and its cell in one kernel, where the step-by-step loop has a product and a kernel. The
+    same tensors, written the same way."""
+    rows, cols, ks, rm, cm, m2, at, zat = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
+    h = tl.load(Hs + t * B * H + at, mask=m2, other=0.0)
+    c = tl.load(C + t * B * H + at, mask=m2, other=0.0)
+    y_last = h * 0.0
+    if PREV:
+        if t > 0:
+            y_last = tl.load(Y + (t - 1) * B * H + at, mask=m2, other=0.0)
+    p_i, p_f, p_o = y_last, y_last, y_last  # unread without PEEP
+    if PEEP:
+        p_i, p_f, p_o = _peephole_rows(peep, cols, cm, H)
+    c, h, y_last = _lstm_step(xw, U, Hs, Z, Y, act, consts, t, B, H, rows, cols, ks, rm, cm, m2,
+                              at, zat, c, h, y_last, p_i, p_f, p_o, OI, OF, OG, OO, PEEP, CLIP,
+                              ACT, REC, MASKED, PREV, F64, BLOCK_K)
+    tl.store(C + (t + 1) * B * H + at, c, mask=m2)
+    tl.store(Hs + (t + 1) * B * H + at, h, mask=m2)
 
 
 @triton.jit
@@ -420,6 +466,74 @@ def lstm_sequence_backward(Z, C, U, peep, act, dym, dyh, dh, dc, dZ, dpeep, cons
         tl.store(dpeep + at, g_i, mask=m2)
         tl.store(dpeep + B * H + at, g_f, mask=m2)
         tl.store(dpeep + 2 * B * H + at, g_o, mask=m2)
+
+
+@triton.jit(do_not_specialize=["t", "T"])
+def lstm_step_backward(Z, C, U, peep, act, dym, dyh, dh, dc, carry, dZ, dpeep, consts, t, T, B,
+                       H, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
+                       OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr,
+                       ACT: tl.constexpr, REC: tl.constexpr, MASKED: tl.constexpr,
+                       PREV: tl.constexpr, DY: tl.constexpr, F64: tl.constexpr,
+                       BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Step ``t`` of ``lstm_sequence_backward``'s loop as a launch of its own (``t`` from
+    ``T - 1`` down to ``-1``), a program a block of rows and units, with the tensors of that
+    kernel. First the gradient that step ``t + 1`` passes back to this step's output state
+    (its product with ``U`` over all ``4H`` columns of ``dZ[t + 1]``, which the last launch
+    wrote in full; the last step's comes in ``dh``), then step ``t``'s cell: ``dZ[t]``, ``dc``
+    in place, ``dpeep`` summed in place; ``dh`` left holding this step's output-state
+    gradient for the next launch. The launch at ``t = -1`` leaves the initial state's in
+    ``dh`` (``dc`` has it already). ``carry [B, H]`` (``PREV``): Keras's held outputs'
+    gradient carried between launches, zeros before the first."""
+    rows, cols, ks, rm, cm, m2, at, zat = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
+    dhv = tl.load(dh + at, mask=m2, other=0.0)
+    if t + 1 < T:
+        nxt = t + 1
+        passed = dhv * 0.0
+        if MASKED:  # a row that did not run at t + 1 passes its held state's gradient on
+            kept = (tl.load(act + nxt * B + rows, mask=rm, other=0.0) != 0.0)[:, None]
+            passed = tl.where(kept, 0.0, dhv)
+        if DY:
+            if t >= 0:
+                passed += tl.load(dym + t * B * H + at, mask=m2, other=0.0)
+        for k0 in range(0, 4 * H, BLOCK_K):
+            k = k0 + ks
+            km = k < 4 * H
+            dzk = tl.load(dZ + nxt * B * 4 * H + rows[:, None] * (4 * H) + k[None, :],
+                          mask=rm[:, None] & km[None, :], other=0.0)
+            ut = tl.load(U + cols[None, :] * (4 * H) + k[:, None],
+                         mask=km[:, None] & cm[None, :], other=0.0)
+            passed += _dot(dzk, ut, F64)
+        dhv = passed
+    if t >= 0:
+        base = t * B * 4 * H
+        zi, zf, zg, zo = _load_gates(Z + base, zat, m2, H, OI, OF, OG, OO)
+        cv = tl.load(C + t * B * H + at, mask=m2, other=0.0)
+        cnv = tl.load(C + (t + 1) * B * H + at, mask=m2, other=0.0)
+        dcv = tl.load(dc + at, mask=m2, other=0.0)
+        p_i, p_f, p_o = cv, cv, cv  # unread without PEEP
+        if PEEP:
+            p_i, p_f, p_o = _peephole_rows(peep, cols, cm, H)
+        keep = m2
+        if MASKED:
+            keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None] & m2
+        dh_step = dhv
+        if PREV:
+            gy = tl.load(dyh + t * B * H + at, mask=m2, other=0.0) + \
+                tl.load(carry + at, mask=m2, other=0.0)
+            tl.store(carry + at, tl.where(keep, 0.0, gy), mask=m2)
+            dh_step = dhv + gy
+        dzi, dzf, dzg, dzo, dcp = _lstm_cell_grads(
+            zi, zf, zg, zo, cv, cnv, tl.where(keep, dh_step, 0.0), tl.where(keep, dcv, 0.0),
+            p_i, p_f, p_o, consts, PEEP, CLIP, ACT, REC)
+        if PEEP:
+            _add(dpeep, at, dzi * cv, m2)
+            _add(dpeep + B * H, at, dzf * cv, m2)
+            _add(dpeep + 2 * B * H, at, dzo * cnv, m2)
+        _store_gates(dZ + base, zat, m2, H, dzi, dzf, dzg, dzo, OI, OF, OG, OO)
+        if MASKED:
+            dcp = tl.where(keep, dcp, dcv)
+        tl.store(dc + at, dcp, mask=m2)
+    tl.store(dh + at, dhv, mask=m2)
 
 
 @triton.jit

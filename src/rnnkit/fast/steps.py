@@ -65,6 +65,13 @@ ENABLED = True  # False: ``sequence`` leaves every loop to the ops (benchmarks/a
 PERSISTENT_UNITS = 0
 SEQUENCE_MAX_UNITS = 64
 PERSISTENT_ROWS = 16  # rows a program of it keeps (tl.dot's least block)
+# Up to this many units, a plain LSTM's step (no projection, not layer norm) runs its recurrent
+# product inside its kernel (``lstm_step_forward`` and ``_backward``, one launch a step each
+# way, a program a block of STEP_ROWS rows and STEP_UNITS units) instead of a product (two
+# kernels, cuBLAS's split-K) and a kernel; 0: off. Off until measured on a GPU
+# (``benchmarks/ab_steps.py --fused-steps``).
+FUSED_STEP_UNITS = 0
+STEP_ROWS, STEP_UNITS, STEP_K = 16, 16, 32  # a program's rows and units; chunks of the product
 BLOCK = 512  # (row, unit) pairs a program handles
 MAX_NORM_UNITS = 4096  # a layer-norm LSTM's row (four gates) in one program up to this
 _DTYPES = (torch.float32, torch.float64)
@@ -157,6 +164,13 @@ def _one_launch(p: eq.Canonical, Pw, H: int) -> bool:
     return Pw is None and p.kind == "lstm" and H <= min(PERSISTENT_UNITS, SEQUENCE_MAX_UNITS)
 
 
+def _fused_steps(p: eq.Canonical, Pw, H: int) -> bool:
+    """Whether an LSTM loop's steps run their products in their kernels (``FUSED_STEP_UNITS``;
+    the one launch, where it runs, comes first)."""
+    return Pw is None and p.kind == "lstm" and H <= FUSED_STEP_UNITS and \
+        not _one_launch(p, Pw, H)
+
+
 def _sequence_warps(block_h: int, backward: bool = False) -> int:
     """Warps of ``lstm_sequence_forward`` (``backward``: ``lstm_sequence_backward``) at
     ``block_h`` units a block: their float32 products on the FMA units hold operands in
@@ -194,7 +208,10 @@ class _LSTMLoop(torch.autograd.Function):
     def forward(ctx, xw, c0, h0, U, extra, Pw, mask, held, p):
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not zeros
         T, B, H, P = xw.shape[0], c0.shape[0], c0.shape[-1], h0.shape[-1]
-        Z, C = xw.new_empty(T, B, 4 * H), xw.new_empty(T + 1, B, H)
+        one_launch, fused = _one_launch(p, Pw, H), _fused_steps(p, Pw, H)
+        # x W + b, to which each step adds its product in place: one copy, not one a step
+        Z = xw.new_empty(T, B, 4 * H) if one_launch or fused else _own(xw)
+        C = xw.new_empty(T + 1, B, H)
         Hs = xw.new_empty(T + 1, B, P)
         M = xw.new_empty(T, B, H) if Pw is not None else Hs[1:]  # h before the projection
         R = xw.new_empty(T, B, P) if p.proj_clip is not None else None  # before its clip
@@ -204,11 +221,14 @@ class _LSTMLoop(torch.autograd.Function):
         launch = _LSTMLaunch(p, c0)
         if mask is not None and Pw is not None:  # c held in the kernel, h after the projection
             zeros, unread, proj = c0.new_zeros(B, H), c0.new_empty(B, H), h0.new_empty(B, P)
-        one_launch = _one_launch(p, Pw, H)
         if one_launch:
             launch.sequence(xw, U, C, Hs, Z, Y, extra, mask, held)
-        for t in range(0 if one_launch else T):  # (the one launch ran every step)
-            torch.addmm(xw[t], Hs[t], U, out=Z[t])
+        elif fused:
+            Uc = U.contiguous()
+            for t in range(T):
+                launch.step(t, xw, Uc, C, Hs, Z, Y, extra, mask, held)
+        for t in range(0 if one_launch or fused else T):  # (else each step ran above)
+            Z[t].addmm_(Hs[t], U)
             if mask is None:
                 launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
                 if Pw is None:
@@ -305,6 +325,36 @@ class _LSTMLaunch:
             BLOCK_B=PERSISTENT_ROWS, BLOCK_H=block_h, BLOCK_K=16,
             num_warps=_sequence_warps(block_h, backward=True), **self.meta, **LAUNCH)
 
+    def _step_launch(self) -> tuple[tuple[int, int], dict]:
+        """The fused steps' grid (blocks of ``STEP_ROWS`` rows by ``STEP_UNITS`` units) and
+        their compile options."""
+        grid = (-(-self.B // STEP_ROWS), -(-self.H // STEP_UNITS))
+        return grid, dict(BLOCK_B=STEP_ROWS, BLOCK_H=STEP_UNITS, BLOCK_K=STEP_K, num_warps=4,
+                          **self.meta, **LAUNCH)
+
+    def step(self, t: int, xw, U, C, Hs, Z, Y, extra, mask, held: bool) -> None:
+        """Step ``t`` of ``sequence``, its product in its kernel (``lstm_step_forward``)."""
+        grid, options = self._step_launch()
+        self.k.lstm_step_forward[grid](
+            xw, U, C, Hs, Z, Y, extra if extra is not None else xw,
+            mask if mask is not None else xw, self.consts, t, self.B, self.H,
+            PEEP=extra is not None, MASKED=mask is not None, PREV=held,
+            F64=xw.dtype == torch.float64, **options)
+
+    def step_backward(self, t: int, Z, C, U, extra, mask, dym, dyh, dh, dc, carry, dZ,
+                      dextra) -> None:
+        """Step ``t`` of ``sequence_backward`` (``T - 1`` down to ``-1``, which leaves the
+        initial state's gradient in ``dh``), its product in its kernel
+        (``lstm_step_backward``); ``carry``: zeros before the first, with ``dyh``."""
+        grid, options = self._step_launch()
+        self.k.lstm_step_backward[grid](
+            Z, C, U, extra if extra is not None else Z, mask if mask is not None else Z,
+            dym if dym is not None else Z, dyh if dyh is not None else Z, dh, dc,
+            carry if carry is not None else dh, dZ, dextra if dextra is not None else Z,
+            self.consts, t, Z.shape[0], self.B, self.H, PEEP=extra is not None,
+            MASKED=mask is not None, PREV=dyh is not None, DY=dym is not None,
+            F64=Z.dtype == torch.float64, **options)
+
     def backward(self, z, c, cn, extra, dh, dc, dz, dextra, act=None, dh_pass=None,
                  extra_dy=None, dy=None, carry=None) -> None:
         """``dc`` in and out (the next step's gradient, then this one's); ``dextra`` summed
@@ -342,19 +392,29 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
     if _one_launch(p, Pw, C.shape[-1]):
         launch.sequence_backward(Z, C, U, extra, mask, dy, dy_held if held else None, dh, dc,
                                  dZ, dextra)
+    elif _fused_steps(p, Pw, C.shape[-1]):
+        Uc = U.contiguous()
+        for t in range(T - 1, -2, -1):
+            launch.step_backward(t, Z, C, Uc, extra, mask, dy, dy_held if held else None, dh, dc,
+                                 carry, dZ, dextra)
+    if _one_launch(p, Pw, C.shape[-1]) or _fused_steps(p, Pw, C.shape[-1]):
         dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
         return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), None, None, \
             None, None
     dR = torch.empty_like(Hs[1:]) if Pw is not None else None  # gradients after the clip
     Ut, Pt = U.t(), (Pw.t() if Pw is not None else None)
     zero = _consts(0.0, like=C)[0]
-    passed = torch.empty_like(dc) if mask is not None else None
+    # each step's products add into a buffer in place: two in turn under a mask (one is read
+    # while the other is written); else the earlier outputs' gradients, copied once
+    passes = [torch.empty_like(dc) for _ in range(2)] if mask is not None else None
+    earlier = _own(dy[:-1]) if dy is not None and mask is None else None
     for t in reversed(range(T)):
         if mask is not None:  # rows past their length pass the held state's gradients on
+            passed = passes[t % 2]
             launch.backward(Z[t], C[t], C[t + 1], extra, dh, dc, dZ[t], dextra, mask[t], passed,
                             dy[t - 1] if dy is not None and t > 0 else None,
                             dy_held[t] if held else None, carry)
-            dh = torch.addmm(passed, dZ[t], Ut)
+            dh = passed.addmm_(dZ[t], Ut)
             continue
         dm = dh
         if Pw is not None:
@@ -364,7 +424,8 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
                 dR[t].copy_(dh)
             dm = torch.mm(dR[t], Pt)
         launch.backward(Z[t], C[t], C[t + 1], extra, dm, dc, dZ[t], dextra)
-        dh = _recurrent_grad(dZ[t], Ut, dy, t)
+        dh = earlier[t - 1].addmm_(dZ[t], Ut) if earlier is not None and t > 0 else \
+            torch.mm(dZ[t], Ut)
     dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
     dP = _weight_grad(M, dR) if Pw is not None and ctx.needs_input_grad[5] else None
     return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), dP, None, None, None
@@ -393,7 +454,7 @@ def _projected_masked_backward(ctx, launch, Z, C, Hs, U, extra, Pw, M, R, mask, 
             dR[t].mul_((R[t] >= -p.proj_clip) & (R[t] <= p.proj_clip))
         launch.backward(Z[t], C[t], C[t + 1], extra, torch.mm(dR[t], Pt), dc, dZ[t], dextra,
                         mask[t], unread)
-        dh = torch.addmm(dh * (1.0 - runs), dZ[t], Ut)
+        dh = (dh * (1.0 - runs)).addmm_(dZ[t], Ut)
     dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
     dP = _weight_grad(M, dR) if ctx.needs_input_grad[5] else None
     return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), dP, None, None, None
@@ -408,14 +469,15 @@ class _GRULoop(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not zeros
         T, B, H = xw.shape[0], h0.shape[0], h0.shape[-1]
         N, k, acts = B * H, _kernels(), _acts(p)
-        ZR = xw.new_empty(T, B, 2 * H)
-        Zs, RH, CP, Hs = (xw.new_empty(n, B, H) for n in (T, T, T, T + 1))
+        # x W + b, to which each step adds its products in place (no copy a step)
+        ZR, CP = _own(xw[..., :2 * H]), _own(xw[..., 2 * H:])
+        Zs, RH, Hs = (xw.new_empty(n, B, H) for n in (T, T, T + 1))
         Y = xw.new_empty(T, B, H) if mask is not None else Hs[1:]  # outputs: 0 past a length
         Hs[0].copy_(h0)
         for t in range(T):
-            torch.addmm(xw[t, :, :2 * H], Hs[t], U[:, :2 * H], out=ZR[t])
+            ZR[t].addmm_(Hs[t], U[:, :2 * H])
             _launch(k.gates_forward, N, ZR[t], Hs[t], Zs[t], RH[t], N, H, REC=acts["REC"])
-            torch.addmm(xw[t, :, 2 * H:], RH[t], U[:, 2 * H:], out=CP[t])
+            CP[t].addmm_(RH[t], U[:, 2 * H:])
             _launch(k.blend_forward, N, CP[t], Hs[t], Zs[t], Hs[t + 1],
                     mask[t] if mask is not None else Hs[t], Y[t], _previous(Y, t, held), N, H,
                     ACT=acts["ACT"], MASKED=mask is not None, PREV=held)
@@ -446,9 +508,11 @@ def _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, mask, dy, dhT):
     held, dy_held, carry = _output_grads(ctx.held, dy)
     dy = _masked_grad(dy, mask) if not held else None
     dh = _last_grad(dy, dhT, Hs)
-    dh_blend, dz, dh_gates = (torch.empty_like(Hs[0]) for _ in range(3))
+    dh_blend, dz = (torch.empty_like(Hs[0]) for _ in range(2))
+    gates = [torch.empty_like(Hs[0]) for _ in range(2)]  # in turn: one read, one written
     U_zr_t, U_c_t = U[:, :2 * H].t(), U[:, 2 * H:].t()
     for t in reversed(range(T)):
+        dh_gates = gates[t % 2]
         dcp = dXW[t, :, 2 * H:]
         _launch(k.blend_backward, N, CP[t], Hs[t], Zs[t], dh, dcp, dh_blend, dz,
                 mask[t] if mask is not None else dh, dy_held[t] if held else dh,
@@ -459,7 +523,7 @@ def _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, mask, dy, dhT):
         _launch(k.gates_backward, N, ZR[t], Hs[t], dz, drh, dh_blend,
                 dy[t - 1].contiguous() if extra else dh, dXW[t], dh_gates, N, H, 3 * H,
                 REC=acts["REC"], EXTRA=extra)
-        dh = torch.addmm(dh_gates, dXW[t, :, :2 * H], U_zr_t)
+        dh = dh_gates.addmm_(dXW[t, :, :2 * H], U_zr_t)
     dU = None
     if ctx.needs_input_grad[2]:
         flat = dXW.reshape(T * B, 3 * H)
@@ -468,6 +532,11 @@ def _gru_loop_backward(ctx, U, ZR, Zs, RH, CP, Hs, mask, dy, dhT):
         torch.mm(flat[:, 2 * H:].t(), RH.reshape(T * B, H), out=dUt[2 * H:])
         dU = dUt.t()
     return dXW, dh, dU, None, None, None
+
+
+def _own(t):
+    """A contiguous copy of ``t`` that a loop may write into."""
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _fresh(g, like):
@@ -549,12 +618,6 @@ def _loop_recomputed(ctx, Z, C, Hs, U, extra, Pw, mask, grads):
 
     return (*_recomputed(ops, [xw, C[0], Hs[0], U, extra, Pw], list(grads),
                          ctx.needs_input_grad[:6]), None, None, None)
-
-
-def _recurrent_grad(dz, Ut, dy, t):
-    """The gradient reaching step ``t``'s input state: through the recurrent product, plus the
-    previous output's."""
-    return torch.addmm(dy[t - 1], dz, Ut) if dy is not None and t > 0 else torch.mm(dz, Ut)
 
 
 def _weight_grad(states, dZ):
