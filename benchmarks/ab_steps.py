@@ -1,7 +1,7 @@
 """The graph path with and without its Triton loops (``rnnkit.fast.steps``), on a GPU.
 
     python benchmarks/ab_steps.py [--repeats 7] [--shapes 32,100,256 32,100,64 1,500,256]
-                                  [--persistent] [--fused-steps] [--cells NAME ...]
+                                  [--fused-steps] [--cells NAME ...]
 
 For each shape and cell the graph path runs (by default TF1's GRU, peepholes with projection,
 cell clipping, layer norm; ``--cells`` names others of ``bench_rnn.CELLS``), forward+backward
@@ -9,10 +9,10 @@ as ops (``steps.ENABLED`` off) and as Triton loops (the default), each captured 
 interleaved with torch.nn's cuDNN module of the nearest math; prints milliseconds (medians)
 and the ratios torch.nn / each. Last, a variable-length batch (B32 T100 H256, lengths
 10..100, ``sequence_length``) against torch.nn on
-the padded batch. ``--persistent`` adds a column: the loops with a plain LSTM's loop as one
-launch each way (``steps.PERSISTENT_UNITS``, up to ``steps.SEQUENCE_MAX_UNITS`` units; cells it
-does not serve run as in "loops"); ``--fused-steps`` one with a plain LSTM's steps running
-their products in their kernels (``steps.FUSED_STEP_UNITS``, at every size). Under
+the padded batch. ``--fused-steps`` adds two columns for a plain LSTM's loop (other cells run
+as in "loops"): its steps' products apart from their kernels both ways ("apart":
+``steps.FUSED_STEP_UNITS`` 0), and inside them both ways at every size ("inside":
+``FUSED_STEP_UNITS`` and ``FUSED_BACKWARD_UNITS`` unbounded). Under
 ``--device cpu`` it runs the same on the CPU (without the graphs or Triton: a smoke test of
 the script).
 """
@@ -35,11 +35,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--shapes", nargs="+", default=["32,100,256", "32,100,64", "1,500,256"])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--persistent", action="store_true",
-                        help="a column with the one-launch LSTM loop (steps.PERSISTENT_UNITS)")
     parser.add_argument("--fused-steps", action="store_true",
-                        help="a column with the LSTM steps' products in their kernels "
-                             "(steps.FUSED_STEP_UNITS)")
+                        help="columns with a plain LSTM's step products apart from their "
+                             "kernels, and inside them both ways")
     parser.add_argument("--cells", nargs="+", default=GRAPH_CELLS, choices=list(CELLS))
     args = parser.parse_args()
     dev = torch.device(args.device)
@@ -49,10 +47,10 @@ def main() -> None:
           f"{steps.load_error() or 'Triton loaded'}")
     # (column, steps.ENABLED, the switches set while its case is made and captured)
     variants = [("ops", False, {}), ("loops", True, {})]
-    if args.persistent:
-        variants.append(("1 launch", True, {"PERSISTENT_UNITS": steps.SEQUENCE_MAX_UNITS}))
     if args.fused_steps:
-        variants.append(("fused", True, {"FUSED_STEP_UNITS": 1 << 16}))
+        variants += [("apart", True, {"FUSED_STEP_UNITS": 0}),
+                     ("inside", True, {"FUSED_STEP_UNITS": 1 << 16,
+                                       "FUSED_BACKWARD_UNITS": 1 << 16})]
     print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}"
           + "".join(f"{name:>9}" for name, _, _ in variants)
           + "".join(f"{'x ' + name:>11}" for name, _, _ in variants))

@@ -46,7 +46,7 @@ wait
 } > "$out/steps_tests.txt"
 timeout "${3:-170}" "$py" benchmarks/bench_rnn.py --gpu-only --repeats 5 > "$out/bench.txt" 2>&1
 echo "bench: exit $?" >> "$out/bench.txt"
-timeout "${4:-100}" "$py" benchmarks/ab_steps.py --repeats 5 --persistent > "$out/ab_steps.txt" 2>&1
+timeout "${4:-100}" "$py" benchmarks/ab_steps.py --repeats 5 --fused-steps > "$out/ab_steps.txt" 2>&1
 echo "ab_steps: exit $?" >> "$out/ab_steps.txt"
 rm -rf "$work"
 tail -n 3 "$out/tests.txt"

@@ -43,17 +43,24 @@ CASES = {
     "gru-h64": ("GRU reset after", 32, 100, 64, "f+b", {}),
     "tf1gru-h64": ("GRU TF1 (reset before)", 32, 100, 64, "f+b", {}),
     "tf1gru-h64-fwd": ("GRU TF1 (reset before)", 32, 100, 64, "fwd", {}),
-    "clip-h64": ("LSTM cell_clip", 32, 100, 64, "f+b", {}),
-    "clip-h64-fwd": ("LSTM cell_clip", 32, 100, 64, "fwd", {}),
-    "clip-h64-1launch": ("LSTM cell_clip", 32, 100, 64, "f+b", {"PERSISTENT_UNITS": 64}),
-    "clip-h64-1launch-fwd": ("LSTM cell_clip", 32, 100, 64, "fwd", {"PERSISTENT_UNITS": 64}),
-    "clip-h64-fused": ("LSTM cell_clip", 32, 100, 64, "f+b", {"FUSED_STEP_UNITS": 4096}),
-    "clip-h256-fused": ("LSTM cell_clip", 32, 100, 256, "f+b", {"FUSED_STEP_UNITS": 4096}),
-    "clip-h256": ("LSTM cell_clip", 32, 100, 256, "f+b", {}),
     "ln-h64": ("LSTM layer norm", 32, 100, 64, "f+b", {}),
     "torch-gru-h256": ("torch.nn gru", 32, 100, 256, "f+b", {}),
     "tf1gru-h256": ("GRU TF1 (reset before)", 32, 100, 256, "f+b", {}),
 }
+
+for _h in (64, 256, 512):  # a plain LSTM's steps: products apart, or inside the kernels
+    CASES[f"clip-h{_h}"] = ("LSTM cell_clip", 32, 100, _h, "f+b", {})
+    CASES[f"clip-h{_h}-fwd"] = ("LSTM cell_clip", 32, 100, _h, "fwd", {})
+    CASES[f"clip-h{_h}-fwd-apart"] = ("LSTM cell_clip", 32, 100, _h, "fwd",
+                                      {"FUSED_STEP_UNITS": 0})
+    for _k in (32, 64):
+        CASES[f"clip-h{_h}-fwd-fused-k{_k}"] = ("LSTM cell_clip", 32, 100, _h, "fwd",
+                                                {"FUSED_STEP_UNITS": 1 << 16, "STEP_K": _k})
+    for _k in (32, 128):
+        CASES[f"clip-h{_h}-fused-k{_k}"] = ("LSTM cell_clip", 32, 100, _h, "f+b",
+                                            {"FUSED_STEP_UNITS": 1 << 16,
+                                             "FUSED_BACKWARD_UNITS": 1 << 16,
+                                             "STEP_K_BACKWARD": _k})
 
 
 def _case(name: str, dev: torch.device):

@@ -84,11 +84,18 @@ CELLS_AND_PROJ = {**CELLS, "lstm_proj_no_clip": lambda: rk.LSTMCell(6, num_proj=
 def test_whole_loops_match_the_equations(name):
     """``steps.sequence``: the whole unroll as one autograd node (U's gradient in one product
     at the end), against the equations' loop: outputs, final state, every gradient."""
+    torch.manual_seed(3)  # its initializers too: the same weights whatever ran before
     cell = CELLS_AND_PROJ[name]()
     cell.ensure_built(3, torch.float32)
     perturb(cell, scale=0.8)
-    torch.manual_seed(3)
     _compare_loop(cell.to(DEVICE), torch.randn(6, 3, 3, device=DEVICE, requires_grad=True), None)
+
+
+# Layer norm divides each gate's row by its σ over a few units (6 here), which magnifies float32
+# rounding (the products summed in another order) in the gradients: 1.8e-5 absolute and 4.7e-5
+# relative seen with some weights, on the CPU as on a GPU. In float64 the loops hold 1e-11
+# (``test_float64_loops_keep_float64_precision``) and pass gradcheck.
+LN_F32 = {"atol": 1e-4, "rtol": 1e-4}
 
 
 def _compare_loop(cell, x, mask, masked_output="zero"):
@@ -105,8 +112,9 @@ def _compare_loop(cell, x, mask, masked_output="zero"):
         leaves = [done[0], *torch.utils._pytree.tree_leaves(done[1])]
         loss = sum((t * (k + 1.5)).sum() for k, t in enumerate(leaves))
         got.append([*leaves, *torch.autograd.grad(loss, wrt)])
+    tol = LN_F32 if isinstance(cell, rk.LayerNormLSTMCell) and x.dtype == torch.float32 else TOL
     for a, b in zip(*got, strict=True):
-        torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(a, b, **tol)
 
 
 @pytest.mark.parametrize("name", ["lstm_peephole_clip", "lstm_peephole_proj", "gru_tf1",
@@ -230,7 +238,7 @@ print(tuple(out.shape))
     assert shape == "(5, 2, 4)"
 
 
-SEQUENCE_CELLS = {  # what the one-launch forward serves: LSTMs without projection or layer norm
+SEQUENCE_CELLS = {  # what the fused steps serve: LSTMs without projection or layer norm
     "lstm_clip_20_units": lambda: rk.LSTMCell(20, cell_clip=0.6),  # two chunks of U's rows
     "lstm_peephole_clip": CELLS["lstm_peephole_clip"],
     "basic_lstm": CELLS["basic_lstm"],
@@ -239,23 +247,30 @@ SEQUENCE_CELLS = {  # what the one-launch forward serves: LSTMs without projecti
 }
 
 
-LOOP_KERNELS = ("lstm_sequence_forward", "lstm_step_forward", "lstm_forward",
-                "lstm_sequence_backward", "lstm_step_backward", "lstm_backward")
+LOOP_KERNELS = ("lstm_step_forward", "lstm_forward", "lstm_step_backward", "lstm_backward")
+LOOP_SWITCHES = {  # switches: the kernels launched over 6 steps (fused: from 16 rows)
+    "product_and_kernel": ({"FUSED_STEP_UNITS": 0}, ["lstm_forward"] * 6 + ["lstm_backward"] * 6),
+    "fused_steps": ({"FUSED_STEP_UNITS": 64, "FUSED_BACKWARD_UNITS": 64},
+                    ["lstm_step_forward"] * 6 + ["lstm_step_backward"] * 7),
+    "fused_forward": ({"FUSED_STEP_UNITS": 64}, ["lstm_step_forward"] * 6 + ["lstm_backward"] * 6),
+}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("batch", [1, 17])  # 17: two blocks of rows, the second one row
 @pytest.mark.parametrize("masking", [None, "zero", "previous", "holes"])
 @pytest.mark.parametrize("name", list(SEQUENCE_CELLS))
-@pytest.mark.parametrize("switch", ["PERSISTENT_UNITS", "FUSED_STEP_UNITS"])
-def test_one_launch_and_fused_steps_match_the_equations(switch, name, masking, batch, dtype,
-                                                         monkeypatch):
-    """A plain LSTM's loop as one launch each way (``steps.PERSISTENT_UNITS``:
-    ``lstm_sequence_forward``, ``lstm_sequence_backward``), or as one launch a step each way,
-    its product inside (``steps.FUSED_STEP_UNITS``: ``lstm_step_forward``,
-    ``lstm_step_backward``; 20 units: two blocks of them): outputs, final state and every
+@pytest.mark.parametrize("switch", list(LOOP_SWITCHES))
+def test_fused_steps_match_the_equations(switch, name, masking, batch, dtype, monkeypatch):
+    """A plain LSTM's loop with each step's product and kernel apart, or as one launch a step,
+    its product inside, forward (``steps.FUSED_STEP_UNITS``: ``lstm_step_forward``) and
+    backward (``FUSED_BACKWARD_UNITS``: ``lstm_step_backward``), or forward only, the
+    backward's steps then a product and a kernel each (20 units: two blocks of them; a batch
+    of one row takes the product and a kernel both ways): outputs, final state and every
     gradient are the equations'."""
-    monkeypatch.setattr(steps, switch, 64)
+    switches, want = LOOP_SWITCHES[switch]
+    for key, value in switches.items():
+        monkeypatch.setattr(steps, key, value)
     kernels, launched = steps._kernels(), []
     for kernel in LOOP_KERNELS:
         real = getattr(kernels, kernel)
@@ -280,6 +295,6 @@ def test_one_launch_and_fused_steps_match_the_equations(switch, name, masking, b
     torch.manual_seed(4)
     x = torch.randn(6, batch, 3, dtype=dtype, device=DEVICE, requires_grad=True)
     _compare_loop(cell, x, mask, "previous" if masking == "previous" else "zero")
-    want = ["lstm_sequence_forward", "lstm_sequence_backward"] if switch == "PERSISTENT_UNITS" \
-        else ["lstm_step_forward"] * 6 + ["lstm_step_backward"] * 7
+    if batch < steps.FUSED_MIN_BATCH:
+        want = ["lstm_forward"] * 6 + ["lstm_backward"] * 6
     assert launched == want

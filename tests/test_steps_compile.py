@@ -8,8 +8,7 @@ compile-time constants, options), compiles each specialization with Triton's own
 toolchain (``ptxas``, bundled with Triton: no GPU and no CUDA install needed) in a process
 without the interpreter, and reads each cubin's resource usage. Nothing may fail to compile,
 and nothing in float32 may spill registers to the stack (float64, a check of precision more
-than of speed, may spill a few bytes: 8 in the LSTM backward with every option; the one-launch
-LSTM loops, up to 64 bytes of stack frame, ``ONE_LAUNCH_STACK``). The
+than of speed, may spill a few bytes: 8 in the LSTM backward with every option). The
 layer-norm kernels, which hold a row of each gate in one program, are also compiled at rows of
 1024 to ``MAX_NORM_UNITS`` units with the warps ``steps._norm_warps`` gives them: no spills in
 float32 up to 2048 units, and a compile beyond. The fused steps (``steps.FUSED_STEP_UNITS``)
@@ -38,15 +37,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
 ARCH = 90  # the H100 the device checks run on
 KERNELS = ("lstm_forward", "lstm_backward", "ln_lstm_forward", "ln_lstm_backward",
            "gates_forward", "gates_backward", "blend_forward", "blend_backward",
-           "lstm_sequence_forward", "lstm_sequence_backward", "lstm_step_forward",
-           "lstm_step_backward")
+           "lstm_step_forward", "lstm_step_backward")
 _TYPES = {torch.float32: "*fp32", torch.float64: "*fp64"}
-# The one-launch loops (off until measured on a GPU): ptxas gives some of their specializations
-# a small stack frame (8-16 bytes seen, at 64-80 registers of the 255 it may use); a
-# specialization whose operands do not fit spills kilobytes, which this still catches.
-ONE_LAUNCH_STACK = {"lstm_sequence_forward": 64, "lstm_sequence_backward": 64}
-
-
 def _toolchain_missing() -> str | None:
     try:
         tools = triton.knobs.nvidia
@@ -138,10 +130,9 @@ def test_every_launch_compiles_for_a_gpu_without_spilling(monkeypatch):
     _run_loops()
     plain = [name for name in CELLS_AND_PROJ if "lstm" in name and "proj" not in name
              and not name.startswith("layer_norm")]
-    monkeypatch.setattr(steps, "PERSISTENT_UNITS", 64)  # the one-launch loops, where they serve
-    _run_loops(plain)
-    monkeypatch.setattr(steps, "PERSISTENT_UNITS", 0)
-    monkeypatch.setattr(steps, "FUSED_STEP_UNITS", 64)  # the steps with their products
+    monkeypatch.setattr(steps, "FUSED_STEP_UNITS", 64)  # the steps with their products inside
+    monkeypatch.setattr(steps, "FUSED_BACKWARD_UNITS", 64)
+    monkeypatch.setattr(steps, "FUSED_MIN_BATCH", 1)  # the batch of 3 rows there
     _run_loops(plain)
     assert not steps._broken, steps._broken
     recorded = list(seen.values())
@@ -153,16 +144,11 @@ def test_every_launch_compiles_for_a_gpu_without_spilling(monkeypatch):
             for block in (1024, 2048, steps.MAX_NORM_UNITS):
                 wide.append([name, signature, constexprs | {"BLOCK_H": block},
                              options | {"num_warps": steps._norm_warps(block, dtype)}])
-        if name.startswith("lstm_sequence_"):  # up to the units they may serve
-            for block in (32, steps.SEQUENCE_MAX_UNITS):
-                wide.append([name, signature, constexprs | {"BLOCK_H": block},
-                             options | {"num_warps": steps._sequence_warps(
-                                 block, backward=name.endswith("backward"))}])
     results = _compile(recorded + wide)
     failed = [f"{r['name']} {r['constexprs']}: {r['error']}" for r in results if r["error"]]
     assert not failed, "\n".join(failed)
     spilled = [f"{r['name']} {r['constexprs']}: {r['registers']} registers, {r['stack']} bytes "
                "of stack" for r, spec in zip(results, recorded + wide, strict=True)
-               if r["stack"] > ONE_LAUNCH_STACK.get(r["name"], 0)
-               and _first_pointer(spec[1]) == "*fp32" and spec[2].get("BLOCK_H", 0) <= 2048]
+               if r["stack"] > 0 and _first_pointer(spec[1]) == "*fp32"
+               and spec[2].get("BLOCK_H", 0) <= 2048]
     assert not spilled, "\n".join(spilled)

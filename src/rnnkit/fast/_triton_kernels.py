@@ -246,9 +246,9 @@ def _dot(a, b, F64: tl.constexpr):
 
 @triton.jit
 def _row_block(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A program's block of ``BLOCK_B`` rows (grid axis 0) and ``BLOCK_H`` units (axis 1; a
-    one-launch loop has one block of all of them): rows, units, a chunk's offsets, their
-    masks, and the offsets of ``[rows, units]`` in a ``[B, H]`` and a ``[B, 4H]`` slab."""
+    """A fused step's block of ``BLOCK_B`` rows (grid axis 0) and ``BLOCK_H`` units (axis 1):
+    rows, units, a chunk's offsets, their masks, and the offsets of ``[rows, units]`` in a
+    ``[B, H]`` and a ``[B, 4H]`` slab."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     rm, cm = rows < B, cols < H
@@ -284,50 +284,24 @@ def _store_gates(slab, zat, m2, H, zi, zf, zg, zo, OI: tl.constexpr, OF: tl.cons
     tl.store(slab + zat + OO * H, zo, mask=m2)
 
 
-@triton.jit
-def lstm_sequence_forward(xw, U, C, Hs, Z, Y, peep, act, consts, T, B, H,
-                          OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
-                          OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr,
-                          ACT: tl.constexpr, REC: tl.constexpr, MASKED: tl.constexpr,
-                          PREV: tl.constexpr, F64: tl.constexpr, BLOCK_B: tl.constexpr,
-                          BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """An LSTM's whole forward (no projection) in one launch: ``lstm_forward``'s step with its
-    recurrent product, for every step, each program keeping ``BLOCK_B`` rows' state (rows are
-    independent: no program waits for another). From ``xw [T, B, 4H]`` (x W + b) and
-    ``U [H, 4H]``, it writes what the step-by-step loop writes: the pre-activations
-    ``Z [T, B, 4H]``, ``C [T + 1, B, H]`` and ``Hs [T + 1, B, H]`` after their first slab (the
-    initial state, read), and with ``MASKED`` (``act [T, B]``, 0 where a row does not run: it
-    keeps its state) the outputs ``Y [T, B, H]``, 0 or (``PREV``) the previous output where a
-    row does not run. The product reads the previous ``h`` back from ``Hs`` in chunks of
-    ``BLOCK_K`` units (a barrier after each step's stores makes them visible to the whole
-    program), so that only chunks of ``U``, never all of it, are in registers."""
+@triton.jit(do_not_specialize=["t"])
+def lstm_step_forward(xw, U, C, Hs, Z, Y, peep, act, consts, t, B, H,
+                      OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
+                      PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
+                      REC: tl.constexpr, MASKED: tl.constexpr, PREV: tl.constexpr,
+                      F64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
+    """Step ``t`` of an LSTM's forward (no projection), its recurrent product included: where
+    the step-by-step loop has a product and ``lstm_forward``, one kernel, a program a block of
+    rows and units. From ``xw [T, B, 4H]`` (x W + b), ``U [H, 4H]`` and the previous state
+    ``C[t]``, ``Hs[t]`` (of ``[T + 1, B, H]``; the previous ``h`` read in chunks of
+    ``BLOCK_K`` units, every unit, the block's or not), it writes the pre-activations
+    ``Z[t]`` (of ``[T, B, 4H]``) and the new state ``C[t + 1]``, ``Hs[t + 1]``; with
+    ``MASKED`` (``act [T, B]``, 0 where a row does not run: it keeps its state), the output
+    ``Y[t]``, 0 or (``PREV``) the previous output ``Y[t - 1]`` where a row does not run."""
     rows, cols, ks, rm, cm, m2, at, zat = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
-    h = tl.load(Hs + at, mask=m2, other=0.0)
-    c = tl.load(C + at, mask=m2, other=0.0)
-    y_last = h * 0.0
-    p_i, p_f, p_o = y_last, y_last, y_last  # unread without PEEP
-    if PEEP:
-        p_i, p_f, p_o = _peephole_rows(peep, cols, cm, H)
-    for t in range(T):
-        c, h, y_last = _lstm_step(xw, U, Hs, Z, Y, act, consts, t, B, H, rows, cols, ks, rm, cm,
-                                  m2, at, zat, c, h, y_last, p_i, p_f, p_o, OI, OF, OG, OO, PEEP,
-                                  CLIP, ACT, REC, MASKED, PREV, F64, BLOCK_K)
-        tl.store(C + (t + 1) * B * H + at, c, mask=m2)
-        tl.store(Hs + (t + 1) * B * H + at, h, mask=m2)
-        tl.debug_barrier()  # the next step's product reads h back from Hs
-
-
-@triton.jit
-def _lstm_step(xw, U, Hs, Z, Y, act, consts, t, B, H, rows, cols, ks, rm, cm, m2, at, zat, c, h,
-               y_last, p_i, p_f, p_o, OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
-               OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
-               REC: tl.constexpr, MASKED: tl.constexpr, PREV: tl.constexpr, F64: tl.constexpr,
-               BLOCK_K: tl.constexpr):
-    """One step of an LSTM (no projection) for a block of rows and units, its recurrent
-    product included: the previous ``h`` read from ``Hs[t]`` in chunks of ``BLOCK_K`` units
-    (every unit, the block's or not), ``c``, ``h`` and ``y_last`` (the previous output) this
-    block's. Writes ``Z[t]`` (the pre-activations) and, with ``MASKED``, ``Y[t]``; returns the
-    new ``c``, ``h`` and output."""
+    h = tl.load(Hs + t * B * H + at, mask=m2, other=0.0)
+    c = tl.load(C + t * B * H + at, mask=m2, other=0.0)
     base = t * B * 4 * H
     zi, zf, zg, zo = _load_gates(xw + base, zat, m2, H, OI, OF, OG, OO)
     for k0 in range(0, H, BLOCK_K):
@@ -343,6 +317,7 @@ def _lstm_step(xw, U, Hs, Z, Y, act, consts, t, B, H, rows, cols, ks, rm, cm, m2
         zo += _dot(hk, tl.load(U + uat + OO * H, mask=um, other=0.0), F64)
     _store_gates(Z + base, zat, m2, H, zi, zf, zg, zo, OI, OF, OG, OO)
     if PEEP:
+        p_i, p_f, p_o = _peephole_rows(peep, cols, cm, H)
         zi += p_i * c
         zf += p_f * c
     cn = _act(zf, REC) * c + _act(zi, REC) * _act(zg, ACT)
@@ -352,120 +327,17 @@ def _lstm_step(xw, U, Hs, Z, Y, act, consts, t, B, H, rows, cols, ks, rm, cm, m2
     if PEEP:
         zo += p_o * cn
     hn = _act(zo, REC) * _act(cn, ACT)
-    y = hn
     if MASKED:
         keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None]
+        y = tl.where(keep, hn, 0.0)
         if PREV:
-            y = tl.where(keep, hn, y_last)
-        else:
-            y = tl.where(keep, hn, 0.0)
+            if t > 0:
+                y = tl.where(keep, hn, tl.load(Y + (t - 1) * B * H + at, mask=m2, other=0.0))
         tl.store(Y + t * B * H + at, y, mask=m2)
         cn = tl.where(keep, cn, c)
         hn = tl.where(keep, hn, h)
-    return cn, hn, y
-
-
-@triton.jit(do_not_specialize=["t"])
-def lstm_step_forward(xw, U, C, Hs, Z, Y, peep, act, consts, t, B, H,
-                      OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
-                      PEEP: tl.constexpr, CLIP: tl.constexpr, ACT: tl.constexpr,
-                      REC: tl.constexpr, MASKED: tl.constexpr, PREV: tl.constexpr,
-                      F64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                      BLOCK_K: tl.constexpr):
-    """Step ``t`` of ``lstm_sequence_forward``'s loop as a launch of its own, a program a
-    block of rows and units (the launch's end is the step's barrier): its recurrent product
-    and its cell in one kernel, where the step-by-step loop has a product and a kernel. The
-    same tensors, written the same way."""
-    rows, cols, ks, rm, cm, m2, at, zat = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
-    h = tl.load(Hs + t * B * H + at, mask=m2, other=0.0)
-    c = tl.load(C + t * B * H + at, mask=m2, other=0.0)
-    y_last = h * 0.0
-    if PREV:
-        if t > 0:
-            y_last = tl.load(Y + (t - 1) * B * H + at, mask=m2, other=0.0)
-    p_i, p_f, p_o = y_last, y_last, y_last  # unread without PEEP
-    if PEEP:
-        p_i, p_f, p_o = _peephole_rows(peep, cols, cm, H)
-    c, h, y_last = _lstm_step(xw, U, Hs, Z, Y, act, consts, t, B, H, rows, cols, ks, rm, cm, m2,
-                              at, zat, c, h, y_last, p_i, p_f, p_o, OI, OF, OG, OO, PEEP, CLIP,
-                              ACT, REC, MASKED, PREV, F64, BLOCK_K)
-    tl.store(C + (t + 1) * B * H + at, c, mask=m2)
-    tl.store(Hs + (t + 1) * B * H + at, h, mask=m2)
-
-
-@triton.jit
-def lstm_sequence_backward(Z, C, U, peep, act, dym, dyh, dh, dc, dZ, dpeep, consts, T, B, H,
-                           OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr,
-                           OO: tl.constexpr, PEEP: tl.constexpr, CLIP: tl.constexpr,
-                           ACT: tl.constexpr, REC: tl.constexpr, MASKED: tl.constexpr,
-                           PREV: tl.constexpr, DY: tl.constexpr, F64: tl.constexpr,
-                           BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The backward of ``lstm_sequence_forward`` (of the step-by-step loop: the same saved
-    ``Z`` and ``C``) in one launch: ``lstm_backward``'s step and the product back to the
-    previous state, for every step from the last, ``BLOCK_B`` rows a program. ``dh``, ``dc``
-    ``[B, H]``: the final state's gradients in (the last output's folded into ``dh``), the
-    initial state's out. ``dZ [T, B, 4H]`` out; ``dpeep [3, B, H]`` (``PEEP``) the per-row
-    peephole terms, summed over steps. ``DY``: the outputs' gradient ``dym [T, B, H]``
-    (zero where a row did not run) reaches the previous step's state; ``PREV`` (Keras's held
-    outputs, with ``MASKED``): ``dyh [T, B, H]``, carried back through the steps that held
-    them (``_runs``). The product reads this step's ``dZ`` back in chunks of ``BLOCK_K`` of
-    its ``4H`` columns after a barrier."""
-    rows, cols, ks, rm, cm, m2, at, zat = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
-    dhv = tl.load(dh + at, mask=m2, other=0.0)
-    dcv = tl.load(dc + at, mask=m2, other=0.0)
-    carry = dhv * 0.0
-    if PEEP:
-        p_i, p_f, p_o = _peephole_rows(peep, cols, cm, H)
-        g_i, g_f, g_o = carry, carry, carry
-    else:
-        p_i, p_f, p_o = carry, carry, carry  # unread
-    for s in range(T):
-        t = T - 1 - s
-        base = t * B * 4 * H
-        zi, zf, zg, zo = _load_gates(Z + base, zat, m2, H, OI, OF, OG, OO)
-        cv = tl.load(C + t * B * H + at, mask=m2, other=0.0)
-        cnv = tl.load(C + (t + 1) * B * H + at, mask=m2, other=0.0)
-        keep = m2
-        if MASKED:
-            keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None] & m2
-        dh_step = dhv
-        if PREV:
-            gy = tl.load(dyh + t * B * H + at, mask=m2, other=0.0) + carry
-            carry = tl.where(keep, 0.0, gy)
-            dh_step = dhv + gy
-        dzi, dzf, dzg, dzo, dcp = _lstm_cell_grads(
-            zi, zf, zg, zo, cv, cnv, tl.where(keep, dh_step, 0.0), tl.where(keep, dcv, 0.0),
-            p_i, p_f, p_o, consts, PEEP, CLIP, ACT, REC)
-        if PEEP:
-            g_i += dzi * cv
-            g_f += dzf * cv
-            g_o += dzo * cnv
-        _store_gates(dZ + base, zat, m2, H, dzi, dzf, dzg, dzo, OI, OF, OG, OO)
-        if MASKED:  # a row that did not run passes its held state's gradients on
-            dcv = tl.where(keep, dcp, dcv)
-            passed = tl.where(keep, 0.0, dhv)
-        else:
-            dcv = dcp
-            passed = dhv * 0.0
-        if DY:
-            if t > 0:
-                passed += tl.load(dym + (t - 1) * B * H + at, mask=m2, other=0.0)
-        tl.debug_barrier()  # this step's dZ, read back below by the whole program
-        for k0 in range(0, 4 * H, BLOCK_K):
-            k = k0 + ks
-            km = k < 4 * H
-            dzk = tl.load(dZ + base + rows[:, None] * (4 * H) + k[None, :],
-                          mask=rm[:, None] & km[None, :], other=0.0)
-            ut = tl.load(U + cols[None, :] * (4 * H) + k[:, None],
-                         mask=km[:, None] & cm[None, :], other=0.0)
-            passed += _dot(dzk, ut, F64)
-        dhv = passed
-    tl.store(dh + at, dhv, mask=m2)
-    tl.store(dc + at, dcv, mask=m2)
-    if PEEP:
-        tl.store(dpeep + at, g_i, mask=m2)
-        tl.store(dpeep + B * H + at, g_f, mask=m2)
-        tl.store(dpeep + 2 * B * H + at, g_o, mask=m2)
+    tl.store(C + (t + 1) * B * H + at, cn, mask=m2)
+    tl.store(Hs + (t + 1) * B * H + at, hn, mask=m2)
 
 
 @triton.jit(do_not_specialize=["t", "T"])
@@ -475,15 +347,18 @@ def lstm_step_backward(Z, C, U, peep, act, dym, dyh, dh, dc, carry, dZ, dpeep, c
                        ACT: tl.constexpr, REC: tl.constexpr, MASKED: tl.constexpr,
                        PREV: tl.constexpr, DY: tl.constexpr, F64: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Step ``t`` of ``lstm_sequence_backward``'s loop as a launch of its own (``t`` from
-    ``T - 1`` down to ``-1``), a program a block of rows and units, with the tensors of that
-    kernel. First the gradient that step ``t + 1`` passes back to this step's output state
-    (its product with ``U`` over all ``4H`` columns of ``dZ[t + 1]``, which the last launch
-    wrote in full; the last step's comes in ``dh``), then step ``t``'s cell: ``dZ[t]``, ``dc``
-    in place, ``dpeep`` summed in place; ``dh`` left holding this step's output-state
-    gradient for the next launch. The launch at ``t = -1`` leaves the initial state's in
-    ``dh`` (``dc`` has it already). ``carry [B, H]`` (``PREV``): Keras's held outputs'
-    gradient carried between launches, zeros before the first."""
+    """The backward of ``lstm_step_forward``'s step ``t`` (``t`` from ``T - 1`` down to
+    ``-1``), its product included, a program a block of rows and units. First the gradient
+    that step ``t + 1`` passes back to step ``t``'s output state: its product with ``U`` over
+    all ``4H`` columns of ``dZ[t + 1]`` (which the last launch wrote in full), plus the output
+    gradient ``dym[t]`` (``DY``, zero where a row did not run) and, where a row did not run at
+    ``t + 1``, that step's own (the last step's comes in ``dh``). Then step ``t``'s cell (as
+    ``lstm_backward``): ``dZ[t]`` written, ``dc`` (the next step's cell gradient) replaced by
+    this step's, ``dpeep [3, B, H]`` (``PEEP``) summed in place; ``dh`` left holding step
+    ``t``'s output-state gradient for the next launch. The launch at ``t = -1`` leaves the
+    initial state's gradients in ``dh`` and ``dc``. ``PREV`` (Keras's held outputs, with
+    ``MASKED``): ``dyh [T, B, H]`` and ``carry [B, H]``, the gradient carried back through
+    the steps that held them (``_runs``), zeros before the first launch."""
     rows, cols, ks, rm, cm, m2, at, zat = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
     dhv = tl.load(dh + at, mask=m2, other=0.0)
     if t + 1 < T:

@@ -110,20 +110,28 @@ class _Graph:
             self._capture(fn, cell, every, aliases, stream)
         torch.cuda.current_stream().wait_stream(stream)
         self.generation = 0
-        self.lock, self.stream = threading.RLock(), None
+        self.lock, self.stream, self.stream_id = threading.RLock(), None, None
         self.device = torch.cuda.current_device()  # run() captures under the inputs' device
 
     @contextlib.contextmanager
     def using(self):
         """Hold the graph for this thread, on its device (a replay runs on the current stream of
-        the current device); order this stream after the last one that used it."""
+        the current device); order this stream after the last one that used it. The usual call
+        (same device, same stream as the last) makes no stream or device object: on a GPU host
+        those cost tens of microseconds a call (``benchmarks/profile_gpu.py --host``)."""
         device = self.device
-        with self.lock, (torch.cuda.device(device) if device is not None
-                         else contextlib.nullcontext()):
-            current = torch.cuda.current_stream() if device is not None else None
-            if self.stream is not None and current is not None and self.stream != current:
-                current.wait_stream(self.stream)
-            self.stream = current
+        if device is None:  # a stand-in without a CUDA device (tests)
+            with self.lock:
+                yield
+            return
+        moved = torch.cuda.current_device() != device
+        with self.lock, (torch.cuda.device(device) if moved else contextlib.nullcontext()):
+            now = _stream_id(device)
+            if now != self.stream_id:
+                current = torch.cuda.current_stream(device)
+                if self.stream is not None:
+                    current.wait_stream(self.stream)
+                self.stream, self.stream_id = current, now
             yield
 
     def _capture(self, fn, cell, every, aliases, stream) -> None:
@@ -160,6 +168,13 @@ class _Graph:
                 s.copy_(t)
         self.fwd.replay()
         self.generation += 1
+
+
+def _stream_id(device: int):
+    """The current stream of ``device``, as a value to compare (torch's own, without a
+    ``torch.cuda.Stream`` made for it where torch has that call)."""
+    raw = getattr(torch._C, "_cuda_getCurrentStream", None)
+    return raw(device) if raw is not None else torch.cuda.current_stream(device).cuda_stream
 
 
 class _Replay(torch.autograd.Function):

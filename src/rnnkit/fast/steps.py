@@ -15,11 +15,11 @@ with cell clipping, 28 with peepholes and projection, 22 for TF1's GRU, 34 for l
 - a reset-before GRU (TF1's ``GRUCell``): two products and two kernels each way, the input's
   gradient written into one buffer.
 
-A plain LSTM's loop (no projection, not layer norm, up to ``SEQUENCE_MAX_UNITS`` units) can
-instead run as one launch each way, ``PERSISTENT_UNITS`` (off until measured on a GPU): each
-program keeps a block of rows' state (or its gradients) through every step and computes their
-recurrent product itself (rows are independent: no program waits for another); the forward
-saves the same tensors as the step-by-step one, and ``U``'s gradient is the same product.
+A plain LSTM's forward step (no projection, not layer norm; from ``FUSED_MIN_BATCH`` rows and
+up to ``FUSED_STEP_UNITS`` units) runs its recurrent product inside its kernel: one launch a
+step where cuBLAS takes two (it splits K at these sizes) and the cell a third. Its backward can
+do the same (``FUSED_BACKWARD_UNITS``), off: on an H100 it was no faster at 64 units and 2.3x
+slower at 256 (its product runs over ``4H``, in few programs).
 
 ``U``'s (and a projection's) gradient is one product over every step at the end, as cuDNN
 does, where per-step autograd makes a product and a sum for it at each step. Masks are in the
@@ -36,8 +36,9 @@ equations' to rounding (the same formulas; sums in another order), tested agains
 Where Triton is missing the loops stay off (``load_error``). A kernel that fails to compile or
 launch turns them off for the process with one warning: in the forward, the equations' loop
 runs instead; in the backward, it is recomputed from the saved tensors and differentiated by
-autograd. Measured on an H100 (``benchmarks/ab_steps.py``, ``benchmarks/RESULTS.md``): 2-4x
-faster than the loop as ops; the one-launch forward not yet.
+autograd. Measured on an H100 (``benchmarks/ab_steps.py``, ``benchmarks/profile_gpu.py``,
+``benchmarks/RESULTS.md``): 2-4x faster than the loop as ops; a fused forward step 3.5 us
+against 6.8 at B32 H64, 6.6 against 7.8 at H256, 10.9 against 9.7 at H512.
 """
 
 from __future__ import annotations
@@ -57,21 +58,18 @@ from rnnkit.fast.compiled import ACTIVATIONS
 from rnnkit.unroll import scan
 
 ENABLED = True  # False: ``sequence`` leaves every loop to the ops (benchmarks/ab_steps.py)
-# Up to this many units (at most SEQUENCE_MAX_UNITS), a plain LSTM's loop (no projection, not
-# layer norm) runs as one launch each way (``_triton_kernels.lstm_sequence_forward`` and
-# ``_backward``: each program keeps its rows' state through every step) instead of a product
-# and a kernel a step; 0: off. Off until measured on a GPU (``benchmarks/ab_steps.py
-# --persistent``). Compiled for an H100, the forward spills registers beyond 64 units.
-PERSISTENT_UNITS = 0
-SEQUENCE_MAX_UNITS = 64
-PERSISTENT_ROWS = 16  # rows a program of it keeps (tl.dot's least block)
-# Up to this many units, a plain LSTM's step (no projection, not layer norm) runs its recurrent
-# product inside its kernel (``lstm_step_forward`` and ``_backward``, one launch a step each
-# way, a program a block of STEP_ROWS rows and STEP_UNITS units) instead of a product (two
-# kernels, cuBLAS's split-K) and a kernel; 0: off. Off until measured on a GPU
-# (``benchmarks/ab_steps.py --fused-steps``).
-FUSED_STEP_UNITS = 0
-STEP_ROWS, STEP_UNITS, STEP_K = 16, 16, 32  # a program's rows and units; chunks of the product
+# Up to this many units, and from FUSED_MIN_BATCH rows, a plain LSTM's forward step (no projection,
+# not layer norm) runs its recurrent product inside its kernel (``lstm_step_forward``: one
+# launch a step, a program a block of STEP_ROWS rows and STEP_UNITS units) instead of a product
+# (two kernels: cuBLAS splits K) and a kernel; FUSED_BACKWARD_UNITS, the same for its backward
+# (``lstm_step_backward``); 0: off. STEP_K, STEP_K_BACKWARD: the chunks of the products (32 and
+# 64 measured alike forward, 32 and 128 backward). Measured f+b on an H100 (B32 T100, clipped
+# LSTM, torch.nn / rnnkit): 0.62x -> 0.74x at H64, 1.84x -> 1.96x at H256, alike at H512; at
+# B1 the forward step was slower (a block of 16 rows holds one), hence FUSED_MIN_BATCH.
+FUSED_STEP_UNITS = 256
+FUSED_BACKWARD_UNITS = 0
+FUSED_MIN_BATCH = 16
+STEP_ROWS, STEP_UNITS, STEP_K, STEP_K_BACKWARD = 16, 16, 32, 32
 BLOCK = 512  # (row, unit) pairs a program handles
 MAX_NORM_UNITS = 4096  # a layer-norm LSTM's row (four gates) in one program up to this
 _DTYPES = (torch.float32, torch.float64)
@@ -159,25 +157,11 @@ def _block(H: int) -> int:
     return 1 << max(0, H - 1).bit_length()
 
 
-def _one_launch(p: eq.Canonical, Pw, H: int) -> bool:
-    """Whether an LSTM loop runs each way as one launch (``PERSISTENT_UNITS``)."""
-    return Pw is None and p.kind == "lstm" and H <= min(PERSISTENT_UNITS, SEQUENCE_MAX_UNITS)
-
-
-def _fused_steps(p: eq.Canonical, Pw, H: int) -> bool:
-    """Whether an LSTM loop's steps run their products in their kernels (``FUSED_STEP_UNITS``;
-    the one launch, where it runs, comes first)."""
-    return Pw is None and p.kind == "lstm" and H <= FUSED_STEP_UNITS and \
-        not _one_launch(p, Pw, H)
-
-
-def _sequence_warps(block_h: int, backward: bool = False) -> int:
-    """Warps of ``lstm_sequence_forward`` (``backward``: ``lstm_sequence_backward``) at
-    ``block_h`` units a block: their float32 products on the FMA units hold operands in
-    registers, and these keep them from spilling (``test_steps_compile.py``)."""
-    if backward:
-        return 8 if block_h <= 32 else 16
-    return 4 if block_h <= 32 else 8
+def _fused_steps(p: eq.Canonical, Pw, B: int, H: int, backward: bool = False) -> bool:
+    """Whether an LSTM loop's steps run their products in their kernels (``FUSED_STEP_UNITS``,
+    ``FUSED_BACKWARD_UNITS``)."""
+    units = FUSED_BACKWARD_UNITS if backward else FUSED_STEP_UNITS
+    return Pw is None and p.kind == "lstm" and H <= units and B >= FUSED_MIN_BATCH
 
 
 def _norm_warps(block: int, dtype: torch.dtype) -> int:
@@ -208,9 +192,9 @@ class _LSTMLoop(torch.autograd.Function):
     def forward(ctx, xw, c0, h0, U, extra, Pw, mask, held, p):
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not zeros
         T, B, H, P = xw.shape[0], c0.shape[0], c0.shape[-1], h0.shape[-1]
-        one_launch, fused = _one_launch(p, Pw, H), _fused_steps(p, Pw, H)
+        fused = _fused_steps(p, Pw, B, H)
         # x W + b, to which each step adds its product in place: one copy, not one a step
-        Z = xw.new_empty(T, B, 4 * H) if one_launch or fused else _own(xw)
+        Z = xw.new_empty(T, B, 4 * H) if fused else _own(xw)
         C = xw.new_empty(T + 1, B, H)
         Hs = xw.new_empty(T + 1, B, P)
         M = xw.new_empty(T, B, H) if Pw is not None else Hs[1:]  # h before the projection
@@ -221,13 +205,11 @@ class _LSTMLoop(torch.autograd.Function):
         launch = _LSTMLaunch(p, c0)
         if mask is not None and Pw is not None:  # c held in the kernel, h after the projection
             zeros, unread, proj = c0.new_zeros(B, H), c0.new_empty(B, H), h0.new_empty(B, P)
-        if one_launch:
-            launch.sequence(xw, U, C, Hs, Z, Y, extra, mask, held)
-        elif fused:
+        if fused:
             Uc = U.contiguous()
             for t in range(T):
                 launch.step(t, xw, Uc, C, Hs, Z, Y, extra, mask, held)
-        for t in range(0 if one_launch or fused else T):  # (else each step ran above)
+        for t in range(0 if fused else T):  # (else each step ran above)
             Z[t].addmm_(Hs[t], U)
             if mask is None:
                 launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
@@ -295,46 +277,18 @@ class _LSTMLaunch:
                     h_out, act, h_prev, y_out, y_prev, B * H, H, self.consts,
                     PEEP=extra is not None, **masked, **self.meta)
 
-    def _one_launch_blocks(self) -> tuple[tuple[int], int]:
-        """The one-launch kernels' grid (``PERSISTENT_ROWS`` rows a program) and block of
-        units (at least 16: ``tl.dot``'s least)."""
-        return (-(-self.B // PERSISTENT_ROWS),), max(16, _block(self.H))
-
-    def sequence(self, xw, U, C, Hs, Z, Y, extra, mask, held: bool) -> None:
-        """Every step of a plain LSTM's forward (no projection, not layer norm) in one launch
-        (``lstm_sequence_forward``): the same tensors written as the step-by-step loop's."""
-        grid, block_h = self._one_launch_blocks()
-        self.k.lstm_sequence_forward[grid](
-            xw, U.contiguous(), C, Hs, Z, Y, extra if extra is not None else xw,
-            mask if mask is not None else xw, self.consts, xw.shape[0], self.B, self.H,
-            PEEP=extra is not None, MASKED=mask is not None, PREV=held,
-            F64=xw.dtype == torch.float64, BLOCK_B=PERSISTENT_ROWS, BLOCK_H=block_h,
-            BLOCK_K=16, num_warps=_sequence_warps(block_h), **self.meta, **LAUNCH)
-
-    def sequence_backward(self, Z, C, U, extra, mask, dym, dyh, dh, dc, dZ, dextra) -> None:
-        """``sequence``'s backward in one launch (``lstm_sequence_backward``): ``dh``, ``dc``
-        (the final state's gradients) become the initial state's; ``dZ`` and ``dextra``
-        written; ``dym`` the outputs' gradient where rows ran, ``dyh`` Keras's held outputs'."""
-        grid, block_h = self._one_launch_blocks()
-        self.k.lstm_sequence_backward[grid](
-            Z, C, U.contiguous(), extra if extra is not None else Z,
-            mask if mask is not None else Z, dym if dym is not None else Z,
-            dyh if dyh is not None else Z, dh, dc, dZ, dextra if dextra is not None else Z,
-            self.consts, Z.shape[0], self.B, self.H, PEEP=extra is not None, MASKED=mask is not None,
-            PREV=dyh is not None, DY=dym is not None, F64=Z.dtype == torch.float64,
-            BLOCK_B=PERSISTENT_ROWS, BLOCK_H=block_h, BLOCK_K=16,
-            num_warps=_sequence_warps(block_h, backward=True), **self.meta, **LAUNCH)
-
-    def _step_launch(self) -> tuple[tuple[int, int], dict]:
+    def _step_launch(self, backward: bool) -> tuple[tuple[int, int], dict]:
         """The fused steps' grid (blocks of ``STEP_ROWS`` rows by ``STEP_UNITS`` units) and
         their compile options."""
         grid = (-(-self.B // STEP_ROWS), -(-self.H // STEP_UNITS))
-        return grid, dict(BLOCK_B=STEP_ROWS, BLOCK_H=STEP_UNITS, BLOCK_K=STEP_K, num_warps=4,
+        return grid, dict(BLOCK_B=STEP_ROWS, BLOCK_H=STEP_UNITS,
+                          BLOCK_K=STEP_K_BACKWARD if backward else STEP_K, num_warps=4,
                           **self.meta, **LAUNCH)
 
     def step(self, t: int, xw, U, C, Hs, Z, Y, extra, mask, held: bool) -> None:
-        """Step ``t`` of ``sequence``, its product in its kernel (``lstm_step_forward``)."""
-        grid, options = self._step_launch()
+        """Step ``t`` of the forward, its product in its kernel (``lstm_step_forward``): the
+        tensors the step-by-step loop writes, written the same way."""
+        grid, options = self._step_launch(False)
         self.k.lstm_step_forward[grid](
             xw, U, C, Hs, Z, Y, extra if extra is not None else xw,
             mask if mask is not None else xw, self.consts, t, self.B, self.H,
@@ -343,10 +297,12 @@ class _LSTMLaunch:
 
     def step_backward(self, t: int, Z, C, U, extra, mask, dym, dyh, dh, dc, carry, dZ,
                       dextra) -> None:
-        """Step ``t`` of ``sequence_backward`` (``T - 1`` down to ``-1``, which leaves the
-        initial state's gradient in ``dh``), its product in its kernel
-        (``lstm_step_backward``); ``carry``: zeros before the first, with ``dyh``."""
-        grid, options = self._step_launch()
+        """Step ``t`` of the backward (``T - 1`` down to ``-1``), its product in its kernel
+        (``lstm_step_backward``): ``dh``, ``dc`` (the final state's gradients, the last
+        output's folded into ``dh``) become the initial state's; ``dZ`` written, ``dextra``
+        summed; ``dym`` the outputs' gradient where rows ran, ``dyh`` Keras's held outputs',
+        ``carry`` zeros before the first launch."""
+        grid, options = self._step_launch(True)
         self.k.lstm_step_backward[grid](
             Z, C, U, extra if extra is not None else Z, mask if mask is not None else Z,
             dym if dym is not None else Z, dyh if dyh is not None else Z, dh, dc,
@@ -389,15 +345,11 @@ def _lstm_loop_backward(ctx, Z, C, Hs, U, extra, Pw, M, R, mask, dy, dcT, dhT):
     dy = _masked_grad(dy, mask) if not held else None
     dh = _last_grad(dy, dhT, Hs)
     dextra = C.new_zeros(extra.shape[0], *C.shape[1:]) if extra is not None else None
-    if _one_launch(p, Pw, C.shape[-1]):
-        launch.sequence_backward(Z, C, U, extra, mask, dy, dy_held if held else None, dh, dc,
-                                 dZ, dextra)
-    elif _fused_steps(p, Pw, C.shape[-1]):
+    if _fused_steps(p, Pw, *C.shape[1:], backward=True):
         Uc = U.contiguous()
         for t in range(T - 1, -2, -1):
             launch.step_backward(t, Z, C, Uc, extra, mask, dy, dy_held if held else None, dh, dc,
                                  carry, dZ, dextra)
-    if _one_launch(p, Pw, C.shape[-1]) or _fused_steps(p, Pw, C.shape[-1]):
         dU = _weight_grad(Hs[:T], dZ) if ctx.needs_input_grad[3] else None
         return dZ, dc, dh, dU, (dextra.sum(1) if dextra is not None else None), None, None, \
             None, None
