@@ -98,7 +98,7 @@ def test_whole_loops_match_the_equations(name):
 LN_F32 = {"atol": 1e-4, "rtol": 1e-4}
 
 
-def _compare_loop(cell, x, mask, masked_output="zero"):
+def _compare_loop(cell, x, mask, masked_output="zero", tol=None):
     """``steps.sequence`` against the equations' loop (under ``mask``, ``masked_output``):
     outputs, final state, and the gradients of a weighting of them to every input."""
     state = torch.utils._pytree.tree_map(lambda t: t.normal_().requires_grad_(),
@@ -112,7 +112,9 @@ def _compare_loop(cell, x, mask, masked_output="zero"):
         leaves = [done[0], *torch.utils._pytree.tree_leaves(done[1])]
         loss = sum((t * (k + 1.5)).sum() for k, t in enumerate(leaves))
         got.append([*leaves, *torch.autograd.grad(loss, wrt)])
-    tol = LN_F32 if isinstance(cell, rk.LayerNormLSTMCell) and x.dtype == torch.float32 else TOL
+    if tol is None:
+        tol = LN_F32 if isinstance(cell, rk.LayerNormLSTMCell) and x.dtype == torch.float32 \
+            else TOL
     for a, b in zip(*got, strict=True):
         torch.testing.assert_close(a, b, **tol)
 
@@ -247,13 +249,70 @@ SEQUENCE_CELLS = {  # what the fused steps serve: LSTMs without projection or la
 }
 
 
-LOOP_KERNELS = ("lstm_step_forward", "lstm_forward", "lstm_step_backward", "lstm_backward")
+LOOP_KERNELS = ("lstm_step_forward", "lstm_forward", "lstm_step_backward", "lstm_backward",
+                "gru_gates_step", "gru_blend_step", "gates_forward", "blend_forward",
+                "gates_backward", "blend_backward")
 LOOP_SWITCHES = {  # switches: the kernels launched over 6 steps (fused: from 16 rows)
     "product_and_kernel": ({"FUSED_STEP_UNITS": 0}, ["lstm_forward"] * 6 + ["lstm_backward"] * 6),
     "fused_steps": ({"FUSED_STEP_UNITS": 64, "FUSED_BACKWARD_UNITS": 64},
                     ["lstm_step_forward"] * 6 + ["lstm_step_backward"] * 7),
     "fused_forward": ({"FUSED_STEP_UNITS": 64}, ["lstm_step_forward"] * 6 + ["lstm_backward"] * 6),
 }
+F32_SUMS = {"atol": 5e-5, "rtol": 5e-5}
+GRU_STEP_CELLS = {  # a reset-before GRU's fused forward steps
+    "gru_tf1": CELLS["gru_tf1"],
+    "gru_tf1_20_units": lambda: rk.GRUCell(20),  # two blocks of units, two chunks of U's rows
+    "keras_gru_tf1_softsign": CELLS["keras_gru_tf1_softsign"],
+}
+GRU_BACKWARD = ["blend_backward", "gates_backward"] * 6
+GRU_SWITCHES = {
+    "product_and_kernel": ({"FUSED_STEP_UNITS": 0},
+                           ["gates_forward", "blend_forward"] * 6 + GRU_BACKWARD),
+    "fused_forward": ({"FUSED_STEP_UNITS": 64},
+                      ["gru_gates_step", "gru_blend_step"] * 6 + GRU_BACKWARD),
+}
+
+
+def _spy_on_loop_kernels(monkeypatch) -> list[str]:
+    """The names of the loops' kernels as they are launched, in order."""
+    kernels, launched = steps._kernels(), []
+    for kernel in LOOP_KERNELS:
+        real = getattr(kernels, kernel)
+
+        class Spy:
+            def __getitem__(self, grid, real=real, kernel=kernel):
+                launched.append(kernel)
+                return real[grid]
+
+        monkeypatch.setattr(kernels, kernel, Spy())
+    return launched
+
+
+def _check_steps(make, switches, want, masking, batch, dtype, monkeypatch) -> None:
+    """The loop of ``make()``'s cell under ``switches`` (of ``steps``) against the equations,
+    and the kernels it launched: ``want``, or a batch under ``FUSED_MIN_BATCH`` its product
+    and kernel apart."""
+    for key, value in switches.items():
+        monkeypatch.setattr(steps, key, value)
+    launched = _spy_on_loop_kernels(monkeypatch)
+    cell = make()
+    cell.ensure_built(3, dtype)
+    perturb(cell, scale=0.8)
+    cell = cell.to(DEVICE, dtype)
+    mask = None
+    if masking is not None:
+        lengths = torch.randint(0, 7, (batch,), generator=torch.Generator().manual_seed(batch))
+        mask = length_mask(lengths, 6)
+        if masking == "holes":
+            mask[1] = ~mask[1]
+        mask = mask.to(DEVICE)
+    torch.manual_seed(4)
+    x = torch.randn(6, batch, 3, dtype=dtype, device=DEVICE, requires_grad=True)
+    # float32 at 20 units: a weight's gradient sums 6 x 17 products, in another order than the
+    # equations' (3e-5 relative seen); float64 holds TOL
+    _compare_loop(cell, x, mask, "previous" if masking == "previous" else "zero",
+                  F32_SUMS if dtype == torch.float32 else TOL)
+    assert launched == want
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -269,32 +328,22 @@ def test_fused_steps_match_the_equations(switch, name, masking, batch, dtype, mo
     of one row takes the product and a kernel both ways): outputs, final state and every
     gradient are the equations'."""
     switches, want = LOOP_SWITCHES[switch]
-    for key, value in switches.items():
-        monkeypatch.setattr(steps, key, value)
-    kernels, launched = steps._kernels(), []
-    for kernel in LOOP_KERNELS:
-        real = getattr(kernels, kernel)
-
-        class Spy:
-            def __getitem__(self, grid, real=real, kernel=kernel):
-                launched.append(kernel)
-                return real[grid]
-
-        monkeypatch.setattr(kernels, kernel, Spy())
-    cell = SEQUENCE_CELLS[name]()
-    cell.ensure_built(3, dtype)
-    perturb(cell, scale=0.8)
-    cell = cell.to(DEVICE, dtype)
-    mask = None
-    if masking is not None:
-        lengths = torch.randint(0, 7, (batch,), generator=torch.Generator().manual_seed(batch))
-        mask = length_mask(lengths, 6)
-        if masking == "holes":
-            mask[1] = ~mask[1]
-        mask = mask.to(DEVICE)
-    torch.manual_seed(4)
-    x = torch.randn(6, batch, 3, dtype=dtype, device=DEVICE, requires_grad=True)
-    _compare_loop(cell, x, mask, "previous" if masking == "previous" else "zero")
     if batch < steps.FUSED_MIN_BATCH:
         want = ["lstm_forward"] * 6 + ["lstm_backward"] * 6
-    assert launched == want
+    _check_steps(SEQUENCE_CELLS[name], switches, want, masking, batch, dtype, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batch", [1, 17])
+@pytest.mark.parametrize("masking", [None, "zero", "previous", "holes"])
+@pytest.mark.parametrize("name", list(GRU_STEP_CELLS))
+@pytest.mark.parametrize("switch", list(GRU_SWITCHES))
+def test_fused_gru_steps_match_the_equations(switch, name, masking, batch, dtype, monkeypatch):
+    """A reset-before GRU's forward steps with their two products inside their two kernels
+    (``gru_gates_step``, ``gru_blend_step``), or apart from them; the backward's steps a
+    product and a kernel each, twice: outputs, final state and every gradient are the
+    equations'."""
+    switches, want = GRU_SWITCHES[switch]
+    if batch < steps.FUSED_MIN_BATCH:
+        want = GRU_SWITCHES["product_and_kernel"][1]
+    _check_steps(GRU_STEP_CELLS[name], switches, want, masking, batch, dtype, monkeypatch)

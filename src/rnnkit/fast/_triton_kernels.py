@@ -464,6 +464,72 @@ def blend_forward(cp, h, z, h_out, act, y_out, y_prev, N, H, ACT: tl.constexpr,
                 HAS_C=False)
 
 
+@triton.jit(do_not_specialize=["t"])
+def gru_gates_step(xw, U, Hs, ZR, Zs, RH, t, B, H, REC: tl.constexpr, F64: tl.constexpr,
+                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Step ``t``'s gates of a reset-before GRU with their recurrent product, a program a block
+    of rows and units: where the step-by-step loop has a product and ``gates_forward``. From
+    ``xw [T, B, 3H]`` (x W + b: z, r, then the candidate's), ``U [H, 3H]`` and ``Hs[t]`` (of
+    ``[T + 1, B, H]``, read in chunks of ``BLOCK_K`` units, every unit), it writes the gates'
+    pre-activations ``ZR[t]`` (of ``[T, B, 2H]``), z in ``Zs[t]`` and r ⊙ h in ``RH[t]`` (of
+    ``[T, B, H]``)."""
+    rows, cols, ks, rm, cm, m2, at, _ = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
+    xat = t * B * 3 * H + rows[:, None] * (3 * H) + cols[None, :]
+    zz = tl.load(xw + xat, mask=m2, other=0.0)
+    zr = tl.load(xw + xat + H, mask=m2, other=0.0)
+    for k0 in range(0, H, BLOCK_K):
+        k = k0 + ks
+        km = k < H
+        hk = tl.load(Hs + t * B * H + rows[:, None] * H + k[None, :],
+                     mask=rm[:, None] & km[None, :], other=0.0)
+        uat = k[:, None] * (3 * H) + cols[None, :]
+        um = km[:, None] & cm[None, :]
+        zz += _dot(hk, tl.load(U + uat, mask=um, other=0.0), F64)
+        zr += _dot(hk, tl.load(U + uat + H, mask=um, other=0.0), F64)
+    gat = t * B * 2 * H + rows[:, None] * (2 * H) + cols[None, :]
+    tl.store(ZR + gat, zz, mask=m2)
+    tl.store(ZR + gat + H, zr, mask=m2)
+    tl.store(Zs + t * B * H + at, _act(zz, REC), mask=m2)
+    h = tl.load(Hs + t * B * H + at, mask=m2, other=0.0)
+    tl.store(RH + t * B * H + at, _act(zr, REC) * h, mask=m2)
+
+
+@triton.jit(do_not_specialize=["t"])
+def gru_blend_step(xw, U, RH, CP, Hs, Zs, Y, act, t, B, H, ACT: tl.constexpr,
+                   MASKED: tl.constexpr, PREV: tl.constexpr, F64: tl.constexpr,
+                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Step ``t``'s new state of a reset-before GRU with the candidate's recurrent product
+    (``RH[t]`` against ``U``'s last ``H`` columns, read in chunks of ``BLOCK_K`` units), a
+    program a block of rows and units: where the step-by-step loop has a product and
+    ``blend_forward``. Writes the candidate's pre-activation ``CP[t]`` and
+    ``Hs[t + 1] = c + z (h - c)``, ``c = act(CP[t])``; ``MASKED`` as ``lstm_step_forward``'s
+    (a row that does not run keeps ``h``; its output ``Y[t]`` is 0, or with ``PREV`` the
+    previous output)."""
+    rows, cols, ks, rm, cm, m2, at, _ = _row_block(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
+    cp = tl.load(xw + t * B * 3 * H + rows[:, None] * (3 * H) + cols[None, :] + 2 * H,
+                 mask=m2, other=0.0)
+    for k0 in range(0, H, BLOCK_K):
+        k = k0 + ks
+        km = k < H
+        rk = tl.load(RH + t * B * H + rows[:, None] * H + k[None, :],
+                     mask=rm[:, None] & km[None, :], other=0.0)
+        cp += _dot(rk, tl.load(U + k[:, None] * (3 * H) + cols[None, :] + 2 * H,
+                               mask=km[:, None] & cm[None, :], other=0.0), F64)
+    tl.store(CP + t * B * H + at, cp, mask=m2)
+    c = _act(cp, ACT)
+    h = tl.load(Hs + t * B * H + at, mask=m2, other=0.0)
+    hn = c + tl.load(Zs + t * B * H + at, mask=m2, other=0.0) * (h - c)
+    if MASKED:
+        keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None]
+        y = tl.where(keep, hn, 0.0)
+        if PREV:
+            if t > 0:
+                y = tl.where(keep, hn, tl.load(Y + (t - 1) * B * H + at, mask=m2, other=0.0))
+        tl.store(Y + t * B * H + at, y, mask=m2)
+        hn = tl.where(keep, hn, h)
+    tl.store(Hs + (t + 1) * B * H + at, hn, mask=m2)
+
+
 @triton.jit
 def blend_backward(cp, h, z, dout, dcp, dh, dz, act, dy, carry, N, H, LD, ACT: tl.constexpr,
                    MASKED: tl.constexpr, PREV: tl.constexpr, BLOCK: tl.constexpr):

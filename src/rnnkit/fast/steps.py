@@ -17,9 +17,10 @@ with cell clipping, 28 with peepholes and projection, 22 for TF1's GRU, 34 for l
 
 A plain LSTM's forward step (no projection, not layer norm; from ``FUSED_MIN_BATCH`` rows and
 up to ``FUSED_STEP_UNITS`` units) runs its recurrent product inside its kernel: one launch a
-step where cuBLAS takes two (it splits K at these sizes) and the cell a third. Its backward can
-do the same (``FUSED_BACKWARD_UNITS``), off: on an H100 it was no faster at 64 units and 2.3x
-slower at 256 (its product runs over ``4H``, in few programs).
+step where cuBLAS takes two (it splits K at these sizes) and the cell a third; a reset-before
+GRU's forward step, its two products inside its two kernels. An LSTM's backward can do the same
+(``FUSED_BACKWARD_UNITS``), off: on an H100 it was no faster at 64 units and 2.3x slower at 256
+(its product runs over ``4H``, in few programs).
 
 ``U``'s (and a projection's) gradient is one product over every step at the end, as cuDNN
 does, where per-step autograd makes a product and a sum for it at each step. Masks are in the
@@ -58,10 +59,11 @@ from rnnkit.fast.compiled import ACTIVATIONS
 from rnnkit.unroll import scan
 
 ENABLED = True  # False: ``sequence`` leaves every loop to the ops (benchmarks/ab_steps.py)
-# Up to this many units, and from FUSED_MIN_BATCH rows, a plain LSTM's forward step (no projection,
-# not layer norm) runs its recurrent product inside its kernel (``lstm_step_forward``: one
-# launch a step, a program a block of STEP_ROWS rows and STEP_UNITS units) instead of a product
-# (two kernels: cuBLAS splits K) and a kernel; FUSED_BACKWARD_UNITS, the same for its backward
+# Up to this many units, and from FUSED_MIN_BATCH rows, a plain LSTM's forward step (no
+# projection, not layer norm) runs its recurrent product inside its kernel (``lstm_step_forward``:
+# one launch a step, a program a block of STEP_ROWS rows and STEP_UNITS units) instead of a
+# product (two kernels: cuBLAS splits K) and a kernel, and a reset-before GRU's its two
+# (``gru_gates_step``, ``gru_blend_step``); FUSED_BACKWARD_UNITS, the same for an LSTM's backward
 # (``lstm_step_backward``); 0: off. STEP_K, STEP_K_BACKWARD: the chunks of the products (32 and
 # 64 measured alike forward, 32 and 128 backward). Measured f+b on an H100 (B32 T100, clipped
 # LSTM, torch.nn / rnnkit): 0.62x -> 0.74x at H64, 1.84x -> 1.96x at H256, alike at H512; at
@@ -158,10 +160,20 @@ def _block(H: int) -> int:
 
 
 def _fused_steps(p: eq.Canonical, Pw, B: int, H: int, backward: bool = False) -> bool:
-    """Whether an LSTM loop's steps run their products in their kernels (``FUSED_STEP_UNITS``,
-    ``FUSED_BACKWARD_UNITS``)."""
+    """Whether a loop's steps run their products in their kernels: a plain LSTM's
+    (``FUSED_STEP_UNITS``; backward, ``FUSED_BACKWARD_UNITS``) or a reset-before GRU's forward
+    (``FUSED_STEP_UNITS``)."""
     units = FUSED_BACKWARD_UNITS if backward else FUSED_STEP_UNITS
-    return Pw is None and p.kind == "lstm" and H <= units and B >= FUSED_MIN_BATCH
+    kinds = ("lstm",) if backward else ("lstm", "gru")
+    return Pw is None and p.kind in kinds and H <= units and B >= FUSED_MIN_BATCH
+
+
+def _step_grid(B: int, H: int, backward: bool) -> tuple[tuple[int, int], dict]:
+    """The fused steps' grid (blocks of ``STEP_ROWS`` rows by ``STEP_UNITS`` units) and
+    compile options."""
+    grid = (-(-B // STEP_ROWS), -(-H // STEP_UNITS))
+    return grid, dict(BLOCK_B=STEP_ROWS, BLOCK_H=STEP_UNITS,
+                      BLOCK_K=STEP_K_BACKWARD if backward else STEP_K, num_warps=4, **LAUNCH)
 
 
 def _norm_warps(block: int, dtype: torch.dtype) -> int:
@@ -278,12 +290,8 @@ class _LSTMLaunch:
                     PEEP=extra is not None, **masked, **self.meta)
 
     def _step_launch(self, backward: bool) -> tuple[tuple[int, int], dict]:
-        """The fused steps' grid (blocks of ``STEP_ROWS`` rows by ``STEP_UNITS`` units) and
-        their compile options."""
-        grid = (-(-self.B // STEP_ROWS), -(-self.H // STEP_UNITS))
-        return grid, dict(BLOCK_B=STEP_ROWS, BLOCK_H=STEP_UNITS,
-                          BLOCK_K=STEP_K_BACKWARD if backward else STEP_K, num_warps=4,
-                          **self.meta, **LAUNCH)
+        grid, options = _step_grid(self.B, self.H, backward)
+        return grid, options | self.meta
 
     def step(self, t: int, xw, U, C, Hs, Z, Y, extra, mask, held: bool) -> None:
         """Step ``t`` of the forward, its product in its kernel (``lstm_step_forward``): the
@@ -421,12 +429,25 @@ class _GRULoop(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not zeros
         T, B, H = xw.shape[0], h0.shape[0], h0.shape[-1]
         N, k, acts = B * H, _kernels(), _acts(p)
-        # x W + b, to which each step adds its products in place (no copy a step)
-        ZR, CP = _own(xw[..., :2 * H]), _own(xw[..., 2 * H:])
+        fused = _fused_steps(p, None, B, H)
+        if fused:  # each step's two products inside its two kernels
+            ZR, CP = xw.new_empty(T, B, 2 * H), xw.new_empty(T, B, H)
+        else:  # x W + b, to which each step adds its products in place (no copy a step)
+            ZR, CP = _own(xw[..., :2 * H]), _own(xw[..., 2 * H:])
         Zs, RH, Hs = (xw.new_empty(n, B, H) for n in (T, T, T + 1))
         Y = xw.new_empty(T, B, H) if mask is not None else Hs[1:]  # outputs: 0 past a length
         Hs[0].copy_(h0)
-        for t in range(T):
+        if fused:
+            grid, options = _step_grid(B, H, False)
+            Uc = U.contiguous()
+            for t in range(T):
+                k.gru_gates_step[grid](xw, Uc, Hs, ZR, Zs, RH, t, B, H, REC=acts["REC"],
+                                       F64=xw.dtype == torch.float64, **options)
+                k.gru_blend_step[grid](xw, Uc, RH, CP, Hs, Zs, Y,
+                                       mask if mask is not None else Hs, t, B, H,
+                                       ACT=acts["ACT"], MASKED=mask is not None, PREV=held,
+                                       F64=xw.dtype == torch.float64, **options)
+        for t in range(0 if fused else T):  # (else each step ran above)
             ZR[t].addmm_(Hs[t], U[:, :2 * H])
             _launch(k.gates_forward, N, ZR[t], Hs[t], Zs[t], RH[t], N, H, REC=acts["REC"])
             CP[t].addmm_(RH[t], U[:, 2 * H:])
