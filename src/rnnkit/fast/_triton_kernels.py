@@ -284,6 +284,20 @@ def _store_gates(slab, zat, m2, H, zi, zf, zg, zo, OI: tl.constexpr, OF: tl.cons
     tl.store(slab + zat + OO * H, zo, mask=m2)
 
 
+@triton.jit
+def _step_output(Y, act, t, B, H, rows, rm, at, m2, hn, PREV: tl.constexpr):
+    """A fused step's output ``Y[t]`` under a mask (``act [T, B]``, 0 where a row does not run):
+    the new ``h`` where a row runs, else 0, or (``PREV``) the previous output ``Y[t - 1]``.
+    Returns where the block's rows run (``[BLOCK_B, 1]``)."""
+    keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None]
+    y = tl.where(keep, hn, 0.0)
+    if PREV:
+        if t > 0:
+            y = tl.where(keep, hn, tl.load(Y + (t - 1) * B * H + at, mask=m2, other=0.0))
+    tl.store(Y + t * B * H + at, y, mask=m2)
+    return keep
+
+
 @triton.jit(do_not_specialize=["t"])
 def lstm_step_forward(xw, U, C, Hs, Z, Y, peep, act, consts, t, B, H,
                       OI: tl.constexpr, OF: tl.constexpr, OG: tl.constexpr, OO: tl.constexpr,
@@ -328,12 +342,7 @@ def lstm_step_forward(xw, U, C, Hs, Z, Y, peep, act, consts, t, B, H,
         zo += p_o * cn
     hn = _act(zo, REC) * _act(cn, ACT)
     if MASKED:
-        keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None]
-        y = tl.where(keep, hn, 0.0)
-        if PREV:
-            if t > 0:
-                y = tl.where(keep, hn, tl.load(Y + (t - 1) * B * H + at, mask=m2, other=0.0))
-        tl.store(Y + t * B * H + at, y, mask=m2)
+        keep = _step_output(Y, act, t, B, H, rows, rm, at, m2, hn, PREV)
         cn = tl.where(keep, cn, c)
         hn = tl.where(keep, hn, h)
     tl.store(C + (t + 1) * B * H + at, cn, mask=m2)
@@ -520,13 +529,7 @@ def gru_blend_step(xw, U, RH, CP, Hs, Zs, Y, act, t, B, H, ACT: tl.constexpr,
     h = tl.load(Hs + t * B * H + at, mask=m2, other=0.0)
     hn = c + tl.load(Zs + t * B * H + at, mask=m2, other=0.0) * (h - c)
     if MASKED:
-        keep = (tl.load(act + t * B + rows, mask=rm, other=0.0) != 0.0)[:, None]
-        y = tl.where(keep, hn, 0.0)
-        if PREV:
-            if t > 0:
-                y = tl.where(keep, hn, tl.load(Y + (t - 1) * B * H + at, mask=m2, other=0.0))
-        tl.store(Y + t * B * H + at, y, mask=m2)
-        hn = tl.where(keep, hn, h)
+        hn = tl.where(_step_output(Y, act, t, B, H, rows, rm, at, m2, hn, PREV), hn, h)
     tl.store(Hs + (t + 1) * B * H + at, hn, mask=m2)
 
 
