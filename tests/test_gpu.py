@@ -25,7 +25,7 @@ from fast_checks import CUDNN_CELLS, CUDNN_LENGTHS, FUSED_CELLS, TOL, compare, c
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
-from rnnkit.fast import graphs
+from rnnkit.fast import graphs, steps
 from rnnkit.unroll import length_mask, map_state
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -38,6 +38,7 @@ OTHER_CELLS = {
 LENGTHS = CUDNN_LENGTHS
 LSTMS = ("basic_lstm", "lstm_proj")  # variable lengths: the graph path, cuDNN until captured
 F32 = {"atol": 5e-4, "rtol": 5e-4}  # cuDNN's float32 against the reference loop's (see above)
+F32_SUMS = {"atol": 5e-5, "rtol": 5e-5}  # float32 sums of products in another order
 
 
 @pytest.fixture
@@ -141,6 +142,48 @@ def test_cells_cudnn_lacks_replay_cuda_graphs(name, lengths, exact):
         _leaves_close(run("cuda"), want)
     assert exact[-3:] == ["graph"] * 3
     assert _captured(cell)
+
+
+FUSED_STEP_CELLS = {  # 20 units: two blocks of them in a fused step
+    "gru_tf1": (lambda: rk.GRUCell(20), "gru_gates_step"),
+    "lstm_peephole_clip": (lambda: rk.LSTMCell(20, use_peepholes=True, cell_clip=0.8),
+                           "lstm_step_forward"),
+}
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "varied"])
+@pytest.mark.parametrize("name", list(FUSED_STEP_CELLS))
+def test_fused_steps_replay_cuda_graphs(name, masked, exact, monkeypatch):
+    """From ``steps.FUSED_MIN_BATCH`` rows a plain LSTM's or TF1 GRU's forward steps run their
+    recurrent products inside their kernels; captured and replayed, they give the CPU's
+    numbers and gradients (float32 sums of 17 rows' products in another order: ``F32_SUMS``)."""
+    make, kernel = FUSED_STEP_CELLS[name]
+    kernels, launched = steps._kernels(), []
+    real = getattr(kernels, kernel)
+
+    class Spy:
+        def __getitem__(self, grid):
+            launched.append(kernel)
+            return real[grid]
+
+    monkeypatch.setattr(kernels, kernel, Spy())
+    cell = _built(make)
+    B = steps.FUSED_MIN_BATCH + 1
+    x = torch.randn(B, 7, 4, requires_grad=True)
+    lens = torch.randint(0, 8, (B,), generator=torch.Generator().manual_seed(0)) if masked \
+        else None
+
+    def run(device):
+        cell.to(device)
+        lens_on = None if lens is None else lens.to(device)
+        out = rk.dynamic_rnn(cell, x.to(device), sequence_length=lens_on)
+        return _weighted_grads(out, [x, *cell.parameters()], device)
+
+    want = run("cpu")
+    for _ in range(3):  # eager, captured, replayed
+        _leaves_close(run("cuda"), want, **F32_SUMS)
+    assert exact[-3:] == ["graph"] * 3 and _captured(cell)
+    assert launched  # at the capture (a replay launches nothing from Python)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
