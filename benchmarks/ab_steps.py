@@ -9,10 +9,10 @@ as ops (``steps.ENABLED`` off) and as Triton loops (the default), each captured 
 interleaved with torch.nn's cuDNN module of the nearest math; prints milliseconds (medians)
 and the ratios torch.nn / each. Last, a variable-length batch (B32 T100 H256, lengths
 10..100, ``sequence_length``) against torch.nn on
-the padded batch. ``--fused-steps`` adds two columns for a plain LSTM's loop (other cells run
-as in "loops"): its steps' products apart from their kernels both ways ("apart":
-``steps.FUSED_STEP_UNITS`` 0), and inside them both ways at every size ("inside":
-``FUSED_STEP_UNITS`` and ``FUSED_BACKWARD_UNITS`` unbounded). Under
+the padded batch. ``--fused-steps`` adds two columns for a plain LSTM's or TF1 GRU's loop
+(other cells run as in "loops"): its forward steps' products apart from their kernels
+("apart": ``steps.FUSED_STEP_UNITS`` 0), and inside them at every size ("inside": unbounded).
+Under
 ``--device cpu`` it runs the same on the CPU (without the graphs or Triton: a smoke test of
 the script).
 """
@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["32,100,256", "32,100,64", "1,500,256"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--fused-steps", action="store_true",
-                        help="columns with a plain LSTM's step products apart from their "
-                             "kernels, and inside them both ways")
+                        help="columns with the forward steps' products apart from their "
+                             "kernels, and inside them at every size")
     parser.add_argument("--cells", nargs="+", default=GRAPH_CELLS, choices=list(CELLS))
     args = parser.parse_args()
     dev = torch.device(args.device)
@@ -49,8 +49,7 @@ def main() -> None:
     variants = [("ops", False, {}), ("loops", True, {})]
     if args.fused_steps:
         variants += [("apart", True, {"FUSED_STEP_UNITS": 0}),
-                     ("inside", True, {"FUSED_STEP_UNITS": 1 << 16,
-                                       "FUSED_BACKWARD_UNITS": 1 << 16})]
+                     ("inside", True, {"FUSED_STEP_UNITS": 1 << 16})]
     print(f"{'B,T,H':<12}{'cell':<24}{'torch.nn':>9}"
           + "".join(f"{name:>9}" for name, _, _ in variants)
           + "".join(f"{'x ' + name:>11}" for name, _, _ in variants))

@@ -48,7 +48,7 @@ CASES = {
     "tf1gru-h256": ("GRU TF1 (reset before)", 32, 100, 256, "f+b", {}),
 }
 
-for _h in (64, 256, 512):  # a plain LSTM's steps: products apart, or inside the kernels
+for _h in (64, 256, 512):  # a plain LSTM's forward steps: products apart, or inside the kernels
     CASES[f"clip-h{_h}"] = ("LSTM cell_clip", 32, 100, _h, "f+b", {})
     CASES[f"clip-h{_h}-fwd"] = ("LSTM cell_clip", 32, 100, _h, "fwd", {})
     CASES[f"clip-h{_h}-fwd-apart"] = ("LSTM cell_clip", 32, 100, _h, "fwd",
@@ -56,11 +56,6 @@ for _h in (64, 256, 512):  # a plain LSTM's steps: products apart, or inside the
     for _k in (32, 64):
         CASES[f"clip-h{_h}-fwd-fused-k{_k}"] = ("LSTM cell_clip", 32, 100, _h, "fwd",
                                                 {"FUSED_STEP_UNITS": 1 << 16, "STEP_K": _k})
-    for _k in (32, 128):
-        CASES[f"clip-h{_h}-fused-k{_k}"] = ("LSTM cell_clip", 32, 100, _h, "f+b",
-                                            {"FUSED_STEP_UNITS": 1 << 16,
-                                             "FUSED_BACKWARD_UNITS": 1 << 16,
-                                             "STEP_K_BACKWARD": _k})
 
 
 def _case(name: str, dev: torch.device):

@@ -249,13 +249,11 @@ SEQUENCE_CELLS = {  # what the fused steps serve: LSTMs without projection or la
 }
 
 
-LOOP_KERNELS = ("lstm_step_forward", "lstm_forward", "lstm_step_backward", "lstm_backward",
+LOOP_KERNELS = ("lstm_step_forward", "lstm_forward", "lstm_backward",
                 "gru_gates_step", "gru_blend_step", "gates_forward", "blend_forward",
                 "gates_backward", "blend_backward")
 LOOP_SWITCHES = {  # switches: the kernels launched over 6 steps (fused: from 16 rows)
     "product_and_kernel": ({"FUSED_STEP_UNITS": 0}, ["lstm_forward"] * 6 + ["lstm_backward"] * 6),
-    "fused_steps": ({"FUSED_STEP_UNITS": 64, "FUSED_BACKWARD_UNITS": 64},
-                    ["lstm_step_forward"] * 6 + ["lstm_step_backward"] * 7),
     "fused_forward": ({"FUSED_STEP_UNITS": 64}, ["lstm_step_forward"] * 6 + ["lstm_backward"] * 6),
 }
 F32_SUMS = {"atol": 5e-5, "rtol": 5e-5}
@@ -321,12 +319,11 @@ def _check_steps(make, switches, want, masking, batch, dtype, monkeypatch) -> No
 @pytest.mark.parametrize("name", list(SEQUENCE_CELLS))
 @pytest.mark.parametrize("switch", list(LOOP_SWITCHES))
 def test_fused_steps_match_the_equations(switch, name, masking, batch, dtype, monkeypatch):
-    """A plain LSTM's loop with each step's product and kernel apart, or as one launch a step,
-    its product inside, forward (``steps.FUSED_STEP_UNITS``: ``lstm_step_forward``) and
-    backward (``FUSED_BACKWARD_UNITS``: ``lstm_step_backward``), or forward only, the
-    backward's steps then a product and a kernel each (20 units: two blocks of them; a batch
-    of one row takes the product and a kernel both ways): outputs, final state and every
-    gradient are the equations'."""
+    """A plain LSTM's loop with each step's product and kernel apart, or with its forward
+    steps' products inside their kernels (``steps.FUSED_STEP_UNITS``: ``lstm_step_forward``;
+    the backward's steps a product and a kernel each; 20 units: two blocks of them; a batch of
+    one row takes the product and a kernel): outputs, final state and every gradient are the
+    equations'."""
     switches, want = LOOP_SWITCHES[switch]
     if batch < steps.FUSED_MIN_BATCH:
         want = ["lstm_forward"] * 6 + ["lstm_backward"] * 6

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
 ARCH = 90  # the H100 the device checks run on
 KERNELS = ("lstm_forward", "lstm_backward", "ln_lstm_forward", "ln_lstm_backward",
            "gates_forward", "gates_backward", "blend_forward", "blend_backward",
-           "lstm_step_forward", "lstm_step_backward", "gru_gates_step", "gru_blend_step")
+           "lstm_step_forward", "gru_gates_step", "gru_blend_step")
 _TYPES = {torch.float32: "*fp32", torch.float64: "*fp64"}
 def _toolchain_missing() -> str | None:
     try:
@@ -49,7 +49,7 @@ def _toolchain_missing() -> str | None:
 
 
 class _Recorder:
-    """Stands in for one kernel of ``rnnkit.fast._triton_kernels``: launches it, and adds each
+    """Stands in for one kernel of ``rnnkit.fast.steps._kernels()``: launches it, and adds each
     new specialization to ``seen`` (key -> ``[name, signature, constexprs, options]``)."""
 
     def __init__(self, name: str, kernel, seen: dict):
@@ -129,10 +129,8 @@ def test_every_launch_compiles_for_a_gpu_without_spilling(monkeypatch):
     steps._broken.clear()
     _run_loops()
     plain = [name for name in CELLS_AND_PROJ if "proj" not in name  # plain LSTMs, TF1 GRUs
-             and not name.startswith("layer_norm")]
-    monkeypatch.setattr(steps, "FUSED_STEP_UNITS", 64)  # the steps with their products inside
-    monkeypatch.setattr(steps, "FUSED_BACKWARD_UNITS", 64)
-    monkeypatch.setattr(steps, "FUSED_MIN_BATCH", 1)  # the batch of 3 rows there
+             and not name.startswith("layer_norm")]  # (the batch there: 3 rows)
+    monkeypatch.setattr(steps, "FUSED_MIN_BATCH", 1)  # the steps with their products inside
     _run_loops(plain)
     assert not steps._broken, steps._broken
     recorded = list(seen.values())

@@ -1,8 +1,8 @@
 """Compile Triton kernel specializations for a GPU without one (used by test_steps_compile.py).
 
 ``python tests/triton_aot.py ARCH < specs.json > results.json``: each spec is
-``[kernel name in rnnkit.fast._triton_kernels, signature, constexprs, options]`` (the arguments
-of ``triton.compile``'s ``ASTSource`` and its ``options``); each result is
+``[name, signature, constexprs, options]``, a kernel of ``rnnkit.fast.steps._kernels()`` by
+name and the arguments of ``triton.compile``'s ``ASTSource`` and its ``options``; each result is
 ``{"name", "constexprs", "error", "registers", "stack"}``, ``stack`` being the bytes of stack
 frame a thread uses (spilled registers) in the cubin, as ``cuobjdump`` reads it. Run it without
 ``TRITON_INTERPRET``: the kernels must be real ``JITFunction``s."""
@@ -36,7 +36,8 @@ def _compile(job: tuple[int, list]) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from rnnkit.fast import _triton_kernels as kernels
+    from rnnkit.fast.steps import _kernels
+    kernels = _kernels()
     arch, (name, signature, constexprs, options) = job
     result = {"name": name, "constexprs": constexprs, "error": None, "registers": None,
               "stack": None}
