@@ -3,14 +3,15 @@
 # oneDNN wheel, so the CPU paths are not in play): the GPU tests, then the GPU section of the
 # benchmark, each under its own time limit, logs under $OUT (or ./gpu_round).
 #
-#   bash benchmarks/gpu_round.sh [tests-s] [steps-tests-s] [bench-s] [ab-steps-s]
+#   bash benchmarks/gpu_round.sh [tests-s] [steps-tests-s] [bench-s] [ab-steps-s] [profile-s]
 #
-# Defaults 200, 150, 170 and 100 s; the two test groups run at the same time, so the whole round
-# takes at most 470 s, inside one 10-minute device call. The fused steps' tests compile many
+# Defaults 200, 150, 170, 100 and 40 s; the two test groups run at the same time, so the whole
+# round takes at most 510 s, inside one 10-minute device call (about 150 s in session 12). The fused steps' tests compile many
 # Triton kernel variants on a fresh machine, one after another in a process, so they run in 8
-# processes at once. $OUT receives five files (the device tool brings back at most eight):
-# machine.txt, tests.txt, steps_tests.txt (every shard's log, one after another), bench.txt and
-# ab_steps.txt; the shards' working files stay in a temporary folder.
+# processes at once. $OUT receives six files (the device tool brings back at most eight):
+# machine.txt, tests.txt, steps_tests.txt (every shard's log, one after another), bench.txt,
+# ab_steps.txt and profile.txt (where a call's host and GPU time go at H64,
+# benchmarks/profile_gpu.py --host); the shards' working files stay in a temporary folder.
 set -u
 out="${OUT:-gpu_round}"
 mkdir -p "$out"
@@ -48,7 +49,10 @@ timeout "${3:-170}" "$py" benchmarks/bench_rnn.py --gpu-only --repeats 5 > "$out
 echo "bench: exit $?" >> "$out/bench.txt"
 timeout "${4:-100}" "$py" benchmarks/ab_steps.py --repeats 5 --fused-steps > "$out/ab_steps.txt" 2>&1
 echo "ab_steps: exit $?" >> "$out/ab_steps.txt"
+timeout "${5:-40}" "$py" benchmarks/profile_gpu.py --host --top 4 --cases lstm-h64-fwd lstm-h64 \
+  clip-h64 tf1gru-h64 2>&1 | grep -v USDT > "$out/profile.txt"
 rm -rf "$work"
 tail -n 3 "$out/tests.txt"
 head -n 9 "$out/steps_tests.txt"
 cat "$out/bench.txt" "$out/ab_steps.txt"
+grep -v "^    py\|^    host" "$out/profile.txt"
