@@ -1,18 +1,17 @@
 """The graph path with and without its Triton loops (``rnnkit.fast.steps``), on a GPU.
 
-    python benchmarks/ab_steps.py [--repeats 7] [--shapes 32,100,256 32,100,64 1,500,256]
+    python benchmarks/ab_steps.py [--repeats 7] [--shapes 32,100,256 32,100,64 1,500,256 varlen]
                                   [--fused-steps] [--cells NAME ...]
 
 For each shape and cell the graph path runs (by default TF1's GRU, peepholes with projection,
 cell clipping, layer norm; ``--cells`` names others of ``bench_rnn.CELLS``), forward+backward
 as ops (``steps.ENABLED`` off) and as Triton loops (the default), each captured afresh, timed
 interleaved with torch.nn's cuDNN module of the nearest math; prints milliseconds (medians)
-and the ratios torch.nn / each. Last, a variable-length batch (B32 T100 H256, lengths
-10..100, ``sequence_length``) against torch.nn on
-the padded batch. ``--fused-steps`` adds two columns for a plain LSTM's or TF1 GRU's loop
-(other cells run as in "loops"): its forward steps' products apart from their kernels
-("apart": ``steps.FUSED_STEP_UNITS`` 0), and inside them at every size ("inside": unbounded).
-Under
+and the ratios torch.nn / each. The shape ``varlen`` is a variable-length batch (B32 T100
+H256, lengths 10..100, ``sequence_length``) against torch.nn on the padded batch.
+``--fused-steps`` adds two columns for a plain LSTM's or TF1 GRU's loop (other cells run as in
+"loops"): its forward steps' products apart from their kernels ("apart":
+``steps.FUSED_STEP_UNITS`` 0), and inside them at every size ("inside": unbounded). Under
 ``--device cpu`` it runs the same on the CPU (without the graphs or Triton: a smoke test of
 the script).
 """
@@ -33,7 +32,8 @@ GRAPH_CELLS = ["GRU TF1 (reset before)", "LSTM peephole+proj", "LSTM cell_clip",
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--shapes", nargs="+", default=["32,100,256", "32,100,64", "1,500,256"])
+    parser.add_argument("--shapes", nargs="+",
+                        default=["32,100,256", "32,100,64", "1,500,256", "varlen"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--fused-steps", action="store_true",
                         help="columns with the forward steps' products apart from their "
@@ -55,7 +55,7 @@ def main() -> None:
           + "".join(f"{'x ' + name:>11}" for name, _, _ in variants))
     g = torch.Generator().manual_seed(0)
     varlen = torch.randint(10, 101, (32,), generator=g).to(dev)
-    for text in [*args.shapes, "varlen"]:  # varlen: B32 T100 H256, lengths 10..100
+    for text in args.shapes:  # varlen: B32 T100 H256, lengths 10..100
         B, T, H = (32, 100, 256) if text == "varlen" else (int(v) for v in text.split(","))
         lengths = varlen if text == "varlen" else None
         x = torch.randn(B, T, H, device=dev, requires_grad=True)

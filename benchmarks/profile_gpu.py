@@ -1,6 +1,7 @@
 """Where a GPU call's time goes: host, kernels and the gaps between them, for the graph path.
 
-    python benchmarks/profile_gpu.py [--calls 5] [--top 6] [--cases NAME ...]
+    python benchmarks/profile_gpu.py [--calls 5] [--top 6] [--cases NAME ...] [--host]
+                                     [--device cuda]
 
 For each case (a cell from ``bench_rnn.CELLS`` or torch.nn's module, at a shape, forward or
 forward+backward, optionally with switches of ``rnnkit.fast.steps`` set while it is captured),
@@ -16,7 +17,8 @@ after three warm-up calls (eager, capture, replay) it prints per call:
 - with ``--host``, where the host's time goes: torch's ops by their own CPU time, and Python's
   functions by their own time (``cProfile``; its overhead inflates these).
 
-Needs a CUDA device. Timings never go into tests; this is a tool for a device session.
+Needs a CUDA device; ``--device cpu`` runs the same on the CPU, its "kernels" torch's CPU ops (a
+smoke test of the script). Timings never go into tests; this is a tool for a device session.
 """
 
 from __future__ import annotations
@@ -96,26 +98,34 @@ def _union(spans: list[tuple[float, float]]) -> float:
     return busy
 
 
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def measure(name: str, dev: torch.device, calls: int, top: int, host: bool = False) -> None:
     fn = _case(name, dev)
     for _ in range(2):
         fn()
-    torch.cuda.synchronize(dev)
+    _sync(dev)
     walls, hosts = [], []
     for _ in range(calls):
-        torch.cuda.synchronize(dev)
+        _sync(dev)
         t0 = time.perf_counter()
         fn()
         t1 = time.perf_counter()
-        torch.cuda.synchronize(dev)
+        _sync(dev)
         t2 = time.perf_counter()
         hosts.append(t1 - t0)
         walls.append(t2 - t0)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    on_gpu = dev.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
         for _ in range(calls):
             fn()
-        torch.cuda.synchronize(dev)
-    gpu = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        _sync(dev)
+    kind = DeviceType.CUDA if on_gpu else DeviceType.CPU
+    gpu = [e for e in prof.events() if e.device_type == kind]
     spans = [(e.time_range.start, e.time_range.end) for e in gpu]
     busy = _union(spans) / calls
     span = (max(b for _, b in spans) - min(a for a, _ in spans)) / calls if spans else 0.0
@@ -137,7 +147,7 @@ def measure(name: str, dev: torch.device, calls: int, top: int, host: bool = Fal
         stats = cProfile.Profile()
         rounds = 20 * calls
         stats.runcall(lambda: [fn() for _ in range(rounds)])
-        torch.cuda.synchronize(dev)
+        _sync(dev)
         rows = pstats.Stats(stats).stats.items()
         for (path, line, func), (_, ncalls, own, cum, _) in sorted(rows, key=lambda r: -r[1][2])[
                 :top * 3]:
@@ -151,12 +161,13 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=6)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--host", action="store_true", help="where the host's time goes")
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "no CUDA device here\n")
-    dev = torch.device("cuda")
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(dev)}, fused steps: "
-          f"{steps.load_error() or 'Triton loaded'}")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {name}, fused steps: {steps.load_error() or 'Triton loaded'}")
     for name in args.cases:
         try:
             measure(name, dev, args.calls, args.top, args.host)
