@@ -61,6 +61,25 @@ def test_explain_names_the_graph_path_and_its_requirements(graph_on_cpu):
         assert "autocast is on" in str(rk.fast.explain(cell, x))
 
 
+def test_explain_says_what_the_graphs_replay(graph_on_cpu, monkeypatch):
+    """For a cell cuDNN lacks, the loop: the Triton loop, its forward steps' products inside
+    their kernels from ``steps.FUSED_MIN_BATCH`` rows (a plain LSTM, TF1's GRU), or the loop
+    as ops where the Triton loop does not serve the cell."""
+    def first_line(cell, batch):
+        cell.ensure_built(3, torch.float32)
+        return str(rk.fast.explain(cell, torch.randn(batch, 4, 3))).splitlines()[0]
+
+    fused = "path: graph (replays from CUDA graphs: the Triton loop, its forward steps' " \
+            "products inside their kernels)"
+    assert first_line(_cell(), steps.FUSED_MIN_BATCH) == fused
+    assert first_line(rk.GRUCell(5), steps.FUSED_MIN_BATCH) == fused
+    triton = "path: graph (replays from CUDA graphs: the Triton loop)"
+    assert first_line(_cell(), 2) == triton
+    assert first_line(rk.LSTMCell(5, num_proj=3, cell_clip=1.0), steps.FUSED_MIN_BATCH) == triton
+    monkeypatch.setattr(steps, "ENABLED", False)
+    assert first_line(_cell(), 2) == "path: graph (replays from CUDA graphs: the loop as ops)"
+
+
 def test_not_on_the_cpu_by_default():
     text = str(rk.fast.explain(_cell(), torch.randn(2, 4, 3)))
     assert "not graph: devices are cpu; cuda only" in text

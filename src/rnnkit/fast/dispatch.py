@@ -6,7 +6,8 @@ fused RNN ops, cuDNN on a CUDA device, ``rnnkit.fast.cudnn``), ``fused`` (rnnkit
 activations), ``graph`` (CUDA graphs captured at a shape's second call and replayed,
 ``rnnkit.fast.graphs``: of the reference loop for the cells cuDNN lacks, of cuDNN's own op for
 the cells it has, measured faster than calling cuDNN each time; ``Decision.captures`` and
-``Decision.first`` say what the graphs hold and what runs a shape not captured yet), ``reference``
+``Decision.first`` say what the graphs hold and what runs a shape not captured yet, and
+``Decision.loop`` which loop they hold for the other cells), ``reference``
 (``rnnkit.unroll.scan``, always exact, always available). Exceptions, measured: a
 variable-length batch takes ``fused``, which packs the batch's tokens, where oneDNN needs one
 call per segment of constant batch; so do batch 1, small cells (LSTMs up to 128 units, GRUs
@@ -88,12 +89,16 @@ class Decision:
     # and the one its graphs capture, where it captures another path's op ("cudnn")
     first: str | None = field(default=None, repr=False, compare=False)
     captures: str | None = field(default=None, repr=False, compare=False)
+    # the graph path of a loop: what it captures (``rnnkit.fast.steps.describe``)
+    loop: str | None = field(default=None, repr=False, compare=False)
 
     def explain(self) -> str:
         """One line per path: which ran, and why each other one did not."""
         lines = [f"path: {self.path}"]
         if self.captures:
             lines[0] += f" (replays {self.captures} from CUDA graphs)"
+        elif self.loop:
+            lines[0] += f" (replays from CUDA graphs: {self.loop})"
         for name in PATHS:
             if name != self.path and name in self.unmet:
                 lines.append(f"not {name}: " + "; ".join(self.unmet[name]))
@@ -286,8 +291,9 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         if name != path and not reasons[name]:
             reasons[name].append(f"can run it, but {path} comes first")
     graph = path == "graph"
+    loop = steps.describe(params, inputs.shape[1], own_step) if graph and not captures else None
     return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
-                    suffix, first if graph else None, captures if graph else None)
+                    suffix, first if graph else None, captures if graph else None, loop)
 
 
 @torch.compiler.disable  # under torch.compile: a graph break here, oneDNN runs on real tensors

@@ -275,6 +275,18 @@ def serves(p: eq.Canonical) -> bool:
         name_of(p.activation) in ACTIVATIONS and name_of(p.recurrent_activation) in ACTIVATIONS
 
 
+def describe(p: eq.Canonical, batch: int, own_step: bool = False) -> str:
+    """What the graph path captures for a cell of ``p``'s math (cuDNN lacks it) at ``batch``
+    rows: the Triton loop (``sequence``), its forward steps' products inside their kernels where
+    they are, or the loop as ops (``own_step``: the cell replaces the canonical step)."""
+    if own_step or not serves(p) or \
+            (p.kind == "layer_norm_lstm" and p.U.shape[0] > MAX_NORM_UNITS):
+        return "the loop as ops"
+    if _fused_steps(p, p.P, batch, p.U.shape[0]):
+        return "the Triton loop, its forward steps' products inside their kernels"
+    return "the Triton loop"
+
+
 def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
              masked_output: str = "zero"):
     """``cell.unroll(x, state, mask, masked_output, fast=False)`` as one autograd node with the
