@@ -53,13 +53,14 @@ class GRULoop(torch.autograd.Function):
                                        mask if mask is not None else Hs, t, B, H,
                                        ACT=acts["ACT"], MASKED=mask is not None, PREV=held,
                                        F64=xw.dtype == torch.float64, **options)
-        for t in range(0 if fused else T):  # (else each step ran above)
-            ZR[t].addmm_(Hs[t], U[:, :2 * H])
-            _launch(k.gates_forward, N, ZR[t], Hs[t], Zs[t], RH[t], N, H, REC=acts["REC"])
-            CP[t].addmm_(RH[t], U[:, 2 * H:])
-            _launch(k.blend_forward, N, CP[t], Hs[t], Zs[t], Hs[t + 1],
-                    mask[t] if mask is not None else Hs[t], Y[t], _previous(Y, t, held), N, H,
-                    ACT=acts["ACT"], MASKED=mask is not None, PREV=held)
+        else:
+            for t in range(T):
+                ZR[t].addmm_(Hs[t], U[:, :2 * H])
+                _launch(k.gates_forward, N, ZR[t], Hs[t], Zs[t], RH[t], N, H, REC=acts["REC"])
+                CP[t].addmm_(RH[t], U[:, 2 * H:])
+                _launch(k.blend_forward, N, CP[t], Hs[t], Zs[t], Hs[t + 1],
+                        mask[t] if mask is not None else Hs[t], Y[t], _previous(Y, t, held), N, H,
+                        ACT=acts["ACT"], MASKED=mask is not None, PREV=held)
         ctx.p, ctx.held = p, held
         ctx.save_for_backward(U, ZR, Zs, RH, CP, Hs, mask)
         return Y, Hs[T].clone()

@@ -67,28 +67,29 @@ class LSTMLoop(torch.autograd.Function):
             Uc = U.contiguous()
             for t in range(T):
                 launch.step(t, xw, Uc, C, Hs, Z, Y, extra, mask, held)
-        for t in range(0 if fused else T):  # (else each step ran above)
-            Z[t].addmm_(Hs[t], U)
-            if mask is None:
-                launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
-                if Pw is None:
+        else:
+            for t in range(T):
+                Z[t].addmm_(Hs[t], U)
+                if mask is None:
+                    launch.forward(Z[t], C[t], extra, C[t + 1], M[t])
+                    if Pw is None:
+                        continue
+                elif Pw is None:
+                    launch.forward(Z[t], C[t], extra, C[t + 1], Hs[t + 1], mask[t], Hs[t], Y[t],
+                                   _previous(Y, t, held) if held else None)
                     continue
-            elif Pw is None:
-                launch.forward(Z[t], C[t], extra, C[t + 1], Hs[t + 1], mask[t], Hs[t], Y[t],
-                               _previous(Y, t, held) if held else None)
-                continue
-            else:  # rows that do not run: c held, m 0 (unread but finite), h held below
-                launch.forward(Z[t], C[t], extra, C[t + 1], M[t], mask[t], zeros, unread)
-            out = Hs[t + 1] if mask is None else proj
-            if R is None:
-                torch.mm(M[t], Pw, out=out)
-            else:
-                torch.clamp(torch.mm(M[t], Pw, out=R[t]), -p.proj_clip, p.proj_clip, out=out)
-            if mask is not None:
-                runs = mask[t][:, None] != 0
-                torch.where(runs, proj, Hs[t], out=Hs[t + 1])
-                torch.where(runs, proj, Y[t - 1] if held and t > 0 else proj.new_zeros(()),
-                            out=Y[t])
+                else:  # rows that do not run: c held, m 0 (unread but finite), h held below
+                    launch.forward(Z[t], C[t], extra, C[t + 1], M[t], mask[t], zeros, unread)
+                out = Hs[t + 1] if mask is None else proj
+                if R is None:
+                    torch.mm(M[t], Pw, out=out)
+                else:
+                    torch.clamp(torch.mm(M[t], Pw, out=R[t]), -p.proj_clip, p.proj_clip, out=out)
+                if mask is not None:
+                    runs = mask[t][:, None] != 0
+                    torch.where(runs, proj, Hs[t], out=Hs[t + 1])
+                    torch.where(runs, proj, Y[t - 1] if held and t > 0 else proj.new_zeros(()),
+                                out=Y[t])
         ctx.p, ctx.held = p, held
         ctx.save_for_backward(Z, C, Hs, U, extra, Pw, M if Pw is not None else None, R, mask)
         return Y, C[T].clone(), Hs[T].clone()

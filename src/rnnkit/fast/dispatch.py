@@ -27,6 +27,7 @@ read it in ``FusedCell.unroll``, so it reaches every layer of a ``MultiRNNCell``
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import logging
 import warnings
@@ -89,7 +90,8 @@ class Decision:
     # and the one its graphs capture, where it captures another path's op ("cudnn")
     first: str | None = field(default=None, repr=False, compare=False)
     captures: str | None = field(default=None, repr=False, compare=False)
-    # the graph path of a loop: what it captures (``rnnkit.fast.steps.describe``)
+    # the graph path of a loop: what it captures (``rnnkit.fast.steps.describe``; ``explain``
+    # says it, the dispatch does not need it)
     loop: str | None = field(default=None, repr=False, compare=False)
 
     def explain(self) -> str:
@@ -291,9 +293,8 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         if name != path and not reasons[name]:
             reasons[name].append(f"can run it, but {path} comes first")
     graph = path == "graph"
-    loop = steps.describe(params, inputs.shape[1], own_step) if graph and not captures else None
     return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
-                    suffix, first if graph else None, captures if graph else None, loop)
+                    suffix, first if graph else None, captures if graph else None)
 
 
 @torch.compiler.disable  # under torch.compile: a graph break here, oneDNN runs on real tensors
@@ -435,4 +436,8 @@ def explain(cell, inputs: torch.Tensor, sequence_length=None, swap_memory: bool 
         mask = length_mask(torch.as_tensor(sequence_length, device=x.device), x.shape[0])
     chunk = default_chunk(x.shape[0]) if swap_memory else None
     state = cell.zero_state(x.shape[1], x.dtype, x.device)
-    return decide(params, x, state, mask, "zero", chunk, not cell.uses_canonical_step())
+    own_step = not cell.uses_canonical_step()
+    decision = decide(params, x, state, mask, "zero", chunk, own_step)
+    if decision.path != "graph" or decision.captures:
+        return decision
+    return dataclasses.replace(decision, loop=steps.describe(params, x.shape[1], own_step))

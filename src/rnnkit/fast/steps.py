@@ -272,6 +272,7 @@ def serves(p: eq.Canonical) -> bool:
     return ENABLED and load_error() is None and not _broken and p.h_mask is None and \
         p.kind in ("lstm", "layer_norm_lstm", "gru") and \
         not (p.kind == "gru" and p.reset_after) and \
+        not (p.kind == "layer_norm_lstm" and p.U.shape[0] > MAX_NORM_UNITS) and \
         name_of(p.activation) in ACTIVATIONS and name_of(p.recurrent_activation) in ACTIVATIONS
 
 
@@ -279,8 +280,7 @@ def describe(p: eq.Canonical, batch: int, own_step: bool = False) -> str:
     """What the graph path captures for a cell of ``p``'s math (cuDNN lacks it) at ``batch``
     rows: the Triton loop (``sequence``), its forward steps' products inside their kernels where
     they are, or the loop as ops (``own_step``: the cell replaces the canonical step)."""
-    if own_step or not serves(p) or \
-            (p.kind == "layer_norm_lstm" and p.U.shape[0] > MAX_NORM_UNITS):
+    if own_step or not serves(p):
         return "the loop as ops"
     if _fused_steps(p, p.P, batch, p.U.shape[0]):
         return "the Triton loop, its forward steps' products inside their kernels"
@@ -300,8 +300,7 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
     if not isinstance(p, eq.Canonical) or not serves(p):
         return None
     h0 = state.h if p.kind != "gru" else state
-    if h0.dim() != 2 or not _placed(x, h0) or \
-            (p.kind == "layer_norm_lstm" and h0.shape[-1] > MAX_NORM_UNITS):
+    if h0.dim() != 2 or not _placed(x, h0):
         return None
     from rnnkit.fast import _gru_loop, _lstm_loop  # (they import this module's helpers)
 
@@ -316,8 +315,9 @@ def sequence(cell, x: torch.Tensor, state, mask: torch.Tensor | None = None,
             extra = torch.stack(p.peepholes) if p.peepholes is not None else None
         else:
             extra = torch.stack([t for pair in p.norms[0] for t in pair])
-        y, cT, hT = _lstm_loop.LSTMLoop.apply(xw, state.c.contiguous(), h0.contiguous(), p.U, extra,
-                                    p.P if p.kind == "lstm" else None, runs, held, p)
+        y, cT, hT = _lstm_loop.LSTMLoop.apply(xw, state.c.contiguous(), h0.contiguous(), p.U,
+                                              extra, p.P if p.kind == "lstm" else None, runs,
+                                              held, p)
     except Exception as err:  # a kernel that does not compile or launch here
         _turn_off(err)
         return None
