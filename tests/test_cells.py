@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import rnnkit as rk
+from rnnkit.cells import gru as gru_cells
 from rnnkit.unroll import reverse_sequence
 
 CELLS = {
@@ -148,6 +149,27 @@ def test_gru_closed_form_and_gate_views():
     u = torch.sigmoid(x @ g["W_u"] + h @ g["U_u"] + g["b_u"])
     c = torch.tanh(x @ g["W_c"] + (r * h) @ g["U_c"] + g["b_c"])
     torch.testing.assert_close(cell(x, h)[0], u * h + (1 - u) * c)
+
+
+def test_tf1_gru_canonical_is_one_joint_kernel_with_exact_gradients():
+    """A TF1 GRU's ``Canonical``: ``W`` and ``U`` are the row blocks of one ``[depth+H, 3H]``
+    matrix, the gate views of ``gates()`` in Keras order (u, r, c); its gradients, and their
+    own gradients, reach the two kernels and biases exactly (float64 gradcheck and
+    gradgradcheck against finite differences)."""
+    cell = rk.GRUCell(3, input_size=2, dtype=torch.float64)
+    names = ("gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias")
+    with torch.no_grad():
+        for n in names:
+            cell.get_parameter(n).copy_(torch.randn_like(cell.get_parameter(n)))
+    p, g = cell.canonical(), cell.gates()
+    assert p.W._base is p.U._base and p.W._base.shape == (5, 9)
+    assert p.U.data_ptr() == p.W.data_ptr() + 2 * 9 * 8  # rows 2.. of the same buffer
+    torch.testing.assert_close(p.W, torch.cat([g["W_u"], g["W_r"], g["W_c"]], 1), rtol=0, atol=0)
+    torch.testing.assert_close(p.U, torch.cat([g["U_u"], g["U_r"], g["U_c"]], 1), rtol=0, atol=0)
+    torch.testing.assert_close(p.b, torch.cat([g["b_u"], g["b_r"], g["b_c"]]), rtol=0, atol=0)
+    inputs = [cell.get_parameter(n).detach().clone().requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(lambda *w: gru_cells._Joint.apply(2, *w), inputs)
+    assert torch.autograd.gradgradcheck(lambda *w: gru_cells._Joint.apply(2, *w), inputs)
 
 
 def test_lstm_forget_bias_is_added_at_run_time_not_stored():

@@ -477,19 +477,24 @@ def test_weights_laid_out_once_follow_in_place_updates(make):
     (lambda: rk.BasicLSTMCell(5), "kernel"),
     (lambda: rk.LSTMCell(5, num_proj=3), "kernel"),
     (lambda: rk.BasicRNNCell(5), "kernel"),
-    (lambda: rk.GRUCell(5), None),  # two kernels: W and U are made per call
+    (lambda: rk.GRUCell(5), "assembled"),  # two kernels, gathered per call into one
     (lambda: rk.layers.LSTM(5).cell, None),  # kernel and recurrent_kernel apart
 ], ids=["basic_lstm", "lstm_proj", "rnn", "gru_tf1", "keras_lstm"])
 def test_a_tf1_kernel_is_one_input_and_gets_one_gradient(make, joint):
     """Where ``W`` and ``U`` are the row blocks of one kernel, the oneDNN Functions take the
     kernel itself and make its gradient in one buffer (no zero-padded slice gradients summed by
-    autograd); the numbers are checked by the comparisons above."""
+    autograd); the numbers are checked by the comparisons above. A TF1 GRU's two kernels are
+    gathered into one such matrix per call (``GRUCell.canonical``)."""
     cell = make()
     cell.ensure_built(4, torch.float32)
-    weights = Weights(cell.sequence_params())
+    p = cell.sequence_params()
+    weights = Weights(p)
     if joint is None:
         assert weights.joint is None
         assert weights.inputs is weights.tensors
+    elif joint == "assembled":
+        assert weights.joint is p.W._base and weights.joint.shape == (9, 15)
+        assert weights.inputs[0] is weights.joint and weights.inputs[1] is None
     else:
         assert weights.joint is cell.get_parameter(joint)
         assert weights.inputs[0] is weights.joint and weights.inputs[1] is None

@@ -36,6 +36,26 @@ def test_dispatch_picks_the_fused_kernel(name):
 
 
 @pytest.mark.parametrize("lengths", ["full", "varied"])
+def test_tf1_gru_kernel_goes_in_whole_and_gets_one_gradient(lengths, monkeypatch):
+    """The fused GRU takes a TF1 GRU's gathered kernel whole (``U`` None) and writes both its
+    row blocks' gradients into one buffer; the numbers equal the reference loop's."""
+    cell = rk.GRUCell(5)
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    seen, apply = [], fused_gru._FusedGRU.apply
+
+    def spy(cfg, lengths_, x, h0, W, U, *rest):
+        seen.append((tuple(W.shape), U))
+        return apply(cfg, lengths_, x, h0, W, U, *rest)
+
+    monkeypatch.setattr(fused_gru._FusedGRU, "apply", spy)
+    x = torch.randn(5, 7, 4, requires_grad=True)
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=LENGTHS[lengths], fast=fast),
+             [x, *cell.parameters()])
+    assert seen and all(s == ((9, 15), None) for s in seen)
+
+
+@pytest.mark.parametrize("lengths", ["full", "varied"])
 def test_swap_memory_chunks_match_reference(lengths):
     cell = FUSED_CELLS["fused_peephole_clip"]()
     x = torch.randn(5, 7, 4, requires_grad=True)

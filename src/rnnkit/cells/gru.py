@@ -92,6 +92,13 @@ class GRUCell(FusedCell):
                 "b_r": bg[:H], "b_u": bg[H:], "b_c": bc, **extra}
 
     def canonical(self) -> eq.Canonical:
+        if not self.reset_after:
+            self.require_built("canonical")
+            p = self.get_parameter
+            K, b = _Joint.apply(self.input_depth, p("gates/kernel"), p("gates/bias"),
+                                p("candidate/kernel"), p("candidate/bias"))
+            depth = self.input_depth
+            return eq.Canonical("gru", K[:depth], K[depth:], b, self.activation, torch.sigmoid)
         g = self.gates()
         b_h = None
         if self.reset_after:
@@ -101,3 +108,33 @@ class GRUCell(FusedCell):
             torch.cat([g["U_u"], g["U_r"], g["U_c"]], 1),
             torch.cat([g["b_u"], g["b_r"], g["b_c"]]), self.activation, torch.sigmoid,
             b_h=b_h, reset_after=self.reset_after)
+
+
+class _Joint(torch.autograd.Function):
+    """A TF1 GRU's two kernels as one ``[depth + H, 3H]`` matrix in Keras gate order (z, r, c),
+    whose row blocks are ``Canonical``'s ``W`` and ``U`` (a joint kernel, which the fast paths
+    take whole), and its bias ``[3H]`` alike: one autograd node each way. Gathered with
+    concatenations, autograd made each kernel's gradient from zero-padded slice gradients
+    summed (ten fills and adds a call, 0.5-0.9 ms at H256); here each gradient block is one
+    copy. The backward is made of differentiable ops, so higher derivatives still work."""
+
+    @staticmethod
+    def forward(ctx, depth: int, gates_kernel, gates_bias, candidate_kernel, candidate_bias):
+        H = candidate_kernel.shape[1]
+        K = gates_kernel.new_empty(gates_kernel.shape[0], 3 * H)
+        K[:, :H].copy_(gates_kernel[:, H:])  # u (z)
+        K[:, H:2 * H].copy_(gates_kernel[:, :H])  # r
+        K[:, 2 * H:].copy_(candidate_kernel)
+        b = torch.cat([gates_bias[H:], gates_bias[:H], candidate_bias])
+        ctx.H = H
+        return K, b
+
+    @staticmethod
+    def backward(ctx, dK, db):
+        H = ctx.H
+        need = ctx.needs_input_grad
+        dKg = torch.cat([dK[:, H:2 * H], dK[:, :H]], 1) if need[1] else None
+        dbg = torch.cat([db[H:2 * H], db[:H]]) if need[2] else None
+        dKc = dK[:, 2 * H:].contiguous() if need[3] else None
+        dbc = db[2 * H:].contiguous() if need[4] else None
+        return None, dKg, dbg, dKc, dbc
