@@ -68,12 +68,33 @@ def flops(cell: str, shape: tuple, mode: str) -> float:
     return total * (3 if mode == "fwd_bwd" else 1)
 
 
+def _cpu_generation() -> str:
+    """The CPU's family and model numbers and its widest vector set, from ``/proc/cpuinfo``
+    (Linux; empty elsewhere): one model name covers CPUs whose matrix-product rates differ
+    twofold (an AMD EPYC of family 25, Zen 4, runs AVX-512 on 256-bit units; family 26, Zen 5,
+    on 512-bit ones), and the ratios to peers move with that rate."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                if flag in flags), None)
+    parts = [f"family {fields['cpu family']} model {fields['model']}"] \
+        if "cpu family" in fields and "model" in fields else []
+    return f" ({', '.join(parts + ([isa] if isa else []))})" if parts or isa else ""
+
+
 def _machine() -> str:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
         model = next((line.split(":", 1)[1].strip() for line in lscpu if "Model name" in line), "?")
     except OSError:
         model = "?"
+    model += _cpu_generation()
     import importlib.metadata as md
 
     versions = []

@@ -36,3 +36,19 @@ def test_profile_gpu_runs_its_cases():
         line = next(line for line in out.splitlines() if line.startswith(case))
         assert "wall" in line and "kernels" in line
     assert "    py " in out and "    host " in out
+
+
+def test_the_peers_record_names_the_cpu_generation():
+    """``run_all.py``'s machine line carries the CPU's family, model and vector set (one model
+    name covers CPUs whose matrix-product rates differ twofold)."""
+    out = _run("run_all.py", "--help")
+    assert "--out" in out
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    line = run_all._machine()
+    if Path("/proc/cpuinfo").exists() and "cpu family" in Path("/proc/cpuinfo").read_text():
+        assert "family " in line and " model " in line
+    assert f"{os.cpu_count()} cores, " in line
