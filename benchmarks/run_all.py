@@ -2,8 +2,10 @@
 
 Runs ``benchmarks/peers.py`` for each (peer, cell) pair and a large float32 matmul, then prints
 one table per cell and mode (forward, forward+backward): milliseconds per peer, rnnkit's speed-up
-over the best peer and over torch.nn, and rnnkit's GFLOP/s as a share of the matmul's. With
-``--out FILE`` the tables (with the machine and versions) are written as Markdown too.
+over the best peer and over torch.nn, and rnnkit's GFLOP/s as a share of the matmul's, then
+issue 10's targets read off those figures (the worst case of each, met or not). With ``--out
+FILE`` the tables (with the machine and versions) are written as Markdown too; ``--reread FILE``
+prints the targets of such a record again without running anything.
 
 ``--rounds R`` runs every (peer, cell) pair R times, the peers visited in a rotated order each
 round, and keeps each one's fastest round: on a shared machine a burst of load from elsewhere
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +56,8 @@ def merge(best: dict, spread: dict, key: tuple, run: dict) -> None:
             for field in ("skip", "note"):
                 if field in entry:
                     kept.setdefault(field, entry[field])
+        if "first_call" in entry:  # the slowest first call of any round
+            kept["first_call"] = max(kept.get("first_call", 0.0), entry["first_call"])
         for mode in ("fwd", "fwd_bwd"):
             if mode not in entry:
                 continue
@@ -138,6 +143,109 @@ def tables(results: dict, gflops: float, shapes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _ratio(results: dict, peers, cell: str, shape: str, against: str | None = None):
+    """The fastest of ``peers``' f+b time on ``against`` (default ``cell``) over rnnkit's on
+    ``cell`` at ``shape``, and that peer; (None, None) where either is missing."""
+    ours = results["rnnkit"][cell].get(shape, {}).get("fwd_bwd")
+    times = {p: results[p][against or cell].get(shape, {}).get("fwd_bwd") for p in peers}
+    times = {p: t for p, t in times.items() if t}
+    if not ours or not times:
+        return None, None
+    peer = min(times, key=times.get)
+    return times[peer] / ours, peer
+
+
+def targets(results: dict, gflops: float, shapes: list[str]) -> str:
+    """Issue 10's CPU targets read off this run's forward+backward figures, as a Markdown table
+    (target, the worst case measured, met or not). The variable-length target compares rnnkit
+    with its own padded batch, which this run does not time (``bench_rnn.py`` does)."""
+    rows = []
+
+    def add(target: str, cases: list[tuple[str, float | None, float, str]],
+            percent: bool = False) -> None:
+        """cases: (label, ratio or None, needed, what the ratio is against)."""
+        found = [(ratio, label, need, what) for label, ratio, need, what in cases if ratio]
+        if not found:
+            rows.append(f"| {target} | not measured | — |")
+            return
+        worst = min(found, key=lambda f: f[0] / f[2])
+        ratio, label, _, what = worst
+        met = all(r >= need for r, _, need, _ in found)
+        figure = f"{ratio:.0%}" if percent else f"{ratio:.2f}x"
+        rows.append(f"| {target} | {figure} ({label}{', ' + what if what else ''}) | "
+                    f"{'yes' if met else 'no'} |")
+
+    others = [s for s in shapes if s != "b32_t100_h256"]
+    rows_torch = []
+    for shape in ("b32_t100_h256", *others):
+        r, _ = _ratio(results, ["torch"], "lstm", shape)
+        rows_torch.append((shape, r, 1.3 if shape == "b32_t100_h256" else 1.1, ""))
+    add("LSTM against torch.nn.LSTM: 1.3x at B32 T100 H256, 1.1x elsewhere", rows_torch)
+    for cell in ("gru_keras", "gru_tf1"):
+        add(f"{cell} against torch.nn.GRU: 1.5x, 2.5x at H64 and B1",
+            [(s, _ratio(results, ["torch"], cell, s, "gru_keras")[0],
+              2.5 if s in ("b32_t100_h64", "b1_t500_h256") else 1.5, "") for s in shapes])
+        best = [p for p in PEERS if not p.startswith("rnnkit")]
+        add(f"{cell} against the best peer's same GRU: 1.2x",
+            [_case(s, _ratio(results, best, cell, s), 1.2) for s in shapes])
+    for cell in ("lstm", "gru_tf1"):
+        for peer, name in (("tf1", "TF1 dynamic_rnn"), (("keras-tf", "keras-torch"), "Keras 3")):
+            group = [peer] if isinstance(peer, str) else list(peer)
+            add(f"{cell} against {name}, same math: 3x",
+                [_case(s, _ratio(results, group, cell, s), 3.0) for s in shapes])
+    add("lstm_clip within 1.5x of torch.nn.LSTM (no clip)",
+        [(s, _ratio(results, ["torch"], "lstm_clip", s, "lstm")[0], 1 / 1.5, "") for s in shapes])
+    shares = []
+    for cell in CELLS:
+        for shape in ("b32_t100_h256", "b32_t100_h512"):
+            ours = results["rnnkit"][cell].get(shape, {}).get("fwd_bwd")
+            if ours and shape in shapes:
+                share = flops(cell, SHAPES[shape], "fwd_bwd") / (ours / 1e3) / 1e9 / gflops
+                shares.append((f"{cell} {shape}", share, 0.7, ""))
+    add("70% of the matmul rate at B32, H >= 256", shares, percent=True)
+    firsts = [(c, s, r["first_call"]) for c in CELLS for s, r in results["rnnkit"][c].items()
+              if "first_call" in r]
+    if firsts:
+        cell, shape, ms = max(firsts, key=lambda f: f[2])
+        rows.append(f"| first call of a new shape under 2 s | {ms / 1e3:.2f} s, the slowest "
+                    f"({cell} {shape}) | {'yes' if ms < 2000 else 'no'} |")
+    else:
+        rows.append("| first call of a new shape under 2 s | not recorded | — |")
+    rows.append("| variable length 1.5x faster than the same batch padded | not timed here "
+                "(`bench_rnn.py`) | — |")
+    return ("\n### Issue 10's targets, read off this run (forward+backward)\n\n"
+            "Each line: the case nearest to (or furthest below) its target.\n\n"
+            "| target | worst case | met? |\n|---|---|---|\n" + "\n".join(rows))
+
+
+def _case(label: str, pair: tuple, need: float) -> tuple:
+    """A ``targets`` case from ``_ratio``'s (ratio, peer)."""
+    ratio, peer = pair
+    return label, ratio, need, f"against {peer}" if peer else ""
+
+
+def reread(text: str) -> tuple[dict, float, list[str]]:
+    """``(results, gflops, shapes)`` back from a recorded run's Markdown (``--out``): the
+    tables' figures (ms, as printed) and the faster matmul rate, to read targets off a file."""
+    rates = re.search(r"GFLOP/s: ([^(]*)\(", text)
+    if rates is None:
+        raise ValueError("no 'float32 matmul ... GFLOP/s:' line: not a run_all.py record")
+    gflops = max(float(part.split()[-1]) for part in rates.group(1).split(","))
+    results = {p: {c: {} for c in CELLS} for p in PEERS}
+    shapes: list[str] = []
+    for cell, mode, body in re.findall(r"### (\w+), (forward\+backward|forward) \(ms\)\n\n"
+                                       r"\| shape \|[^\n]*\n\|[-|]*\n((?:\|[^\n]*\n?)*)", text):
+        key = "fwd_bwd" if mode == "forward+backward" else "fwd"
+        for line in body.strip().splitlines():
+            shape, *cells = [c.strip() for c in line.strip("|").split("|")]
+            if shape not in shapes:
+                shapes.append(shape)
+            for peer, value in zip(PEERS, cells, strict=False):
+                if value not in ("—", ""):
+                    results[peer][cell].setdefault(shape, {})[key] = float(value)
+    return results, gflops, shapes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -150,7 +258,13 @@ def main() -> int:
     parser.add_argument("--malloc", choices=["glibc", "steady"], default="glibc",
                         help="steady: each peer's glibc keeps large freed buffers for reuse "
                              "(benchmarks/allocator.py)")
+    parser.add_argument("--reread", type=Path, default=None,
+                        help="print the targets read off a recorded run (--out's Markdown); "
+                             "runs nothing")
     args = parser.parse_args()
+    if args.reread:
+        print(targets(*reread(args.reread.read_text())))
+        return 0
     shapes = args.shapes.split(",")
     matmul = _peer("matmul", "-", shapes, 1)
     gflops = max(matmul.values())
@@ -184,7 +298,7 @@ def main() -> int:
             "(model.fit's jit_compile='auto' on a machine without a GPU), tf1 in a graph session, flax "
             "under jax.jit. For lstm_clip, 'vs torch.nn LSTM' compares with torch.nn.LSTM without "
             "clipping (torch has none) at the same shape.\n"
-            + tables(results, gflops, shapes)
+            + tables(results, gflops, shapes) + "\n" + targets(results, gflops, shapes)
             + "\n\nNot measured (the peer lacks the math, or failed):\n\n"
             + "\n".join(f"- {s}" for s in skips) + "\n")
     print(text)
