@@ -151,25 +151,40 @@ def test_gru_closed_form_and_gate_views():
     torch.testing.assert_close(cell(x, h)[0], u * h + (1 - u) * c)
 
 
-def test_tf1_gru_canonical_is_one_joint_kernel_with_exact_gradients():
+@pytest.mark.parametrize("reset_after", [False, True])
+def test_tf1_gru_canonical_is_one_joint_kernel_with_exact_gradients(reset_after):
     """A TF1 GRU's ``Canonical``: ``W`` and ``U`` are the row blocks of one ``[depth+H, 3H]``
-    matrix, the gate views of ``gates()`` in Keras order (u, r, c); its gradients, and their
-    own gradients, reach the two kernels and biases exactly (float64 gradcheck and
-    gradgradcheck against finite differences)."""
-    cell = rk.GRUCell(3, input_size=2, dtype=torch.float64)
-    names = ("gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias")
+    matrix, the gate views of ``gates()`` in Keras order (u, r, c), and ``b_h`` is
+    ``[0, 0, b_hc]`` (reset after); its gradients, and their own gradients, reach the kernels
+    and biases exactly (float64 gradcheck and gradgradcheck against finite differences)."""
+    cell = rk.GRUCell(3, input_size=2, dtype=torch.float64, reset_after=reset_after)
+    names = [n for n, _ in cell.named_parameters()]
     with torch.no_grad():
         for n in names:
             cell.get_parameter(n).copy_(torch.randn_like(cell.get_parameter(n)))
     p, g = cell.canonical(), cell.gates()
     assert p.W._base is p.U._base and p.W._base.shape == (5, 9)
     assert p.U.data_ptr() == p.W.data_ptr() + 2 * 9 * 8  # rows 2.. of the same buffer
-    torch.testing.assert_close(p.W, torch.cat([g["W_u"], g["W_r"], g["W_c"]], 1), rtol=0, atol=0)
-    torch.testing.assert_close(p.U, torch.cat([g["U_u"], g["U_r"], g["U_c"]], 1), rtol=0, atol=0)
-    torch.testing.assert_close(p.b, torch.cat([g["b_u"], g["b_r"], g["b_c"]]), rtol=0, atol=0)
-    inputs = [cell.get_parameter(n).detach().clone().requires_grad_() for n in names]
-    assert torch.autograd.gradcheck(lambda *w: gru_cells._Joint.apply(2, *w), inputs)
-    assert torch.autograd.gradgradcheck(lambda *w: gru_cells._Joint.apply(2, *w), inputs)
+    exact = {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(p.W, torch.cat([g["W_u"], g["W_r"], g["W_c"]], 1), **exact)
+    torch.testing.assert_close(p.U, torch.cat([g["U_u"], g["U_r"], g["U_c"]], 1), **exact)
+    torch.testing.assert_close(p.b, torch.cat([g["b_u"], g["b_r"], g["b_c"]]), **exact)
+    if reset_after:
+        torch.testing.assert_close(p.b_h, torch.cat([torch.zeros(6, dtype=torch.float64),
+                                                     g["b_hc"]]), **exact)
+    else:
+        assert p.b_h is None
+
+    def joint(*weights):
+        return tuple(t for t in gru_cells._Joint.apply(2, *weights) if t is not None)
+
+    order = ["gates/kernel", "gates/bias", *([
+        "candidate/input_projection/kernel", "candidate/input_projection/bias",
+        "candidate/hidden_projection/kernel", "candidate/hidden_projection/bias"]
+        if reset_after else ["candidate/kernel", "candidate/bias"])]
+    inputs = [cell.get_parameter(n).detach().clone().requires_grad_() for n in order]
+    assert torch.autograd.gradcheck(joint, inputs)
+    assert torch.autograd.gradgradcheck(joint, inputs)
 
 
 def test_lstm_forget_bias_is_added_at_run_time_not_stored():

@@ -478,8 +478,9 @@ def test_weights_laid_out_once_follow_in_place_updates(make):
     (lambda: rk.LSTMCell(5, num_proj=3), "kernel"),
     (lambda: rk.BasicRNNCell(5), "kernel"),
     (lambda: rk.GRUCell(5), "assembled"),  # two kernels, gathered per call into one
+    (lambda: rk.GRUCell(5, reset_after=True), "assembled"),  # three, likewise
     (lambda: rk.layers.LSTM(5).cell, None),  # kernel and recurrent_kernel apart
-], ids=["basic_lstm", "lstm_proj", "rnn", "gru_tf1", "keras_lstm"])
+], ids=["basic_lstm", "lstm_proj", "rnn", "gru_tf1", "gru_tf1_reset_after", "keras_lstm"])
 def test_a_tf1_kernel_is_one_input_and_gets_one_gradient(make, joint):
     """Where ``W`` and ``U`` are the row blocks of one kernel, the oneDNN Functions take the
     kernel itself and make its gradient in one buffer (no zero-padded slice gradients summed by

@@ -35,11 +35,12 @@ def test_dispatch_picks_the_fused_kernel(name):
         == "fused"
 
 
+@pytest.mark.parametrize("reset_after", [False, True])
 @pytest.mark.parametrize("lengths", ["full", "varied"])
-def test_tf1_gru_kernel_goes_in_whole_and_gets_one_gradient(lengths, monkeypatch):
+def test_tf1_gru_kernel_goes_in_whole_and_gets_one_gradient(lengths, reset_after, monkeypatch):
     """The fused GRU takes a TF1 GRU's gathered kernel whole (``U`` None) and writes both its
     row blocks' gradients into one buffer; the numbers equal the reference loop's."""
-    cell = rk.GRUCell(5)
+    cell = rk.GRUCell(5, reset_after=reset_after)
     cell.ensure_built(4, torch.float32)
     _perturb(cell)
     seen, apply = [], fused_gru._FusedGRU.apply

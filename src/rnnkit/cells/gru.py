@@ -92,49 +92,53 @@ class GRUCell(FusedCell):
                 "b_r": bg[:H], "b_u": bg[H:], "b_c": bc, **extra}
 
     def canonical(self) -> eq.Canonical:
-        if not self.reset_after:
-            self.require_built("canonical")
-            p = self.get_parameter
-            K, b = _Joint.apply(self.input_depth, p("gates/kernel"), p("gates/bias"),
-                                p("candidate/kernel"), p("candidate/bias"))
-            depth = self.input_depth
-            return eq.Canonical("gru", K[:depth], K[depth:], b, self.activation, torch.sigmoid)
-        g = self.gates()
-        b_h = None
-        if self.reset_after:
-            b_h = torch.cat([torch.zeros_like(g["b_hc"]).repeat(2), g["b_hc"]])
-        return eq.Canonical(
-            "gru", torch.cat([g["W_u"], g["W_r"], g["W_c"]], 1),
-            torch.cat([g["U_u"], g["U_r"], g["U_c"]], 1),
-            torch.cat([g["b_u"], g["b_r"], g["b_c"]]), self.activation, torch.sigmoid,
-            b_h=b_h, reset_after=self.reset_after)
+        self.require_built("canonical")
+        p, depth = self.get_parameter, self.input_depth
+        names = (["candidate/input_projection/kernel", "candidate/input_projection/bias",
+                  "candidate/hidden_projection/kernel", "candidate/hidden_projection/bias"]
+                 if self.reset_after else ["candidate/kernel", "candidate/bias"])
+        K, b, b_h = _Joint.apply(depth, p("gates/kernel"), p("gates/bias"), *map(p, names))
+        return eq.Canonical("gru", K[:depth], K[depth:], b, self.activation, torch.sigmoid,
+                            b_h=b_h, reset_after=self.reset_after)
 
 
 class _Joint(torch.autograd.Function):
-    """A TF1 GRU's two kernels as one ``[depth + H, 3H]`` matrix in Keras gate order (z, r, c),
+    """A GRU cell's kernels as one ``[depth + H, 3H]`` matrix in Keras gate order (z, r, c),
     whose row blocks are ``Canonical``'s ``W`` and ``U`` (a joint kernel, which the fast paths
-    take whole), and its bias ``[3H]`` alike: one autograd node each way. Gathered with
-    concatenations, autograd made each kernel's gradient from zero-padded slice gradients
-    summed (ten fills and adds a call, 0.5-0.9 ms at H256); here each gradient block is one
-    copy. The backward is made of differentiable ops, so higher derivatives still work."""
+    take whole), its bias ``[3H]`` alike, and with ``reset_after`` the recurrent bias ``b_h``
+    (``[0, 0, b_hc]``; else None): one autograd node each way. The candidate's columns come from
+    ``candidate/kernel`` (reset before), or from the input and hidden projections (reset after).
+    Gathered with concatenations, autograd made each kernel's gradient from zero-padded slice
+    gradients summed (ten fills and adds a call, 0.5-0.9 ms at H256); here each gradient block
+    is one copy. The backward is made of differentiable ops, so higher derivatives work."""
 
     @staticmethod
-    def forward(ctx, depth: int, gates_kernel, gates_bias, candidate_kernel, candidate_bias):
+    def forward(ctx, depth: int, gates_kernel, gates_bias, candidate_kernel, candidate_bias,
+                hidden_kernel=None, hidden_bias=None):
         H = candidate_kernel.shape[1]
         K = gates_kernel.new_empty(gates_kernel.shape[0], 3 * H)
         K[:, :H].copy_(gates_kernel[:, H:])  # u (z)
         K[:, H:2 * H].copy_(gates_kernel[:, :H])  # r
-        K[:, 2 * H:].copy_(candidate_kernel)
+        if hidden_kernel is None:
+            K[:, 2 * H:].copy_(candidate_kernel)
+            b_h = None
+        else:
+            K[:depth, 2 * H:].copy_(candidate_kernel)
+            K[depth:, 2 * H:].copy_(hidden_kernel)
+            b_h = torch.cat([hidden_bias.new_zeros(2 * H), hidden_bias])
         b = torch.cat([gates_bias[H:], gates_bias[:H], candidate_bias])
-        ctx.H = H
-        return K, b
+        ctx.H, ctx.depth, ctx.reset_after = H, depth, hidden_kernel is not None
+        return K, b, b_h
 
     @staticmethod
-    def backward(ctx, dK, db):
-        H = ctx.H
-        need = ctx.needs_input_grad
+    def backward(ctx, dK, db, db_h):
+        H, depth, need = ctx.H, ctx.depth, ctx.needs_input_grad
         dKg = torch.cat([dK[:, H:2 * H], dK[:, :H]], 1) if need[1] else None
         dbg = torch.cat([db[H:2 * H], db[:H]]) if need[2] else None
-        dKc = dK[:, 2 * H:].contiguous() if need[3] else None
         dbc = db[2 * H:].contiguous() if need[4] else None
-        return None, dKg, dbg, dKc, dbc
+        if not ctx.reset_after:
+            return None, dKg, dbg, dK[:, 2 * H:].contiguous() if need[3] else None, dbc
+        dKc = dK[:depth, 2 * H:].contiguous() if need[3] else None
+        dKh = dK[depth:, 2 * H:].contiguous() if need[5] else None
+        dbh = db_h[2 * H:].contiguous() if need[6] else None
+        return None, dKg, dbg, dKc, dbc, dKh, dbh
