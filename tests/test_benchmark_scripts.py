@@ -98,5 +98,12 @@ def test_targets_are_read_off_a_run_and_off_its_record():
     assert "0.96x" in rows["lstm_clip within 1.5x of torch.nn.LSTM (no clip)"]
     assert "0.15 s" in rows["first call of a new shape under 2 s"]
     assert rows["gru_keras against torch.nn.GRU: 1.5x, 2.5x at H64 and B1"].endswith("| yes |")
+    assert "not measured" in rows[
+        "variable length 1.5x faster than the same batch padded (B32 T100 H256)"]
+    results["rnnkit"]["lstm"]["varlen_b32_h256"] = {"fwd_bwd": 12.5}  # 20 / 12.5 = 1.6x
+    results["rnnkit"]["gru_tf1"]["varlen_b32_h256"] = {"fwd_bwd": 7.0}  # 10 / 7 = 1.43x
+    varlen = [line for line in run_all.targets(results, 200.0, shapes).splitlines()
+              if line.startswith("| variable length")][0]
+    assert "1.43x (gru_tf1, padded over packed)" in varlen and varlen.endswith("| no |")
     assert run_all.targets(again, gflops, shapes_again).splitlines()[5:-2] == \
         run_all.targets(results, 200.0, shapes).splitlines()[5:-2]
