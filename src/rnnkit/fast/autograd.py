@@ -8,7 +8,7 @@ layout it prefers (``onednn._Primitive.reorder``); those copies are cached per w
 its ``_version`` counter, so a cell whose ``Canonical`` matrices are views of its variables
 (Keras cells, and TF1 LSTM cells, whose kernel keeps its gate blocks i, j, f, o: the gather into
 oneDNN's order is made with the layout) lays them out once per optimizer step, and one that
-builds them per call (the TF1 GRU gathers its two kernels into one) once per unroll, shared by
+builds them per call (a TF1 GRU gathers its kernels into one matrix) once per unroll, shared by
 every primitive that wants that layout (the forward and backward of every segment). A TF1
 cell's kernel, whose row blocks are ``W`` and ``U``, goes into the Functions whole (``Weights.joint``),
 so its gradient is written into one buffer: from two zero-padded slice gradients summed by
