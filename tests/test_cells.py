@@ -249,6 +249,43 @@ def test_dropout_wrapper_variational_masks_repeat_over_time():
     assert torch.count_nonzero(out_eval == 0) == 0
 
 
+@pytest.mark.parametrize("make", [
+    lambda: rk.GRUCell(4), lambda: rk.GRUCell(4, reset_after=True), lambda: rk.BasicLSTMCell(4),
+    lambda: rk.LSTMCell(4, use_peepholes=True, num_proj=3), lambda: rk.BasicRNNCell(4),
+    lambda: rk.LayerNormLSTMCell(4),
+], ids=["gru", "gru_reset_after", "basic_lstm", "lstm_peep_proj", "rnn", "layer_norm_lstm"])
+def test_functional_call_swaps_a_cells_variables(make):
+    """``torch.func.functional_call`` runs a TF1 cell on the tensors it is given (the cells read
+    their variables through ``get_parameter``, which takes the swapped-in plain tensors): the
+    same outputs as the cell holding those values, gradients to the given tensors, on the
+    reference loop and on the fast path alike."""
+    cell, x = make(), torch.randn(2, 5, 3)
+    rk.dynamic_rnn(cell, x)  # build
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, x, fast):
+            return rk.dynamic_rnn(self.cell, x, fast=fast)[0]
+
+    model = Model()
+    given = {k: (v.detach() * 1.5).requires_grad_() for k, v in model.named_parameters()}
+    runs = []
+    for fast in (False, "auto"):
+        y = torch.func.functional_call(model, given, (x, fast))
+        runs.append((y, torch.autograd.grad(y.sin().sum(), list(given.values()))))
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.mul_(1.5)
+    torch.testing.assert_close(runs[0][0], model(x, False), rtol=0, atol=0)
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert all(p.grad is None for p in cell.parameters())
+
+
 def test_reuse_shares_parameters_between_towers():
     x = torch.randn(2, 3, 4)
     with rk.variable_scope("tower"):

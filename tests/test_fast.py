@@ -528,3 +528,62 @@ def test_variable_lengths_take_the_fused_kernel_and_say_why():
     if wanted == "fused":
         assert "variable lengths run faster packed on the fused kernel" in decision.explain()
     assert rk.fast.explain(rk.GRUCell(4, input_size=3), x, [5, 2]).path == wanted
+
+
+class _Unroll(torch.nn.Module):
+    """A TF1 cell under ``dynamic_rnn``, as a module ``functional_call`` can swap weights in."""
+
+    def __init__(self, cell, fast="auto"):
+        super().__init__()
+        self.cell, self.fast = cell, fast
+
+    def forward(self, x):
+        return rk.dynamic_rnn(self.cell, x, fast=self.fast)[0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rk.layers.GRU(5, return_sequences=True),
+    lambda: rk.layers.LSTM(5, return_sequences=True),
+    lambda: _Unroll(rk.GRUCell(5)),
+    lambda: _Unroll(rk.GRUCell(5, reset_after=True)),
+    lambda: _Unroll(rk.BasicLSTMCell(5)),
+    lambda: _Unroll(rk.LSTMCell(5, cell_clip=1.0, use_peepholes=True)),
+], ids=["keras_gru", "keras_lstm", "gru_tf1", "gru_reset_after", "basic_lstm", "lstm_clip"])
+def test_torch_func_grad_and_per_sample_grads(make):
+    """``torch.func.grad`` and ``vmap(grad(...))`` (per-sample gradients) over a layer or an
+    unrolled cell: inside a transform the fast paths step aside (they are autograd Functions
+    for plain autograd), so the reference loop's ops are transformed; the numbers equal plain
+    autograd's, sample by sample."""
+    module, x = make(), torch.randn(3, 4, 2)
+    module(x)  # build
+    names = [n for n, _ in module.named_parameters()]
+    given = {n: p.detach() for n, p in module.named_parameters()}
+
+    def loss(params, xs):
+        return torch.func.functional_call(module, params, (xs,)).sin().sum()
+
+    grads = torch.func.grad(loss)(given, x)
+    expected = torch.autograd.grad(module(x).sin().sum(), list(module.parameters()))
+    for name, want in zip(names, expected, strict=True):
+        torch.testing.assert_close(grads[name], want, **TOL)
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(given, x[:, None])
+    for i in range(x.shape[0]):
+        expected = torch.autograd.grad(module(x[i:i + 1]).sin().sum(), list(module.parameters()))
+        for name, want in zip(names, expected, strict=True):
+            torch.testing.assert_close(per_sample[name][i], want, **TOL)
+
+
+def test_inside_a_torch_func_transform_the_reference_loop_runs_and_says_why():
+    cell = rk.GRUCell(4, input_size=3)
+    x, seen = torch.randn(2, 5, 3), []
+
+    def probe(x):
+        seen.append(rk.fast.explain(cell, x))
+        return rk.dynamic_rnn(cell, x)[0].sum()
+
+    torch.func.grad(probe)(x)
+    assert seen[0].path == "reference"
+    assert "inside a torch.func transform" in seen[0].explain()
+    assert rk.fast.explain(cell, x).path != "reference"  # outside, a fast path
+    with pytest.raises(ValueError, match="inside a torch.func transform"):
+        torch.func.grad(lambda x: rk.dynamic_rnn(cell, x, fast=True)[0].sum())(x)

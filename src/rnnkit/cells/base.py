@@ -79,6 +79,15 @@ class RNNCell(torch.nn.Module):
         if input_size is not None:
             self.ensure_built(int(input_size), dtype or torch.float32)
 
+    def get_parameter(self, target: str) -> torch.Tensor:
+        """The cell's variable ``target``, a TF name such as ``"gates/kernel"``.
+
+        It is the tensor the module holds under that name: a plain tensor while
+        ``torch.func.functional_call`` has swapped one in (torch's own lookup insists on a
+        ``Parameter``). Dotted paths into submodules go to torch's lookup."""
+        held = self._parameters.get(target)
+        return held if held is not None else super().get_parameter(target)
+
     # -- structure -------------------------------------------------------------------------
     @property
     def state_size(self):

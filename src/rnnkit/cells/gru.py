@@ -113,23 +113,25 @@ class _Joint(torch.autograd.Function):
     here each gradient block is one copy. The backward is made of differentiable ops, so higher
     derivatives work."""
 
+    generate_vmap_rule = True  # torch.func: vmap runs forward and backward as they are
+
     @staticmethod
-    def forward(ctx, depth: int, gates_kernel, gates_bias, candidate_kernel, candidate_bias,
+    def forward(depth: int, gates_kernel, gates_bias, candidate_kernel, candidate_bias,
                 hidden_kernel=None, hidden_bias=None):
         H = candidate_kernel.shape[1]
-        K = gates_kernel.new_empty(gates_kernel.shape[0], 3 * H)
-        K[:, :H].copy_(gates_kernel[:, H:])  # u (z)
-        K[:, H:2 * H].copy_(gates_kernel[:, :H])  # r
-        if hidden_kernel is None:
-            K[:, 2 * H:].copy_(candidate_kernel)
-            b_h = None
-        else:
-            K[:depth, 2 * H:].copy_(candidate_kernel)
-            K[depth:, 2 * H:].copy_(hidden_kernel)
+        candidate, b_h = candidate_kernel, None
+        if hidden_kernel is not None:
+            candidate = torch.cat([candidate_kernel, hidden_kernel])
             b_h = torch.cat([hidden_bias.new_zeros(2 * H), hidden_bias])
+        K = torch.cat([gates_kernel[:, H:], gates_kernel[:, :H], candidate], 1)  # u (z), r, c
         b = torch.cat([gates_bias[H:], gates_bias[:H], candidate_bias])
-        ctx.H, ctx.depth, ctx.reset_after = H, depth, hidden_kernel is not None
         return K, b, b_h
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        depth, _, _, candidate_kernel, _, *hidden = inputs
+        ctx.H, ctx.depth = candidate_kernel.shape[1], depth
+        ctx.reset_after = bool(hidden) and hidden[0] is not None
 
     @staticmethod
     def backward(ctx, dK, db, db_h):
@@ -138,7 +140,7 @@ class _Joint(torch.autograd.Function):
         dbg = torch.cat([db[H:2 * H], db[:H]]) if need[2] else None
         dbc = db[2 * H:].contiguous() if need[4] else None
         if not ctx.reset_after:
-            return None, dKg, dbg, dK[:, 2 * H:].contiguous() if need[3] else None, dbc
+            return None, dKg, dbg, dK[:, 2 * H:].contiguous() if need[3] else None, dbc, None, None
         dKc = dK[:depth, 2 * H:].contiguous() if need[3] else None
         dKh = dK[depth:, 2 * H:].contiguous() if need[5] else None
         dbh = db_h[2 * H:].contiguous() if need[6] else None

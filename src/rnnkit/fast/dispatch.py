@@ -148,11 +148,20 @@ def _placement_unmet(placement: tuple[list[str], list[str]], device: str,
     return unmet
 
 
+def _transformed() -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running this call."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
 def _common_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
                   own_step: bool) -> tuple[list[str], torch.Tensor | None, bool]:
     """What every fast path needs (a ``Canonical`` step without recurrent dropout, a mask
     without holes), and the lengths (None: full length) and suffix flag of the mask."""
     unmet = []
+    if _transformed():
+        unmet.append("inside a torch.func transform (grad, vmap, ...): the fast paths' "
+                     "autograd Functions serve plain autograd only")
     if own_step:
         unmet.append("the cell has its own prepare_inputs/step (per-step work such as dropout)")
     if getattr(p, "h_mask", None) is not None:
