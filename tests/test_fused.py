@@ -56,6 +56,29 @@ def test_tf1_gru_kernel_goes_in_whole_and_gets_one_gradient(lengths, reset_after
     assert seen and all(s == ((9, 15), None) for s in seen)
 
 
+@pytest.mark.parametrize("make", [lambda: rk.BasicLSTMCell(5),
+                                  lambda: rk.LSTMCell(5, cell_clip=0.5, num_proj=3)],
+                         ids=["basic_lstm", "lstm_clip_proj"])
+def test_tf1_lstm_kernel_goes_in_whole_and_gets_one_gradient(make, monkeypatch):
+    """The fused LSTM takes a TF1 LSTM's kernel whole (``U`` None: ``W`` and ``U`` are its row
+    blocks) and writes both gradients into one buffer; the numbers equal the reference loop's."""
+    cell = make()
+    cell.ensure_built(4, torch.float32)
+    _perturb(cell)
+    seen, apply = [], fused._Fused.apply
+
+    def spy(cfg, lengths_, x, h0, c0, W, U, *rest):
+        seen.append((W, U))
+        return apply(cfg, lengths_, x, h0, c0, W, U, *rest)
+
+    monkeypatch.setattr(fused._Fused, "apply", spy)
+    x = torch.randn(5, 7, 4, requires_grad=True)
+    _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=LENGTHS["varied"], fast=fast),
+             [x, *cell.parameters()])
+    kernel = cell.get_parameter("kernel")
+    assert seen and all(W is kernel and U is None for W, U in seen)
+
+
 @pytest.mark.parametrize("lengths", ["full", "varied"])
 def test_swap_memory_chunks_match_reference(lengths):
     cell = FUSED_CELLS["fused_peephole_clip"]()

@@ -211,6 +211,30 @@ def joint_kernel(W: torch.Tensor, U: torch.Tensor) -> torch.Tensor | None:
     return K
 
 
+def whole(W: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``W`` and ``U`` as an autograd Function takes them: ``(kernel, None)`` where both are row
+    blocks of one kernel (``joint_kernel``), so that its gradient is made in one buffer rather
+    than summed by autograd from two zero-padded slice gradients; else as they are."""
+    kernel = joint_kernel(W, U)
+    return (W, U) if kernel is None else (kernel, None)
+
+
+def blocks(W: torch.Tensor, U: torch.Tensor | None, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``whole``'s pair back as ``(W, U)``: a kernel's first ``rows`` rows and the rest."""
+    return (W[:rows], W[rows:]) if U is None else (W, U)
+
+
+def grad_buffers(W: torch.Tensor, U: torch.Tensor, joint: bool) -> tuple:
+    """Uninitialized gradients of ``W`` and ``U`` (``blocks``' pair) for a kernel to write, and
+    what the Function returns for its ``(W, U)`` slots: where ``joint``, the two are the row
+    blocks of one buffer, returned whole with None."""
+    if not joint:
+        dW, dU = torch.empty_like(W), torch.empty_like(U)
+        return dW, dU, (dW, dU)
+    dK = W.new_empty(W.shape[0] + U.shape[0], W.shape[1])
+    return dK[:W.shape[0]], dK[W.shape[0]:], (dK, None)
+
+
 def _bias(p: Canonical, kind: str, H: int) -> torch.Tensor:
     gates = dnnl.GATES[kind]
     b = p.b if p.b is not None else p.W.new_zeros(gates * H)

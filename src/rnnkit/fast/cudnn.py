@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.cells.equations import Canonical, inverse_order, reorder_blocks
-from rnnkit.fast.autograd import joint_kernel
+from rnnkit.fast.autograd import blocks, whole
 from rnnkit.fast.library import FastPathError
 
 DEVICE = "cuda"  # where the dispatch takes this path (tests run it on "cpu", torch's own op)
@@ -109,9 +109,8 @@ class _TorchWeights(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, order, rows, W, U, b, b_h, P):
-        kernel = W if U is None else None
-        if kernel is not None:
-            W, U = kernel[:rows], kernel[rows:]
+        joint = U is None
+        W, U = blocks(W, U, rows)
         gh = U.shape[1]
         shapes = [(gh, W.shape[0]), (gh, U.shape[0]), (gh,), (gh,)]
         if P is not None:
@@ -128,7 +127,7 @@ class _TorchWeights(torch.autograd.Function):
                 _gather(bias, order, 0, view)
         if P is not None:
             views[4].copy_(P.t())
-        ctx.order, ctx.rows, ctx.joint = order, rows, kernel is not None
+        ctx.order, ctx.rows, ctx.joint = order, rows, joint
         ctx.mark_non_differentiable(*(views[k] for k in (2, 3) if (b, b_h)[k - 2] is None))
         return tuple(views)
 
@@ -168,9 +167,8 @@ class _TorchWeights(torch.autograd.Function):
 def _weights(p: Canonical) -> list[torch.Tensor]:
     """torch's flat weight list for one layer: ``w_ih, w_hh, b_ih, b_hh`` (then ``w_hr``), views
     of one buffer (``_TorchWeights``)."""
-    kernel = joint_kernel(p.W, p.U)
-    W, U = (kernel, None) if kernel is not None else (p.W, p.U)
-    return list(_TorchWeights.apply(_torch_order(p), p.W.shape[0], W, U, p.b, p.b_h, p.P))
+    return list(_TorchWeights.apply(_torch_order(p), p.W.shape[0], *whole(p.W, p.U), p.b,
+                                    p.b_h, p.P))
 
 
 def _padded(op, x: torch.Tensor, h0: torch.Tensor, weights, lengths: torch.Tensor, train: bool,

@@ -22,6 +22,7 @@ from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
+from rnnkit.fast.autograd import blocks, grad_buffers, whole
 from rnnkit.fast.fused_gru import run_gru
 from rnnkit.fast.library import check
 from rnnkit.fast.scratch import scratch
@@ -45,6 +46,8 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg: compiled.Config, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta):
+        ctx.joint = U is None  # W: a TF1 kernel whose row blocks are W and U (whole)
+        W, U = blocks(W, U, cfg.D)
         N, H = x.shape[0], cfg.H
         saved = {"gates": x.new_empty(N, 4 * H), "cells": x.new_empty(N, H),
                  "act_c": x.new_empty(N, H), "m": x.new_empty(N, H) if cfg.proj else None,
@@ -66,7 +69,7 @@ class _Fused(torch.autograd.Function):
         dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
         dc = torch.zeros_like(c0) if dcT is None else dcT.clone(memory_format=torch.contiguous_format)
         dx = torch.empty_like(x) if ctx.needs_input_grad[2] else None
-        dW, dU = torch.empty_like(W), torch.empty_like(U)
+        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
         db = torch.empty_like(b) if b is not None else None
         dpeep = torch.empty_like(peep) if peep is not None else None
         dPw = torch.empty_like(Pw) if Pw is not None else None
@@ -81,7 +84,7 @@ class _Fused(torch.autograd.Function):
             ctypes.byref(_saved_struct(saved)),
             *map(compiled.ptr, (dy, dh, dc, dx, dW, dU, db, dpeep, dPw, dgamma, dbeta, buf)))
         check(status, "rk_lstm_backward")
-        return None, None, dx, dh, dc, dW, dU, db, dpeep, dPw, dgamma, dbeta
+        return None, None, dx, dh, dc, *weight_grads, db, dpeep, dPw, dgamma, dbeta
 
 
 def _saved_struct(saved: dict) -> compiled.Saved:
@@ -143,6 +146,7 @@ def _run_lstm(p: Canonical, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
             for t in (x, h0, c0, p.W, p.U, p.b, peep, p.P, gamma, beta)]
     cfg = _config(p, steps, h0.shape[0], x.shape[1])
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        args[3:5] = whole(*args[3:5])
         return _Fused.apply(cfg, lengths, *args)
     return _forward(cfg, lengths, *args, None)
 

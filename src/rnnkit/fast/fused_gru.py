@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 from rnnkit.activations import name_of
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
-from rnnkit.fast.autograd import joint_kernel
+from rnnkit.fast.autograd import blocks, grad_buffers, whole
 from rnnkit.fast.library import check
 from rnnkit.fast.scratch import scratch
 
@@ -33,9 +33,8 @@ class _FusedGRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg: compiled.GRUConfig, lengths, x, h0, W, U, b, b_h):
-        ctx.joint = U is None  # W: a TF1 kernel whose row blocks are W and U (joint_kernel)
-        if ctx.joint:
-            W, U = W[:cfg.D], W[cfg.D:]
+        ctx.joint = U is None  # W: a TF1 kernel whose row blocks are W and U (whole)
+        W, U = blocks(W, U, cfg.D)
         N, H = x.shape[0], cfg.H
         saved = {"gates": x.new_empty(N, U.shape[1]),
                  "extra": x.new_empty(N, H) if cfg.gru else None}
@@ -53,11 +52,7 @@ class _FusedGRU(torch.autograd.Function):
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
         dx = torch.empty_like(x) if ctx.needs_input_grad[2] else None
-        if ctx.joint:  # both gradients written into the kernel's one buffer
-            dK = W.new_empty(W.shape[0] + U.shape[0], W.shape[1])
-            dW, dU = dK[:W.shape[0]], dK[W.shape[0]:]
-        else:
-            dW, dU = torch.empty_like(W), torch.empty_like(U)
+        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
         db = torch.empty_like(b) if b is not None else None
         db_h = torch.empty_like(b_h) if b_h is not None else None
         h_in = N * H if lengths is not None else 0  # each row's previous h (lengths only)
@@ -68,9 +63,7 @@ class _FusedGRU(torch.autograd.Function):
             ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, Ut, y)), ctypes.byref(saved),
             *map(compiled.ptr, (dy, dh, dx, dW, dU, db, db_h, buf)))
         check(status, "rk_gru_backward")
-        if ctx.joint:
-            dW, dU = dK, None
-        return None, None, dx, dh, dW, dU, db, db_h
+        return None, None, dx, dh, *weight_grads, db, db_h
 
 
 def _config(p: Canonical, steps: int, batch: int, depth: int) -> compiled.GRUConfig:
@@ -97,8 +90,6 @@ def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tens
     b_h = p.b_h if gru and p.reset_after else None
     args = [t.contiguous() if t is not None else None for t in (x, h0, p.W, p.U, p.b, b_h)]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        kernel = joint_kernel(p.W, p.U)
-        if kernel is not None:  # its gradient made in one buffer, not from two slices'
-            args[2:4] = kernel, None
+        args[2:4] = whole(*args[2:4])
         return _FusedGRU.apply(cfg, lengths, *args)
     return _forward(cfg, lengths, *args, None)
