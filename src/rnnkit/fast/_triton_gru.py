@@ -8,7 +8,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from rnnkit.fast._triton_kernels import _act, _dact, _dot, _row_block, _runs, _step_output, _store_step
+from rnnkit.fast._triton_kernels import (
+    _act,
+    _dact,
+    _dot,
+    _k_chunk,
+    _row_block,
+    _runs,
+    _step_output,
+    _store_step,
+)
 
 __all__ = ["gates_forward", "gates_backward", "blend_forward", "blend_backward", "gru_gates_step",
            "gru_blend_step"]
@@ -81,12 +90,7 @@ def gru_gates_step(xw, U, Hs, ZR, Zs, RH, t, B, H, REC: tl.constexpr, F64: tl.co
     zz = tl.load(xw + xat, mask=m2, other=0.0)
     zr = tl.load(xw + xat + H, mask=m2, other=0.0)
     for k0 in range(0, H, BLOCK_K):
-        k = k0 + ks
-        km = k < H
-        hk = tl.load(Hs + t * B * H + rows[:, None] * H + k[None, :],
-                     mask=rm[:, None] & km[None, :], other=0.0)
-        uat = k[:, None] * (3 * H) + cols[None, :]
-        um = km[:, None] & cm[None, :]
+        hk, uat, um = _k_chunk(Hs, t, B, H, 3, rows, rm, cols, cm, k0 + ks)
         zz += _dot(hk, tl.load(U + uat, mask=um, other=0.0), F64)
         zr += _dot(hk, tl.load(U + uat + H, mask=um, other=0.0), F64)
     gat = t * B * 2 * H + rows[:, None] * (2 * H) + cols[None, :]
@@ -112,12 +116,8 @@ def gru_blend_step(xw, U, RH, CP, Hs, Zs, Y, act, t, B, H, ACT: tl.constexpr,
     cp = tl.load(xw + t * B * 3 * H + rows[:, None] * (3 * H) + cols[None, :] + 2 * H,
                  mask=m2, other=0.0)
     for k0 in range(0, H, BLOCK_K):
-        k = k0 + ks
-        km = k < H
-        rk = tl.load(RH + t * B * H + rows[:, None] * H + k[None, :],
-                     mask=rm[:, None] & km[None, :], other=0.0)
-        cp += _dot(rk, tl.load(U + k[:, None] * (3 * H) + cols[None, :] + 2 * H,
-                               mask=km[:, None] & cm[None, :], other=0.0), F64)
+        rk, uat, um = _k_chunk(RH, t, B, H, 3, rows, rm, cols, cm, k0 + ks)
+        cp += _dot(rk, tl.load(U + uat + 2 * H, mask=um, other=0.0), F64)
     tl.store(CP + t * B * H + at, cp, mask=m2)
     c = _act(cp, ACT)
     h = tl.load(Hs + t * B * H + at, mask=m2, other=0.0)

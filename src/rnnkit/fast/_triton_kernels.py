@@ -261,6 +261,17 @@ def _row_block(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.c
 
 
 @triton.jit
+def _k_chunk(S, t, B, H, G, rows, rm, cols, cm, k):
+    """Chunk ``k`` (unit offsets) of a fused step's recurrent product: the ``[rows, k]`` tile of
+    step ``t`` of ``S [T, B, H]``, and the offsets and mask of the ``[k, cols]`` block of
+    ``U [H, G*H]``'s first gate (add ``g * H`` for gate ``g``)."""
+    km = k < H
+    tile = tl.load(S + t * B * H + rows[:, None] * H + k[None, :],
+                   mask=rm[:, None] & km[None, :], other=0.0)
+    return tile, k[:, None] * (G * H) + cols[None, :], km[:, None] & cm[None, :]
+
+
+@triton.jit
 def _peephole_rows(peep, cols, cm, H):
     """The peepholes ``peep [3, H]`` as rows to broadcast: p_i, p_f, p_o."""
     return (tl.load(peep + cols, mask=cm, other=0.0)[None, :],
@@ -323,12 +334,7 @@ def lstm_step_forward(xw, U, C, Hs, Z, Y, peep, act, consts, t, B, H,
     base = t * B * 4 * H
     zi, zf, zg, zo = _load_gates(xw + base, zat, m2, H, OI, OF, OG, OO)
     for k0 in range(0, H, BLOCK_K):
-        k = k0 + ks
-        km = k < H
-        hk = tl.load(Hs + t * B * H + rows[:, None] * H + k[None, :],
-                     mask=rm[:, None] & km[None, :], other=0.0)
-        uat = k[:, None] * (4 * H) + cols[None, :]
-        um = km[:, None] & cm[None, :]
+        hk, uat, um = _k_chunk(Hs, t, B, H, 4, rows, rm, cols, cm, k0 + ks)
         zi += _dot(hk, tl.load(U + uat + OI * H, mask=um, other=0.0), F64)
         zf += _dot(hk, tl.load(U + uat + OF * H, mask=um, other=0.0), F64)
         zg += _dot(hk, tl.load(U + uat + OG * H, mask=um, other=0.0), F64)
