@@ -9,7 +9,11 @@ that load from other processes falls on all alike, each timed run right after an
 of the same path) and the speed ratio against the
 torch.nn module with the same math (``torch.nn.LSTM``; ``torch.nn.GRU`` for both GRUs: the
 nearest peer, although it is the reset-after variant). Also: the first call of a new shape
-(primitive creation) and a variable-length batch against the same batch padded. Where torch
+(primitive creation), a variable-length batch against the same batch padded, and two models
+with dropout, in training (``--dropout``: that section alone): TF1's stacked language model
+(``MultiRNNCell`` of ``DropoutWrapper``-ed LSTMs), its wrappers' dropout on the whole sequence
+or step by step, and a Keras ``LSTM(dropout=...)``, its input mask on the whole sequence or in
+the reference loop, each against torch.nn with the same dropout. Where torch
 sees a CUDA device, a GPU section (``gpu``) does the same on it: rnnkit's cuDNN path (torch's
 fused ops) or reference loop against torch.nn on that device.
 """
@@ -188,6 +192,7 @@ def run(repeats: int, quick: bool) -> None:
         _group(shape, list(CELLS), repeats, torch.device("cpu"), reference=True)
     _first_call()
     _varlen(repeats)
+    dropout_models(repeats)
     if torch.cuda.is_available():
         gpu(repeats)
 
@@ -228,6 +233,74 @@ def _varlen(repeats: int) -> None:
               f"{padded[0]:.1f} / {padded[1]:.1f} ms, with sequence_length {varlen[0]:.1f} / "
               f"{varlen[1]:.1f} ms (fwd / f+b): {padded[1] / varlen[1]:.2f}x (best runs "
               f"{best:.2f}x)")
+
+
+STACKS = [(20, 35, 650), (32, 100, 256)]  # PTB's "medium" model (Zaremba et al.), ours
+
+
+def dropout_models(repeats: int) -> None:
+    """In training, forward+backward: two LSTM layers, each in a ``DropoutWrapper`` (output keep
+    0.5), the wrappers on the whole sequence (each layer on its fast path) and step by step (the
+    reference loop, as before they could), against ``torch.nn.LSTM(num_layers=2, dropout=0.5)``
+    with dropout on its output too (the same math; other masks); then ``rk.layers.LSTM`` with
+    ``dropout=0.3`` (one input mask for all steps) on its fast path and on the reference loop,
+    against ``torch.nn.LSTM`` on inputs dropped by one mask."""
+    from rnnkit.cells import wrappers
+
+    for B, T, H in STACKS:
+        x = torch.randn(B, T, H, requires_grad=True)
+        rk.reset_default_graph()
+        stack = rk.MultiRNNCell([rk.DropoutWrapper(rk.BasicLSTMCell(H), output_keep_prob=0.5)
+                                 for _ in range(2)])
+        stack.ensure_built(H, torch.float32)
+        params = list(stack.parameters())
+
+        def ours(whole: bool, stack=stack, params=params, x=x):
+            def train():
+                wrappers.WHOLE_SEQUENCE = whole
+                try:
+                    out, _ = rk.dynamic_rnn(stack, x)
+                finally:
+                    wrappers.WHOLE_SEQUENCE = True
+                torch.autograd.grad(out.sum(), [x, *params])
+            return train
+
+        peer = torch.nn.LSTM(H, H, num_layers=2, dropout=0.5, batch_first=True)
+        peer_params = list(peer.parameters())
+
+        def theirs(peer=peer, peer_params=peer_params, x=x):
+            out = torch.nn.functional.dropout(peer(x)[0], 0.5)
+            torch.autograd.grad(out.sum(), [x, *peer_params])
+
+        t_peer, t_whole, t_steps = _interleaved([theirs, ours(True), ours(False)], repeats)
+        path = rk.fast.explain(stack, x).path
+        print(f"2-layer LSTM, output dropout 0.5, training, B{B} T{T} H{H}, f+b ms: torch.nn "
+              f"{t_peer:.1f}, wrappers on the whole sequence ({path}) {t_whole:.1f}, step by "
+              f"step (reference) {t_steps:.1f}: {t_steps / t_whole:.2f}x faster, "
+              f"{t_peer / t_whole:.2f}x torch.nn")
+    for B, T, H in STACKS:
+        x = torch.randn(B, T, H, requires_grad=True)
+        layer = rk.layers.LSTM(H, return_sequences=True, dropout=0.3)
+        layer(x)
+        params = list(layer.parameters())
+
+        def keras(fast, layer=layer, params=params, x=x):
+            def train():
+                layer.fast = fast
+                torch.autograd.grad(layer(x, training=True).sum(), [x, *params])
+            return train
+
+        peer = torch.nn.LSTM(H, H, batch_first=True)
+        peer_params = list(peer.parameters())
+
+        def theirs(peer=peer, peer_params=peer_params, x=x):
+            keep = torch.nn.functional.dropout(torch.ones(x.shape[0], 1, x.shape[2]), 0.3)
+            torch.autograd.grad(peer(x * keep)[0].sum(), [x, *peer_params])
+
+        t_peer, t_fast, t_ref = _interleaved([theirs, keras("auto"), keras(False)], repeats)
+        print(f"Keras LSTM(dropout=0.3), training, B{B} T{T} H{H}, f+b ms: torch.nn "
+              f"{t_peer:.1f}, input mask on the whole sequence {t_fast:.1f}, reference loop "
+              f"{t_ref:.1f}: {t_ref / t_fast:.2f}x faster, {t_peer / t_fast:.2f}x torch.nn")
 
 
 GPU_CELLS = ["LSTM (BasicLSTMCell)", "LSTM (Keras layer)", "GRU reset after",
@@ -292,6 +365,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="first shape only")
     parser.add_argument("--gpu-only", action="store_true", help="the GPU section alone")
+    parser.add_argument("--dropout", action="store_true", help="the models with dropout alone")
     parser.add_argument("--malloc", choices=["glibc", "steady"], default="glibc",
                         help="steady: glibc keeps large freed buffers for reuse "
                              "(benchmarks/allocator.py)")
@@ -304,5 +378,7 @@ if __name__ == "__main__":
             parser.exit(2, "--gpu-only: no CUDA device here (torch.cuda.is_available() is "
                            "False)\n")
         gpu(args.repeats)
+    elif args.dropout:
+        dropout_models(args.repeats)
     else:
         run(args.repeats, args.quick)

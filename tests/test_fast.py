@@ -155,7 +155,7 @@ def test_fast_true_lists_every_unmet_requirement():
     (lambda: rk.LayerNormLSTMCell(4, activation="elu"), "not fused: activation is elu"),
     (lambda: rk.LSTMCell(4, num_proj=2, proj_clip=0.5, activation="gelu"), "proj_clip"),
     (lambda: rk.GRUCell(4, activation="gelu"), "activation is gelu"),
-    (lambda: rk.DropoutWrapper(rk.GRUCell(4), output_keep_prob=0.5), "not onednn: the cell has"),
+    (lambda: rk.DropoutWrapper(rk.GRUCell(4), state_keep_prob=0.5), "not onednn: DropoutWrapper: state"),
 ])
 def test_fast_true_names_the_reason(make, needed):
     assert needed in _why(make(), torch.randn(2, 5, 3))
@@ -305,6 +305,9 @@ def test_explain_sees_wrappers_and_layers():
     x = torch.randn(2, 5, 3)
     wrapped = rk.DropoutWrapper(rk.GRUCell(4), output_keep_prob=0.5)
     wrapped.ensure_built(3, torch.float32)
+    assert rk.fast.explain(wrapped, x) == rk.fast.explain(wrapped.cell, x)  # the GRU's path
+    wrapped = rk.DropoutWrapper(rk.GRUCell(4), state_keep_prob=0.5)
+    wrapped.ensure_built(3, torch.float32)
     assert rk.fast.explain(wrapped, x).path == "reference"
     stack = rk.MultiRNNCell([rk.LSTMCell(4, cell_clip=2.0), rk.GRUCell(4)])
     stack.ensure_built(3, torch.float32)
@@ -341,6 +344,37 @@ def test_keras_layers_match_reference(name, masked):
             return layer(x, mask=mask)
 
     _compare(run, [x, *layer.parameters()])
+
+
+@needs_onednn
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", list(KERAS))
+def test_keras_input_dropout_runs_fast_with_the_same_masks(name, masked, monkeypatch):
+    """``dropout`` (no recurrent dropout) is one input mask for every step: the layer drops the
+    whole sequence and takes a fast path, with the same masks and numbers as the loop's
+    ``(x ⊙ mask) W``."""
+    layer = KERAS[name]()
+    for cell in layer.modules():
+        if isinstance(cell, rk.layers.cells.KerasCell):
+            cell.dropout = 0.4
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 4 + [0] * 2]).bool() if masked else None
+    layer(x)  # build
+    _perturb(layer)
+    seen = _decisions(monkeypatch)
+
+    def run(fast):
+        for k, cell in enumerate(m for m in layer.modules()
+                                 if isinstance(m, rk.layers.cells.KerasCell)):
+            cell._generator = torch.Generator().manual_seed(7 + k)  # the same masks each run
+        with rk.fast.fast_mode(fast):
+            return layer(x, mask=mask, training=True)
+
+    _compare(run, [x, *layer.parameters()])
+    assert seen and "reference" not in seen
+    with torch.no_grad():  # it does drop: in training the outputs differ from inference's
+        first = pytree.tree_leaves(run(True))[0]
+        assert not torch.equal(first, pytree.tree_leaves(layer(x, mask=mask))[0])
 
 
 @needs_onednn

@@ -193,6 +193,13 @@ class RNNCell(torch.nn.Module):
         the whole unroll (``FusedCell`` without overrides)."""
         return False
 
+    def whole_sequence(self) -> tuple[RNNCell, tuple[str, ...]]:
+        """The cell whose unroll decides the path of this one's, and why this one must run
+        step by step instead (empty if it need not). A cell is its own; a wrapper that does
+        its work on the whole sequence around its cell's unroll gives that cell's, and a
+        ``MultiRNNCell`` its first layer's (``rnnkit.fast.explain`` reads this)."""
+        return self, ()
+
     def unroll(self, inputs: torch.Tensor, state: State, mask: torch.Tensor | None = None,
                masked_output: str = "zero", chunk: int | None = None, fast=None):
         """Run over time-major ``inputs`` ``[T, B, depth]`` (built and checked by the caller),

@@ -2,6 +2,11 @@
 
 Wrappers add no variable-scope level (their cell's variables keep the cell's own names);
 ``MultiRNNCell`` puts layer ``k`` under ``cell_k``, as TF does.
+
+A wrapper whose work needs no state from one step to the next (dropout on inputs and outputs, a
+residual sum) does it on the whole sequence around its cell's own unroll, so the cell keeps its
+fast path (``rnnkit.fast.dispatch``); it runs step by step only where it must (``per_step``
+says why), with the same numbers either way: the same masks, drawn in the same order.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import torch
 from rnnkit.cells.base import LSTMStateTuple, RNNCell, State
 from rnnkit.scope import variable_scope
 from rnnkit.unroll import map_state
+
+WHOLE_SEQUENCE = True  # False: every wrapper runs step by step (the tests compare the two)
 
 
 def _check_cell(cell, argname: str = "cell") -> None:
@@ -74,6 +81,13 @@ class MultiRNNCell(RNNCell):
             finals.append(final)
         return x, tuple(finals)
 
+    def begin_sequence(self, batch_size: int, dtype: torch.dtype, device) -> None:
+        for cell in self.cells:  # each layer's variational masks are drawn anew per sequence
+            cell.begin_sequence(batch_size, dtype, device)
+
+    def whole_sequence(self):
+        return self.cells[0].whole_sequence()
+
 
 class _Wrapper(RNNCell):
     """A cell around a cell, sharing its variables, scope and sizes."""
@@ -105,6 +119,43 @@ class _Wrapper(RNNCell):
     def gates(self) -> dict[str, torch.Tensor]:
         return self.cell.gates()
 
+    def begin_sequence(self, batch_size: int, dtype: torch.dtype, device) -> None:
+        self.cell.begin_sequence(batch_size, dtype, device)
+
+    def per_step(self, mask: torch.Tensor | None, masked_output: str) -> tuple[str, ...]:
+        """Why this wrapper must run step by step for an unroll with ``mask`` and
+        ``masked_output`` (as ``rnnkit.unroll.scan``), rather than do its work on the whole
+        sequence around its cell's unroll (``around``); empty where it need not."""
+        return ()
+
+    def around(self, inputs: torch.Tensor, outputs: torch.Tensor, mask: torch.Tensor | None
+               ) -> torch.Tensor:
+        """The wrapper's work on the whole sequence: ``outputs`` ``[T, B, out]`` of its cell's
+        unroll over ``inputs`` to what its own steps would have given."""
+        return outputs
+
+    def whole_sequence(self):
+        why = self.per_step(None, "zero") if WHOLE_SEQUENCE else ("WHOLE_SEQUENCE is False",)
+        return (self, why) if why else self.cell.whole_sequence()
+
+    def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
+        from rnnkit.fast import dispatch  # imported here: rnnkit.fast imports the cells
+
+        why = self.per_step(mask, masked_output) if WHOLE_SEQUENCE else ("WHOLE_SEQUENCE is False",)
+        if why:
+            if dispatch.mode_of(fast) is True:
+                raise dispatch.refuse(dispatch.step_by_step(why))
+            return super().unroll(inputs, state, mask, masked_output, chunk, fast)
+        outputs, final = self.cell.unroll(inputs, state, mask, masked_output, chunk, fast)
+        return self.around(inputs, outputs, mask), final
+
+
+def _draws_noise(cell: RNNCell) -> bool:
+    """Whether an unroll of ``cell`` draws dropout masks of its own (a ``DropoutWrapper``
+    inside it, in training and dropping something)."""
+    return any(isinstance(m, DropoutWrapper) and m.training and min(m.keep.values()) < 1.0
+               for m in cell.modules())
+
 
 def _keep_state_leaf(state: State) -> State:
     """TF's default state filter: dropout on every state tensor except an LSTM's memory ``c``."""
@@ -121,6 +172,11 @@ class DropoutWrapper(_Wrapper):
     Kept values are scaled by ``1/keep_prob``. With ``variational_recurrent=True`` one mask per
     sequence is drawn (Gal & Ghahramani, 2016) and reused at every step. Dropout applies in
     training mode only (``module.eval()`` turns it off; TF1 code sets keep_prob=1 instead).
+
+    Input and output dropout are applied to the whole sequence around the cell's unroll, so
+    the cell keeps its fast path; state dropout (``state_keep_prob < 1``), which acts between
+    steps, runs the loop step by step, as does a cell that draws masks of its own (another
+    ``DropoutWrapper`` inside: its draws and these would come in another order).
     """
 
     def __init__(self, cell: RNNCell, input_keep_prob: float = 1.0, output_keep_prob: float = 1.0,
@@ -171,6 +227,26 @@ class DropoutWrapper(_Wrapper):
         finally:
             self._in_unroll = False
 
+    def per_step(self, mask, masked_output):
+        if not self.training:
+            return ()
+        why = []
+        if self.keep["state"] < 1.0:
+            why.append("DropoutWrapper: state dropout (state_keep_prob < 1) acts between steps")
+        if min(self.keep.values()) < 1.0 and _draws_noise(self.cell):
+            why.append("DropoutWrapper: the wrapped cell draws dropout masks of its own (drawn "
+                       "step by step, they and this wrapper's come in another order)")
+        if self.keep["output"] < 1.0 and mask is not None and masked_output != "zero":
+            why.append("DropoutWrapper: output dropout where masked steps hold the previous "
+                       "output")
+        return tuple(why)
+
+    def around(self, inputs, outputs, mask):
+        # The steps' masks from one draw of [T, B, out]: a draw of [B, out] per step, in order
+        # (variational: one [B, out] mask, drawn at the first step, as the steps do). Padded
+        # steps' outputs are zeros either way.
+        return self._drop(outputs, "output", True)
+
     def _drop(self, x: torch.Tensor, kind: str, global_rng: bool, key: str = "") -> torch.Tensor:
         keep = self.keep[kind]
         if keep == 1.0 or not self.training:
@@ -199,10 +275,16 @@ class DropoutWrapper(_Wrapper):
 
 
 class ResidualWrapper(_Wrapper):
-    """Adds the cell's input to its output: ``residual_fn(inputs, output)``, default a sum."""
+    """Adds the cell's input to its output: ``residual_fn(inputs, output)``, default a sum.
+
+    The default sum is added to the whole sequence's outputs after the cell's unroll (the cell
+    keeps its fast path); a ``residual_fn`` of your own is called step by step, on ``[B, n]``
+    inputs and outputs, as in TF.
+    """
 
     def __init__(self, cell: RNNCell, residual_fn: Callable | None = None):
         super().__init__(cell)
+        self.custom = residual_fn is not None
         self.residual_fn = residual_fn or (lambda x, y: x + y)
 
     def ensure_built(self, input_depth: int, dtype: torch.dtype) -> None:
@@ -210,6 +292,20 @@ class ResidualWrapper(_Wrapper):
         if input_depth != self.cell.output_size:
             raise ValueError(f"ResidualWrapper: inputs must have depth {self.cell.output_size} "
                              f"(the cell's output size) to be added, got {input_depth}")
+
+    def per_step(self, mask, masked_output):
+        why = []
+        if self.custom:
+            why.append("ResidualWrapper: a residual_fn of your own is called step by step")
+        if mask is not None and masked_output != "zero":
+            why.append("ResidualWrapper: masked steps hold the previous output")
+        return tuple(why)
+
+    def around(self, inputs, outputs, mask):
+        summed = inputs + outputs
+        if mask is None:
+            return summed
+        return torch.where(mask.unsqueeze(-1), summed, torch.zeros_like(summed))
 
     def prepare_inputs(self, inputs: torch.Tensor, params) -> torch.Tensor:
         # The raw input rides along with the prepared one so each step can add it back.

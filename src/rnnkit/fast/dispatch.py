@@ -63,6 +63,29 @@ def check_fast(fast, argname: str = "fast") -> None:
         raise ValueError(f"{argname} must be 'auto', True or False, got {fast!r}")
 
 
+def mode_of(fast):
+    """The switch for one call: ``fast``, or where it is None the one ``fast_mode`` set.
+
+    Raises:
+        ValueError: the switch is not ``"auto"``, ``True`` or ``False``.
+    """
+    mode = _MODE.get() if fast is None else fast
+    check_fast(mode)
+    return mode
+
+
+def step_by_step(why: tuple[str, ...]) -> Decision:
+    """The decision for a cell that must run step by step for the reasons ``why`` (a wrapper's
+    per-step work), whatever its wrapped cell could take."""
+    return Decision("reference", dict.fromkeys(_FAST, why))
+
+
+def refuse(decision: Decision) -> ValueError:
+    """The error ``fast=True`` raises where ``decision`` is the reference path."""
+    return ValueError("fast=True, but no fast path can run this configuration:\n"
+                      + decision.explain())
+
+
 @contextmanager
 def fast_mode(fast) -> Iterator[None]:
     """Set the fast-path switch for the unrolls run inside the block.
@@ -325,8 +348,7 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         ValueError: ``fast=True`` and no fast path can run this configuration (the message
             lists every unmet requirement of every fast path).
     """
-    mode = _MODE.get() if fast is None else fast
-    check_fast(mode)
+    mode = mode_of(fast)
     if mode is False:
         return None
     decision = decide(params, inputs, state, mask, masked_output, chunk, own_step)
@@ -338,8 +360,7 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     _log.debug("%s", decision)
     if decision.path == "reference":
         if mode is True:
-            raise ValueError("fast=True, but no fast path can run this configuration:\n"
-                             + decision.explain())
+            raise refuse(decision)
         for name, loader in (("onednn", onednn.load_error), ("fused", compiled.load_error)):
             unmet = decision.unmet[name]
             if len(unmet) == 1 and unmet[0] == loader():
@@ -423,7 +444,8 @@ def explain(cell, inputs: torch.Tensor, sequence_length=None, swap_memory: bool 
     with ``fast="auto"``, and why not the others.
 
     Args:
-        cell: a built cell (a ``MultiRNNCell`` is explained by its first layer).
+        cell: a built cell (a ``MultiRNNCell`` is explained by its first layer; a wrapper by the
+            cell it wraps, unless the wrapper must run step by step: ``whole_sequence``).
         inputs: ``[batch, time, depth]`` (``[time, batch, depth]`` if ``time_major``).
         sequence_length: optional ``[batch]`` lengths.
         swap_memory: as ``dynamic_rnn``.
@@ -437,9 +459,10 @@ def explain(cell, inputs: torch.Tensor, sequence_length=None, swap_memory: bool 
     """
     cell.require_built("explain")
     x = inputs if time_major else inputs.transpose(0, 1)
+    cell, why = cell.whole_sequence()
+    if why:
+        return step_by_step(why)
     params = cell.sequence_params()
-    if isinstance(params, list):
-        params, cell = params[0], cell.cells[0]
     mask = None
     if sequence_length is not None:
         mask = length_mask(torch.as_tensor(sequence_length, device=x.device), x.shape[0])

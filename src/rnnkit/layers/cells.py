@@ -133,6 +133,21 @@ class KerasCell(Tracked, FusedCell):
     def prepare_inputs(self, inputs: torch.Tensor, params: eq.Canonical) -> torch.Tensor:
         return params.project(inputs, self._masks.get("input"))
 
+    def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
+        from rnnkit.fast.dispatch import mode_of  # imported here: rnnkit.fast imports the cells
+
+        drop = self._masks.get("input")
+        if drop is None or drop.dim() != 2 or mode_of(fast) is False:  # none, or one per gate
+            return super().unroll(inputs, state, mask, masked_output, chunk, fast)
+        # One input mask for every step: the whole sequence is dropped once, and the steps are
+        # then Canonical's, which a fast path can run; the reference loop (fast=False) makes
+        # the same product, (x ⊙ mask) W + b, in ``prepare_inputs``.
+        del self._masks["input"]
+        try:
+            return super().unroll(inputs * drop, state, mask, masked_output, chunk, fast)
+        finally:
+            self._masks["input"] = drop
+
     def uses_canonical_step(self) -> bool:
         """The step is ``Canonical``'s unless an input-dropout mask is active (recurrent dropout
         travels in ``Canonical.h_mask``, which the fast-path dispatcher sees)."""

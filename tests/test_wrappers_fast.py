@@ -1,0 +1,157 @@
+"""Wrappers on the whole sequence: ``DropoutWrapper``'s input and output dropout and
+``ResidualWrapper``'s sum done around the wrapped cell's own unroll (which keeps its fast path)
+against the same wrappers run step by step (``wrappers.WHOLE_SEQUENCE = False``): the same
+masks from the same seed, so outputs, final states and gradients agree to 1e-5. Also: where
+a wrapper must run step by step, ``explain`` and ``fast=True`` say why; a stack's variational
+masks are drawn anew for every sequence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fast_checks import TOL, decisions, perturb, random_state
+from torch.utils import _pytree as pytree
+
+import rnnkit as rk
+from rnnkit.cells import wrappers
+from rnnkit.fast import compiled, onednn
+
+pytestmark = pytest.mark.skipif(onednn.load_error() is not None or compiled.load_error() is not None,
+                                reason="needs oneDNN and the fused kernels")
+
+INNER = {
+    "lstm": lambda: rk.BasicLSTMCell(6, forget_bias=0.5),
+    "gru": lambda: rk.GRUCell(6),
+    "lstm_clip_proj": lambda: rk.LSTMCell(6, cell_clip=0.8, num_proj=6),
+}
+DROPOUT = {
+    "output": {"output_keep_prob": 0.6},
+    "input_output": {"input_keep_prob": 0.7, "output_keep_prob": 0.6},
+    "variational": {"input_keep_prob": 0.7, "output_keep_prob": 0.6,
+                    "variational_recurrent": True},
+    "seeded": {"output_keep_prob": 0.5, "input_keep_prob": 0.8, "seed": 11},
+    "none": {},
+}
+LENGTHS = {"full": None, "varied": [5, 0, 7, 3, 7]}
+
+
+def _run(make, whole: bool, monkeypatch, lengths=None, swap_memory=False, seed=3):
+    """``make()``'s cell (variables perturbed) unrolled over a fixed batch from a fixed seed,
+    whole-sequence wrappers or step by step; returns (outputs, state) and the tensors whose
+    gradients are compared."""
+    monkeypatch.setattr(wrappers, "WHOLE_SEQUENCE", whole)
+    rk.reset_default_graph()
+    torch.manual_seed(0)
+    with rk.variable_scope(f"w{int(whole)}"):
+        cell = make()
+        x = torch.randn(5, 7, 6, requires_grad=True)
+        cell.ensure_built(6, torch.float32)
+    perturb(cell, scale=0.3)
+    state = random_state(cell, 5)
+    torch.manual_seed(seed)
+    out = rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=state,
+                         swap_memory=swap_memory, fast=None if whole else False)
+    return out, [x, *pytree.tree_leaves(state), *cell.parameters()]
+
+
+def _agree(make, monkeypatch, **kwargs) -> None:
+    whole, wrt_w = _run(make, True, monkeypatch, **kwargs)
+    steps, wrt_s = _run(make, False, monkeypatch, **kwargs)
+    for a, b in zip(pytree.tree_leaves(whole), pytree.tree_leaves(steps), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    g = torch.Generator().manual_seed(1)
+    weights = [torch.randn(t.shape, generator=g) for t in pytree.tree_leaves(whole)]
+
+    def grads(outs, wrt):
+        loss = sum((t * w).sum() for t, w in zip(pytree.tree_leaves(outs), weights, strict=True))
+        return torch.autograd.grad(loss, wrt)
+
+    for a, b in zip(grads(whole, wrt_w), grads(steps, wrt_s), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+@pytest.mark.parametrize("dropout", DROPOUT)
+@pytest.mark.parametrize("inner", INNER)
+def test_dropout_wrapper_whole_sequence_matches_its_steps(inner, dropout, lengths, monkeypatch):
+    _agree(lambda: rk.DropoutWrapper(INNER[inner](), **DROPOUT[dropout]), monkeypatch,
+           lengths=LENGTHS[lengths])
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+def test_residual_wrapper_whole_sequence_matches_its_steps(lengths, monkeypatch):
+    _agree(lambda: rk.ResidualWrapper(rk.BasicLSTMCell(6)), monkeypatch, lengths=LENGTHS[lengths])
+    _agree(lambda: rk.ResidualWrapper(rk.LSTMCell(6, num_proj=6, cell_clip=0.5)), monkeypatch,
+           lengths=LENGTHS[lengths])
+
+
+def test_a_stack_of_wrapped_layers_matches_its_steps_and_runs_fast(monkeypatch):
+    """TF1's usual language model: each layer an LSTM with output dropout (GNMT's adds a
+    residual sum above the first layer)."""
+    def stack():
+        return rk.MultiRNNCell([
+            rk.DropoutWrapper(rk.BasicLSTMCell(6), input_keep_prob=0.8, output_keep_prob=0.5),
+            rk.ResidualWrapper(rk.DropoutWrapper(rk.BasicLSTMCell(6), output_keep_prob=0.5)),
+        ])
+    _agree(stack, monkeypatch, lengths=[5, 0, 7, 3, 7])
+    _agree(stack, monkeypatch, swap_memory=True)
+    seen = decisions(monkeypatch)
+    _run(stack, True, monkeypatch)
+    assert seen and "reference" not in seen
+
+
+def test_dropout_is_still_random_and_scaled(monkeypatch):
+    """The whole-sequence output dropout drops about 1 - keep of the values, scales the rest by
+    1/keep, and draws new masks each call."""
+    monkeypatch.setattr(wrappers, "WHOLE_SEQUENCE", True)
+    cell = rk.DropoutWrapper(rk.BasicRNNCell(64, activation="linear"), output_keep_prob=0.25)
+    plain = cell.cell
+    x = torch.randn(32, 20, 8)
+    a, _ = rk.dynamic_rnn(cell, x, dtype=torch.float32)
+    b, _ = rk.dynamic_rnn(cell, x, dtype=torch.float32)
+    with rk.variable_scope("rnn", reuse=True):
+        ref, _ = rk.dynamic_rnn(plain, x, dtype=torch.float32)
+    kept = a != 0
+    assert 0.2 < kept.float().mean() < 0.3
+    torch.testing.assert_close(a[kept], 4 * ref[kept])
+    assert not torch.equal(kept, b != 0)
+
+
+@pytest.mark.parametrize("where", ["alone", "in_a_stack", "under_a_residual"])
+def test_variational_masks_are_drawn_for_every_sequence(where):
+    """TF draws a variational mask per run; a wrapper inside a stack or another wrapper kept
+    the first one for good before begin_sequence reached it."""
+    def wrapped():
+        return rk.DropoutWrapper(rk.BasicLSTMCell(8), output_keep_prob=0.5,
+                                 variational_recurrent=True)
+    cell = {"alone": wrapped, "in_a_stack": lambda: rk.MultiRNNCell([wrapped(), wrapped()]),
+            "under_a_residual": lambda: rk.ResidualWrapper(wrapped())}[where]()
+    x = torch.ones(16, 5, 8)
+    residual = x if where == "under_a_residual" else 0  # the dropped outputs are then x
+    a = rk.dynamic_rnn(cell, x, dtype=torch.float32)[0] - residual
+    b = rk.dynamic_rnn(cell, x, dtype=torch.float32)[0] - residual
+    assert torch.equal(a[:, 0] == 0, a[:, -1] == 0)  # one mask over time ...
+    assert not torch.equal(a == 0, b == 0)  # ... and another for the next sequence
+
+
+def test_what_must_run_step_by_step_says_why():
+    x = torch.randn(4, 6, 5)
+    cases = [
+        (rk.DropoutWrapper(rk.BasicLSTMCell(5), state_keep_prob=0.5), "state dropout"),
+        (rk.DropoutWrapper(rk.DropoutWrapper(rk.GRUCell(5), output_keep_prob=0.5),
+                           output_keep_prob=0.5), "draws dropout masks of its own"),
+        (rk.ResidualWrapper(rk.GRUCell(5), residual_fn=lambda i, o: i - o),
+         "residual_fn of your own"),
+    ]
+    for k, (cell, why) in enumerate(cases):
+        with rk.variable_scope(f"case{k}"):
+            rk.dynamic_rnn(cell, x, dtype=torch.float32)
+            decision = rk.fast.explain(cell, x)
+            assert decision.path == "reference" and why in str(decision), str(decision)
+            with pytest.raises(ValueError, match=why):
+                rk.dynamic_rnn(cell, x, dtype=torch.float32, fast=True)
+    # in eval mode a DropoutWrapper does nothing: the wrapped cell's path
+    cell = cases[0][0].eval()
+    with rk.variable_scope("case0"):
+        assert rk.fast.explain(cell, x).path != "reference"
+        rk.dynamic_rnn(cell, x, dtype=torch.float32, fast=True)
