@@ -21,6 +21,7 @@ fused ops) or reference loop against torch.nn on that device.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -278,9 +279,9 @@ def dropout_models(repeats: int) -> None:
               f"{t_peer:.1f}, wrappers on the whole sequence ({path}) {t_whole:.1f}, step by "
               f"step (reference) {t_steps:.1f}: {t_steps / t_whole:.2f}x faster, "
               f"{t_peer / t_whole:.2f}x torch.nn")
-    for B, T, H in STACKS:
+    for (B, T, H), options in itertools.product(STACKS, KERAS_DROPOUT):
         x = torch.randn(B, T, H, requires_grad=True)
-        layer = rk.layers.LSTM(H, return_sequences=True, dropout=0.3)
+        layer = rk.layers.LSTM(H, return_sequences=True, **options)
         layer(x)
         params = list(layer.parameters())
 
@@ -298,9 +299,34 @@ def dropout_models(repeats: int) -> None:
             torch.autograd.grad(peer(x * keep)[0].sum(), [x, *peer_params])
 
         t_peer, t_fast, t_ref = _interleaved([theirs, keras("auto"), keras(False)], repeats)
-        print(f"Keras LSTM(dropout=0.3), training, B{B} T{T} H{H}, f+b ms: torch.nn "
-              f"{t_peer:.1f}, input mask on the whole sequence {t_fast:.1f}, reference loop "
-              f"{t_ref:.1f}: {t_ref / t_fast:.2f}x faster, {t_peer / t_fast:.2f}x torch.nn")
+        args = ", ".join(f"{k}={v}" for k, v in options.items())
+        print(f"Keras LSTM({args}), training, B{B} T{T} H{H}, f+b ms: torch.nn (input dropout "
+              f"only) {t_peer:.1f}, fast path ({_keras_path(layer, x)}) {t_fast:.1f}, reference "
+              f"loop {t_ref:.1f}: {t_ref / t_fast:.2f}x faster, {t_peer / t_fast:.2f}x torch.nn")
+
+
+KERAS_DROPOUT = [{"dropout": 0.3}, {"dropout": 0.3, "recurrent_dropout": 0.3}]
+
+
+def _keras_path(layer, x: torch.Tensor) -> str:
+    """The path a Keras layer's training call takes (its masks drawn)."""
+    from rnnkit.fast import dispatch
+
+    seen, decide = [], dispatch.decide
+
+    def spy(*args, **kwargs):
+        decision = decide(*args, **kwargs)
+        seen.append(decision.path)
+        return decision
+
+    dispatch.decide = spy
+    try:
+        with torch.no_grad():
+            layer.fast = "auto"
+            layer(x, training=True)
+    finally:
+        dispatch.decide = decide
+    return ", ".join(seen)
 
 
 GPU_CELLS = ["LSTM (BasicLSTMCell)", "LSTM (Keras layer)", "GRU reset after",

@@ -325,6 +325,7 @@ KERAS = {
     "lstm_backwards_no_bias": lambda: rk.layers.LSTM(5, return_sequences=True, use_bias=False,
                                                      go_backwards=True),
     "bidirectional_gru": lambda: rk.layers.Bidirectional(rk.layers.GRU(5, return_sequences=True)),
+    "lstm_wide": lambda: rk.layers.LSTM(37, return_sequences=True, return_state=True),
 }
 
 
@@ -346,32 +347,44 @@ def test_keras_layers_match_reference(name, masked):
     _compare(run, [x, *layer.parameters()])
 
 
+KERAS_DROPOUT = {"input": {"dropout": 0.4}, "recurrent": {"recurrent_dropout": 0.3},
+                 "both": {"dropout": 0.4, "recurrent_dropout": 0.3}}
+
+
 @needs_onednn
 @pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dropout", list(KERAS_DROPOUT))
 @pytest.mark.parametrize("name", list(KERAS))
-def test_keras_input_dropout_runs_fast_with_the_same_masks(name, masked, monkeypatch):
-    """``dropout`` (no recurrent dropout) is one input mask for every step: the layer drops the
-    whole sequence and takes a fast path, with the same masks and numbers as the loop's
-    ``(x ⊙ mask) W``."""
+def test_keras_dropout_runs_fast_with_the_same_masks(name, dropout, masked, monkeypatch):
+    """``dropout`` alone is one input mask for every step: the layer drops the whole sequence
+    and takes any fast path. With ``recurrent_dropout`` (a mask per gate on ``h``, and on the
+    inputs too) the LSTM takes the fused kernel, which has the masks; the other cells run the
+    loop. The same masks and numbers as the loop's ``(x ⊙ mask) W`` and ``(h ⊙ mask) U``."""
+    _skip_without_kernels("fused_" if "recurrent_dropout" in KERAS_DROPOUT[dropout] else name)
     layer = KERAS[name]()
-    for cell in layer.modules():
-        if isinstance(cell, rk.layers.cells.KerasCell):
-            cell.dropout = 0.4
+    cells = [m for m in layer.modules() if isinstance(m, rk.layers.cells.KerasCell)]
+    for cell in cells:
+        for arg, rate in KERAS_DROPOUT[dropout].items():
+            setattr(cell, arg, rate)
     x = torch.randn(3, 6, 4, requires_grad=True)
     mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 4 + [0] * 2]).bool() if masked else None
     layer(x)  # build
     _perturb(layer)
     seen = _decisions(monkeypatch)
+    recurrent = "recurrent_dropout" in KERAS_DROPOUT[dropout]
+    looped = recurrent and not name.startswith("lstm")  # no fast path: fast=True would raise
 
     def run(fast):
-        for k, cell in enumerate(m for m in layer.modules()
-                                 if isinstance(m, rk.layers.cells.KerasCell)):
+        for k, cell in enumerate(cells):
             cell._generator = torch.Generator().manual_seed(7 + k)  # the same masks each run
-        with rk.fast.fast_mode(fast):
+        with rk.fast.fast_mode("auto" if fast is True and looped else fast):
             return layer(x, mask=mask, training=True)
 
     _compare(run, [x, *layer.parameters()])
-    assert seen and "reference" not in seen
+    if looped:
+        assert set(seen) == {"reference"}
+    else:
+        assert seen and "reference" not in seen and (not recurrent or set(seen) == {"fused"})
     with torch.no_grad():  # it does drop: in training the outputs differ from inference's
         first = pytree.tree_leaves(run(True))[0]
         assert not torch.equal(first, pytree.tree_leaves(layer(x, mask=mask))[0])
@@ -386,6 +399,9 @@ def test_keras_mask_with_holes_and_dropout_take_the_reference_path():
         layer(x, mask=holes)
     dropped = rk.layers.GRU(5, recurrent_dropout=0.5)
     with rk.fast.fast_mode(True), pytest.raises(ValueError, match="recurrent dropout"):
+        dropped(x, training=True)
+    dropped = rk.layers.SimpleRNN(5, recurrent_dropout=0.5)
+    with rk.fast.fast_mode(True), pytest.raises(ValueError, match="fused kernel has it for LSTMs"):
         dropped(x, training=True)
     torch.testing.assert_close(layer(x, mask=holes), layer(x, mask=holes))
 

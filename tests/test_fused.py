@@ -67,9 +67,9 @@ def test_tf1_lstm_kernel_goes_in_whole_and_gets_one_gradient(make, monkeypatch):
     _perturb(cell)
     seen, apply = [], fused._Fused.apply
 
-    def spy(cfg, lengths_, x, h0, c0, W, U, *rest):
+    def spy(cfg, hmask, lengths_, x, h0, c0, W, U, *rest):
         seen.append((W, U))
-        return apply(cfg, lengths_, x, h0, c0, W, U, *rest)
+        return apply(cfg, hmask, lengths_, x, h0, c0, W, U, *rest)
 
     monkeypatch.setattr(fused._Fused, "apply", spy)
     x = torch.randn(5, 7, 4, requires_grad=True)

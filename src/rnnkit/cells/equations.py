@@ -16,7 +16,8 @@ exporters; oneDNN's path gathers with its weight layout, cached per kernel versi
 Keras recurrent dropout multiplies ``h`` by a mask before the recurrent matmul (``h_mask``):
 one ``[B, H]`` mask for every gate (SimpleRNN), or ``[B, G, H]``, one per gate block (Keras
 GRU/LSTM with ``recurrent_dropout``, its "implementation 1"); the GRU's ``z ⊙ h`` keeps the
-undropped ``h``. ``masked_matmul`` is that product, also used for Keras input dropout.
+undropped ``h``. ``masked_matmul`` is that product, also used for Keras input dropout
+(``x_mask``, the same shapes over the input depth, applied in ``project``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Canonical:
     forget_bias: float = 0.0  # only for layer_norm_lstm, where it cannot be folded into b
     h_mask: torch.Tensor | None = None  # recurrent dropout: [B, H] or [B, G, H], see above
     gate_order: tuple[int, ...] | None = None  # LSTM: stored block of i, f, g, o; None: as is
+    x_mask: torch.Tensor | None = None  # input dropout, applied by ``project``: as ``h_mask``
 
     def lstm_gates(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """An LSTM's gates i, f, g, o: the blocks of ``v``'s last dimension, laid out as ``W``'s

@@ -21,7 +21,7 @@ class FusedCell(RNNCell):
         return self.canonical()
 
     def prepare_inputs(self, inputs: torch.Tensor, params: eq.Canonical) -> torch.Tensor:
-        return params.project(inputs)
+        return params.project(inputs, params.x_mask)
 
     def uses_canonical_step(self) -> bool:
         """True unless a subclass replaces ``prepare_inputs`` or ``step`` with its own."""

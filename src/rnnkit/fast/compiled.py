@@ -48,7 +48,8 @@ class Config(ctypes.Structure):
                 ("layer_norm", ctypes.c_int32),
                 ("cell_clip", ctypes.c_float), ("proj_clip", ctypes.c_float),
                 ("forget_bias", ctypes.c_float), ("eps", ctypes.c_float),
-                ("order", ctypes.c_int32 * 4)]
+                ("order", ctypes.c_int32 * 4), ("projected", ctypes.c_int32),
+                ("hmask", ctypes.c_void_p)]
 
 
 class Saved(ctypes.Structure):

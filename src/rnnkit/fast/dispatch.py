@@ -179,16 +179,14 @@ def _transformed() -> bool:
 
 def _common_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
                   own_step: bool) -> tuple[list[str], torch.Tensor | None, bool]:
-    """What every fast path needs (a ``Canonical`` step without recurrent dropout, a mask
-    without holes), and the lengths (None: full length) and suffix flag of the mask."""
+    """What every fast path needs (a ``Canonical`` step, a mask without holes), and the lengths
+    (None: full length) and suffix flag of the mask. Dropout masks: ``_dropout_unmet``."""
     unmet = []
     if _transformed():
         unmet.append("inside a torch.func transform (grad, vmap, ...): the fast paths' "
                      "autograd Functions serve plain autograd only")
     if own_step:
         unmet.append("the cell has its own prepare_inputs/step (per-step work such as dropout)")
-    if getattr(p, "h_mask", None) is not None:
-        unmet.append("recurrent dropout (h_mask) between steps")
     if inputs.shape[1] == 0:
         unmet.append("batch is empty")
     if masked_output not in ("zero", "previous"):
@@ -209,6 +207,18 @@ def _common_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chun
     if chunk and (masked_output != "zero" or suffix):
         unmet.append("swap_memory with Keras masks (outputs held across chunks)")
     return unmet, lengths, suffix
+
+
+def _dropout_unmet(p: Canonical) -> list[str]:
+    """Why a path other than ``fused`` cannot run Keras dropout masks: ``h_mask`` acts between
+    steps, and an ``x_mask`` left in ``Canonical`` is one per gate (a single input mask drops
+    the sequence before the unroll: ``KerasCell.unroll``)."""
+    unmet = []
+    if p.h_mask is not None:
+        unmet.append("recurrent dropout (h_mask) between steps")
+    if p.x_mask is not None:
+        unmet.append("input dropout with a mask per gate (x_mask, with recurrent_dropout)")
+    return unmet
 
 
 def _onednn_cell_unmet(p: Canonical) -> list[str]:
@@ -282,12 +292,13 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
                                             own_step)
     placement = _placement(params, inputs, state)
     on_cpu = _placement_unmet(placement, "cpu", ("float32",))
+    dropout = _dropout_unmet(params)
     reasons = {
-        "onednn": [*common, *on_cpu, *_onednn_cell_unmet(params)],
-        "cudnn": [*common, *_placement_unmet(placement, cudnn.DEVICE, cudnn.DTYPES),
+        "onednn": [*common, *on_cpu, *dropout, *_onednn_cell_unmet(params)],
+        "cudnn": [*common, *_placement_unmet(placement, cudnn.DEVICE, cudnn.DTYPES), *dropout,
                   *cudnn.unmet(params)],
         "fused": [*common, *on_cpu, *fused.unmet(params)],
-        "graph": [*common, *_placement_unmet(placement, graphs.DEVICE, graphs.DTYPES),
+        "graph": [*common, *_placement_unmet(placement, graphs.DEVICE, graphs.DTYPES), *dropout,
                   *graphs.unmet(chunk, inputs)],
     }
     for path, loader in (("onednn", onednn.load_error), ("fused", compiled.load_error)):

@@ -9,6 +9,11 @@ the steps in reverse, keeps the gates' gradients and makes the weight gradients 
 products at the end. A variable-length batch is packed (sorted longest first, each step's rows
 the sequences still running, steps one after another), so every product costs the batch's
 tokens; outputs past a length are zero and the state is held there (TF1 semantics).
+
+The LSTM kernel also runs Keras recurrent dropout (``Canonical.h_mask``, a mask per gate
+block: each step's recurrent product a block at a time, on ``h`` times that block's mask) with
+its per-gate input masks (``x_mask``: the input projection is then made here, and the kernel
+takes it as it is).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
-from rnnkit.cells.equations import Canonical
+from rnnkit.cells.equations import Canonical, masked_matmul
 from rnnkit.fast import compiled
 from rnnkit.fast.autograd import blocks, grad_buffers, whole
 from rnnkit.fast.fused_gru import run_gru
@@ -30,9 +35,16 @@ from rnnkit.fast.varlen import take_tokens
 
 
 def unmet(p: Canonical) -> list[str]:
-    """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device, masks and
-    recurrent dropout are the dispatch's to check."""
+    """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device and sequence
+    masks are the dispatch's to check. Keras dropout masks (``x_mask``, ``h_mask``): the LSTM
+    kernel has them, one per gate block (the other cells' kernel does not)."""
     out = []
+    if (p.h_mask is not None or p.x_mask is not None) and p.kind != "lstm":
+        out.append(f"recurrent dropout (h_mask) between steps: the fused kernel has it for "
+                   f"LSTMs only, not {p.kind}")
+    elif p.h_mask is not None and p.h_mask.dim() != 3:
+        out.append("recurrent dropout with one mask for all gates (the fused LSTM takes one "
+                   "per gate)")
     for what, fn in (("activation", p.activation), ("recurrent_activation",
                                                     p.recurrent_activation)):
         if fn is not None and name_of(fn) not in compiled.ACTIVATIONS:
@@ -45,7 +57,11 @@ class _Fused(torch.autograd.Function):
     """Forward (keeping what backward needs) and backward of one sorted batch."""
 
     @staticmethod
-    def forward(ctx, cfg: compiled.Config, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta):
+    def forward(ctx, cfg: compiled.Config, hmask, lengths, x, h0, c0, W, U, b, peep, Pw, gamma,
+                beta):
+        # cfg.hmask points into hmask (Keras recurrent dropout), kept alive with ctx; with
+        # cfg.projected, x is x W + b and W is None
+        ctx.hmask = hmask
         ctx.joint = U is None  # W: a TF1 kernel whose row blocks are W and U (whole)
         W, U = blocks(W, U, cfg.D)
         N, H = x.shape[0], cfg.H
@@ -68,8 +84,12 @@ class _Fused(torch.autograd.Function):
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
         dc = torch.zeros_like(c0) if dcT is None else dcT.clone(memory_format=torch.contiguous_format)
-        dx = torch.empty_like(x) if ctx.needs_input_grad[2] else None
-        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
+        dx = torch.empty_like(x) if ctx.needs_input_grad[3] else None
+        if W is None:  # projected: x W + b's gradient is dx, W's and b's are autograd's
+            dW, dU = None, torch.empty_like(U)
+            weight_grads = (None, dU)
+        else:
+            dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
         db = torch.empty_like(b) if b is not None else None
         dpeep = torch.empty_like(peep) if peep is not None else None
         dPw = torch.empty_like(Pw) if Pw is not None else None
@@ -84,7 +104,7 @@ class _Fused(torch.autograd.Function):
             ctypes.byref(_saved_struct(saved)),
             *map(compiled.ptr, (dy, dh, dc, dx, dW, dU, db, dpeep, dPw, dgamma, dbeta, buf)))
         check(status, "rk_lstm_backward")
-        return None, None, dx, dh, dc, *weight_grads, db, dpeep, dPw, dgamma, dbeta
+        return None, None, None, dx, dh, dc, *weight_grads, db, dpeep, dPw, dgamma, dbeta
 
 
 def _saved_struct(saved: dict) -> compiled.Saved:
@@ -103,7 +123,8 @@ def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
     return y, hT, cT
 
 
-def _config(p: Canonical, steps: int, batch: int, depth: int) -> compiled.Config:
+def _config(p: Canonical, steps: int, batch: int, depth: int, projected: bool = False,
+            hmask: torch.Tensor | None = None) -> compiled.Config:
     H = p.U.shape[1] // 4
     eps = p.norms[1] if p.norms is not None else 0.0
     return compiled.Config(
@@ -113,7 +134,8 @@ def _config(p: Canonical, steps: int, batch: int, depth: int) -> compiled.Config
         peephole=p.peepholes is not None, proj=p.P is not None, layer_norm=p.norms is not None,
         cell_clip=p.cell_clip or 0.0, proj_clip=(p.proj_clip or 0.0) if p.P is not None else 0.0,
         forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps,
-        order=(ctypes.c_int32 * 4)(*(p.gate_order or range(4))))
+        order=(ctypes.c_int32 * 4)(*(p.gate_order or range(4))), projected=projected,
+        hmask=compiled.ptr(hmask))
 
 
 def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -136,18 +158,28 @@ def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def _run_lstm(p: Canonical, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
-              lengths: torch.Tensor | None, steps: int):
+              lengths: torch.Tensor | None, steps: int, x_mask: torch.Tensor | None = None,
+              h_mask: torch.Tensor | None = None):
+    """The LSTM kernel over packed ``x`` ``[N, depth]``; Keras dropout masks, in the batch's
+    sorted order: ``x_mask`` one per packed row (the input projection is then made here, as
+    ``Canonical.project`` makes it, and the kernel takes it), ``h_mask`` ``[B, 4, H]``."""
     peep = torch.stack(p.peepholes) if p.peepholes is not None else None
     gamma = beta = None
     if p.norms is not None:
         gamma = torch.stack([g for g, _ in p.norms[0]])
         beta = torch.stack([b for _, b in p.norms[0]])
+    W, b = p.W, p.b
+    projected = x_mask is not None
+    if projected:
+        x, W, b = masked_matmul(x, p.W, x_mask, p.b), None, None
+    hmask = h_mask.contiguous() if h_mask is not None else None
     args = [t.contiguous() if t is not None else None
-            for t in (x, h0, c0, p.W, p.U, p.b, peep, p.P, gamma, beta)]
-    cfg = _config(p, steps, h0.shape[0], x.shape[1])
+            for t in (x, h0, c0, W, p.U, b, peep, p.P, gamma, beta)]
+    cfg = _config(p, steps, h0.shape[0], x.shape[1], projected, hmask)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        args[3:5] = whole(*args[3:5])
-        return _Fused.apply(cfg, lengths, *args)
+        if not projected:
+            args[3:5] = whole(*args[3:5])
+        return _Fused.apply(cfg, hmask, lengths, *args)
     return _forward(cfg, lengths, *args, None)
 
 
@@ -167,15 +199,20 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
     steps, batch, depth = x.shape
     lstm = p.kind in ("lstm", "layer_norm_lstm")
     h0, c0 = (state.h, state.c) if lstm else (state, None)
+    x_mask, h_mask = p.x_mask, p.h_mask  # Keras dropout (the LSTM only; see unmet)
     if lengths is None:
         order, packed = None, x.reshape(steps * batch, depth)
+        if x_mask is not None:  # the mask of each packed row: its sequence's
+            x_mask = x_mask.repeat(steps, *[1] * (x_mask.dim() - 1))
     else:
         order, lengths, t_idx, b_idx = pack(lengths, steps)
         packed = take_tokens(x, t_idx, b_idx)
         h0 = h0.index_select(0, order)
         c0 = c0.index_select(0, order) if lstm else None
+        x_mask = x_mask.index_select(0, b_idx) if x_mask is not None else None
+        h_mask = h_mask.index_select(0, order) if h_mask is not None else None
     if lstm:
-        y, hT, cT = _run_lstm(p, packed, h0, c0, lengths, steps)
+        y, hT, cT = _run_lstm(p, packed, h0, c0, lengths, steps, x_mask, h_mask)
     else:
         (y, hT), cT = run_gru(p, packed, h0, lengths, steps), None
     if order is not None:

@@ -29,6 +29,9 @@ typedef struct {
     float cell_clip, proj_clip;  /* <= 0: no clipping */
     float forget_bias, eps;      /* layer norm only (forget_bias is folded into b otherwise) */
     int32_t order[4];            /* the block of W's columns holding i, f, g, o */
+    int32_t projected;           /* x holds x W + b already ([N, 4H]; W and b unused) */
+    const float *hmask;          /* Keras recurrent dropout: [B, 4, P], one mask per block of
+                                    U's columns (h ⊙ mask[:, j]) U_j; NULL: none */
 } rk_cfg;
 
 /* Where gate q (0..3: i, f, g, o) starts in a row of 4H gate values. */
@@ -184,7 +187,7 @@ static void row_forward_std(const rk_cfg *k, float *z, const float *b, const flo
  * batch 2 each row reads U again: level with sgemm at H256, faster up to H128. */
 static int small_batch(const rk_cfg *k) {
     const int nt = omp_get_max_threads();
-    return standard(k) && !k->proj && nt > 1 &&
+    return standard(k) && !k->proj && !k->hmask && nt > 1 &&
            (k->B == 1 || (k->B <= SMALL_ROWS &&
                           k->P * 4 * k->H * (int64_t)sizeof(float) <= (int64_t)SMALL_SHARE * nt));
 }
@@ -289,7 +292,7 @@ static int forward_small(const rk_cfg *k, const int64_t *active, const int64_t *
 
 /* ---- Batches split between threads (run_split, kernels.h) ---- */
 static int split_batch(const rk_cfg *k) {
-    return split_rows(k->B, (k->P * 4 * k->H + (k->proj ? k->H * k->P : 0)) *
+    return !k->hmask && split_rows(k->B, (k->P * 4 * k->H + (k->proj ? k->H * k->P : 0)) *
                                 (int64_t)sizeof(float));
 }
 
@@ -301,7 +304,35 @@ typedef struct {   /* a forward call's inputs and buffers (see rk_lstm_forward) 
     const float *h0, *U, *b, *peep, *Pw, *gamma, *beta;
     float *gates, *y, *c_run, *c_step, *ac_step, *m_step;
     rk_saved *s;
+    float *hbuf;  /* [B, P]: h_prev ⊙ a recurrent-dropout mask (hmask only) */
 } fwd_call;
+
+/* ---- Keras recurrent dropout (k->hmask): the recurrent product one block of U's columns at a
+ * time, each on h ⊙ that block's mask (rows r of a step are the sorted batch's rows r) ---- */
+
+/* buf rows [lo, hi) = v rows ⊙ block j's mask rows. */
+static void masked_rows(const rk_cfg *k, const float *v, int64_t lo, int64_t hi, int j,
+                        float *buf) {
+    const int64_t P = k->P;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *restrict vr = v + r * P, *restrict mr = k->hmask + (r * 4 + j) * P;
+        float *restrict br = buf + r * P;
+        for (int64_t p = 0; p < P; p++) br[p] = vr[p] * mr[p];
+    }
+}
+
+/* z rows [lo, hi) (ldz 4H) += sum over blocks j of (h_prev ⊙ mask j) U_j. */
+static int masked_recurrent(const rk_cfg *k, const float *h_prev, const float *U, int64_t lo,
+                            int64_t hi, float *z, float *buf) {
+    const int64_t H = k->H, P = k->P, G = 4 * H;
+    for (int j = 0; j < 4; j++) {
+        masked_rows(k, h_prev, lo, hi, j, buf);
+        int st = rk_gemm('N', 'N', hi - lo, H, P, 1.0f, buf + lo * P, P, U + j * H, G, 1.0f,
+                         z + lo * G + j * H, G);
+        if (st) return st;
+    }
+    return 0;
+}
 
 /* Rows [lo, hi) of step t (call: a fwd_call): their recurrent product, gates, cells and
  * outputs (projected). th: the calling thread inside a parallel region, or -1: split the rows'
@@ -315,7 +346,9 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
     rk_saved *s = f->s;
     float *z = f->gates + at * G, *yt = f->y + at * P;
     const float *h_prev = t == 0 ? f->h0 : f->y + off[t - 1] * P;
-    int st = rk_gemm('N', 'N', n, G, P, 1.0f, h_prev + lo * P, P, f->U, G, 1.0f, z + lo * G, G);
+    int st = k->hmask ? masked_recurrent(k, h_prev, f->U, lo, hi, z, f->hbuf)
+                      : rk_gemm('N', 'N', n, G, P, 1.0f, h_prev + lo * P, P, f->U, G, 1.0f,
+                                z + lo * G, G);
     if (st) return st;
     float *m = k->proj ? (s ? s->m + at * H : f->m_step) : yt;
     #pragma omp parallel for schedule(static) if (th < 0 && n * G >= PARALLEL_MIN)
@@ -348,7 +381,8 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
 
 /* Forward over the sequence. s: buffers to keep for backward (training), or NULL; scratch:
  * [N*4H] (gates, when s is NULL) + [B*H] (c) + 3 [B*H] (a step's c, act(c), m; inference).
- * Returns 0, a dnnl status, or -1 (out of memory). */
+ * With k->projected, x is x W + b [N, 4H] (W and b unused). Returns 0, a dnnl status, or -1
+ * (out of memory). */
 int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                     const float *c0, const float *W, const float *U, const float *b,
                     const float *peep, const float *Pw, const float *gamma, const float *beta,
@@ -361,19 +395,23 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     /* inference: the new cells, act(c) and m of a step in buffers of their own (no aliasing) */
     float *c_run = scratch + (s ? 0 : off[T] * G), *c_step = c_run + B * H;
     float *ac_step = c_step + B * H, *m_step = ac_step + B * H;
-    int st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
+    float *hbuf = k->hmask ? malloc((size_t)B * P * sizeof(float)) : NULL;
+    int st = k->hmask && !hbuf ? -1 : 0;
+    if (!st && k->projected) memcpy(gates, x, (size_t)off[T] * G * sizeof(float));
+    else if (!st) st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     memcpy(c_run, c0, B * H * sizeof(float));
     const int small = small_batch(k);  /* decided once: the path runs the whole sequence */
     if (!st && small)
         st = forward_small(k, active, off, h0, U, b, peep, gates, y, c_run, c_step, ac_step, s);
     const fwd_call f = {active, off, h0, U, b, peep, Pw, gamma, beta, gates, y, c_run, c_step,
-                        ac_step, m_step, s};
+                        ac_step, m_step, s, hbuf};
     const int split = !small && split_batch(k);
     if (!st && split) st = run_split(T, B, lengths, active, 0, forward_step, k, &f);
     for (int64_t t = 0; t < T && !st && !small && !split && active[t] > 0; t++)
         st = forward_step(k, &f, t, 0, active[t], -1);
     if (!st) final_h(lengths, off, B, T, P, y, h0, hT);
     memcpy(cT, c_run, B * H * sizeof(float));
+    free(hbuf);
     free(plan);
     return st;
 }
@@ -554,6 +592,7 @@ typedef struct {   /* a backward call's inputs and buffers (see rk_lstm_backward
     const float *h0, *c0, *Ut, *peep, *Pwt, *gamma, *y, *dy;
     const rk_saved *s;
     float *dh, *dc, *dz, *h_in, *dyp, *dm_buf, *acc;
+    float *hbuf;  /* [B, P]: a block's part of d(h_prev) (hmask only) */
 } bwd_call;
 
 /* Rows [lo, hi) of step t in backward (call: a bwd_call): their gate gradients (dz), and d of
@@ -597,7 +636,39 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
                          k->layer_norm ? s->xhat + row * 5 * H : NULL,
                          k->layer_norm ? s->rstd + row * 5 : NULL, mine);
     }
-    return rk_gemm('N', 'N', n, P, G, 1.0f, f->dz + (at + lo) * G, G, f->Ut, P, 0.0f, dh + lo * P, P);
+    if (!k->hmask)
+        return rk_gemm('N', 'N', n, P, G, 1.0f, f->dz + (at + lo) * G, G, f->Ut, P, 0.0f,
+                       dh + lo * P, P);
+    for (int j = 0; j < 4; j++) {  /* d(h_prev) = sum over blocks j of (dz_j U_j^T) ⊙ mask j */
+        int st = rk_gemm('N', 'N', n, P, H, 1.0f, f->dz + (at + lo) * G + j * H, G,
+                         f->Ut + j * H * P, P, 0.0f, f->hbuf + lo * P, P);
+        if (st) return st;
+        for (int64_t r = lo; r < hi; r++) {
+            const float *restrict part = f->hbuf + r * P, *restrict mr = k->hmask + (r * 4 + j) * P;
+            float *restrict out = dh + r * P;
+            if (j == 0) for (int64_t p = 0; p < P; p++) out[p] = part[p] * mr[p];
+            else for (int64_t p = 0; p < P; p++) out[p] += part[p] * mr[p];
+        }
+    }
+    return 0;
+}
+
+/* dU [P, 4H] with recurrent dropout: block j is (h_in ⊙ mask j)^T dz_j over the N packed rows,
+ * h_in each row's previous h (from h0 and y; rows r of step t are the sorted batch's rows r).
+ * Returns 0, a dnnl status or -1 (out of memory). */
+static int masked_prev_h_product(const rk_cfg *k, const int64_t *active, const int64_t *off,
+                                 const float *h0, const float *y, const float *dz, float *dU) {
+    const int64_t T = k->T, H = k->H, P = k->P, G = 4 * H, N = off[T];
+    float *hj = malloc((size_t)(N > 0 ? N : 1) * P * sizeof(float));
+    if (!hj) return -1;
+    int st = 0;
+    for (int j = 0; j < 4 && !st; j++) {
+        for (int64_t t = 0; t < T; t++)
+            masked_rows(k, t == 0 ? h0 : y + off[t - 1] * P, 0, active[t], j, hj + off[t] * P);
+        st = rk_gemm('T', 'N', P, H, N, 1.0f, hj, P, dz + j * H, G, 0.0f, dU + j * H, G);
+    }
+    free(hj);
+    return st;
 }
 
 /* Backward over the sequence, given the recurrent matrices transposed (Ut [4H, P], Pwt [P, H]:
@@ -605,7 +676,8 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
  * the incoming gradients (dhT, dcT are overwritten: they carry the state gradients and end as
  * dh0, dc0). Weight gradients are overwritten; dx may be NULL (not wanted). scratch:
  * [N*4H] (dz) + [N*P] (each step's previous h, with lengths only) + [N*P] (d of the projected
- * output, projection only) + [B*H] (dm). Returns 0, a dnnl status, or -1 (out of memory). */
+ * output, projection only) + [B*H] (dm). With k->projected, dx is d(x W + b) [N, 4H] and dW
+ * is not made. Returns 0, a dnnl status, or -1 (out of memory). */
 int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                      const float *c0, const float *W, const float *Ut, const float *peep,
                      const float *Pwt, const float *gamma, const float *y, const rk_saved *s,
@@ -616,7 +688,8 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     const int threads = omp_get_max_threads();
     int64_t *plan = plan_rows(lengths, B, T);
     float *acc = calloc((size_t)threads * ACC_SIZE(H), sizeof(float));
-    int st = (plan && acc) ? 0 : -1;
+    float *hbuf = k->hmask ? malloc((size_t)B * P * sizeof(float)) : NULL;
+    int st = (plan && acc && (hbuf || !k->hmask)) ? 0 : -1;
     const int64_t *active = plan, *off = plan + T, N = plan ? off[T] : 0;
     float *dz = scratch, *h_in = lengths ? dz + N * G : NULL;  /* see prev_h_product */
     float *dyp = dz + N * G + (lengths ? N * P : 0), *dm_buf = dyp + (k->proj ? N * P : 0);
@@ -624,14 +697,16 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     if (!st && small)
         st = backward_small(k, active, off, h0, c0, Ut, peep, y, s, dy, dh, dc, dz, h_in, acc);
     const bwd_call f = {active, off, h0, c0, Ut, peep, Pwt, gamma, y, dy, s, dh, dc, dz, h_in,
-                        dyp, dm_buf, acc};
+                        dyp, dm_buf, acc, hbuf};
     const int split = !small && split_batch(k);
     if (!st && split) st = run_split(T, B, lengths, active, 1, backward_step, k, &f);
     for (int64_t t = T - 1; t >= 0 && !st && !small && !split; t--)
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
-    if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
-    if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
-    if (!st) st = prev_h_product(lengths, N, B, P, G, h0, y, h_in, dz, G, dU, G);
+    if (!st && dx && k->projected) memcpy(dx, dz, (size_t)N * G * sizeof(float));
+    else if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
+    if (!st && !k->projected) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
+    if (!st && k->hmask) st = masked_prev_h_product(k, active, off, h0, y, dz, dU);
+    else if (!st) st = prev_h_product(lengths, N, B, P, G, h0, y, h_in, dz, G, dU, G);
     if (!st && k->proj) st = rk_gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
     if (!st && db) st = column_sums(dz, N, G, db);
     if (!st) {  /* the threads' sums */
@@ -646,6 +721,7 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
             }
         }
     }
+    free(hbuf);
     free(acc);
     free(plan);
     return st;

@@ -127,11 +127,10 @@ class KerasCell(Tracked, FusedCell):
 
     def sequence_params(self) -> eq.Canonical:
         p = self.canonical()
-        mask = self._masks.get("recurrent")
-        return p if mask is None else dataclasses.replace(p, h_mask=mask)
-
-    def prepare_inputs(self, inputs: torch.Tensor, params: eq.Canonical) -> torch.Tensor:
-        return params.project(inputs, self._masks.get("input"))
+        x_mask, h_mask = self._masks.get("input"), self._masks.get("recurrent")
+        if x_mask is None and h_mask is None:
+            return p
+        return dataclasses.replace(p, x_mask=x_mask, h_mask=h_mask)
 
     def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
         from rnnkit.fast.dispatch import mode_of  # imported here: rnnkit.fast imports the cells
@@ -147,11 +146,6 @@ class KerasCell(Tracked, FusedCell):
             return super().unroll(inputs * drop, state, mask, masked_output, chunk, fast)
         finally:
             self._masks["input"] = drop
-
-    def uses_canonical_step(self) -> bool:
-        """The step is ``Canonical``'s unless an input-dropout mask is active (recurrent dropout
-        travels in ``Canonical.h_mask``, which the fast-path dispatcher sees)."""
-        return "input" not in self._masks
 
     def keras_call(self, inputs: torch.Tensor, states: list[torch.Tensor]
                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
