@@ -244,8 +244,10 @@ def dropout_models(repeats: int) -> None:
     0.5), the wrappers on the whole sequence (each layer on its fast path) and step by step (the
     reference loop, as before they could), against ``torch.nn.LSTM(num_layers=2, dropout=0.5)``
     with dropout on its output too (the same math; other masks); then ``rk.layers.LSTM`` with
-    ``dropout=0.3`` (one input mask for all steps) on its fast path and on the reference loop,
-    against ``torch.nn.LSTM`` on inputs dropped by one mask."""
+    ``dropout=0.3`` (one input mask for all steps), and with ``recurrent_dropout=0.3`` too (masks
+    per gate on ``x`` and ``h``: the fused kernels), and ``rk.layers.GRU`` with both, on the fast
+    path and on the reference loop, against torch.nn's LSTM or GRU on inputs dropped by one
+    mask (torch.nn has no recurrent dropout)."""
     from rnnkit.cells import wrappers
 
     for B, T, H in STACKS:
@@ -279,9 +281,9 @@ def dropout_models(repeats: int) -> None:
               f"{t_peer:.1f}, wrappers on the whole sequence ({path}) {t_whole:.1f}, step by "
               f"step (reference) {t_steps:.1f}: {t_steps / t_whole:.2f}x faster, "
               f"{t_peer / t_whole:.2f}x torch.nn")
-    for (B, T, H), options in itertools.product(STACKS, KERAS_DROPOUT):
+    for (B, T, H), (kind, options) in itertools.product(STACKS, KERAS_DROPOUT):
         x = torch.randn(B, T, H, requires_grad=True)
-        layer = rk.layers.LSTM(H, return_sequences=True, **options)
+        layer = getattr(rk.layers, kind)(H, return_sequences=True, **options)
         layer(x)
         params = list(layer.parameters())
 
@@ -291,7 +293,7 @@ def dropout_models(repeats: int) -> None:
                 torch.autograd.grad(layer(x, training=True).sum(), [x, *params])
             return train
 
-        peer = torch.nn.LSTM(H, H, batch_first=True)
+        peer = getattr(torch.nn, kind)(H, H, batch_first=True)
         peer_params = list(peer.parameters())
 
         def theirs(peer=peer, peer_params=peer_params, x=x):
@@ -300,12 +302,13 @@ def dropout_models(repeats: int) -> None:
 
         t_peer, t_fast, t_ref = _interleaved([theirs, keras("auto"), keras(False)], repeats)
         args = ", ".join(f"{k}={v}" for k, v in options.items())
-        print(f"Keras LSTM({args}), training, B{B} T{T} H{H}, f+b ms: torch.nn (input dropout "
+        print(f"Keras {kind}({args}), training, B{B} T{T} H{H}, f+b ms: torch.nn (input dropout "
               f"only) {t_peer:.1f}, fast path ({_keras_path(layer, x)}) {t_fast:.1f}, reference "
               f"loop {t_ref:.1f}: {t_ref / t_fast:.2f}x faster, {t_peer / t_fast:.2f}x torch.nn")
 
 
-KERAS_DROPOUT = [{"dropout": 0.3}, {"dropout": 0.3, "recurrent_dropout": 0.3}]
+KERAS_DROPOUT = [("LSTM", {"dropout": 0.3}), ("LSTM", {"dropout": 0.3, "recurrent_dropout": 0.3}),
+                 ("GRU", {"dropout": 0.3, "recurrent_dropout": 0.3})]
 
 
 def _keras_path(layer, x: torch.Tensor) -> str:

@@ -358,8 +358,8 @@ KERAS_DROPOUT = {"input": {"dropout": 0.4}, "recurrent": {"recurrent_dropout": 0
 def test_keras_dropout_runs_fast_with_the_same_masks(name, dropout, masked, monkeypatch):
     """``dropout`` alone is one input mask for every step: the layer drops the whole sequence
     and takes any fast path. With ``recurrent_dropout`` (a mask per gate on ``h``, and on the
-    inputs too) the LSTM takes the fused kernel, which has the masks; the other cells run the
-    loop. The same masks and numbers as the loop's ``(x ⊙ mask) W`` and ``(h ⊙ mask) U``."""
+    inputs too) the fused kernels, which have the masks. The same masks and numbers as the
+    loop's ``(x ⊙ mask) W`` and ``(h ⊙ mask) U``."""
     _skip_without_kernels("fused_" if "recurrent_dropout" in KERAS_DROPOUT[dropout] else name)
     layer = KERAS[name]()
     cells = [m for m in layer.modules() if isinstance(m, rk.layers.cells.KerasCell)]
@@ -372,19 +372,15 @@ def test_keras_dropout_runs_fast_with_the_same_masks(name, dropout, masked, monk
     _perturb(layer)
     seen = _decisions(monkeypatch)
     recurrent = "recurrent_dropout" in KERAS_DROPOUT[dropout]
-    looped = recurrent and not name.startswith("lstm")  # no fast path: fast=True would raise
 
     def run(fast):
         for k, cell in enumerate(cells):
             cell._generator = torch.Generator().manual_seed(7 + k)  # the same masks each run
-        with rk.fast.fast_mode("auto" if fast is True and looped else fast):
+        with rk.fast.fast_mode(fast):
             return layer(x, mask=mask, training=True)
 
     _compare(run, [x, *layer.parameters()])
-    if looped:
-        assert set(seen) == {"reference"}
-    else:
-        assert seen and "reference" not in seen and (not recurrent or set(seen) == {"fused"})
+    assert seen and "reference" not in seen and (not recurrent or set(seen) == {"fused"})
     with torch.no_grad():  # it does drop: in training the outputs differ from inference's
         first = pytree.tree_leaves(run(True))[0]
         assert not torch.equal(first, pytree.tree_leaves(layer(x, mask=mask))[0])
@@ -398,11 +394,8 @@ def test_keras_mask_with_holes_and_dropout_take_the_reference_path():
     with rk.fast.fast_mode(True), pytest.raises(ValueError, match="mask has holes"):
         layer(x, mask=holes)
     dropped = rk.layers.GRU(5, recurrent_dropout=0.5)
-    with rk.fast.fast_mode(True), pytest.raises(ValueError, match="recurrent dropout"):
-        dropped(x, training=True)
-    dropped = rk.layers.SimpleRNN(5, recurrent_dropout=0.5)
-    with rk.fast.fast_mode(True), pytest.raises(ValueError, match="fused kernel has it for LSTMs"):
-        dropped(x, training=True)
+    with rk.fast.fast_mode(True), pytest.raises(ValueError, match="holes.*recurrent dropout"):
+        dropped(x, training=True, mask=holes)
     torch.testing.assert_close(layer(x, mask=holes), layer(x, mask=holes))
 
 

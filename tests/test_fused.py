@@ -45,9 +45,9 @@ def test_tf1_gru_kernel_goes_in_whole_and_gets_one_gradient(lengths, reset_after
     _perturb(cell)
     seen, apply = [], fused_gru._FusedGRU.apply
 
-    def spy(cfg, lengths_, x, h0, W, U, *rest):
+    def spy(cfg, hmask, lengths_, x, h0, W, U, *rest):
         seen.append((tuple(W.shape), U))
-        return apply(cfg, lengths_, x, h0, W, U, *rest)
+        return apply(cfg, hmask, lengths_, x, h0, W, U, *rest)
 
     monkeypatch.setattr(fused_gru._FusedGRU, "apply", spy)
     x = torch.randn(5, 7, 4, requires_grad=True)

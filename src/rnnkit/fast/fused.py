@@ -10,10 +10,10 @@ products at the end. A variable-length batch is packed (sorted longest first, ea
 the sequences still running, steps one after another), so every product costs the batch's
 tokens; outputs past a length are zero and the state is held there (TF1 semantics).
 
-The LSTM kernel also runs Keras recurrent dropout (``Canonical.h_mask``, a mask per gate
-block: each step's recurrent product a block at a time, on ``h`` times that block's mask) with
-its per-gate input masks (``x_mask``: the input projection is then made here, and the kernel
-takes it as it is).
+The kernels also run Keras recurrent dropout (``Canonical.h_mask``, a mask per gate block:
+each step's recurrent product a block at a time, on ``h`` times that block's mask) with its
+per-gate input masks (``x_mask``: the input projection is then made here, and the kernel takes
+it as it is).
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ from rnnkit.fast.varlen import take_tokens
 
 def unmet(p: Canonical) -> list[str]:
     """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device and sequence
-    masks are the dispatch's to check. Keras dropout masks (``x_mask``, ``h_mask``): the LSTM
-    kernel has them, one per gate block (the other cells' kernel does not)."""
+    masks are the dispatch's to check. Keras dropout masks (``x_mask``, ``h_mask``): both
+    kernels have them, one per gate block (a vanilla RNN's one)."""
     out = []
-    if (p.h_mask is not None or p.x_mask is not None) and p.kind != "lstm":
-        out.append(f"recurrent dropout (h_mask) between steps: the fused kernel has it for "
-                   f"LSTMs only, not {p.kind}")
-    elif p.h_mask is not None and p.h_mask.dim() != 3:
-        out.append("recurrent dropout with one mask for all gates (the fused LSTM takes one "
-                   "per gate)")
+    per_gate = p.kind != "rnn"  # a vanilla RNN's masks: one [B, n] each
+    for name, mask in (("h_mask", p.h_mask), ("x_mask", p.x_mask)):
+        if mask is not None and (p.kind == "layer_norm_lstm" or mask.dim() != 2 + per_gate):
+            out.append(f"Keras dropout mask {name} of shape {list(mask.shape)} on a "
+                       f"{p.kind} cell (the fused kernels take [B, gates, n] for GRUs and "
+                       "LSTMs, [B, n] for vanilla RNNs)")
     for what, fn in (("activation", p.activation), ("recurrent_activation",
                                                     p.recurrent_activation)):
         if fn is not None and name_of(fn) not in compiled.ACTIVATIONS:
@@ -214,7 +214,7 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
     if lstm:
         y, hT, cT = _run_lstm(p, packed, h0, c0, lengths, steps, x_mask, h_mask)
     else:
-        (y, hT), cT = run_gru(p, packed, h0, lengths, steps), None
+        (y, hT), cT = run_gru(p, packed, h0, lengths, steps, x_mask, h_mask), None
     if order is not None:
         y = y.new_zeros(steps, batch, y.shape[-1]).index_put((t_idx, b_idx), y)
         inverse = torch.argsort(order)

@@ -9,7 +9,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnnkit.activations import name_of
-from rnnkit.cells.equations import Canonical
+from rnnkit.cells.equations import Canonical, masked_matmul
 from rnnkit.fast import compiled
 from rnnkit.fast.autograd import blocks, grad_buffers, whole
 from rnnkit.fast.library import check
@@ -32,7 +32,10 @@ class _FusedGRU(torch.autograd.Function):
     """Forward (keeping what backward needs) and backward of one packed batch."""
 
     @staticmethod
-    def forward(ctx, cfg: compiled.GRUConfig, lengths, x, h0, W, U, b, b_h):
+    def forward(ctx, cfg: compiled.GRUConfig, hmask, lengths, x, h0, W, U, b, b_h):
+        # cfg.hmask points into hmask (Keras recurrent dropout), kept alive with ctx; with
+        # cfg.projected, x is x W + b and W is None
+        ctx.hmask = hmask
         ctx.joint = U is None  # W: a TF1 kernel whose row blocks are W and U (whole)
         W, U = blocks(W, U, cfg.D)
         N, H = x.shape[0], cfg.H
@@ -51,8 +54,12 @@ class _FusedGRU(torch.autograd.Function):
         N, B, H, G = x.shape[0], cfg.B, cfg.H, U.shape[1]
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
-        dx = torch.empty_like(x) if ctx.needs_input_grad[2] else None
-        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
+        dx = torch.empty_like(x) if ctx.needs_input_grad[3] else None
+        if W is None:  # projected: x W + b's gradient is dx, W's and b's are autograd's
+            dW, dU = None, torch.empty_like(U)
+            weight_grads = (None, dU)
+        else:
+            dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
         db = torch.empty_like(b) if b is not None else None
         db_h = torch.empty_like(b_h) if b_h is not None else None
         h_in = N * H if lengths is not None else 0  # each row's previous h (lengths only)
@@ -63,33 +70,45 @@ class _FusedGRU(torch.autograd.Function):
             ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, Ut, y)), ctypes.byref(saved),
             *map(compiled.ptr, (dy, dh, dx, dW, dU, db, db_h, buf)))
         check(status, "rk_gru_backward")
-        return None, None, dx, dh, *weight_grads, db, db_h
+        return None, None, None, dx, dh, *weight_grads, db, db_h
 
 
-def _config(p: Canonical, steps: int, batch: int, depth: int) -> compiled.GRUConfig:
+def _config(p: Canonical, steps: int, batch: int, depth: int, projected: bool = False,
+            hmask: torch.Tensor | None = None) -> compiled.GRUConfig:
     """The kernel's configuration for the GRU or vanilla RNN ``p`` over ``steps`` x ``batch``
-    inputs of ``depth``."""
+    inputs of ``depth`` (``projected``: the inputs are ``x W + b``; ``hmask``: the recurrent
+    dropout masks, ``[B, G, H]``)."""
     gru = p.kind == "gru"
     return compiled.GRUConfig(
         T=steps, B=batch, D=depth, H=p.U.shape[0],
         act=compiled.ACTIVATIONS[name_of(p.activation)],
         ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)] if gru else 0,
-        gru=gru, reset_after=gru and p.reset_after)
+        gru=gru, reset_after=gru and p.reset_after, projected=projected,
+        hmask=compiled.ptr(hmask))
 
 
 def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor | None,
-            steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+            steps: int, x_mask: torch.Tensor | None = None, h_mask: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The GRU or vanilla RNN ``p`` over packed ``x`` ``[N, depth]`` (``lengths`` sorted
-    longest first, or None: ``N = steps * B``) from ``h0`` (sorted alike).
+    longest first, or None: ``N = steps * B``) from ``h0`` (sorted alike); Keras dropout masks
+    sorted alike, ``x_mask`` one per packed row (the projection is then made here),
+    ``h_mask`` ``[B, G, H]`` or a vanilla RNN's ``[B, H]``.
 
     Returns:
         ``(y [N, H], hT [B, H])``, packed and sorted as the inputs.
     """
     gru = p.kind == "gru"
-    cfg = _config(p, steps, h0.shape[0], x.shape[1])
+    W, b = p.W, p.b
+    projected = x_mask is not None
+    if projected:
+        x, W, b = masked_matmul(x, p.W, x_mask, p.b), None, None
+    hmask = h_mask.reshape(h_mask.shape[0], -1).contiguous() if h_mask is not None else None
+    cfg = _config(p, steps, h0.shape[0], x.shape[1], projected, hmask)
     b_h = p.b_h if gru and p.reset_after else None
-    args = [t.contiguous() if t is not None else None for t in (x, h0, p.W, p.U, p.b, b_h)]
+    args = [t.contiguous() if t is not None else None for t in (x, h0, W, p.U, b, b_h)]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        args[2:4] = whole(*args[2:4])
-        return _FusedGRU.apply(cfg, lengths, *args)
+        if not projected:
+            args[2:4] = whole(*args[2:4])
+        return _FusedGRU.apply(cfg, hmask, lengths, *args)
     return _forward(cfg, lengths, *args, None)

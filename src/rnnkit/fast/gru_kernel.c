@@ -6,6 +6,11 @@
  * Layouts: W [D, G*H]; U [H, G*H]; b [G*H]; b_h [3H] (reset after only); gates in Keras order
  * z, r, c (G = 3) or the one block h (vanilla RNN, G = 1); h [B, H]; x [N, D]; y [N, H].
  * The equations are rnnkit/cells/equations.py's gru and simple_rnn.
+ *
+ * Keras recurrent dropout (hmask): the recurrent products one gate block at a time, each on h
+ * times that block's mask (reset before: the candidate's on r * h times its mask); the update
+ * z * h keeps the undropped h. Per-gate input masks: the caller projects the inputs itself
+ * (projected: x holds x W + b).
  */
 #include "kernels.h"
 
@@ -13,6 +18,9 @@ typedef struct {
     int64_t T, B, D, H;
     int32_t act, ract;     /* activation ids of the candidate (or the RNN) and of the gates */
     int32_t gru, reset_after;
+    int32_t projected;     /* x holds x W + b already ([N, G*H]; W and b unused) */
+    const float *hmask;    /* Keras recurrent dropout: [B, G, H] (a vanilla RNN's [B, 1, H]), one
+                              mask per block of U's columns; NULL: none */
 } rk_gru_cfg;
 
 typedef struct {           /* what the forward pass keeps for the backward pass */
@@ -22,9 +30,37 @@ typedef struct {           /* what the forward pass keeps for the backward pass 
 
 static inline int64_t gates_of(const rk_gru_cfg *k) { return k->gru ? 3 * k->H : k->H; }
 
+/* Row r's mask of block j (hmask; the rows of a step are the sorted batch's rows). */
+static inline const float *mask_of(const rk_gru_cfg *k, int64_t r, int j) {
+    return k->hmask + (r * (k->gru ? 3 : 1) + j) * k->H;
+}
+
+/* buf rows [lo, hi) = v rows ⊙ block j's mask rows. */
+static void masked_rows(const rk_gru_cfg *k, const float *v, int64_t lo, int64_t hi, int j,
+                        float *buf) {
+    const int64_t H = k->H;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *restrict vr = v + r * H, *restrict mr = mask_of(k, r, j);
+        float *restrict br = buf + r * H;
+        for (int64_t q = 0; q < H; q++) br[q] = vr[q] * mr[q];
+    }
+}
+
+/* out rows [lo, hi) (ldo G) += or = (beta) the products of blocks j0..j1-1: (h ⊙ mask j) U_j. */
+static int masked_products(const rk_gru_cfg *k, const float *h, const float *U, int64_t lo,
+                           int64_t hi, int j0, int j1, float beta, float *out, float *buf) {
+    const int64_t H = k->H, G = gates_of(k);
+    for (int j = j0; j < j1; j++) {
+        masked_rows(k, h, lo, hi, j, buf);
+        int st = rk_gemm('N', 'N', hi - lo, H, H, 1.0f, buf + lo * H, H, U + j * H, G, beta,
+                         out + lo * G + j * H, G);
+        if (st) return st;
+    }
+    return 0;
+}
 /* ---- Batches split between threads (run_split, kernels.h) ---- */
 static int split_batch(const rk_gru_cfg *k) {
-    return split_rows(k->B, k->H * gates_of(k) * (int64_t)sizeof(float));
+    return !k->hmask && split_rows(k->B, k->H * gates_of(k) * (int64_t)sizeof(float));
 }
 
 /* Whether a call with this configuration splits its batch between threads (for tests). */
@@ -35,6 +71,7 @@ typedef struct {   /* a forward call's inputs and buffers (see rk_gru_forward) *
     const float *h0, *U, *b, *b_h;
     float *gates, *y, *hu, *rh_run;
     rk_gru_saved *s;
+    float *hbuf;  /* [B, H]: h ⊙ a block's mask (hmask only) */
 } fwd_call;
 
 /* Rows [lo, hi) of step t (call: a fwd_call): their recurrent products, gates and outputs. th:
@@ -50,13 +87,18 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
     const float *hp = t == 0 ? f->h0 : f->y + f->off[t - 1] * H;
     int st;
     if (!k->gru) {
-        if ((st = rk_gemm('N', 'N', n, H, H, 1.0f, hp + lo * H, H, f->U, H, 1.0f, z + lo * H, H)))
-            return st;
+        if (k->hmask) st = masked_products(k, hp, f->U, lo, hi, 0, 1, 1.0f, z, f->hbuf);
+        else st = rk_gemm('N', 'N', n, H, H, 1.0f, hp + lo * H, H, f->U, H, 1.0f, z + lo * H, H);
+        if (st) return st;
         for (int64_t j = lo * H; j < hi * H; j++) yt[j] = z[j] + (b ? b[j % H] : 0.0f);
         act_n(k->act, yt + lo * H, n * H);
         return 0;
     }
-    if (k->reset_after) {
+    if (k->hmask) {
+        st = k->reset_after ? masked_products(k, hp, f->U, lo, hi, 0, 3, 0.0f, hu, f->hbuf)
+                            : masked_products(k, hp, f->U, lo, hi, 0, 2, 1.0f, z, f->hbuf);
+        if (st) return st;
+    } else if (k->reset_after) {
         if ((st = rk_gemm('N', 'N', n, G, H, 1.0f, hp + lo * H, H, f->U, G, 0.0f, hu + lo * G, G)))
             return st;
     } else if ((st = rk_gemm('N', 'N', n, 2 * H, H, 1.0f, hp + lo * H, H, f->U, G, 1.0f,
@@ -78,6 +120,9 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
         if (k->reset_after) {
             for (int64_t j = 0; j < H; j++) zr[2 * H + j] += zr[H + j] * hur[2 * H + j];
             if (s) memcpy(s->extra + (at + r) * H, hur + 2 * H, H * sizeof(float));
+        } else if (k->hmask) {  /* the candidate's product reads r * h times its mask */
+            const float *mc = mask_of(k, r, 2);
+            for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j] * mc[j];
         } else {
             for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j];
         }
@@ -96,7 +141,8 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
 }
 
 /* Forward. s: buffers for backward (training), or NULL; scratch: [N*G*H] (gates, when s is NULL)
- * + [B*3H] (h U of a step) + [B*H] (r * h of a step). Returns 0, a dnnl status or -1. */
+ * + [B*3H] (h U of a step) + [B*H] (r * h of a step). With k->projected, x is x W + b [N, G*H]
+ * (W and b unused). Returns 0, a dnnl status or -1. */
 int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                    const float *W, const float *U, const float *b, const float *b_h, float *y,
                    float *hT, rk_gru_saved *s, float *scratch) {
@@ -106,13 +152,17 @@ int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, 
     const int64_t *active = plan, *off = plan + T;
     float *gates = s ? s->gates : scratch;
     float *hu = scratch + (s ? 0 : off[T] * G), *rh_run = hu + B * 3 * H;
-    int st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
-    const fwd_call f = {off, h0, U, b, b_h, gates, y, hu, rh_run, s};
+    float *hbuf = k->hmask ? malloc((size_t)B * H * sizeof(float)) : NULL;
+    int st = k->hmask && !hbuf ? -1 : 0;
+    if (!st && k->projected) memcpy(gates, x, (size_t)off[T] * G * sizeof(float));
+    else if (!st) st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
+    const fwd_call f = {off, h0, U, b, b_h, gates, y, hu, rh_run, s, hbuf};
     const int split = split_batch(k);  /* decided once: each thread runs its rows to the end */
     if (!st && split) st = run_split(T, B, lengths, active, 0, forward_step, k, &f);
     for (int64_t t = 0; t < T && !st && !split && active[t] > 0; t++)
         st = forward_step(k, &f, t, 0, active[t], -1);
     if (!st) final_h(lengths, off, B, T, H, y, h0, hT);
+    free(hbuf);
     free(plan);
     return st;
 }
@@ -148,6 +198,7 @@ typedef struct {   /* a backward call's inputs and buffers (see rk_gru_backward)
     const float *h0, *Ut, *y, *dy;
     const rk_gru_saved *s;
     float *dh, *dxw, *dhu, *h_in, *drh, *tmp;
+    float *hbuf;  /* [B, H]: a block's part of d(h_prev) (hmask only) */
 } bwd_call;
 
 /* Rows [lo, hi) of step t in backward (call: a bwd_call): their gate gradients (dxw, and dhu
@@ -197,23 +248,58 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
             float *dg = dxw + row * G;
             float *der = f->tmp + (size_t)(th < 0 ? omp_get_thread_num() : th) * 3 * H;
             deriv_n(k->ract, rg, der, H);
+            const float *mc = k->hmask ? mask_of(k, r, 2) : NULL;
             for (int64_t j = 0; j < H; j++) {
-                dg[H + j] = drh[r * H + j] * h[j] * der[j];
-                dh[r * H + j] += drh[r * H + j] * rg[j];
+                const float d_rh = mc ? drh[r * H + j] * mc[j] : drh[r * H + j];
+                dg[H + j] = d_rh * h[j] * der[j];
+                dh[r * H + j] += d_rh * rg[j];
             }
         }
     }
     const int64_t cols = (k->gru && !k->reset_after) ? 2 * H : G;  /* reset before: z, r */
     const float *dprod = (k->reset_after ? dhu : dxw) + (at + lo) * G;  /* d of h U */
-    return rk_gemm('N', 'N', n, H, cols, 1.0f, dprod, G, f->Ut, H, k->gru ? 1.0f : 0.0f,
-                   dh + lo * H, H);
+    if (!k->hmask)
+        return rk_gemm('N', 'N', n, H, cols, 1.0f, dprod, G, f->Ut, H, k->gru ? 1.0f : 0.0f,
+                       dh + lo * H, H);
+    for (int j = 0; j < cols / H; j++) {  /* d(h_prev) += (d(h U)_j U_j^T) ⊙ mask j */
+        if ((st = rk_gemm('N', 'N', n, H, H, 1.0f, dprod + j * H, G, f->Ut + j * H * H, H, 0.0f,
+                          f->hbuf + lo * H, H)))
+            return st;
+        const int assign = !k->gru && j == 0;  /* a vanilla RNN's dh was used up above */
+        for (int64_t r = lo; r < hi; r++) {
+            const float *restrict part = f->hbuf + r * H, *restrict mr = mask_of(k, r, j);
+            float *restrict out = dh + r * H;
+            if (assign) for (int64_t q = 0; q < H; q++) out[q] = part[q] * mr[q];
+            else for (int64_t q = 0; q < H; q++) out[q] += part[q] * mr[q];
+        }
+    }
+    return 0;
+}
+
+/* dU's blocks j0..j1-1 with recurrent dropout: (h_in ⊙ mask j)^T d(h U)_j over the N packed
+ * rows, h_in each row's previous h (from h0 and y). Returns 0, a dnnl status or -1. */
+static int masked_prev_h_product(const rk_gru_cfg *k, const int64_t *active, const int64_t *off,
+                                 const float *h0, const float *y, const float *dprod, int j0,
+                                 int j1, float *dU) {
+    const int64_t T = k->T, H = k->H, G = gates_of(k), N = off[T];
+    float *hj = malloc((size_t)(N > 0 ? N : 1) * H * sizeof(float));
+    if (!hj) return -1;
+    int st = 0;
+    for (int j = j0; j < j1 && !st; j++) {
+        for (int64_t t = 0; t < T; t++)
+            masked_rows(k, t == 0 ? h0 : y + off[t - 1] * H, 0, active[t], j, hj + off[t] * H);
+        st = rk_gemm('T', 'N', H, H, N, 1.0f, hj, H, dprod + j * H, G, 0.0f, dU + j * H, G);
+    }
+    free(hj);
+    return st;
 }
 
 /* Backward, given Ut = U transposed [G*H, H]. dy [N, H]; dh [B, H] holds dhT on entry and dh0
  * on exit; weight gradients are overwritten (db_h may be NULL: no recurrent bias); dx may be
  * NULL. scratch: [N*G*H] (d of the input projection) + [N*G*H] (d of h U, reset after)
  * + [N*H] (each step's previous h, with lengths only) + [B*H] (d of r * h, reset before).
- * Returns 0, a dnnl status or -1. */
+ * With k->projected, dx is d(x W + b) [N, G*H] and dW is not made. Returns 0, a dnnl status
+ * or -1. */
 int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                     const float *W, const float *Ut, const float *y, const rk_gru_saved *s,
                     const float *dy, float *dh, float *dx, float *dW, float *dU, float *db,
@@ -227,23 +313,28 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     float *drh = dhu + N * G + (lengths ? N * H : 0);  /* h_in: see prev_h_product */
     float *dhu_or_dxw = k->reset_after ? dhu : dxw;  /* d of the recurrent products */
     float *tmp = malloc((size_t)threads * 3 * H * sizeof(float));
-    if (!tmp) st = -1;
-    const bwd_call f = {off, h0, Ut, y, dy, s, dh, dxw, dhu, h_in, drh, tmp};
+    float *hbuf = k->hmask ? malloc((size_t)B * H * sizeof(float)) : NULL;
+    if (!tmp || (k->hmask && !hbuf)) st = -1;
+    const bwd_call f = {off, h0, Ut, y, dy, s, dh, dxw, dhu, h_in, drh, tmp, hbuf};
     const int split = split_batch(k);  /* decided once: each thread runs its rows to the end */
     if (!st && split) st = run_split(T, B, lengths, active, 1, backward_step, k, &f);
     for (int64_t t = T - 1; t >= 0 && !st && !split; t--)
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
-    if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
-    if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dxw, G, 0.0f, dW, G);
-    if (!st && (k->reset_after || !k->gru))
+    if (!st && dx && k->projected) memcpy(dx, dxw, (size_t)N * G * sizeof(float));
+    else if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
+    if (!st && !k->projected) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dxw, G, 0.0f, dW, G);
+    const int full = k->reset_after || !k->gru;  /* every block of U from h */
+    if (!st && k->hmask)
+        st = masked_prev_h_product(k, active, off, h0, y, dhu_or_dxw, 0, full ? G / H : 2, dU);
+    else if (!st && full)
         st = prev_h_product(lengths, N, B, H, G, h0, y, h_in, dhu_or_dxw, G, dU, G);
-    if (!st && k->gru && !k->reset_after) {  /* U_zr from h, U_c from r * h */
+    else if (!st)
         st = prev_h_product(lengths, N, B, H, 2 * H, h0, y, h_in, dxw, G, dU, G);
-        if (!st) st = rk_gemm('T', 'N', H, H, N, 1.0f, s->extra, H, dxw + 2 * H, G, 0.0f,
-                              dU + 2 * H, G);
-    }
+    if (!st && k->gru && !k->reset_after)  /* U_zr from h (above), U_c from r * h */
+        st = rk_gemm('T', 'N', H, H, N, 1.0f, s->extra, H, dxw + 2 * H, G, 0.0f, dU + 2 * H, G);
     if (!st && db) st = column_sums(dxw, N, G, db);
     if (!st && db_h) st = column_sums(dhu, N, G, db_h);
+    free(hbuf);
     free(tmp);
     free(plan);
     return st;
