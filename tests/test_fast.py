@@ -630,3 +630,21 @@ def test_inside_a_torch_func_transform_the_reference_loop_runs_and_says_why():
     assert rk.fast.explain(cell, x).path != "reference"  # outside, a fast path
     with pytest.raises(ValueError, match="inside a torch.func transform"):
         torch.func.grad(lambda x: rk.dynamic_rnn(cell, x, fast=True)[0].sum())(x)
+
+
+def test_cpu_autocast_runs_the_loop_whose_products_it_lowers():
+    """Under CPU autocast the loop's products run in bfloat16; the float32 fast paths would
+    give other numbers, so they step aside (and say so)."""
+    cell = rk.BasicLSTMCell(8)
+    x = torch.randn(3, 5, 8)
+    rk.dynamic_rnn(cell, x, dtype=torch.float32)
+    assert rk.fast.explain(cell, x).path != "reference"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        decision = rk.fast.explain(cell, x)
+        assert decision.path == "reference"
+        assert "autocast is on (the loop's products run in bfloat16" in str(decision)
+        with pytest.raises(ValueError, match="not onednn: autocast is on"):
+            rk.dynamic_rnn(cell, x, dtype=torch.float32, fast=True)
+        out = rk.dynamic_rnn(cell, x, dtype=torch.float32)[0]
+    ref = rk.dynamic_rnn(cell, x, dtype=torch.float32)[0]  # float32 products
+    assert 0 < float((out - ref).detach().abs().max()) < 0.1  # bfloat16's rounding, no more

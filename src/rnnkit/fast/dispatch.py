@@ -171,6 +171,15 @@ def _placement_unmet(placement: tuple[list[str], list[str]], device: str,
     return unmet
 
 
+def _autocast_unmet() -> list[str]:
+    """Why a float32-only CPU path cannot run under CPU autocast: the reference loop's products
+    then run in autocast's dtype, and a fast path must give the loop's numbers."""
+    if not torch.is_autocast_enabled("cpu"):
+        return []
+    dtype = str(torch.get_autocast_dtype("cpu")).removeprefix("torch.")
+    return [f"autocast is on (the loop's products run in {dtype}; this path in float32 only)"]
+
+
 def _transformed() -> bool:
     """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running this call."""
     peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
@@ -292,6 +301,8 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
                                             own_step)
     placement = _placement(params, inputs, state)
     on_cpu = _placement_unmet(placement, "cpu", ("float32",))
+    if not on_cpu:
+        on_cpu = _autocast_unmet()
     dropout = _dropout_unmet(params)
     reasons = {
         "onednn": [*common, *on_cpu, *dropout, *_onednn_cell_unmet(params)],
