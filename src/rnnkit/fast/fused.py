@@ -85,11 +85,7 @@ class _Fused(torch.autograd.Function):
         dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
         dc = torch.zeros_like(c0) if dcT is None else dcT.clone(memory_format=torch.contiguous_format)
         dx = torch.empty_like(x) if ctx.needs_input_grad[3] else None
-        if W is None:  # projected: x W + b's gradient is dx, W's and b's are autograd's
-            dW, dU = None, torch.empty_like(U)
-            weight_grads = (None, dU)
-        else:
-            dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
+        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)  # W None: projected (dx is d(x W + b))
         db = torch.empty_like(b) if b is not None else None
         dpeep = torch.empty_like(peep) if peep is not None else None
         dPw = torch.empty_like(Pw) if Pw is not None else None

@@ -55,11 +55,7 @@ class _FusedGRU(torch.autograd.Function):
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
         dx = torch.empty_like(x) if ctx.needs_input_grad[3] else None
-        if W is None:  # projected: x W + b's gradient is dx, W's and b's are autograd's
-            dW, dU = None, torch.empty_like(U)
-            weight_grads = (None, dU)
-        else:
-            dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
+        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)  # W None: projected (dx is d(x W + b))
         db = torch.empty_like(b) if b is not None else None
         db_h = torch.empty_like(b_h) if b_h is not None else None
         h_in = N * H if lengths is not None else 0  # each row's previous h (lengths only)
