@@ -118,3 +118,69 @@ def test_fast_paths_match_the_reference_loop(case):
     for k, (a, b, t) in enumerate(zip(fast, ref, truth, strict=True)):
         err_fast, err_ref = (a - t).abs().max(), (b - t).abs().max()
         assert err_fast <= 10 * err_ref + 1e-5 * (1 + t.abs().max()), (k, err_fast, err_ref)
+
+
+KERAS_LAYERS = {
+    "lstm": lambda n, **kw: rk.layers.LSTM(n, **kw),
+    "gru": lambda n, **kw: rk.layers.GRU(n, **kw),
+    "gru_reset_before": lambda n, **kw: rk.layers.GRU(n, reset_after=False, **kw),
+    "simple_rnn": lambda n, **kw: rk.layers.SimpleRNN(n, **kw),
+}
+
+
+@st.composite
+def keras_dropout_cases(draw):
+    kind = draw(st.sampled_from(sorted(KERAS_LAYERS)))
+    units = draw(st.sampled_from([1, 3, 8, 33, 70]))
+    batch = draw(st.integers(1, 40))
+    steps = draw(st.integers(1, 9))
+    depth = draw(st.integers(1, 12))
+    lengths = draw(st.none() | st.lists(st.integers(0, steps), min_size=batch, max_size=batch))
+    if lengths is not None and max(lengths) == 0:  # no fast path runs an all-empty batch
+        lengths[0] = steps
+    rates = draw(st.sampled_from([(0.3, 0.0), (0.0, 0.3), (0.3, 0.4)]))
+    return kind, units, batch, steps, depth, lengths, rates, draw(st.booleans())
+
+
+@PROPERTY
+@given(keras_dropout_cases())
+def test_keras_dropout_on_the_fast_paths_matches_the_reference_loop(case):
+    """Keras layers in training with ``dropout`` (one input mask: dropped before a fast path)
+    and ``recurrent_dropout`` (masks per gate: the fused kernels), any sizes, Keras masks,
+    either direction: as close to a float64 run of the loop with the same masks as the float32
+    loop is (the measure of ``test_fast_paths_match_the_reference_loop``)."""
+    kind, units, batch, steps, depth, lengths, (rate, recurrent_rate), backwards = case
+    torch.manual_seed(0)
+    layer = KERAS_LAYERS[kind](units, return_sequences=True, return_state=True, dropout=rate,
+                               recurrent_dropout=recurrent_rate, go_backwards=backwards, seed=3)
+    x = torch.randn(batch, steps, depth, requires_grad=True)
+    layer(x)
+    perturb(layer, scale=min(0.4, 1.5 / units**0.5))
+    mask = None if lengths is None else \
+        torch.arange(steps)[None, :] < torch.tensor(lengths)[:, None]
+    drawn = []
+    draw = layer.cell.begin_sequence
+
+    def recorded(*args, **kwargs):
+        draw(*args, **kwargs)
+        drawn.append(dict(layer.cell._masks))
+
+    layer.cell.begin_sequence = recorded
+    layer64 = copy.deepcopy(layer).double()
+    layer64.cell.begin_sequence = lambda *a, **k: setattr(
+        layer64.cell, "_masks", {name: m.double() for name, m in drawn[0].items()})
+    x64 = x.detach().double().requires_grad_()
+
+    def run(model, inputs, fast):
+        if model is layer:
+            model.cell._generator.manual_seed(3)  # the same masks on every float32 run
+        with rk.fast.fast_mode(fast):
+            return model(inputs, mask=mask, training=True)
+
+    fast = _leaves_and_grads(run(layer, x, True), [x, *layer.parameters()])
+    ref = _leaves_and_grads(run(layer, x, False), [x, *layer.parameters()])
+    truth = _leaves_and_grads(run(layer64, x64, False), [x64, *layer64.parameters()])
+    assert drawn[0] and all(set(d) == set(drawn[0]) for d in drawn)
+    for k, (a, b, t) in enumerate(zip(fast, ref, truth, strict=True)):
+        err_fast, err_ref = (a - t).abs().max(), (b - t).abs().max()
+        assert err_fast <= 10 * err_ref + 1e-5 * (1 + t.abs().max()), (k, err_fast, err_ref)
