@@ -227,11 +227,7 @@ def blocks(W: torch.Tensor, U: torch.Tensor | None, rows: int) -> tuple[torch.Te
 def grad_buffers(W: torch.Tensor, U: torch.Tensor, joint: bool) -> tuple:
     """Uninitialized gradients of ``W`` and ``U`` (``blocks``' pair) for a kernel to write, and
     what the Function returns for its ``(W, U)`` slots: where ``joint``, the two are the row
-    blocks of one buffer, returned whole with None. ``W`` None (inputs projected before the
-    kernel): ``U``'s alone."""
-    if W is None:
-        dU = torch.empty_like(U)
-        return None, dU, (None, dU)
+    blocks of one buffer, returned whole with None."""
     if not joint:
         dW, dU = torch.empty_like(W), torch.empty_like(U)
         return dW, dU, (dW, dU)

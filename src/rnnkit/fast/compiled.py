@@ -48,7 +48,7 @@ class Config(ctypes.Structure):
                 ("layer_norm", ctypes.c_int32),
                 ("cell_clip", ctypes.c_float), ("proj_clip", ctypes.c_float),
                 ("forget_bias", ctypes.c_float), ("eps", ctypes.c_float),
-                ("order", ctypes.c_int32 * 4), ("projected", ctypes.c_int32),
+                ("order", ctypes.c_int32 * 4), ("xmask", ctypes.c_void_p),
                 ("hmask", ctypes.c_void_p)]
 
 
@@ -65,7 +65,7 @@ class GRUConfig(ctypes.Structure):
     _fields_ = [("T", ctypes.c_int64), ("B", ctypes.c_int64), ("D", ctypes.c_int64),
                 ("H", ctypes.c_int64), ("act", ctypes.c_int32), ("ract", ctypes.c_int32),
                 ("gru", ctypes.c_int32), ("reset_after", ctypes.c_int32),
-                ("projected", ctypes.c_int32), ("hmask", ctypes.c_void_p)]
+                ("xmask", ctypes.c_void_p), ("hmask", ctypes.c_void_p)]
 
 
 class GRUSaved(ctypes.Structure):

@@ -12,8 +12,8 @@ tokens; outputs past a length are zero and the state is held there (TF1 semantic
 
 The kernels also run Keras recurrent dropout (``Canonical.h_mask``, a mask per gate block:
 each step's recurrent product a block at a time, on ``h`` times that block's mask) with its
-per-gate input masks (``x_mask``: the input projection is then made here, and the kernel takes
-it as it is).
+per-gate input masks (``x_mask``: the input projection a block at a time, on ``x`` times that
+block's mask).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit.activations import name_of
 from rnnkit.cells.base import LSTMStateTuple
-from rnnkit.cells.equations import Canonical, masked_matmul
+from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 from rnnkit.fast.autograd import blocks, grad_buffers, whole
 from rnnkit.fast.fused_gru import run_gru
@@ -57,11 +57,9 @@ class _Fused(torch.autograd.Function):
     """Forward (keeping what backward needs) and backward of one sorted batch."""
 
     @staticmethod
-    def forward(ctx, cfg: compiled.Config, hmask, lengths, x, h0, c0, W, U, b, peep, Pw, gamma,
+    def forward(ctx, cfg: compiled.Config, masks, lengths, x, h0, c0, W, U, b, peep, Pw, gamma,
                 beta):
-        # cfg.hmask points into hmask (Keras recurrent dropout), kept alive with ctx; with
-        # cfg.projected, x is x W + b and W is None
-        ctx.hmask = hmask
+        ctx.masks = masks  # cfg.xmask and cfg.hmask point into them (Keras dropout): kept alive
         ctx.joint = U is None  # W: a TF1 kernel whose row blocks are W and U (whole)
         W, U = blocks(W, U, cfg.D)
         N, H = x.shape[0], cfg.H
@@ -85,7 +83,7 @@ class _Fused(torch.autograd.Function):
         dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
         dc = torch.zeros_like(c0) if dcT is None else dcT.clone(memory_format=torch.contiguous_format)
         dx = torch.empty_like(x) if ctx.needs_input_grad[3] else None
-        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)  # W None: projected (dx is d(x W + b))
+        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
         db = torch.empty_like(b) if b is not None else None
         dpeep = torch.empty_like(peep) if peep is not None else None
         dPw = torch.empty_like(Pw) if Pw is not None else None
@@ -119,8 +117,8 @@ def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
     return y, hT, cT
 
 
-def _config(p: Canonical, steps: int, batch: int, depth: int, projected: bool = False,
-            hmask: torch.Tensor | None = None) -> compiled.Config:
+def _config(p: Canonical, steps: int, batch: int, depth: int,
+            masks: tuple = (None, None)) -> compiled.Config:
     H = p.U.shape[1] // 4
     eps = p.norms[1] if p.norms is not None else 0.0
     return compiled.Config(
@@ -130,8 +128,8 @@ def _config(p: Canonical, steps: int, batch: int, depth: int, projected: bool = 
         peephole=p.peepholes is not None, proj=p.P is not None, layer_norm=p.norms is not None,
         cell_clip=p.cell_clip or 0.0, proj_clip=(p.proj_clip or 0.0) if p.P is not None else 0.0,
         forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps,
-        order=(ctypes.c_int32 * 4)(*(p.gate_order or range(4))), projected=projected,
-        hmask=compiled.ptr(hmask))
+        order=(ctypes.c_int32 * 4)(*(p.gate_order or range(4))), xmask=compiled.ptr(masks[0]),
+        hmask=compiled.ptr(masks[1]))
 
 
 def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -154,28 +152,20 @@ def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def _run_lstm(p: Canonical, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
-              lengths: torch.Tensor | None, steps: int, x_mask: torch.Tensor | None = None,
-              h_mask: torch.Tensor | None = None):
-    """The LSTM kernel over packed ``x`` ``[N, depth]``; Keras dropout masks, in the batch's
-    sorted order: ``x_mask`` one per packed row (the input projection is then made here, as
-    ``Canonical.project`` makes it, and the kernel takes it), ``h_mask`` ``[B, 4, H]``."""
+              lengths: torch.Tensor | None, steps: int, masks: tuple = (None, None)):
+    """The LSTM kernel over packed ``x`` ``[N, depth]``; ``masks``: Keras dropout's ``x_mask``
+    ``[B, 4, depth]`` and ``h_mask`` ``[B, 4, H]`` (or None), sorted as ``h0``."""
     peep = torch.stack(p.peepholes) if p.peepholes is not None else None
     gamma = beta = None
     if p.norms is not None:
         gamma = torch.stack([g for g, _ in p.norms[0]])
         beta = torch.stack([b for _, b in p.norms[0]])
-    W, b = p.W, p.b
-    projected = x_mask is not None
-    if projected:
-        x, W, b = masked_matmul(x, p.W, x_mask, p.b), None, None
-    hmask = h_mask.contiguous() if h_mask is not None else None
     args = [t.contiguous() if t is not None else None
-            for t in (x, h0, c0, W, p.U, b, peep, p.P, gamma, beta)]
-    cfg = _config(p, steps, h0.shape[0], x.shape[1], projected, hmask)
+            for t in (x, h0, c0, p.W, p.U, p.b, peep, p.P, gamma, beta)]
+    cfg = _config(p, steps, h0.shape[0], x.shape[1], masks)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        if not projected:
-            args[3:5] = whole(*args[3:5])
-        return _Fused.apply(cfg, hmask, lengths, *args)
+        args[3:5] = whole(*args[3:5])
+        return _Fused.apply(cfg, masks, lengths, *args)
     return _forward(cfg, lengths, *args, None)
 
 
@@ -195,22 +185,20 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
     steps, batch, depth = x.shape
     lstm = p.kind in ("lstm", "layer_norm_lstm")
     h0, c0 = (state.h, state.c) if lstm else (state, None)
-    x_mask, h_mask = p.x_mask, p.h_mask  # Keras dropout (the LSTM only; see unmet)
+    masks = (p.x_mask, p.h_mask)  # Keras dropout, [B, gates, n] (a vanilla RNN's h_mask [B, n])
     if lengths is None:
         order, packed = None, x.reshape(steps * batch, depth)
-        if x_mask is not None:  # the mask of each packed row: its sequence's
-            x_mask = x_mask.repeat(steps, *[1] * (x_mask.dim() - 1))
     else:
         order, lengths, t_idx, b_idx = pack(lengths, steps)
         packed = take_tokens(x, t_idx, b_idx)
         h0 = h0.index_select(0, order)
         c0 = c0.index_select(0, order) if lstm else None
-        x_mask = x_mask.index_select(0, b_idx) if x_mask is not None else None
-        h_mask = h_mask.index_select(0, order) if h_mask is not None else None
+        masks = tuple(m.index_select(0, order) if m is not None else None for m in masks)
+    masks = tuple(m.contiguous() if m is not None else None for m in masks)
     if lstm:
-        y, hT, cT = _run_lstm(p, packed, h0, c0, lengths, steps, x_mask, h_mask)
+        y, hT, cT = _run_lstm(p, packed, h0, c0, lengths, steps, masks)
     else:
-        (y, hT), cT = run_gru(p, packed, h0, lengths, steps, x_mask, h_mask), None
+        (y, hT), cT = run_gru(p, packed, h0, lengths, steps, masks), None
     if order is not None:
         y = y.new_zeros(steps, batch, y.shape[-1]).index_put((t_idx, b_idx), y)
         inverse = torch.argsort(order)

@@ -9,7 +9,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnnkit.activations import name_of
-from rnnkit.cells.equations import Canonical, masked_matmul
+from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 from rnnkit.fast.autograd import blocks, grad_buffers, whole
 from rnnkit.fast.library import check
@@ -32,10 +32,8 @@ class _FusedGRU(torch.autograd.Function):
     """Forward (keeping what backward needs) and backward of one packed batch."""
 
     @staticmethod
-    def forward(ctx, cfg: compiled.GRUConfig, hmask, lengths, x, h0, W, U, b, b_h):
-        # cfg.hmask points into hmask (Keras recurrent dropout), kept alive with ctx; with
-        # cfg.projected, x is x W + b and W is None
-        ctx.hmask = hmask
+    def forward(ctx, cfg: compiled.GRUConfig, masks, lengths, x, h0, W, U, b, b_h):
+        ctx.masks = masks  # cfg.xmask and cfg.hmask point into them (Keras dropout): kept alive
         ctx.joint = U is None  # W: a TF1 kernel whose row blocks are W and U (whole)
         W, U = blocks(W, U, cfg.D)
         N, H = x.shape[0], cfg.H
@@ -55,7 +53,7 @@ class _FusedGRU(torch.autograd.Function):
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         dh = torch.zeros_like(h0) if dhT is None else dhT.clone(memory_format=torch.contiguous_format)
         dx = torch.empty_like(x) if ctx.needs_input_grad[3] else None
-        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)  # W None: projected (dx is d(x W + b))
+        dW, dU, weight_grads = grad_buffers(W, U, ctx.joint)
         db = torch.empty_like(b) if b is not None else None
         db_h = torch.empty_like(b_h) if b_h is not None else None
         h_in = N * H if lengths is not None else 0  # each row's previous h (lengths only)
@@ -69,42 +67,34 @@ class _FusedGRU(torch.autograd.Function):
         return None, None, None, dx, dh, *weight_grads, db, db_h
 
 
-def _config(p: Canonical, steps: int, batch: int, depth: int, projected: bool = False,
-            hmask: torch.Tensor | None = None) -> compiled.GRUConfig:
+def _config(p: Canonical, steps: int, batch: int, depth: int,
+            masks: tuple = (None, None)) -> compiled.GRUConfig:
     """The kernel's configuration for the GRU or vanilla RNN ``p`` over ``steps`` x ``batch``
-    inputs of ``depth`` (``projected``: the inputs are ``x W + b``; ``hmask``: the recurrent
-    dropout masks, ``[B, G, H]``)."""
+    inputs of ``depth`` (``masks``: Keras dropout's input and recurrent masks, or None)."""
     gru = p.kind == "gru"
     return compiled.GRUConfig(
         T=steps, B=batch, D=depth, H=p.U.shape[0],
         act=compiled.ACTIVATIONS[name_of(p.activation)],
         ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)] if gru else 0,
-        gru=gru, reset_after=gru and p.reset_after, projected=projected,
-        hmask=compiled.ptr(hmask))
+        gru=gru, reset_after=gru and p.reset_after, xmask=compiled.ptr(masks[0]),
+        hmask=compiled.ptr(masks[1]))
 
 
 def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor | None,
-            steps: int, x_mask: torch.Tensor | None = None, h_mask: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            steps: int, masks: tuple = (None, None)) -> tuple[torch.Tensor, torch.Tensor]:
     """The GRU or vanilla RNN ``p`` over packed ``x`` ``[N, depth]`` (``lengths`` sorted
-    longest first, or None: ``N = steps * B``) from ``h0`` (sorted alike); Keras dropout masks
-    sorted alike, ``x_mask`` one per packed row (the projection is then made here),
-    ``h_mask`` ``[B, G, H]`` or a vanilla RNN's ``[B, H]``.
+    longest first, or None: ``N = steps * B``) from ``h0`` (sorted alike); ``masks``: Keras
+    dropout's ``x_mask`` ``[B, 3, depth]`` and ``h_mask`` ``[B, 3, H]`` (a vanilla RNN's
+    ``[B, H]``), or None, sorted alike.
 
     Returns:
         ``(y [N, H], hT [B, H])``, packed and sorted as the inputs.
     """
     gru = p.kind == "gru"
-    W, b = p.W, p.b
-    projected = x_mask is not None
-    if projected:
-        x, W, b = masked_matmul(x, p.W, x_mask, p.b), None, None
-    hmask = h_mask.reshape(h_mask.shape[0], -1).contiguous() if h_mask is not None else None
-    cfg = _config(p, steps, h0.shape[0], x.shape[1], projected, hmask)
+    cfg = _config(p, steps, h0.shape[0], x.shape[1], masks)
     b_h = p.b_h if gru and p.reset_after else None
-    args = [t.contiguous() if t is not None else None for t in (x, h0, W, p.U, b, b_h)]
+    args = [t.contiguous() if t is not None else None for t in (x, h0, p.W, p.U, p.b, b_h)]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        if not projected:
-            args[2:4] = whole(*args[2:4])
-        return _FusedGRU.apply(cfg, hmask, lengths, *args)
+        args[2:4] = whole(*args[2:4])
+        return _FusedGRU.apply(cfg, masks, lengths, *args)
     return _forward(cfg, lengths, *args, None)

@@ -9,8 +9,8 @@
  *
  * Keras recurrent dropout (hmask): the recurrent products one gate block at a time, each on h
  * times that block's mask (reset before: the candidate's on r * h times its mask); the update
- * z * h keeps the undropped h. Per-gate input masks: the caller projects the inputs itself
- * (projected: x holds x W + b).
+ * z * h keeps the undropped h. Per-gate input masks (xmask): the input projection a block at a
+ * time (kernels.h).
  */
 #include "kernels.h"
 
@@ -18,7 +18,8 @@ typedef struct {
     int64_t T, B, D, H;
     int32_t act, ract;     /* activation ids of the candidate (or the RNN) and of the gates */
     int32_t gru, reset_after;
-    int32_t projected;     /* x holds x W + b already ([N, G*H]; W and b unused) */
+    const float *xmask;    /* Keras input dropout with recurrent dropout: [B, G, D] (kernels.h);
+                              NULL: none */
     const float *hmask;    /* Keras recurrent dropout: [B, G, H] (a vanilla RNN's [B, 1, H]), one
                               mask per block of U's columns; NULL: none */
 } rk_gru_cfg;
@@ -141,8 +142,7 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
 }
 
 /* Forward. s: buffers for backward (training), or NULL; scratch: [N*G*H] (gates, when s is NULL)
- * + [B*3H] (h U of a step) + [B*H] (r * h of a step). With k->projected, x is x W + b [N, G*H]
- * (W and b unused). Returns 0, a dnnl status or -1. */
+ * + [B*3H] (h U of a step) + [B*H] (r * h of a step). Returns 0, a dnnl status or -1. */
 int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                    const float *W, const float *U, const float *b, const float *b_h, float *y,
                    float *hT, rk_gru_saved *s, float *scratch) {
@@ -154,7 +154,8 @@ int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, 
     float *hu = scratch + (s ? 0 : off[T] * G), *rh_run = hu + B * 3 * H;
     float *hbuf = k->hmask ? malloc((size_t)B * H * sizeof(float)) : NULL;
     int st = k->hmask && !hbuf ? -1 : 0;
-    if (!st && k->projected) memcpy(gates, x, (size_t)off[T] * G * sizeof(float));
+    if (!st && k->xmask)
+        st = masked_projection(x, W, k->xmask, active, off, T, D, H, G / H, gates);
     else if (!st) st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     const fwd_call f = {off, h0, U, b, b_h, gates, y, hu, rh_run, s, hbuf};
     const int split = split_batch(k);  /* decided once: each thread runs its rows to the end */
@@ -298,8 +299,7 @@ static int masked_prev_h_product(const rk_gru_cfg *k, const int64_t *active, con
  * on exit; weight gradients are overwritten (db_h may be NULL: no recurrent bias); dx may be
  * NULL. scratch: [N*G*H] (d of the input projection) + [N*G*H] (d of h U, reset after)
  * + [N*H] (each step's previous h, with lengths only) + [B*H] (d of r * h, reset before).
- * With k->projected, dx is d(x W + b) [N, G*H] and dW is not made. Returns 0, a dnnl status
- * or -1. */
+ * Returns 0, a dnnl status or -1. */
 int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                     const float *W, const float *Ut, const float *y, const rk_gru_saved *s,
                     const float *dy, float *dh, float *dx, float *dW, float *dU, float *db,
@@ -320,9 +320,12 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     if (!st && split) st = run_split(T, B, lengths, active, 1, backward_step, k, &f);
     for (int64_t t = T - 1; t >= 0 && !st && !split; t--)
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
-    if (!st && dx && k->projected) memcpy(dx, dxw, (size_t)N * G * sizeof(float));
-    else if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
-    if (!st && !k->projected) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dxw, G, 0.0f, dW, G);
+    if (!st && k->xmask)
+        st = masked_projection_backward(x, W, k->xmask, active, off, T, D, H, G / H, dxw, dW, dx);
+    else {
+        if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
+        if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dxw, G, 0.0f, dW, G);
+    }
     const int full = k->reset_after || !k->gru;  /* every block of U from h */
     if (!st && k->hmask)
         st = masked_prev_h_product(k, active, off, h0, y, dhu_or_dxw, 0, full ? G / H : 2, dU);

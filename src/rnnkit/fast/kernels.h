@@ -205,6 +205,69 @@ static inline int run_split(int64_t T, int64_t B, const int64_t *lengths, const 
     return st;
 }
 
+/* ---- Keras input dropout with a mask per gate block (with recurrent_dropout) ----
+ * xmask [B, nb, D]: block j of W's columns (H of them, W [D, nb*H]) reads x ⊙ mask j; the
+ * rows of step t of a packed batch (off, active: plan_rows) are the sorted batch's rows r. */
+
+/* out [N, D] = x ⊙ block j's masks over the N packed rows. */
+static inline void masked_tokens(const float *x, const float *xmask, const int64_t *active,
+                                 const int64_t *off, int64_t T, int64_t D, int64_t nb, int j,
+                                 float *out) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < active[t]; r++) {
+            const int64_t row = off[t] + r;
+            const float *restrict xr = x + row * D, *restrict mr = xmask + (r * nb + j) * D;
+            float *restrict o = out + row * D;
+            for (int64_t q = 0; q < D; q++) o[q] = xr[q] * mr[q];
+        }
+}
+
+/* gates [N, nb*H] = the input projection, block j (x ⊙ mask j) W_j; buf [N*D]. Returns 0, a
+ * dnnl status or -1 (out of memory). */
+static inline int masked_projection(const float *x, const float *W, const float *xmask,
+                                    const int64_t *active, const int64_t *off, int64_t T,
+                                    int64_t D, int64_t H, int64_t nb, float *gates) {
+    const int64_t N = off[T], G = nb * H;
+    float *buf = malloc((size_t)(N > 0 ? N : 1) * D * sizeof(float));
+    if (!buf) return -1;
+    int st = 0;
+    for (int j = 0; j < nb && !st; j++) {
+        masked_tokens(x, xmask, active, off, T, D, nb, j, buf);
+        st = rk_gemm('N', 'N', N, H, D, 1.0f, buf, D, W + j * H, G, 0.0f, gates + j * H, G);
+    }
+    free(buf);
+    return st;
+}
+
+/* Its backward from the gates' gradient dz [N, nb*H]: dW block j = (x ⊙ mask j)^T dz_j, and
+ * (dx not NULL) dx = the sum over blocks of (dz_j W_j^T) ⊙ mask j. Returns 0, a dnnl status
+ * or -1 (out of memory). */
+static inline int masked_projection_backward(const float *x, const float *W, const float *xmask,
+                                             const int64_t *active, const int64_t *off,
+                                             int64_t T, int64_t D, int64_t H, int64_t nb,
+                                             const float *dz, float *dW, float *dx) {
+    const int64_t N = off[T], G = nb * H;
+    float *buf = malloc((size_t)(N > 0 ? N : 1) * D * sizeof(float));
+    if (!buf) return -1;
+    int st = 0;
+    for (int j = 0; j < nb && !st; j++) {
+        masked_tokens(x, xmask, active, off, T, D, nb, j, buf);
+        st = rk_gemm('T', 'N', D, H, N, 1.0f, buf, D, dz + j * H, G, 0.0f, dW + j * H, G);
+        if (st || !dx) continue;
+        st = gemm_split('N', 'T', N, D, H, 1.0f, dz + j * H, G, W + j * H, G, 0.0f, buf, D);
+        for (int64_t t = 0; t < T && !st; t++)
+            for (int64_t r = 0; r < active[t]; r++) {
+                const int64_t row = off[t] + r;
+                const float *restrict part = buf + row * D, *restrict mr = xmask + (r * nb + j) * D;
+                float *restrict o = dx + row * D;
+                if (j == 0) for (int64_t q = 0; q < D; q++) o[q] = part[q] * mr[q];
+                else for (int64_t q = 0; q < D; q++) o[q] += part[q] * mr[q];
+            }
+    }
+    free(buf);
+    return st;
+}
+
 /* out [G] = the column sums of m [N, G] (a bias's gradient from its gates'), as one product
  * with a row of ones. Returns 0, a dnnl status or -1 (out of memory). */
 static inline int column_sums(const float *m, int64_t N, int64_t G, float *out) {

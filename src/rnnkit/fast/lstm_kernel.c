@@ -29,7 +29,8 @@ typedef struct {
     float cell_clip, proj_clip;  /* <= 0: no clipping */
     float forget_bias, eps;      /* layer norm only (forget_bias is folded into b otherwise) */
     int32_t order[4];            /* the block of W's columns holding i, f, g, o */
-    int32_t projected;           /* x holds x W + b already ([N, 4H]; W and b unused) */
+    const float *xmask;          /* Keras input dropout with recurrent dropout: [B, 4, D], one
+                                    mask per block of W's columns (kernels.h); NULL: none */
     const float *hmask;          /* Keras recurrent dropout: [B, 4, P], one mask per block of
                                     U's columns (h ⊙ mask[:, j]) U_j; NULL: none */
 } rk_cfg;
@@ -381,8 +382,7 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
 
 /* Forward over the sequence. s: buffers to keep for backward (training), or NULL; scratch:
  * [N*4H] (gates, when s is NULL) + [B*H] (c) + 3 [B*H] (a step's c, act(c), m; inference).
- * With k->projected, x is x W + b [N, 4H] (W and b unused). Returns 0, a dnnl status, or -1
- * (out of memory). */
+ * Returns 0, a dnnl status, or -1 (out of memory). */
 int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                     const float *c0, const float *W, const float *U, const float *b,
                     const float *peep, const float *Pw, const float *gamma, const float *beta,
@@ -397,7 +397,7 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     float *ac_step = c_step + B * H, *m_step = ac_step + B * H;
     float *hbuf = k->hmask ? malloc((size_t)B * P * sizeof(float)) : NULL;
     int st = k->hmask && !hbuf ? -1 : 0;
-    if (!st && k->projected) memcpy(gates, x, (size_t)off[T] * G * sizeof(float));
+    if (!st && k->xmask) st = masked_projection(x, W, k->xmask, active, off, T, D, H, 4, gates);
     else if (!st) st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     memcpy(c_run, c0, B * H * sizeof(float));
     const int small = small_batch(k);  /* decided once: the path runs the whole sequence */
@@ -676,8 +676,7 @@ static int masked_prev_h_product(const rk_cfg *k, const int64_t *active, const i
  * the incoming gradients (dhT, dcT are overwritten: they carry the state gradients and end as
  * dh0, dc0). Weight gradients are overwritten; dx may be NULL (not wanted). scratch:
  * [N*4H] (dz) + [N*P] (each step's previous h, with lengths only) + [N*P] (d of the projected
- * output, projection only) + [B*H] (dm). With k->projected, dx is d(x W + b) [N, 4H] and dW
- * is not made. Returns 0, a dnnl status, or -1 (out of memory). */
+ * output, projection only) + [B*H] (dm). Returns 0, a dnnl status, or -1 (out of memory). */
 int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, const float *h0,
                      const float *c0, const float *W, const float *Ut, const float *peep,
                      const float *Pwt, const float *gamma, const float *y, const rk_saved *s,
@@ -702,9 +701,12 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     if (!st && split) st = run_split(T, B, lengths, active, 1, backward_step, k, &f);
     for (int64_t t = T - 1; t >= 0 && !st && !small && !split; t--)
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
-    if (!st && dx && k->projected) memcpy(dx, dz, (size_t)N * G * sizeof(float));
-    else if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
-    if (!st && !k->projected) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
+    if (!st && k->xmask)
+        st = masked_projection_backward(x, W, k->xmask, active, off, T, D, H, 4, dz, dW, dx);
+    else {
+        if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
+        if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
+    }
     if (!st && k->hmask) st = masked_prev_h_product(k, active, off, h0, y, dz, dU);
     else if (!st) st = prev_h_product(lengths, N, B, P, G, h0, y, h_in, dz, G, dU, G);
     if (!st && k->proj) st = rk_gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
