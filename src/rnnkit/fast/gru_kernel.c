@@ -155,7 +155,8 @@ int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, 
     float *hbuf = k->hmask ? malloc((size_t)B * H * sizeof(float)) : NULL;
     int st = k->hmask && !hbuf ? -1 : 0;
     if (!st && k->xmask)
-        st = masked_projection(x, W, k->xmask, active, off, T, D, H, G / H, gates);
+        st = masked_projection(x, W, k->xmask, active, off, T, D, H, G / H, gates, NULL, NULL,
+                               NULL);
     else if (!st) st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     const fwd_call f = {off, h0, U, b, b_h, gates, y, hu, rh_run, s, hbuf};
     const int split = split_batch(k);  /* decided once: each thread runs its rows to the end */
@@ -321,7 +322,7 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     for (int64_t t = T - 1; t >= 0 && !st && !split; t--)
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
     if (!st && k->xmask)
-        st = masked_projection_backward(x, W, k->xmask, active, off, T, D, H, G / H, dxw, dW, dx);
+        st = masked_projection(x, W, k->xmask, active, off, T, D, H, G / H, NULL, dxw, dW, dx);
     else {
         if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dxw, G, W, G, 0.0f, dx, D);
         if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dxw, G, 0.0f, dW, G);

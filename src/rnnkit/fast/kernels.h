@@ -222,36 +222,24 @@ static inline void masked_tokens(const float *x, const float *xmask, const int64
         }
 }
 
-/* gates [N, nb*H] = the input projection, block j (x ⊙ mask j) W_j; buf [N*D]. Returns 0, a
- * dnnl status or -1 (out of memory). */
+/* The input projection with these masks, block j (x ⊙ mask j) W_j: forward (dz NULL), into
+ * gates [N, nb*H]; backward, from the gates' gradient dz [N, nb*H], dW block j =
+ * (x ⊙ mask j)^T dz_j and (dx not NULL) dx = the sum over blocks of (dz_j W_j^T) ⊙ mask j.
+ * Returns 0, a dnnl status or -1 (out of memory). */
 static inline int masked_projection(const float *x, const float *W, const float *xmask,
                                     const int64_t *active, const int64_t *off, int64_t T,
-                                    int64_t D, int64_t H, int64_t nb, float *gates) {
+                                    int64_t D, int64_t H, int64_t nb, float *gates,
+                                    const float *dz, float *dW, float *dx) {
     const int64_t N = off[T], G = nb * H;
     float *buf = malloc((size_t)(N > 0 ? N : 1) * D * sizeof(float));
     if (!buf) return -1;
     int st = 0;
     for (int j = 0; j < nb && !st; j++) {
         masked_tokens(x, xmask, active, off, T, D, nb, j, buf);
-        st = rk_gemm('N', 'N', N, H, D, 1.0f, buf, D, W + j * H, G, 0.0f, gates + j * H, G);
-    }
-    free(buf);
-    return st;
-}
-
-/* Its backward from the gates' gradient dz [N, nb*H]: dW block j = (x ⊙ mask j)^T dz_j, and
- * (dx not NULL) dx = the sum over blocks of (dz_j W_j^T) ⊙ mask j. Returns 0, a dnnl status
- * or -1 (out of memory). */
-static inline int masked_projection_backward(const float *x, const float *W, const float *xmask,
-                                             const int64_t *active, const int64_t *off,
-                                             int64_t T, int64_t D, int64_t H, int64_t nb,
-                                             const float *dz, float *dW, float *dx) {
-    const int64_t N = off[T], G = nb * H;
-    float *buf = malloc((size_t)(N > 0 ? N : 1) * D * sizeof(float));
-    if (!buf) return -1;
-    int st = 0;
-    for (int j = 0; j < nb && !st; j++) {
-        masked_tokens(x, xmask, active, off, T, D, nb, j, buf);
+        if (!dz) {
+            st = rk_gemm('N', 'N', N, H, D, 1.0f, buf, D, W + j * H, G, 0.0f, gates + j * H, G);
+            continue;
+        }
         st = rk_gemm('T', 'N', D, H, N, 1.0f, buf, D, dz + j * H, G, 0.0f, dW + j * H, G);
         if (st || !dx) continue;
         st = gemm_split('N', 'T', N, D, H, 1.0f, dz + j * H, G, W + j * H, G, 0.0f, buf, D);

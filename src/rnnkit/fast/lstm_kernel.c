@@ -397,7 +397,8 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     float *ac_step = c_step + B * H, *m_step = ac_step + B * H;
     float *hbuf = k->hmask ? malloc((size_t)B * P * sizeof(float)) : NULL;
     int st = k->hmask && !hbuf ? -1 : 0;
-    if (!st && k->xmask) st = masked_projection(x, W, k->xmask, active, off, T, D, H, 4, gates);
+    if (!st && k->xmask)
+        st = masked_projection(x, W, k->xmask, active, off, T, D, H, 4, gates, NULL, NULL, NULL);
     else if (!st) st = rk_gemm('N', 'N', off[T], G, D, 1.0f, x, D, W, G, 0.0f, gates, G);
     memcpy(c_run, c0, B * H * sizeof(float));
     const int small = small_batch(k);  /* decided once: the path runs the whole sequence */
@@ -702,7 +703,7 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     for (int64_t t = T - 1; t >= 0 && !st && !small && !split; t--)
         if (active[t] > 0) st = backward_step(k, &f, t, 0, active[t], -1);
     if (!st && k->xmask)
-        st = masked_projection_backward(x, W, k->xmask, active, off, T, D, H, 4, dz, dW, dx);
+        st = masked_projection(x, W, k->xmask, active, off, T, D, H, 4, NULL, dz, dW, dx);
     else {
         if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
         if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
