@@ -305,7 +305,7 @@ typedef struct {   /* a forward call's inputs and buffers (see rk_lstm_forward) 
     const float *h0, *U, *b, *peep, *Pw, *gamma, *beta;
     float *gates, *y, *c_run, *c_step, *ac_step, *m_step;
     rk_saved *s;
-    float *hbuf;  /* [B, P]: h_prev ⊙ a recurrent-dropout mask (hmask only) */
+    float *hbuf;  /* [4, B, P]: h_prev ⊙ each block's recurrent-dropout mask (hmask only) */
 } fwd_call;
 
 /* ---- Keras recurrent dropout (k->hmask): the recurrent product one block of U's columns at a
@@ -325,14 +325,21 @@ static void masked_rows(const rk_cfg *k, const float *v, int64_t lo, int64_t hi,
 /* z rows [lo, hi) (ldz 4H) += sum over blocks j of (h_prev ⊙ mask j) U_j. */
 static int masked_recurrent(const rk_cfg *k, const float *h_prev, const float *U, int64_t lo,
                             int64_t hi, float *z, float *buf) {
-    const int64_t H = k->H, P = k->P, G = 4 * H;
+    const int64_t H = k->H, P = k->P, G = 4 * H, B = k->B;
+    int st = 0;
+    /* the blocks between threads, each one-thread products (buf: [4, B, P], one per block) */
+    #pragma omp parallel for schedule(static) if (omp_get_max_threads() > 1)
     for (int j = 0; j < 4; j++) {
-        masked_rows(k, h_prev, lo, hi, j, buf);
-        int st = rk_gemm('N', 'N', hi - lo, H, P, 1.0f, buf + lo * P, P, U + j * H, G, 1.0f,
-                         z + lo * G + j * H, G);
-        if (st) return st;
+        float *bj = buf + j * B * P;
+        masked_rows(k, h_prev, lo, hi, j, bj);
+        int err = rk_gemm('N', 'N', hi - lo, H, P, 1.0f, bj + lo * P, P, U + j * H, G, 1.0f,
+                          z + lo * G + j * H, G);
+        if (err) {
+            #pragma omp atomic write
+            st = err;
+        }
     }
-    return 0;
+    return st;
 }
 
 /* Rows [lo, hi) of step t (call: a fwd_call): their recurrent product, gates, cells and
@@ -395,7 +402,7 @@ int rk_lstm_forward(const rk_cfg *k, const int64_t *lengths, const float *x, con
     /* inference: the new cells, act(c) and m of a step in buffers of their own (no aliasing) */
     float *c_run = scratch + (s ? 0 : off[T] * G), *c_step = c_run + B * H;
     float *ac_step = c_step + B * H, *m_step = ac_step + B * H;
-    float *hbuf = k->hmask ? malloc((size_t)B * P * sizeof(float)) : NULL;
+    float *hbuf = k->hmask ? malloc((size_t)4 * B * P * sizeof(float)) : NULL;
     int st = k->hmask && !hbuf ? -1 : 0;
     if (!st && k->xmask)
         st = masked_projection(x, W, k->xmask, active, off, T, D, H, 4, gates, NULL, NULL, NULL);
@@ -593,7 +600,7 @@ typedef struct {   /* a backward call's inputs and buffers (see rk_lstm_backward
     const float *h0, *c0, *Ut, *peep, *Pwt, *gamma, *y, *dy;
     const rk_saved *s;
     float *dh, *dc, *dz, *h_in, *dyp, *dm_buf, *acc;
-    float *hbuf;  /* [B, P]: a block's part of d(h_prev) (hmask only) */
+    float *hbuf;  /* [4, B, P]: each block's part of d(h_prev) (hmask only) */
 } bwd_call;
 
 /* Rows [lo, hi) of step t in backward (call: a bwd_call): their gate gradients (dz), and d of
@@ -640,13 +647,23 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
     if (!k->hmask)
         return rk_gemm('N', 'N', n, P, G, 1.0f, f->dz + (at + lo) * G, G, f->Ut, P, 0.0f,
                        dh + lo * P, P);
-    for (int j = 0; j < 4; j++) {  /* d(h_prev) = sum over blocks j of (dz_j U_j^T) ⊙ mask j */
-        int st = rk_gemm('N', 'N', n, P, H, 1.0f, f->dz + (at + lo) * G + j * H, G,
-                         f->Ut + j * H * P, P, 0.0f, f->hbuf + lo * P, P);
-        if (st) return st;
-        for (int64_t r = lo; r < hi; r++) {
-            const float *restrict part = f->hbuf + r * P, *restrict mr = k->hmask + (r * 4 + j) * P;
-            float *restrict out = dh + r * P;
+    int st = 0;  /* d(h_prev) = sum over blocks j of (dz_j U_j^T) ⊙ mask j */
+    #pragma omp parallel for schedule(static) if (omp_get_max_threads() > 1)
+    for (int j = 0; j < 4; j++) {  /* the blocks' products between threads, as forward */
+        int err = rk_gemm('N', 'N', n, P, H, 1.0f, f->dz + (at + lo) * G + j * H, G,
+                          f->Ut + j * H * P, P, 0.0f, f->hbuf + j * k->B * P + lo * P, P);
+        if (err) {
+            #pragma omp atomic write
+            st = err;
+        }
+    }
+    if (st) return st;
+    #pragma omp parallel for schedule(static) if (n * P >= PARALLEL_MIN)
+    for (int64_t r = lo; r < hi; r++) {
+        float *restrict out = dh + r * P;
+        for (int j = 0; j < 4; j++) {
+            const float *restrict part = f->hbuf + (j * k->B + r) * P;
+            const float *restrict mr = k->hmask + (r * 4 + j) * P;
             if (j == 0) for (int64_t p = 0; p < P; p++) out[p] = part[p] * mr[p];
             else for (int64_t p = 0; p < P; p++) out[p] += part[p] * mr[p];
         }
@@ -688,7 +705,7 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
     const int threads = omp_get_max_threads();
     int64_t *plan = plan_rows(lengths, B, T);
     float *acc = calloc((size_t)threads * ACC_SIZE(H), sizeof(float));
-    float *hbuf = k->hmask ? malloc((size_t)B * P * sizeof(float)) : NULL;
+    float *hbuf = k->hmask ? malloc((size_t)4 * B * P * sizeof(float)) : NULL;
     int st = (plan && acc && (hbuf || !k->hmask)) ? 0 : -1;
     const int64_t *active = plan, *off = plan + T, N = plan ? off[T] : 0;
     float *dz = scratch, *h_in = lengths ? dz + N * G : NULL;  /* see prev_h_product */
