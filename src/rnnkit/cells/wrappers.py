@@ -134,14 +134,17 @@ class _Wrapper(RNNCell):
         unroll over ``inputs`` to what its own steps would have given."""
         return outputs
 
+    def _step_by_step(self, mask: torch.Tensor | None, masked_output: str) -> tuple[str, ...]:
+        return self.per_step(mask, masked_output) if WHOLE_SEQUENCE else ("WHOLE_SEQUENCE is False",)
+
     def whole_sequence(self):
-        why = self.per_step(None, "zero") if WHOLE_SEQUENCE else ("WHOLE_SEQUENCE is False",)
+        why = self._step_by_step(None, "zero")
         return (self, why) if why else self.cell.whole_sequence()
 
     def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
         from rnnkit.fast import dispatch  # imported here: rnnkit.fast imports the cells
 
-        why = self.per_step(mask, masked_output) if WHOLE_SEQUENCE else ("WHOLE_SEQUENCE is False",)
+        why = self._step_by_step(mask, masked_output)
         if why:
             if dispatch.mode_of(fast) is True:
                 raise dispatch.refuse(dispatch.step_by_step(why))

@@ -31,34 +31,9 @@ typedef struct {           /* what the forward pass keeps for the backward pass 
 
 static inline int64_t gates_of(const rk_gru_cfg *k) { return k->gru ? 3 * k->H : k->H; }
 
-/* Row r's mask of block j (hmask; the rows of a step are the sorted batch's rows). */
-static inline const float *mask_of(const rk_gru_cfg *k, int64_t r, int j) {
-    return k->hmask + (r * (k->gru ? 3 : 1) + j) * k->H;
-}
+static inline int64_t blocks_of(const rk_gru_cfg *k) { return k->gru ? 3 : 1; }
 
-/* buf rows [lo, hi) = v rows ⊙ block j's mask rows. */
-static void masked_rows(const rk_gru_cfg *k, const float *v, int64_t lo, int64_t hi, int j,
-                        float *buf) {
-    const int64_t H = k->H;
-    for (int64_t r = lo; r < hi; r++) {
-        const float *restrict vr = v + r * H, *restrict mr = mask_of(k, r, j);
-        float *restrict br = buf + r * H;
-        for (int64_t q = 0; q < H; q++) br[q] = vr[q] * mr[q];
-    }
-}
 
-/* out rows [lo, hi) (ldo G) += or = (beta) the products of blocks j0..j1-1: (h ⊙ mask j) U_j. */
-static int masked_products(const rk_gru_cfg *k, const float *h, const float *U, int64_t lo,
-                           int64_t hi, int j0, int j1, float beta, float *out, float *buf) {
-    const int64_t H = k->H, G = gates_of(k);
-    for (int j = j0; j < j1; j++) {
-        masked_rows(k, h, lo, hi, j, buf);
-        int st = rk_gemm('N', 'N', hi - lo, H, H, 1.0f, buf + lo * H, H, U + j * H, G, beta,
-                         out + lo * G + j * H, G);
-        if (st) return st;
-    }
-    return 0;
-}
 /* ---- Batches split between threads (run_split, kernels.h) ---- */
 static int split_batch(const rk_gru_cfg *k) {
     return !k->hmask && split_rows(k->B, k->H * gates_of(k) * (int64_t)sizeof(float));
@@ -72,7 +47,7 @@ typedef struct {   /* a forward call's inputs and buffers (see rk_gru_forward) *
     const float *h0, *U, *b, *b_h;
     float *gates, *y, *hu, *rh_run;
     rk_gru_saved *s;
-    float *hbuf;  /* [B, H]: h ⊙ a block's mask (hmask only) */
+    float *hbuf;  /* [3, B, H]: h ⊙ each block's mask (hmask only) */
 } fwd_call;
 
 /* Rows [lo, hi) of step t (call: a fwd_call): their recurrent products, gates and outputs. th:
@@ -88,7 +63,8 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
     const float *hp = t == 0 ? f->h0 : f->y + f->off[t - 1] * H;
     int st;
     if (!k->gru) {
-        if (k->hmask) st = masked_products(k, hp, f->U, lo, hi, 0, 1, 1.0f, z, f->hbuf);
+        if (k->hmask) st = masked_products(hp, f->U, H, k->hmask, 1, H, H, k->B, lo, hi, 0, 1,
+                                           1.0f, z, H, f->hbuf, 0);
         else st = rk_gemm('N', 'N', n, H, H, 1.0f, hp + lo * H, H, f->U, H, 1.0f, z + lo * H, H);
         if (st) return st;
         for (int64_t j = lo * H; j < hi * H; j++) yt[j] = z[j] + (b ? b[j % H] : 0.0f);
@@ -96,8 +72,10 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
         return 0;
     }
     if (k->hmask) {
-        st = k->reset_after ? masked_products(k, hp, f->U, lo, hi, 0, 3, 0.0f, hu, f->hbuf)
-                            : masked_products(k, hp, f->U, lo, hi, 0, 2, 1.0f, z, f->hbuf);
+        st = k->reset_after ? masked_products(hp, f->U, G, k->hmask, 3, H, H, k->B, lo, hi, 0, 3,
+                                              0.0f, hu, G, f->hbuf, 0)
+                            : masked_products(hp, f->U, G, k->hmask, 3, H, H, k->B, lo, hi, 0, 2,
+                                              1.0f, z, G, f->hbuf, 0);
         if (st) return st;
     } else if (k->reset_after) {
         if ((st = rk_gemm('N', 'N', n, G, H, 1.0f, hp + lo * H, H, f->U, G, 0.0f, hu + lo * G, G)))
@@ -122,7 +100,7 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
             for (int64_t j = 0; j < H; j++) zr[2 * H + j] += zr[H + j] * hur[2 * H + j];
             if (s) memcpy(s->extra + (at + r) * H, hur + 2 * H, H * sizeof(float));
         } else if (k->hmask) {  /* the candidate's product reads r * h times its mask */
-            const float *mc = mask_of(k, r, 2);
+            const float *mc = mask_row(k->hmask, 3, H, r, 2);
             for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j] * mc[j];
         } else {
             for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j];
@@ -152,7 +130,7 @@ int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, 
     const int64_t *active = plan, *off = plan + T;
     float *gates = s ? s->gates : scratch;
     float *hu = scratch + (s ? 0 : off[T] * G), *rh_run = hu + B * 3 * H;
-    float *hbuf = k->hmask ? malloc((size_t)B * H * sizeof(float)) : NULL;
+    float *hbuf = k->hmask ? malloc((size_t)3 * B * H * sizeof(float)) : NULL;
     int st = k->hmask && !hbuf ? -1 : 0;
     if (!st && k->xmask)
         st = masked_projection(x, W, k->xmask, active, off, T, D, H, G / H, gates, NULL, NULL,
@@ -200,7 +178,7 @@ typedef struct {   /* a backward call's inputs and buffers (see rk_gru_backward)
     const float *h0, *Ut, *y, *dy;
     const rk_gru_saved *s;
     float *dh, *dxw, *dhu, *h_in, *drh, *tmp;
-    float *hbuf;  /* [B, H]: a block's part of d(h_prev) (hmask only) */
+    float *hbuf;  /* [3, B, H]: each block's part of d(h_prev) (hmask only) */
 } bwd_call;
 
 /* Rows [lo, hi) of step t in backward (call: a bwd_call): their gate gradients (dxw, and dhu
@@ -250,7 +228,7 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
             float *dg = dxw + row * G;
             float *der = f->tmp + (size_t)(th < 0 ? omp_get_thread_num() : th) * 3 * H;
             deriv_n(k->ract, rg, der, H);
-            const float *mc = k->hmask ? mask_of(k, r, 2) : NULL;
+            const float *mc = k->hmask ? mask_row(k->hmask, 3, H, r, 2) : NULL;
             for (int64_t j = 0; j < H; j++) {
                 const float d_rh = mc ? drh[r * H + j] * mc[j] : drh[r * H + j];
                 dg[H + j] = d_rh * h[j] * der[j];
@@ -259,41 +237,13 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
         }
     }
     const int64_t cols = (k->gru && !k->reset_after) ? 2 * H : G;  /* reset before: z, r */
-    const float *dprod = (k->reset_after ? dhu : dxw) + (at + lo) * G;  /* d of h U */
+    const float *dprod = (k->reset_after ? dhu : dxw) + at * G;  /* d of h U, step t */
     if (!k->hmask)
-        return rk_gemm('N', 'N', n, H, cols, 1.0f, dprod, G, f->Ut, H, k->gru ? 1.0f : 0.0f,
-                       dh + lo * H, H);
-    for (int j = 0; j < cols / H; j++) {  /* d(h_prev) += (d(h U)_j U_j^T) ⊙ mask j */
-        if ((st = rk_gemm('N', 'N', n, H, H, 1.0f, dprod + j * H, G, f->Ut + j * H * H, H, 0.0f,
-                          f->hbuf + lo * H, H)))
-            return st;
-        const int assign = !k->gru && j == 0;  /* a vanilla RNN's dh was used up above */
-        for (int64_t r = lo; r < hi; r++) {
-            const float *restrict part = f->hbuf + r * H, *restrict mr = mask_of(k, r, j);
-            float *restrict out = dh + r * H;
-            if (assign) for (int64_t q = 0; q < H; q++) out[q] = part[q] * mr[q];
-            else for (int64_t q = 0; q < H; q++) out[q] += part[q] * mr[q];
-        }
-    }
-    return 0;
-}
-
-/* dU's blocks j0..j1-1 with recurrent dropout: (h_in ⊙ mask j)^T d(h U)_j over the N packed
- * rows, h_in each row's previous h (from h0 and y). Returns 0, a dnnl status or -1. */
-static int masked_prev_h_product(const rk_gru_cfg *k, const int64_t *active, const int64_t *off,
-                                 const float *h0, const float *y, const float *dprod, int j0,
-                                 int j1, float *dU) {
-    const int64_t T = k->T, H = k->H, G = gates_of(k), N = off[T];
-    float *hj = malloc((size_t)(N > 0 ? N : 1) * H * sizeof(float));
-    if (!hj) return -1;
-    int st = 0;
-    for (int j = j0; j < j1 && !st; j++) {
-        for (int64_t t = 0; t < T; t++)
-            masked_rows(k, t == 0 ? h0 : y + off[t - 1] * H, 0, active[t], j, hj + off[t] * H);
-        st = rk_gemm('T', 'N', H, H, N, 1.0f, hj, H, dprod + j * H, G, 0.0f, dU + j * H, G);
-    }
-    free(hj);
-    return st;
+        return rk_gemm('N', 'N', n, H, cols, 1.0f, dprod + lo * G, G, f->Ut, H,
+                       k->gru ? 1.0f : 0.0f, dh + lo * H, H);
+    /* d(h_prev) += (d(h U)_j U_j^T) ⊙ mask j (a vanilla RNN's dh was used up above: =) */
+    return masked_products_back(dprod, G, f->Ut, k->hmask, blocks_of(k), H, H, k->B,
+                                lo, hi, 0, cols / H, !k->gru, dh, f->hbuf, 0);
 }
 
 /* Backward, given Ut = U transposed [G*H, H]. dy [N, H]; dh [B, H] holds dhT on entry and dh0
@@ -314,7 +264,7 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     float *drh = dhu + N * G + (lengths ? N * H : 0);  /* h_in: see prev_h_product */
     float *dhu_or_dxw = k->reset_after ? dhu : dxw;  /* d of the recurrent products */
     float *tmp = malloc((size_t)threads * 3 * H * sizeof(float));
-    float *hbuf = k->hmask ? malloc((size_t)B * H * sizeof(float)) : NULL;
+    float *hbuf = k->hmask ? malloc((size_t)3 * B * H * sizeof(float)) : NULL;
     if (!tmp || (k->hmask && !hbuf)) st = -1;
     const bwd_call f = {off, h0, Ut, y, dy, s, dh, dxw, dhu, h_in, drh, tmp, hbuf};
     const int split = split_batch(k);  /* decided once: each thread runs its rows to the end */
@@ -329,7 +279,8 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     }
     const int full = k->reset_after || !k->gru;  /* every block of U from h */
     if (!st && k->hmask)
-        st = masked_prev_h_product(k, active, off, h0, y, dhu_or_dxw, 0, full ? G / H : 2, dU);
+        st = masked_prev_h_product(k->hmask, blocks_of(k), H, H, active, off, T, h0, y,
+                                   dhu_or_dxw, G, 0, full ? blocks_of(k) : 2, dU, G);
     else if (!st && full)
         st = prev_h_product(lengths, N, B, H, G, h0, y, h_in, dhu_or_dxw, G, dU, G);
     else if (!st)

@@ -205,27 +205,134 @@ static inline int run_split(int64_t T, int64_t B, const int64_t *lengths, const 
     return st;
 }
 
-/* ---- Keras input dropout with a mask per gate block (with recurrent_dropout) ----
- * xmask [B, nb, D]: block j of W's columns (H of them, W [D, nb*H]) reads x ⊙ mask j; the
- * rows of step t of a packed batch (off, active: plan_rows) are the sorted batch's rows r. */
+/* ---- Keras dropout: a mask per block of a weight matrix's columns ----
+ * mask [rows, nb, n]: block j (columns j*H .. (j+1)*H of a matrix of nb*H columns) reads
+ * v ⊙ mask j. The rows of step t of a packed batch (off, active: plan_rows) are the sorted
+ * batch's rows 0 .. active[t], so a step's row r takes mask row r. Recurrent dropout masks h
+ * before the recurrent product (lstm_kernel.c, gru_kernel.c); with it, input dropout masks x
+ * per block before the input projection (masked_projection). */
 
-/* out [N, D] = x ⊙ block j's masks over the N packed rows. */
-static inline void masked_tokens(const float *x, const float *xmask, const int64_t *active,
-                                 const int64_t *off, int64_t T, int64_t D, int64_t nb, int j,
-                                 float *out) {
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t r = 0; r < active[t]; r++) {
-            const int64_t row = off[t] + r;
-            const float *restrict xr = x + row * D, *restrict mr = xmask + (r * nb + j) * D;
-            float *restrict o = out + row * D;
-            for (int64_t q = 0; q < D; q++) o[q] = xr[q] * mr[q];
-        }
+static inline const float *mask_row(const float *mask, int64_t nb, int64_t n, int64_t r,
+                                    int j) {
+    return mask + (r * nb + j) * n;
 }
 
-/* The input projection with these masks, block j (x ⊙ mask j) W_j: forward (dz NULL), into
- * gates [N, nb*H]; backward, from the gates' gradient dz [N, nb*H], dW block j =
- * (x ⊙ mask j)^T dz_j and (dx not NULL) dx = the sum over blocks of (dz_j W_j^T) ⊙ mask j.
- * Returns 0, a dnnl status or -1 (out of memory). */
+/* out rows [lo, hi) = v rows ⊙ block j's mask rows (row stride n). */
+static inline void masked_rows(const float *v, const float *mask, int64_t nb, int64_t n,
+                               int64_t lo, int64_t hi, int j, float *out) {
+    for (int64_t r = lo; r < hi; r++) {
+        const float *restrict vr = v + r * n, *restrict mr = mask_row(mask, nb, n, r, j);
+        float *restrict o = out + r * n;
+        for (int64_t q = 0; q < n; q++) o[q] = vr[q] * mr[q];
+    }
+}
+
+/* out rows [lo, hi) = (assign) or += part rows ⊙ block j's mask rows. */
+static inline void add_masked_rows(const float *part, const float *mask, int64_t nb, int64_t n,
+                                   int64_t lo, int64_t hi, int j, int assign, float *out) {
+    for (int64_t r = lo; r < hi; r++) {
+        const float *restrict pr = part + r * n, *restrict mr = mask_row(mask, nb, n, r, j);
+        float *restrict o = out + r * n;
+        if (assign) for (int64_t q = 0; q < n; q++) o[q] = pr[q] * mr[q];
+        else for (int64_t q = 0; q < n; q++) o[q] += pr[q] * mr[q];
+    }
+}
+
+/* Block j of a step's recurrent product with recurrent dropout, rows [lo, hi): out block j
+ * (ldo) = beta out + (h ⊙ mask j) U_j (U [n, ldu]), through buf [rows, n]. Returns 0 or a
+ * dnnl status. */
+static inline int masked_product(const float *h, const float *U, int64_t ldu, const float *mask,
+                                 int64_t nb, int64_t n, int64_t H, int64_t lo, int64_t hi, int j,
+                                 float beta, float *out, int64_t ldo, float *buf) {
+    masked_rows(h, mask, nb, n, lo, hi, j, buf);
+    return rk_gemm('N', 'N', hi - lo, H, n, 1.0f, buf + lo * n, n, U + j * H, ldu, beta,
+                   out + lo * ldo + j * H, ldo);
+}
+
+/* masked_product for blocks j0..j1-1, block j through buf + j * rows * n. split: the blocks
+ * between threads, one-thread products in one parallel region (measured for the LSTM's four,
+ * benchmarks/RESULTS.md session 14; not the GRU's three); else one block after another, each
+ * product on every thread. Returns 0 or a dnnl status. */
+static inline int masked_products(const float *h, const float *U, int64_t ldu,
+                                  const float *mask, int64_t nb, int64_t n, int64_t H,
+                                  int64_t rows, int64_t lo, int64_t hi, int j0, int j1,
+                                  float beta, float *out, int64_t ldo, float *buf, int split) {
+    int st = 0;
+    if (!split || omp_get_max_threads() < 2) {  /* not inside a parallel region: oneDNN would */
+        for (int j = j0; j < j1 && !st; j++)     /* then run each product on one thread */
+            st = masked_product(h, U, ldu, mask, nb, n, H, lo, hi, j, beta, out, ldo,
+                                buf + j * rows * n);
+        return st;
+    }
+    #pragma omp parallel for schedule(static)
+    for (int j = j0; j < j1; j++) {
+        int err = masked_product(h, U, ldu, mask, nb, n, H, lo, hi, j, beta, out, ldo,
+                                 buf + j * rows * n);
+        if (err) {
+            #pragma omp atomic write
+            st = err;
+        }
+    }
+    return st;
+}
+
+/* Its backward for d(h), rows [lo, hi): dh (assign: =, else +=) the sum over blocks j0..j1-1
+ * of (dprod_j Ut_j) ⊙ mask j, dprod [.., lddp] the gradient of the products, Ut [nb*H, n] the
+ * transposed matrix. buf and split as masked_products. Returns 0 or a dnnl status. */
+static inline int masked_products_back(const float *dprod, int64_t lddp, const float *Ut,
+                                       const float *mask, int64_t nb, int64_t n, int64_t H,
+                                       int64_t rows, int64_t lo, int64_t hi, int j0, int j1,
+                                       int assign, float *dh, float *buf, int split) {
+    int st = 0;
+    if (!split || omp_get_max_threads() < 2) {  /* as masked_products */
+        for (int j = j0; j < j1 && !st; j++)
+            st = rk_gemm('N', 'N', hi - lo, n, H, 1.0f, dprod + lo * lddp + j * H, lddp,
+                         Ut + j * H * n, n, 0.0f, buf + j * rows * n + lo * n, n);
+    } else {
+        #pragma omp parallel for schedule(static)
+        for (int j = j0; j < j1; j++) {
+            int err = rk_gemm('N', 'N', hi - lo, n, H, 1.0f, dprod + lo * lddp + j * H, lddp,
+                              Ut + j * H * n, n, 0.0f, buf + j * rows * n + lo * n, n);
+            if (err) {
+                #pragma omp atomic write
+                st = err;
+            }
+        }
+    }
+    if (st) return st;
+    #pragma omp parallel for schedule(static) if ((hi - lo) * n >= PARALLEL_MIN)
+    for (int64_t r = lo; r < hi; r++)
+        for (int j = j0; j < j1; j++)
+            add_masked_rows(buf + j * rows * n, mask, nb, n, r, r + 1, j, assign && j == j0, dh);
+    return 0;
+}
+
+/* The weight gradient of masked products over a packed batch's N rows: out block j (ldo) =
+ * (h_in ⊙ mask j)^T dprod_j (ldd) for blocks j0..j1-1, h_in each row's previous h (h0's rows
+ * at the first step, y's [N, n] at the step before after that). Returns 0, a dnnl status or -1
+ * (out of memory). */
+static inline int masked_prev_h_product(const float *mask, int64_t nb, int64_t n, int64_t H,
+                                        const int64_t *active, const int64_t *off, int64_t T,
+                                        const float *h0, const float *y, const float *dprod,
+                                        int64_t ldd, int j0, int j1, float *out, int64_t ldo) {
+    const int64_t N = off[T];
+    float *hj = malloc((size_t)(N > 0 ? N : 1) * n * sizeof(float));
+    if (!hj) return -1;
+    int st = 0;
+    for (int j = j0; j < j1 && !st; j++) {
+        for (int64_t t = 0; t < T; t++)
+            masked_rows(t == 0 ? h0 : y + off[t - 1] * n, mask, nb, n, 0, active[t], j,
+                        hj + off[t] * n);
+        st = rk_gemm('T', 'N', n, H, N, 1.0f, hj, n, dprod + j * H, ldd, 0.0f, out + j * H, ldo);
+    }
+    free(hj);
+    return st;
+}
+
+/* The input projection with input masks (xmask [B, nb, D]), block j (x ⊙ mask j) W_j:
+ * forward (dz NULL), into gates [N, nb*H]; backward, from the gates' gradient dz [N, nb*H],
+ * dW block j = (x ⊙ mask j)^T dz_j and (dx not NULL) dx = the sum over blocks of
+ * (dz_j W_j^T) ⊙ mask j. Returns 0, a dnnl status or -1 (out of memory). */
 static inline int masked_projection(const float *x, const float *W, const float *xmask,
                                     const int64_t *active, const int64_t *off, int64_t T,
                                     int64_t D, int64_t H, int64_t nb, float *gates,
@@ -235,7 +342,8 @@ static inline int masked_projection(const float *x, const float *W, const float 
     if (!buf) return -1;
     int st = 0;
     for (int j = 0; j < nb && !st; j++) {
-        masked_tokens(x, xmask, active, off, T, D, nb, j, buf);
+        for (int64_t t = 0; t < T; t++)
+            masked_rows(x + off[t] * D, xmask, nb, D, 0, active[t], j, buf + off[t] * D);
         if (!dz) {
             st = rk_gemm('N', 'N', N, H, D, 1.0f, buf, D, W + j * H, G, 0.0f, gates + j * H, G);
             continue;
@@ -244,13 +352,8 @@ static inline int masked_projection(const float *x, const float *W, const float 
         if (st || !dx) continue;
         st = gemm_split('N', 'T', N, D, H, 1.0f, dz + j * H, G, W + j * H, G, 0.0f, buf, D);
         for (int64_t t = 0; t < T && !st; t++)
-            for (int64_t r = 0; r < active[t]; r++) {
-                const int64_t row = off[t] + r;
-                const float *restrict part = buf + row * D, *restrict mr = xmask + (r * nb + j) * D;
-                float *restrict o = dx + row * D;
-                if (j == 0) for (int64_t q = 0; q < D; q++) o[q] = part[q] * mr[q];
-                else for (int64_t q = 0; q < D; q++) o[q] += part[q] * mr[q];
-            }
+            add_masked_rows(buf + off[t] * D, xmask, nb, D, 0, active[t], j, j == 0,
+                            dx + off[t] * D);
     }
     free(buf);
     return st;

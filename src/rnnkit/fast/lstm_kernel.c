@@ -308,40 +308,6 @@ typedef struct {   /* a forward call's inputs and buffers (see rk_lstm_forward) 
     float *hbuf;  /* [4, B, P]: h_prev ⊙ each block's recurrent-dropout mask (hmask only) */
 } fwd_call;
 
-/* ---- Keras recurrent dropout (k->hmask): the recurrent product one block of U's columns at a
- * time, each on h ⊙ that block's mask (rows r of a step are the sorted batch's rows r) ---- */
-
-/* buf rows [lo, hi) = v rows ⊙ block j's mask rows. */
-static void masked_rows(const rk_cfg *k, const float *v, int64_t lo, int64_t hi, int j,
-                        float *buf) {
-    const int64_t P = k->P;
-    for (int64_t r = lo; r < hi; r++) {
-        const float *restrict vr = v + r * P, *restrict mr = k->hmask + (r * 4 + j) * P;
-        float *restrict br = buf + r * P;
-        for (int64_t p = 0; p < P; p++) br[p] = vr[p] * mr[p];
-    }
-}
-
-/* z rows [lo, hi) (ldz 4H) += sum over blocks j of (h_prev ⊙ mask j) U_j. */
-static int masked_recurrent(const rk_cfg *k, const float *h_prev, const float *U, int64_t lo,
-                            int64_t hi, float *z, float *buf) {
-    const int64_t H = k->H, P = k->P, G = 4 * H, B = k->B;
-    int st = 0;
-    /* the blocks between threads, each one-thread products (buf: [4, B, P], one per block) */
-    #pragma omp parallel for schedule(static) if (omp_get_max_threads() > 1)
-    for (int j = 0; j < 4; j++) {
-        float *bj = buf + j * B * P;
-        masked_rows(k, h_prev, lo, hi, j, bj);
-        int err = rk_gemm('N', 'N', hi - lo, H, P, 1.0f, bj + lo * P, P, U + j * H, G, 1.0f,
-                          z + lo * G + j * H, G);
-        if (err) {
-            #pragma omp atomic write
-            st = err;
-        }
-    }
-    return st;
-}
-
 /* Rows [lo, hi) of step t (call: a fwd_call): their recurrent product, gates, cells and
  * outputs (projected). th: the calling thread inside a parallel region, or -1: split the rows'
  * gate passes between threads. Returns 0 or a dnnl status. */
@@ -354,7 +320,9 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
     rk_saved *s = f->s;
     float *z = f->gates + at * G, *yt = f->y + at * P;
     const float *h_prev = t == 0 ? f->h0 : f->y + off[t - 1] * P;
-    int st = k->hmask ? masked_recurrent(k, h_prev, f->U, lo, hi, z, f->hbuf)
+    /* recurrent dropout: a block of U's columns at a time, the four between the threads */
+    int st = k->hmask ? masked_products(h_prev, f->U, G, k->hmask, 4, P, H, k->B, lo, hi, 0, 4,
+                                        1.0f, z, G, f->hbuf, 1)
                       : rk_gemm('N', 'N', n, G, P, 1.0f, h_prev + lo * P, P, f->U, G, 1.0f,
                                 z + lo * G, G);
     if (st) return st;
@@ -647,46 +615,8 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
     if (!k->hmask)
         return rk_gemm('N', 'N', n, P, G, 1.0f, f->dz + (at + lo) * G, G, f->Ut, P, 0.0f,
                        dh + lo * P, P);
-    int st = 0;  /* d(h_prev) = sum over blocks j of (dz_j U_j^T) ⊙ mask j */
-    #pragma omp parallel for schedule(static) if (omp_get_max_threads() > 1)
-    for (int j = 0; j < 4; j++) {  /* the blocks' products between threads, as forward */
-        int err = rk_gemm('N', 'N', n, P, H, 1.0f, f->dz + (at + lo) * G + j * H, G,
-                          f->Ut + j * H * P, P, 0.0f, f->hbuf + j * k->B * P + lo * P, P);
-        if (err) {
-            #pragma omp atomic write
-            st = err;
-        }
-    }
-    if (st) return st;
-    #pragma omp parallel for schedule(static) if (n * P >= PARALLEL_MIN)
-    for (int64_t r = lo; r < hi; r++) {
-        float *restrict out = dh + r * P;
-        for (int j = 0; j < 4; j++) {
-            const float *restrict part = f->hbuf + (j * k->B + r) * P;
-            const float *restrict mr = k->hmask + (r * 4 + j) * P;
-            if (j == 0) for (int64_t p = 0; p < P; p++) out[p] = part[p] * mr[p];
-            else for (int64_t p = 0; p < P; p++) out[p] += part[p] * mr[p];
-        }
-    }
-    return 0;
-}
-
-/* dU [P, 4H] with recurrent dropout: block j is (h_in ⊙ mask j)^T dz_j over the N packed rows,
- * h_in each row's previous h (from h0 and y; rows r of step t are the sorted batch's rows r).
- * Returns 0, a dnnl status or -1 (out of memory). */
-static int masked_prev_h_product(const rk_cfg *k, const int64_t *active, const int64_t *off,
-                                 const float *h0, const float *y, const float *dz, float *dU) {
-    const int64_t T = k->T, H = k->H, P = k->P, G = 4 * H, N = off[T];
-    float *hj = malloc((size_t)(N > 0 ? N : 1) * P * sizeof(float));
-    if (!hj) return -1;
-    int st = 0;
-    for (int j = 0; j < 4 && !st; j++) {
-        for (int64_t t = 0; t < T; t++)
-            masked_rows(k, t == 0 ? h0 : y + off[t - 1] * P, 0, active[t], j, hj + off[t] * P);
-        st = rk_gemm('T', 'N', P, H, N, 1.0f, hj, P, dz + j * H, G, 0.0f, dU + j * H, G);
-    }
-    free(hj);
-    return st;
+    return masked_products_back(f->dz + at * G, G, f->Ut, k->hmask, 4, P, H, k->B, lo, hi, 0, 4,
+                                1, dh, f->hbuf, 1);  /* recurrent dropout, as forward_step's */
 }
 
 /* Backward over the sequence, given the recurrent matrices transposed (Ut [4H, P], Pwt [P, H]:
@@ -725,7 +655,8 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
         if (!st && dx) st = gemm_split('N', 'T', N, D, G, 1.0f, dz, G, W, G, 0.0f, dx, D);
         if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
     }
-    if (!st && k->hmask) st = masked_prev_h_product(k, active, off, h0, y, dz, dU);
+    if (!st && k->hmask)
+        st = masked_prev_h_product(k->hmask, 4, P, H, active, off, T, h0, y, dz, G, 0, 4, dU, G);
     else if (!st) st = prev_h_product(lengths, N, B, P, G, h0, y, h_in, dz, G, dU, G);
     if (!st && k->proj) st = rk_gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
     if (!st && db) st = column_sums(dz, N, G, db);
