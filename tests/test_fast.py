@@ -207,6 +207,34 @@ def test_reference_runs_with_one_warning_where_onednn_cannot_load(monkeypatch):
     assert "/nonexistent/libdnnl.so.3: no such file" in _why(cell, x)
 
 
+@needs_onednn
+def test_the_fused_kernels_are_built_only_for_a_call_they_would_run(monkeypatch):
+    built = []
+
+    def build():
+        built.append(True)
+        raise OSError("no compiler in this test")
+
+    monkeypatch.setattr(compiled, "_state", {})
+    monkeypatch.setattr(compiled, "_build", build)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    cell = rk.LSTMCell(4, input_size=3)
+    x = torch.randn(2, 5, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rk.dynamic_rnn(cell, x)
+        wide = rk.LSTMCell(4, input_size=3, dtype=torch.float64)
+        rk.dynamic_rnn(wide, x.double())  # the loop: the fast paths serve float32
+        assert "not fused: can run it, but onednn comes first" in str(rk.fast.explain(cell, x))
+        assert not built
+        out, _ = rk.dynamic_rnn(cell, x, sequence_length=[5, 2])  # the fused kernels' rule
+    assert built == [True]
+    assert "rnnkit's fused kernels are not available: no compiler in this test" in \
+        str(rk.fast.explain(cell, x, [5, 2]))
+    torch.testing.assert_close(out, rk.dynamic_rnn(cell, x, sequence_length=[5, 2],
+                                                   fast=False)[0])
+
+
 @pytest.fixture
 def without_fused_kernel(monkeypatch):
     """Variable lengths on oneDNN's segments (the fused kernel, which they would otherwise

@@ -15,6 +15,7 @@ from torch.utils import _pytree as pytree
 
 import rnnkit as rk
 from rnnkit.fast import compiled, dispatch, fused, fused_gru
+from rnnkit.fast.library import OneDNNError
 from rnnkit.unroll import map_state
 
 needs_kernel = pytest.mark.skipif(compiled.load_error() is not None,
@@ -156,6 +157,22 @@ def test_reference_runs_with_one_warning_where_the_kernel_cannot_build(monkeypat
     with pytest.raises(ValueError, match="no C compiler found"):
         rk.dynamic_rnn(cell, x, fast=True)
     assert rk.fast.explain(cell, x).path == "reference"
+
+
+@needs_kernel
+def test_a_failing_compiler_is_reported_and_leaves_nothing_in_the_cache(monkeypatch, tmp_path):
+    cc = tmp_path / "bin" / "cc"
+    cc.parent.mkdir()
+    cc.write_text("#!/bin/sh\necho \"$3: error: this compiler refuses\" >&2\nexit 1\n")
+    cc.chmod(0o755)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(compiled, "_state", {})
+    monkeypatch.setenv("RNNKIT_CACHE", str(cache))
+    monkeypatch.setenv("CC", str(cc))
+    with pytest.raises(OneDNNError, match="cc failed: .*error: this compiler refuses"):
+        compiled.kernels()
+    assert list(cache.iterdir()) == []
+    assert "this compiler refuses" in compiled.load_error()
 
 
 def _compare_inference(run) -> None:

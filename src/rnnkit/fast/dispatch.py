@@ -116,6 +116,9 @@ class Decision:
     # the graph path of a loop: what it captures (``rnnkit.fast.steps.describe``; ``explain``
     # says it, the dispatch does not need it)
     loop: str | None = field(default=None, repr=False, compare=False)
+    # the fast paths' libraries that failed to load, each one's line (the dispatch warns once
+    # where one is all that kept its path from running)
+    load_errors: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def explain(self) -> str:
         """One line per path: which ran, and why each other one did not."""
@@ -312,21 +315,19 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
         "graph": [*common, *_placement_unmet(placement, graphs.DEVICE, graphs.DTYPES), *dropout,
                   *graphs.unmet(chunk, inputs)],
     }
-    for path, loader in (("onednn", onednn.load_error), ("fused", compiled.load_error)):
-        if not reasons[path]:
-            err = loader()
-            if err:
-                reasons[path].append(err)
-    if not reasons["onednn"] and not reasons["fused"]:  # measured (benchmarks/RESULTS.md)
-        if lengths is not None:
-            reasons["onednn"].append(_PACKED)
-        elif inputs.shape[1] <= SMALL_BATCH or params.U.shape[0] <= SMALL_UNITS.get(params.kind, 0):
-            reasons["onednn"].append(f"batch of at most {SMALL_BATCH} or at most "
-                                     f"{SMALL_UNITS.get(params.kind, 0)} units ({params.kind}): the "
-                                     "fused kernels cost less per step than oneDNN's primitives")
-        elif params.peepholes is not None and FUSED_PEEPHOLES:
-            reasons["onednn"].append("peepholes: the fused kernel runs them faster than oneDNN "
-                                     "3.2's peephole LSTM")
+    # Each library is loaded only where its path could run, the fused kernels only where they
+    # would run: they are compiled on a machine's first use (seconds), which a call that oneDNN
+    # runs should not pay.
+    loads = {}
+    if not reasons["onednn"]:
+        loads["onednn"] = onednn.load_error()
+        reasons["onednn"] += [loads["onednn"]] if loads["onednn"] else []
+    if not reasons["fused"]:
+        prefer = None if reasons["onednn"] else _prefer_fused(params, inputs, lengths)
+        if reasons["onednn"] or prefer:
+            loads["fused"] = compiled.load_error()
+            reasons["fused"] += [loads["fused"]] if loads["fused"] else []
+            reasons["onednn"] += [prefer] if prefer and not loads["fused"] else []
     first = captures = None
     if not reasons["cudnn"] and not reasons["graph"] and graphs.PER_CELL:
         held = _activation_bytes(params, inputs)
@@ -348,7 +349,21 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
             reasons[name].append(f"can run it, but {path} comes first")
     graph = path == "graph"
     return Decision(path, {k: tuple(v) for k, v in reasons.items() if k != path}, lengths,
-                    suffix, first if graph else None, captures if graph else None)
+                    suffix, first if graph else None, captures if graph else None,
+                    load_errors=tuple(err for err in loads.values() if err))
+
+
+def _prefer_fused(p: Canonical, inputs: torch.Tensor, lengths: torch.Tensor | None) -> str | None:
+    """Why the fused kernels beat oneDNN's primitives on this call (measured:
+    ``benchmarks/RESULTS.md``), or None where oneDNN's are faster."""
+    if lengths is not None:
+        return _PACKED
+    if inputs.shape[1] <= SMALL_BATCH or p.U.shape[0] <= SMALL_UNITS.get(p.kind, 0):
+        return (f"batch of at most {SMALL_BATCH} or at most {SMALL_UNITS.get(p.kind, 0)} units "
+                f"({p.kind}): the fused kernels cost less per step than oneDNN's primitives")
+    if p.peepholes is not None and FUSED_PEEPHOLES:
+        return "peepholes: the fused kernel runs them faster than oneDNN 3.2's peephole LSTM"
+    return None
 
 
 @torch.compiler.disable  # under torch.compile: a graph break here, oneDNN runs on real tensors
@@ -383,9 +398,9 @@ def unroll(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     if decision.path == "reference":
         if mode is True:
             raise refuse(decision)
-        for name, loader in (("onednn", onednn.load_error), ("fused", compiled.load_error)):
+        for name in ("onednn", "fused"):
             unmet = decision.unmet[name]
-            if len(unmet) == 1 and unmet[0] == loader():
+            if len(unmet) == 1 and unmet[0] in decision.load_errors:
                 _warn_once(f"rnnkit: {unmet[0]}; using the reference loop")
                 break
         return None
