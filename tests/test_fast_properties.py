@@ -13,8 +13,9 @@ import os
 import pytest
 import torch
 from fast_checks import perturb, random_state
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
@@ -83,6 +84,23 @@ def _leaves_and_grads(out, wrt):
     return [t.detach().double() for t in (*leaves, *torch.autograd.grad(loss, wrt))]
 
 
+class _ClipMargins(TorchFunctionMode):
+    """Records, for every ``Tensor.clamp(-bound, bound)`` run inside it, how near any value came
+    to the bound (``| |value| - bound | / bound``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[float] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        clamp = func in (torch.Tensor.clamp, torch.clamp) and len(args) == 3
+        if clamp and args[1] == -args[2] and args[2] > 0:
+            bound = args[2]
+            self.seen.append(float(((args[0].detach().abs() - bound).abs() / bound).min()))
+        return out
+
+
 @PROPERTY
 @given(cases())
 def test_fast_paths_match_the_reference_loop(case):
@@ -113,8 +131,12 @@ def test_fast_paths_match_the_reference_loop(case):
                                                           *cell.parameters()])
     ref = _leaves_and_grads(run(cell, x, h0, False), [x, *pytree.tree_leaves(h0),
                                                       *cell.parameters()])
-    truth = _leaves_and_grads(run(cell64, x64, h064, False), [x64, *pytree.tree_leaves(h064),
-                                                              *cell64.parameters()])
+    with _ClipMargins() as margins:
+        truth = _leaves_and_grads(run(cell64, x64, h064, False),
+                                  [x64, *pytree.tree_leaves(h064), *cell64.parameters()])
+    # a clip's gradient steps at its bound: a value there may fall on either side in float32
+    assert margins.seen or "clip" not in kind
+    assume(min(margins.seen, default=1.0) > 1e-5)
     for k, (a, b, t) in enumerate(zip(fast, ref, truth, strict=True)):
         err_fast, err_ref = (a - t).abs().max(), (b - t).abs().max()
         assert err_fast <= 10 * err_ref + 1e-5 * (1 + t.abs().max()), (k, err_fast, err_ref)
