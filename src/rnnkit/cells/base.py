@@ -200,6 +200,13 @@ class RNNCell(torch.nn.Module):
         ``MultiRNNCell`` its first layer's (``rnnkit.fast.explain`` reads this)."""
         return self, ()
 
+    def dispatch_params(self, batch: int, dtype: torch.dtype, device) -> tuple[object, bool]:
+        """What an unroll of this cell over ``batch`` sequences hands ``rnnkit.fast.dispatch``:
+        its params (``sequence_params()``; a ``DropoutWrapper`` adds its state mask's shape)
+        and whether its step is its own (``rnnkit.fast.explain`` reads this)."""
+        del batch, dtype, device
+        return self.sequence_params(), not self.uses_canonical_step()
+
     def unroll(self, inputs: torch.Tensor, state: State, mask: torch.Tensor | None = None,
                masked_output: str = "zero", chunk: int | None = None, fast=None):
         """Run over time-major ``inputs`` ``[T, B, depth]`` (built and checked by the caller),
@@ -208,9 +215,16 @@ class RNNCell(torch.nn.Module):
 
         Returns ``(outputs [T, B, output_size], final_state)``; see ``rnnkit.unroll.scan``.
         """
+        return self.unroll_with(self.sequence_params(), inputs, state, mask, masked_output,
+                                chunk, fast)
+
+    def unroll_with(self, params, inputs: torch.Tensor, state: State,
+                    mask: torch.Tensor | None = None, masked_output: str = "zero",
+                    chunk: int | None = None, fast=None):
+        """``unroll`` with ``params`` in place of ``sequence_params()`` (a wrapper adds a
+        recurrent-dropout mask to them)."""
         from rnnkit.fast import dispatch  # imported here: rnnkit.fast imports the cells
 
-        params = self.sequence_params()
         done = dispatch.unroll(params, inputs, state, mask, masked_output, chunk, fast,
                                own_step=not self.uses_canonical_step(), cell=self)
         if done is not None:

@@ -11,11 +11,14 @@ says why), with the same numbers either way: the same masks, drawn in the same o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils import _pytree as pytree
 
 from rnnkit.cells.base import LSTMStateTuple, RNNCell, State
+from rnnkit.cells.fused import FusedCell
 from rnnkit.scope import variable_scope
 from rnnkit.unroll import map_state
 
@@ -149,8 +152,12 @@ class _Wrapper(RNNCell):
             if dispatch.mode_of(fast) is True:
                 raise dispatch.refuse(dispatch.step_by_step(why))
             return super().unroll(inputs, state, mask, masked_output, chunk, fast)
-        outputs, final = self.cell.unroll(inputs, state, mask, masked_output, chunk, fast)
+        outputs, final = self.inner_unroll(inputs, state, mask, masked_output, chunk, fast)
         return self.around(inputs, outputs, mask), final
+
+    def inner_unroll(self, inputs, state, mask, masked_output, chunk, fast):
+        """The wrapped cell's unroll, for a wrapper that does its work around it."""
+        return self.cell.unroll(inputs, state, mask, masked_output, chunk, fast)
 
 
 def _draws_noise(cell: RNNCell) -> bool:
@@ -177,9 +184,12 @@ class DropoutWrapper(_Wrapper):
     training mode only (``module.eval()`` turns it off; TF1 code sets keep_prob=1 instead).
 
     Input and output dropout are applied to the whole sequence around the cell's unroll, so
-    the cell keeps its fast path; state dropout (``state_keep_prob < 1``), which acts between
-    steps, runs the loop step by step, as does a cell that draws masks of its own (another
-    ``DropoutWrapper`` inside: its draws and these would come in another order).
+    the cell keeps its fast path. State dropout (``state_keep_prob < 1``) acts between steps;
+    variational, on the ``h`` of an LSTM or vanilla RNN cell (TF's default filter), it is the
+    cell's unroll with a recurrent-dropout mask (``Canonical.h_mask``: only the recurrent
+    product reads ``h``), which the fused kernels run. Any other state dropout runs the loop
+    step by step, as does a cell that draws masks of its own (another ``DropoutWrapper``
+    inside: its draws and these would come in another order).
     """
 
     def __init__(self, cell: RNNCell, input_keep_prob: float = 1.0, output_keep_prob: float = 1.0,
@@ -234,8 +244,9 @@ class DropoutWrapper(_Wrapper):
         if not self.training:
             return ()
         why = []
-        if self.keep["state"] < 1.0:
-            why.append("DropoutWrapper: state dropout (state_keep_prob < 1) acts between steps")
+        if self.keep["state"] < 1.0 and self._state_unmet(mask, masked_output):
+            why.append("DropoutWrapper: state dropout (state_keep_prob < 1) acts between steps ("
+                       + "; ".join(self._state_unmet(mask, masked_output)) + ")")
         if min(self.keep.values()) < 1.0 and _draws_noise(self.cell):
             why.append("DropoutWrapper: the wrapped cell draws dropout masks of its own (drawn "
                        "step by step, they and this wrapper's come in another order)")
@@ -243,6 +254,59 @@ class DropoutWrapper(_Wrapper):
             why.append("DropoutWrapper: output dropout where masked steps hold the previous "
                        "output")
         return tuple(why)
+
+    def _state_unmet(self, mask, masked_output) -> list[str]:
+        """Why state dropout cannot be a recurrent-dropout mask on the wrapped cell's unroll."""
+        cell = self.cell
+        if not self.variational:
+            return ["a new mask every step: variational_recurrent=False"]
+        if not (isinstance(cell, FusedCell) and cell.uses_canonical_step()
+                and cell.sequence_params().kind in ("lstm", "rnn")):
+            return ["the wrapped cell is not an LSTM or vanilla RNN cell, whose h only the "
+                    "recurrent product reads"]
+        zero = cell.zero_state(1)
+        if pytree.tree_leaves(self.state_filter(zero)) != pytree.tree_leaves(_keep_state_leaf(zero)):
+            return ["a state filter other than TF's default (h alone)"]
+        if mask is not None and masked_output != "zero":
+            return ["masked steps hold the previous output"]
+        return []
+
+    def _drops_state(self) -> bool:
+        return self.training and self.keep["state"] < 1.0
+
+    def whole_sequence(self):
+        cell, why = super().whole_sequence()
+        return (self, ()) if self._drops_state() and not why else (cell, why)
+
+    def dispatch_params(self, batch: int, dtype: torch.dtype, device) -> tuple[object, bool]:
+        if not self._drops_state():
+            return self.cell.dispatch_params(batch, dtype, device)
+        h = self.cell.zero_state(batch, dtype, device)
+        mask = torch.ones_like(h.h if isinstance(h, LSTMStateTuple) else h)
+        return dataclasses.replace(self.cell.sequence_params(), h_mask=mask), False
+
+    def inner_unroll(self, inputs, state, mask, masked_output, chunk, fast):
+        if not self._drops_state():
+            return super().inner_unroll(inputs, state, mask, masked_output, chunk, fast)
+        # The steps after the first read the dropped h, in the recurrent product only; the first
+        # reads the initial state as it is; the final state is the last step's h, dropped. The
+        # mask is drawn as the steps draw it (after the inputs', before the outputs'), and a
+        # sequence of length 0 (masks here come from lengths) keeps its initial state.
+        lstm = isinstance(state, LSTMStateTuple)
+        h0 = state.h if lstm else state
+        keep = self._drop(torch.ones_like(h0), "state", True, "0")
+        out, final = self.cell.unroll(inputs[:1], state, None if mask is None else mask[:1],
+                                      masked_output, None, fast)
+        if inputs.shape[0] > 1:
+            params = dataclasses.replace(self.cell.sequence_params(), h_mask=keep)
+            rest, final = self.cell.unroll_with(params, inputs[1:], final,
+                                                None if mask is None else mask[1:],
+                                                masked_output, chunk, fast)
+            out = torch.cat([out, rest])
+        h = (final.h if lstm else final) * keep
+        if mask is not None:
+            h = torch.where(mask[0, :, None], h, h0)
+        return out, LSTMStateTuple(final.c, h) if lstm else h
 
     def around(self, inputs, outputs, mask):
         # The steps' masks from one draw of [T, B, out]: a draw of [B, out] per step, in order

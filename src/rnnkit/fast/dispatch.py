@@ -499,13 +499,12 @@ def explain(cell, inputs: torch.Tensor, sequence_length=None, swap_memory: bool 
     cell, why = cell.whole_sequence()
     if why:
         return step_by_step(why)
-    params = cell.sequence_params()
+    params, own_step = cell.dispatch_params(x.shape[1], x.dtype, x.device)
     mask = None
     if sequence_length is not None:
         mask = length_mask(torch.as_tensor(sequence_length, device=x.device), x.shape[0])
     chunk = default_chunk(x.shape[0]) if swap_memory else None
     state = cell.zero_state(x.shape[1], x.dtype, x.device)
-    own_step = not cell.uses_canonical_step()
     decision = decide(params, x, state, mask, "zero", chunk, own_step)
     if decision.path != "graph" or decision.captures:
         return decision

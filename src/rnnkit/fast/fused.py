@@ -36,15 +36,15 @@ from rnnkit.fast.varlen import take_tokens
 
 def unmet(p: Canonical) -> list[str]:
     """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device and sequence
-    masks are the dispatch's to check. Keras dropout masks (``x_mask``, ``h_mask``): both
-    kernels have them, one per gate block (a vanilla RNN's one)."""
+    masks are the dispatch's to check. Dropout masks (``x_mask``, ``h_mask``): both kernels
+    have them, one per gate block (a vanilla RNN's one; one for all of a cell's gates is
+    repeated)."""
     out = []
-    per_gate = p.kind != "rnn"  # a vanilla RNN's masks: one [B, n] each
     for name, mask in (("h_mask", p.h_mask), ("x_mask", p.x_mask)):
-        if mask is not None and (p.kind == "layer_norm_lstm" or mask.dim() != 2 + per_gate):
-            out.append(f"Keras dropout mask {name} of shape {list(mask.shape)} on a "
-                       f"{p.kind} cell (the fused kernels take [B, gates, n] for GRUs and "
-                       "LSTMs, [B, n] for vanilla RNNs)")
+        if mask is not None and (p.kind == "layer_norm_lstm" or
+                                 mask.dim() not in ((2,) if p.kind == "rnn" else (2, 3))):
+            out.append(f"dropout mask {name} of shape {list(mask.shape)} on a {p.kind} cell "
+                       "(the fused kernels take [B, n] or, for GRUs and LSTMs, [B, gates, n])")
     for what, fn in (("activation", p.activation), ("recurrent_activation",
                                                     p.recurrent_activation)):
         if fn is not None and name_of(fn) not in compiled.ACTIVATIONS:
@@ -185,7 +185,10 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
     steps, batch, depth = x.shape
     lstm = p.kind in ("lstm", "layer_norm_lstm")
     h0, c0 = (state.h, state.c) if lstm else (state, None)
-    masks = (p.x_mask, p.h_mask)  # Keras dropout, [B, gates, n] (a vanilla RNN's h_mask [B, n])
+    # dropout, [B, gates, n] (a vanilla RNN's [B, n]): one mask for every gate is repeated
+    gates = {"lstm": 4, "gru": 3}.get(p.kind)
+    masks = tuple(m.unsqueeze(1).expand(-1, gates, -1) if gates and m is not None and m.dim() == 2
+                  else m for m in (p.x_mask, p.h_mask))
     if lengths is None:
         order, packed = None, x.reshape(steps * batch, depth)
     else:
