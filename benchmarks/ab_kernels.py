@@ -36,10 +36,11 @@ CELLS = {
 }
 
 
-def build(ref: str, out_dir: Path) -> ctypes.CDLL:
-    """The kernels at git revision ``ref`` (``"."``: the working tree), built and loaded."""
-    src = out_dir / ("worktree" if ref == "." else
-                     ref.replace("/", "_").replace("~", "-").replace("^", "-"))
+def build(spec: str, out_dir: Path) -> ctypes.CDLL:
+    """The kernels at git revision ``spec`` (``"."``: the working tree; ``REF@FLAGS``: with
+    ``FLAGS`` after rnnkit's, so ``.@-O2`` overrides its ``-O3``), built and loaded."""
+    ref, _, extra = spec.partition("@")
+    src = out_dir / "".join(c if c.isalnum() else "_" for c in spec)
     src.mkdir()
     for path in (*compiled.SOURCES, compiled.HEADER):
         rel = path.relative_to(ROOT)
@@ -48,7 +49,7 @@ def build(ref: str, out_dir: Path) -> ctypes.CDLL:
             capture_output=True, text=True).stdout
         (src / path.name).write_text(text)
     target = src / "kernels.so"
-    subprocess.run([compiled._compiler(), *compiled.FLAGS,
+    subprocess.run([compiled._compiler(), *compiled.FLAGS, *extra.split(), "-shared",
                     *(str(src / p.name) for p in compiled.SOURCES), "-o", str(target),
                     *compiled.LIBS], check=True)
     lib = ctypes.CDLL(str(target))
@@ -60,7 +61,7 @@ def build(ref: str, out_dir: Path) -> ctypes.CDLL:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--refs", default="HEAD,.", help="comma-separated git revisions; '.' is "
-                    "the working tree")
+                    "the working tree; REF@FLAGS adds compiler flags")
     ap.add_argument("--shape", default="1,500,256", help="B,T,H")
     ap.add_argument("--cell", default="lstm", choices=list(CELLS))
     ap.add_argument("--reps", type=int, default=31)
