@@ -241,21 +241,22 @@ STACKS = [(20, 35, 650), (32, 100, 256)]  # PTB's "medium" model (Zaremba et al.
 
 def dropout_models(repeats: int) -> None:
     """In training, forward+backward: two LSTM layers, each in a ``DropoutWrapper`` (output keep
-    0.5; then variational output and state dropout, the state's the fused kernels' recurrent
-    mask), the wrappers on the whole sequence (each layer on its fast path) and step by step (the
-    reference loop, as before they could), against ``torch.nn.LSTM(num_layers=2, dropout=0.5)``
-    with dropout on its output too (the same math but the state's; other masks); then ``rk.layers.LSTM`` with
-    ``dropout=0.3`` (one input mask for all steps), and with ``recurrent_dropout=0.3`` too (masks
+    0.5; then variational output and state dropout, the state's the fused kernels' state mask;
+    and the same for two TF1 GRU layers), the wrappers on the whole sequence (each layer on its
+    fast path) and step by step (the reference loop, as before they could), against
+    ``torch.nn.LSTM(num_layers=2, dropout=0.5)`` (or ``GRU``) with dropout on its output too
+    (the same math but the state's; other masks); then ``rk.layers.LSTM`` with ``dropout=0.3``
+    (one input mask for all steps), and with ``recurrent_dropout=0.3`` too (masks
     per gate on ``x`` and ``h``: the fused kernels), and ``rk.layers.GRU`` with both, on the fast
     path and on the reference loop, against torch.nn's LSTM or GRU on inputs dropped by one
     mask (torch.nn has no recurrent dropout)."""
     from rnnkit.cells import wrappers
 
-    for (B, T, H), (what, options) in itertools.product(STACKS, WRAPPED):
+    for (B, T, H), (kind, what, options) in itertools.product(STACKS, WRAPPED):
         x = torch.randn(B, T, H, requires_grad=True)
         rk.reset_default_graph()
-        stack = rk.MultiRNNCell([rk.DropoutWrapper(rk.BasicLSTMCell(H), **options)
-                                 for _ in range(2)])
+        make = rk.BasicLSTMCell if kind == "LSTM" else rk.GRUCell
+        stack = rk.MultiRNNCell([rk.DropoutWrapper(make(H), **options) for _ in range(2)])
         stack.ensure_built(H, torch.float32)
         params = list(stack.parameters())
 
@@ -269,7 +270,7 @@ def dropout_models(repeats: int) -> None:
                 torch.autograd.grad(out.sum(), [x, *params])
             return train
 
-        peer = torch.nn.LSTM(H, H, num_layers=2, dropout=0.5, batch_first=True)
+        peer = getattr(torch.nn, kind)(H, H, num_layers=2, dropout=0.5, batch_first=True)
         peer_params = list(peer.parameters())
 
         def theirs(peer=peer, peer_params=peer_params, x=x):
@@ -278,7 +279,7 @@ def dropout_models(repeats: int) -> None:
 
         t_peer, t_whole, t_steps = _interleaved([theirs, ours(True), ours(False)], repeats)
         path = rk.fast.explain(stack, x).path
-        print(f"2-layer LSTM, {what}, training, B{B} T{T} H{H}, f+b ms: torch.nn "
+        print(f"2-layer {kind}, {what}, training, B{B} T{T} H{H}, f+b ms: torch.nn "
               f"{t_peer:.1f}, wrappers on the whole sequence ({path}) {t_whole:.1f}, step by "
               f"step (reference) {t_steps:.1f}: {t_steps / t_whole:.2f}x faster, "
               f"{t_peer / t_whole:.2f}x torch.nn")
@@ -308,9 +309,10 @@ def dropout_models(repeats: int) -> None:
               f"loop {t_ref:.1f}: {t_ref / t_fast:.2f}x faster, {t_peer / t_fast:.2f}x torch.nn")
 
 
-WRAPPED = [("output dropout 0.5", {"output_keep_prob": 0.5}),
-           ("variational output and state dropout 0.5 (Gal)",
-            {"output_keep_prob": 0.5, "state_keep_prob": 0.5, "variational_recurrent": True})]
+_GAL = {"output_keep_prob": 0.5, "state_keep_prob": 0.5, "variational_recurrent": True}
+WRAPPED = [("LSTM", "output dropout 0.5", {"output_keep_prob": 0.5}),
+           ("LSTM", "variational output and state dropout 0.5 (Gal)", _GAL),
+           ("GRU", "variational output and state dropout 0.5 (Gal)", _GAL)]
 KERAS_DROPOUT = [("LSTM", {"dropout": 0.3}), ("LSTM", {"dropout": 0.3, "recurrent_dropout": 0.3}),
                  ("GRU", {"dropout": 0.3, "recurrent_dropout": 0.3})]
 

@@ -5,6 +5,8 @@ activations), lengths, directions, Keras masks and ``swap_memory``; and the disp
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from fast_checks import FUSED_CELLS, TOL, compare_masked_keras_layer
@@ -139,6 +141,16 @@ def test_explain_names_fused_and_why_not_onednn():
     gelu = rk.LSTMCell(4, activation="gelu", input_size=3)
     assert "not fused: activation is gelu" in str(rk.fast.explain(gelu, torch.randn(2, 5, 3)))
     assert fused.unmet(rk.GRUCell(4, input_size=3).canonical()) == []
+    p = rk.GRUCell(4, input_size=3).canonical()
+    assert fused.unmet(dataclasses.replace(p, state_mask=torch.ones(2, 4))) == []
+    assert "dropout mask state_mask of shape [2, 3, 4]" in fused.unmet(
+        dataclasses.replace(p, state_mask=torch.ones(2, 3, 4)))[0]
+    assert fused.unmet(dataclasses.replace(p, state_mask=torch.ones(2, 4),
+                                           h_mask=torch.ones(2, 3, 4))) == \
+        ["both a state mask and a recurrent-dropout mask"]
+    norm = rk.LayerNormLSTMCell(4, input_size=3).canonical()
+    assert "on a layer_norm_lstm cell" in fused.unmet(
+        dataclasses.replace(norm, state_mask=torch.ones(2, 4)))[0]
     assert "not fused: can run it, but onednn comes first" in str(
         rk.fast.explain(rk.GRUCell(300, input_size=3), torch.randn(2, 5, 3)))
 

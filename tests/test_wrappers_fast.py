@@ -1,7 +1,9 @@
 """Wrappers on the whole sequence: ``DropoutWrapper``'s input and output dropout and
 ``ResidualWrapper``'s sum done around the wrapped cell's own unroll (which keeps its fast path)
-against the same wrappers run step by step (``wrappers.WHOLE_SEQUENCE = False``): the same
-masks from the same seed, so outputs, final states and gradients agree to 1e-5. Also: where
+and variational state dropout (the wrapped cell's unroll with a state mask), against the same
+wrappers run step by step (``wrappers.WHOLE_SEQUENCE = False``): the same masks from the same
+seed, so outputs, final states and gradients are as close to a float64 run step by step as
+the float32 one is. Also: where
 a wrapper must run step by step, ``explain`` and ``fast=True`` say why; a stack's variational
 masks are drawn anew for every sequence."""
 
@@ -11,7 +13,7 @@ import re
 
 import pytest
 import torch
-from fast_checks import TOL, decisions, perturb, random_state
+from fast_checks import decisions, perturb, random_state
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
@@ -27,6 +29,8 @@ INNER = {
     "lstm_clip_proj": lambda: rk.LSTMCell(6, cell_clip=0.8, num_proj=6),
     "lstm_peep_proj": lambda: rk.LSTMCell(6, use_peepholes=True, num_proj=4),
     "rnn": lambda: rk.BasicRNNCell(6),
+    "gru_after": lambda: rk.GRUCell(6, reset_after=True, activation="softsign"),
+    "layer_norm": lambda: rk.LayerNormLSTMCell(6),
 }
 DROPOUT = {
     "output": {"output_keep_prob": 0.6},
@@ -43,19 +47,24 @@ DROPOUT = {
 LENGTHS = {"full": None, "varied": [5, 0, 7, 3, 7]}
 
 
-def _run(make, whole: bool, monkeypatch, lengths=None, swap_memory=False, seed=3, steps=7):
+def _run(make, whole: bool, monkeypatch, lengths=None, swap_memory=False, seed=3, steps=7,
+         dtype=torch.float32):
     """``make()``'s cell (variables perturbed) unrolled over a fixed batch from a fixed seed,
-    whole-sequence wrappers or step by step; returns (outputs, state) and the tensors whose
-    gradients are compared."""
+    whole-sequence wrappers or step by step, in ``dtype`` (the masks drawn in float32 either
+    way); returns (outputs, state) and the tensors whose gradients are compared."""
     monkeypatch.setattr(wrappers, "WHOLE_SEQUENCE", whole)
+    noise = wrappers.DropoutWrapper._noise
+    monkeypatch.setattr(wrappers.DropoutWrapper, "_noise", lambda self, like, keep, global_rng:
+                        noise(self, like.float(), keep, global_rng).to(like.dtype))
     rk.reset_default_graph()
     torch.manual_seed(0)
     with rk.variable_scope(f"w{int(whole)}"):
         cell = make()
-        x = torch.randn(5, steps, 6, requires_grad=True)
+        x = torch.randn(5, steps, 6)
         cell.ensure_built(6, torch.float32)
     perturb(cell, scale=0.3)
-    state = random_state(cell, 5)
+    state = pytree.tree_map(lambda s: s.to(dtype).requires_grad_(), random_state(cell, 5))
+    cell, x = cell.to(dtype), x.to(dtype).requires_grad_()
     torch.manual_seed(seed)
     out = rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=state,
                          swap_memory=swap_memory, fast=None if whole else False)
@@ -63,19 +72,26 @@ def _run(make, whole: bool, monkeypatch, lengths=None, swap_memory=False, seed=3
 
 
 def _agree(make, monkeypatch, **kwargs) -> None:
-    whole, wrt_w = _run(make, True, monkeypatch, **kwargs)
-    steps, wrt_s = _run(make, False, monkeypatch, **kwargs)
-    for a, b in zip(pytree.tree_leaves(whole), pytree.tree_leaves(steps), strict=True):
-        torch.testing.assert_close(a, b, **TOL)
+    """The whole-sequence wrappers' outputs, final states and gradients are as close to a
+    float64 run step by step (the same masks) as the float32 run step by step is: within 10x
+    its error plus 1e-5 of the largest entry, the property tests' rule (a state mask's scale,
+    compounded over the steps, leaves some cells ill-conditioned in float32 on every path)."""
+    runs = [_run(make, whole, monkeypatch, dtype=dtype, **kwargs)
+            for whole, dtype in ((True, torch.float32), (False, torch.float32),
+                                 (False, torch.float64))]
     g = torch.Generator().manual_seed(1)
-    weights = [torch.randn(t.shape, generator=g) for t in pytree.tree_leaves(whole)]
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64)
+               for t in pytree.tree_leaves(runs[0][0])]
 
-    def grads(outs, wrt):
-        loss = sum((t * w).sum() for t, w in zip(pytree.tree_leaves(outs), weights, strict=True))
-        return torch.autograd.grad(loss, wrt)
+    def values(outs, wrt):
+        leaves = pytree.tree_leaves(outs)
+        loss = sum((t * w.to(t.dtype)).sum() for t, w in zip(leaves, weights, strict=True))
+        return [t.detach().double() for t in (*leaves, *torch.autograd.grad(loss, wrt))]
 
-    for a, b in zip(grads(whole, wrt_w), grads(steps, wrt_s), strict=True):
-        torch.testing.assert_close(a, b, **TOL)
+    fast, ref, truth = (values(*run) for run in runs)
+    for k, (a, b, t) in enumerate(zip(fast, ref, truth, strict=True)):
+        err_fast, err_ref = (a - t).abs().max(), (b - t).abs().max()
+        assert err_fast <= 10 * err_ref + 1e-5 * (1 + t.abs().max()), (k, err_fast, err_ref)
 
 
 @pytest.mark.parametrize("lengths", LENGTHS)
@@ -87,9 +103,10 @@ def test_dropout_wrapper_whole_sequence_matches_its_steps(inner, dropout, length
 
 
 @pytest.mark.parametrize("steps", [1, 2, 7])
-@pytest.mark.parametrize("inner", ["lstm", "lstm_peep_proj", "rnn"])
+@pytest.mark.parametrize("inner", ["lstm", "lstm_peep_proj", "lstm_clip_proj", "rnn", "gru",
+                                   "gru_after"])
 def test_variational_state_dropout_runs_fused_and_matches_its_steps(inner, steps, monkeypatch):
-    """State dropout as the wrapped cell's recurrent mask: the fused kernels run it (steps after
+    """State dropout as the wrapped cell's state mask: the fused kernels run it (steps after
     the first), with the initial state read as it is and kept where a sequence is empty; with
     swap_memory's chunks too."""
     def make():
@@ -107,7 +124,7 @@ def test_variational_state_dropout_runs_fused_and_matches_its_steps(inner, steps
         cell.ensure_built(6, torch.float32)
     monkeypatch.setattr(wrappers, "WHOLE_SEQUENCE", True)
     decision = rk.fast.explain(cell, x)
-    assert decision.path == "fused" and "recurrent dropout (h_mask)" in str(decision), decision
+    assert decision.path == "fused" and "state dropout (state_mask)" in str(decision), decision
 
 
 def test_state_dropout_keeps_its_mask_over_time_and_drops_the_final_state(monkeypatch):
@@ -195,8 +212,8 @@ def test_what_must_run_step_by_step_says_why():
     cases = [
         (rk.DropoutWrapper(rk.BasicLSTMCell(5), state_keep_prob=0.5),
          "state dropout .* variational_recurrent=False"),
-        (rk.DropoutWrapper(rk.GRUCell(5), state_keep_prob=0.5, variational_recurrent=True),
-         "not an LSTM or vanilla RNN cell"),
+        (rk.DropoutWrapper(rk.MultiRNNCell([rk.GRUCell(5)]), state_keep_prob=0.5,
+                           variational_recurrent=True), "not one cell with rnnkit's own step"),
         (rk.DropoutWrapper(rk.BasicLSTMCell(5), state_keep_prob=0.5, variational_recurrent=True,
                            dropout_state_filter_visitor=lambda s: rk.LSTMStateTuple(True, True)),
          "a state filter other than"),

@@ -30,6 +30,9 @@ class FusedCell(RNNCell):
 
     def step(self, xw: torch.Tensor, state: State, params: eq.Canonical
              ) -> tuple[torch.Tensor, State]:
+        if params.state_mask is not None:  # state dropout: the step reads the dropped h
+            state = LSTMStateTuple(state.c, state.h * params.state_mask) \
+                if isinstance(state, LSTMStateTuple) else state * params.state_mask
         if params.kind == "rnn":
             h = eq.simple_rnn(xw, state, params)
             return h, h

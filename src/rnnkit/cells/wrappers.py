@@ -185,11 +185,11 @@ class DropoutWrapper(_Wrapper):
 
     Input and output dropout are applied to the whole sequence around the cell's unroll, so
     the cell keeps its fast path. State dropout (``state_keep_prob < 1``) acts between steps;
-    variational, on the ``h`` of an LSTM or vanilla RNN cell (TF's default filter), it is the
-    cell's unroll with a recurrent-dropout mask (``Canonical.h_mask``: only the recurrent
-    product reads ``h``), which the fused kernels run. Any other state dropout runs the loop
-    step by step, as does a cell that draws masks of its own (another ``DropoutWrapper``
-    inside: its draws and these would come in another order).
+    variational, on the ``h`` of one of rnnkit's cells (TF's default filter), it is the cell's
+    unroll with a state mask (``Canonical.state_mask``), which the fused kernels run (but for a
+    layer-norm LSTM's). A new mask every step or another filter runs the loop step by step, as does a cell
+    that draws masks of its own (another ``DropoutWrapper`` inside: its draws and these would
+    come in another order).
     """
 
     def __init__(self, cell: RNNCell, input_keep_prob: float = 1.0, output_keep_prob: float = 1.0,
@@ -260,10 +260,9 @@ class DropoutWrapper(_Wrapper):
         cell = self.cell
         if not self.variational:
             return ["a new mask every step: variational_recurrent=False"]
-        if not (isinstance(cell, FusedCell) and cell.uses_canonical_step()
-                and cell.sequence_params().kind in ("lstm", "rnn")):
-            return ["the wrapped cell is not an LSTM or vanilla RNN cell, whose h only the "
-                    "recurrent product reads"]
+        if not (isinstance(cell, FusedCell) and cell.uses_canonical_step()):
+            return ["the wrapped cell is not one cell with rnnkit's own step (a stack, a wrapper "
+                    "or a step of its own)"]
         zero = cell.zero_state(1)
         if pytree.tree_leaves(self.state_filter(zero)) != pytree.tree_leaves(_keep_state_leaf(zero)):
             return ["a state filter other than TF's default (h alone)"]
@@ -283,13 +282,13 @@ class DropoutWrapper(_Wrapper):
             return self.cell.dispatch_params(batch, dtype, device)
         h = self.cell.zero_state(batch, dtype, device)
         mask = torch.ones_like(h.h if isinstance(h, LSTMStateTuple) else h)
-        return dataclasses.replace(self.cell.sequence_params(), h_mask=mask), False
+        return dataclasses.replace(self.cell.sequence_params(), state_mask=mask), False
 
     def inner_unroll(self, inputs, state, mask, masked_output, chunk, fast):
         if not self._drops_state():
             return super().inner_unroll(inputs, state, mask, masked_output, chunk, fast)
-        # The steps after the first read the dropped h, in the recurrent product only; the first
-        # reads the initial state as it is; the final state is the last step's h, dropped. The
+        # The steps after the first read the dropped h (Canonical.state_mask); the first reads
+        # the initial state as it is; the final state is the last step's h, dropped. The
         # mask is drawn as the steps draw it (after the inputs', before the outputs'), and a
         # sequence of length 0 (masks here come from lengths) keeps its initial state.
         lstm = isinstance(state, LSTMStateTuple)
@@ -298,7 +297,7 @@ class DropoutWrapper(_Wrapper):
         out, final = self.cell.unroll(inputs[:1], state, None if mask is None else mask[:1],
                                       masked_output, None, fast)
         if inputs.shape[0] > 1:
-            params = dataclasses.replace(self.cell.sequence_params(), h_mask=keep)
+            params = dataclasses.replace(self.cell.sequence_params(), state_mask=keep)
             rest, final = self.cell.unroll_with(params, inputs[1:], final,
                                                 None if mask is None else mask[1:],
                                                 masked_output, chunk, fast)

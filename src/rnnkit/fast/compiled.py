@@ -66,7 +66,8 @@ class GRUConfig(ctypes.Structure):
     _fields_ = [("T", ctypes.c_int64), ("B", ctypes.c_int64), ("D", ctypes.c_int64),
                 ("H", ctypes.c_int64), ("act", ctypes.c_int32), ("ract", ctypes.c_int32),
                 ("gru", ctypes.c_int32), ("reset_after", ctypes.c_int32),
-                ("xmask", ctypes.c_void_p), ("hmask", ctypes.c_void_p)]
+                ("xmask", ctypes.c_void_p), ("hmask", ctypes.c_void_p),
+                ("umask", ctypes.c_void_p)]
 
 
 class GRUSaved(ctypes.Structure):

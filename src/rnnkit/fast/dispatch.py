@@ -222,12 +222,15 @@ def _common_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chun
 
 
 def _dropout_unmet(p: Canonical) -> list[str]:
-    """Why a path other than ``fused`` cannot run Keras dropout masks: ``h_mask`` acts between
-    steps, and an ``x_mask`` left in ``Canonical`` is one per gate (a single input mask drops
-    the sequence before the unroll: ``KerasCell.unroll``)."""
+    """Why a path other than ``fused`` cannot run dropout masks: ``h_mask`` (Keras) and
+    ``state_mask`` (a ``DropoutWrapper``'s) act between steps, and an ``x_mask`` left in
+    ``Canonical`` is one per gate (a single input mask drops the sequence before the unroll:
+    ``KerasCell.unroll``)."""
     unmet = []
     if p.h_mask is not None:
         unmet.append("recurrent dropout (h_mask) between steps")
+    if p.state_mask is not None:
+        unmet.append("state dropout (state_mask) between steps")
     if p.x_mask is not None:
         unmet.append("input dropout with a mask per gate (x_mask, with recurrent_dropout)")
     return unmet

@@ -13,7 +13,8 @@ tokens; outputs past a length are zero and the state is held there (TF1 semantic
 The kernels also run Keras recurrent dropout (``Canonical.h_mask``, a mask per gate block:
 each step's recurrent product a block at a time, on ``h`` times that block's mask) with its
 per-gate input masks (``x_mask``: the input projection a block at a time, on ``x`` times that
-block's mask).
+block's mask), and a ``DropoutWrapper``'s state dropout (``state_mask``: the recurrent mask of
+every block, and in a GRU the update's too).
 """
 
 from __future__ import annotations
@@ -40,11 +41,14 @@ def unmet(p: Canonical) -> list[str]:
     have them, one per gate block (a vanilla RNN's one; one for all of a cell's gates is
     repeated)."""
     out = []
-    for name, mask in (("h_mask", p.h_mask), ("x_mask", p.x_mask)):
-        if mask is not None and (p.kind == "layer_norm_lstm" or
-                                 mask.dim() not in ((2,) if p.kind == "rnn" else (2, 3))):
+    for name, mask in (("h_mask", p.h_mask), ("x_mask", p.x_mask), ("state_mask", p.state_mask)):
+        dims = (2,) if p.kind == "rnn" or name == "state_mask" else (2, 3)
+        if mask is not None and (p.kind == "layer_norm_lstm" or mask.dim() not in dims):
             out.append(f"dropout mask {name} of shape {list(mask.shape)} on a {p.kind} cell "
-                       "(the fused kernels take [B, n] or, for GRUs and LSTMs, [B, gates, n])")
+                       "(the fused kernels take [B, n] or, for GRUs' and LSTMs' h_mask and "
+                       "x_mask, [B, gates, n])")
+    if p.state_mask is not None and p.h_mask is not None:
+        out.append("both a state mask and a recurrent-dropout mask")
     for what, fn in (("activation", p.activation), ("recurrent_activation",
                                                     p.recurrent_activation)):
         if fn is not None and name_of(fn) not in compiled.ACTIVATIONS:
@@ -118,7 +122,7 @@ def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
 
 
 def _config(p: Canonical, steps: int, batch: int, depth: int,
-            masks: tuple = (None, None)) -> compiled.Config:
+            masks: tuple = (None, None, None)) -> compiled.Config:
     H = p.U.shape[1] // 4
     eps = p.norms[1] if p.norms is not None else 0.0
     return compiled.Config(
@@ -152,9 +156,10 @@ def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def _run_lstm(p: Canonical, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
-              lengths: torch.Tensor | None, steps: int, masks: tuple = (None, None)):
-    """The LSTM kernel over packed ``x`` ``[N, depth]``; ``masks``: Keras dropout's ``x_mask``
-    ``[B, 4, depth]`` and ``h_mask`` ``[B, 4, H]`` (or None), sorted as ``h0``."""
+              lengths: torch.Tensor | None, steps: int, masks: tuple = (None, None, None)):
+    """The LSTM kernel over packed ``x`` ``[N, depth]``; ``masks``: dropout's ``x_mask``
+    ``[B, 4, depth]`` and ``h_mask`` ``[B, 4, H]`` (or None; the third, a GRU's, unused),
+    sorted as ``h0``."""
     peep = torch.stack(p.peepholes) if p.peepholes is not None else None
     gamma = beta = None
     if p.norms is not None:
@@ -185,10 +190,13 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
     steps, batch, depth = x.shape
     lstm = p.kind in ("lstm", "layer_norm_lstm")
     h0, c0 = (state.h, state.c) if lstm else (state, None)
-    # dropout, [B, gates, n] (a vanilla RNN's [B, n]): one mask for every gate is repeated
+    # dropout, [B, gates, n] (a vanilla RNN's [B, n]): one mask for every gate is repeated; a
+    # state mask is the products' mask, and a GRU's update's (umask) too
     gates = {"lstm": 4, "gru": 3}.get(p.kind)
+    h_mask = p.h_mask if p.state_mask is None else p.state_mask
     masks = tuple(m.unsqueeze(1).expand(-1, gates, -1) if gates and m is not None and m.dim() == 2
-                  else m for m in (p.x_mask, p.h_mask))
+                  else m for m in (p.x_mask, h_mask))
+    masks += (p.state_mask if p.kind == "gru" else None,)
     if lengths is None:
         order, packed = None, x.reshape(steps * batch, depth)
     else:

@@ -68,24 +68,24 @@ class _FusedGRU(torch.autograd.Function):
 
 
 def _config(p: Canonical, steps: int, batch: int, depth: int,
-            masks: tuple = (None, None)) -> compiled.GRUConfig:
+            masks: tuple = (None, None, None)) -> compiled.GRUConfig:
     """The kernel's configuration for the GRU or vanilla RNN ``p`` over ``steps`` x ``batch``
-    inputs of ``depth`` (``masks``: Keras dropout's input and recurrent masks, or None)."""
+    inputs of ``depth`` (``masks``: dropout's input, recurrent and update masks, or None)."""
     gru = p.kind == "gru"
     return compiled.GRUConfig(
         T=steps, B=batch, D=depth, H=p.U.shape[0],
         act=compiled.ACTIVATIONS[name_of(p.activation)],
         ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)] if gru else 0,
         gru=gru, reset_after=gru and p.reset_after, xmask=compiled.ptr(masks[0]),
-        hmask=compiled.ptr(masks[1]))
+        hmask=compiled.ptr(masks[1]), umask=compiled.ptr(masks[2]))
 
 
 def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor | None,
-            steps: int, masks: tuple = (None, None)) -> tuple[torch.Tensor, torch.Tensor]:
+            steps: int, masks: tuple = (None, None, None)) -> tuple[torch.Tensor, torch.Tensor]:
     """The GRU or vanilla RNN ``p`` over packed ``x`` ``[N, depth]`` (``lengths`` sorted
-    longest first, or None: ``N = steps * B``) from ``h0`` (sorted alike); ``masks``: Keras
-    dropout's ``x_mask`` ``[B, 3, depth]`` and ``h_mask`` ``[B, 3, H]`` (a vanilla RNN's
-    ``[B, H]``), or None, sorted alike.
+    longest first, or None: ``N = steps * B``) from ``h0`` (sorted alike); ``masks``: dropout's
+    ``x_mask`` ``[B, 3, depth]``, ``h_mask`` ``[B, 3, H]`` (a vanilla RNN's ``[B, H]``) and a
+    GRU's update mask ``[B, H]`` (state dropout: ``z ⊙ h ⊙ mask``), or None, sorted alike.
 
     Returns:
         ``(y [N, H], hT [B, H])``, packed and sorted as the inputs.

@@ -10,7 +10,8 @@
  * Keras recurrent dropout (hmask): the recurrent products one gate block at a time, each on h
  * times that block's mask (reset before: the candidate's on r * h times its mask); the update
  * z * h keeps the undropped h. Per-gate input masks (xmask): the input projection a block at a
- * time (kernels.h).
+ * time (kernels.h). TF1 state dropout: hmask's blocks all the one state mask, and the update
+ * z * h drops h too (umask), so the step reads the dropped state everywhere.
  */
 #include "kernels.h"
 
@@ -22,6 +23,8 @@ typedef struct {
                               NULL: none */
     const float *hmask;    /* Keras recurrent dropout: [B, G, H] (a vanilla RNN's [B, 1, H]), one
                               mask per block of U's columns; NULL: none */
+    const float *umask;    /* state dropout (GRU): [B, H], the update's h dropped too,
+                              z * h * umask; NULL: none */
 } rk_gru_cfg;
 
 typedef struct {           /* what the forward pass keeps for the backward pass */
@@ -114,7 +117,13 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
         float *zr = z + r * G, *c = zr + 2 * H;
         const float *h = hp + r * H;
         act_n(k->act, c, H);
-        for (int64_t j = 0; j < H; j++) yt[r * H + j] = zr[j] * h[j] + (1.0f - zr[j]) * c[j];
+        if (k->umask) {
+            const float *mu = k->umask + r * H;
+            for (int64_t j = 0; j < H; j++)
+                yt[r * H + j] = zr[j] * h[j] * mu[j] + (1.0f - zr[j]) * c[j];
+        } else {
+            for (int64_t j = 0; j < H; j++) yt[r * H + j] = zr[j] * h[j] + (1.0f - zr[j]) * c[j];
+        }
     }
     return 0;
 }
@@ -148,11 +157,20 @@ int rk_gru_forward(const rk_gru_cfg *k, const int64_t *lengths, const float *x, 
 }
 
 /* A GRU row's d(z) and d(c) pre-activations from d(h') (d, replaced by its z * h' part), the
- * activations and their derivatives. Separate, non-overlapping arrays, so the loop vectorizes. */
+ * activations and their derivatives; mu: the update's state mask (umask's row), or NULL.
+ * Separate, non-overlapping arrays, so the loops vectorize. */
 static void back_zc(int64_t H, const float *restrict z, const float *restrict c,
-                    const float *restrict h, const float *restrict der_z,
-                    const float *restrict der_c, float *restrict d, float *restrict dz,
-                    float *restrict dc) {
+                    const float *restrict h, const float *restrict mu,
+                    const float *restrict der_z, const float *restrict der_c,
+                    float *restrict d, float *restrict dz, float *restrict dc) {
+    if (mu) {
+        for (int64_t j = 0; j < H; j++) {
+            dz[j] = d[j] * (h[j] * mu[j] - c[j]) * der_z[j];
+            dc[j] = d[j] * (1.0f - z[j]) * der_c[j];
+            d[j] *= z[j] * mu[j];
+        }
+        return;
+    }
     for (int64_t j = 0; j < H; j++) {
         dz[j] = d[j] * (h[j] - c[j]) * der_z[j];
         dc[j] = d[j] * (1.0f - z[j]) * der_c[j];
@@ -209,7 +227,8 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
         const float *zg = g, *rg = g + H, *cg = g + 2 * H;
         deriv_n(k->ract, g, der, 2 * H);
         deriv_n(k->act, cg, der + 2 * H, H);
-        back_zc(H, zg, cg, h, der, der + 2 * H, d, dg, dg + 2 * H);
+        back_zc(H, zg, cg, h, k->umask ? k->umask + r * H : NULL, der, der + 2 * H, d, dg,
+                dg + 2 * H);
         if (k->reset_after) {
             float *du = dhu + row * G;
             back_r_after(H, s->extra + row * H, rg, der + H, dg, dg + 2 * H, dg + H, du, du + H,
