@@ -312,7 +312,9 @@ def dropout_models(repeats: int) -> None:
 _GAL = {"output_keep_prob": 0.5, "state_keep_prob": 0.5, "variational_recurrent": True}
 WRAPPED = [("LSTM", "output dropout 0.5", {"output_keep_prob": 0.5}),
            ("LSTM", "variational output and state dropout 0.5 (Gal)", _GAL),
-           ("GRU", "variational output and state dropout 0.5 (Gal)", _GAL)]
+           ("GRU", "variational output and state dropout 0.5 (Gal)", _GAL),
+           ("LSTM", "output and state dropout 0.5, new masks every step",
+            {"output_keep_prob": 0.5, "state_keep_prob": 0.5})]
 KERAS_DROPOUT = [("LSTM", {"dropout": 0.3}), ("LSTM", {"dropout": 0.3, "recurrent_dropout": 0.3}),
                  ("GRU", {"dropout": 0.3, "recurrent_dropout": 0.3})]
 

@@ -143,8 +143,9 @@ def test_explain_names_fused_and_why_not_onednn():
     assert fused.unmet(rk.GRUCell(4, input_size=3).canonical()) == []
     p = rk.GRUCell(4, input_size=3).canonical()
     assert fused.unmet(dataclasses.replace(p, state_mask=torch.ones(2, 4))) == []
-    assert "dropout mask state_mask of shape [2, 3, 4]" in fused.unmet(
-        dataclasses.replace(p, state_mask=torch.ones(2, 3, 4)))[0]
+    assert fused.unmet(dataclasses.replace(p, state_mask=torch.ones(5, 2, 4))) == []  # per step
+    assert "dropout mask state_mask of shape [5, 2, 3, 4]" in fused.unmet(
+        dataclasses.replace(p, state_mask=torch.ones(5, 2, 3, 4)))[0]
     assert fused.unmet(dataclasses.replace(p, state_mask=torch.ones(2, 4),
                                            h_mask=torch.ones(2, 3, 4))) == \
         ["both a state mask and a recurrent-dropout mask"]

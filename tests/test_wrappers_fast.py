@@ -42,7 +42,8 @@ DROPOUT = {
     "state": {"state_keep_prob": 0.6, "variational_recurrent": True},
     "all_three": {"input_keep_prob": 0.8, "output_keep_prob": 0.7, "state_keep_prob": 0.6,
                   "variational_recurrent": True, "seed": 5},
-    "state_every_step": {"state_keep_prob": 0.6},  # not variational: step by step
+    "state_every_step": {"state_keep_prob": 0.6},  # a mask per step
+    "state_output_every_step": {"state_keep_prob": 0.6, "output_keep_prob": 0.7, "seed": 2},
 }
 LENGTHS = {"full": None, "varied": [5, 0, 7, 3, 7]}
 
@@ -102,16 +103,17 @@ def test_dropout_wrapper_whole_sequence_matches_its_steps(inner, dropout, length
            lengths=LENGTHS[lengths])
 
 
+@pytest.mark.parametrize("variational", [True, False])
 @pytest.mark.parametrize("steps", [1, 2, 7])
 @pytest.mark.parametrize("inner", ["lstm", "lstm_peep_proj", "lstm_clip_proj", "rnn", "gru",
                                    "gru_after"])
-def test_variational_state_dropout_runs_fused_and_matches_its_steps(inner, steps, monkeypatch):
-    """State dropout as the wrapped cell's state mask: the fused kernels run it (steps after
-    the first), with the initial state read as it is and kept where a sequence is empty; with
-    swap_memory's chunks too."""
+def test_state_dropout_runs_fused_and_matches_its_steps(inner, steps, variational, monkeypatch):
+    """State dropout as the wrapped cell's state mask (one, or one per step): the fused kernels
+    run it (steps after the first), with the initial state read as it is and kept where a
+    sequence is empty; with swap_memory's chunks too."""
     def make():
         return rk.DropoutWrapper(INNER[inner](), state_keep_prob=0.5, output_keep_prob=0.8,
-                                 variational_recurrent=True)
+                                 variational_recurrent=variational)
     lengths = [min(n, steps) for n in (5, 0, 7, 1, 2)]
     seen = decisions(monkeypatch)
     whole, _ = _run(make, True, monkeypatch, lengths=lengths, steps=steps)
@@ -210,10 +212,8 @@ def test_variational_masks_are_drawn_for_every_sequence(where):
 def test_what_must_run_step_by_step_says_why():
     x = torch.randn(4, 6, 5)
     cases = [
-        (rk.DropoutWrapper(rk.BasicLSTMCell(5), state_keep_prob=0.5),
-         "state dropout .* variational_recurrent=False"),
-        (rk.DropoutWrapper(rk.MultiRNNCell([rk.GRUCell(5)]), state_keep_prob=0.5,
-                           variational_recurrent=True), "not one cell with rnnkit's own step"),
+        (rk.DropoutWrapper(rk.MultiRNNCell([rk.GRUCell(5)]), state_keep_prob=0.5),
+         "state dropout .* not one cell with rnnkit's own step"),
         (rk.DropoutWrapper(rk.BasicLSTMCell(5), state_keep_prob=0.5, variational_recurrent=True,
                            dropout_state_filter_visitor=lambda s: rk.LSTMStateTuple(True, True)),
          "a state filter other than"),

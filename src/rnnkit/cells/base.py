@@ -229,6 +229,11 @@ class RNNCell(torch.nn.Module):
                                own_step=not self.uses_canonical_step(), cell=self)
         if done is not None:
             return done
+        return self.loop(params, inputs, state, mask, masked_output, chunk)
+
+    def loop(self, params, inputs: torch.Tensor, state: State, mask: torch.Tensor | None = None,
+             masked_output: str = "zero", chunk: int | None = None):
+        """The reference loop: ``step`` over ``prepare_inputs``, by ``rnnkit.unroll.scan``."""
         return scan(lambda x, s: self.step(x, s, params), inputs, state, mask, masked_output, chunk,
                     prepare=lambda x: self.prepare_inputs(x, params))
 

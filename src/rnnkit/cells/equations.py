@@ -19,10 +19,12 @@ GRU/LSTM with ``recurrent_dropout``, its "implementation 1"); the GRU's ``z ⊙ 
 undropped ``h``. ``masked_matmul`` is that product, also used for Keras input dropout
 (``x_mask``, the same shapes over the input depth, applied in ``project``).
 
-TF1's ``DropoutWrapper`` with variational state dropout drops the state itself: every step
-reads ``h ⊙ state_mask`` (``[B, H]``) in place of ``h``, in its products and in a GRU's update
-alike (an LSTM's ``c`` is left alone, as TF's default filter does). The cell's step applies it
-(``FusedCell.step``); for an LSTM or a vanilla RNN it equals ``h_mask``.
+TF1's ``DropoutWrapper`` with state dropout drops the state itself: every step reads
+``h ⊙ state_mask`` in place of ``h``, in its products and in a GRU's update alike (an LSTM's
+``c`` is left alone, as TF's default filter does). ``state_mask`` is ``[B, H]`` for every step
+(``variational_recurrent``) or ``[T, B, H]``, step ``t``'s at ``t``. The cell's step applies it
+(``FusedCell.step``, ``FusedCell.loop`` one step's at a time); for an LSTM or a vanilla RNN it
+equals ``h_mask``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class Canonical:
     h_mask: torch.Tensor | None = None  # recurrent dropout: [B, H] or [B, G, H], see above
     gate_order: tuple[int, ...] | None = None  # LSTM: stored block of i, f, g, o; None: as is
     x_mask: torch.Tensor | None = None  # input dropout, applied by ``project``: as ``h_mask``
-    state_mask: torch.Tensor | None = None  # state dropout: each step reads h ⊙ it, see above
+    state_mask: torch.Tensor | None = None  # state dropout: [B, H] or [T, B, H], see above
 
     def lstm_gates(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """An LSTM's gates i, f, g, o: the blocks of ``v``'s last dimension, laid out as ``W``'s

@@ -3,10 +3,13 @@ of the time loop and the recurrent rest is one of the functions in ``equations``
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from rnnkit.cells import equations as eq
 from rnnkit.cells.base import LSTMStateTuple, RNNCell, State
+from rnnkit.unroll import scan
 
 
 class FusedCell(RNNCell):
@@ -27,6 +30,23 @@ class FusedCell(RNNCell):
         """True unless a subclass replaces ``prepare_inputs`` or ``step`` with its own."""
         return (type(self).prepare_inputs is FusedCell.prepare_inputs
                 and type(self).step is FusedCell.step)
+
+    def loop(self, params, inputs, state, mask=None, masked_output="zero", chunk=None):
+        m = params.state_mask
+        if m is None or m.dim() == 2:
+            return super().loop(params, inputs, state, mask, masked_output, chunk)
+        # a state mask per step [T, B, n]: step t's travels with step t's inputs
+        depth, fixed = inputs.shape[-1], replace(params, state_mask=None)
+        width = fixed.W.shape[1]
+
+        def prepare(xm: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.prepare_inputs(xm[..., :depth], fixed), xm[..., depth:]], -1)
+
+        def step(xm: torch.Tensor, s: State) -> tuple[torch.Tensor, State]:
+            return self.step(xm[..., :width], s, replace(fixed, state_mask=xm[..., width:]))
+
+        return scan(step, torch.cat([inputs, m.to(inputs.dtype)], -1), state, mask, masked_output,
+                    chunk, prepare=prepare)
 
     def step(self, xw: torch.Tensor, state: State, params: eq.Canonical
              ) -> tuple[torch.Tensor, State]:

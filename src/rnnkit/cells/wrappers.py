@@ -184,12 +184,12 @@ class DropoutWrapper(_Wrapper):
     training mode only (``module.eval()`` turns it off; TF1 code sets keep_prob=1 instead).
 
     Input and output dropout are applied to the whole sequence around the cell's unroll, so
-    the cell keeps its fast path. State dropout (``state_keep_prob < 1``) acts between steps;
-    variational, on the ``h`` of one of rnnkit's cells (TF's default filter), it is the cell's
-    unroll with a state mask (``Canonical.state_mask``), which the fused kernels run (but for a
-    layer-norm LSTM's). A new mask every step or another filter runs the loop step by step, as does a cell
-    that draws masks of its own (another ``DropoutWrapper`` inside: its draws and these would
-    come in another order).
+    the cell keeps its fast path. State dropout (``state_keep_prob < 1``) acts between steps: on
+    the ``h`` of one of rnnkit's cells (TF's default filter), it is the cell's unroll with a
+    state mask (``Canonical.state_mask``: one, or one per step), which the fused kernels run
+    (but for a layer-norm LSTM's). Another filter, or a stack or wrapper inside, runs the loop
+    step by step, as does a cell that draws masks of its own (another ``DropoutWrapper``
+    inside: its draws and these would come in another order).
     """
 
     def __init__(self, cell: RNNCell, input_keep_prob: float = 1.0, output_keep_prob: float = 1.0,
@@ -212,9 +212,11 @@ class DropoutWrapper(_Wrapper):
         self._masks: dict[str, object] = {}
         del input_size, dtype
 
-    def _noise(self, like: torch.Tensor, keep: float, global_rng: bool) -> torch.Tensor:
+    def _noise(self, like: torch.Tensor, keep, global_rng: bool) -> torch.Tensor:
+        """A mask shaped as ``like``: 1/keep with probability ``keep`` (a float, or a CPU tensor
+        that broadcasts), else 0."""
         u = torch.rand(like.shape, generator=None if global_rng else self._generator, dtype=like.dtype)
-        return torch.floor(keep + u).to(like.device) / keep
+        return (torch.floor(keep + u) / keep).to(like.device)
 
     def begin_sequence(self, batch_size: int, dtype: torch.dtype, device) -> None:
         self._masks = {}
@@ -258,8 +260,6 @@ class DropoutWrapper(_Wrapper):
     def _state_unmet(self, mask, masked_output) -> list[str]:
         """Why state dropout cannot be a recurrent-dropout mask on the wrapped cell's unroll."""
         cell = self.cell
-        if not self.variational:
-            return ["a new mask every step: variational_recurrent=False"]
         if not (isinstance(cell, FusedCell) and cell.uses_canonical_step()):
             return ["the wrapped cell is not one cell with rnnkit's own step (a stack, a wrapper "
                     "or a step of its own)"]
@@ -289,29 +289,48 @@ class DropoutWrapper(_Wrapper):
             return super().inner_unroll(inputs, state, mask, masked_output, chunk, fast)
         # The steps after the first read the dropped h (Canonical.state_mask); the first reads
         # the initial state as it is; the final state is the last step's h, dropped. The
-        # mask is drawn as the steps draw it (after the inputs', before the outputs'), and a
-        # sequence of length 0 (masks here come from lengths) keeps its initial state.
-        lstm = isinstance(state, LSTMStateTuple)
+        # masks are drawn as the steps draw them (after the inputs', before the outputs'), and
+        # a sequence of length 0 (masks here come from lengths) keeps its initial state. Not
+        # variational, step t's mask (read by step t + 1) is one of [T, B, n], and the final
+        # state takes its sequence's last step's.
+        lstm, steps = isinstance(state, LSTMStateTuple), inputs.shape[0]
         h0 = state.h if lstm else state
-        keep = self._drop(torch.ones_like(h0), "state", True, "0")
+        if self.variational:
+            keep = last = self._drop(torch.ones_like(h0), "state", True, "0")
+        else:
+            keep = self._step_masks(h0, steps)
+            at = mask.sum(0).clamp(min=1) - 1 if mask is not None else steps - 1
+            last, keep = keep[at, torch.arange(h0.shape[0])], keep[:-1]
         out, final = self.cell.unroll(inputs[:1], state, None if mask is None else mask[:1],
                                       masked_output, None, fast)
-        if inputs.shape[0] > 1:
+        if steps > 1:
             params = dataclasses.replace(self.cell.sequence_params(), state_mask=keep)
             rest, final = self.cell.unroll_with(params, inputs[1:], final,
                                                 None if mask is None else mask[1:],
                                                 masked_output, chunk, fast)
             out = torch.cat([out, rest])
-        h = (final.h if lstm else final) * keep
+        h = (final.h if lstm else final) * last
         if mask is not None:
             h = torch.where(mask[0, :, None], h, h0)
         return out, LSTMStateTuple(final.c, h) if lstm else h
 
+    def _step_masks(self, h0: torch.Tensor, steps: int) -> torch.Tensor:
+        """Each step's state mask ``[T, B, n]``, drawn as the steps draw theirs: at each step
+        the state's, then (output dropout) the output's, which ``around`` then takes; one draw
+        of ``[T, 2, B, n]`` is ``2T`` draws of ``[B, n]`` in that order (an LSTM's or GRU's
+        output is its ``h``)."""
+        kinds = ["state"] + (["output"] if self.keep["output"] < 1.0 else [])
+        keep = torch.tensor([self.keep[k] for k in kinds], dtype=h0.dtype).view(1, -1, 1, 1)
+        masks = self._noise(h0.new_empty(steps, len(kinds), *h0.shape), keep, True)
+        self._masks["steps_output"] = masks[:, 1] if len(kinds) == 2 else None
+        return masks[:, 0]
+
     def around(self, inputs, outputs, mask):
         # The steps' masks from one draw of [T, B, out]: a draw of [B, out] per step, in order
-        # (variational: one [B, out] mask, drawn at the first step, as the steps do). Padded
-        # steps' outputs are zeros either way.
-        return self._drop(outputs, "output", True)
+        # (variational: one [B, out] mask, drawn at the first step, as the steps do), or those
+        # drawn with the state's (_step_masks). Padded steps' outputs are zeros either way.
+        drawn = self._masks.pop("steps_output", None)
+        return self._drop(outputs, "output", True) if drawn is None else outputs * drawn
 
     def _drop(self, x: torch.Tensor, kind: str, global_rng: bool, key: str = "") -> torch.Tensor:
         keep = self.keep[kind]

@@ -451,15 +451,15 @@ def _run_path(path: str, params, inputs: torch.Tensor, state, lengths: torch.Ten
         runner = run_fused if path == "fused" else \
             functools.partial(run_cudnn, every_step=every_step)
 
-        def sequence(x, s, lengths, masked="zero"):
-            out, final = runner(params, x, s, lengths)
+        def sequence(x, s, lengths, masked="zero", steps=slice(None)):
+            out, final = runner(_during(params, steps), x, s, lengths)
             if masked == "previous" and lengths is not None:
                 out = hold_last(out, lengths)
             return out, final
     else:
         weights = Weights(params, pooled=not chunked)
 
-        def sequence(x, s, lengths, masked="zero"):
+        def sequence(x, s, lengths, masked="zero", steps=slice(None)):
             if lengths is None:
                 return run(weights, x, s)
             return run_packed(weights, x, s, lengths, masked)
@@ -470,6 +470,14 @@ def _run_path(path: str, params, inputs: torch.Tensor, state, lengths: torch.Ten
     if chunked:
         return run_chunked(sequence, inputs, state, lengths, chunk)
     return sequence(inputs, state, lengths, masked_output)
+
+
+def _during(p, steps: slice):
+    """``p`` for a stretch of an unroll's steps: a state mask per step ``[T, B, n]`` (only the
+    fused path takes one; masks there come from lengths, never rolled) cut to the stretch."""
+    if not isinstance(p, Canonical) or p.state_mask is None or p.state_mask.dim() == 2:
+        return p
+    return dataclasses.replace(p, state_mask=p.state_mask[steps])
 
 
 def _warn_once(message: str) -> None:

@@ -42,11 +42,11 @@ def unmet(p: Canonical) -> list[str]:
     repeated)."""
     out = []
     for name, mask in (("h_mask", p.h_mask), ("x_mask", p.x_mask), ("state_mask", p.state_mask)):
-        dims = (2,) if p.kind == "rnn" or name == "state_mask" else (2, 3)
+        dims = (2, 3) if name == "state_mask" or p.kind != "rnn" else (2,)
         if mask is not None and (p.kind == "layer_norm_lstm" or mask.dim() not in dims):
             out.append(f"dropout mask {name} of shape {list(mask.shape)} on a {p.kind} cell "
-                       "(the fused kernels take [B, n] or, for GRUs' and LSTMs' h_mask and "
-                       "x_mask, [B, gates, n])")
+                       "(the fused kernels take [B, n], or [B, gates, n] for GRUs' and LSTMs' "
+                       "h_mask and x_mask, or [T, B, n] for a state mask per step)")
     if p.state_mask is not None and p.h_mask is not None:
         out.append("both a state mask and a recurrent-dropout mask")
     for what, fn in (("activation", p.activation), ("recurrent_activation",
@@ -133,7 +133,7 @@ def _config(p: Canonical, steps: int, batch: int, depth: int,
         cell_clip=p.cell_clip or 0.0, proj_clip=(p.proj_clip or 0.0) if p.P is not None else 0.0,
         forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps,
         order=(ctypes.c_int32 * 4)(*(p.gate_order or range(4))), xmask=compiled.ptr(masks[0]),
-        hmask=compiled.ptr(masks[1]))
+        hmask=compiled.ptr(masks[1]), per_step=p.state_mask is not None and p.state_mask.dim() == 3)
 
 
 def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -174,6 +174,23 @@ def _run_lstm(p: Canonical, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
     return _forward(cfg, lengths, *args, None)
 
 
+def _kernel_masks(p: Canonical) -> tuple:
+    """The kernels' ``(xmask, hmask, umask)`` from ``p``'s dropout masks: per gate block (a
+    vanilla RNN's one), so one mask for all of a cell's gates is repeated; a state mask is
+    every block's ``hmask``, and a GRU's update's ``umask`` too (each ``[T, ...]`` per step)."""
+    gates = {"lstm": 4, "gru": 3}.get(p.kind)
+
+    def per_gate(m: torch.Tensor | None, shared: bool) -> torch.Tensor | None:
+        if m is None or not gates or not shared:
+            return m
+        return m.unsqueeze(-2).expand(*m.shape[:-1], gates, m.shape[-1])
+
+    x_mask = per_gate(p.x_mask, p.x_mask is not None and p.x_mask.dim() == 2)
+    if p.state_mask is None:
+        return x_mask, per_gate(p.h_mask, p.h_mask is not None and p.h_mask.dim() == 2), None
+    return x_mask, per_gate(p.state_mask, True), p.state_mask if p.kind == "gru" else None
+
+
 def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None = None):
     """Run ``p`` over time-major ``x`` ``[T, B, depth]`` from ``state`` on the fused kernels;
     the caller (``rnnkit.fast.dispatch``) has checked eligibility.
@@ -190,13 +207,8 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
     steps, batch, depth = x.shape
     lstm = p.kind in ("lstm", "layer_norm_lstm")
     h0, c0 = (state.h, state.c) if lstm else (state, None)
-    # dropout, [B, gates, n] (a vanilla RNN's [B, n]): one mask for every gate is repeated; a
-    # state mask is the products' mask, and a GRU's update's (umask) too
-    gates = {"lstm": 4, "gru": 3}.get(p.kind)
-    h_mask = p.h_mask if p.state_mask is None else p.state_mask
-    masks = tuple(m.unsqueeze(1).expand(-1, gates, -1) if gates and m is not None and m.dim() == 2
-                  else m for m in (p.x_mask, h_mask))
-    masks += (p.state_mask if p.kind == "gru" else None,)
+    masks = _kernel_masks(p)
+    per_step = p.state_mask is not None and p.state_mask.dim() == 3  # [T, B, ...]: batch dim 1
     if lengths is None:
         order, packed = None, x.reshape(steps * batch, depth)
     else:
@@ -204,7 +216,8 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
         packed = take_tokens(x, t_idx, b_idx)
         h0 = h0.index_select(0, order)
         c0 = c0.index_select(0, order) if lstm else None
-        masks = tuple(m.index_select(0, order) if m is not None else None for m in masks)
+        masks = tuple(m.index_select(int(per_step and k > 0), order) if m is not None else None
+                      for k, m in enumerate(masks))
     masks = tuple(m.contiguous() if m is not None else None for m in masks)
     if lstm:
         y, hT, cT = _run_lstm(p, packed, h0, c0, lengths, steps, masks)

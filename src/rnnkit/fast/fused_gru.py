@@ -77,7 +77,8 @@ def _config(p: Canonical, steps: int, batch: int, depth: int,
         act=compiled.ACTIVATIONS[name_of(p.activation)],
         ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)] if gru else 0,
         gru=gru, reset_after=gru and p.reset_after, xmask=compiled.ptr(masks[0]),
-        hmask=compiled.ptr(masks[1]), umask=compiled.ptr(masks[2]))
+        hmask=compiled.ptr(masks[1]), umask=compiled.ptr(masks[2]),
+        per_step=p.state_mask is not None and p.state_mask.dim() == 3)
 
 
 def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor | None,

@@ -25,6 +25,8 @@ typedef struct {
                               mask per block of U's columns; NULL: none */
     const float *umask;    /* state dropout (GRU): [B, H], the update's h dropped too,
                               z * h * umask; NULL: none */
+    int32_t per_step;      /* hmask [T, B, G, H] and umask [T, B, H]: step t's masks at t (TF1
+                              state dropout without variational_recurrent) */
 } rk_gru_cfg;
 
 typedef struct {           /* what the forward pass keeps for the backward pass */
@@ -35,6 +37,15 @@ typedef struct {           /* what the forward pass keeps for the backward pass 
 static inline int64_t gates_of(const rk_gru_cfg *k) { return k->gru ? 3 * k->H : k->H; }
 
 static inline int64_t blocks_of(const rk_gru_cfg *k) { return k->gru ? 3 : 1; }
+
+/* Step t's hmask and umask (one mask for every step unless per_step). */
+static inline const float *hmask_at(const rk_gru_cfg *k, int64_t t) {
+    return k->hmask + (k->per_step ? t * k->B * blocks_of(k) * k->H : 0);
+}
+
+static inline const float *umask_at(const rk_gru_cfg *k, int64_t t) {
+    return k->umask + (k->per_step ? t * k->B * k->H : 0);
+}
 
 
 /* ---- Batches split between threads (run_split, kernels.h) ---- */
@@ -66,8 +77,8 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
     const float *hp = t == 0 ? f->h0 : f->y + f->off[t - 1] * H;
     int st;
     if (!k->gru) {
-        if (k->hmask) st = masked_products(hp, f->U, H, k->hmask, 1, H, H, k->B, lo, hi, 0, 1,
-                                           1.0f, z, H, f->hbuf, 0);
+        if (k->hmask) st = masked_products(hp, f->U, H, hmask_at(k, t), 1, H, H, k->B, lo, hi, 0,
+                                           1, 1.0f, z, H, f->hbuf, 0);
         else st = rk_gemm('N', 'N', n, H, H, 1.0f, hp + lo * H, H, f->U, H, 1.0f, z + lo * H, H);
         if (st) return st;
         for (int64_t j = lo * H; j < hi * H; j++) yt[j] = z[j] + (b ? b[j % H] : 0.0f);
@@ -75,9 +86,10 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
         return 0;
     }
     if (k->hmask) {
-        st = k->reset_after ? masked_products(hp, f->U, G, k->hmask, 3, H, H, k->B, lo, hi, 0, 3,
+        const float *hm = hmask_at(k, t);
+        st = k->reset_after ? masked_products(hp, f->U, G, hm, 3, H, H, k->B, lo, hi, 0, 3,
                                               0.0f, hu, G, f->hbuf, 0)
-                            : masked_products(hp, f->U, G, k->hmask, 3, H, H, k->B, lo, hi, 0, 2,
+                            : masked_products(hp, f->U, G, hm, 3, H, H, k->B, lo, hi, 0, 2,
                                               1.0f, z, G, f->hbuf, 0);
         if (st) return st;
     } else if (k->reset_after) {
@@ -103,7 +115,7 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
             for (int64_t j = 0; j < H; j++) zr[2 * H + j] += zr[H + j] * hur[2 * H + j];
             if (s) memcpy(s->extra + (at + r) * H, hur + 2 * H, H * sizeof(float));
         } else if (k->hmask) {  /* the candidate's product reads r * h times its mask */
-            const float *mc = mask_row(k->hmask, 3, H, r, 2);
+            const float *mc = mask_row(hmask_at(k, t), 3, H, r, 2);
             for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j] * mc[j];
         } else {
             for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j];
@@ -118,7 +130,7 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
         const float *h = hp + r * H;
         act_n(k->act, c, H);
         if (k->umask) {
-            const float *mu = k->umask + r * H;
+            const float *mu = umask_at(k, t) + r * H;
             for (int64_t j = 0; j < H; j++)
                 yt[r * H + j] = zr[j] * h[j] * mu[j] + (1.0f - zr[j]) * c[j];
         } else {
@@ -227,7 +239,7 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
         const float *zg = g, *rg = g + H, *cg = g + 2 * H;
         deriv_n(k->ract, g, der, 2 * H);
         deriv_n(k->act, cg, der + 2 * H, H);
-        back_zc(H, zg, cg, h, k->umask ? k->umask + r * H : NULL, der, der + 2 * H, d, dg,
+        back_zc(H, zg, cg, h, k->umask ? umask_at(k, t) + r * H : NULL, der, der + 2 * H, d, dg,
                 dg + 2 * H);
         if (k->reset_after) {
             float *du = dhu + row * G;
@@ -247,7 +259,7 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
             float *dg = dxw + row * G;
             float *der = f->tmp + (size_t)(th < 0 ? omp_get_thread_num() : th) * 3 * H;
             deriv_n(k->ract, rg, der, H);
-            const float *mc = k->hmask ? mask_row(k->hmask, 3, H, r, 2) : NULL;
+            const float *mc = k->hmask ? mask_row(hmask_at(k, t), 3, H, r, 2) : NULL;
             for (int64_t j = 0; j < H; j++) {
                 const float d_rh = mc ? drh[r * H + j] * mc[j] : drh[r * H + j];
                 dg[H + j] = d_rh * h[j] * der[j];
@@ -261,7 +273,7 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
         return rk_gemm('N', 'N', n, H, cols, 1.0f, dprod + lo * G, G, f->Ut, H,
                        k->gru ? 1.0f : 0.0f, dh + lo * H, H);
     /* d(h_prev) += (d(h U)_j U_j^T) ⊙ mask j (a vanilla RNN's dh was used up above: =) */
-    return masked_products_back(dprod, G, f->Ut, k->hmask, blocks_of(k), H, H, k->B,
+    return masked_products_back(dprod, G, f->Ut, hmask_at(k, t), blocks_of(k), H, H, k->B,
                                 lo, hi, 0, cols / H, !k->gru, dh, f->hbuf, 0);
 }
 
@@ -298,7 +310,8 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     }
     const int full = k->reset_after || !k->gru;  /* every block of U from h */
     if (!st && k->hmask)
-        st = masked_prev_h_product(k->hmask, blocks_of(k), H, H, active, off, T, h0, y,
+        st = masked_prev_h_product(k->hmask, k->per_step ? B * blocks_of(k) * H : 0,
+                                   blocks_of(k), H, H, active, off, T, h0, y,
                                    dhu_or_dxw, G, 0, full ? blocks_of(k) : 2, dU, G);
     else if (!st && full)
         st = prev_h_product(lengths, N, B, H, G, h0, y, h_in, dhu_or_dxw, G, dU, G);

@@ -309,20 +309,21 @@ static inline int masked_products_back(const float *dprod, int64_t lddp, const f
 
 /* The weight gradient of masked products over a packed batch's N rows: out block j (ldo) =
  * (h_in ⊙ mask j)^T dprod_j (ldd) for blocks j0..j1-1, h_in each row's previous h (h0's rows
- * at the first step, y's [N, n] at the step before after that). Returns 0, a dnnl status or -1
- * (out of memory). */
-static inline int masked_prev_h_product(const float *mask, int64_t nb, int64_t n, int64_t H,
-                                        const int64_t *active, const int64_t *off, int64_t T,
-                                        const float *h0, const float *y, const float *dprod,
-                                        int64_t ldd, int j0, int j1, float *out, int64_t ldo) {
+ * at the first step, y's [N, n] at the step before after that); step t's mask at mask +
+ * t * step (step 0: one mask for every step). Returns 0, a dnnl status or -1 (out of memory). */
+static inline int masked_prev_h_product(const float *mask, int64_t step, int64_t nb, int64_t n,
+                                        int64_t H, const int64_t *active, const int64_t *off,
+                                        int64_t T, const float *h0, const float *y,
+                                        const float *dprod, int64_t ldd, int j0, int j1,
+                                        float *out, int64_t ldo) {
     const int64_t N = off[T];
     float *hj = malloc((size_t)(N > 0 ? N : 1) * n * sizeof(float));
     if (!hj) return -1;
     int st = 0;
     for (int j = j0; j < j1 && !st; j++) {
         for (int64_t t = 0; t < T; t++)
-            masked_rows(t == 0 ? h0 : y + off[t - 1] * n, mask, nb, n, 0, active[t], j,
-                        hj + off[t] * n);
+            masked_rows(t == 0 ? h0 : y + off[t - 1] * n, mask + t * step, nb, n, 0,
+                        active[t], j, hj + off[t] * n);
         st = rk_gemm('T', 'N', n, H, N, 1.0f, hj, n, dprod + j * H, ldd, 0.0f, out + j * H, ldo);
     }
     free(hj);

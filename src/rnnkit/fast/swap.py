@@ -16,16 +16,17 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils.checkpoint import checkpoint
 
-SeqFn = Callable[[torch.Tensor, object, torch.Tensor | None], tuple[torch.Tensor, object]]
+SeqFn = Callable[..., tuple[torch.Tensor, object]]  # (x, state, lengths, steps=slice)
 
 
 def run_chunked(run: SeqFn, x: torch.Tensor, state, lengths: torch.Tensor | None, chunk: int
                 ) -> tuple[torch.Tensor, object]:
-    """Run ``run(x_chunk, state, lengths_in_chunk)`` over time-major ``x`` chunk by chunk.
+    """Run ``run(x_chunk, state, lengths_in_chunk, steps=...)`` over time-major ``x`` chunk by chunk.
 
     Args:
         run: an unroll of a stretch of time, ``lengths_in_chunk`` None when every sequence runs
-            through the whole stretch.
+            through the whole stretch; ``steps``: the stretch, ``slice(lo, hi)`` of ``x``'s steps
+            (for what else the run reads per step: a state mask per step).
         x: ``[T, B, depth]``.
         state: initial state.
         lengths: ``[B]`` lengths (at least one positive) or None for full length.
@@ -45,8 +46,8 @@ def run_chunked(run: SeqFn, x: torch.Tensor, state, lengths: torch.Tensor | None
         if rel is not None and bool((rel == hi - lo).all()):
             rel = None
 
-        def body(x_chunk, *flat, rel=rel):
-            out, st = run(x_chunk, pytree.tree_unflatten(list(flat), spec), rel)
+        def body(x_chunk, *flat, rel=rel, steps=slice(lo, hi)):
+            out, st = run(x_chunk, pytree.tree_unflatten(list(flat), spec), rel, steps=steps)
             return (out, *pytree.tree_leaves(st))
 
         res = checkpoint(body, x[lo:hi], *leaves, use_reentrant=False)
