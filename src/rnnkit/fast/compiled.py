@@ -50,7 +50,8 @@ class Config(ctypes.Structure):
                 ("cell_clip", ctypes.c_float), ("proj_clip", ctypes.c_float),
                 ("forget_bias", ctypes.c_float), ("eps", ctypes.c_float),
                 ("order", ctypes.c_int32 * 4), ("xmask", ctypes.c_void_p),
-                ("hmask", ctypes.c_void_p), ("per_step", ctypes.c_int32)]
+                ("hmask", ctypes.c_void_p), ("per_step", ctypes.c_int32),
+                ("shared", ctypes.c_int32)]
 
 
 class Saved(ctypes.Structure):
@@ -67,7 +68,8 @@ class GRUConfig(ctypes.Structure):
                 ("H", ctypes.c_int64), ("act", ctypes.c_int32), ("ract", ctypes.c_int32),
                 ("gru", ctypes.c_int32), ("reset_after", ctypes.c_int32),
                 ("xmask", ctypes.c_void_p), ("hmask", ctypes.c_void_p),
-                ("umask", ctypes.c_void_p), ("per_step", ctypes.c_int32)]
+                ("umask", ctypes.c_void_p), ("per_step", ctypes.c_int32),
+                ("shared", ctypes.c_int32)]
 
 
 class GRUSaved(ctypes.Structure):

@@ -29,7 +29,7 @@ from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 from rnnkit.fast.autograd import blocks, grad_buffers, whole
-from rnnkit.fast.fused_gru import run_gru
+from rnnkit.fast.fused_gru import run_gru, shared_mask
 from rnnkit.fast.library import check
 from rnnkit.fast.scratch import scratch
 from rnnkit.fast.varlen import take_tokens
@@ -133,7 +133,8 @@ def _config(p: Canonical, steps: int, batch: int, depth: int,
         cell_clip=p.cell_clip or 0.0, proj_clip=(p.proj_clip or 0.0) if p.P is not None else 0.0,
         forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps,
         order=(ctypes.c_int32 * 4)(*(p.gate_order or range(4))), xmask=compiled.ptr(masks[0]),
-        hmask=compiled.ptr(masks[1]), per_step=p.state_mask is not None and p.state_mask.dim() == 3)
+        hmask=compiled.ptr(masks[1]), per_step=p.state_mask is not None and p.state_mask.dim() == 3,
+        shared=shared_mask(p))
 
 
 def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -175,20 +176,16 @@ def _run_lstm(p: Canonical, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
 
 
 def _kernel_masks(p: Canonical) -> tuple:
-    """The kernels' ``(xmask, hmask, umask)`` from ``p``'s dropout masks: per gate block (a
-    vanilla RNN's one), so one mask for all of a cell's gates is repeated; a state mask is
-    every block's ``hmask``, and a GRU's update's ``umask`` too (each ``[T, ...]`` per step)."""
-    gates = {"lstm": 4, "gru": 3}.get(p.kind)
-
-    def per_gate(m: torch.Tensor | None, shared: bool) -> torch.Tensor | None:
-        if m is None or not gates or not shared:
-            return m
-        return m.unsqueeze(-2).expand(*m.shape[:-1], gates, m.shape[-1])
-
-    x_mask = per_gate(p.x_mask, p.x_mask is not None and p.x_mask.dim() == 2)
+    """The kernels' ``(xmask, hmask, umask)`` from ``p``'s dropout masks: ``xmask`` per gate
+    block (one for all gates repeated); ``hmask`` per gate block, or one for all of them
+    (``shared_mask``): a state mask, which is a GRU's update's ``umask`` too (``[T, ...]``: one
+    per step)."""
+    x_mask, gates = p.x_mask, {"lstm": 4, "gru": 3}.get(p.kind)
+    if x_mask is not None and x_mask.dim() == 2 and gates:
+        x_mask = x_mask.unsqueeze(1).expand(-1, gates, -1)
     if p.state_mask is None:
-        return x_mask, per_gate(p.h_mask, p.h_mask is not None and p.h_mask.dim() == 2), None
-    return x_mask, per_gate(p.state_mask, True), p.state_mask if p.kind == "gru" else None
+        return x_mask, p.h_mask, None
+    return x_mask, p.state_mask, p.state_mask if p.kind == "gru" else None
 
 
 def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None = None):

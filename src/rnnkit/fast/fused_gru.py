@@ -67,6 +67,14 @@ class _FusedGRU(torch.autograd.Function):
         return None, None, None, dx, dh, *weight_grads, db, db_h
 
 
+def shared_mask(p: Canonical) -> bool:
+    """Whether the kernels' (both) ``hmask`` is one mask for every gate block of a GRU or LSTM:
+    a state mask, or any ``[B, n]`` recurrent mask."""
+    h_mask = p.h_mask if p.state_mask is None else p.state_mask
+    return p.kind != "rnn" and h_mask is not None and (p.state_mask is not None
+                                                        or h_mask.dim() == 2)
+
+
 def _config(p: Canonical, steps: int, batch: int, depth: int,
             masks: tuple = (None, None, None)) -> compiled.GRUConfig:
     """The kernel's configuration for the GRU or vanilla RNN ``p`` over ``steps`` x ``batch``
@@ -78,7 +86,7 @@ def _config(p: Canonical, steps: int, batch: int, depth: int,
         ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)] if gru else 0,
         gru=gru, reset_after=gru and p.reset_after, xmask=compiled.ptr(masks[0]),
         hmask=compiled.ptr(masks[1]), umask=compiled.ptr(masks[2]),
-        per_step=p.state_mask is not None and p.state_mask.dim() == 3)
+        per_step=p.state_mask is not None and p.state_mask.dim() == 3, shared=shared_mask(p))
 
 
 def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor | None,

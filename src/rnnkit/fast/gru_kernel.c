@@ -27,6 +27,8 @@ typedef struct {
                               z * h * umask; NULL: none */
     int32_t per_step;      /* hmask [T, B, G, H] and umask [T, B, H]: step t's masks at t (TF1
                               state dropout without variational_recurrent) */
+    int32_t shared;        /* a GRU's hmask is one mask for all three blocks, [B, H] (per step
+                              [T, B, H]): one product over the blocks h feeds (state dropout) */
 } rk_gru_cfg;
 
 typedef struct {           /* what the forward pass keeps for the backward pass */
@@ -38,9 +40,27 @@ static inline int64_t gates_of(const rk_gru_cfg *k) { return k->gru ? 3 * k->H :
 
 static inline int64_t blocks_of(const rk_gru_cfg *k) { return k->gru ? 3 : 1; }
 
+/* hmask's blocks: one per gate block, or 1 (shared). */
+static inline int64_t mask_blocks(const rk_gru_cfg *k) { return k->shared ? 1 : blocks_of(k); }
+
 /* Step t's hmask and umask (one mask for every step unless per_step). */
 static inline const float *hmask_at(const rk_gru_cfg *k, int64_t t) {
-    return k->hmask + (k->per_step ? t * k->B * blocks_of(k) * k->H : 0);
+    return k->hmask + (k->per_step ? t * k->B * mask_blocks(k) * k->H : 0);
+}
+
+/* The candidate's mask row r at step t (reset before: on r * h). */
+static inline const float *candidate_mask(const rk_gru_cfg *k, int64_t t, int64_t r) {
+    return mask_row(hmask_at(k, t), mask_blocks(k), k->H, r, k->shared ? 0 : 2);
+}
+
+/* The recurrent products over blocks 0 .. cols/H - 1 of h, masked: one product per block, or
+ * one over them all (shared). */
+static inline int gru_masked_products(const rk_gru_cfg *k, int64_t t, const float *hp,
+                                      const float *U, int64_t cols, int64_t lo, int64_t hi,
+                                      float beta, float *out, float *buf) {
+    const int64_t H = k->H, nb = mask_blocks(k), w = k->shared ? cols : H;
+    return masked_products(hp, U, gates_of(k), hmask_at(k, t), nb, H, w, k->B, lo, hi, 0,
+                           (int)(cols / w), beta, out, gates_of(k), buf, 0);
 }
 
 static inline const float *umask_at(const rk_gru_cfg *k, int64_t t) {
@@ -77,8 +97,7 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
     const float *hp = t == 0 ? f->h0 : f->y + f->off[t - 1] * H;
     int st;
     if (!k->gru) {
-        if (k->hmask) st = masked_products(hp, f->U, H, hmask_at(k, t), 1, H, H, k->B, lo, hi, 0,
-                                           1, 1.0f, z, H, f->hbuf, 0);
+        if (k->hmask) st = gru_masked_products(k, t, hp, f->U, H, lo, hi, 1.0f, z, f->hbuf);
         else st = rk_gemm('N', 'N', n, H, H, 1.0f, hp + lo * H, H, f->U, H, 1.0f, z + lo * H, H);
         if (st) return st;
         for (int64_t j = lo * H; j < hi * H; j++) yt[j] = z[j] + (b ? b[j % H] : 0.0f);
@@ -86,11 +105,9 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
         return 0;
     }
     if (k->hmask) {
-        const float *hm = hmask_at(k, t);
-        st = k->reset_after ? masked_products(hp, f->U, G, hm, 3, H, H, k->B, lo, hi, 0, 3,
-                                              0.0f, hu, G, f->hbuf, 0)
-                            : masked_products(hp, f->U, G, hm, 3, H, H, k->B, lo, hi, 0, 2,
-                                              1.0f, z, G, f->hbuf, 0);
+        st = k->reset_after ? gru_masked_products(k, t, hp, f->U, G, lo, hi, 0.0f, hu, f->hbuf)
+                            : gru_masked_products(k, t, hp, f->U, 2 * H, lo, hi, 1.0f, z,
+                                                  f->hbuf);
         if (st) return st;
     } else if (k->reset_after) {
         if ((st = rk_gemm('N', 'N', n, G, H, 1.0f, hp + lo * H, H, f->U, G, 0.0f, hu + lo * G, G)))
@@ -115,7 +132,7 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
             for (int64_t j = 0; j < H; j++) zr[2 * H + j] += zr[H + j] * hur[2 * H + j];
             if (s) memcpy(s->extra + (at + r) * H, hur + 2 * H, H * sizeof(float));
         } else if (k->hmask) {  /* the candidate's product reads r * h times its mask */
-            const float *mc = mask_row(hmask_at(k, t), 3, H, r, 2);
+            const float *mc = candidate_mask(k, t, r);
             for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j] * mc[j];
         } else {
             for (int64_t j = 0; j < H; j++) rh[r * H + j] = zr[H + j] * h[j];
@@ -259,7 +276,7 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
             float *dg = dxw + row * G;
             float *der = f->tmp + (size_t)(th < 0 ? omp_get_thread_num() : th) * 3 * H;
             deriv_n(k->ract, rg, der, H);
-            const float *mc = k->hmask ? mask_row(hmask_at(k, t), 3, H, r, 2) : NULL;
+            const float *mc = k->hmask ? candidate_mask(k, t, r) : NULL;
             for (int64_t j = 0; j < H; j++) {
                 const float d_rh = mc ? drh[r * H + j] * mc[j] : drh[r * H + j];
                 dg[H + j] = d_rh * h[j] * der[j];
@@ -273,8 +290,9 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
         return rk_gemm('N', 'N', n, H, cols, 1.0f, dprod + lo * G, G, f->Ut, H,
                        k->gru ? 1.0f : 0.0f, dh + lo * H, H);
     /* d(h_prev) += (d(h U)_j U_j^T) ⊙ mask j (a vanilla RNN's dh was used up above: =) */
-    return masked_products_back(dprod, G, f->Ut, hmask_at(k, t), blocks_of(k), H, H, k->B,
-                                lo, hi, 0, cols / H, !k->gru, dh, f->hbuf, 0);
+    const int64_t w = k->shared ? cols : H;
+    return masked_products_back(dprod, G, f->Ut, hmask_at(k, t), mask_blocks(k), H, w, k->B,
+                                lo, hi, 0, (int)(cols / w), !k->gru, dh, f->hbuf, 0);
 }
 
 /* Backward, given Ut = U transposed [G*H, H]. dy [N, H]; dh [B, H] holds dhT on entry and dh0
@@ -310,9 +328,10 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     }
     const int full = k->reset_after || !k->gru;  /* every block of U from h */
     if (!st && k->hmask)
-        st = masked_prev_h_product(k->hmask, k->per_step ? B * blocks_of(k) * H : 0,
-                                   blocks_of(k), H, H, active, off, T, h0, y,
-                                   dhu_or_dxw, G, 0, full ? blocks_of(k) : 2, dU, G);
+        st = masked_prev_h_product(k->hmask, k->per_step ? B * mask_blocks(k) * H : 0,
+                                   mask_blocks(k), H, k->shared ? (full ? G : 2 * H) : H,
+                                   active, off, T, h0, y, dhu_or_dxw, G, 0,
+                                   k->shared ? 1 : (full ? blocks_of(k) : 2), dU, G);
     else if (!st && full)
         st = prev_h_product(lengths, N, B, H, G, h0, y, h_in, dhu_or_dxw, G, dU, G);
     else if (!st)

@@ -35,13 +35,20 @@ typedef struct {
                                     U's columns (h ⊙ mask[:, j]) U_j; NULL: none */
     int32_t per_step;            /* hmask is [T, B, 4, P], step t's masks at t (TF1 state
                                     dropout without variational_recurrent) */
+    int32_t shared;              /* hmask is one mask for all four blocks, [B, P] (per step
+                                    [T, B, P]): one product, h ⊙ mask U (state dropout) */
 } rk_cfg;
 
 /* Where gate q (0..3: i, f, g, o) starts in a row of 4H gate values. */
 static inline int64_t at_gate(const rk_cfg *k, int q) { return k->order[q] * k->H; }
 
+/* hmask's blocks: 4, or 1 (shared) over all 4H columns. */
+static inline int mask_blocks(const rk_cfg *k) { return k->shared ? 1 : 4; }
+
 /* Floats between step t's hmask and step t+1's (0: one mask for every step). */
-static inline int64_t mask_step(const rk_cfg *k) { return k->per_step ? k->B * 4 * k->P : 0; }
+static inline int64_t mask_step(const rk_cfg *k) {
+    return k->per_step ? k->B * mask_blocks(k) * k->P : 0;
+}
 
 typedef struct {               /* what the forward pass keeps for the backward pass */
     float *gates;              /* [T, B, 4H] activated i, f, g, o */
@@ -326,8 +333,9 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
     float *z = f->gates + at * G, *yt = f->y + at * P;
     const float *h_prev = t == 0 ? f->h0 : f->y + off[t - 1] * P;
     /* recurrent dropout: a block of U's columns at a time, the four between the threads */
-    int st = k->hmask ? masked_products(h_prev, f->U, G, k->hmask + t * mask_step(k), 4, P, H,
-                                        k->B, lo, hi, 0, 4, 1.0f, z, G, f->hbuf, 1)
+    const int nb = mask_blocks(k);
+    int st = k->hmask ? masked_products(h_prev, f->U, G, k->hmask + t * mask_step(k), nb, P,
+                                        G / nb, k->B, lo, hi, 0, nb, 1.0f, z, G, f->hbuf, nb > 1)
                       : rk_gemm('N', 'N', n, G, P, 1.0f, h_prev + lo * P, P, f->U, G, 1.0f,
                                 z + lo * G, G);
     if (st) return st;
@@ -620,8 +628,9 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
     if (!k->hmask)
         return rk_gemm('N', 'N', n, P, G, 1.0f, f->dz + (at + lo) * G, G, f->Ut, P, 0.0f,
                        dh + lo * P, P);
-    return masked_products_back(f->dz + at * G, G, f->Ut, k->hmask + t * mask_step(k), 4, P, H,
-                                k->B, lo, hi, 0, 4, 1, dh, f->hbuf, 1);  /* as forward_step's */
+    const int nb = mask_blocks(k);  /* as forward_step's */
+    return masked_products_back(f->dz + at * G, G, f->Ut, k->hmask + t * mask_step(k), nb, P,
+                                G / nb, k->B, lo, hi, 0, nb, 1, dh, f->hbuf, nb > 1);
 }
 
 /* Backward over the sequence, given the recurrent matrices transposed (Ut [4H, P], Pwt [P, H]:
@@ -661,8 +670,9 @@ int rk_lstm_backward(const rk_cfg *k, const int64_t *lengths, const float *x, co
         if (!st) st = rk_gemm('T', 'N', D, G, N, 1.0f, x, D, dz, G, 0.0f, dW, G);
     }
     if (!st && k->hmask)
-        st = masked_prev_h_product(k->hmask, mask_step(k), 4, P, H, active, off, T, h0, y, dz,
-                                   G, 0, 4, dU, G);
+        st = masked_prev_h_product(k->hmask, mask_step(k), mask_blocks(k), P,
+                                   G / mask_blocks(k), active, off, T, h0, y, dz, G, 0,
+                                   mask_blocks(k), dU, G);
     else if (!st) st = prev_h_product(lengths, N, B, P, G, h0, y, h_in, dz, G, dU, G);
     if (!st && k->proj) st = rk_gemm('T', 'N', H, P, N, 1.0f, s->m, H, dyp, P, 0.0f, dPw, P);
     if (!st && db) st = column_sums(dz, N, G, db);
