@@ -221,8 +221,8 @@ class RNNCell(torch.nn.Module):
     def unroll_with(self, params, inputs: torch.Tensor, state: State,
                     mask: torch.Tensor | None = None, masked_output: str = "zero",
                     chunk: int | None = None, fast=None):
-        """``unroll`` with ``params`` in place of ``sequence_params()`` (a wrapper adds a
-        recurrent-dropout mask to them)."""
+        """``unroll`` with ``params`` in place of ``sequence_params()`` (a ``DropoutWrapper``
+        adds its state mask to them)."""
         from rnnkit.fast import dispatch  # imported here: rnnkit.fast imports the cells
 
         done = dispatch.unroll(params, inputs, state, mask, masked_output, chunk, fast,

@@ -246,9 +246,10 @@ class DropoutWrapper(_Wrapper):
         if not self.training:
             return ()
         why = []
-        if self.keep["state"] < 1.0 and self._state_unmet(mask, masked_output):
+        unmet = self._state_unmet(mask, masked_output) if self.keep["state"] < 1.0 else []
+        if unmet:
             why.append("DropoutWrapper: state dropout (state_keep_prob < 1) acts between steps ("
-                       + "; ".join(self._state_unmet(mask, masked_output)) + ")")
+                       + "; ".join(unmet) + ")")
         if min(self.keep.values()) < 1.0 and _draws_noise(self.cell):
             why.append("DropoutWrapper: the wrapped cell draws dropout masks of its own (drawn "
                        "step by step, they and this wrapper's come in another order)")
@@ -258,7 +259,7 @@ class DropoutWrapper(_Wrapper):
         return tuple(why)
 
     def _state_unmet(self, mask, masked_output) -> list[str]:
-        """Why state dropout cannot be a recurrent-dropout mask on the wrapped cell's unroll."""
+        """Why state dropout cannot be a state mask on the wrapped cell's unroll."""
         cell = self.cell
         if not (isinstance(cell, FusedCell) and cell.uses_canonical_step()):
             return ["the wrapped cell is not one cell with rnnkit's own step (a stack, a wrapper "
