@@ -10,8 +10,9 @@
  * Keras recurrent dropout (hmask): the recurrent products one gate block at a time, each on h
  * times that block's mask (reset before: the candidate's on r * h times its mask); the update
  * z * h keeps the undropped h. Per-gate input masks (xmask): the input projection a block at a
- * time (kernels.h). TF1 state dropout: hmask's blocks all the one state mask, and the update
- * z * h drops h too (umask), so the step reads the dropped state everywhere.
+ * time (kernels.h). TF1 state dropout: one mask on h for every block (shared) and for the
+ * update z * h (umask), so the step reads the dropped state everywhere; the same mask for
+ * every step or one per step (per_step).
  */
 #include "kernels.h"
 

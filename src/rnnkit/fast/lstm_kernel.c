@@ -14,7 +14,9 @@
  * rnnkit/cells/equations.py's lstm and layer_norm_lstm. The steps share the threads in one of
  * three ways, chosen once per call: each step's product over all its rows (oneDNN splits it)
  * and its rows' gate passes split between threads; split batches (each thread its own
- * sequences for the whole call); small batches (each thread its own units).
+ * sequences for the whole call); small batches (each thread its own units). Dropout masks:
+ * Keras's per gate block (hmask, xmask), or TF1 state dropout's one mask on h for all blocks
+ * (shared), the same for every step or one per step (per_step).
  */
 #include "kernels.h"
 
@@ -33,7 +35,7 @@ typedef struct {
                                     mask per block of W's columns (kernels.h); NULL: none */
     const float *hmask;          /* Keras recurrent dropout: [B, 4, P], one mask per block of
                                     U's columns (h ⊙ mask[:, j]) U_j; NULL: none */
-    int32_t per_step;            /* hmask is [T, B, 4, P], step t's masks at t (TF1 state
+    int32_t per_step;            /* hmask is [T, ...], step t's masks at t (TF1 state
                                     dropout without variational_recurrent) */
     int32_t shared;              /* hmask is one mask for all four blocks, [B, P] (per step
                                     [T, B, P]): one product, h ⊙ mask U (state dropout) */
@@ -317,7 +319,7 @@ typedef struct {   /* a forward call's inputs and buffers (see rk_lstm_forward) 
     const float *h0, *U, *b, *peep, *Pw, *gamma, *beta;
     float *gates, *y, *c_run, *c_step, *ac_step, *m_step;
     rk_saved *s;
-    float *hbuf;  /* [4, B, P]: h_prev ⊙ each block's recurrent-dropout mask (hmask only) */
+    float *hbuf;  /* [4, B, P]: h_prev ⊙ each block's (or the shared) mask (hmask only) */
 } fwd_call;
 
 /* Rows [lo, hi) of step t (call: a fwd_call): their recurrent product, gates, cells and
@@ -332,7 +334,8 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
     rk_saved *s = f->s;
     float *z = f->gates + at * G, *yt = f->y + at * P;
     const float *h_prev = t == 0 ? f->h0 : f->y + off[t - 1] * P;
-    /* recurrent dropout: a block of U's columns at a time, the four between the threads */
+    /* recurrent dropout: a block of U's columns at a time, the four between the threads (a
+     * shared mask: one product over them all) */
     const int nb = mask_blocks(k);
     int st = k->hmask ? masked_products(h_prev, f->U, G, k->hmask + t * mask_step(k), nb, P,
                                         G / nb, k->B, lo, hi, 0, nb, 1.0f, z, G, f->hbuf, nb > 1)
