@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
+from rnnkit.cells import wrappers
 from rnnkit.fast import compiled, cudnn, dispatch, onednn
 
 pytestmark = pytest.mark.skipif(onednn.load_error() is not None or compiled.load_error() is not None,
@@ -203,6 +204,66 @@ def test_keras_dropout_on_the_fast_paths_matches_the_reference_loop(case):
     ref = _leaves_and_grads(run(layer, x, False), [x, *layer.parameters()])
     truth = _leaves_and_grads(run(layer64, x64, False), [x64, *layer64.parameters()])
     assert drawn[0] and all(set(d) == set(drawn[0]) for d in drawn)
+    for k, (a, b, t) in enumerate(zip(fast, ref, truth, strict=True)):
+        err_fast, err_ref = (a - t).abs().max(), (b - t).abs().max()
+        assert err_fast <= 10 * err_ref + 1e-5 * (1 + t.abs().max()), (k, err_fast, err_ref)
+
+
+@st.composite
+def wrapper_cases(draw):
+    kind = draw(st.sampled_from(["rnn", "gru", "gru_after", "lstm", "lstm_peep_proj",
+                                 "lstm_clip_all", "layer_norm"]))
+    units = draw(st.sampled_from([8, 33] if kind == "layer_norm" else [1, 3, 8, 33]))
+    batch, steps, depth = draw(st.integers(1, 12)), draw(st.integers(1, 9)), draw(st.integers(1, 6))
+    lengths = draw(st.none() | st.lists(st.integers(0, steps), min_size=batch, max_size=batch))
+    if lengths is not None and max(lengths) == 0:
+        lengths[0] = steps
+    keeps = {name: draw(st.sampled_from([1.0, 0.8, 0.5]))
+             for name in ("input_keep_prob", "output_keep_prob", "state_keep_prob")}
+    return (kind, units, batch, steps, depth, lengths, keeps, draw(st.booleans()),
+            draw(st.booleans()), draw(st.booleans()))
+
+
+@PROPERTY
+@given(wrapper_cases())
+def test_dropout_wrapper_on_the_fast_paths_matches_its_steps(case):
+    """A ``DropoutWrapper`` in training (input, output and state dropout, variational or not)
+    around any cell, any sizes and lengths, either direction, with or without ``swap_memory``:
+    its unroll (the cell's, on a fast path, with a state mask) as close to a float64 run step
+    by step with the same masks as the float32 run step by step is."""
+    kind, units, batch, steps, depth, lengths, keeps, variational, swap, backward = case
+    torch.manual_seed(0)
+    rk.reset_default_graph()
+    cell = rk.DropoutWrapper(CELLS[kind](units), variational_recurrent=variational, **keeps)
+    cell.ensure_built(depth, torch.float32)
+    perturb(cell, scale=min(0.4, 1.5 / units**0.5))
+    x = torch.randn(batch, steps, depth)
+    h0 = random_state(cell, batch)
+    noise = wrappers.DropoutWrapper._noise
+
+    def run(c, dtype, whole):
+        inputs = x.to(dtype).requires_grad_()
+        state = pytree.tree_map(lambda s: s.to(dtype).requires_grad_(), h0)
+        wrappers.WHOLE_SEQUENCE = whole
+        torch.manual_seed(7)
+        try:
+            if backward:
+                out = rk.bidirectional_dynamic_rnn(c, c, inputs, lengths, state, state,
+                                                   swap_memory=swap, fast=None if whole else False)
+            else:
+                out = rk.dynamic_rnn(c, inputs, sequence_length=lengths, initial_state=state,
+                                     swap_memory=swap, fast=None if whole else False)
+        finally:
+            wrappers.WHOLE_SEQUENCE = True
+        return _leaves_and_grads(out, [inputs, *pytree.tree_leaves(state), *c.parameters()])
+
+    wrappers.DropoutWrapper._noise = lambda self, like, keep, global_rng: noise(
+        self, like.float(), keep, global_rng).to(like.dtype)  # the same masks in float64
+    try:
+        fast, ref = run(cell, torch.float32, True), run(cell, torch.float32, False)
+        truth = run(copy.deepcopy(cell).double(), torch.float64, False)
+    finally:
+        wrappers.DropoutWrapper._noise = noise
     for k, (a, b, t) in enumerate(zip(fast, ref, truth, strict=True)):
         err_fast, err_ref = (a - t).abs().max(), (b - t).abs().max()
         assert err_fast <= 10 * err_ref + 1e-5 * (1 + t.abs().max()), (k, err_fast, err_ref)

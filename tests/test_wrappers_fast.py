@@ -234,3 +234,28 @@ def test_what_must_run_step_by_step_says_why():
     with rk.variable_scope("case0"):
         assert rk.fast.explain(cell, x).path != "reference"
         rk.dynamic_rnn(cell, x, dtype=torch.float32, fast=True)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_recomputed_chunks_keep_their_own_sequences_masks(whole, monkeypatch):
+    """swap_memory recomputes a chunk in the backward pass; by then the same wrapper may have
+    run another sequence (a second call, or the other direction of a bidirectional run with
+    one cell) and drawn new variational masks: the chunk must use its own sequence's."""
+    monkeypatch.setattr(wrappers, "WHOLE_SEQUENCE", whole)
+    torch.manual_seed(0)
+    cell = rk.DropoutWrapper(rk.BasicRNNCell(4), output_keep_prob=0.5, state_keep_prob=0.7,
+                             variational_recurrent=True,
+                             dropout_state_filter_visitor=lambda s: True)
+    cell.ensure_built(3, torch.float32)
+    x = torch.randn(2, 6, 3)
+
+    def grads(swap_memory):
+        torch.manual_seed(5)
+        xs = x.clone().requires_grad_()
+        (fw, bw), _ = rk.bidirectional_dynamic_rnn(cell, cell, xs, dtype=torch.float32,
+                                                   swap_memory=swap_memory)
+        second, _ = rk.dynamic_rnn(cell, xs, dtype=torch.float32, swap_memory=swap_memory)
+        return torch.autograd.grad((fw + 2 * bw + 3 * second).sum(), [xs, *cell.parameters()])
+
+    for a, b in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(a, b)

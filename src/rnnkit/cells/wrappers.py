@@ -223,7 +223,10 @@ class DropoutWrapper(_Wrapper):
         super().begin_sequence(batch_size, dtype, device)
 
     def sequence_params(self):
-        return self.cell.sequence_params(), self._in_unroll
+        # the masks of this sequence, in the dict it draws them into: a chunk that swap_memory
+        # recomputes after the wrapper has begun another sequence (begin_sequence: a new dict)
+        # still finds its own
+        return self.cell.sequence_params(), self._in_unroll, self._masks
 
     def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
         # Inside an unroll the noise comes from the global RNG, which swap_memory's recomputed
@@ -333,31 +336,34 @@ class DropoutWrapper(_Wrapper):
         drawn = self._masks.pop("steps_output", None)
         return self._drop(outputs, "output", True) if drawn is None else outputs * drawn
 
-    def _drop(self, x: torch.Tensor, kind: str, global_rng: bool, key: str = "") -> torch.Tensor:
+    def _drop(self, x: torch.Tensor, kind: str, global_rng: bool, key: str = "",
+              masks: dict | None = None) -> torch.Tensor:
+        """``x`` dropped; variational masks are kept in ``masks`` (default: this sequence's)."""
         keep = self.keep[kind]
         if keep == 1.0 or not self.training:
             return x
         if not self.variational:
             return x * self._noise(x, keep, global_rng)
-        key = kind + key
-        mask = self._masks.get(key)
+        key, masks = kind + key, self._masks if masks is None else masks
+        mask = masks.get(key)
         if mask is None or mask.shape != x.shape[-2:]:
-            mask = self._masks[key] = self._noise(x[(0,) * (x.dim() - 2)], keep, global_rng)
+            mask = masks[key] = self._noise(x[(0,) * (x.dim() - 2)], keep, global_rng)
         return x * mask
 
     def prepare_inputs(self, inputs: torch.Tensor, params) -> torch.Tensor:
-        cell_params, in_unroll = params
-        dropped = inputs if in_unroll else self._drop(inputs, "input", False)
+        cell_params, in_unroll, masks = params
+        dropped = inputs if in_unroll else self._drop(inputs, "input", False, masks=masks)
         return self.cell.prepare_inputs(dropped, cell_params)
 
     def step(self, prepared: torch.Tensor, state: State, params) -> tuple[torch.Tensor, State]:
-        cell_params, global_rng = params
+        cell_params, global_rng, masks = params
         out, new = self.cell.step(prepared, state, cell_params)
         if self.keep["state"] < 1.0:
             leaves = iter(range(10**9))
-            new = map_state(lambda s, use: self._drop(s, "state", global_rng, str(next(leaves)))
-                            if use else s, new, self.state_filter(new))
-        return self._drop(out, "output", global_rng), new
+            new = map_state(lambda s, use: self._drop(s, "state", global_rng, str(next(leaves)),
+                                                      masks) if use else s,
+                            new, self.state_filter(new))
+        return self._drop(out, "output", global_rng, masks=masks), new
 
 
 class ResidualWrapper(_Wrapper):
