@@ -155,8 +155,8 @@ def test_fast_true_lists_every_unmet_requirement():
     (lambda: rk.LayerNormLSTMCell(4, activation="elu"), "not fused: activation is elu"),
     (lambda: rk.LSTMCell(4, num_proj=2, proj_clip=0.5, activation="gelu"), "proj_clip"),
     (lambda: rk.GRUCell(4, activation="gelu"), "activation is gelu"),
-    (lambda: rk.DropoutWrapper(rk.MultiRNNCell([rk.GRUCell(4)]), state_keep_prob=0.5),
-     "not onednn: DropoutWrapper: state"),
+    (lambda: rk.DropoutWrapper(rk.MultiRNNCell([rk.GRUCell(4), rk.ResidualWrapper(rk.GRUCell(4))]),
+                               state_keep_prob=0.5), "not onednn: DropoutWrapper: state"),
 ])
 def test_fast_true_names_the_reason(make, needed):
     assert needed in _why(make(), torch.randn(2, 5, 3))
@@ -340,7 +340,8 @@ def test_explain_sees_wrappers_and_layers():
     decision = rk.fast.explain(wrapped, x)
     assert decision.path == ("fused" if compiled.load_error() is None else "reference")
     assert "state dropout (state_mask) between steps" in decision.unmet["onednn"]
-    wrapped = rk.DropoutWrapper(rk.MultiRNNCell([rk.GRUCell(4)]), state_keep_prob=0.5)
+    wrapped = rk.DropoutWrapper(rk.MultiRNNCell([rk.GRUCell(4), rk.ResidualWrapper(rk.GRUCell(4))]),
+                                state_keep_prob=0.5)
     wrapped.ensure_built(3, torch.float32)
     assert rk.fast.explain(wrapped, x).path == "reference"
     stack = rk.MultiRNNCell([rk.LSTMCell(4, cell_clip=2.0), rk.GRUCell(4)])

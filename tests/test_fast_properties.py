@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
+from rnnkit.cells import dropout as cell_dropout
 from rnnkit.cells import wrappers
 from rnnkit.fast import compiled, cudnn, dispatch, onednn
 
@@ -239,7 +240,7 @@ def test_dropout_wrapper_on_the_fast_paths_matches_its_steps(case):
     perturb(cell, scale=min(0.4, 1.5 / units**0.5))
     x = torch.randn(batch, steps, depth)
     h0 = random_state(cell, batch)
-    noise = wrappers.DropoutWrapper._noise
+    noise = cell_dropout.DropoutWrapper._noise
 
     def run(c, dtype, whole):
         inputs = x.to(dtype).requires_grad_()
@@ -257,13 +258,13 @@ def test_dropout_wrapper_on_the_fast_paths_matches_its_steps(case):
             wrappers.WHOLE_SEQUENCE = True
         return _leaves_and_grads(out, [inputs, *pytree.tree_leaves(state), *c.parameters()])
 
-    wrappers.DropoutWrapper._noise = lambda self, like, keep, global_rng: noise(
+    cell_dropout.DropoutWrapper._noise = lambda self, like, keep, global_rng: noise(
         self, like.float(), keep, global_rng).to(like.dtype)  # the same masks in float64
     try:
         fast, ref = run(cell, torch.float32, True), run(cell, torch.float32, False)
         truth = run(copy.deepcopy(cell).double(), torch.float64, False)
     finally:
-        wrappers.DropoutWrapper._noise = noise
+        cell_dropout.DropoutWrapper._noise = noise
     for k, (a, b, t) in enumerate(zip(fast, ref, truth, strict=True)):
         err_fast, err_ref = (a - t).abs().max(), (b - t).abs().max()
         assert err_fast <= 10 * err_ref + 1e-5 * (1 + t.abs().max()), (k, err_fast, err_ref)

@@ -17,6 +17,7 @@ from fast_checks import decisions, perturb, random_state
 from torch.utils import _pytree as pytree
 
 import rnnkit as rk
+from rnnkit.cells import dropout as cell_dropout
 from rnnkit.cells import wrappers
 from rnnkit.fast import compiled, onednn
 
@@ -31,6 +32,7 @@ INNER = {
     "rnn": lambda: rk.BasicRNNCell(6),
     "gru_after": lambda: rk.GRUCell(6, reset_after=True, activation="softsign"),
     "layer_norm": lambda: rk.LayerNormLSTMCell(6),
+    "stack": lambda: rk.MultiRNNCell([rk.LSTMCell(5, num_proj=4), rk.GRUCell(6)]),
 }
 DROPOUT = {
     "output": {"output_keep_prob": 0.6},
@@ -54,8 +56,8 @@ def _run(make, whole: bool, monkeypatch, lengths=None, swap_memory=False, seed=3
     whole-sequence wrappers or step by step, in ``dtype`` (the masks drawn in float32 either
     way); returns (outputs, state) and the tensors whose gradients are compared."""
     monkeypatch.setattr(wrappers, "WHOLE_SEQUENCE", whole)
-    noise = wrappers.DropoutWrapper._noise
-    monkeypatch.setattr(wrappers.DropoutWrapper, "_noise", lambda self, like, keep, global_rng:
+    noise = cell_dropout.DropoutWrapper._noise
+    monkeypatch.setattr(cell_dropout.DropoutWrapper, "_noise", lambda self, like, keep, global_rng:
                         noise(self, like.float(), keep, global_rng).to(like.dtype))
     rk.reset_default_graph()
     torch.manual_seed(0)
@@ -106,7 +108,7 @@ def test_dropout_wrapper_whole_sequence_matches_its_steps(inner, dropout, length
 @pytest.mark.parametrize("variational", [True, False])
 @pytest.mark.parametrize("steps", [1, 2, 7])
 @pytest.mark.parametrize("inner", ["lstm", "lstm_peep_proj", "lstm_clip_proj", "rnn", "gru",
-                                   "gru_after"])
+                                   "gru_after", "stack"])
 def test_state_dropout_runs_fused_and_matches_its_steps(inner, steps, variational, monkeypatch):
     """State dropout as the wrapped cell's state mask (one, or one per step): the fused kernels
     run it (steps after the first), with the initial state read as it is and kept where a
@@ -212,8 +214,9 @@ def test_variational_masks_are_drawn_for_every_sequence(where):
 def test_what_must_run_step_by_step_says_why():
     x = torch.randn(4, 6, 5)
     cases = [
-        (rk.DropoutWrapper(rk.MultiRNNCell([rk.GRUCell(5)]), state_keep_prob=0.5),
-         "state dropout .* not one cell with rnnkit's own step"),
+        (rk.DropoutWrapper(rk.MultiRNNCell([rk.GRUCell(5), rk.ResidualWrapper(rk.GRUCell(5))]),
+                           state_keep_prob=0.5),
+         "state dropout .* not a cell with rnnkit's own step or a stack of them"),
         (rk.DropoutWrapper(rk.BasicLSTMCell(5), state_keep_prob=0.5, variational_recurrent=True,
                            dropout_state_filter_visitor=lambda s: rk.LSTMStateTuple(True, True)),
          "a state filter other than"),

@@ -2,9 +2,10 @@
 
 from rnnkit.cells.base import LSTMStateTuple, RNNCell
 from rnnkit.cells.basic import BasicRNNCell
+from rnnkit.cells.dropout import DropoutWrapper
 from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.lstm import BasicLSTMCell, LayerNormLSTMCell, LSTMCell
-from rnnkit.cells.wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper
+from rnnkit.cells.wrappers import MultiRNNCell, ResidualWrapper
 
 __all__ = ["BasicLSTMCell", "BasicRNNCell", "DropoutWrapper", "GRUCell", "LSTMCell",
            "LSTMStateTuple", "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper"]
