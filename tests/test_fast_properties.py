@@ -210,10 +210,14 @@ def test_keras_dropout_on_the_fast_paths_matches_the_reference_loop(case):
         assert err_fast <= 10 * err_ref + 1e-5 * (1 + t.abs().max()), (k, err_fast, err_ref)
 
 
+def _stack(n: int) -> rk.MultiRNNCell:
+    return rk.MultiRNNCell([rk.LSTMCell(n, num_proj=max(1, n - 1)), rk.GRUCell(n)])
+
+
 @st.composite
 def wrapper_cases(draw):
     kind = draw(st.sampled_from(["rnn", "gru", "gru_after", "lstm", "lstm_peep_proj",
-                                 "lstm_clip_all", "layer_norm"]))
+                                 "lstm_clip_all", "layer_norm", "stack"]))
     units = draw(st.sampled_from([8, 33] if kind == "layer_norm" else [1, 3, 8, 33]))
     batch, steps, depth = draw(st.integers(1, 12)), draw(st.integers(1, 9)), draw(st.integers(1, 6))
     lengths = draw(st.none() | st.lists(st.integers(0, steps), min_size=batch, max_size=batch))
@@ -235,7 +239,8 @@ def test_dropout_wrapper_on_the_fast_paths_matches_its_steps(case):
     kind, units, batch, steps, depth, lengths, keeps, variational, swap, backward = case
     torch.manual_seed(0)
     rk.reset_default_graph()
-    cell = rk.DropoutWrapper(CELLS[kind](units), variational_recurrent=variational, **keeps)
+    inner = _stack(units) if kind == "stack" else CELLS[kind](units)
+    cell = rk.DropoutWrapper(inner, variational_recurrent=variational, **keeps)
     cell.ensure_built(depth, torch.float32)
     perturb(cell, scale=min(0.4, 1.5 / units**0.5))
     x = torch.randn(batch, steps, depth)
