@@ -45,9 +45,7 @@ def _status_kib(field: str) -> int:
 def _path_taken(cell, x: torch.Tensor, swap: bool, fast) -> str:
     if fast is False:
         return "reference"
-    from rnnkit.fast import dispatch
-
-    return dispatch.explain(cell, x, swap_memory=swap).path
+    return rk.fast.explain(cell, x, swap_memory=swap).path
 
 
 def _setup(kind: str, batch: int, steps: int, depth: int, units: int):

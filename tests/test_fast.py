@@ -344,11 +344,18 @@ def test_explain_sees_wrappers_and_layers():
                                 state_keep_prob=0.5)
     wrapped.ensure_built(3, torch.float32)
     assert rk.fast.explain(wrapped, x).path == "reference"
-    stack = rk.MultiRNNCell([rk.LSTMCell(4, cell_clip=2.0), rk.GRUCell(4)])
+    stack = rk.MultiRNNCell([rk.LSTMCell(4, cell_clip=2.0), rk.GRUCell(5, activation="elu")])
     stack.ensure_built(3, torch.float32)
-    text = str(rk.fast.explain(stack, x))
+    decision = rk.fast.explain(stack, x)
+    text = str(decision)
     first = "path: fused" if compiled.load_error() is None else "path: reference"
     assert "cell_clip" in text and text.startswith(first)
+    # every layer's decision, the second on the first's outputs (depth 4)
+    second = rk.fast.explain(stack.cells[1], torch.zeros(2, 5, 4))
+    assert decision.layers[1:] == (second,) and decision.layers[0] == decision
+    assert [f"layer 1: {line}" for line in str(second).splitlines()] == \
+        text.splitlines()[-len(str(second).splitlines()):]
+    assert "layer 1: not onednn: activation elu" in text or "layer 1: path: reference" in text
 
 
 KERAS = {

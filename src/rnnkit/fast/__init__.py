@@ -9,7 +9,8 @@ frees the CUDA graphs captured for a cell (or for all); ``release_scratch()`` fr
 thread's reusable temporaries (``rnnkit.fast.scratch``).
 """
 
-from rnnkit.fast.dispatch import PATHS, Decision, decide, explain, fast_mode
+from rnnkit.fast.dispatch import PATHS, Decision, decide, fast_mode
+from rnnkit.fast.explain import explain
 from rnnkit.fast.graphs import clear as clear_graphs
 from rnnkit.fast.onednn import load_error
 from rnnkit.fast.scratch import release as release_scratch

@@ -48,7 +48,6 @@ from rnnkit.fast.library import FastPathError
 from rnnkit.fast.packed import run_packed
 from rnnkit.fast.swap import run_chunked
 from rnnkit.fast.varlen import hold_last, prefix_lengths, roll_to_front
-from rnnkit.unroll import default_chunk, length_mask
 
 PATHS = ("onednn", "cudnn", "fused", "graph", "reference")
 _FAST = PATHS[:-1]
@@ -119,9 +118,12 @@ class Decision:
     # the fast paths' libraries that failed to load, each one's line (the dispatch warns once
     # where one is all that kept its path from running)
     load_errors: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # a stack's: every layer's decision (this one is the first's; ``explain``)
+    layers: tuple[Decision, ...] = field(default=(), repr=False, compare=False)
 
     def explain(self) -> str:
-        """One line per path: which ran, and why each other one did not."""
+        """One line per path: which ran, and why each other one did not (then the same for each
+        further layer of a stack, each line prefixed ``layer k:``)."""
         lines = [f"path: {self.path}"]
         if self.captures:
             lines[0] += f" (replays {self.captures} from CUDA graphs)"
@@ -130,6 +132,8 @@ class Decision:
         for name in PATHS:
             if name != self.path and name in self.unmet:
                 lines.append(f"not {name}: " + "; ".join(self.unmet[name]))
+        for k, layer in enumerate(self.layers[1:], 1):
+            lines += [f"layer {k}: {line}" for line in layer.explain().splitlines()]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -484,39 +488,3 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-
-def explain(cell, inputs: torch.Tensor, sequence_length=None, swap_memory: bool = False,
-            time_major: bool = False) -> Decision:
-    """Which path ``dynamic_rnn(cell, inputs, sequence_length, swap_memory=...)`` would take
-    with ``fast="auto"``, and why not the others.
-
-    Args:
-        cell: a built cell (a ``MultiRNNCell`` is explained by its first layer; a wrapper by the
-            cell it wraps, unless the wrapper must run step by step: ``whole_sequence``).
-        inputs: ``[batch, time, depth]`` (``[time, batch, depth]`` if ``time_major``).
-        sequence_length: optional ``[batch]`` lengths.
-        swap_memory: as ``dynamic_rnn``.
-        time_major: layout of ``inputs``.
-
-    Returns:
-        the ``Decision``; print it for one line per path.
-
-    Raises:
-        RuntimeError: the cell has no variables yet.
-    """
-    cell.require_built("explain")
-    x = inputs if time_major else inputs.transpose(0, 1)
-    cell, why = cell.whole_sequence()
-    if why:
-        return step_by_step(why)
-    params, own_step = cell.dispatch_params(x.shape[1], x.dtype, x.device)
-    mask = None
-    if sequence_length is not None:
-        mask = length_mask(torch.as_tensor(sequence_length, device=x.device), x.shape[0])
-    chunk = default_chunk(x.shape[0]) if swap_memory else None
-    state = cell.zero_state(x.shape[1], x.dtype, x.device)
-    decision = decide(params, x, state, mask, "zero", chunk, own_step)
-    if decision.path != "graph" or decision.captures:
-        return decision
-    return dataclasses.replace(decision, loop=steps.describe(params, x.shape[1], own_step))
