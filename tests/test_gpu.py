@@ -420,3 +420,29 @@ def test_a_cuda_model_saves_and_loads(tmp_path):
     _leaves_close(list(again.parameters()), list(cell.parameters()), atol=0, rtol=0)
     x = torch.randn(3, 5, 4)
     _leaves_close(rk.dynamic_rnn(again, x), rk.dynamic_rnn(cell.cpu(), x))
+
+
+@pytest.mark.parametrize("variational", [True, False])
+def test_state_dropout_on_the_gpu(variational, exact, monkeypatch):
+    """A ``DropoutWrapper``'s state dropout around a stack, on CUDA tensors: each layer's
+    unroll with its state mask (the masks drawn on the host, as the steps draw them) against
+    the same wrapper step by step, with lengths (zero included) and ``swap_memory``."""
+    from rnnkit.cells import wrappers
+
+    cell = rk.DropoutWrapper(rk.MultiRNNCell([rk.BasicLSTMCell(5), rk.GRUCell(4)]),
+                             state_keep_prob=0.6, output_keep_prob=0.8,
+                             variational_recurrent=variational)
+    cell.ensure_built(3, torch.float64)
+    perturb(cell)
+    cell.cuda()
+    x = torch.randn(4, 6, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+
+    def run(whole):
+        monkeypatch.setattr(wrappers, "WHOLE_SEQUENCE", whole)
+        torch.manual_seed(3)
+        out = rk.dynamic_rnn(cell, x, sequence_length=[6, 1, 0, 4], dtype=torch.float64,
+                             swap_memory=True)
+        loss = sum(t.sum() for t in pytree.tree_leaves(out))
+        return out, torch.autograd.grad(loss, [x, *cell.parameters()])
+
+    _leaves_close(run(True), run(False))

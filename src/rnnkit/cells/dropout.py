@@ -194,7 +194,7 @@ class DropoutWrapper(_Wrapper):
         else:
             drawn = self._step_masks(h0s, steps)
             at = mask.sum(0).clamp(min=1) - 1 if mask is not None else steps - 1
-            lasts = [m[at, torch.arange(m.shape[1])] for m in drawn]
+            lasts = [m[at, torch.arange(m.shape[1], device=m.device)] for m in drawn]
             keeps = [m[:-1] for m in drawn]
         x, finals = inputs, []
         for cell, s, keep, last in zip(self._layers(), states, keeps, lasts, strict=True):
