@@ -29,7 +29,7 @@ from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.cells.equations import Canonical
 from rnnkit.fast import compiled
 from rnnkit.fast.autograd import blocks, grad_buffers, whole
-from rnnkit.fast.fused_gru import run_gru, shared_mask
+from rnnkit.fast.fused_gru import per_step_mask, run_gru, shared_mask
 from rnnkit.fast.library import check
 from rnnkit.fast.scratch import scratch
 from rnnkit.fast.varlen import take_tokens
@@ -37,9 +37,9 @@ from rnnkit.fast.varlen import take_tokens
 
 def unmet(p: Canonical) -> list[str]:
     """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device and sequence
-    masks are the dispatch's to check. Dropout masks (``x_mask``, ``h_mask``): both kernels
-    have them, one per gate block (a vanilla RNN's one; one for all of a cell's gates is
-    repeated)."""
+    masks are the dispatch's to check. Dropout masks: both kernels have them (``x_mask`` and
+    ``h_mask`` one per gate block or one for all, a vanilla RNN's one; ``state_mask`` one for
+    all gates, or one per step: ``_kernel_masks``)."""
     out = []
     for name, mask in (("h_mask", p.h_mask), ("x_mask", p.x_mask), ("state_mask", p.state_mask)):
         dims = (2, 3) if name == "state_mask" or p.kind != "rnn" else (2,)
@@ -133,8 +133,7 @@ def _config(p: Canonical, steps: int, batch: int, depth: int,
         cell_clip=p.cell_clip or 0.0, proj_clip=(p.proj_clip or 0.0) if p.P is not None else 0.0,
         forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps,
         order=(ctypes.c_int32 * 4)(*(p.gate_order or range(4))), xmask=compiled.ptr(masks[0]),
-        hmask=compiled.ptr(masks[1]), per_step=p.state_mask is not None and p.state_mask.dim() == 3,
-        shared=shared_mask(p))
+        hmask=compiled.ptr(masks[1]), per_step=per_step_mask(p), shared=shared_mask(p))
 
 
 def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -205,7 +204,7 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
     lstm = p.kind in ("lstm", "layer_norm_lstm")
     h0, c0 = (state.h, state.c) if lstm else (state, None)
     masks = _kernel_masks(p)
-    per_step = p.state_mask is not None and p.state_mask.dim() == 3  # [T, B, ...]: batch dim 1
+    per_step = per_step_mask(p)  # its masks [T, B, ...]: the batch on dim 1
     if lengths is None:
         order, packed = None, x.reshape(steps * batch, depth)
     else:

@@ -67,6 +67,11 @@ class _FusedGRU(torch.autograd.Function):
         return None, None, None, dx, dh, *weight_grads, db, db_h
 
 
+def per_step_mask(p: Canonical) -> bool:
+    """Whether ``p``'s state mask is one per step, ``[T, B, n]`` (the kernels' ``per_step``)."""
+    return p.state_mask is not None and p.state_mask.dim() == 3
+
+
 def shared_mask(p: Canonical) -> bool:
     """Whether the kernels' (both) ``hmask`` is one mask for every gate block of a GRU or LSTM:
     a state mask, or any ``[B, n]`` recurrent mask."""
@@ -86,7 +91,7 @@ def _config(p: Canonical, steps: int, batch: int, depth: int,
         ract=compiled.ACTIVATIONS[name_of(p.recurrent_activation)] if gru else 0,
         gru=gru, reset_after=gru and p.reset_after, xmask=compiled.ptr(masks[0]),
         hmask=compiled.ptr(masks[1]), umask=compiled.ptr(masks[2]),
-        per_step=p.state_mask is not None and p.state_mask.dim() == 3, shared=shared_mask(p))
+        per_step=per_step_mask(p), shared=shared_mask(p))
 
 
 def run_gru(p: Canonical, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor | None,

@@ -44,9 +44,14 @@ static inline int64_t blocks_of(const rk_gru_cfg *k) { return k->gru ? 3 : 1; }
 /* hmask's blocks: one per gate block, or 1 (shared). */
 static inline int64_t mask_blocks(const rk_gru_cfg *k) { return k->shared ? 1 : blocks_of(k); }
 
+/* Floats between step t's hmask and step t+1's (0: one mask for every step). */
+static inline int64_t mask_step(const rk_gru_cfg *k) {
+    return k->per_step ? k->B * mask_blocks(k) * k->H : 0;
+}
+
 /* Step t's hmask and umask (one mask for every step unless per_step). */
 static inline const float *hmask_at(const rk_gru_cfg *k, int64_t t) {
-    return k->hmask + (k->per_step ? t * k->B * mask_blocks(k) * k->H : 0);
+    return k->hmask + t * mask_step(k);
 }
 
 /* The candidate's mask row r at step t (reset before: on r * h). */
@@ -329,9 +334,9 @@ int rk_gru_backward(const rk_gru_cfg *k, const int64_t *lengths, const float *x,
     }
     const int full = k->reset_after || !k->gru;  /* every block of U from h */
     if (!st && k->hmask)
-        st = masked_prev_h_product(k->hmask, k->per_step ? B * mask_blocks(k) * H : 0,
-                                   mask_blocks(k), H, k->shared ? (full ? G : 2 * H) : H,
-                                   active, off, T, h0, y, dhu_or_dxw, G, 0,
+        st = masked_prev_h_product(k->hmask, mask_step(k), mask_blocks(k), H,
+                                   k->shared ? (full ? G : 2 * H) : H, active, off, T, h0, y,
+                                   dhu_or_dxw, G, 0,
                                    k->shared ? 1 : (full ? blocks_of(k) : 2), dU, G);
     else if (!st && full)
         st = prev_h_product(lengths, N, B, H, G, h0, y, h_in, dhu_or_dxw, G, dU, G);
