@@ -3,10 +3,10 @@
 ``python benchmarks/ab_kernels.py --refs HEAD~1,HEAD --shape 1,500,256``
 
 This machine moves between speed regimes that last seconds, so two separate runs can disagree
-by more than a kernel change is worth. Here each revision's ``lstm_kernel.c``, ``gru_kernel.c``
-and ``kernels.h`` are built with rnnkit's own flags (``rnnkit.fast.compiled``) and loaded side by
-side. The calls go round-robin, in reversed order every other round. Each line is the median and
-the fastest of ``--reps`` calls, in ms.
+by more than a kernel change is worth. Here each revision's kernel library for the cell (its C
+sources and headers in ``src/rnnkit/fast``) is built with rnnkit's own flags
+(``rnnkit.fast.compiled``) and loaded side by side. The calls go round-robin, in reversed order
+every other round. Each line is the median and the fastest of ``--reps`` calls, in ms.
 """
 
 from __future__ import annotations
@@ -36,24 +36,38 @@ CELLS = {
 }
 
 
-def build(spec: str, out_dir: Path) -> ctypes.CDLL:
-    """The kernels at git revision ``spec`` (``"."``: the working tree; ``REF@FLAGS``: with
-    ``FLAGS`` after rnnkit's, so ``.@-O2`` overrides its ``-O3``), built and loaded."""
+def build(spec: str, family: str, out_dir: Path) -> ctypes.CDLL:
+    """The kernels of ``family`` at git revision ``spec`` (``"."``: the working tree;
+    ``REF@FLAGS``: with ``FLAGS`` after rnnkit's, so ``.@-O2`` overrides its ``-O3``), built
+    and loaded: the family's sources (``compiled.FAMILIES``), or before they were split by
+    family (one library, ``lstm_kernel.c`` and ``gru_kernel.c``), all of them."""
     ref, _, extra = spec.partition("@")
     src = out_dir / "".join(c if c.isalnum() else "_" for c in spec)
     src.mkdir()
-    for path in (*compiled.SOURCES, compiled.HEADER):
-        rel = path.relative_to(ROOT)
-        text = path.read_text() if ref == "." else subprocess.run(
+    fast = compiled.FAMILIES["lstm"][0].parent
+    if ref == ".":
+        names = [p.name for p in fast.iterdir() if p.suffix in (".c", ".h")]
+    else:
+        names = [Path(line).name for line in subprocess.run(
+            ["git", "-C", str(ROOT), "ls-tree", "--name-only", ref,
+             f"{fast.relative_to(ROOT).as_posix()}/"], check=True, capture_output=True,
+            text=True).stdout.split() if line.endswith((".c", ".h"))]
+    for name in names:
+        rel = (fast / name).relative_to(ROOT)
+        text = (fast / name).read_text() if ref == "." else subprocess.run(
             ["git", "-C", str(ROOT), "show", f"{ref}:{rel.as_posix()}"], check=True,
             capture_output=True, text=True).stdout
-        (src / path.name).write_text(text)
+        (src / name).write_text(text)
+    sources = sorted(n for n in names if n.endswith(".c"))
+    mine = [n for n in sources if n.startswith(family)]
+    if any("rk_set_gemm" in (src / n).read_text() for n in mine):
+        sources = mine  # else (before the split) one library of every source
     target = src / "kernels.so"
     subprocess.run([compiled._compiler(), *compiled.FLAGS, *extra.split(), "-shared",
-                    *(str(src / p.name) for p in compiled.SOURCES), "-o", str(target),
-                    *compiled.LIBS], check=True)
+                    *(str(src / n) for n in sources), "-o", str(target), *compiled.LIBS],
+                   check=True)
     lib = ctypes.CDLL(str(target))
-    compiled._declare(lib)
+    compiled._declare(lib, family)
     lib.rk_set_gemm(ctypes.cast(library().dnnl_sgemm, ctypes.c_void_p))
     return lib
 
@@ -68,11 +82,13 @@ def main() -> None:
     args = ap.parse_args()
     B, T, H = map(int, args.shape.split(","))
     make, make_peer = CELLS[args.cell]
+    torch.manual_seed(0)
+    cell, peer = make(H), make_peer(H)
+    cell.ensure_built(H, torch.float32)
+    family = compiled.family_of(cell.sequence_params().kind)
     with tempfile.TemporaryDirectory() as tmp:
-        libs = {ref: build(ref, Path(tmp)) for ref in args.refs.split(",")}
-        compiled.kernels()  # the library of record loaded too, so the switch below sticks
-        torch.manual_seed(0)
-        cell, peer = make(H), make_peer(H)
+        libs = {ref: build(ref, family, Path(tmp)) for ref in args.refs.split(",")}
+        compiled.kernels(family)  # the library of record loaded too, so the switch below sticks
         x = torch.randn(B, T, H, requires_grad=True)
         g = torch.randn(B, T, H)
 
@@ -97,7 +113,7 @@ def main() -> None:
         for k in range(args.reps + 2):
             for name, lib, what, fn in (cases if k % 2 else cases[::-1]):
                 if lib is not None:
-                    compiled._state["lib"] = lib
+                    compiled._state[family] = lib
                 start = time.perf_counter()
                 fn()
                 if k >= 2:  # two warm-up rounds

@@ -107,3 +107,17 @@ def test_targets_are_read_off_a_run_and_off_its_record():
     assert "1.43x (gru_tf1, padded over packed)" in varlen and varlen.endswith("| no |")
     assert run_all.targets(again, gflops, shapes_again).splitlines()[5:-2] == \
         run_all.targets(results, 200.0, shapes).splitlines()[5:-2]
+
+
+def test_first_call_times_an_empty_and_a_filled_cache():
+    out = _run("first_call.py", "--repeats", "1", "--cells", "GRUCell(256, reset_after=True)")
+    row = next(line for line in out.splitlines() if line.startswith("GRUCell(256"))
+    path, empty, cached = row.split(")")[-1].split()
+    assert path in ("fused", "reference") and float(empty) > 0 and float(cached) > 0
+
+
+def test_ab_kernels_builds_each_family_from_the_working_tree():
+    for cell in ("lstm_clip", "gru"):
+        out = _run("ab_kernels.py", "--refs", ".", "--shape", "2,5,8", "--cell", cell,
+                   "--reps", "1")
+        assert {line.split()[:2][0] for line in out.splitlines()[1:]} == {".", "torch.nn"}

@@ -212,8 +212,8 @@ def test_reference_runs_with_one_warning_where_onednn_cannot_load(monkeypatch):
 def test_the_fused_kernels_are_built_only_for_a_call_they_would_run(monkeypatch):
     built = []
 
-    def build():
-        built.append(True)
+    def build(family):
+        built.append(family)
         raise OSError("no compiler in this test")
 
     monkeypatch.setattr(compiled, "_state", {})
@@ -229,7 +229,7 @@ def test_the_fused_kernels_are_built_only_for_a_call_they_would_run(monkeypatch)
         assert "not fused: can run it, but onednn comes first" in str(rk.fast.explain(cell, x))
         assert not built
         out, _ = rk.dynamic_rnn(cell, x, sequence_length=[5, 2])  # the fused kernels' rule
-    assert built == [True]
+    assert built == ["lstm"]  # the cell's family only
     assert "rnnkit's fused kernels are not available: no compiler in this test" in \
         str(rk.fast.explain(cell, x, [5, 2]))
     torch.testing.assert_close(out, rk.dynamic_rnn(cell, x, sequence_length=[5, 2],
@@ -240,7 +240,8 @@ def test_the_fused_kernels_are_built_only_for_a_call_they_would_run(monkeypatch)
 def without_fused_kernel(monkeypatch):
     """Variable lengths on oneDNN's segments (the fused kernel, which they would otherwise
     take, reported missing)."""
-    monkeypatch.setattr(compiled, "_state", {"error": "the fused kernel is off in this test"})
+    monkeypatch.setattr(compiled, "_state", {("error", family): "the fused kernel is off in this test"
+                                             for family in compiled.FAMILIES})
 
 
 @needs_onednn

@@ -183,9 +183,28 @@ def test_a_failing_compiler_is_reported_and_leaves_nothing_in_the_cache(monkeypa
     monkeypatch.setenv("RNNKIT_CACHE", str(cache))
     monkeypatch.setenv("CC", str(cc))
     with pytest.raises(OneDNNError, match="cc failed: .*error: this compiler refuses"):
-        compiled.kernels()
+        compiled.kernels("lstm")
     assert list(cache.iterdir()) == []
-    assert "this compiler refuses" in compiled.load_error()
+    assert "this compiler refuses" in compiled.load_error("gru")
+
+
+@needs_kernel
+def test_each_family_builds_its_own_library_on_first_use(monkeypatch, tmp_path):
+    """A GRU's first call builds the GRU library alone, an LSTM's the LSTM's; both then run in
+    one process (each library calls its own sgemm pointer)."""
+    monkeypatch.setattr(compiled, "_state", {})
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))
+    x = torch.randn(2, 6, 3)
+    gru = rk.GRUCell(5, activation=torch.nn.functional.relu, input_size=3)
+    lstm = rk.LSTMCell(5, cell_clip=1.0, input_size=3)
+    built = []
+    for cell in (gru, lstm):
+        assert rk.fast.explain(cell, x).path == "fused"
+        torch.testing.assert_close(rk.dynamic_rnn(cell, x, fast=True)[0],
+                                   rk.dynamic_rnn(cell, x, fast=False)[0], **TOL)
+        built.append(sorted(p.name.split("-")[0] for p in tmp_path.iterdir()))
+    assert built == [["gru"], ["gru", "lstm"]]
+    assert set(compiled._state) == {"gru", "lstm"}
 
 
 def _compare_inference(run) -> None:
@@ -255,7 +274,7 @@ def test_small_batches_split_units_across_threads_match_reference(make, units, l
     cell.ensure_built(5, torch.float32)
     _perturb(cell, scale=0.1)
     cfg = fused._config(cell.sequence_params(), 9, batch, 5)
-    assert compiled.kernels().rk_lstm_small_batch(cfg) == (batch == 1 or units <= 128)
+    assert compiled.kernels("lstm").rk_lstm_small_batch(cfg) == (batch == 1 or units <= 128)
     h0 = rk.LSTMStateTuple(torch.randn(batch, units, requires_grad=True),
                            torch.randn(batch, units, requires_grad=True))
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=h0,
@@ -269,7 +288,8 @@ def _takes(query: str, cell, batch: int) -> int:
     """What the kernel's ``query`` (``rk_lstm_small_batch``, ``rk_lstm_split_batch``) says of a
     5-step call of ``cell`` on ``batch`` sequences of depth 4."""
     cell.ensure_built(4, torch.float32)
-    return getattr(compiled.kernels(), query)(fused._config(cell.sequence_params(), 5, batch, 4))
+    return getattr(compiled.kernels("lstm"), query)(
+        fused._config(cell.sequence_params(), 5, batch, 4))
 
 
 def test_small_batch_path_only_where_it_was_measured_faster(two_threads):
@@ -325,7 +345,8 @@ def test_batches_split_between_threads_match_reference(make, lengths, two_thread
     p = cell.sequence_params()
     query, kernel = (("rk_lstm_split_batch", fused) if p.kind.endswith("lstm")
                      else ("rk_gru_split_batch", fused_gru))
-    assert getattr(compiled.kernels(), query)(kernel._config(p, 9, batch, 5)) == 1
+    assert getattr(compiled.kernels(compiled.family_of(p.kind)), query)(
+        kernel._config(p, 9, batch, 5)) == 1
     assert rk.fast.explain(cell, x, sequence_length=lens).path == "fused"
     h0 = map_state(lambda s: torch.randn_like(s).requires_grad_(), cell.zero_state(batch))
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lens, initial_state=h0,
@@ -379,7 +400,7 @@ def test_gru_split_only_where_u_stays_in_the_cache(two_threads):
     up to 256, at 2 threads; past that each step is one product over all rows."""
     def split(cell, batch=16):
         cell.ensure_built(4, torch.float32)
-        return compiled.kernels().rk_gru_split_batch(
+        return compiled.kernels("gru").rk_gru_split_batch(
             fused_gru._config(cell.sequence_params(), 5, batch, 4))
 
     assert split(rk.GRUCell(147)) == 1
@@ -397,7 +418,7 @@ def test_gru_rows_split_per_step_where_u_leaves_the_cache(two_threads):
     x = torch.randn(32, 5, 8, requires_grad=True)
     cell.ensure_built(8, torch.float32)
     _perturb(cell, scale=0.1)
-    assert compiled.kernels().rk_gru_split_batch(
+    assert compiled.kernels("gru").rk_gru_split_batch(
         fused_gru._config(cell.sequence_params(), 5, 32, 8)) == 0
     assert rk.fast.explain(cell, x).path == "fused"
     lengths = [5, 5, 4, 0, 3, 5, 1, 2] * 4
@@ -413,7 +434,7 @@ def test_lstm_rows_split_per_step_where_u_leaves_the_cache(two_threads):
     x = torch.randn(32, 5, 8, requires_grad=True)
     cell.ensure_built(8, torch.float32)
     _perturb(cell, scale=0.1)
-    assert compiled.kernels().rk_lstm_split_batch(
+    assert compiled.kernels("lstm").rk_lstm_split_batch(
         fused._config(cell.sequence_params(), 5, 32, 8)) == 0
     lengths = [5, 5, 4, 0, 3, 5, 1, 2] * 4
     _compare(lambda fast: rk.dynamic_rnn(cell, x, sequence_length=lengths, fast=fast),
@@ -439,7 +460,8 @@ def test_batch_split_only_where_it_was_measured_faster(two_threads):
 def test_loading_the_kernels_keeps_subnormal_floats():
     """A library built with -ffast-math would switch the whole process to flushing subnormals
     to zero when it loads; the kernels are built without it."""
-    compiled.kernels()
+    for family in compiled.FAMILIES:
+        compiled.kernels(family)
     tiny = torch.tensor([1e-40], dtype=torch.float32)
     assert float((tiny * 1.0).item()) != 0.0
     assert float(torch.tensor([5e-310], dtype=torch.float64).mul(1.0).item()) != 0.0

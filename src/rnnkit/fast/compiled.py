@@ -1,12 +1,14 @@
-"""rnnkit's own C kernels (``lstm_kernel.c``, ``gru_kernel.c``), compiled on first use and loaded
-with ctypes.
+"""rnnkit's own C kernels, two libraries (``FAMILIES``): the LSTM's (``lstm_forward.c``,
+``lstm_backward.c``) and the GRU's and vanilla RNN's (``gru_forward.c``, ``gru_backward.c``),
+each compiled on first use and loaded with ctypes.
 
-The sources ship with the package; the first process that needs it (the dispatch asks only
-where these kernels would run) runs the C compiler (``$CC``, else ``cc``/``gcc``) once per
-source, side by side, links them, and keeps the shared library in a cache directory
-(``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``) under a name
-that hashes the sources, the flags and this CPU's feature flags, so an edited source or another
-machine sharing the directory gets its own build. The file appears atomically (written under a
+The sources ship with the package; the first process that needs a library (the dispatch asks
+only where these kernels would run, and only for the cell's family) runs the C compiler
+(``$CC``, else ``cc``/``gcc``) once per source, side by side, links them, and keeps the shared
+library in a cache directory (``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else
+``~/.cache/rnnkit``) under a name that hashes the sources, the headers, the flags and this
+CPU's feature flags, so an edited source or another machine sharing the directory gets its own
+build. The file appears atomically (written under a
 temporary name, then renamed), so concurrent first uses are safe. Matrix products go through
 oneDNN's ``dnnl_sgemm`` (``rnnkit.fast.library``), whose address is handed to the kernel.
 Where no compiler or no oneDNN is there, ``load_error()`` says why in one line and the
@@ -27,8 +29,11 @@ from pathlib import Path
 
 from rnnkit.fast.library import OneDNNError, error_of, library
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("lstm_kernel.c", "gru_kernel.c"))
-HEADER = Path(__file__).with_name("kernels.h")
+_HERE = Path(__file__).parent
+# each library's sources (compiled side by side: about half the time of one source each)
+FAMILIES = {"lstm": (_HERE / "lstm_forward.c", _HERE / "lstm_backward.c"),
+            "gru": (_HERE / "gru_forward.c", _HERE / "gru_backward.c")}
+HEADERS = (_HERE / "kernels.h", _HERE / "lstm.h", _HERE / "gru.h")
 # No -ffast-math: a library built with it resets the process's floating-point mode (subnormals
 # flushed to zero) when it loads; kernels.h names libmvec's SIMD functions instead.
 FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-march=native", "-fopenmp", "-fPIC",
@@ -40,7 +45,7 @@ ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2, "linear": 3, "hard_sigmoid": 
 
 
 class Config(ctypes.Structure):
-    """``rk_cfg`` of ``lstm_kernel.c``."""
+    """``rk_cfg`` of ``lstm.h``."""
 
     _fields_ = [("T", ctypes.c_int64), ("B", ctypes.c_int64), ("D", ctypes.c_int64),
                 ("H", ctypes.c_int64), ("P", ctypes.c_int64),
@@ -55,14 +60,14 @@ class Config(ctypes.Structure):
 
 
 class Saved(ctypes.Structure):
-    """``rk_saved`` of ``lstm_kernel.c``: the buffers the forward pass keeps for backward."""
+    """``rk_saved`` of ``lstm.h``: the buffers the forward pass keeps for backward."""
 
     _fields_ = [(name, ctypes.c_void_p) for name in ("gates", "cells", "act_c", "m", "xhat",
                                                       "rstd")]
 
 
 class GRUConfig(ctypes.Structure):
-    """``rk_gru_cfg`` of ``gru_kernel.c`` (``gru`` 0: a vanilla RNN)."""
+    """``rk_gru_cfg`` of ``gru.h`` (``gru`` 0: a vanilla RNN)."""
 
     _fields_ = [("T", ctypes.c_int64), ("B", ctypes.c_int64), ("D", ctypes.c_int64),
                 ("H", ctypes.c_int64), ("act", ctypes.c_int32), ("ract", ctypes.c_int32),
@@ -73,7 +78,7 @@ class GRUConfig(ctypes.Structure):
 
 
 class GRUSaved(ctypes.Structure):
-    """``rk_gru_saved`` of ``gru_kernel.c``."""
+    """``rk_gru_saved`` of ``gru.h``."""
 
     _fields_ = [("gates", ctypes.c_void_p), ("extra", ctypes.c_void_p)]
 
@@ -106,24 +111,23 @@ def _compiler() -> str:
     raise OSError("no C compiler found ($CC, cc or gcc)")
 
 
-def _build() -> Path:
-    cc = _compiler()
+def _build(family: str) -> Path:
+    cc, sources = _compiler(), FAMILIES[family]
     key = hashlib.sha256(b"\0".join(
-        [*(f.read_bytes() for f in (*SOURCES, HEADER)), " ".join(FLAGS + LIBS).encode(),
-         cc.encode(),
-         _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"kernels-{key}.so"
+        [*(f.read_bytes() for f in (*sources, *HEADERS)), " ".join(FLAGS + LIBS).encode(),
+         cc.encode(), _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
+    target = _cache_dir() / f"{family}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # one compiler per source, side by side (about half the time of one compiler for both),
-    # then one link; the library appears under its name only once it is whole
+    # one compiler per source, side by side, then one link; the library appears under its name
+    # only once it is whole
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        objects = [f"{tmp}/{src.stem}.o" for src in SOURCES]
+        objects = [f"{tmp}/{src.stem}.o" for src in sources]
         _compile([[cc, *FLAGS, "-c", str(src), "-o", obj]
-                  for src, obj in zip(SOURCES, objects, strict=True)])
-        _compile([[cc, "-shared", "-fopenmp", *objects, "-o", f"{tmp}/kernels.so", *LIBS]])
-        os.replace(f"{tmp}/kernels.so", target)
+                  for src, obj in zip(sources, objects, strict=True)])
+        _compile([[cc, "-shared", "-fopenmp", *objects, "-o", f"{tmp}/{family}.so", *LIBS]])
+        os.replace(f"{tmp}/{family}.so", target)
     return target
 
 
@@ -147,42 +151,51 @@ def _compile(commands: list[list[str]], timeout: float = 120) -> None:
                 proc.wait()
 
 
-def _declare(lib: ctypes.CDLL) -> None:
-    vp, cfg = ctypes.c_void_p, ctypes.POINTER(Config)
+def _declare(lib: ctypes.CDLL, family: str) -> None:
+    vp, cfg, gru_cfg = ctypes.c_void_p, ctypes.POINTER(Config), ctypes.POINTER(GRUConfig)
     lib.rk_set_gemm.argtypes, lib.rk_set_gemm.restype = [vp], None
-    lib.rk_lstm_forward.argtypes = [cfg] + [vp] * 16
-    lib.rk_lstm_backward.argtypes = [cfg] + [vp] * 23
-    lib.rk_gru_forward.argtypes = [ctypes.POINTER(GRUConfig)] + [vp] * 11
-    lib.rk_gru_backward.argtypes = [ctypes.POINTER(GRUConfig)] + [vp] * 15
-    lib.rk_lstm_small_batch.argtypes = lib.rk_lstm_split_batch.argtypes = [cfg]
-    lib.rk_gru_split_batch.argtypes = [ctypes.POINTER(GRUConfig)]
-    for fn in (lib.rk_lstm_forward, lib.rk_lstm_backward, lib.rk_gru_forward,
-               lib.rk_gru_backward, lib.rk_lstm_small_batch, lib.rk_lstm_split_batch,
-               lib.rk_gru_split_batch):
-        fn.restype = ctypes.c_int
+    if family == "lstm":
+        lib.rk_lstm_forward.argtypes = [cfg] + [vp] * 16
+        lib.rk_lstm_backward.argtypes = [cfg] + [vp] * 23
+        lib.rk_lstm_small_batch.argtypes = lib.rk_lstm_split_batch.argtypes = [cfg]
+        functions = ("rk_lstm_forward", "rk_lstm_backward", "rk_lstm_small_batch",
+                     "rk_lstm_split_batch")
+    else:
+        lib.rk_gru_forward.argtypes = [gru_cfg] + [vp] * 11
+        lib.rk_gru_backward.argtypes = [gru_cfg] + [vp] * 15
+        lib.rk_gru_split_batch.argtypes = [gru_cfg]
+        functions = ("rk_gru_forward", "rk_gru_backward", "rk_gru_split_batch")
+    for name in functions:
+        getattr(lib, name).restype = ctypes.c_int
 
 
-def kernels() -> ctypes.CDLL:
-    """The loaded kernel library (built and loaded on first use).
+def family_of(kind: str) -> str:
+    """The library (a key of ``FAMILIES``) serving a ``Canonical.kind``."""
+    return "lstm" if kind in ("lstm", "layer_norm_lstm") else "gru"
+
+
+def kernels(family: str) -> ctypes.CDLL:
+    """The loaded kernel library of ``family`` ("lstm" or "gru"; built and loaded on first
+    use).
 
     Raises:
         OneDNNError: oneDNN (for ``dnnl_sgemm``) does not load, or the kernel does not build
             or load; the message says which.
     """
     with _lock:
-        if "lib" in _state:
-            return _state["lib"]
-        if "error" in _state:
-            raise OneDNNError(_state["error"])
+        if family in _state:
+            return _state[family]
+        if ("error", family) in _state:
+            raise OneDNNError(_state["error", family])
         try:
             gemm = ctypes.cast(library().dnnl_sgemm, ctypes.c_void_p)
-            lib = ctypes.CDLL(str(_build()))
-            _declare(lib)
+            lib = ctypes.CDLL(str(_build(family)))
+            _declare(lib, family)
             lib.rk_set_gemm(gemm)
         except (OSError, subprocess.SubprocessError, AttributeError, OneDNNError) as err:
-            _state["error"] = f"rnnkit's fused kernels are not available: {err}"
-            raise OneDNNError(_state["error"]) from None
-        _state["lib"] = lib
+            _state["error", family] = f"rnnkit's fused kernels are not available: {err}"
+            raise OneDNNError(_state["error", family]) from None
+        _state[family] = lib
         return lib
 
 
@@ -192,6 +205,11 @@ def ptr(t) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def load_error() -> str | None:
-    """None if the kernel library loads, else one line saying why not."""
-    return error_of(kernels)
+def load_error(family: str | None = None) -> str | None:
+    """None if ``family``'s kernel library loads (``None``: both), else one line saying why
+    not."""
+    for name in FAMILIES if family is None else (family,):
+        error = error_of(lambda name=name: kernels(name))
+        if error:
+            return error
+    return None

@@ -1,7 +1,7 @@
-"""rnnkit's own fused kernels (``lstm_kernel.c``; ``gru_kernel.c`` through ``fused_gru``) as
-``torch.autograd.Function``s: the cells oneDNN has no primitive for (LSTMs with ``cell_clip``,
-``proj_clip`` or layer normalization, and LSTMs, GRUs and vanilla RNNs with activations other
-than oneDNN's), with oneDNN's sgemm for every matrix product.
+"""rnnkit's own fused kernels (the LSTM's, ``lstm.h``; the GRU's, ``gru.h``, through
+``fused_gru``) as ``torch.autograd.Function``s: the cells oneDNN has no primitive for (LSTMs
+with ``cell_clip``, ``proj_clip`` or layer normalization, and LSTMs, GRUs and vanilla RNNs with
+activations other than oneDNN's), with oneDNN's sgemm for every matrix product.
 
 A whole sequence is one call forward and one backward: the input projection of all steps is
 one matrix product, each step one recurrent product and one pass over the gates; backward runs
@@ -97,7 +97,7 @@ class _Fused(torch.autograd.Function):
         buf = scratch("fused-backward", N * 4 * H + h_in + (N * P if cfg.proj else 0) + B * H)
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
         Pwt = Pw.t().contiguous() if Pw is not None else None
-        status = compiled.kernels().rk_lstm_backward(
+        status = compiled.kernels("lstm").rk_lstm_backward(
             ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, c0, W, Ut, peep, Pwt, gamma, y)),
             ctypes.byref(_saved_struct(saved)),
             *map(compiled.ptr, (dy, dh, dc, dx, dW, dU, db, dpeep, dPw, dgamma, dbeta, buf)))
@@ -113,7 +113,7 @@ def _forward(cfg, lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, saved):
     N, B, H, P = x.shape[0], cfg.B, cfg.H, cfg.P
     y, hT, cT = x.new_empty(N, P), x.new_empty(B, P), x.new_empty(B, H)
     buf = scratch("fused-forward", (0 if saved else N * 4 * H) + 4 * B * H)
-    status = compiled.kernels().rk_lstm_forward(
+    status = compiled.kernels("lstm").rk_lstm_forward(
         ctypes.byref(cfg),
         *map(compiled.ptr, (lengths, x, h0, c0, W, U, b, peep, Pw, gamma, beta, y, hT, cT)),
         ctypes.byref(_saved_struct(saved)) if saved else None, compiled.ptr(buf))

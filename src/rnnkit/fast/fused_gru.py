@@ -1,4 +1,4 @@
-"""The fused kernel's GRU (both reset variants) and vanilla RNN (``gru_kernel.c``) as a
+"""The fused kernel's GRU (both reset variants) and vanilla RNN (``gru.h``) as a
 ``torch.autograd.Function``, on a packed batch (see ``rnnkit.fast.fused``)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _forward(cfg: compiled.GRUConfig, lengths, x, h0, W, U, b, b_h, saved: dict 
     N, B, H, G = x.shape[0], cfg.B, cfg.H, U.shape[1]
     y, hT = x.new_empty(N, H), x.new_empty(B, H)
     buf = scratch("fused-forward", (0 if saved else N * G) + 4 * B * H)
-    status = compiled.kernels().rk_gru_forward(
+    status = compiled.kernels("gru").rk_gru_forward(
         ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, U, b, b_h, y, hT)),
         ctypes.byref(compiled.GRUSaved(**{k: compiled.ptr(v) for k, v in saved.items()}))
         if saved else None, compiled.ptr(buf))
@@ -60,7 +60,7 @@ class _FusedGRU(torch.autograd.Function):
         buf = scratch("fused-backward", 2 * N * G + h_in + B * H)
         Ut = U.t().contiguous()  # the per-step products run faster on untransposed matrices
         saved = compiled.GRUSaved(gates=compiled.ptr(gates), extra=compiled.ptr(extra))
-        status = compiled.kernels().rk_gru_backward(
+        status = compiled.kernels("gru").rk_gru_backward(
             ctypes.byref(cfg), *map(compiled.ptr, (lengths, x, h0, W, Ut, y)), ctypes.byref(saved),
             *map(compiled.ptr, (dy, dh, dx, dW, dU, db, db_h, buf)))
         check(status, "rk_gru_backward")

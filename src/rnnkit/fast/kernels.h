@@ -1,6 +1,6 @@
-/* What rnnkit's C kernels share (lstm_kernel.c, gru_kernel.c): oneDNN's sgemm, the
- * activations by id (rnnkit/fast/compiled.py's ACTIVATIONS) and their derivatives, and the row
- * plan of a packed variable-length batch (see lstm_kernel.c). */
+/* What rnnkit's C kernels share (the LSTM's lstm.h and its two sources, the GRU's gru.h and its
+ * two): oneDNN's sgemm, the activations by id (rnnkit/fast/compiled.py's ACTIVATIONS) and their
+ * derivatives, and the row plan of a packed variable-length batch (see lstm.h). */
 #ifndef RNNKIT_KERNELS_H
 #define RNNKIT_KERNELS_H
 
@@ -22,7 +22,9 @@ extern float tanhf(float) __attribute__((__simd__("notinbranch")));
 
 typedef int (*sgemm_fn)(char, char, int64_t, int64_t, int64_t, float, const float *, int64_t,
                         const float *, int64_t, float, float *, int64_t);
-extern sgemm_fn rk_gemm;  /* set by rk_set_gemm (lstm_kernel.c) */
+/* set by rk_set_gemm (lstm_forward.c, gru_forward.c); hidden, so that each library (LSTM, GRU)
+ * reads its own even where both are loaded */
+extern sgemm_fn rk_gemm __attribute__((visibility("hidden")));
 
 enum { ACT_TANH, ACT_SIGMOID, ACT_RELU, ACT_LINEAR, ACT_HARD_SIGMOID, ACT_HARD_SIGMOID_K2,
        ACT_SOFTSIGN };
@@ -43,12 +45,13 @@ static inline float act_f(int id, float v) {
     }
 }
 
-/* The derivative at each of n outputs y of an activation, into d (a loop per activation, so
- * that each one vectorizes). */
-static inline void deriv_n(int id, const float *y, float *d, int64_t n) {
+/* The derivative at each of n outputs y of an activation other than tanh and sigmoid, into d
+ * (a loop per activation, so that each one vectorizes). Not inlined, nor is act_other: each
+ * inlined copy of these loops cost the compiler time (the first build of a library took about
+ * twice as long), and a call costs little beside a row's loop. */
+static __attribute__((noinline, unused)) void deriv_other(int id, const float *y, float *d,
+                                                          int64_t n) {
     switch (id) {
-    case ACT_TANH: for (int64_t j = 0; j < n; j++) d[j] = 1.0f - y[j] * y[j]; break;
-    case ACT_SIGMOID: for (int64_t j = 0; j < n; j++) d[j] = y[j] * (1.0f - y[j]); break;
     case ACT_RELU: for (int64_t j = 0; j < n; j++) d[j] = y[j] > 0.0f ? 1.0f : 0.0f; break;
     case ACT_HARD_SIGMOID:
         for (int64_t j = 0; j < n; j++) d[j] = (y[j] > 0.0f && y[j] < 1.0f) ? 1.0f / 6.0f : 0.0f;
@@ -63,13 +66,24 @@ static inline void deriv_n(int id, const float *y, float *d, int64_t n) {
     }
 }
 
+/* The derivative of any activation: tanh's and sigmoid's inlined (the common cells; the
+ * compiler then takes the test on id out of a loop over rows), the others called. */
+static inline void deriv_n(int id, const float *y, float *d, int64_t n) {
+    if (id == ACT_TANH) for (int64_t j = 0; j < n; j++) d[j] = 1.0f - y[j] * y[j];
+    else if (id == ACT_SIGMOID) for (int64_t j = 0; j < n; j++) d[j] = y[j] * (1.0f - y[j]);
+    else deriv_other(id, y, d, n);
+}
+
+static __attribute__((noinline, unused)) void act_other(int id, float *v, int64_t n) {
+    if (id != ACT_LINEAR)
+        for (int64_t j = 0; j < n; j++) v[j] = act_f(id, v[j]);
+}
+
+/* An activation in place over n values, tanh and sigmoid inlined (as deriv_n). */
 static inline void act_n(int id, float *v, int64_t n) {
-    switch (id) {
-    case ACT_TANH: for (int64_t j = 0; j < n; j++) v[j] = tanhf(v[j]); break;
-    case ACT_SIGMOID: for (int64_t j = 0; j < n; j++) v[j] = 1.0f / (1.0f + expf(-v[j])); break;
-    case ACT_LINEAR: break;
-    default: for (int64_t j = 0; j < n; j++) v[j] = act_f(id, v[j]);
-    }
+    if (id == ACT_TANH) for (int64_t j = 0; j < n; j++) v[j] = tanhf(v[j]);
+    else if (id == ACT_SIGMOID) for (int64_t j = 0; j < n; j++) v[j] = 1.0f / (1.0f + expf(-v[j]));
+    else act_other(id, v, n);
 }
 
 /* Rows per step and where each step's rows start: active[T], then off[T + 1] (off[T] = N).
@@ -209,7 +223,7 @@ static inline int run_split(int64_t T, int64_t B, const int64_t *lengths, const 
  * mask [rows, nb, n]: block j (columns j*H .. (j+1)*H of a matrix of nb*H columns) reads
  * v ⊙ mask j. The rows of step t of a packed batch (off, active: plan_rows) are the sorted
  * batch's rows 0 .. active[t], so a step's row r takes mask row r. Recurrent dropout masks h
- * before the recurrent product (lstm_kernel.c, gru_kernel.c); with it, input dropout masks x
+ * before the recurrent product (the LSTM's lstm.h, lstm_forward.c, lstm_backward.c; the GRU's gru.h, gru_forward.c, gru_backward.c); with it, input dropout masks x
  * per block before the input projection (masked_projection). */
 
 static inline const float *mask_row(const float *mask, int64_t nb, int64_t n, int64_t r,
