@@ -249,7 +249,9 @@ def dropout_models(repeats: int) -> None:
     (one input mask for all steps), and with ``recurrent_dropout=0.3`` too (masks
     per gate on ``x`` and ``h``: the fused kernels), and ``rk.layers.GRU`` with both, on the fast
     path and on the reference loop, against torch.nn's LSTM or GRU on inputs dropped by one
-    mask (torch.nn has no recurrent dropout)."""
+    mask (torch.nn has no recurrent dropout); then one ``LayerNormLSTMCell`` with candidate
+    dropout (keep 0.9) on the fused kernels and on the reference loop, against itself without
+    dropout and torch.nn.LSTM."""
     from rnnkit.cells import wrappers
 
     for (B, T, H), (kind, what, options) in itertools.product(STACKS, WRAPPED):
@@ -307,6 +309,30 @@ def dropout_models(repeats: int) -> None:
         print(f"Keras {kind}({args}), training, B{B} T{T} H{H}, f+b ms: torch.nn (input dropout "
               f"only) {t_peer:.1f}, fast path ({_keras_path(layer, x)}) {t_fast:.1f}, reference "
               f"loop {t_ref:.1f}: {t_ref / t_fast:.2f}x faster, {t_peer / t_fast:.2f}x torch.nn")
+    for B, T, H in STACKS:
+        x = torch.randn(B, T, H, requires_grad=True)
+        rk.reset_default_graph()
+        cell = rk.LayerNormLSTMCell(H, dropout_keep_prob=0.9, input_size=H)
+        params = list(cell.parameters())
+
+        def norm(fast, keep, cell=cell, params=params, x=x):
+            def train():
+                cell.dropout_keep_prob = keep
+                out, _ = rk.dynamic_rnn(cell, x, fast=fast)
+                torch.autograd.grad(out.sum(), [x, *params])
+            return train
+
+        peer = torch.nn.LSTM(H, H, batch_first=True)
+        peer_params = list(peer.parameters())
+
+        def lstm(peer=peer, peer_params=peer_params, x=x):
+            torch.autograd.grad(peer(x)[0].sum(), [x, *peer_params])
+
+        t_peer, t_plain, t_fast, t_ref = _interleaved(
+            [lstm, norm("auto", 1.0), norm("auto", 0.9), norm(False, 0.9)], repeats)
+        print(f"LayerNormLSTMCell(dropout_keep_prob=0.9), training, B{B} T{T} H{H}, f+b ms: "
+              f"fused {t_fast:.1f} (without dropout {t_plain:.1f}), reference loop {t_ref:.1f}: "
+              f"{t_ref / t_fast:.2f}x faster; torch.nn.LSTM (no layer norm) {t_peer:.1f}")
 
 
 _GAL = {"output_keep_prob": 0.5, "state_keep_prob": 0.5, "variational_recurrent": True}

@@ -188,6 +188,12 @@ class RNNCell(torch.nn.Module):
         params = self.sequence_params()
         return self.step(self.prepare_inputs(inputs, params), state, params)
 
+    def draws_masks(self) -> bool:
+        """Whether an unroll or a step of this cell draws dropout masks of its own (in training
+        mode, dropping something): a ``DropoutWrapper``, a ``LayerNormLSTMCell`` with
+        ``dropout_keep_prob < 1``."""
+        return False
+
     def uses_canonical_step(self) -> bool:
         """True when ``step`` is exactly ``Canonical``'s equations, so a fast path may replace
         the whole unroll (``FusedCell`` without overrides)."""

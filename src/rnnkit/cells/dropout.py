@@ -22,10 +22,9 @@ from rnnkit.unroll import map_state
 
 
 def _draws_noise(cell: RNNCell) -> bool:
-    """Whether an unroll of ``cell`` draws dropout masks of its own (a ``DropoutWrapper``
-    inside it, in training and dropping something)."""
-    return any(isinstance(m, DropoutWrapper) and m.training and min(m.keep.values()) < 1.0
-               for m in cell.modules())
+    """Whether an unroll of ``cell`` draws dropout masks of its own (a cell inside it that
+    does: ``RNNCell.draws_masks``)."""
+    return any(isinstance(m, RNNCell) and m.draws_masks() for m in cell.modules())
 
 
 def _keep_state_leaf(state: State) -> State:
@@ -72,7 +71,8 @@ class DropoutWrapper(_Wrapper):
     filter), it is each cell's unroll with a state mask (``Canonical.state_mask``: one, or one
     per step), which the fused kernels run (but for a layer-norm LSTM's). Another filter, or a
     wrapper inside, runs the loop step by step, as does a cell that draws masks of its own
-    (another ``DropoutWrapper`` inside: its draws and these would come in another order).
+    (another ``DropoutWrapper`` inside, a ``LayerNormLSTMCell`` with ``dropout_keep_prob < 1``:
+    its draws and these would come in another order).
     """
 
     def __init__(self, cell: RNNCell, input_keep_prob: float = 1.0, output_keep_prob: float = 1.0,
@@ -162,6 +162,9 @@ class DropoutWrapper(_Wrapper):
         if mask is not None and masked_output != "zero":
             return ["masked steps hold the previous output"]
         return []
+
+    def draws_masks(self) -> bool:
+        return self.training and min(self.keep.values()) < 1.0
 
     def _drops_state(self) -> bool:
         return self.training and self.keep["state"] < 1.0

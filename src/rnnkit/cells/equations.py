@@ -25,10 +25,18 @@ TF1's ``DropoutWrapper`` with state dropout drops the state itself: every step r
 (``variational_recurrent``) or ``[T, B, H]``, step ``t``'s at ``t``. The cell's step applies it
 (``FusedCell.step``, ``FusedCell.loop`` one step's at a time); for an LSTM or a vanilla RNN it
 equals ``h_mask``.
+
+TF1's ``LayerNormBasicLSTMCell(dropout_keep_prob=...)`` drops the LSTM's candidate instead
+(Semeniuta et al., 2016, recurrent dropout without memory loss): ``c' = σ(f) ⊙ c + σ(i) ⊙
+(act(g) ⊙ g_mask)``, a new mask every step. Over a sequence ``g_mask`` is ``[T, B, H]`` (drawn
+before the unroll, so every path reads the same masks; ``FusedCell.loop`` hands each step its
+own), in a step ``[B, H]``. Where nothing drew it (one step, or a wrapper's steps),
+``g_dropout`` draws a step's masks as its inputs are prepared (``FusedCell.prepare_inputs``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -76,6 +84,9 @@ class Canonical:
     gate_order: tuple[int, ...] | None = None  # LSTM: stored block of i, f, g, o; None: as is
     x_mask: torch.Tensor | None = None  # input dropout, applied by ``project``: as ``h_mask``
     state_mask: torch.Tensor | None = None  # state dropout: [B, H] or [T, B, H], see above
+    g_mask: torch.Tensor | None = None  # LSTM candidate dropout: [T, B, H] or [B, H], see above
+    # draws g_mask for inputs [..., B, depth] (shape, dtype, device -> mask), see above
+    g_dropout: Callable[[tuple, torch.dtype, torch.device], torch.Tensor] | None = None
 
     def lstm_gates(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """An LSTM's gates i, f, g, o: the blocks of ``v``'s last dimension, laid out as ``W``'s
@@ -149,11 +160,16 @@ def gru(xw: torch.Tensor, h: torch.Tensor, p: Canonical) -> torch.Tensor:
     return torch.lerp(c, h, z)
 
 
+def _dropped(g: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return g if mask is None else g * mask
+
+
 def lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canonical
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """i, f, g, o = x W + b + h U (peepholes add p_i ⊙ c, p_f ⊙ c to i, f and p_o ⊙ c' to o),
     c' = σ(f) ⊙ c + σ(i) ⊙ act(g), clipped to ±cell_clip,
-    h' = σ(o) ⊙ act(c'), then projected h' P and clipped to ±proj_clip.
+    h' = σ(o) ⊙ act(c'), then projected h' P and clipped to ±proj_clip; act(g) ⊙ g_mask with a
+    candidate dropout mask.
     """
     z = masked_matmul(h, p.U, p.h_mask, xw)
     i, f, g, o = p.lstm_gates(z)
@@ -164,7 +180,7 @@ def lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canonical
         i, f = sig(i), sig(f)
     else:  # one activation for the whole block (g's part unused): fewer, larger kernels
         i, f, _, o = p.lstm_gates(sig(z))
-    c_new = torch.addcmul(f * c, i, p.activation(g))
+    c_new = torch.addcmul(f * c, i, _dropped(p.activation(g), p.g_mask))
     if p.cell_clip is not None:
         c_new = c_new.clamp(-p.cell_clip, p.cell_clip)
     if p.peepholes is not None:
@@ -188,11 +204,12 @@ def layer_norm_lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canon
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """TF's LayerNormBasicLSTMCell: each gate pre-activation and the new cell are normalized,
     i, f, g, o = LN(x W + h U); c' = LN(σ(f + forget_bias) ⊙ c + σ(i) ⊙ act(g));
-    h' = act(c') ⊙ σ(o).
+    h' = act(c') ⊙ σ(o); act(g) ⊙ g_mask with a candidate dropout mask.
     """
     (ln_i, ln_f, ln_g, ln_o, ln_c), eps = p.norms
     i, f, g, o = p.lstm_gates(masked_matmul(h, p.U, p.h_mask, xw))
     i, f, g, o = (_norm(v, *ln, eps) for v, ln in ((i, ln_i), (f, ln_f), (g, ln_g), (o, ln_o)))
     sig = p.recurrent_activation
-    c_new = _norm(sig(f + p.forget_bias) * c + sig(i) * p.activation(g), *ln_c, eps)
+    c_new = _norm(sig(f + p.forget_bias) * c + sig(i) * _dropped(p.activation(g), p.g_mask),
+                  *ln_c, eps)
     return c_new, p.activation(c_new) * sig(o)

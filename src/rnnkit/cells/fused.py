@@ -24,7 +24,13 @@ class FusedCell(RNNCell):
         return self.canonical()
 
     def prepare_inputs(self, inputs: torch.Tensor, params: eq.Canonical) -> torch.Tensor:
-        return params.project(inputs, params.x_mask)
+        xw = params.project(inputs, params.x_mask)
+        if params.g_dropout is None:
+            return xw
+        # candidate dropout that no unroll drew: this call's masks ride with its inputs
+        H = params.U.shape[1] // 4
+        return torch.cat([xw, params.g_dropout((*inputs.shape[:-1], H), xw.dtype, xw.device)],
+                         -1)
 
     def uses_canonical_step(self) -> bool:
         """True unless a subclass replaces ``prepare_inputs`` or ``step`` with its own."""
@@ -32,24 +38,34 @@ class FusedCell(RNNCell):
                 and type(self).step is FusedCell.step)
 
     def loop(self, params, inputs, state, mask=None, masked_output="zero", chunk=None):
-        m = params.state_mask
-        if m is None or m.dim() == 2:
+        per_step = {name: m for name, m in (("state_mask", params.state_mask),
+                                            ("g_mask", params.g_mask))
+                    if m is not None and m.dim() == 3}
+        if not per_step:
             return super().loop(params, inputs, state, mask, masked_output, chunk)
-        # a state mask per step [T, B, n]: step t's travels with step t's inputs
-        depth, fixed = inputs.shape[-1], replace(params, state_mask=None)
-        width = fixed.W.shape[1]
+        # masks per step [T, B, n] (state dropout's, candidate dropout's): step t's travel with
+        # step t's inputs
+        depth = inputs.shape[-1]
+        fixed = replace(params, **dict.fromkeys(per_step))
+        width = fixed.W.shape[1] + (fixed.U.shape[1] // 4 if fixed.g_dropout else 0)
+        widths = [m.shape[-1] for m in per_step.values()]
 
         def prepare(xm: torch.Tensor) -> torch.Tensor:
             return torch.cat([self.prepare_inputs(xm[..., :depth], fixed), xm[..., depth:]], -1)
 
         def step(xm: torch.Tensor, s: State) -> tuple[torch.Tensor, State]:
-            return self.step(xm[..., :width], s, replace(fixed, state_mask=xm[..., width:]))
+            masks = xm[..., width:].split(widths, -1)
+            return self.step(xm[..., :width], s, replace(fixed, **dict(zip(per_step, masks,
+                                                                           strict=True))))
 
-        return scan(step, torch.cat([inputs, m.to(inputs.dtype)], -1), state, mask, masked_output,
-                    chunk, prepare=prepare)
+        return scan(step, torch.cat([inputs, *(m.to(inputs.dtype) for m in per_step.values())],
+                                    -1), state, mask, masked_output, chunk, prepare=prepare)
 
     def step(self, xw: torch.Tensor, state: State, params: eq.Canonical
              ) -> tuple[torch.Tensor, State]:
+        if params.g_dropout is not None:  # the masks prepare_inputs drew
+            xw, g_mask = xw.split([params.W.shape[1], params.U.shape[1] // 4], -1)
+            params = replace(params, g_mask=g_mask)
         if params.state_mask is not None:  # state dropout: the step reads the dropped h
             state = LSTMStateTuple(state.c, state.h * params.state_mask) \
                 if isinstance(state, LSTMStateTuple) else state * params.state_mask

@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 
@@ -199,7 +202,14 @@ class LayerNormLSTMCell(_TF1LSTMBase):
     + σ(i) ⊙ act(j)); h' = act(c') ⊙ σ(o). Variables: ``kernel``, and ``{input, transform,
     forget, output, state}/{gamma, beta}`` (``norm_gain``, ``norm_shift``); with
     ``layer_norm=False``, a ``bias`` instead (TF gives it no initializer: scope's, else glorot).
-    TF's recurrent dropout option (``dropout_keep_prob``) is not supported.
+
+    ``dropout_keep_prob < 1`` is TF's recurrent dropout on the candidate (Semeniuta et al., 2016):
+    act(j) times a new mask every step, kept values scaled by 1/keep (``Canonical.g_mask``),
+    in training mode only (``module.eval()`` turns it off; TF1 code feeds keep_prob=1
+    instead). An unroll draws its sequence's masks at once, as its steps would one by one, and
+    keeps its fast path (the fused kernels). ``dropout_prob_seed`` seeds the generator of this
+    cell's own unrolls and steps (inside a wrapper that runs the steps itself, the masks come
+    from torch's global generator, as a ``DropoutWrapper``'s).
     """
 
     base_name = "layer_norm_basic_lstm_cell"
@@ -208,14 +218,22 @@ class LayerNormLSTMCell(_TF1LSTMBase):
 
     def __init__(self, num_units: int, forget_bias: float = 1.0, activation=None,
                  layer_norm: bool = True, norm_gain: float = 1.0, norm_shift: float = 0.0,
+                 dropout_keep_prob: float = 1.0, dropout_prob_seed: int | None = None,
                  reuse: bool | None = None, name: str | None = None,
                  dtype: torch.dtype | None = None, input_size: int | None = None):
         check_units(num_units)
+        if isinstance(dropout_keep_prob, bool) or not isinstance(dropout_keep_prob, (int, float)) \
+                or not 0.0 < dropout_keep_prob <= 1.0:
+            raise ValueError(f"dropout_keep_prob must be a number in (0, 1], got "
+                             f"{dropout_keep_prob!r}")
         self.num_units = num_units
         self.forget_bias = float(forget_bias)
         self.activation = activations.get(activation)
         self.layer_norm = bool(layer_norm)
         self.norm_gain, self.norm_shift = float(norm_gain), float(norm_shift)
+        self.dropout_keep_prob = float(dropout_keep_prob)
+        self._generator = None if dropout_prob_seed is None else \
+            torch.Generator().manual_seed(int(dropout_prob_seed))
         super().__init__(name=name, reuse=reuse, input_size=input_size, dtype=dtype)
 
     @property
@@ -252,12 +270,58 @@ class LayerNormLSTMCell(_TF1LSTMBase):
 
     def sequence_params(self) -> eq.Canonical:
         p = self.get_parameter
+        drop = self._candidate_noise if self.draws_masks() else None
         if not self.layer_norm:
             W, U, b = self._stored(p("kernel"), p("bias"))
             return eq.Canonical("lstm", W, U, b, self.activation, torch.sigmoid,
-                                gate_order=TF1_GATE_ORDER)
+                                gate_order=TF1_GATE_ORDER, g_dropout=drop)
         W, U, _ = self._stored(p("kernel"), None)
         norms = tuple((p(f"{s}/gamma"), p(f"{s}/beta")) for s in self._NORMS)
         return eq.Canonical("layer_norm_lstm", W, U, None, self.activation, torch.sigmoid,
                             norms=(norms, self.EPSILON), forget_bias=self.forget_bias,
-                            gate_order=TF1_GATE_ORDER)
+                            gate_order=TF1_GATE_ORDER, g_dropout=drop)
+
+    def draws_masks(self) -> bool:
+        return self.training and self.dropout_keep_prob < 1.0
+
+    def _candidate_noise(self, shape: tuple, dtype: torch.dtype,
+                         device: torch.device) -> torch.Tensor:
+        """A candidate dropout mask: 1/keep with probability keep, else 0 (torch's generator,
+        which ``_seeded`` seeds for this cell's own calls; the draws are float32's whatever
+        ``dtype``, so a float64 copy of a cell drops the same values)."""
+        keep = self.dropout_keep_prob
+        return (torch.floor(keep + torch.rand(shape)).to(dtype) / keep).to(device)
+
+    @contextlib.contextmanager
+    def _seeded(self) -> Iterator[None]:
+        """With ``dropout_prob_seed``: torch's CPU generator forked, seeded from this cell's."""
+        if self._generator is None or not self.draws_masks():
+            yield
+            return
+        seed = int(torch.randint(2**62, (), generator=self._generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+
+    def forward(self, inputs: torch.Tensor, state: LSTMStateTuple
+                ) -> tuple[torch.Tensor, LSTMStateTuple]:
+        with self._seeded():
+            return super().forward(inputs, state)
+
+    def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
+        params = self.sequence_params()
+        if params.g_dropout is not None:
+            # the sequence's masks in one draw of [T, B, H]: the steps' T draws of [B, H], in
+            # order, so a path that runs them all at once reads the masks the steps would
+            with self._seeded():
+                g_mask = params.g_dropout((*inputs.shape[:2], self.num_units), inputs.dtype,
+                                          inputs.device)
+            params = replace(params, g_mask=g_mask, g_dropout=None)
+        return self.unroll_with(params, inputs, state, mask, masked_output, chunk, fast)
+
+    def dispatch_params(self, batch: int, dtype: torch.dtype, device) -> tuple[object, bool]:
+        params, own_step = super().dispatch_params(batch, dtype, device)
+        if params.g_dropout is None:
+            return params, own_step
+        mask = torch.ones(1, batch, self.num_units, dtype=dtype, device=device)
+        return replace(params, g_mask=mask, g_dropout=None), own_step

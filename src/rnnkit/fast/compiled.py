@@ -56,7 +56,7 @@ class Config(ctypes.Structure):
                 ("forget_bias", ctypes.c_float), ("eps", ctypes.c_float),
                 ("order", ctypes.c_int32 * 4), ("xmask", ctypes.c_void_p),
                 ("hmask", ctypes.c_void_p), ("per_step", ctypes.c_int32),
-                ("shared", ctypes.c_int32)]
+                ("shared", ctypes.c_int32), ("gmask", ctypes.c_void_p)]
 
 
 class Saved(ctypes.Structure):

@@ -364,11 +364,14 @@ def _run_path(path: str, params, inputs: torch.Tensor, state, lengths: torch.Ten
 
 
 def _during(p, steps: slice):
-    """``p`` for a stretch of an unroll's steps: a state mask per step ``[T, B, n]`` (only the
-    fused path takes one; masks there come from lengths, never rolled) cut to the stretch."""
-    if not isinstance(p, Canonical) or p.state_mask is None or p.state_mask.dim() == 2:
+    """``p`` for a stretch of an unroll's steps: masks per step ``[T, B, n]`` (a state mask, a
+    candidate mask; only the fused path takes them; masks there come from lengths, never
+    rolled) cut to the stretch."""
+    if not isinstance(p, Canonical):
         return p
-    return dataclasses.replace(p, state_mask=p.state_mask[steps])
+    cut = {name: m[steps] for name, m in (("state_mask", p.state_mask), ("g_mask", p.g_mask))
+           if m is not None and m.dim() == 3}
+    return dataclasses.replace(p, **cut) if cut else p
 
 
 def _warn_once(message: str) -> None:

@@ -39,8 +39,14 @@ def unmet(p: Canonical) -> list[str]:
     """Why the fused kernel cannot run ``p`` (empty when it can); dtype, device and sequence
     masks are the dispatch's to check. Dropout masks: both kernels have them (``x_mask`` and
     ``h_mask`` one per gate block or one for all, a vanilla RNN's one; ``state_mask`` one for
-    all gates, or one per step: ``_kernel_masks``)."""
+    all gates, or one per step: ``_kernel_masks``), the LSTM kernel a candidate mask per step
+    (``g_mask``)."""
     out = []
+    if p.g_dropout is not None:
+        out.append("candidate dropout drawn step by step (g_dropout)")
+    if p.g_mask is not None and (p.kind not in ("lstm", "layer_norm_lstm") or p.g_mask.dim() != 3):
+        out.append(f"candidate dropout mask g_mask of shape {list(p.g_mask.shape)} on a {p.kind} "
+                   "cell (the fused LSTM kernel takes one per step, [T, B, H])")
     for name, mask in (("h_mask", p.h_mask), ("x_mask", p.x_mask), ("state_mask", p.state_mask)):
         dims = (2, 3) if name == "state_mask" or p.kind != "rnn" else (2,)
         if mask is not None and (p.kind == "layer_norm_lstm" or mask.dim() not in dims):
@@ -133,7 +139,8 @@ def _config(p: Canonical, steps: int, batch: int, depth: int,
         cell_clip=p.cell_clip or 0.0, proj_clip=(p.proj_clip or 0.0) if p.P is not None else 0.0,
         forget_bias=p.forget_bias if p.norms is not None else 0.0, eps=eps,
         order=(ctypes.c_int32 * 4)(*(p.gate_order or range(4))), xmask=compiled.ptr(masks[0]),
-        hmask=compiled.ptr(masks[1]), per_step=per_step_mask(p), shared=shared_mask(p))
+        hmask=compiled.ptr(masks[1]), per_step=per_step_mask(p), shared=shared_mask(p),
+        gmask=compiled.ptr(masks[2]))
 
 
 def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -158,8 +165,8 @@ def pack(lengths: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor,
 def _run_lstm(p: Canonical, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
               lengths: torch.Tensor | None, steps: int, masks: tuple = (None, None, None)):
     """The LSTM kernel over packed ``x`` ``[N, depth]``; ``masks``: dropout's ``x_mask``
-    ``[B, 4, depth]`` and ``h_mask`` ``[B, 4, H]`` (or None; the third, a GRU's, unused),
-    sorted as ``h0``."""
+    ``[B, 4, depth]``, ``h_mask`` ``[B, 4, H]`` and ``g_mask`` ``[T, B, H]`` (or None), sorted
+    as ``h0``."""
     peep = torch.stack(p.peepholes) if p.peepholes is not None else None
     gamma = beta = None
     if p.norms is not None:
@@ -175,16 +182,15 @@ def _run_lstm(p: Canonical, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
 
 
 def _kernel_masks(p: Canonical) -> tuple:
-    """The kernels' ``(xmask, hmask, umask)`` from ``p``'s dropout masks: ``xmask`` per gate
-    block (one for all gates repeated); ``hmask`` per gate block, or one for all of them
-    (``shared_mask``): a state mask, which is a GRU's update's ``umask`` too (``[T, ...]``: one
-    per step)."""
+    """The kernels' ``(xmask, hmask, umask)`` (the LSTM's ``(xmask, hmask, gmask)``) from
+    ``p``'s dropout masks: ``xmask`` per gate block (one for all gates repeated); ``hmask`` per
+    gate block, or one for all of them (``shared_mask``): a state mask, which is a GRU's
+    update's ``umask`` too (``[T, ...]``: one per step); an LSTM's candidate masks ``g_mask``."""
     x_mask, gates = p.x_mask, {"lstm": 4, "gru": 3}.get(p.kind)
     if x_mask is not None and x_mask.dim() == 2 and gates:
         x_mask = x_mask.unsqueeze(1).expand(-1, gates, -1)
-    if p.state_mask is None:
-        return x_mask, p.h_mask, None
-    return x_mask, p.state_mask, p.state_mask if p.kind == "gru" else None
+    third = p.g_mask if p.kind != "gru" else p.state_mask
+    return x_mask, p.h_mask if p.state_mask is None else p.state_mask, third
 
 
 def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None = None):
@@ -204,7 +210,7 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
     lstm = p.kind in ("lstm", "layer_norm_lstm")
     h0, c0 = (state.h, state.c) if lstm else (state, None)
     masks = _kernel_masks(p)
-    per_step = per_step_mask(p)  # its masks [T, B, ...]: the batch on dim 1
+    per_step = per_step_mask(p)  # the state masks [T, B, ...]: the batch on dim 1
     if lengths is None:
         order, packed = None, x.reshape(steps * batch, depth)
     else:
@@ -212,8 +218,9 @@ def run_fused(p: Canonical, x: torch.Tensor, state, lengths: torch.Tensor | None
         packed = take_tokens(x, t_idx, b_idx)
         h0 = h0.index_select(0, order)
         c0 = c0.index_select(0, order) if lstm else None
-        masks = tuple(m.index_select(int(per_step and k > 0), order) if m is not None else None
-                      for k, m in enumerate(masks))
+        batch_dims = (0, int(per_step), 1 if lstm else int(per_step))  # g_mask: [T, B, H]
+        masks = tuple(m.index_select(dim, order) if m is not None else None
+                      for dim, m in zip(batch_dims, masks, strict=True))
     masks = tuple(m.contiguous() if m is not None else None for m in masks)
     if lstm:
         y, hT, cT = _run_lstm(p, packed, h0, c0, lengths, steps, masks)

@@ -18,7 +18,8 @@
  * and its rows' gate passes split between threads; split batches (each thread its own
  * sequences for the whole call); small batches (each thread its own units). Dropout masks:
  * Keras's per gate block (hmask, xmask), or TF1 state dropout's one mask on h for all blocks
- * (shared), the same for every step or one per step (per_step).
+ * (shared), the same for every step or one per step (per_step); candidate dropout's on act(g)
+ * (gmask, one per step).
  */
 #ifndef RNNKIT_LSTM_H
 #define RNNKIT_LSTM_H
@@ -40,6 +41,8 @@ typedef struct {
                                     dropout without variational_recurrent) */
     int32_t shared;              /* hmask is one mask for all four blocks, [B, P] (per step
                                     [T, B, P]): one product, h ⊙ mask U (state dropout) */
+    const float *gmask;          /* candidate dropout (TF's LayerNormBasicLSTMCell): [T, B, H],
+                                    step t's act(g) times its masks; NULL: none */
 } rk_cfg;
 
 /* Where gate q (0..3: i, f, g, o) starts in a row of 4H gate values. */
@@ -65,7 +68,7 @@ typedef struct {               /* what the forward pass keeps for the backward p
 /* The common LSTM (tanh, sigmoid gates, no layer norm) as one pass over the units, bias
  * added here: the same equations as row_forward, without its separate passes. */
 static inline int standard(const rk_cfg *k) {
-    return k->act == ACT_TANH && k->ract == ACT_SIGMOID && !k->layer_norm;
+    return k->act == ACT_TANH && k->ract == ACT_SIGMOID && !k->layer_norm && !k->gmask;
 }
 
 /* ---- Small batches: every thread owns a range of units for the whole sequence ----

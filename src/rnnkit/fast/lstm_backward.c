@@ -28,7 +28,7 @@ static void norm_back(float *restrict dv, int64_t n, const float *restrict gamma
 static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, const float *cn,
                          const float *ac, const float *dm, float *dc, float *dz,
                          const float *peep, const float *gamma, const float *xhat,
-                         const float *rstd, float *acc) {
+                         const float *rstd, float *acc, const float *gm) {
     const int64_t H = k->H;
     float *dpeep = acc, *dgamma = acc + 3 * H, *dbeta = acc + 8 * H, *tmp = acc + 13 * H;
     const float *si = gt + at_gate(k, 0), *sf = gt + at_gate(k, 1), *ga = gt + at_gate(k, 2);
@@ -56,13 +56,22 @@ static void row_backward(const rk_cfg *k, const float *gt, const float *c_prev, 
     }
     if (k->layer_norm)
         norm_back(dc, H, gamma + 4 * H, xhat + 4 * H, rstd[4], dgamma + 4 * H, dbeta + 4 * H);
-    for (int64_t j = 0; j < H; j++) {
-        float d = dc[j];
-        di[j] = d * ga[j] * d_gates[j];
-        df[j] = d * c_prev[j] * d_gates[H + j];
-        dg[j] = d * si[j] * d_gates[2 * H + j];
-        dc[j] = d * sf[j];
-    }
+    if (gm)  /* c' reads i * (g * mask) */
+        for (int64_t j = 0; j < H; j++) {
+            float d = dc[j];
+            di[j] = d * (ga[j] * gm[j]) * d_gates[j];
+            df[j] = d * c_prev[j] * d_gates[H + j];
+            dg[j] = d * si[j] * gm[j] * d_gates[2 * H + j];
+            dc[j] = d * sf[j];
+        }
+    else
+        for (int64_t j = 0; j < H; j++) {
+            float d = dc[j];
+            di[j] = d * ga[j] * d_gates[j];
+            df[j] = d * c_prev[j] * d_gates[H + j];
+            dg[j] = d * si[j] * d_gates[2 * H + j];
+            dc[j] = d * sf[j];
+        }
     if (k->peephole)
         for (int64_t j = 0; j < H; j++) {
             dc[j] += di[j] * peep[j] + df[j] * peep[H + j];
@@ -236,7 +245,8 @@ static int backward_step(const void *cfg, const void *call, int64_t t, int64_t l
             row_backward(k, s->gates + row * G, cp, s->cells + row * H, s->act_c + row * H,
                          dm + r * H, f->dc + r * H, f->dz + row * G, f->peep, f->gamma,
                          k->layer_norm ? s->xhat + row * 5 * H : NULL,
-                         k->layer_norm ? s->rstd + row * 5 : NULL, mine);
+                         k->layer_norm ? s->rstd + row * 5 : NULL, mine,
+                         k->gmask ? k->gmask + (t * k->B + r) * H : NULL);
     }
     if (!k->hmask)
         return rk_gemm('N', 'N', n, P, G, 1.0f, f->dz + (at + lo) * G, G, f->Ut, P, 0.0f,

@@ -25,10 +25,11 @@ static void norm(float *restrict v, int64_t n, const float *restrict gamma,
 
 /* One row of one step: pre-activation gates z [4H] (overwritten by the activated gates),
  * previous cell c_prev, new cell into c_new, act(c) into ac, act(c) * o into m; xhat, rstd:
- * the layer norms' values for backward, or NULL (inference). */
+ * the layer norms' values for backward, or NULL (inference); gm: the row's candidate dropout
+ * mask, or NULL (the gates keep act(g) undropped, for backward). */
 static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c_new, float *ac,
                         float *m, const float *peep, const float *gamma, const float *beta,
-                        float *xhat, float *rstd) {
+                        float *xhat, float *rstd, const float *gm) {
     const int64_t H = k->H;
     float *i = z + at_gate(k, 0), *f = z + at_gate(k, 1), *g = z + at_gate(k, 2);
     float *o = z + at_gate(k, 3);
@@ -43,7 +44,10 @@ static void row_forward(const rk_cfg *k, float *z, const float *c_prev, float *c
     act_n(k->ract, i, H);
     act_n(k->ract, f, H);
     act_n(k->act, g, H);
-    for (int64_t j = 0; j < H; j++) c_new[j] = f[j] * c_prev[j] + i[j] * g[j];
+    if (gm)
+        for (int64_t j = 0; j < H; j++) c_new[j] = f[j] * c_prev[j] + i[j] * (g[j] * gm[j]);
+    else
+        for (int64_t j = 0; j < H; j++) c_new[j] = f[j] * c_prev[j] + i[j] * g[j];
     if (k->layer_norm)
         norm(c_new, H, gamma + 4 * H, beta + 4 * H, k->eps, xhat ? xhat + 4 * H : NULL,
              rstd ? rstd + 4 : NULL);
@@ -198,7 +202,8 @@ static int forward_step(const void *cfg, const void *call, int64_t t, int64_t lo
             if (f->b) for (int64_t j = 0; j < G; j++) zr[j] += f->b[j];
             row_forward(k, zr, cp, cn, ac, m + r * H, f->peep, f->gamma, f->beta,
                         s && k->layer_norm ? s->xhat + row * 5 * H : NULL,
-                        s && k->layer_norm ? s->rstd + row * 5 : NULL);
+                        s && k->layer_norm ? s->rstd + row * 5 : NULL,
+                        k->gmask ? k->gmask + (t * k->B + r) * H : NULL);
         }
         memcpy(f->c_run + r * H, cn, H * sizeof(float));
     }

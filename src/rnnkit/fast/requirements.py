@@ -111,6 +111,11 @@ def dropout_unmet(p: Canonical) -> list[str]:
         unmet.append("state dropout (state_mask) between steps")
     if p.x_mask is not None:
         unmet.append("input dropout with a mask per gate (x_mask, with recurrent_dropout)")
+    if p.g_mask is not None:
+        unmet.append("candidate dropout (g_mask, LayerNormLSTMCell's dropout_keep_prob) between "
+                     "steps")
+    if p.g_dropout is not None:
+        unmet.append("candidate dropout drawn step by step (g_dropout)")
     return unmet
 
 

@@ -270,7 +270,7 @@ def serves(p: eq.Canonical) -> bool:
     """Whether ``sequence`` runs a Triton loop for a cell of ``p``'s math in this process (on a
     CUDA device, in float32 or float64), rather than leaving it to the ops."""
     return ENABLED and load_error() is None and not _broken and p.h_mask is None and \
-        p.x_mask is None and p.state_mask is None and \
+        p.x_mask is None and p.state_mask is None and p.g_mask is None and \
         p.kind in ("lstm", "layer_norm_lstm", "gru") and \
         not (p.kind == "gru" and p.reset_after) and \
         not (p.kind == "layer_norm_lstm" and p.U.shape[0] > MAX_NORM_UNITS) and \
