@@ -150,8 +150,9 @@ def test_explain_names_fused_and_why_not_onednn():
                                            h_mask=torch.ones(2, 3, 4))) == \
         ["both a state mask and a recurrent-dropout mask"]
     norm = rk.LayerNormLSTMCell(4, input_size=3).canonical()
+    assert fused.unmet(dataclasses.replace(norm, state_mask=torch.ones(2, 4))) == []
     assert "on a layer_norm_lstm cell" in fused.unmet(
-        dataclasses.replace(norm, state_mask=torch.ones(2, 4)))[0]
+        dataclasses.replace(norm, h_mask=torch.ones(2, 4, 4)))[0]
     assert "not fused: can run it, but onednn comes first" in str(
         rk.fast.explain(rk.GRUCell(300, input_size=3), torch.randn(2, 5, 3)))
 

@@ -108,7 +108,7 @@ def test_dropout_wrapper_whole_sequence_matches_its_steps(inner, dropout, length
 @pytest.mark.parametrize("variational", [True, False])
 @pytest.mark.parametrize("steps", [1, 2, 7])
 @pytest.mark.parametrize("inner", ["lstm", "lstm_peep_proj", "lstm_clip_proj", "rnn", "gru",
-                                   "gru_after", "stack"])
+                                   "gru_after", "layer_norm", "stack"])
 def test_state_dropout_runs_fused_and_matches_its_steps(inner, steps, variational, monkeypatch):
     """State dropout as the wrapped cell's state mask (one, or one per step): the fused kernels
     run it (steps after the first), with the initial state read as it is and kept where a

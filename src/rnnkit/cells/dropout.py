@@ -69,10 +69,10 @@ class DropoutWrapper(_Wrapper):
     the cell keeps its fast path. State dropout (``state_keep_prob < 1``) acts between steps: on
     the ``h`` of one of rnnkit's cells or of each layer of a stack of them (TF's default
     filter), it is each cell's unroll with a state mask (``Canonical.state_mask``: one, or one
-    per step), which the fused kernels run (but for a layer-norm LSTM's). Another filter, or a
-    wrapper inside, runs the loop step by step, as does a cell that draws masks of its own
-    (another ``DropoutWrapper`` inside, a ``LayerNormLSTMCell`` with ``dropout_keep_prob < 1``:
-    its draws and these would come in another order).
+    per step), which the fused kernels run. Another filter, or a wrapper inside, runs the loop
+    step by step, as does a cell that draws masks of its own (another ``DropoutWrapper``
+    inside, a ``LayerNormLSTMCell`` with ``dropout_keep_prob < 1``: its draws and these would
+    come in another order).
     """
 
     def __init__(self, cell: RNNCell, input_keep_prob: float = 1.0, output_keep_prob: float = 1.0,

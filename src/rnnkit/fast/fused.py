@@ -49,7 +49,8 @@ def unmet(p: Canonical) -> list[str]:
                    "cell (the fused LSTM kernel takes one per step, [T, B, H])")
     for name, mask in (("h_mask", p.h_mask), ("x_mask", p.x_mask), ("state_mask", p.state_mask)):
         dims = (2, 3) if name == "state_mask" or p.kind != "rnn" else (2,)
-        if mask is not None and (p.kind == "layer_norm_lstm" or mask.dim() not in dims):
+        norm = p.kind == "layer_norm_lstm" and name != "state_mask"  # no Keras layer has one
+        if mask is not None and (norm or mask.dim() not in dims):
             out.append(f"dropout mask {name} of shape {list(mask.shape)} on a {p.kind} cell "
                        "(the fused kernels take [B, n], or [B, gates, n] for GRUs' and LSTMs' "
                        "h_mask and x_mask, or [T, B, n] for a state mask per step)")
