@@ -26,6 +26,7 @@ LAYERS: dict[str, type] = {c.__name__: c for c in (
     L.SimpleRNN, L.GRU, L.LSTM, L.RNN, L.Bidirectional, L.TimeDistributed, L.Embedding,
     L.Masking, L.Dense, L.Dropout)}
 CELLS: dict[str, type] = {c.__name__: c for c in (L.SimpleRNNCell, L.GRUCell, L.LSTMCell)}
+STACK = {"StackedRNNCells": L.StackedRNNCells}  # an RNN's cell may be a stack of CELLS
 KERAS_MODULES = (None, "keras", "keras.layers", "keras.models", "keras.src.models.functional",
                  "keras.src.models.sequential", "keras.src.engine.functional",
                  "keras.src.engine.sequential", "tf_keras.src.engine.functional",
@@ -78,6 +79,8 @@ def _reference(cls_name: str) -> dict:
     """The config rnnkit writes for a default ``cls_name``: its keys and value types."""
     if cls_name in CELLS:
         return CELLS[cls_name](1, name="c").get_config()
+    if cls_name in STACK:
+        return L.StackedRNNCells([L.SimpleRNNCell(1, name="c")], name="s").get_config()
     make = {"RNN": lambda: L.RNN(L.SimpleRNNCell(1, name="c"), name="r"),
             "Bidirectional": lambda: L.Bidirectional(L.SimpleRNN(1, name="r"), name="b"),
             "TimeDistributed": lambda: L.TimeDistributed(L.Dense(1, name="d"), name="t"),
@@ -177,11 +180,20 @@ def _rnnkit_config(cls_name: str, config: dict, where: str, legacy: bool) -> dic
         elif key in ("activation", "recurrent_activation"):
             out[key] = _activation(value, at, legacy)
         elif key in ("layer", "backward_layer", "cell"):
-            allowed = CELLS if key == "cell" else LAYERS
+            allowed = {**CELLS, **STACK} if key == "cell" else LAYERS
             if value is not None:
                 name, sub = check_entry(value, at, allowed)
                 value = {"class_name": name, "config": _rnnkit_config(name, sub, at, legacy)}
             out[key] = value
+        elif key == "cells":
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"{at} must be a non-empty list of Keras cells, got "
+                                  f"{value!r:.80}")
+            out[key] = []
+            for k, entry in enumerate(value):
+                name, sub = check_entry(entry, f"{at}[{k}]", CELLS)
+                out[key].append({"class_name": name,
+                                 "config": _rnnkit_config(name, sub, f"{at}[{k}]", legacy)})
         elif key == "name":
             if not isinstance(value, str) or not value or "/" in value:
                 raise ConfigError(f"{at} must be a non-empty string without '/', got {value!r:.80}")
@@ -209,12 +221,14 @@ def _keras_value(key: str, value: Any, where: str) -> Any:
                          "hard_sigmoid is relu6(x + 3) / 6, not Keras 2's clip(0.2 x + 0.5, 0, 1))")
     if key in ("layer", "backward_layer", "cell"):
         return _entry_to_keras(value, where)
+    if key == "cells":
+        return [_entry_to_keras(v, f"{where}[{k}]") for k, v in enumerate(value)]
     return value
 
 
 def _entry_to_keras(entry: dict, where: str) -> dict:
     cls_name = entry["class_name"]
-    if cls_name not in LAYERS and cls_name not in CELLS:
+    if cls_name not in LAYERS and cls_name not in CELLS and cls_name not in STACK:
         raise ValueError(f"{where}: {cls_name} layers cannot be written to a Keras file; "
                          f"supported: {sorted(LAYERS)}")
     at = f"{where} ({cls_name} {entry['config'].get('name')!r})"

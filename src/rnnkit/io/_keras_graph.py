@@ -128,7 +128,7 @@ def model_from_keras(entry: Any, legacy: bool) -> tuple[L.Layer, list[InputSpec]
         for k, node in enumerate(nodes):
             args, kwargs = _node_call(node, made, f"{where} node {k}")
             out = layer(*args, **kwargs)
-            made[(name_i, k)] = out if isinstance(out, list) else [out]
+            made[(name_i, k)] = _leaves(out)  # a reference's tensor index: the flattened outputs
     ins = _endpoints(config.get("input_layers"), made, "input_layers")
     outs = _endpoints(config.get("output_layers"), made, "output_layers")
     if not all(t.node is None for t in _flat(ins)):
@@ -139,6 +139,11 @@ def model_from_keras(entry: Any, legacy: bool) -> tuple[L.Layer, list[InputSpec]
 
 def _flat(x) -> list:
     return list(x) if isinstance(x, list) else [x]
+
+
+def _leaves(x) -> list:
+    """A call's outputs flattened (a stack's state lists nest)."""
+    return [t for v in x for t in _leaves(v)] if isinstance(x, list) else [x]
 
 
 def _sequential(entry: dict, config: dict, layers: list, legacy: bool):

@@ -55,6 +55,14 @@ def _walk(obj: Any, path: str, out: list) -> None:
     if isinstance(obj, SymbolicTensor):
         out.append((path, obj.name or "input_layer", []))
         return
+    if isinstance(obj, L.StackedRNNCells):  # Keras names a list's items by snake class name
+        out.append((path, obj.name, []))
+        seen: dict[str, int] = {}
+        for cell in obj.cells:
+            name = keras_snake(type(cell).__name__)
+            seen[name] = seen.get(name, -1) + 1
+            _walk(cell, f"{path}/cells/{name}" + (f"_{seen[name]}" if seen[name] else ""), out)
+        return
     children = {L.RNN: ("cell",), L.Bidirectional: ("forward_layer", "backward_layer"),
                 L.TimeDistributed: ("layer",)}
     kids = next((v for k, v in children.items() if isinstance(obj, k)), ())

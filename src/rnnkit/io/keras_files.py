@@ -197,10 +197,12 @@ def _declared_size(h5) -> int:
 def _new_weights(module, x: torch.Tensor) -> int:
     """How many numbers building ``module`` on input ``x`` allocates (0 once built)."""
     if isinstance(module, L.RNN) and module.cell.input_depth is None:
-        cell = module.cell
-        n = cell.gates_count * cell.units
-        rows = (2 if getattr(cell, "reset_after", False) else 1) if cell.use_bias else 0
-        return n * (x.shape[-1] + cell.units + rows)
+        cells, depth, total = getattr(module.cell, "cells", [module.cell]), x.shape[-1], 0
+        for cell in cells:
+            n = cell.gates_count * cell.units
+            rows = (2 if getattr(cell, "reset_after", False) else 1) if cell.use_bias else 0
+            total, depth = total + n * (depth + cell.units + rows), cell.units
+        return total
     if isinstance(module, L.Dense) and module.input_depth is None:
         return module.units * (x.shape[-1] + int(module.use_bias))
     if isinstance(module, L.Embedding) and not module.built:

@@ -175,9 +175,9 @@ class Layer:
 
 
 _FORMS = ("a built cell (BasicRNNCell, GRUCell, BasicLSTMCell, LSTMCell, a Keras cell or a Keras "
-          "RNN layer), a MultiRNNCell of such cells, a (cell_fw, cell_bw) pair or a Keras "
-          "Bidirectional layer, or a list of pairs (stacked bidirectional layers, as TF's "
-          "stack_bidirectional_dynamic_rnn)")
+          "RNN layer), a MultiRNNCell of such cells (or a Keras RNN layer over a stack of them), "
+          "a (cell_fw, cell_bw) pair or a Keras Bidirectional layer, or a list of pairs (stacked "
+          "bidirectional layers, as TF's stack_bidirectional_dynamic_rnn)")
 
 
 def _fused(cell, argname: str) -> FusedCell:
@@ -224,6 +224,12 @@ def layers_of(model) -> list[Layer]:
         TypeError: ``model`` is none of the accepted forms.
         ValueError: unbuilt cells, mixed cell kinds, or sizes that do not chain.
     """
+    stack = getattr(model, "cell", None)  # a Keras RNN layer over a stack of cells
+    if isinstance(stack, MultiRNNCell) and not isinstance(model, RNNCell):
+        if getattr(model, "go_backwards", False):
+            raise ValueError("model: a Keras layer with go_backwards=True alone has no "
+                             "equivalent; export it inside a Bidirectional layer")
+        model = stack
     if isinstance(model, MultiRNNCell):
         groups = [(_fused(c, f"model.cells[{k}]"),) for k, c in enumerate(model.cells)]
     elif _is_pair(model):

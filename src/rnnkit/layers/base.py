@@ -179,6 +179,12 @@ class Layer(Tracked, torch.nn.Module):
         """How many tensors a call returns (more than one for ``return_state``)."""
         return 1
 
+    def output_structure(self) -> list | None:
+        """How a call's outputs nest: None (one tensor), or a list whose items are None (a
+        tensor) or lists of them (a stack's state lists)."""
+        n = self.num_outputs()
+        return None if n == 1 else [None] * n
+
     def set_path(self, path: str) -> None:
         """Weight-name prefix (``sequential/lstm``); containers set it before building."""
         self.path = path

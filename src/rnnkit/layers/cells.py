@@ -295,17 +295,31 @@ class LSTMCell(KerasCell):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
 
 
-def keras_states(state: State) -> list[torch.Tensor]:
-    """Keras's state list: ``[h]`` or, for an LSTM, ``[h, c]``."""
-    return [state.h, state.c] if isinstance(state, LSTMStateTuple) else [state]
+def keras_states(state: State) -> list:
+    """Keras's state list: ``[h]`` or, for an LSTM, ``[h, c]``; a stack's (a tuple of its cells'
+    states, ``StackedRNNCells``): one such list per cell."""
+    if isinstance(state, LSTMStateTuple):
+        return [state.h, state.c]
+    if isinstance(state, tuple):
+        return [keras_states(s) for s in state]
+    return [state]
 
 
 def from_keras_states(cell: KerasCell, states, batch: int, argname: str = "initial_state") -> State:
-    """Inverse of ``keras_states``, checked: a list (``[h]`` or ``[h, c]``) or a tensor.
+    """Inverse of ``keras_states``, checked: a list (``[h]`` or ``[h, c]``) or a tensor; for a
+    ``StackedRNNCells``, a list of those, one per cell.
 
     Raises:
         ValueError: the wrong number of tensors, or a tensor not of shape ``[batch, units]``.
     """
+    stack = getattr(cell, "cells", None)
+    if stack is not None:
+        if not isinstance(states, (list, tuple)) or len(states) != len(stack):
+            raise ValueError(f"{argname} for a stack of {len(stack)} cells must be a list of "
+                             f"{len(stack)} state lists, one per cell ([h] or [h, c]), got "
+                             f"{states!r:.80}")
+        return tuple(from_keras_states(c, s, batch, f"{argname}[{k}]")
+                     for k, (c, s) in enumerate(zip(stack, states, strict=True)))
     if torch.is_tensor(states):
         states = [states]
     lstm = isinstance(cell.state_size, LSTMStateTuple)

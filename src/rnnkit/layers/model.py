@@ -64,11 +64,18 @@ def Input(shape: Sequence[int | None], dtype: torch.dtype = torch.float32,
 
 
 def symbolic_call(layer: Layer, inputs: SymbolicTensor, args: tuple, kwargs: dict):
-    """Record ``layer(inputs, *args, **kwargs)`` as a graph node; return its symbolic outputs."""
+    """Record ``layer(inputs, *args, **kwargs)`` as a graph node; return its symbolic outputs,
+    nested as the call's (``Layer.output_structure``), each indexed by its place in the
+    flattened outputs (Keras's tensor index)."""
     node = _Node(layer, inputs, args, kwargs)
-    outs = [SymbolicTensor((None,), inputs.dtype, node, k) for k in range(layer.num_outputs())]
-    node.outputs = outs
-    return outs if len(outs) > 1 else outs[0]
+
+    def make(template):
+        if isinstance(template, list):
+            return [make(t) for t in template]
+        node.outputs.append(SymbolicTensor((None,), inputs.dtype, node, len(node.outputs)))
+        return node.outputs[-1]
+
+    return make(layer.output_structure())
 
 
 def _as_list(x) -> list:
@@ -129,7 +136,7 @@ class Model(Layer):
             args, kwargs = _map(lambda v: values[id(v)] if isinstance(v, SymbolicTensor) else v,
                                 (node.args, node.kwargs))
             out = node.layer(values[id(node.inputs)], *args, training=training, **kwargs)
-            outs = _as_list(out) if node.layer.num_outputs() > 1 else [out]
+            outs = _flatten(out) if node.layer.output_structure() is not None else [out]
             for sym, o in zip(node.outputs, outs, strict=True):
                 values[id(sym)] = o
         result = [values[id(o)] for o in self._outputs]

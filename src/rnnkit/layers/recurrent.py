@@ -23,6 +23,7 @@ from rnnkit.layers.cells import (
     from_keras_states,
     keras_states,
 )
+from rnnkit.layers.stacked import StackedRNNCells
 
 _RNN_OPTIONS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll",
                 "zero_output_for_mask")
@@ -32,7 +33,8 @@ class RNN(Layer):
     """Runs a Keras cell over ``[batch, time, features]`` inputs, as ``keras.layers.RNN``.
 
     Args:
-        cell: a ``SimpleRNNCell``, ``GRUCell`` or ``LSTMCell``.
+        cell: a ``SimpleRNNCell``, ``GRUCell`` or ``LSTMCell``, or a list of them (or a
+            ``StackedRNNCells``): a stack, whose states nest, one list per cell.
         return_sequences: return all outputs ``[batch, time, units]`` (else the last one).
         return_state: also return the final states (``[h]``, or ``[h, c]`` for an LSTM).
         go_backwards: read the inputs (and mask) in reverse; outputs stay in processing order.
@@ -46,7 +48,9 @@ class RNN(Layer):
         name, trainable: as Keras.
 
     Call: ``layer(inputs, mask=None, training=None, initial_state=None)``; ``mask`` is
-    ``[batch, time]`` bool (True = real step), by default the one ``inputs`` carries.
+    ``[batch, time]`` bool (True = real step), by default the one ``inputs`` carries. A stack's
+    states (``initial_state``, ``return_state``) nest, one list per cell: ``[[h, c], [h]]``; in
+    a functional graph, as in Keras 3's, a cell other than an LSTM gives its ``h`` alone.
 
     Raises:
         TypeError: ``cell`` is not a Keras cell.
@@ -57,9 +61,11 @@ class RNN(Layer):
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
                  zero_output_for_mask: bool = False, name: str | None = None,
                  trainable: bool = True, fast=None):
-        if not isinstance(cell, KerasCell):
-            raise TypeError(f"cell must be a Keras cell (SimpleRNNCell, GRUCell, LSTMCell), got "
-                            f"{type(cell).__name__}")
+        if isinstance(cell, (list, tuple)):
+            cell = StackedRNNCells(cell)
+        if not isinstance(cell, (KerasCell, StackedRNNCells)):
+            raise TypeError(f"cell must be a Keras cell (SimpleRNNCell, GRUCell, LSTMCell) or a "
+                            f"list of them, got {type(cell).__name__}")
         if fast is not None:
             check_fast(fast)
         super().__init__(name=name, trainable=trainable)
@@ -77,18 +83,31 @@ class RNN(Layer):
 
     @property
     def state_count(self) -> int:
+        """How many states a call returns after its output: ``[h]``, ``[h, c]``, or one list
+        per cell of a stack."""
+        if isinstance(self.cell, StackedRNNCells):
+            return len(self.cell.cells)
         return 2 if isinstance(self.cell, LSTMCell) else 1
 
     def num_outputs(self) -> int:
         return 1 + self.state_count if self.return_state else 1
 
+    def output_structure(self) -> list | None:
+        # Keras 3's symbolic outputs of a stack: an LSTM cell's states as a list [h, c], any
+        # other cell's state as one tensor (eager calls give [h] lists, as Keras's do)
+        if not (self.return_state and isinstance(self.cell, StackedRNNCells)):
+            return super().output_structure()
+        return [None, *([None, None] if isinstance(c, LSTMCell) else None
+                        for c in self.cell.cells)]
+
     def _initial_state(self, initial_state, batch: int, x: torch.Tensor):
         if initial_state is not None:
             return from_keras_states(self.cell, initial_state, batch)
         if self.stateful and self.states is not None:
-            if self.states[0].shape[0] != batch:
+            held = _first(self.states).shape[0]
+            if held != batch:
                 raise ValueError(f"inputs of a stateful {type(self).__name__} must keep batch size "
-                                 f"{self.states[0].shape[0]} (the states' batch), got {batch}")
+                                 f"{held} (the states' batch), got {batch}")
             return from_keras_states(self.cell, self.states, batch)
         return self.cell.zero_state(batch, x.dtype, x.device)
 
@@ -116,7 +135,7 @@ class RNN(Layer):
             self.cell.end_sequence()
         states = keras_states(final)
         if self.stateful:
-            self.states = [s.detach() for s in states]
+            self.states = _detached(states)
         out = outputs.transpose(0, 1) if self.return_sequences else outputs[-1]
         return [out, *states] if self.return_state else out
 
@@ -125,7 +144,7 @@ class RNN(Layer):
         if states is None:
             self.states = None
             return
-        batch = states[0].shape[0] if isinstance(states, (list, tuple)) else states.shape[0]
+        batch = _first(states).shape[0]
         self.states = keras_states(from_keras_states(self.cell, states, batch, "states"))
 
     reset_state = reset_states
@@ -145,6 +164,19 @@ class RNN(Layer):
     def from_config(cls, config: dict):
         config = dict(config)
         return cls(deserialize(config.pop("cell")), **config)
+
+
+def _first(states) -> torch.Tensor:
+    """The first tensor of a (nested) state list."""
+    while isinstance(states, (list, tuple)) and states:
+        states = states[0]
+    if not torch.is_tensor(states):
+        raise ValueError(f"states must be tensors or (nested) lists of them, got {states!r:.80}")
+    return states
+
+
+def _detached(states: list) -> list:
+    return [_detached(s) if isinstance(s, list) else s.detach() for s in states]
 
 
 class _KerasRNN(RNN):
