@@ -78,7 +78,28 @@ for k, o in enumerate(model(INPUTS["x"])):
 mine = keras.saving.load_model(INPUTS["dir"].item() + "/rnnkit_func.keras")
 for k, o in enumerate(mine(INPUTS["x"])):
     RESULT[f"rnnkit_func:out:{k}"] = np.asarray(o)
+
+# a Bidirectional stack: each direction's states nested
+inp = keras.Input((6, 4))
+out, (h1, c1), h2, (bh1, bc1), bh2 = KL.Bidirectional(
+    KL.RNN([KL.LSTMCell(5), KL.GRUCell(3)], return_state=True), name="bi")(inp)
+model = keras.Model(inp, [out, c1, bh2])
+for w in model.weights:
+    w.assign(np.random.default_rng(len(w.path)).standard_normal(w.shape).astype("float32") * 0.5)
+model.save(INPUTS["dir"].item() + "/keras_bi.keras")
+for k, o in enumerate(model(INPUTS["x"])):
+    RESULT[f"keras_bi:out:{k}"] = np.asarray(o)
+mine = keras.saving.load_model(INPUTS["dir"].item() + "/rnnkit_bi.keras")
+for k, o in enumerate(mine(INPUTS["x"])):
+    RESULT[f"rnnkit_bi:out:{k}"] = np.asarray(o)
 """
+
+
+def _rnnkit_bidirectional():
+    inp = L.Input((6, 4))
+    out, (_, c1), _, _, bh2 = L.Bidirectional(
+        L.RNN([L.LSTMCell(5), L.GRUCell(3)], return_state=True), name="bi")(inp)
+    return L.Model(inp, [out, c1, bh2])
 
 
 def _rnnkit_functional():
@@ -111,13 +132,14 @@ def oracle(tmp_path_factory):
     save_keras(model, tmp / "rnnkit.keras")
     with torch.no_grad():
         mine = {"seq": model.eval()(torch.from_numpy(inputs["x_holes"])).numpy()}
-    func = _rnnkit_functional()
-    func(torch.from_numpy(x))
-    with torch.no_grad():
-        for w in func.weights:
-            w.copy_(torch.randn(w.shape, generator=gen) * 0.5)
-        mine["func"] = [o.numpy() for o in func.eval()(torch.from_numpy(x))]
-    save_keras(func, tmp / "rnnkit_func.keras")
+    for name, make in (("func", _rnnkit_functional), ("bi", _rnnkit_bidirectional)):
+        func = make()
+        func(torch.from_numpy(x))
+        with torch.no_grad():
+            for w in func.weights:
+                w.copy_(torch.randn(w.shape, generator=gen) * 0.5)
+            mine[name] = [o.numpy() for o in func.eval()(torch.from_numpy(x))]
+        save_keras(func, tmp / f"rnnkit_{name}.keras")
     return tmp, inputs, mine, run_tf(SCRIPT, inputs, legacy_keras=False)
 
 
@@ -169,12 +191,15 @@ def test_keras_and_rnnkit_files_with_a_stack_load_in_the_other(oracle):
         out = model(torch.from_numpy(inputs["x_holes"])).numpy()
     np.testing.assert_allclose(out, result["keras_file:out"], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(mine["seq"], result["rnnkit_file:out"], atol=1e-5, rtol=1e-5)
-    func = load_keras(tmp / "keras_func.keras")
-    with torch.no_grad():
-        outs = func(torch.from_numpy(inputs["x"]))
-    for k, (o, theirs) in enumerate(zip(outs, mine["func"], strict=True)):
-        np.testing.assert_allclose(o.numpy(), result[f"keras_func:out:{k}"], atol=1e-5, rtol=1e-5)
-        np.testing.assert_allclose(theirs, result[f"rnnkit_func:out:{k}"], atol=1e-5, rtol=1e-5)
+    for name in ("func", "bi"):
+        func = load_keras(tmp / f"keras_{name}.keras")
+        with torch.no_grad():
+            outs = func(torch.from_numpy(inputs["x"]))
+        for k, (o, theirs) in enumerate(zip(outs, mine[name], strict=True)):
+            np.testing.assert_allclose(o.numpy(), result[f"keras_{name}:out:{k}"], atol=1e-5,
+                                       rtol=1e-5, err_msg=f"Keras's {name} model, output {k}")
+            np.testing.assert_allclose(theirs, result[f"rnnkit_{name}:out:{k}"], atol=1e-5,
+                                       rtol=1e-5, err_msg=f"rnnkit's {name} model, output {k}")
 
 
 def test_states_nest_one_list_per_cell_and_round_trip():
@@ -285,3 +310,17 @@ def test_a_keras_layer_over_a_stack_converts_to_torch_nn():
     backwards(x)
     with pytest.raises(ValueError, match="go_backwards=True alone"):
         to_torch(backwards)
+
+
+def test_a_bidirectional_stack_nests_each_directions_states_as_keras():
+    """Keras 3: ``(out, [h, c], [h], [h, c], [h])`` from an eager call; in a functional graph
+    a GRU cell's state is one tensor (``(out, [h, c], h, [h, c], h)``)."""
+    layer = L.Bidirectional(L.RNN([L.LSTMCell(5), L.GRUCell(3)], return_state=True,
+                                  return_sequences=True))
+    out = layer(torch.randn(2, 6, 4))
+    shapes = [out[0].shape] + [[tuple(t.shape) for t in s] for s in out[1:]]
+    assert shapes == [(2, 6, 6), [(2, 5), (2, 5)], [(2, 3)], [(2, 5), (2, 5)], [(2, 3)]]
+    symbolic = L.Bidirectional(L.RNN([L.LSTMCell(5), L.GRUCell(3)], return_state=True))(
+        L.Input((6, 4)))
+    assert [type(s).__name__ for s in symbolic] == ["SymbolicTensor", "list", "SymbolicTensor",
+                                                    "list", "SymbolicTensor"]

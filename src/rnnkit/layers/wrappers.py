@@ -71,6 +71,13 @@ class Bidirectional(Layer):
         states = 2 * self.forward_layer.state_count if self.return_state else 0
         return (2 if self.merge_mode is None else 1) + states
 
+    def output_structure(self) -> list | None:
+        inner = self.forward_layer.output_structure()
+        if not (self.return_state and isinstance(inner, list)):
+            return super().output_structure()
+        # the output(s), then each direction's states nested as its layer's (a stack's lists)
+        return [None] * (2 if self.merge_mode is None else 1) + inner[1:] * 2
+
     def forward(self, inputs: torch.Tensor, mask=None, training=None, initial_state=None):
         fw_state = bw_state = None
         if initial_state is not None:
