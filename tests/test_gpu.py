@@ -446,3 +446,19 @@ def test_state_dropout_on_the_gpu(variational, exact, monkeypatch):
         return out, torch.autograd.grad(loss, [x, *cell.parameters()])
 
     _leaves_close(run(True), run(False))
+
+
+def test_device_wrapper_runs_the_cell_on_the_gpu():
+    """``DeviceWrapper(cell, "/gpu:0")``: CPU inputs and state moved to the GPU, the variables
+    too at its first call (the same Parameter objects), outputs there, the CPU cell's numbers."""
+    x = torch.randn(3, 6, 2)
+    rk.reset_default_graph()
+    cell = rk.LSTMCell(5, cell_clip=1.0)
+    want, want_state = rk.dynamic_rnn(cell, x)
+    params = list(cell.parameters())
+    wrapped = rk.DeviceWrapper(cell, "/device:GPU:0")
+    got, got_state = rk.dynamic_rnn(wrapped, x, initial_state=cell.zero_state(3))
+    assert got.device.type == "cuda" and [id(p) for p in cell.parameters()] == [id(p) for p in params]
+    assert all(p.device.type == "cuda" for p in params)
+    torch.testing.assert_close(got.cpu(), want, **TOL)
+    torch.testing.assert_close(got_state.h.cpu(), want_state.h, **TOL)

@@ -12,6 +12,7 @@ from rnnkit import fast, init, io, layers
 from rnnkit.cells import (
     BasicLSTMCell,
     BasicRNNCell,
+    DeviceWrapper,
     DropoutWrapper,
     GRUCell,
     LayerNormLSTMCell,
@@ -45,9 +46,9 @@ from rnnkit.scope import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BasicLSTMCell", "BasicRNNCell", "DropoutWrapper", "GRUCell", "LSTMCell", "LSTMStateTuple",
-    "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper", "bidirectional_dynamic_rnn",
-    "dynamic_rnn", "static_bidirectional_rnn", "static_rnn",
+    "BasicLSTMCell", "BasicRNNCell", "DeviceWrapper", "DropoutWrapper", "GRUCell", "LSTMCell",
+    "LSTMStateTuple", "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper",
+    "bidirectional_dynamic_rnn", "dynamic_rnn", "static_bidirectional_rnn", "static_rnn",
     "AUTO_REUSE", "Provenance", "Variable", "VariableScope", "VariableTable", "describe",
     "embedding_lookup", "fast", "get_variable", "get_variable_scope", "global_variables", "init", "io",
     "layers",

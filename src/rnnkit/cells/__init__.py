@@ -5,7 +5,8 @@ from rnnkit.cells.basic import BasicRNNCell
 from rnnkit.cells.dropout import DropoutWrapper
 from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.lstm import BasicLSTMCell, LayerNormLSTMCell, LSTMCell
-from rnnkit.cells.wrappers import MultiRNNCell, ResidualWrapper
+from rnnkit.cells.wrappers import DeviceWrapper, MultiRNNCell, ResidualWrapper
 
-__all__ = ["BasicLSTMCell", "BasicRNNCell", "DropoutWrapper", "GRUCell", "LSTMCell",
-           "LSTMStateTuple", "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper"]
+__all__ = ["BasicLSTMCell", "BasicRNNCell", "DeviceWrapper", "DropoutWrapper", "GRUCell",
+           "LSTMCell", "LSTMStateTuple", "LayerNormLSTMCell", "MultiRNNCell", "RNNCell",
+           "ResidualWrapper"]

@@ -1,5 +1,5 @@
-"""Cells made of cells: ``MultiRNNCell`` (stacking), ``ResidualWrapper``, and the base of the
-wrappers (``DropoutWrapper`` is in ``rnnkit.cells.dropout``).
+"""Cells made of cells: ``MultiRNNCell`` (stacking), ``ResidualWrapper``, ``DeviceWrapper``,
+and the base of the wrappers (``DropoutWrapper`` is in ``rnnkit.cells.dropout``).
 
 Wrappers add no variable-scope level (their cell's variables keep the cell's own names);
 ``MultiRNNCell`` puts layer ``k`` under ``cell_k``, as TF does.
@@ -12,9 +12,11 @@ says why), with the same numbers either way: the same masks, drawn in the same o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils import _pytree as pytree
 
 from rnnkit.cells.base import RNNCell, State
 from rnnkit.scope import variable_scope
@@ -198,3 +200,83 @@ class ResidualWrapper(_Wrapper):
         x, rest = prepared[..., : self.input_depth], prepared[..., self.input_depth:]
         out, new = self.cell.step(rest, state, params)
         return self.residual_fn(x, out), new
+
+
+# TF's device strings: an optional /job:.../replica:.../task:... prefix, then /device:CPU:0,
+# /device:GPU:1 or the short /cpu:0, /gpu:1 (the index may be left out)
+_TF_DEVICE = re.compile(r"(?:/job:[^/]+)?(?:/replica:\d+)?(?:/task:\d+)?"
+                        r"/(?:device:)?(cpu|gpu)(?::(\d+))?", re.IGNORECASE)
+
+
+def torch_device(device) -> torch.device:
+    """A TF device string (``"/gpu:0"``, ``"/device:GPU:1"``,
+    ``"/job:localhost/replica:0/task:0/device:CPU:0"``) or a torch one (``"cuda:1"``,
+    ``torch.device``) as a ``torch.device``; TF's GPUs are CUDA devices.
+
+    Raises:
+        TypeError: ``device`` is not a string or a ``torch.device``.
+        ValueError: a string that names no device.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a TF device string ('/gpu:0') or a torch device, got "
+                        f"{type(device).__name__}")
+    tf = _TF_DEVICE.fullmatch(device.strip())
+    if tf:
+        return torch.device("cpu") if tf.group(1).lower() == "cpu" else \
+            torch.device("cuda", int(tf.group(2) or 0))
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be a TF device string ('/gpu:0', '/device:CPU:0') or a "
+                         f"torch device ('cuda:1'), got {device!r}") from None
+
+
+class DeviceWrapper(_Wrapper):
+    """Runs the cell on ``device``, as ``tf.nn.rnn_cell.DeviceWrapper``: its inputs and state
+    are moved there, and its outputs and final state stay there. Its variables are moved there
+    when it is built (TF makes them under the wrapper's device scope on the first call; torch
+    cannot read a variable on another device). The cell keeps its fast path on that device.
+
+    Args:
+        cell: the cell to run.
+        device: a TF device string (``"/gpu:0"``, ``"/device:CPU:0"``) or a torch device.
+
+    Raises:
+        TypeError / ValueError: ``device`` names no device (``torch_device``).
+        RuntimeError: at the first call, where the device is a GPU and torch has no such CUDA
+            device.
+    """
+
+    def __init__(self, cell: RNNCell, device):
+        super().__init__(cell)
+        self.device = torch_device(device)
+
+    def ensure_built(self, input_depth: int, dtype: torch.dtype) -> None:
+        if self.device.type == "cuda" and not (
+                torch.cuda.is_available() and (self.device.index or 0) < torch.cuda.device_count()):
+            raise RuntimeError(f"DeviceWrapper: device {str(self.device)!r} is not available "
+                               f"(torch sees {torch.cuda.device_count()} CUDA devices)")
+        super().ensure_built(input_depth, dtype)
+        if any(p.device != self.device for p in self.cell.parameters()):
+            self.cell.to(self.device)
+
+    def _here(self, tree):
+        return pytree.tree_map(lambda t: t.to(self.device) if torch.is_tensor(t) else t, tree)
+
+    def begin_sequence(self, batch_size: int, dtype: torch.dtype, device) -> None:
+        self.cell.begin_sequence(batch_size, dtype, self.device)
+
+    def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
+        return super().unroll(self._here(inputs), self._here(state), self._here(mask),
+                              masked_output, chunk, fast)
+
+    def prepare_inputs(self, inputs: torch.Tensor, params) -> torch.Tensor:
+        return self.cell.prepare_inputs(self._here(inputs), params)
+
+    def step(self, prepared: torch.Tensor, state: State, params) -> tuple[torch.Tensor, State]:
+        return self.cell.step(self._here(prepared), self._here(state), params)
+
+    def extra_repr(self) -> str:
+        return f"device={str(self.device)!r}"
