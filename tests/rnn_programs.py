@@ -51,6 +51,23 @@ with R.variable_scope("tower", reuse=True):
 out, st = (out1, out2), (st1, st2)
 """
 
+# tf.contrib.rnn's stacked bidirectional layers (TF 2 has no contrib: the TF side composes them
+# from bidirectional_dynamic_rnn under the same scopes, as contrib did)
+PROGRAMS["stack_bidirectional_dynamic"] = """
+out, st_fw, st_bw = R.stack_bidirectional_dynamic_rnn(
+    [R.GRUCell(4), R.LSTMCell(3, use_peepholes=True)], [R.GRUCell(2), R.BasicLSTMCell(3)], X,
+    initial_states_bw=[make_state(R.GRUCell(2)), None], sequence_length=L, dtype=F32)
+st = (st_fw, st_bw)
+"""
+
+PROGRAMS["stack_bidirectional_static"] = """
+with R.variable_scope("enc"):
+    out, st_fw, st_bw = R.stack_bidirectional_rnn([R.GRUCell(4), R.GRUCell(3)],
+                                                  [R.GRUCell(4), R.GRUCell(2)], XS,
+                                                  sequence_length=L, dtype=F32)
+st = (st_fw, st_bw)
+"""
+
 PROGRAMS["scoped_stack_with_orthogonal"] = """
 with R.variable_scope("model", initializer=R.orthogonal()):
     fw = R.MultiRNNCell([R.GRUCell(4), R.LSTMCell(4, use_peepholes=True)])

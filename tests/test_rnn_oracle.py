@@ -20,7 +20,8 @@ RK = SimpleNamespace(
     **{n: getattr(rk, n) for n in (
         "BasicRNNCell", "GRUCell", "BasicLSTMCell", "LSTMCell", "MultiRNNCell", "DropoutWrapper",
         "ResidualWrapper", "dynamic_rnn", "bidirectional_dynamic_rnn", "static_rnn",
-        "static_bidirectional_rnn", "variable_scope")},
+        "static_bidirectional_rnn", "stack_bidirectional_dynamic_rnn", "stack_bidirectional_rnn",
+        "variable_scope")},
     relu=torch.relu, orthogonal=rk.init.orthogonal)
 
 COMPARED = sorted(p for p in PROGRAMS if p != "scoped_stack_with_orthogonal")
@@ -65,6 +66,40 @@ R = types.SimpleNamespace(
     bidirectional_dynamic_rnn=tf1.nn.bidirectional_dynamic_rnn, static_rnn=tf1.nn.static_rnn,
     static_bidirectional_rnn=tf1.nn.static_bidirectional_rnn, variable_scope=tf1.variable_scope,
     relu=tf.nn.relu, orthogonal=tf1.orthogonal_initializer)
+
+
+def _stacked(run, concat):
+    # contrib's stack_bidirectional_(dynamic_)rnn: layer k under scope/cell_k reads the
+    # concatenated outputs of layer k - 1
+    def stack(cells_fw, cells_bw, inputs, initial_states_fw=None, initial_states_bw=None,
+              scope=None, **kw):
+        states_fw, states_bw, prev = [], [], inputs
+        with tf1.variable_scope(scope or "stack_bidirectional_rnn"):
+            for k, (fw, bw) in enumerate(zip(cells_fw, cells_bw)):
+                with tf1.variable_scope("cell_%d" % k):
+                    out, s_fw, s_bw = run(
+                        fw, bw, prev, (initial_states_fw or [None] * 9)[k],
+                        (initial_states_bw or [None] * 9)[k], **kw)
+                prev = concat(out)
+                states_fw.append(s_fw)
+                states_bw.append(s_bw)
+        return prev, tuple(states_fw), tuple(states_bw)
+    return stack
+
+
+def _dynamic(fw, bw, x, s_fw, s_bw, **kw):
+    out, (a, b) = tf1.nn.bidirectional_dynamic_rnn(fw, bw, x, initial_state_fw=s_fw,
+                                                   initial_state_bw=s_bw, **kw)
+    return out, a, b
+
+
+def _static(fw, bw, x, s_fw, s_bw, **kw):
+    return tf1.nn.static_bidirectional_rnn(fw, bw, x, initial_state_fw=s_fw,
+                                           initial_state_bw=s_bw, **kw)
+
+
+R.stack_bidirectional_dynamic_rnn = _stacked(_dynamic, lambda out: tf1.concat(out, 2))
+R.stack_bidirectional_rnn = _stacked(_static, lambda out: out)
 for name in sorted(PROGRAMS):
     tf1.reset_default_graph()
     x = tf1.constant(INPUTS["X"])

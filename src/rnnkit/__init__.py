@@ -26,6 +26,8 @@ from rnnkit.describe import VariableTable, describe
 from rnnkit.rnn import (
     bidirectional_dynamic_rnn,
     dynamic_rnn,
+    stack_bidirectional_dynamic_rnn,
+    stack_bidirectional_rnn,
     static_bidirectional_rnn,
     static_rnn,
 )
@@ -48,7 +50,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BasicLSTMCell", "BasicRNNCell", "DeviceWrapper", "DropoutWrapper", "GRUCell", "LSTMCell",
     "LSTMStateTuple", "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper",
-    "bidirectional_dynamic_rnn", "dynamic_rnn", "static_bidirectional_rnn", "static_rnn",
+    "bidirectional_dynamic_rnn", "dynamic_rnn", "stack_bidirectional_dynamic_rnn",
+    "stack_bidirectional_rnn", "static_bidirectional_rnn", "static_rnn",
     "AUTO_REUSE", "Provenance", "Variable", "VariableScope", "VariableTable", "describe",
     "embedding_lookup", "fast", "get_variable", "get_variable_scope", "global_variables", "init", "io",
     "layers",

@@ -17,7 +17,8 @@ from rnnkit.fast.dispatch import check_fast, fast_mode
 from rnnkit.scope import VariableScope, variable_scope
 from rnnkit.unroll import default_chunk, length_mask, reverse_sequence
 
-__all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "static_bidirectional_rnn"]
+__all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "static_bidirectional_rnn",
+           "stack_bidirectional_dynamic_rnn", "stack_bidirectional_rnn"]
 
 
 def _check_cell(cell, argname: str) -> None:
@@ -217,3 +218,83 @@ def static_bidirectional_rnn(cell_fw: RNNCell, cell_bw: RNNCell, inputs: Sequenc
     (out_fw, out_bw), (st_fw, st_bw) = _run_both(
         cell_fw, cell_bw, x, initial_state_fw, initial_state_bw, dtype, lengths, False, scope, fast)
     return list(torch.cat([out_fw, out_bw], dim=-1).unbind(0)), st_fw, st_bw
+
+
+def _check_stack(cells_fw, cells_bw, initial_states_fw, initial_states_bw) -> list:
+    """The layers' ``(cell_fw, cell_bw, state_fw, state_bw)``, checked."""
+    for name, cells in (("cells_fw", cells_fw), ("cells_bw", cells_bw)):
+        if not isinstance(cells, (list, tuple)) or not cells:
+            raise ValueError(f"{name} must be a non-empty list of cells, got {cells!r:.80}")
+        for k, cell in enumerate(cells):
+            _check_cell(cell, f"{name}[{k}]")
+    if len(cells_fw) != len(cells_bw):
+        raise ValueError(f"cells_fw and cells_bw must have the same length, got {len(cells_fw)} "
+                         f"and {len(cells_bw)}")
+    states = []
+    for name, given in (("initial_states_fw", initial_states_fw),
+                        ("initial_states_bw", initial_states_bw)):
+        if given is not None and (not isinstance(given, (list, tuple))
+                                  or len(given) != len(cells_fw)):
+            raise ValueError(f"{name} must be a list of {len(cells_fw)} states (one per layer), "
+                             f"got {given!r:.80}")
+        states.append(list(given) if given else [None] * len(cells_fw))
+    return list(zip(cells_fw, cells_bw, *states, strict=True))
+
+
+def stack_bidirectional_dynamic_rnn(cells_fw: Sequence[RNNCell], cells_bw: Sequence[RNNCell],
+                                    inputs: torch.Tensor, initial_states_fw=None,
+                                    initial_states_bw=None, dtype: torch.dtype | None = None,
+                                    sequence_length=None, parallel_iterations: int | None = None,
+                                    time_major: bool = False,
+                                    scope: str | VariableScope | None = None,
+                                    swap_memory: bool = False, fast=None):
+    """Bidirectional layers stacked, as ``tf.contrib.rnn.stack_bidirectional_dynamic_rnn``:
+    layer ``k`` is ``bidirectional_dynamic_rnn(cells_fw[k], cells_bw[k])`` under scope
+    ``stack_bidirectional_rnn/cell_k`` (or ``scope/cell_k``), over the concatenated ``[fw, bw]``
+    outputs of layer ``k - 1``. ``fast`` is as in ``dynamic_rnn``.
+
+    Returns:
+        ``(outputs, states_fw, states_bw)``: the last layer's concatenated outputs
+        ``[batch, time, fw + bw]``, and tuples of every layer's final states.
+
+    Raises:
+        ValueError: the cell lists empty or of different lengths, initial states not one per
+            layer, or what ``bidirectional_dynamic_rnn`` refuses.
+    """
+    del parallel_iterations
+    layers = _check_stack(cells_fw, cells_bw, initial_states_fw, initial_states_bw)
+    states_fw, states_bw, x = [], [], inputs
+    with variable_scope(scope or "stack_bidirectional_rnn"):
+        for k, (cell_fw, cell_bw, state_fw, state_bw) in enumerate(layers):
+            with variable_scope(f"cell_{k}"):
+                (out_fw, out_bw), (st_fw, st_bw) = bidirectional_dynamic_rnn(
+                    cell_fw, cell_bw, x, sequence_length, state_fw, state_bw, dtype,
+                    swap_memory=swap_memory, time_major=time_major, fast=fast)
+            x = torch.cat([out_fw, out_bw], dim=-1)
+            states_fw.append(st_fw)
+            states_bw.append(st_bw)
+    return x, tuple(states_fw), tuple(states_bw)
+
+
+def stack_bidirectional_rnn(cells_fw: Sequence[RNNCell], cells_bw: Sequence[RNNCell],
+                            inputs: Sequence[torch.Tensor], initial_states_fw=None,
+                            initial_states_bw=None, dtype: torch.dtype | None = None,
+                            sequence_length=None, scope: str | VariableScope | None = None,
+                            fast=None):
+    """``tf.contrib.rnn.stack_bidirectional_rnn``: ``stack_bidirectional_dynamic_rnn`` over a
+    Python list of ``[batch, depth]`` tensors, each layer a ``static_bidirectional_rnn``.
+
+    Returns:
+        ``(outputs, states_fw, states_bw)``, ``outputs`` a list of ``[batch, fw + bw]``.
+    """
+    layers = _check_stack(cells_fw, cells_bw, initial_states_fw, initial_states_bw)
+    states_fw, states_bw, x = [], [], inputs
+    with variable_scope(scope or "stack_bidirectional_rnn"):
+        for k, (cell_fw, cell_bw, state_fw, state_bw) in enumerate(layers):
+            with variable_scope(f"cell_{k}"):
+                x, st_fw, st_bw = static_bidirectional_rnn(cell_fw, cell_bw, x, state_fw,
+                                                           state_bw, dtype, sequence_length,
+                                                           fast=fast)
+            states_fw.append(st_fw)
+            states_bw.append(st_bw)
+    return x, tuple(states_fw), tuple(states_bw)
