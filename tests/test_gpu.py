@@ -462,3 +462,4 @@ def test_device_wrapper_runs_the_cell_on_the_gpu():
     assert all(p.device.type == "cuda" for p in params)
     torch.testing.assert_close(got.cpu(), want, **TOL)
     torch.testing.assert_close(got_state.h.cpu(), want_state.h, **TOL)
+    assert "devices are" not in str(rk.fast.explain(wrapped, x))  # explained on the GPU

@@ -7,7 +7,7 @@ import dataclasses
 
 import torch
 
-from rnnkit.cells.wrappers import MultiRNNCell
+from rnnkit.cells.wrappers import DeviceWrapper, MultiRNNCell
 from rnnkit.fast import steps
 from rnnkit.fast.dispatch import Decision, decide, step_by_step
 from rnnkit.unroll import default_chunk, length_mask
@@ -35,6 +35,8 @@ def explain(cell, inputs: torch.Tensor, sequence_length=None, swap_memory: bool 
     """
     cell.require_built("explain")
     x = inputs if time_major else inputs.transpose(0, 1)
+    if isinstance(cell, DeviceWrapper):  # it moves the inputs to its device
+        x = x.to(cell.device)
     if isinstance(cell, MultiRNNCell):  # each layer reads the outputs of the one below
         layers, depth = [], x.shape[-1]
         for layer in cell.cells:
