@@ -43,8 +43,7 @@ def _samples(folder: Path) -> dict:
     rk.dynamic_rnn(cell, x)
     io.write_tf_checkpoint(folder / "tf" / "model", {v.name[:-2]: v.detach() for v in rk.global_variables()})
     io.save_native(folder / "cell.safetensors", cell)
-    model = rk.layers.Sequential([rk.layers.Masking(), rk.layers.LSTM(3, return_sequences=True),
-                                  rk.layers.GRU(2)])
+    model = _keras_model()
     model(x)
     io.save_keras(model, folder / "model.keras")
     io.save_keras(model, folder / "model.weights.h5")
@@ -52,8 +51,7 @@ def _samples(folder: Path) -> dict:
 
     def keras_weights(path):
         rk.reset_default_graph()
-        fresh = rk.layers.Sequential([rk.layers.Masking(), rk.layers.LSTM(3, return_sequences=True),
-                                      rk.layers.GRU(2)])
+        fresh = _keras_model()
         fresh(x)
         return io.load_keras(path, model=fresh)
 
@@ -71,6 +69,13 @@ def _samples(folder: Path) -> dict:
         ".weights.h5": ([folder / "model.weights.h5"], keras_weights, folder / "model.weights.h5"),
         "torch .pt": ([folder / "lstm.pt"], torch_weights, folder / "lstm.pt"),
     }
+
+
+def _keras_model():
+    """Masking, an LSTM and a stack of cells (``RNN([cells])``: nested configs and weights)."""
+    L = rk.layers
+    return L.Sequential([L.Masking(), L.LSTM(3, return_sequences=True),
+                         L.RNN([L.GRUCell(2), L.SimpleRNNCell(2)])])
 
 
 def _load_native(path):
