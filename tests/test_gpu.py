@@ -463,3 +463,26 @@ def test_device_wrapper_runs_the_cell_on_the_gpu():
     torch.testing.assert_close(got.cpu(), want, **TOL)
     torch.testing.assert_close(got_state.h.cpu(), want_state.h, **TOL)
     assert "devices are" not in str(rk.fast.explain(wrapped, x))  # explained on the GPU
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_candidate_dropout_on_the_gpu_matches_the_cpu(layer_norm):
+    """``LayerNormLSTMCell(dropout_keep_prob < 1)`` on CUDA tensors (the masks drawn on the CPU
+    from the same seed, then moved): the CPU fused kernel's numbers and gradients."""
+    torch.manual_seed(0)
+    cell = rk.LayerNormLSTMCell(8, layer_norm=layer_norm, dropout_keep_prob=0.7, input_size=5)
+    perturb(cell)
+    x = torch.randn(4, 9, 5)
+    lengths = [9, 3, 0, 6]
+
+    def run(c, inputs):
+        inputs = inputs.clone().requires_grad_()
+        torch.manual_seed(3)
+        out, state = rk.dynamic_rnn(c, inputs, sequence_length=lengths)
+        grads = torch.autograd.grad(out.sum() + state.c.sum(), [inputs, *c.parameters()])
+        return [out, state.c, *grads]
+
+    cpu = run(cell, x)
+    gpu = run(copy.deepcopy(cell).cuda(), x.cuda())
+    for a, b in zip(gpu, cpu, strict=True):
+        torch.testing.assert_close(a.cpu(), b, atol=2e-5, rtol=2e-5)
