@@ -8,7 +8,7 @@ backward direction reverses each sequence within its own length. All four run th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -220,6 +220,22 @@ def static_bidirectional_rnn(cell_fw: RNNCell, cell_bw: RNNCell, inputs: Sequenc
     return list(torch.cat([out_fw, out_bw], dim=-1).unbind(0)), st_fw, st_bw
 
 
+def _stacked(layer: Callable, inputs, scope, cells_fw, cells_bw, initial_states_fw,
+             initial_states_bw):
+    """contrib's stacked bidirectional layers: ``layer(cell_fw, cell_bw, x, state_fw,
+    state_bw) -> (outputs, state_fw, state_bw)`` under ``scope/cell_k``, each reading the last
+    one's outputs; returns the last outputs and tuples of every layer's final states."""
+    layers = _check_stack(cells_fw, cells_bw, initial_states_fw, initial_states_bw)
+    states_fw, states_bw, x = [], [], inputs
+    with variable_scope(scope or "stack_bidirectional_rnn"):
+        for k, (cell_fw, cell_bw, state_fw, state_bw) in enumerate(layers):
+            with variable_scope(f"cell_{k}"):
+                x, st_fw, st_bw = layer(cell_fw, cell_bw, x, state_fw, state_bw)
+            states_fw.append(st_fw)
+            states_bw.append(st_bw)
+    return x, tuple(states_fw), tuple(states_bw)
+
+
 def _check_stack(cells_fw, cells_bw, initial_states_fw, initial_states_bw) -> list:
     """The layers' ``(cell_fw, cell_bw, state_fw, state_bw)``, checked."""
     for name, cells in (("cells_fw", cells_fw), ("cells_bw", cells_bw)):
@@ -262,18 +278,15 @@ def stack_bidirectional_dynamic_rnn(cells_fw: Sequence[RNNCell], cells_bw: Seque
             layer, or what ``bidirectional_dynamic_rnn`` refuses.
     """
     del parallel_iterations
-    layers = _check_stack(cells_fw, cells_bw, initial_states_fw, initial_states_bw)
-    states_fw, states_bw, x = [], [], inputs
-    with variable_scope(scope or "stack_bidirectional_rnn"):
-        for k, (cell_fw, cell_bw, state_fw, state_bw) in enumerate(layers):
-            with variable_scope(f"cell_{k}"):
-                (out_fw, out_bw), (st_fw, st_bw) = bidirectional_dynamic_rnn(
-                    cell_fw, cell_bw, x, sequence_length, state_fw, state_bw, dtype,
-                    swap_memory=swap_memory, time_major=time_major, fast=fast)
-            x = torch.cat([out_fw, out_bw], dim=-1)
-            states_fw.append(st_fw)
-            states_bw.append(st_bw)
-    return x, tuple(states_fw), tuple(states_bw)
+
+    def layer(cell_fw, cell_bw, x, state_fw, state_bw):
+        outs, (st_fw, st_bw) = bidirectional_dynamic_rnn(
+            cell_fw, cell_bw, x, sequence_length, state_fw, state_bw, dtype,
+            swap_memory=swap_memory, time_major=time_major, fast=fast)
+        return torch.cat(outs, dim=-1), st_fw, st_bw
+
+    return _stacked(layer, inputs, scope, cells_fw, cells_bw, initial_states_fw,
+                    initial_states_bw)
 
 
 def stack_bidirectional_rnn(cells_fw: Sequence[RNNCell], cells_bw: Sequence[RNNCell],
@@ -287,14 +300,9 @@ def stack_bidirectional_rnn(cells_fw: Sequence[RNNCell], cells_bw: Sequence[RNNC
     Returns:
         ``(outputs, states_fw, states_bw)``, ``outputs`` a list of ``[batch, fw + bw]``.
     """
-    layers = _check_stack(cells_fw, cells_bw, initial_states_fw, initial_states_bw)
-    states_fw, states_bw, x = [], [], inputs
-    with variable_scope(scope or "stack_bidirectional_rnn"):
-        for k, (cell_fw, cell_bw, state_fw, state_bw) in enumerate(layers):
-            with variable_scope(f"cell_{k}"):
-                x, st_fw, st_bw = static_bidirectional_rnn(cell_fw, cell_bw, x, state_fw,
-                                                           state_bw, dtype, sequence_length,
-                                                           fast=fast)
-            states_fw.append(st_fw)
-            states_bw.append(st_bw)
-    return x, tuple(states_fw), tuple(states_bw)
+    def layer(cell_fw, cell_bw, x, state_fw, state_bw):
+        return static_bidirectional_rnn(cell_fw, cell_bw, x, state_fw, state_bw, dtype,
+                                        sequence_length, fast=fast)
+
+    return _stacked(layer, inputs, scope, cells_fw, cells_bw, initial_states_fw,
+                    initial_states_bw)

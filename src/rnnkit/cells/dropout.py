@@ -21,6 +21,13 @@ from rnnkit.cells.wrappers import MultiRNNCell, _Wrapper
 from rnnkit.unroll import map_state
 
 
+def keep_mask(u: torch.Tensor, keep, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """TF's dropout mask from uniform draws ``u`` in [0, 1): 1/keep where keep + u >= 1 (with
+    probability ``keep``, a float or a tensor that broadcasts), else 0; in ``dtype`` (default
+    ``u``'s)."""
+    return torch.floor(keep + u).to(dtype or u.dtype) / keep
+
+
 def _draws_noise(cell: RNNCell) -> bool:
     """Whether an unroll of ``cell`` draws dropout masks of its own (a cell inside it that
     does: ``RNNCell.draws_masks``)."""
@@ -99,7 +106,7 @@ class DropoutWrapper(_Wrapper):
         """A mask shaped as ``like``: 1/keep with probability ``keep`` (a float, or a CPU tensor
         that broadcasts), else 0."""
         u = torch.rand(like.shape, generator=None if global_rng else self._generator, dtype=like.dtype)
-        return (torch.floor(keep + u) / keep).to(like.device)
+        return keep_mask(u, keep).to(like.device)
 
     def begin_sequence(self, batch_size: int, dtype: torch.dtype, device) -> None:
         self._masks = {}

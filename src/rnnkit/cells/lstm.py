@@ -15,6 +15,7 @@ from rnnkit import activations
 from rnnkit import init as _init
 from rnnkit.cells import equations as eq
 from rnnkit.cells.base import LSTMStateTuple, check_units
+from rnnkit.cells.dropout import keep_mask
 from rnnkit.cells.fused import FusedCell, split_kernel
 
 TF1_GATE_ORDER = (0, 2, 1, 3)  # where i, f, g, o sit in a TF1 kernel's i, j, f, o
@@ -289,8 +290,7 @@ class LayerNormLSTMCell(_TF1LSTMBase):
         """A candidate dropout mask: 1/keep with probability keep, else 0 (torch's generator,
         which ``_seeded`` seeds for this cell's own calls; the draws are float32's whatever
         ``dtype``, so a float64 copy of a cell drops the same values)."""
-        keep = self.dropout_keep_prob
-        return (torch.floor(keep + torch.rand(shape)).to(dtype) / keep).to(device)
+        return keep_mask(torch.rand(shape), self.dropout_keep_prob, dtype).to(device)
 
     @contextlib.contextmanager
     def _seeded(self) -> Iterator[None]:

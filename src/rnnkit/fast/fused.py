@@ -42,8 +42,6 @@ def unmet(p: Canonical) -> list[str]:
     all gates, or one per step: ``_kernel_masks``), the LSTM kernel a candidate mask per step
     (``g_mask``)."""
     out = []
-    if p.g_dropout is not None:
-        out.append("candidate dropout drawn step by step (g_dropout)")
     if p.g_mask is not None and (p.kind not in ("lstm", "layer_norm_lstm") or p.g_mask.dim() != 3):
         out.append(f"candidate dropout mask g_mask of shape {list(p.g_mask.shape)} on a {p.kind} "
                    "cell (the fused LSTM kernel takes one per step, [T, B, H])")

@@ -67,16 +67,19 @@ def _transformed() -> bool:
     return peek is not None and peek() is not None
 
 
-def common_unmet(p, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
-                  own_step: bool) -> tuple[list[str], torch.Tensor | None, bool]:
-    """What every fast path needs (a ``Canonical`` step, a mask without holes), and the lengths
-    (None: full length) and suffix flag of the mask. Dropout masks: ``dropout_unmet``."""
+def common_unmet(p: Canonical, inputs: torch.Tensor, state, mask, masked_output: str, chunk,
+                 own_step: bool) -> tuple[list[str], torch.Tensor | None, bool]:
+    """What every fast path needs (a ``Canonical`` step, no masks left for the steps to draw, a
+    mask without holes), and the lengths (None: full length) and suffix flag of the mask.
+    Dropout masks: ``dropout_unmet``."""
     unmet = []
     if _transformed():
         unmet.append("inside a torch.func transform (grad, vmap, ...): the fast paths' "
                      "autograd Functions serve plain autograd only")
     if own_step:
         unmet.append("the cell has its own prepare_inputs/step (per-step work such as dropout)")
+    if p.g_dropout is not None:  # a mask each step draws: no path runs all steps at once
+        unmet.append("candidate dropout drawn step by step (g_dropout)")
     if inputs.shape[1] == 0:
         unmet.append("batch is empty")
     if masked_output not in ("zero", "previous"):
@@ -114,8 +117,6 @@ def dropout_unmet(p: Canonical) -> list[str]:
     if p.g_mask is not None:
         unmet.append("candidate dropout (g_mask, LayerNormLSTMCell's dropout_keep_prob) between "
                      "steps")
-    if p.g_dropout is not None:
-        unmet.append("candidate dropout drawn step by step (g_dropout)")
     return unmet
 
 

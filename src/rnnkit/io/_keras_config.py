@@ -181,19 +181,12 @@ def _rnnkit_config(cls_name: str, config: dict, where: str, legacy: bool) -> dic
             out[key] = _activation(value, at, legacy)
         elif key in ("layer", "backward_layer", "cell"):
             allowed = {**CELLS, **STACK} if key == "cell" else LAYERS
-            if value is not None:
-                name, sub = check_entry(value, at, allowed)
-                value = {"class_name": name, "config": _rnnkit_config(name, sub, at, legacy)}
-            out[key] = value
+            out[key] = None if value is None else _nested(value, at, allowed, legacy)
         elif key == "cells":
             if not isinstance(value, list) or not value:
                 raise ConfigError(f"{at} must be a non-empty list of Keras cells, got "
                                   f"{value!r:.80}")
-            out[key] = []
-            for k, entry in enumerate(value):
-                name, sub = check_entry(entry, f"{at}[{k}]", CELLS)
-                out[key].append({"class_name": name,
-                                 "config": _rnnkit_config(name, sub, f"{at}[{k}]", legacy)})
+            out[key] = [_nested(v, f"{at}[{k}]", CELLS, legacy) for k, v in enumerate(value)]
         elif key == "name":
             if not isinstance(value, str) or not value or "/" in value:
                 raise ConfigError(f"{at} must be a non-empty string without '/', got {value!r:.80}")
@@ -201,6 +194,13 @@ def _rnnkit_config(cls_name: str, config: dict, where: str, legacy: bool) -> dic
         else:
             out[key] = _check_type(value, reference[key], at)
     return out
+
+
+def _nested(entry: Any, where: str, allowed: dict, legacy: bool) -> dict:
+    """A layer or cell inside another's config (``layer``, ``cell``, each of ``cells``),
+    checked and converted."""
+    name, sub = check_entry(entry, where, allowed)
+    return {"class_name": name, "config": _rnnkit_config(name, sub, where, legacy)}
 
 
 def _keras_value(key: str, value: Any, where: str) -> Any:

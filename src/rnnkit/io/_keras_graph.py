@@ -15,7 +15,7 @@ import torch
 
 from rnnkit import layers as L
 from rnnkit.io._keras_config import ConfigError, check_entry, layer_from_keras, layer_to_keras
-from rnnkit.layers.model import SymbolicTensor, _Node
+from rnnkit.layers.model import SymbolicTensor, _flatten, _Node
 
 InputSpec = tuple[list, torch.dtype]  # (batch shape with None for free axes, dtype)
 _DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
@@ -128,7 +128,7 @@ def model_from_keras(entry: Any, legacy: bool) -> tuple[L.Layer, list[InputSpec]
         for k, node in enumerate(nodes):
             args, kwargs = _node_call(node, made, f"{where} node {k}")
             out = layer(*args, **kwargs)
-            made[(name_i, k)] = _leaves(out)  # a reference's tensor index: the flattened outputs
+            made[(name_i, k)] = _flatten(out)  # a reference's tensor index: the outputs flattened
     ins = _endpoints(config.get("input_layers"), made, "input_layers")
     outs = _endpoints(config.get("output_layers"), made, "output_layers")
     if not all(t.node is None for t in _flat(ins)):
@@ -139,11 +139,6 @@ def model_from_keras(entry: Any, legacy: bool) -> tuple[L.Layer, list[InputSpec]
 
 def _flat(x) -> list:
     return list(x) if isinstance(x, list) else [x]
-
-
-def _leaves(x) -> list:
-    """A call's outputs flattened (a stack's state lists nest)."""
-    return [t for v in x for t in _leaves(v)] if isinstance(x, list) else [x]
 
 
 def _sequential(entry: dict, config: dict, layers: list, legacy: bool):
