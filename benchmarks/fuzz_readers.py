@@ -2,13 +2,14 @@
 
     python benchmarks/fuzz_readers.py --inputs 2000 [--seed 0]
 
-For each format (TF checkpoint index and data shard, rnnkit native, Keras ``.keras`` and
-``.weights.h5``, PyTorch state_dict files through ``rnnkit inspect``'s reader) a valid sample is
-written, then mutated: truncations, byte flips, zeroed ranges, inserted junk and overwritten
-4/8-byte fields set to huge values (declared sizes). Each mutated input is read with a time limit
-and an address-space limit. Anything but success or ``rnnkit.io.FormatError`` — another exception,
-a hang, a memory blow-up — is a failure, printed with its input so it can be replayed. The
-summary table is what ``benchmarks/RESULTS.md`` records.
+For each format (TF checkpoint index and data shard, rnnkit native of cells and of a Keras
+model, Keras ``.keras`` and ``.weights.h5``, PyTorch state_dict files through ``rnnkit
+inspect``'s reader) a valid sample is written, then mutated: truncations, byte flips, zeroed
+ranges, inserted junk and overwritten 4/8-byte fields set to huge values (declared sizes).
+Each mutated input is read with a time limit and an address-space limit. Anything but success
+or ``rnnkit.io.FormatError`` — another exception, a hang, a memory blow-up — is a failure,
+printed with its input so it can be replayed. The summary table is what
+``benchmarks/RESULTS.md`` records.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def _samples(folder: Path) -> dict:
     model(x)
     io.save_keras(model, folder / "model.keras")
     io.save_keras(model, folder / "model.weights.h5")
+    io.save_native(folder / "model.safetensors", model)
     torch.save(torch.nn.LSTM(4, 3).state_dict(), folder / "lstm.pt")
 
     def keras_weights(path):
@@ -65,6 +67,7 @@ def _samples(folder: Path) -> dict:
         "tf data": ([folder / "tf" / "model.data-00000-of-00001"], io.read_checkpoint,
                     folder / "tf" / "model"),
         "native": ([folder / "cell.safetensors"], _load_native, folder / "cell.safetensors"),
+        "native Keras": ([folder / "model.safetensors"], _load_native, folder / "model.safetensors"),
         ".keras": ([folder / "model.keras"], io.load_keras, folder / "model.keras"),
         ".weights.h5": ([folder / "model.weights.h5"], keras_weights, folder / "model.weights.h5"),
         "torch .pt": ([folder / "lstm.pt"], torch_weights, folder / "lstm.pt"),

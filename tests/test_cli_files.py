@@ -142,13 +142,14 @@ _CONVERSIONS = [
     ("tf", "out.ckpt", ["--scope", "enc"]), ("tf", "out.safetensors", ["--scope", "enc/"]),
     ("gru.safetensors", "out.ckpt", []), ("gru.safetensors", "x.bin", ["--to", "onnx"]),
     ("bigru.keras", "out.pt", []), ("bigru.keras", "out.onnx", []), ("bigru.keras", "out.keras", []),
+    ("bigru.keras", "out.safetensors", []),
 ]
 _REFUSALS = [
     ("tf", "out.pt", ["--scope", "rnn"], "torch.nn.GRU applies the reset gate after"),
     ("tf", "out.onnx", ["--scope", "enc"], "ONNX LSTM has no output projection"),
     ("tf", "out.pt", [], "found 3 RNN cells that do not form one model"),
     ("tf", "out.pt", ["--scope", "nowhere"], "no TF1 RNN cell variables"),
-    ("lstm.pt", "out.safetensors", [], "the native format holds one cell or MultiRNNCell"),
+    ("lstm.pt", "out.safetensors", [], "the native format holds one cell, MultiRNNCell or Keras model"),
     ("gru.onnx", "out.pt", [], "ONNX is an export target"),
     ("gru.pt", "out.keras", [], "TF1 cells have no Keras file form"),
     ("gru.pt", "out.xyz", [], "cannot tell the target format from the extension '.xyz'"),

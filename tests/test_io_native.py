@@ -88,7 +88,7 @@ def test_variables_without_a_cell(tmp_path):
     assert np.array_equal(tensors["a"], a.detach().numpy()) and tensors["b"].dtype == np.int64
     assert meta["model"] is None
     assert meta["variables"]["a"]["provenance"]["initializer"]["class_name"] == "random_normal"
-    with pytest.raises(FormatError, match="no cell to rebuild"):
+    with pytest.raises(FormatError, match="no model to rebuild"):
         load(tmp_path / "v.safetensors")
 
 
@@ -218,6 +218,6 @@ def test_a_file_never_imports_code_even_nested_in_per_gate(tmp_path):
     nested = {"class_name": "per_gate", "config": {"num_gates": 2, "init": {
         "class_name": "from_callable", "config": {"fn": "os.system"}}}}
     assert names_code(nested) and not names_code({"class_name": "zeros", "config": {}})
-    from rnnkit.io.native import _safe_init
+    from rnnkit.io._native_model import _safe_init
 
     assert _safe_init(nested) is None

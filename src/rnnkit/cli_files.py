@@ -34,15 +34,18 @@ conversions (source -> target; the target is inferred from DST's extension witho
 keras):
   source \\ target            tf   native  torch  onnx  keras
   TF checkpoint (TF1 cells)  yes  yes(1)  (2)    (3)   no
-  rnnkit native              yes  yes     (2)    (3)   no
+  rnnkit native, TF1 cells   yes  yes     (2)    (3)   no
+  rnnkit native, Keras model no   yes     (4)    (4)   (5)
   torch nn.RNN/GRU/LSTM      yes  yes(1)  yes    yes   no
-  Keras file                 no   no      (4)    (4)   yes
+  Keras file                 no   yes     (4)    (4)   yes
   ONNX                       no: ONNX is export-only
 (1) one cell or a MultiRNNCell; bidirectional models go to tf, torch or onnx.
 (2) when torch has the math: not TF1's GRUCell (reset before; GRUCell(reset_after=True) and
     cuDNN-compatible GRUs do convert), peepholes, clipping or layer norm.
 (3) not projection, clipping or layer norm.
 (4) a Keras model of exactly one SimpleRNN/GRU/LSTM or Bidirectional layer.
+(5) a Sequential or Model of what Keras 3 can express: not rnnkit's own initializers
+    (per_gate, chrono, ...) or Keras 2's hard_sigmoid, which only the native file keeps.
 TF checkpoints are read as the cells their variable names say (GRUCell, BasicLSTMCell,
 LSTMCell, BasicRNNCell, cuDNN-compatible cells; stacked under multi_rnn_cell/cell_k or
 bidirectional under fw/bw). A TF1 LSTM adds its forget_bias at run time and checkpoints do not

@@ -84,8 +84,9 @@ def load_model(path: str, opts: Options) -> Model:
     if fmt == "native":
         from rnnkit.io.native import load, read_native
 
-        if read_native(path)[1].get("model"):
-            return Model(load(path), "cells")
+        model = read_native(path)[1].get("model")
+        if model:
+            return Model(load(path), "keras" if model.get("kind") == "layer" else "cells")
         return _from_tf_names(path, fmt, opts)  # variables only: rebuild from the names
     if fmt == "tf":
         return _from_tf_names(path, fmt, opts)
@@ -268,8 +269,14 @@ def _tf_tensors(model: Model, opts: Options) -> dict[str, torch.Tensor]:
     return out
 
 
+def _keras_layers(model: Model) -> list:
+    """A Keras model's layers in order; a single layer (from a native file) is its own list."""
+    layers = getattr(model.obj, "model_layers", None)
+    return [model.obj] if layers is None else list(layers)
+
+
 def _keras_rnn_layer(model: Model, target: str):
-    layers = list(getattr(model.obj, "model_layers", []))
+    layers = _keras_layers(model)
     rnn = [ly for ly in layers if hasattr(ly, "cell") or hasattr(ly, "backward_layer")]
     if len(layers) != 1 or len(rnn) != 1:
         raise ConvertError(f"only a Keras model of exactly one RNN or Bidirectional layer converts "
@@ -285,8 +292,8 @@ def write_model(model: Model, dst: str, target: str, opts: Options) -> Callable:
         ConvertError: no mapping between the model and the target; ValueError/TypeError from
         the library's writers (math the target lacks), with their reasons.
     """
-    if model.family == "keras" and target not in ("keras", "torch", "onnx"):
-        raise ConvertError(f"a Keras model converts to keras, torch or onnx, not {target}")
+    if model.family == "keras" and target == "tf":
+        raise ConvertError("a Keras model converts to keras, native, torch or onnx, not tf")
     if model.family == "cells" and target == "keras":
         raise ConvertError("TF1 cells have no Keras file form; convert to tf, native, torch or onnx")
     if target == "keras":
@@ -299,11 +306,11 @@ def write_model(model: Model, dst: str, target: str, opts: Options) -> Callable:
     if target == "native":
         from rnnkit.io.native import load, save_native
 
-        if not isinstance(model.obj, C.RNNCell):
-            raise ConvertError("the native format holds one cell or MultiRNNCell; a bidirectional "
-                               "model converts to tf, torch or onnx")
+        if isinstance(model.obj, list):
+            raise ConvertError("the native format holds one cell, MultiRNNCell or Keras model; a "
+                               "bidirectional pair of TF1 cells converts to tf, torch or onnx")
         save_native(dst, model.obj)
-        return lambda x: run(Model(load(dst), "cells"), x)
+        return lambda x: run(Model(load(dst), model.family), x)
     if target == "tf":
         from rnnkit.io.tf_checkpoint import write_tf_checkpoint
 
@@ -371,7 +378,7 @@ def run(model: Model, x: torch.Tensor) -> torch.Tensor:
 def input_spec(model: Model) -> tuple[int, torch.dtype]:
     """Input depth and dtype of a model (a Keras model's first layer must be recurrent)."""
     if model.family == "keras":
-        first = next(iter(getattr(model.obj, "model_layers", [])), None)
+        first = next(iter(_keras_layers(model)), None)
         cell = getattr(getattr(first, "forward_layer", first), "cell", None)
         if cell is None or cell.input_depth is None:
             raise ConvertError("the numeric check needs a Keras model whose first layer is an RNN "

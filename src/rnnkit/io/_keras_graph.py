@@ -274,20 +274,27 @@ def _input_entry(name: str, shape: list, dtype: str) -> dict:
             "registered_name": None}
 
 
+def input_spec(layers) -> tuple[list, str] | None:
+    """``(shape without batch, dtype)`` of what the first of ``layers`` to tell reads, as a Keras
+    ``InputLayer`` states it: token ids for an Embedding, ``[time, depth]`` floats for a built
+    layer; None when no layer tells (none built)."""
+    for layer in layers:
+        if isinstance(layer, L.Embedding):
+            return [None], "int32"
+        if _input_depth(layer) is not None:
+            return [None, _input_depth(layer)], "float32"
+    return None
+
+
 def sequential_to_keras(model: L.Sequential, input_shape) -> tuple[dict, list]:
     """Keras 3 config of a ``Sequential``; ``input_shape`` (without batch) or inferred."""
     dtype = "float32"
     if input_shape is None:
-        for layer in model.model_layers:
-            if isinstance(layer, L.Embedding):
-                input_shape, dtype = [None], "int32"
-            elif _input_depth(layer) is not None:
-                input_shape = [None, _input_depth(layer)]
-            if input_shape is not None:
-                break
-        else:
+        spec = input_spec(model.model_layers)
+        if spec is None:
             raise ValueError("save_keras: cannot tell the model's input shape (is it built?); "
                              "pass input_shape=(time, features)")
+        input_shape, dtype = spec
     elif model.model_layers and isinstance(model.model_layers[0], L.Embedding):
         dtype = "int32"
     shape = [None, *input_shape]

@@ -167,7 +167,7 @@ def _safetensors_metadata(p: Path) -> dict:
             (size,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(min(size, 100 * 2**20)))
         meta = header.get("__metadata__") or {}
-    except (OSError, ValueError, struct.error, AttributeError) as err:
+    except (OSError, ValueError, struct.error, AttributeError, RecursionError) as err:
         raise FormatError(p, f"corrupt safetensors header ({err})") from None
     return meta if isinstance(meta, dict) else {}
 
@@ -233,9 +233,23 @@ def _read_native(p: Path):
 
 
 def _tree_text(tree: dict) -> str:
+    if tree.get("kind") == "layer":
+        return _layer_text(tree.get("config"))
     inner = tree.get("cells") or ([tree["cell"]] if "cell" in tree else [])
     body = ", ".join(_tree_text(t) for t in inner)
     return f"{tree.get('class')}({body})" if inner else f"{tree.get('class')} '{tree.get('scope')}'"
+
+
+def _layer_text(entry) -> str:
+    """``Sequential 'model'(LSTM 'lstm', Dense 'dense')`` for a saved layer's config."""
+    config = entry.get("config") if isinstance(entry, dict) else None
+    if not isinstance(config, dict):
+        return "?"
+    inner = config.get("layers") or config.get("cells") or [
+        config[k] for k in ("layer", "backward_layer", "cell") if isinstance(config.get(k), dict)]
+    body = ", ".join(map(_layer_text, inner)) if isinstance(inner, list) else ""
+    text = f"{entry.get('class_name')} '{config.get('name')}'"
+    return f"{text}({body})" if body else text
 
 
 def _read_safetensors(p: Path):

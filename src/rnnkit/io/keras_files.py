@@ -80,7 +80,7 @@ def load_keras(path: str | os.PathLike, model: L.Sequential | L.Model | None = N
     if model is not None:
         if not isinstance(model, (L.Sequential, L.Model)):
             raise TypeError(f"model must be an rnnkit Sequential or Model, got {type(model).__name__}")
-        _require_built(model, "load_keras")
+        require_built(model, "load_keras")
         order = list(model.model_layers) if isinstance(model, L.Sequential) else keras_order(model)
     try:
         with open(path, "rb") as f:
@@ -144,7 +144,7 @@ def _load_archive(path: Path, model, order):
                     _assign(H.keras3_pairs(h5, model, order))
                     return model
                 built, specs, order = model_from_keras(config, legacy=legacy)
-                _build(built, specs, min(_declared_size(h5), size))
+                build_within(built, specs, min(_declared_size(h5), size))
                 _assign(H.keras3_pairs(h5, built, order))
                 return built.eval()
 
@@ -173,7 +173,7 @@ def _load_h5(path: Path, h5, model, order):
     version = h5.attrs.get("keras_version", b"2")
     version = version.decode("utf-8") if isinstance(version, bytes) else str(version)
     built, specs, order = model_from_keras(json.loads(config), legacy=not version.startswith("3"))
-    _build(built, specs, min(_declared_size(h5), path.stat().st_size))
+    build_within(built, specs, min(_declared_size(h5), path.stat().st_size))
     _assign(H.legacy_pairs(h5, built, order))
     return built.eval()
 
@@ -210,7 +210,7 @@ def _new_weights(module, x: torch.Tensor) -> int:
     return 0
 
 
-def _build(model, specs: list, budget: int) -> None:
+def build_within(model, specs: list, budget: int) -> None:
     """Make the weights with one call on zeros, refusing to allocate more than ``budget``
     numbers (what the weights file holds): a config cannot make rnnkit allocate what the file
     does not back."""
@@ -263,7 +263,7 @@ def _unbuilt(model) -> list[str]:
     return out
 
 
-def _require_built(model, who: str) -> None:
+def require_built(model, who: str) -> None:
     missing = _unbuilt(model)
     if missing:
         raise ValueError(f"{who}: model {model.name!r} is not built (layers {missing} have no "
@@ -298,7 +298,7 @@ def save_keras(model: L.Sequential | L.Model, path: str | os.PathLike,
         raise ValueError(f"path must end with '.keras' or '.weights.h5', got {str(path)!r}")
     if input_shape is not None and not isinstance(input_shape, (list, tuple)):
         raise TypeError(f"input_shape must be a tuple of sizes (no batch axis), got {input_shape!r}")
-    _require_built(model, "save_keras")
+    require_built(model, "save_keras")
     if isinstance(model, L.Sequential):
         config, order = sequential_to_keras(model, None if input_shape is None else list(input_shape))
     else:
