@@ -68,6 +68,39 @@ with R.variable_scope("enc"):
 st = (st_fw, st_bw)
 """
 
+# raw_rnn: the documented reading of a TensorArray with lengths, from a given initial state ...
+PROGRAMS["raw_rnn_lengths"] = """
+cell = R.LSTMCell(5, use_peepholes=True)
+inputs_ta = R.TensorArray(dtype=F32, size=T).unstack(XT)
+
+def loop_fn(time, cell_output, cell_state, loop_state):
+    next_state = make_state(cell) if cell_output is None else cell_state
+    finished = time >= L
+    next_input = R.cond(R.reduce_all(finished), lambda: R.zeros([B, D], dtype=F32),
+                        lambda: inputs_ta.read(time))
+    return finished, next_input, next_state, cell_output, None
+
+with R.variable_scope("decoder"):
+    emit_ta, st, _ = R.raw_rnn(cell, loop_fn)
+out = emit_ta.stack()
+"""
+
+# ... and a decoder feeding its output back, emitting a tuple and summing into its loop state
+PROGRAMS["raw_rnn_feedback"] = """
+cell = R.MultiRNNCell([R.GRUCell(4), R.BasicRNNCell(4)])
+
+def loop_fn(time, cell_output, cell_state, loop_state):
+    finished = time >= L
+    if cell_output is None:
+        one = R.zeros([4], dtype=F32)  # emit_structure: one batch entry's emission
+        return finished, XT[0], cell.zero_state(B, F32), (one, one), R.zeros([B, 4], dtype=F32)
+    emit = (cell_output, cell_output * cell_output)
+    return finished, R.tanh(cell_output), cell_state, emit, loop_state + cell_output
+
+emit_ta, st, total = R.raw_rnn(cell, loop_fn)
+out = (emit_ta[0].stack(), emit_ta[1].stack(), total)
+"""
+
 PROGRAMS["scoped_stack_with_orthogonal"] = """
 with R.variable_scope("model", initializer=R.orthogonal()):
     fw = R.MultiRNNCell([R.GRUCell(4), R.LSTMCell(4, use_peepholes=True)])

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from rnn_programs import PROGRAMS, inputs, loss_weights, state_arrays
+from rnn_programs import PROGRAMS, B, D, T, inputs, loss_weights, state_arrays
 from tf_oracle import requires_tf, run_tf
 from torch.utils import _pytree as pytree
 
@@ -21,8 +21,10 @@ RK = SimpleNamespace(
         "BasicRNNCell", "GRUCell", "BasicLSTMCell", "LSTMCell", "MultiRNNCell", "DropoutWrapper",
         "ResidualWrapper", "dynamic_rnn", "bidirectional_dynamic_rnn", "static_rnn",
         "static_bidirectional_rnn", "stack_bidirectional_dynamic_rnn", "stack_bidirectional_rnn",
-        "variable_scope")},
-    relu=torch.relu, orthogonal=rk.init.orthogonal)
+        "variable_scope", "raw_rnn", "TensorArray")},
+    relu=torch.relu, orthogonal=rk.init.orthogonal, tanh=torch.tanh, reduce_all=torch.all,
+    zeros=lambda shape, dtype: torch.zeros(shape, dtype=dtype),
+    cond=lambda pred, true_fn, false_fn: true_fn() if bool(pred) else false_fn())
 
 COMPARED = sorted(p for p in PROGRAMS if p != "scoped_stack_with_orthogonal")
 
@@ -41,7 +43,7 @@ def run_rnnkit(src: str, arrays: dict) -> dict:
         return pytree.tree_unflatten(made, spec)
 
     xt = x.transpose(0, 1)
-    env = dict(R=RK, F32=torch.float32, X=x, XT=xt, XS=list(xt.unbind(0)),
+    env = dict(R=RK, F32=torch.float32, X=x, XT=xt, XS=list(xt.unbind(0)), B=B, T=T, D=D,
                L=torch.tensor(arrays["L"]), make_state=make_state)
     exec(src, env)
     leaves = pytree.tree_leaves((env["out"], env["st"]))
@@ -65,7 +67,9 @@ R = types.SimpleNamespace(
     ResidualWrapper=nn.ResidualWrapper, dynamic_rnn=tf1.nn.dynamic_rnn,
     bidirectional_dynamic_rnn=tf1.nn.bidirectional_dynamic_rnn, static_rnn=tf1.nn.static_rnn,
     static_bidirectional_rnn=tf1.nn.static_bidirectional_rnn, variable_scope=tf1.variable_scope,
-    relu=tf.nn.relu, orthogonal=tf1.orthogonal_initializer)
+    relu=tf.nn.relu, orthogonal=tf1.orthogonal_initializer, raw_rnn=tf1.nn.raw_rnn,
+    TensorArray=tf1.TensorArray, tanh=tf1.tanh, reduce_all=tf1.reduce_all, zeros=tf1.zeros,
+    cond=tf1.cond)
 
 
 def _stacked(run, concat):
@@ -113,14 +117,17 @@ for name in sorted(PROGRAMS):
         return tf.nest.pack_sequence_as(cell.state_size, made)
 
     env = dict(R=R, F32=tf.float32, X=x, XT=xt, XS=tf1.unstack(xt), L=tf1.constant(INPUTS["L"]),
-               make_state=make_state)
+               make_state=make_state, B=B, T=T, D=D)
     try:
         exec(PROGRAMS[name], env)
     except Exception as e:
         RESULT[name + "|error"] = f"{type(e).__name__}: {e}"
         continue
     leaves = tf.nest.flatten((env["out"], env["st"]))
-    loss = tf1.add_n([tf1.reduce_sum(t * loss_weights(tuple(t.shape.as_list()), k))
+    # raw_rnn's stacked outputs have a dynamic time axis; those programs run T steps (another
+    # count fails the run with a shape mismatch)
+    loss = tf1.add_n([tf1.reduce_sum(t * loss_weights(tuple(T if d is None else d
+                                                            for d in t.shape.as_list()), k))
                       for k, t in enumerate(leaves)])
     tvars = tf1.global_variables()
     RESULT[name + "|names"] = [v.op.name for v in tvars]

@@ -23,6 +23,7 @@ from rnnkit.cells import (
     RNNCell,
 )
 from rnnkit.describe import VariableTable, describe
+from rnnkit.raw_rnn import TensorArray, raw_rnn
 from rnnkit.rnn import (
     bidirectional_dynamic_rnn,
     dynamic_rnn,
@@ -50,7 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BasicLSTMCell", "BasicRNNCell", "DeviceWrapper", "DropoutWrapper", "GRUCell", "LSTMCell",
     "LSTMStateTuple", "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper",
-    "bidirectional_dynamic_rnn", "dynamic_rnn", "stack_bidirectional_dynamic_rnn",
+    "TensorArray", "bidirectional_dynamic_rnn", "raw_rnn", "dynamic_rnn", "stack_bidirectional_dynamic_rnn",
     "stack_bidirectional_rnn", "static_bidirectional_rnn", "static_rnn",
     "AUTO_REUSE", "Provenance", "Variable", "VariableScope", "VariableTable", "describe",
     "embedding_lookup", "fast", "get_variable", "get_variable_scope", "global_variables", "init", "io",
