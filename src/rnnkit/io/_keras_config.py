@@ -165,7 +165,7 @@ def _rnnkit_config(cls_name: str, config: dict, where: str, legacy: bool) -> dic
         at = f"{where}: {key}"
         if key in _IGNORED:
             continue
-        if key in _INERT:
+        if key in _INERT and key not in reference:  # activity_regularizer: some layers take one
             if value != _INERT[key]:
                 raise ConfigError(f"{at}={value!r:.80} is not supported by rnnkit")
             continue

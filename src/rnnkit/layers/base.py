@@ -7,12 +7,14 @@ import re
 import threading
 
 import torch
+from torch.utils import _pytree as pytree
 
 from rnnkit import init as _init
 from rnnkit.layers.penalties import get_constraint, get_regularizer
 from rnnkit.scope import Provenance, Variable
 
 _names = threading.local()
+_calls = threading.local()  # how deep in layer calls this thread is (0: the next is an entry call)
 _REGISTRY: dict[str, type] = {}
 MASK_ATTR = "_keras_mask"  # where a mask rides on a tensor between layers, as in Keras 3
 
@@ -102,8 +104,12 @@ class Tracked:
 
     @property
     def losses(self) -> list[torch.Tensor]:
-        """Regularization penalties of this layer and everything in it (add them to the loss)."""
-        return [fn(v) for m in self.modules() for v, fn in m.__dict__.get("_regularized", ())]
+        """Regularization penalties of this layer and everything in it (add them to the loss):
+        per layer, the activity penalties of the last call (``activity_regularizer``), then
+        its weights' penalties at their current values."""
+        return [loss for m in self.modules() for loss in (
+            *m.__dict__.get("_activity_losses", ()),
+            *(fn(v) for v, fn in m.__dict__.get("_regularized", ())))]
 
     @torch.no_grad()
     def apply_constraints(self) -> None:
@@ -152,6 +158,7 @@ class Layer(Tracked, torch.nn.Module):
 
     supports_masking = True
     masks_from_sublayers = False  # containers: outputs already carry their last layer's masks
+    activity_regularizer = None  # set by the layers that take one (Dense, Embedding, RNNs)
 
     def __init__(self, name: str | None = None, trainable: bool = True):
         super().__init__()
@@ -168,12 +175,33 @@ class Layer(Tracked, torch.nn.Module):
             return symbolic_call(self, inputs, args, kwargs)
         if mask is None:
             mask = get_mask(inputs)
-        outputs = super().__call__(inputs, *args, mask=mask, training=training, **kwargs)
+        depth = getattr(_calls, "depth", 0)
+        if depth == 0:  # an entry call: the activity penalties of the last one are dropped
+            for m in self.modules():
+                m.__dict__.pop("_activity_losses", None)
+        _calls.depth = depth + 1
+        try:
+            outputs = super().__call__(inputs, *args, mask=mask, training=training, **kwargs)
+        finally:
+            _calls.depth = depth
         if outputs is inputs:  # never tag the caller's own tensor with a mask
             outputs = inputs.view_as(inputs)
         if not self.masks_from_sublayers:
             set_mask(outputs, self.compute_mask(inputs, mask))
+        if self.activity_regularizer is not None:
+            self.__dict__.setdefault("_activity_losses", []).extend(
+                self._activity_penalty(o) for o in pytree.tree_leaves(outputs))
         return outputs
+
+    def _activity_penalty(self, output: torch.Tensor) -> torch.Tensor:
+        """Keras's: the regularizer of an output over its batch size."""
+        loss = self.activity_regularizer(output)
+        return loss / output.shape[0] if output.dim() else loss
+
+    def set_activity_regularizer(self, identifier) -> None:
+        """``activity_regularizer``: a penalty on each output of every call, over the batch
+        size, in ``losses`` until the next call (as Keras's; None for none)."""
+        self.activity_regularizer = None if identifier is None else get_regularizer(identifier)
 
     def num_outputs(self) -> int:
         """How many tensors a call returns (more than one for ``return_state``)."""

@@ -27,15 +27,18 @@ class Embedding(Layer):
         embeddings_initializer: default Keras's ``"uniform"`` (U(-0.05, 0.05)).
         embeddings_regularizer, embeddings_constraint: as Keras.
         mask_zero: id 0 is padding; the output carries the mask ``ids != 0``.
+        activity_regularizer: a penalty on the output, in ``losses`` (see
+            ``Layer.set_activity_regularizer``).
         name, trainable: as Keras.
     """
 
     def __init__(self, input_dim: int, output_dim: int, embeddings_initializer="uniform",
                  embeddings_regularizer=None, embeddings_constraint=None, mask_zero: bool = False,
-                 name: str | None = None, trainable: bool = True):
+                 activity_regularizer=None, name: str | None = None, trainable: bool = True):
         check_units(input_dim, "input_dim")
         check_units(output_dim, "output_dim")
         super().__init__(name=name, trainable=trainable)
+        self.set_activity_regularizer(activity_regularizer)
         self.input_dim, self.output_dim, self.mask_zero = input_dim, output_dim, bool(mask_zero)
         self.embeddings_initializer = _init.get(embeddings_initializer)
         self.embeddings_regularizer = penalties.resolve(
@@ -71,6 +74,7 @@ class Embedding(Layer):
                 "embeddings_initializer": _init.serialize(init) if init is not None else None,
                 "embeddings_regularizer": penalties.serialize(self.embeddings_regularizer),
                 "embeddings_constraint": penalties.serialize(self.embeddings_constraint),
+                "activity_regularizer": penalties.serialize(self.activity_regularizer),
                 "mask_zero": self.mask_zero}
 
 
@@ -101,15 +105,17 @@ class Dense(Layer):
         units: output size.
         activation: default linear.
         use_bias, kernel_initializer ("glorot_uniform"), bias_initializer ("zeros"),
-        kernel/bias regularizer and constraint, name, trainable: as Keras.
+        kernel/bias regularizer and constraint, activity_regularizer, name, trainable: as Keras.
     """
 
     def __init__(self, units: int, activation=None, use_bias: bool = True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
-                 bias_constraint=None, name: str | None = None, trainable: bool = True):
+                 bias_constraint=None, activity_regularizer=None, name: str | None = None,
+                 trainable: bool = True):
         check_units(units, "units")
         super().__init__(name=name, trainable=trainable)
+        self.set_activity_regularizer(activity_regularizer)
         self.units, self.use_bias = units, bool(use_bias)
         self.activation = activations.get(activation, activations.linear)
         self.initializers = {"kernel": _init.get(kernel_initializer),
@@ -148,6 +154,7 @@ class Dense(Layer):
             config[f"{w}_initializer"] = _init.serialize(init) if init is not None else None
             config[f"{w}_regularizer"] = penalties.serialize(self.regularizers[w])
             config[f"{w}_constraint"] = penalties.serialize(self.constraints[w])
+        config["activity_regularizer"] = penalties.serialize(self.activity_regularizer)
         return config
 
 

@@ -14,6 +14,7 @@ import contextlib
 import torch
 
 from rnnkit.fast.dispatch import check_fast, fast_mode
+from rnnkit.layers import penalties
 from rnnkit.layers.base import Layer, check_mask, check_rank, deserialize, serialize, snake
 from rnnkit.layers.cells import (
     GRUCell,
@@ -42,6 +43,8 @@ class RNN(Layer):
             ``reset_states()`` zeroes them.
         unroll: accepted for Keras compatibility; the loop is the same either way.
         zero_output_for_mask: masked steps output zeros instead of the previous output.
+        activity_regularizer: a penalty on each output (and returned state), in ``losses``
+            (see ``Layer.set_activity_regularizer``).
         fast: the fast-path switch for this layer's unroll (``rnnkit.fast``): ``"auto"``,
             ``True``, ``False``, or None (default: the enclosing ``fast_mode`` block's, else
             ``"auto"``). Not a Keras option: ``get_config`` has it only when it is set.
@@ -59,8 +62,8 @@ class RNN(Layer):
 
     def __init__(self, cell: KerasCell, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
-                 zero_output_for_mask: bool = False, name: str | None = None,
-                 trainable: bool = True, fast=None):
+                 zero_output_for_mask: bool = False, activity_regularizer=None,
+                 name: str | None = None, trainable: bool = True, fast=None):
         if isinstance(cell, (list, tuple)):
             cell = StackedRNNCells(cell)
         if not isinstance(cell, (KerasCell, StackedRNNCells)):
@@ -69,6 +72,7 @@ class RNN(Layer):
         if fast is not None:
             check_fast(fast)
         super().__init__(name=name, trainable=trainable)
+        self.set_activity_regularizer(activity_regularizer)
         self.cell, self.fast = cell, fast
         self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
         self.go_backwards, self.stateful = bool(go_backwards), bool(stateful)
@@ -155,7 +159,8 @@ class RNN(Layer):
 
     def _options(self) -> dict:
         fast = {} if self.fast is None else {"fast": self.fast}
-        return {**{k: getattr(self, k) for k in _RNN_OPTIONS}, **fast}
+        return {**{k: getattr(self, k) for k in _RNN_OPTIONS}, **fast,
+                "activity_regularizer": penalties.serialize(self.activity_regularizer)}
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self._options(), "cell": serialize(self.cell)}
@@ -186,14 +191,15 @@ class _KerasRNN(RNN):
 
     def __init__(self, units: int, *, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
-                 zero_output_for_mask: bool = False, name: str | None = None,
-                 trainable: bool = True, fast=None, **cell_kwargs):
+                 zero_output_for_mask: bool = False, activity_regularizer=None,
+                 name: str | None = None, trainable: bool = True, fast=None, **cell_kwargs):
         cell_kwargs.setdefault("name", snake(self.cell_class.__name__))  # Keras: "lstm_cell"
         cell = self.cell_class(units, trainable=trainable, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, stateful=stateful, unroll=unroll,
-                         zero_output_for_mask=zero_output_for_mask, name=name, trainable=trainable,
-                         fast=fast)
+                         zero_output_for_mask=zero_output_for_mask,
+                         activity_regularizer=activity_regularizer, name=name,
+                         trainable=trainable, fast=fast)
 
     def get_config(self) -> dict:
         cell = self.cell.get_config()
@@ -229,7 +235,7 @@ class SimpleRNN(_KerasRNN):
         regularizer and constraint, dropout, recurrent_dropout, seed: the cell's (Keras names;
         initializer names resolve through ``rnnkit.init.get``).
         return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask,
-        name, trainable, fast: see ``RNN``.
+        activity_regularizer, name, trainable, fast: see ``RNN``.
 
     Example:
         >>> y = SimpleRNN(8, return_sequences=True)(torch.randn(4, 10, 3))  # doctest: +SKIP
