@@ -22,6 +22,11 @@ CELLS = {
     "multi": "R.MultiRNNCell([R.GRUCell(4), R.LSTMCell(3, use_peepholes=True)])",
     "residual": "R.MultiRNNCell([R.GRUCell(4), R.ResidualWrapper(R.GRUCell(4))])",
     "dropout_keep_all": "R.MultiRNNCell([R.DropoutWrapper(R.BasicLSTMCell(4)), R.GRUCell(3)])",
+    # TF's deprecated concatenated states: [c, h] in one tensor, a stack's side by side
+    "lstm_concat": "R.LSTMCell(5, use_peepholes=True, num_proj=3, cell_clip=0.5, "
+                   "state_is_tuple=False)",
+    "multi_concat": "R.MultiRNNCell([R.GRUCell(4), R.BasicLSTMCell(3, state_is_tuple=False)], "
+                    "state_is_tuple=False)",
 }
 
 DRIVERS = {
@@ -38,7 +43,7 @@ DRIVERS = {
 
 # every cell under the two drivers that matter most; the other drivers with a few cells
 GRID = [(c, d) for c in CELLS for d in ("dynamic", "lengths_state")]
-GRID += [(c, d) for c in ("gru", "lstm_clip_proj", "multi")
+GRID += [(c, d) for c in ("gru", "lstm_clip_proj", "multi", "multi_concat")
          for d in ("time_major", "bidirectional", "static", "static_bidirectional")]
 
 PROGRAMS = {f"{c}-{d}": f"cell = {CELLS[c]}\ncell2 = {CELLS[c]}\n{DRIVERS[d]}" for c, d in GRID}

@@ -33,6 +33,10 @@ INNER = {
     "gru_after": lambda: rk.GRUCell(6, reset_after=True, activation="softsign"),
     "layer_norm": lambda: rk.LayerNormLSTMCell(6),
     "stack": lambda: rk.MultiRNNCell([rk.LSTMCell(5, num_proj=4), rk.GRUCell(6)]),
+    # TF's concatenated states: state dropout drops them whole (an LSTM's c too), step by step
+    "lstm_concat": lambda: rk.LSTMCell(6, use_peepholes=True, num_proj=4, state_is_tuple=False),
+    "stack_concat": lambda: rk.MultiRNNCell([rk.BasicLSTMCell(5, state_is_tuple=False),
+                                             rk.GRUCell(6)], state_is_tuple=False),
 }
 DROPOUT = {
     "output": {"output_keep_prob": 0.6},
@@ -220,6 +224,8 @@ def test_what_must_run_step_by_step_says_why():
         (rk.DropoutWrapper(rk.BasicLSTMCell(5), state_keep_prob=0.5, variational_recurrent=True,
                            dropout_state_filter_visitor=lambda s: rk.LSTMStateTuple(True, True)),
          "a state filter other than"),
+        (rk.DropoutWrapper(rk.BasicLSTMCell(5, state_is_tuple=False), state_keep_prob=0.5),
+         "a state_is_tuple=False state"),
         (rk.DropoutWrapper(rk.DropoutWrapper(rk.GRUCell(5), output_keep_prob=0.5),
                            output_keep_prob=0.5), "draws dropout masks of its own"),
         (rk.ResidualWrapper(rk.GRUCell(5), residual_fn=lambda i, o: i - o),

@@ -156,13 +156,16 @@ class DropoutWrapper(_Wrapper):
         None where one is not a cell with rnnkit's own step."""
         cells = list(self.cell.cells) if isinstance(self.cell, MultiRNNCell) else [self.cell]
         own = all(isinstance(c, FusedCell) and c.uses_canonical_step() for c in cells)
-        return cells if own else None
+        # a concatenated state (state_is_tuple=False) is one tensor to TF's filter: its c drops too
+        tuples = all(getattr(c, "state_is_tuple", True) for c in (self.cell, *cells))
+        return cells if own and tuples else None
 
     def _state_unmet(self, mask, masked_output) -> list[str]:
         """Why state dropout cannot be state masks on the wrapped cells' unrolls."""
         if self._layers() is None:
             return ["the wrapped cell is not a cell with rnnkit's own step or a stack of them "
-                    "(a wrapper inside, or a step of its own)"]
+                    "(a wrapper inside, a step of its own, or a state_is_tuple=False state, "
+                    "whose LSTM memory c drops with h)"]
         zero = self.cell.zero_state(1)
         if pytree.tree_leaves(self.state_filter(zero)) != pytree.tree_leaves(_keep_state_leaf(zero)):
             return ["a state filter other than TF's default (h alone)"]

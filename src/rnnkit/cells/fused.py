@@ -76,6 +76,10 @@ class FusedCell(RNNCell):
             h = eq.gru(xw, state, params)
             return h, h
         fn = eq.lstm if params.kind == "lstm" else eq.layer_norm_lstm
+        if torch.is_tensor(state):  # TF1's state_is_tuple=False: [c, h] side by side
+            units = params.U.shape[1] // 4
+            c, h = fn(xw, state[..., :units], state[..., units:], params)
+            return h, torch.cat([c, h], -1)
         c, h = fn(xw, state.c, state.h, params)
         return h, LSTMStateTuple(c, h)
 

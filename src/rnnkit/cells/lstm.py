@@ -41,15 +41,29 @@ def _make_shift(units: int, forget_bias: float, dtype: torch.dtype,
 _cached_shift = functools.lru_cache(maxsize=32)(_make_shift)  # only read, never written
 
 
-def _check_tuple(state_is_tuple: bool) -> None:
-    if not state_is_tuple:
-        raise ValueError("state_is_tuple=False (TF's deprecated concatenated state) is not "
-                         "supported; states are LSTMStateTuple(c, h)")
-
-
 class _TF1LSTMBase(FusedCell):
     num_units: int
     forget_bias: float
+    state_is_tuple = True  # False: TF's deprecated concatenated state, [c, h] side by side
+
+    def _state_sizes(self) -> LSTMStateTuple:
+        return LSTMStateTuple(self.num_units, self.output_size)
+
+    @property
+    def state_size(self) -> LSTMStateTuple | int:
+        sizes = self._state_sizes()
+        return sizes if self.state_is_tuple else sum(sizes)
+
+    def unroll_with(self, params, inputs, state, mask=None, masked_output="zero", chunk=None,
+                    fast=None):
+        # A concatenated state is taken apart for the unroll (every path runs the tuple) and
+        # put back together after it; a step (FusedCell.step) reads either.
+        if self.state_is_tuple:
+            return super().unroll_with(params, inputs, state, mask, masked_output, chunk, fast)
+        c, h = state.split(list(self._state_sizes()), -1)
+        outputs, final = super().unroll_with(params, inputs, LSTMStateTuple(c, h), mask,
+                                             masked_output, chunk, fast)
+        return outputs, torch.cat(final, -1)
 
     def _gate_views(self, kernel: torch.Tensor, bias: torch.Tensor | None) -> dict:
         H = self.num_units
@@ -80,7 +94,8 @@ class BasicLSTMCell(_TF1LSTMBase):
 
     i, j, f, o = [x, h] K + b;  c' = σ(f + forget_bias) ⊙ c + σ(i) ⊙ act(j);  h' = act(c') ⊙ σ(o).
     Variables: ``kernel [depth+H, 4H]`` (scope initializer, else glorot_uniform), ``bias [4H]``
-    (zeros). State: ``LSTMStateTuple(c, h)``.
+    (zeros). State: ``LSTMStateTuple(c, h)``, or with ``state_is_tuple=False`` (deprecated in
+    TF) one tensor ``[batch, 2H]``, c then h (every path runs either).
     """
 
     base_name = "basic_lstm_cell"
@@ -89,15 +104,11 @@ class BasicLSTMCell(_TF1LSTMBase):
                  activation=None, reuse: bool | None = None, name: str | None = None,
                  dtype: torch.dtype | None = None, input_size: int | None = None):
         check_units(num_units)
-        _check_tuple(state_is_tuple)
         self.num_units = num_units
         self.forget_bias = float(forget_bias)
+        self.state_is_tuple = bool(state_is_tuple)
         self.activation = activations.get(activation)
         super().__init__(name=name, reuse=reuse, input_size=input_size, dtype=dtype)
-
-    @property
-    def state_size(self) -> LSTMStateTuple:
-        return LSTMStateTuple(self.num_units, self.num_units)
 
     @property
     def output_size(self) -> int:
@@ -127,6 +138,7 @@ class LSTMCell(_TF1LSTMBase):
     ``projection/kernel [H, num_proj]``) and ``proj_clip``. ``initializer`` applies to the
     kernel, peepholes and projection; where it comes from a scope and cannot make a vector
     (orthogonal), the peepholes fall back to glorot_uniform and ``provenance`` records it.
+    ``state_is_tuple=False``: the state is one tensor ``[batch, H + out]``, c then h.
     """
 
     base_name = "lstm_cell"
@@ -138,7 +150,6 @@ class LSTMCell(_TF1LSTMBase):
                  name: str | None = None, dtype: torch.dtype | None = None,
                  input_size: int | None = None):
         check_units(num_units)
-        _check_tuple(state_is_tuple)
         if num_proj is not None:
             check_units(num_proj, "num_proj")
         if num_unit_shards not in (None, 1) or num_proj_shards not in (None, 1):
@@ -153,12 +164,9 @@ class LSTMCell(_TF1LSTMBase):
         self.num_proj = num_proj
         self.proj_clip = proj_clip if num_proj is not None else None
         self.forget_bias = float(forget_bias)
+        self.state_is_tuple = bool(state_is_tuple)
         self.activation = activations.get(activation)
         super().__init__(name=name, reuse=reuse, input_size=input_size, dtype=dtype)
-
-    @property
-    def state_size(self) -> LSTMStateTuple:
-        return LSTMStateTuple(self.num_units, self.num_proj or self.num_units)
 
     @property
     def output_size(self) -> int:
@@ -236,10 +244,6 @@ class LayerNormLSTMCell(_TF1LSTMBase):
         self._generator = None if dropout_prob_seed is None else \
             torch.Generator().manual_seed(int(dropout_prob_seed))
         super().__init__(name=name, reuse=reuse, input_size=input_size, dtype=dtype)
-
-    @property
-    def state_size(self) -> LSTMStateTuple:
-        return LSTMStateTuple(self.num_units, self.num_units)
 
     @property
     def output_size(self) -> int:

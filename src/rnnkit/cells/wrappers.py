@@ -34,6 +34,9 @@ class MultiRNNCell(RNNCell):
 
     Unrolled layer by layer (the same result as step by step: each layer depends only on the
     layer below at the same time step), so each layer gets its hoisted input projection.
+    With ``state_is_tuple=False`` (TF's deprecated form) the state is the layers' states side by
+    side in one tensor, which needs every layer's state to be one tensor (an LSTM's only with
+    its own ``state_is_tuple=False``).
     """
 
     base_name = "multi_rnn_cell"
@@ -41,16 +44,29 @@ class MultiRNNCell(RNNCell):
     def __init__(self, cells: Sequence[RNNCell], state_is_tuple: bool = True):
         if not cells:
             raise ValueError("MultiRNNCell: cells must be a non-empty list of cells")
-        if not state_is_tuple:
-            raise ValueError("MultiRNNCell: state_is_tuple=False is not supported")
         for k, cell in enumerate(cells):
             _check_cell(cell, f"cells[{k}]")
+        self.state_is_tuple = bool(state_is_tuple)
+        if not self.state_is_tuple and not all(isinstance(c.state_size, int) for c in cells):
+            raise ValueError("MultiRNNCell: some cells return tuples of states, but "
+                             "state_is_tuple=False; state sizes are "
+                             f"{[c.state_size for c in cells]}")
         super().__init__()
         self.cells = torch.nn.ModuleList(cells)
 
     @property
-    def state_size(self) -> tuple:
-        return tuple(cell.state_size for cell in self.cells)
+    def state_size(self) -> tuple | int:
+        sizes = tuple(cell.state_size for cell in self.cells)
+        return sizes if self.state_is_tuple else sum(sizes)
+
+    def _split(self, state: State) -> State:
+        """The layers' states: a concatenated state taken apart (a tuple stays as it is)."""
+        if self.state_is_tuple:
+            return state
+        return tuple(state.split([cell.state_size for cell in self.cells], -1))
+
+    def _join(self, states: tuple) -> State:
+        return states if self.state_is_tuple else torch.cat(states, -1)
 
     @property
     def output_size(self) -> int:
@@ -69,19 +85,19 @@ class MultiRNNCell(RNNCell):
         return self.cells[0].prepare_inputs(inputs, params[0])
 
     def step(self, prepared: torch.Tensor, state: State, params) -> tuple[torch.Tensor, State]:
-        new_states, out = [], prepared
+        new_states, out, state = [], prepared, self._split(state)
         for k, cell in enumerate(self.cells):
             x = out if k == 0 else cell.prepare_inputs(out, params[k])
             out, new = cell.step(x, state[k], params[k])
             new_states.append(new)
-        return out, tuple(new_states)
+        return out, self._join(tuple(new_states))
 
     def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
         finals, x = [], inputs
-        for cell, layer_state in zip(self.cells, state, strict=True):
+        for cell, layer_state in zip(self.cells, self._split(state), strict=True):
             x, final = cell.unroll(x, layer_state, mask, masked_output, chunk, fast)
             finals.append(final)
-        return x, tuple(finals)
+        return x, self._join(tuple(finals))
 
     def begin_sequence(self, batch_size: int, dtype: torch.dtype, device) -> None:
         for cell in self.cells:  # each layer's variational masks are drawn anew per sequence

@@ -34,9 +34,9 @@ from rnnkit.io.keras_files import build_within, require_built
 _CELL_ARGS = {
     cells.BasicRNNCell: ("num_units",),
     cells.GRUCell: ("num_units", "reset_after"),
-    cells.BasicLSTMCell: ("num_units", "forget_bias"),
+    cells.BasicLSTMCell: ("num_units", "forget_bias", "state_is_tuple"),
     cells.LSTMCell: ("num_units", "use_peepholes", "cell_clip", "num_proj", "proj_clip",
-                     "forget_bias"),
+                     "forget_bias", "state_is_tuple"),
     cells.LayerNormLSTMCell: ("num_units", "forget_bias", "layer_norm", "norm_gain", "norm_shift"),
 }
 _INIT_ARGS = {cells.GRUCell: ("kernel_initializer", "bias_initializer"),
@@ -103,7 +103,8 @@ def _cell_tree(cell: cells.RNNCell) -> dict[str, Any]:
     tree: dict[str, Any] = {"class": cls.__name__, "scope": cell.scope_name,
                             "input_depth": cell.input_depth}
     if isinstance(cell, cells.MultiRNNCell):
-        return {**tree, "cells": [_cell_tree(c) for c in cell.cells]}
+        return {**tree, "cells": [_cell_tree(c) for c in cell.cells],
+                "state_is_tuple": cell.state_is_tuple}
     _check_activations(cell)
     config = {arg: getattr(cell, arg) for arg in _CELL_ARGS[cls]}
     config["activation"] = activations.name_of(cell.activation)
@@ -119,7 +120,8 @@ def _build_cell(tree: dict) -> cells.RNNCell:
         return cls(_build_cell(tree["cell"]), **tree["config"])
     base = tree["scope"].rsplit("/", 1)[-1]
     if cls is cells.MultiRNNCell:
-        cell = cls([_build_cell(sub) for sub in tree["cells"]])
+        cell = cls([_build_cell(sub) for sub in tree["cells"]],
+                   state_is_tuple=tree.get("state_is_tuple", True))  # version 1 files lack it
         cell._base = base  # MultiRNNCell takes no name; keep the saved scope's name
         return cell
     config = dict(tree["config"])
