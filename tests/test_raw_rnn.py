@@ -60,7 +60,24 @@ def test_all_finished_at_time_zero_runs_no_step():
 
     emit_ta, state, loop_state = rk.raw_rnn(cell, loop_fn)
     assert emit_ta.stack().shape == (0, B, 5) and state is start and loop_state == {"n": 0}
-    assert rk.global_variables() == []  # the cell never ran, so it was never built
+    # built all the same, as TF1 builds it tracing the loop's body
+    assert [v.op_name for v in rk.global_variables()][0] == "rnn/gru_cell/gates/kernel"
+
+
+def test_variational_dropout_keeps_its_masks_for_one_call_only():
+    torch.manual_seed(0)
+    cell = rk.DropoutWrapper(rk.BasicRNNCell(6), input_keep_prob=0.5, variational_recurrent=True)
+    x = torch.ones(T, B, D)
+    emit_ta, _, _ = rk.raw_rnn(cell, _reader(cell, x, LENGTHS))
+    again, _, _ = rk.raw_rnn(cell, _reader(cell, x, LENGTHS))
+    dropped = [ta.stack() for ta in (emit_ta, again)]
+    assert not torch.equal(*dropped)  # a new sequence, new masks
+    # one mask for the whole call: with U = 0, h' = tanh(x W + b) and the inputs constant, every
+    # step gives the same output (a new mask each step would not)
+    with torch.no_grad():
+        cell.cell.get_parameter("kernel")[D:] = 0
+    out = rk.raw_rnn(cell, _reader(cell, x, LENGTHS))[0].stack()
+    torch.testing.assert_close(out[1, 0], out[4, 0], rtol=0, atol=1e-6)
 
 
 def test_loop_state_and_emitted_structure_follow_loop_fn():
@@ -91,6 +108,14 @@ def test_loop_state_and_emitted_structure_follow_loop_fn():
     (lambda t, o, s, ls: (torch.zeros(B, dtype=torch.bool), torch.zeros(B, D),
                           torch.zeros(B, 2) if o is None else (s, s),
                           None, None), "next_cell_state of another structure"),
+    (lambda t, o, s, ls: (torch.zeros(B, dtype=torch.bool), torch.zeros(B, D if o is None else 5),
+                          torch.zeros(B, 2) if o is None else s, o, None),
+     r"at time 1 must return next_input as a tensor \[batch, depth\] = \[4, 3\], got \[4, 5\]"),
+    (lambda t, o, s, ls: (torch.zeros(B, dtype=torch.bool), torch.zeros(B, D), torch.zeros(B, 3),
+                          None, None), r"next_cell_state must have shapes \[4, 2\]"),
+    (lambda t, o, s, ls: (torch.zeros(B, dtype=torch.bool), torch.zeros(B, D),
+                          torch.zeros(B, 2) if o is None else s, None, None),
+     "an emit_output of another structure"),
 ])
 def test_bad_loop_fn_results_are_value_errors(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -18,8 +18,10 @@ on the fly, a state changed between steps. Its semantics are TF's, step for step
         loop_state = loop_state if next_loop_state is None else next_loop_state
         time += 1
 
-Every step is a call of the cell (``cell(inputs, state)``), so any cell or wrapper runs, and
-autograd differentiates the whole loop.
+Every step is the cell's step (``cell(inputs, state)``, its weights' layout made once for the
+call), so any cell or wrapper runs, and autograd differentiates the whole loop. As in TF1,
+which builds the cell when it traces the loop's body, the cell is built before the first step,
+even if none runs; a new call is a new sequence (``begin_sequence``: new variational masks).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch.utils import _pytree as pytree
 
-from rnnkit.cells.base import RNNCell
+from rnnkit.cells.base import RNNCell, _shapes, check_state
 from rnnkit.scope import VariableScope, variable_scope
 
 __all__ = ["raw_rnn", "TensorArray"]
@@ -138,9 +140,12 @@ def _where(finished: torch.Tensor, kept, new):
 
 
 def _check_same(want, got, what: str, time: int) -> None:
-    if pytree.tree_structure(want) != pytree.tree_structure(got):
+    """ValueError unless ``got`` is tensors in ``want``'s structure (pytree takes None for a
+    leaf, so the leaves are checked too)."""
+    leaves, spec = pytree.tree_flatten(got)
+    if spec != pytree.tree_structure(want) or not all(map(torch.is_tensor, leaves)):
         raise ValueError(f"raw_rnn: loop_fn at time {time} returned {what} of another structure "
-                         f"than before: {pytree.tree_structure(got)} vs {pytree.tree_structure(want)}")
+                         f"than before: {_shapes(got)} vs {_shapes(want)}")
 
 
 def raw_rnn(cell: RNNCell, loop_fn: Callable, parallel_iterations: int | None = None,
@@ -193,8 +198,18 @@ def raw_rnn(cell: RNNCell, loop_fn: Callable, parallel_iterations: int | None = 
         if state is None:
             raise ValueError("raw_rnn: loop_fn(time=0, ...) must return the initial cell state "
                              "as its next_cell_state")
+        if not torch.is_tensor(next_input) or next_input.dim() != 2:
+            raise ValueError(f"raw_rnn: loop_fn(time=0, ...) must return next_input as a tensor "
+                             f"[batch, depth], got {_shapes(next_input)}")
         finished = _finished(finished, next_input, 0)
         batch, dtype = finished.shape[0], pytree.tree_leaves(state)[0].dtype
+        # built before the loop, as TF1 builds it tracing the loop's body: the variables exist
+        # even if no step runs
+        cell.ensure_built(next_input.shape[-1], next_input.dtype)
+        check_state(cell, state, batch, "raw_rnn: loop_fn(time=0, ...)'s next_cell_state")
+        cell.begin_sequence(batch, next_input.dtype, next_input.device)
+        # the weights' layout once for the whole loop, where a step is a plain call of the cell
+        params = cell.sequence_params() if type(cell).forward is RNNCell.forward else None
         if emit_structure is None:
             zero_emit = pytree.tree_map(lambda n: torch.zeros(batch, n, dtype=dtype),
                                         cell.output_size)
@@ -206,7 +221,12 @@ def raw_rnn(cell: RNNCell, loop_fn: Callable, parallel_iterations: int | None = 
         emit_ta = [TensorArray(t.dtype, dynamic_size=True, element_shape=t.shape) for t in leaves]
         step = 0
         while not bool(finished.all()):
-            output, cell_state = cell(next_input, state)
+            if params is None:
+                output, cell_state = cell(next_input, state)
+            else:
+                _check_input(next_input, batch, cell.input_depth, step)
+                output, cell_state = cell.step(cell.prepare_inputs(next_input, params), state,
+                                               params)
             step += 1
             (next_finished, next_input, next_state, emit, next_loop_state) = loop_fn(
                 time + 1, output, cell_state, loop_state)
@@ -220,6 +240,12 @@ def raw_rnn(cell: RNNCell, loop_fn: Callable, parallel_iterations: int | None = 
             loop_state = loop_state if next_loop_state is None else next_loop_state
             time = time + 1
     return pytree.tree_unflatten(emit_ta, spec), state, loop_state
+
+
+def _check_input(x, batch: int, depth: int, time: int) -> None:
+    if not torch.is_tensor(x) or tuple(x.shape) != (batch, depth):
+        raise ValueError(f"raw_rnn: loop_fn at time {time} must return next_input as a tensor "
+                         f"[batch, depth] = [{batch}, {depth}], got {_shapes(x)}")
 
 
 def _finished(flags, next_input, time: int) -> torch.Tensor:
