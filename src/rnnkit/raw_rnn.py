@@ -232,8 +232,11 @@ def raw_rnn(cell: RNNCell, loop_fn: Callable, parallel_iterations: int | None = 
                 time + 1, output, cell_state, loop_state)
             _check_same(state, next_state, "a next_cell_state", step)
             _check_same(zero_emit, emit, "an emit_output", step)
-            state = _where(finished, state, next_state)
-            emit = _where(finished, zero_emit, emit)
+            if bool(finished.any()):  # (mostly none are: no selects then)
+                state = _where(finished, state, next_state)
+                emit = _where(finished, zero_emit, emit)
+            else:
+                state = next_state
             for ta, value in zip(emit_ta, pytree.tree_leaves(emit), strict=True):
                 ta.write(time, value)
             finished = finished | _finished(next_finished, next_input, step)

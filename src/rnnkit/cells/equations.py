@@ -36,6 +36,7 @@ own), in a step ``[B, H]``. Where nothing drew it (one step, or a wrapper's step
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -87,6 +88,14 @@ class Canonical:
     g_mask: torch.Tensor | None = None  # LSTM candidate dropout: [T, B, H] or [B, H], see above
     # draws g_mask for inputs [..., B, depth] (shape, dtype, device -> mask), see above
     g_dropout: Callable[[tuple, torch.dtype, torch.device], torch.Tensor] | None = None
+
+    @functools.cached_property
+    def U_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reset-before GRU's ``U`` as its (z, r) and c blocks, sliced once per ``Canonical``:
+        a loop whose steps share one (the reference loop, ``raw_rnn``) then has one slice to
+        differentiate, not one a step (each scatters into a zeroed U-sized gradient)."""
+        H = self.U.shape[1] // 3
+        return self.U[:, :2 * H], self.U[:, 2 * H:]
 
     def lstm_gates(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """An LSTM's gates i, f, g, o: the blocks of ``v``'s last dimension, laid out as ``W``'s
@@ -148,15 +157,16 @@ def gru(xw: torch.Tensor, h: torch.Tensor, p: Canonical) -> torch.Tensor:
     H = h.shape[-1]
     sig = p.recurrent_activation
     # z and r as one block (one sum, one activation), h' as one lerp: c + z (h - c)
+    # blocks by split, not slices: one node whose backward joins the parts' gradients
+    xw_zr, xw_c = xw.split([2 * H, H], dim=-1)
     if p.reset_after:
-        hu = masked_matmul(h, p.U, p.h_mask, p.b_h)
-        z, r = sig(xw[..., :2 * H] + hu[..., :2 * H]).split(H, dim=-1)
-        c = p.activation(torch.addcmul(xw[..., 2 * H:], r, hu[..., 2 * H:]))
+        hu_zr, hu_c = masked_matmul(h, p.U, p.h_mask, p.b_h).split([2 * H, H], dim=-1)
+        z, r = sig(xw_zr + hu_zr).split(H, dim=-1)
+        c = p.activation(torch.addcmul(xw_c, r, hu_c))
     else:
-        z, r = sig(masked_matmul(h, p.U[:, :2 * H], _gates(p.h_mask, 0, 2),
-                                 xw[..., :2 * H])).split(H, dim=-1)
-        c = p.activation(masked_matmul(r * h, p.U[:, 2 * H:], _gates(p.h_mask, 2, 3),
-                                       xw[..., 2 * H:]))
+        U_zr, U_c = p.U_blocks
+        z, r = sig(masked_matmul(h, U_zr, _gates(p.h_mask, 0, 2), xw_zr)).split(H, dim=-1)
+        c = p.activation(masked_matmul(r * h, U_c, _gates(p.h_mask, 2, 3), xw_c))
     return torch.lerp(c, h, z)
 
 
