@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from tf_oracle import requires_tf
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -121,3 +124,13 @@ def test_ab_kernels_builds_each_family_from_the_working_tree():
         out = _run("ab_kernels.py", "--refs", ".", "--shape", "2,5,8", "--cell", cell,
                    "--reps", "1")
         assert {line.split()[:2][0] for line in out.splitlines()[1:]} == {".", "torch.nn"}
+
+
+@pytest.mark.oracle
+@requires_tf
+def test_raw_rnn_times_every_peer():
+    out = _run("raw_rnn.py", "--reps", "1", "--shape", "2,3,4")
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [(c, p) for c in ("gru", "lstm_peep")
+                                            for p in ("rnnkit", "rnnkit-dynamic", "tf1")]
+    assert all(float(v) > 0 for r in rows for v in r[2:])

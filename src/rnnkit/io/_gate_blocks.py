@@ -125,11 +125,20 @@ def _keras_group(g: dict[str, tuple]) -> dict[str, GateInfo]:
     if kind is None or g["kernel"][1:] != (GH,):
         return {}
     fw, L = f"Keras {'SimpleRNN' if kind == 'rnn' else _CLASS[kind]}", _letters("keras", kind)
-    out = {"kernel": _info(fw, kind, "kernel [in, G*H]", L, _split("W", L, GH, 1, (None, None))),
-           "recurrent_kernel": _info(fw, kind, "recurrent_kernel [H, G*H]", L,
-                                     _split("U", L, GH, 1, (None, None)))}
     b = g.get("bias")
-    if b == (2, GH):
+    # Keras 2's CuDNNLSTM/CuDNNGRU: input and recurrent biases side by side, each gate block of
+    # the kernels in cuDNN's layout (rnnkit's loader converts them, as Keras does)
+    cudnn = b == (2 * GH,) and kind in ("lstm", "gru")
+    layout = " (each gate block in cuDNN's layout)" if cudnn else ""
+    fw = f"Keras 2 CuDNN{_CLASS[kind]}" if cudnn else fw
+    out = {"kernel": _info(fw, kind, f"kernel [in, G*H]{layout}", L,
+                           _split("W", L, GH, 1, (None, None))),
+           "recurrent_kernel": _info(fw, kind, f"recurrent_kernel [H, G*H]{layout}", L,
+                                     _split("U", L, GH, 1, (None, None)))}
+    if cudnn:
+        out["bias"] = _info(fw, kind, "bias [2*G*H] (input biases, then recurrent)", L,
+                            _split("bW", L, GH, 0, (None,)) + _split("bU", L, GH, 0, ((GH, None),)))
+    elif b == (2, GH):
         out["bias"] = _info(fw, kind, "bias [2, 3H] (reset_after=True: input row, recurrent row)",
                             L, _split("bW", L, GH, 1, (0, None)) + _split("bU", L, GH, 1, (1, None)))
     elif b == (GH,):

@@ -27,6 +27,11 @@ LAYERS: dict[str, type] = {c.__name__: c for c in (
     L.Masking, L.Dense, L.Dropout)}
 CELLS: dict[str, type] = {c.__name__: c for c in (L.SimpleRNNCell, L.GRUCell, L.LSTMCell)}
 STACK = {"StackedRNNCells": L.StackedRNNCells}  # an RNN's cell may be a stack of CELLS
+# Keras 2's cuDNN-only layers: the math of these layers with these options (their biases are
+# converted as they load, _keras_h5.legacy_pairs); only legacy files have them
+_CUDNN_MATH = {"activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True}
+CUDNN = {"CuDNNLSTM": ("LSTM", _CUDNN_MATH),
+         "CuDNNGRU": ("GRU", {**_CUDNN_MATH, "reset_after": True})}
 KERAS_MODULES = (None, "keras", "keras.layers", "keras.models", "keras.src.models.functional",
                  "keras.src.models.sequential", "keras.src.engine.functional",
                  "keras.src.engine.sequential", "tf_keras.src.engine.functional",
@@ -154,8 +159,8 @@ def layer_from_keras(entry: Any, where: str, legacy: bool, allowed: dict = LAYER
     Raises:
         ConfigError: refused class, unknown or unsupported option, badly typed value.
     """
-    cls_name, config = check_entry(entry, where, allowed)
-    return allowed[cls_name].from_config(_rnnkit_config(cls_name, config, where, legacy))
+    converted = _nested(entry, where, allowed, legacy)
+    return allowed[converted["class_name"]].from_config(converted["config"])
 
 
 def _rnnkit_config(cls_name: str, config: dict, where: str, legacy: bool) -> dict:
@@ -197,9 +202,14 @@ def _rnnkit_config(cls_name: str, config: dict, where: str, legacy: bool) -> dic
 
 
 def _nested(entry: Any, where: str, allowed: dict, legacy: bool) -> dict:
-    """A layer or cell inside another's config (``layer``, ``cell``, each of ``cells``),
-    checked and converted."""
-    name, sub = check_entry(entry, where, allowed)
+    """``{"class_name", "config"}`` of rnnkit's for a Keras layer or cell (also one inside
+    another's config: ``layer``, ``cell``, each of ``cells``), checked and converted; a legacy
+    cuDNN layer becomes its twin."""
+    twins = CUDNN if legacy and allowed is LAYERS else {}
+    name, sub = check_entry(entry, where, {**allowed, **twins})
+    if name in twins:
+        name, fixed = twins[name]
+        sub = {**sub, **fixed}
     return {"class_name": name, "config": _rnnkit_config(name, sub, where, legacy)}
 
 

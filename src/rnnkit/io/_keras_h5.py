@@ -133,6 +133,50 @@ def _names(attr: Any) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
+class _FromCudnn:
+    """A Keras 2 cuDNN layer's weight read as its twin's (``_keras_config.CUDNN``), converted as
+    Keras converts them: each gate block of the kernel from cuDNN's layout (the block's
+    transpose read back in Fortran order), of the recurrent kernel transposed; CuDNNLSTM's bias
+    ``[8H]`` (input then recurrent biases) summed to ``[4H]``, CuDNNGRU's ``[6H]`` as the
+    reset-after GRU's ``[2, 3H]`` rows."""
+
+    def __init__(self, ds, w, gates: int):
+        self.ds, self.shape, self.dtype, self.gates = ds, tuple(w.shape), ds.dtype, gates
+        self.kind = w.op_name.rsplit("/", 1)[-1]
+
+    @staticmethod
+    def bias_fits(ds, w) -> bool:
+        """Whether dataset ``ds`` is a cuDNN bias for bias ``w`` (an LSTM's ``[4H]`` or a
+        reset-after GRU's ``[2, 3H]``): what tells a cuDNN layer's weights apart."""
+        shape = getattr(ds, "shape", None)
+        if w.dim() == 1:
+            return shape == (2 * w.numel(),)
+        return w.dim() == 2 and w.shape[0] == 2 and shape == (w.numel(),)
+
+    def __getitem__(self, key):
+        a = np.asarray(self.ds[key])
+        if self.kind == "bias":
+            return a.reshape(2, -1).sum(0) if len(self.shape) == 1 else a.reshape(self.shape)
+        if a.shape != self.shape:
+            return a  # _dataset reports the shape
+        blocks = np.split(a, self.gates, axis=1)
+        if self.kind == "kernel":
+            return np.concatenate([b.T.reshape(b.shape, order="F") for b in blocks], axis=1)
+        return np.concatenate([b.T for b in blocks], axis=1)
+
+
+def _cudnn_cells(layer, group, weight_names: list[str]) -> dict[str, int]:
+    """The cells of ``layer`` whose weights in ``group`` are a cuDNN layer's (told by the
+    bias's shape, as Keras tells them), with their gate counts, by weight-name prefix."""
+    found = {}
+    for w, wn in zip(layer.weights, weight_names, strict=True):
+        prefix, _, last = w.op_name.rpartition("/")
+        if last == "bias" and _FromCudnn.bias_fits(group.get(wn), w):
+            units = w.shape[-1] // (4 if w.dim() == 1 else 3)
+            found[prefix] = w.shape[-1] // units
+    return found
+
+
 def legacy_pairs(h5, model, order: list) -> list[tuple[Any, str, Any]]:
     """``(weight, key, dataset)`` for a Keras 2 / tf.keras ``.h5``: the file's layers with
     weights, in order, against the model's top-level layers with weights.
@@ -162,8 +206,12 @@ def legacy_pairs(h5, model, order: list) -> list[tuple[Any, str, Any]]:
             problems.append(f"layer {name!r} has {len(weight_names)} weights in the file, "
                             f"{layer.name!r} has {len(layer.weights)}")
             continue
+        cudnn = _cudnn_cells(layer, group, weight_names)
         for w, wn in zip(layer.weights, weight_names, strict=True):
-            pairs.append((w, f"{name}/{wn}", _dataset(group, wn, w, problems)))
+            prefix, _, last = w.op_name.rpartition("/")
+            gates = cudnn.get(prefix) if last in ("kernel", "recurrent_kernel", "bias") else None
+            source = group if gates is None else {wn: _FromCudnn(group.get(wn), w, gates)}
+            pairs.append((w, f"{name}/{wn}", _dataset(source, wn, w, problems)))
     if problems:
         raise LookupError("; ".join(problems))
     _check_coverage(model, [w for w, _, _ in pairs])

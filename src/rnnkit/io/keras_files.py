@@ -62,7 +62,9 @@ def load_keras(path: str | os.PathLike, model: L.Sequential | L.Model | None = N
 
     Returns:
         The rnnkit model (in eval mode when rebuilt from a config), giving Keras's outputs.
-        Legacy configs keep Keras 2's ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``). Weights
+        Legacy configs keep Keras 2's ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``); their
+        ``CuDNNLSTM``/``CuDNNGRU`` come back as ``LSTM``/``GRU(reset_after=True)``, the
+        weights converted from cuDNN's layout as Keras converts them. Weights
         are loaded in float32 whatever the file's dtype policy; a ``training=`` pinned in a
         Keras 3 functional graph is dropped (the layer's mode decides, as for any rnnkit layer).
 
