@@ -27,6 +27,10 @@ CELLS = {
                                       rk.BasicRNNCell(4)]),
     "dropout": lambda: rk.DropoutWrapper(rk.BasicLSTMCell(3), output_keep_prob=0.5,
                                          variational_recurrent=True),
+    "residual": lambda: rk.ResidualWrapper(rk.LSTMCell(3, use_peepholes=True)),
+    "multi_residual_concat": lambda: rk.MultiRNNCell(
+        [rk.GRUCell(3), rk.ResidualWrapper(rk.BasicLSTMCell(3, state_is_tuple=False))],
+        state_is_tuple=False),
 }
 
 
@@ -97,8 +101,11 @@ def test_unsavable_cells_raise_value_error(tmp_path):
         save_native(tmp_path / "x", rk.BasicRNNCell(2, activation=lambda t: t * 2, input_size=2))
     with pytest.raises(RuntimeError, match="no variables yet"):
         save_native(tmp_path / "x", rk.GRUCell(2))
-    with pytest.raises(ValueError, match="ResidualWrapper"):
-        save_native(tmp_path / "x", rk.ResidualWrapper(rk.GRUCell(2, input_size=2)))
+    with pytest.raises(ValueError, match="residual_fn of your own"):
+        save_native(tmp_path / "x", rk.ResidualWrapper(rk.GRUCell(2, input_size=2),
+                                                       residual_fn=lambda i, o: i - o))
+    with pytest.raises(ValueError, match="DeviceWrapper"):
+        save_native(tmp_path / "x", rk.DeviceWrapper(rk.GRUCell(2, input_size=2), "cpu"))
     assert not list(tmp_path.iterdir())
 
 

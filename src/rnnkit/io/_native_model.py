@@ -2,9 +2,10 @@
 
 Two kinds of entry:
 
-- a cell tree (TF1 cells, ``MultiRNNCell``, ``DropoutWrapper``): each cell's class, constructor
-  config (built here from the cell's public attributes), scope, input depth, dtype and its
-  variables' names. Version 1 files hold only this kind, without a ``kind`` key.
+- a cell tree (TF1 cells, ``MultiRNNCell``, ``DropoutWrapper``, ``ResidualWrapper``): each
+  cell's class, constructor config (built here from the cell's public attributes), scope,
+  input depth, dtype and its variables' names. Version 1 files hold only this kind, without a
+  ``kind`` key.
 - ``{"kind": "layer"}``: an rnnkit Keras layer or model (``Sequential``, ``Model``, ``LSTM``,
   ``Bidirectional``, ``RNN([cells])``, ...) as its own ``layers.serialize`` config, the inputs
   that build it, and which saved variable each weight's ``state_dict`` key reads. rnnkit's config
@@ -41,7 +42,8 @@ _CELL_ARGS = {
 }
 _INIT_ARGS = {cells.GRUCell: ("kernel_initializer", "bias_initializer"),
               cells.LSTMCell: ("initializer",)}
-_CLASSES = {cls.__name__: cls for cls in (*_CELL_ARGS, cells.MultiRNNCell, cells.DropoutWrapper)}
+_WRAPPERS = (cells.DropoutWrapper, cells.ResidualWrapper)  # a cell around one ("cell" in a tree)
+_CLASSES = {cls.__name__: cls for cls in (*_CELL_ARGS, cells.MultiRNNCell, *_WRAPPERS)}
 LAYER = "layer"
 
 
@@ -95,11 +97,16 @@ def _cell_tree(cell: cells.RNNCell) -> dict[str, Any]:
     if cls not in _CLASSES.values():
         raise ValueError(f"save_native: cannot describe a {cls.__name__}; supported: the Keras "
                          f"layers and models, and the cells {sorted(_CLASSES)}")
-    cell.require_built("save_native")
+    if isinstance(cell, cells.ResidualWrapper):
+        if cell.custom:
+            raise ValueError("save_native: a ResidualWrapper with a residual_fn of your own "
+                             "cannot be saved (a file holds no code)")
+        return {"class": cls.__name__, "config": {}, "cell": _cell_tree(cell.cell)}
     if isinstance(cell, cells.DropoutWrapper):
         config = {f"{k}_keep_prob": v for k, v in cell.keep.items()}
         return {"class": cls.__name__, "config": {**config, "variational_recurrent": cell.variational},
                 "cell": _cell_tree(cell.cell)}
+    cell.require_built("save_native")  # a wrapper's cell says it for the wrapper
     tree: dict[str, Any] = {"class": cls.__name__, "scope": cell.scope_name,
                             "input_depth": cell.input_depth}
     if isinstance(cell, cells.MultiRNNCell):
@@ -116,7 +123,7 @@ def _cell_tree(cell: cells.RNNCell) -> dict[str, Any]:
 
 def _build_cell(tree: dict) -> cells.RNNCell:
     cls = _CLASSES[tree["class"]]
-    if cls is cells.DropoutWrapper:
+    if cls in _WRAPPERS:
         return cls(_build_cell(tree["cell"]), **tree["config"])
     base = tree["scope"].rsplit("/", 1)[-1]
     if cls is cells.MultiRNNCell:
@@ -132,7 +139,7 @@ def _build_cell(tree: dict) -> cells.RNNCell:
 
 def _assign_cell(tree: dict, cell: cells.RNNCell, tensors: dict[str, torch.Tensor],
                  doc: dict) -> None:
-    if isinstance(cell, cells.DropoutWrapper):
+    if isinstance(cell, _WRAPPERS):
         return _assign_cell(tree["cell"], cell.cell, tensors, doc)
     if isinstance(cell, cells.MultiRNNCell):
         for sub_tree, sub in zip(tree["cells"], cell.cells, strict=True):
@@ -154,7 +161,7 @@ def _cell_leaf(tree: dict) -> dict:
 def _rebuild_cell(tree: dict, tensors: dict, doc: dict, scope: str | None) -> cells.RNNCell:
     cell = _build_cell(tree)
     top = tree
-    while top["class"] == "DropoutWrapper":
+    while _CLASSES[top["class"]] in _WRAPPERS:
         top = top["cell"]
     outer = "/".join(filter(None, [scope, top["scope"].rpartition("/")[0]]))
     dtype = getattr(torch, _cell_leaf(top)["dtype"])

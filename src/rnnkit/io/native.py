@@ -62,7 +62,8 @@ def save_native(path: str | os.PathLike, variables_or_module=None) -> Path:
 
     Raises:
         ValueError: a model that cannot be described (an unregistered activation, a cell
-            class other than the TF1 cells, ``MultiRNNCell`` and ``DropoutWrapper``, whose seed
+            class other than the TF1 cells, ``MultiRNNCell``, ``ResidualWrapper`` (without a
+            ``residual_fn`` of your own) and ``DropoutWrapper``, whose seed
             is not kept), or a Keras model that is not built.
         RuntimeError: the cell has no variables yet.
     """
