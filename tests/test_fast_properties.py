@@ -41,6 +41,10 @@ CELLS = {
     "layer_norm_dropout": lambda n: rk.LayerNormLSTMCell(n, dropout_keep_prob=0.7),
     "lstm_candidate_dropout": lambda n: rk.LayerNormLSTMCell(n, layer_norm=False,
                                                              dropout_keep_prob=0.6),
+    # TF's concatenated state (state_is_tuple=False): the unroll takes it apart for every path
+    "lstm_concat": lambda n: rk.BasicLSTMCell(n, state_is_tuple=False),
+    "lstm_peep_proj_concat": lambda n: rk.LSTMCell(n, use_peepholes=True, num_proj=max(1, n // 2),
+                                                   state_is_tuple=False),
 }
 PROPERTY = settings(max_examples=int(os.environ.get("RNNKIT_PROPERTY_EXAMPLES", "15")),
                     deadline=None, suppress_health_check=[HealthCheck.too_slow])
