@@ -69,11 +69,14 @@ def test_its_weights_load_into_the_twin_model(oracle):
     load_keras(tmp / "cudnn_weights.h5", model)
     np.testing.assert_allclose(model.eval()(torch.from_numpy(x)).detach().numpy(),
                                result["out"], rtol=1e-5, atol=1e-5)
-    wrong = L.Model(inp := L.Input((6, 4)), L.Dense(2)(L.Bidirectional(L.GRU(3, reset_after=True))(
-        L.LSTM(4, return_sequences=True)(inp))))
-    wrong(torch.zeros(1, 6, 4))
-    with pytest.raises(FormatError, match="shape"):
-        load_keras(tmp / "cudnn_weights.h5", wrong)
+    for lstm_units, reset_after in ((4, True), (5, False)):  # CuDNNGRU is a reset-after GRU
+        inp = L.Input((6, 4))
+        out = L.Bidirectional(L.GRU(3, reset_after=reset_after))(
+            L.LSTM(lstm_units, return_sequences=True)(inp))
+        wrong = L.Model(inp, L.Dense(2)(out))
+        wrong(torch.zeros(1, 6, 4))
+        with pytest.raises(FormatError, match="has shape"):
+            load_keras(tmp / "cudnn_weights.h5", wrong)
 
 
 def test_inspect_labels_the_cudnn_layout(oracle):

@@ -138,27 +138,17 @@ class _FromCudnn:
     Keras converts them: each gate block of the kernel from cuDNN's layout (the block's
     transpose read back in Fortran order), of the recurrent kernel transposed; CuDNNLSTM's bias
     ``[8H]`` (input then recurrent biases) summed to ``[4H]``, CuDNNGRU's ``[6H]`` as the
-    reset-after GRU's ``[2, 3H]`` rows."""
+    reset-after GRU's ``[2, 3H]`` rows. ``shape`` is what the file's dataset gives converted."""
 
     def __init__(self, ds, w, gates: int):
-        self.ds, self.shape, self.dtype, self.gates = ds, tuple(w.shape), ds.dtype, gates
+        self.ds, self.dtype, self.gates = ds, ds.dtype, gates
         self.kind = w.op_name.rsplit("/", 1)[-1]
-
-    @staticmethod
-    def bias_fits(ds, w) -> bool:
-        """Whether dataset ``ds`` is a cuDNN bias for bias ``w`` (an LSTM's ``[4H]`` or a
-        reset-after GRU's ``[2, 3H]``): what tells a cuDNN layer's weights apart."""
-        shape = getattr(ds, "shape", None)
-        if w.dim() == 1:
-            return shape == (2 * w.numel(),)
-        return w.dim() == 2 and w.shape[0] == 2 and shape == (w.numel(),)
+        self.shape = tuple(w.shape) if self.kind == "bias" else tuple(ds.shape)
 
     def __getitem__(self, key):
         a = np.asarray(self.ds[key])
         if self.kind == "bias":
             return a.reshape(2, -1).sum(0) if len(self.shape) == 1 else a.reshape(self.shape)
-        if a.shape != self.shape:
-            return a  # _dataset reports the shape
         blocks = np.split(a, self.gates, axis=1)
         if self.kind == "kernel":
             return np.concatenate([b.T.reshape(b.shape, order="F") for b in blocks], axis=1)
@@ -166,14 +156,18 @@ class _FromCudnn:
 
 
 def _cudnn_cells(layer, group, weight_names: list[str]) -> dict[str, int]:
-    """The cells of ``layer`` whose weights in ``group`` are a cuDNN layer's (told by the
-    bias's shape, as Keras tells them), with their gate counts, by weight-name prefix."""
+    """The cells of ``layer`` whose weights in ``group`` are a cuDNN layer's, with their gate
+    counts, by weight-name prefix: an LSTM's or a reset-after GRU's whose bias in the file has
+    the cuDNN layer's shape (twice as many numbers), as Keras tells them apart."""
+    twins = {id(c.bias): 4 if isinstance(c, L.LSTMCell) else 3 for c in layer.modules()
+             if (isinstance(c, L.LSTMCell) or isinstance(c, L.GRUCell) and c.reset_after)
+             and c.use_bias}
     found = {}
     for w, wn in zip(layer.weights, weight_names, strict=True):
-        prefix, _, last = w.op_name.rpartition("/")
-        if last == "bias" and _FromCudnn.bias_fits(group.get(wn), w):
-            units = w.shape[-1] // (4 if w.dim() == 1 else 3)
-            found[prefix] = w.shape[-1] // units
+        # cuDNN's [2 * G * H]: an LSTM's [G * H] twice over, a GRU's [2, G * H] flat
+        cudnn_shape = (2 * w.numel(),) if w.dim() == 1 else (w.numel(),)
+        if id(w) in twins and getattr(group.get(wn), "shape", None) == cudnn_shape:
+            found[w.op_name.rpartition("/")[0]] = twins[id(w)]
     return found
 
 
@@ -210,7 +204,9 @@ def legacy_pairs(h5, model, order: list) -> list[tuple[Any, str, Any]]:
         for w, wn in zip(layer.weights, weight_names, strict=True):
             prefix, _, last = w.op_name.rpartition("/")
             gates = cudnn.get(prefix) if last in ("kernel", "recurrent_kernel", "bias") else None
-            source = group if gates is None else {wn: _FromCudnn(group.get(wn), w, gates)}
+            ds = group.get(wn)
+            source = group if gates is None or not hasattr(ds, "dtype") else \
+                {wn: _FromCudnn(ds, w, gates)}
             pairs.append((w, f"{name}/{wn}", _dataset(source, wn, w, problems)))
     if problems:
         raise LookupError("; ".join(problems))

@@ -255,10 +255,8 @@ def _assign(params: dict[str, torch.Tensor], saved: dict[str, str], tensors: dic
 
 def rebuild(tree: dict, tensors: dict[str, torch.Tensor], doc: dict, scope: str | None):
     """The model a ``describe`` entry stands for, with the file's weights (TypeError,
-    ValueError, KeyError or AttributeError where the entry does not rebuild)."""
+    ValueError, KeyError or AttributeError where the entry does not rebuild); ``scope`` is a
+    cell's (the caller refuses it for a layer)."""
     if tree.get("kind") == LAYER:
-        if scope is not None:
-            raise ValueError("scope= applies to TF1 cells; a Keras layer's weights are named by "
-                             "its layers' names")
         return _rebuild_layer(tree, tensors, doc)
     return _rebuild_cell(tree, tensors, doc, scope)
