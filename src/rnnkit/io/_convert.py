@@ -84,9 +84,9 @@ def load_model(path: str, opts: Options) -> Model:
     if fmt == "native":
         from rnnkit.io.native import load, read_native
 
-        model = read_native(path)[1].get("model")
-        if model:
-            return Model(load(path), "keras" if model.get("kind") == "layer" else "cells")
+        if read_native(path)[1].get("model"):
+            obj = load(path)
+            return Model(obj, "cells" if isinstance(obj, C.RNNCell) else "keras")
         return _from_tf_names(path, fmt, opts)  # variables only: rebuild from the names
     if fmt == "tf":
         return _from_tf_names(path, fmt, opts)

@@ -233,7 +233,9 @@ def _read_native(p: Path):
 
 
 def _tree_text(tree: dict) -> str:
-    if tree.get("kind") == "layer":
+    from rnnkit.io._native_model import LAYER
+
+    if tree.get("kind") == LAYER:
         return _layer_text(tree.get("config"))
     inner = tree.get("cells") or ([tree["cell"]] if "cell" in tree else [])
     body = ", ".join(_tree_text(t) for t in inner)
