@@ -287,3 +287,22 @@ def test_stateful_continues_and_resets():
     torch.testing.assert_close(torch.cat([layer(X[:, :2]), layer(X[:, 2:])], 1), whole(X))
     layer.reset_states()
     torch.testing.assert_close(layer(X[:, :2]), whole(X[:, :2]))
+
+
+@pytest.mark.parametrize("cls", [L.GRU, L.LSTM])
+def test_use_cudnn_is_accepted_and_changes_nothing(cls):
+    """Keras 3's GRU/LSTM switch of its own cuDNN implementation: the same numbers either way,
+    not in the config (as Keras's)."""
+    torch.manual_seed(0)
+    plain = cls(4, return_sequences=True)
+    x = torch.randn(2, 5, 3)
+    want = plain(x)
+    for value in ("auto", True, False):
+        layer = cls.from_config(plain.get_config() | {"use_cudnn": value})
+        layer(x)  # built
+        layer.set_weights(plain.get_weights())
+        assert torch.equal(layer(x), want) and "use_cudnn" not in layer.get_config()
+    with pytest.raises(ValueError, match="use_cudnn must be"):
+        cls(4, use_cudnn="yes")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'use_cudnn'"):
+        L.SimpleRNN(4, use_cudnn=True)

@@ -188,11 +188,18 @@ class _KerasRNN(RNN):
     """A layer that makes its own cell from the Keras arguments (``SimpleRNN``, ``GRU``, ``LSTM``)."""
 
     cell_class: type[KerasCell] = KerasCell
+    takes_use_cudnn = False  # Keras 3's GRU and LSTM take use_cudnn, its SimpleRNN does not
 
     def __init__(self, units: int, *, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
                  zero_output_for_mask: bool = False, activity_regularizer=None,
-                 name: str | None = None, trainable: bool = True, fast=None, **cell_kwargs):
+                 name: str | None = None, trainable: bool = True, fast=None, use_cudnn=None,
+                 **cell_kwargs):
+        if use_cudnn is not None and not self.takes_use_cudnn:
+            raise TypeError(f"{type(self).__name__} got an unexpected keyword argument "
+                            "'use_cudnn' (Keras's GRU and LSTM take it)")
+        if use_cudnn not in (None, "auto", True, False):
+            raise ValueError(f"use_cudnn must be 'auto', True or False, got {use_cudnn!r}")
         cell_kwargs.setdefault("name", snake(self.cell_class.__name__))  # Keras: "lstm_cell"
         cell = self.cell_class(units, trainable=trainable, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
@@ -250,9 +257,13 @@ class GRU(_KerasRNN):
     Args:
         units, activation ("tanh"), recurrent_activation ("sigmoid"), reset_after (True: the
         cuDNN variant, ``bias`` of shape ``(2, 3*units)``) and the rest: see ``SimpleRNN``.
+        use_cudnn: Keras 3's switch of its cuDNN implementation (``"auto"``, True, False),
+            accepted for Keras code: it changes no number in Keras, and rnnkit's paths give the
+            same numbers too (``fast=`` picks them). As in Keras, not in ``get_config``.
     """
 
     cell_class = GRUCell
+    takes_use_cudnn = True
 
 
 class LSTM(_KerasRNN):
@@ -260,8 +271,9 @@ class LSTM(_KerasRNN):
 
     Args:
         units, activation ("tanh"), recurrent_activation ("sigmoid"), unit_forget_bias (True:
-        the forget block of ``bias`` starts at 1) and the rest: see ``SimpleRNN``. States are
-        ``[h, c]``.
+        the forget block of ``bias`` starts at 1), use_cudnn (see ``GRU``) and the rest: see
+        ``SimpleRNN``. States are ``[h, c]``.
     """
 
     cell_class = LSTMCell
+    takes_use_cudnn = True
