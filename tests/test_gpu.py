@@ -486,3 +486,34 @@ def test_candidate_dropout_on_the_gpu_matches_the_cpu(layer_norm):
     gpu = run(copy.deepcopy(cell).cuda(), x.cuda())
     for a, b in zip(gpu, cpu, strict=True):
         torch.testing.assert_close(a.cpu(), b, atol=2e-5, rtol=2e-5)
+
+
+def test_raw_rnn_and_concatenated_states_on_the_gpu():
+    """``raw_rnn`` on CUDA tensors (its emissions, also an empty one, on the GPU) and an LSTM's
+    concatenated state (state_is_tuple=False) on the GPU paths: the CPU's numbers."""
+    rk.reset_default_graph()
+    cell = rk.LSTMCell(5, num_proj=3, state_is_tuple=False, input_size=4)
+    perturb(cell)
+    x, lengths = torch.randn(6, 3, 4), torch.tensor([6, 2, 0])
+
+    def run(device):
+        inputs, lens = x.to(device), lengths.to(device)
+
+        def loop_fn(time, cell_output, cell_state, loop_state):
+            state = cell.zero_state(3, device=device) if cell_output is None else cell_state
+            finished = time >= lens
+            step = inputs[min(int(time), 5)]
+            return finished, step, state, cell_output, None
+
+        emit_ta, state, _ = rk.raw_rnn(cell, loop_fn)
+        dynamic = rk.dynamic_rnn(cell, inputs, sequence_length=lens, time_major=True,
+                                 dtype=torch.float32)
+        return emit_ta.stack(), state, *dynamic
+
+    want = run("cpu")
+    cell.cuda()
+    got = run("cuda")
+    assert all(t.device.type == "cuda" for t in got)
+    _leaves_close(got, want)
+    empty = rk.TensorArray(torch.float32, dynamic_size=True, element_shape=[2], device="cuda")
+    assert empty.stack().device.type == "cuda"

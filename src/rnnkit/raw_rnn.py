@@ -50,6 +50,8 @@ class TensorArray:
         element_shape: the shape of an element (what ``stack`` of an empty array uses).
         clear_after_read, tensor_array_name, infer_shape, colocate_with_first_write_call,
             name: TF's, accepted and without effect here.
+        device: where ``stack`` of an empty array puts it (not TF's: a TF array is placed by
+            its device scope); else where its elements are.
 
     Example:
         >>> ta = TensorArray(torch.float32, size=0, dynamic_size=True)
@@ -61,7 +63,8 @@ class TensorArray:
     def __init__(self, dtype: torch.dtype, size: int = 0, dynamic_size: bool = False,
                  clear_after_read: bool | None = None, tensor_array_name: str | None = None,
                  element_shape=None, infer_shape: bool = True,
-                 colocate_with_first_write_call: bool = True, name: str | None = None):
+                 colocate_with_first_write_call: bool = True, name: str | None = None,
+                 device: torch.device | str | None = None):
         del clear_after_read, tensor_array_name, infer_shape, colocate_with_first_write_call, name
         if not isinstance(dtype, torch.dtype):
             raise TypeError(f"TensorArray: dtype must be a torch.dtype, got {dtype!r}")
@@ -70,6 +73,7 @@ class TensorArray:
             raise ValueError(f"TensorArray: size must be >= 0, got {size}")
         self.dtype, self.dynamic_size = dtype, bool(dynamic_size)
         self.element_shape = None if element_shape is None else tuple(element_shape)
+        self.device = device
         self._items: list[torch.Tensor | None] = [None] * size
 
     def size(self) -> torch.Tensor:
@@ -124,7 +128,7 @@ class TensorArray:
     def stack(self) -> torch.Tensor:
         """All elements stacked along a new first axis: ``[size, *element_shape]``."""
         if not self._items:
-            return torch.zeros(0, *(self.element_shape or ()), dtype=self.dtype)
+            return torch.zeros(0, *(self.element_shape or ()), dtype=self.dtype, device=self.device)
         return torch.stack([self.read(i) for i in range(len(self._items))])
 
 
@@ -211,14 +215,16 @@ def raw_rnn(cell: RNNCell, loop_fn: Callable, parallel_iterations: int | None = 
         # the weights' layout once for the whole loop, where a step is a plain call of the cell
         params = cell.sequence_params() if type(cell).forward is RNNCell.forward else None
         if emit_structure is None:
-            zero_emit = pytree.tree_map(lambda n: torch.zeros(batch, n, dtype=dtype),
-                                        cell.output_size)
+            zero_emit = pytree.tree_map(
+                lambda n: torch.zeros(batch, n, dtype=dtype, device=next_input.device),
+                cell.output_size)
         else:
             zero_emit = pytree.tree_map(  # each leaf is one entry's template, as in TF
                 lambda t: torch.zeros(batch, *t.shape, dtype=t.dtype, device=t.device),
                 emit_structure)
         leaves, spec = pytree.tree_flatten(zero_emit)
-        emit_ta = [TensorArray(t.dtype, dynamic_size=True, element_shape=t.shape) for t in leaves]
+        emit_ta = [TensorArray(t.dtype, dynamic_size=True, element_shape=t.shape, device=t.device)
+                   for t in leaves]
         step = 0
         while not bool(finished.all()):
             if params is None:
