@@ -43,3 +43,16 @@ def test_transfer_restore_reuses_and_freezes_only_the_encoder(tmp_path):
         assert torch.equal(variables[name + ":0"], r["saved"][name + ":0"])
         assert not variables[name + ":0"].requires_grad
     assert variables["head_b/kernel:0"].requires_grad and "head_a/kernel:0" not in variables
+
+
+def test_seq2seq_decodes_greedily_with_raw_rnn():
+    import torch
+
+    reverse = _load("seq2seq_reverse")
+    model, acc = reverse.train(steps=150, batch=64, seed=0)
+    assert acc > 0.6, acc  # chance is 1/9
+    src, _, lengths = reverse.make_batch(4, torch.Generator().manual_seed(3))
+    pred = model.greedy(src, lengths)
+    assert pred.shape == (4, int(lengths.max())) and pred.dtype == torch.int64
+    past = torch.arange(pred.shape[1]) >= lengths[:, None]
+    assert not bool(pred[past].any())  # finished entries emit zeros
