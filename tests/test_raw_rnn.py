@@ -4,6 +4,9 @@ TF1 is in ``test_rnn_oracle.py`` (programs ``raw_rnn_*``)."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils import _pytree as pytree
 
 import rnnkit as rk
 
@@ -148,3 +151,48 @@ def test_tensor_array():
         .tolist() == [6.0, 7.0]
     with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
         rk.TensorArray("float32")
+
+
+RAW_CELLS = {
+    "rnn_relu": lambda: rk.BasicRNNCell(4, activation="relu"),
+    "gru": lambda: rk.GRUCell(4),
+    "gru_after": lambda: rk.GRUCell(4, reset_after=True),
+    "lstm_clip_proj": lambda: rk.LSTMCell(5, use_peepholes=True, cell_clip=0.7, num_proj=3),
+    "layer_norm": lambda: rk.LayerNormLSTMCell(4),
+    "concat": lambda: rk.BasicLSTMCell(4, state_is_tuple=False),
+    "stack": lambda: rk.MultiRNNCell([rk.GRUCell(3), rk.ResidualWrapper(rk.GRUCell(3))]),
+    "dropout_eval": lambda: rk.DropoutWrapper(rk.LSTMCell(4), state_keep_prob=0.5).eval(),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(sorted(RAW_CELLS)), batch=st.integers(1, 6), steps=st.integers(1, 6),
+       data=st.data())
+def test_raw_rnn_reading_its_inputs_is_dynamic_rnn(kind, batch, steps, data):
+    """Any cell, any lengths (0 included): outputs, final state and gradients of dynamic_rnn."""
+    lengths = torch.tensor(data.draw(st.lists(st.integers(0, steps), min_size=batch,
+                                              max_size=batch)))
+    rk.reset_default_graph()
+    torch.manual_seed(0)
+    cell = RAW_CELLS[kind]()
+    x = torch.randn(steps, batch, D, requires_grad=True)
+    state = pytree.tree_map(lambda n: torch.randn(batch, n, requires_grad=True), cell.state_size)
+
+    def loop_fn(time, cell_output, cell_state, loop_state):
+        finished = time >= lengths
+        step = x[min(int(time), steps - 1)]
+        return finished, step, state if cell_output is None else cell_state, cell_output, None
+
+    emit_ta, final, _ = rk.raw_rnn(cell, loop_fn)
+    want_out, want_final = rk.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=state,
+                                          time_major=True)
+    got = [emit_ta.stack(), *pytree.tree_leaves(final)]
+    want = [want_out[:int(lengths.max())], *pytree.tree_leaves(want_final)]
+    wrt = [x, *pytree.tree_leaves(state), *cell.parameters()]
+    grads = [torch.autograd.grad(sum((t * (k + 1)).sum() for k, t in enumerate(side)), wrt,
+                                 allow_unused=True, materialize_grads=True)
+             for side in (got, want)]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
