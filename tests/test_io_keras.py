@@ -290,8 +290,8 @@ def test_path_traversal_member_is_refused(files, tmp_path, member):
       "config": {"name": "dd", "units": 2, "kernel_initializer": {
           "class_name": "from_callable", "config": {"fn": "rnnkit_no_such_module:f"}}}},
      r"'from_callable'.*refused"),
-    ({"module": "keras.layers", "class_name": "LSTM", "registered_name": None,
-      "config": {"name": "tm", "units": 3, "time_major": True}}, "time_major=True is not supported"),
+    ({"module": "keras.layers", "class_name": "Dense", "registered_name": None,
+      "config": {"name": "lo", "units": 3, "lora_rank": 4}}, "lora_rank=4 is not supported"),
 ])
 def test_code_carrying_or_unknown_layers_are_refused(files, tmp_path, entry, match):
     config = _config(files / "small.keras")

@@ -91,7 +91,10 @@ def _reference(cls_name: str) -> dict:
             "TimeDistributed": lambda: L.TimeDistributed(L.Dense(1, name="d"), name="t"),
             "Embedding": lambda: L.Embedding(1, 1, name="e"), "Dropout": lambda: L.Dropout(0.0),
             "Masking": lambda: L.Masking(name="m")}
-    return make.get(cls_name, lambda: LAYERS[cls_name](1, name="x"))().get_config()
+    layer = make.get(cls_name, lambda: LAYERS[cls_name](1, name="x"))()
+    if isinstance(layer, L.RNN):
+        layer.time_major = True  # a config has it only where it is set (tf.keras's option)
+    return layer.get_config()
 
 
 def _check_type(value: Any, reference: Any, where: str) -> Any:
@@ -226,6 +229,9 @@ def _keras_value(key: str, value: Any, where: str) -> Any:
     if key.endswith(("_regularizer", "_constraint")):
         kind = "regularizers" if key.endswith("_regularizer") else "constraints"
         return {"module": f"keras.{kind}", **value, "registered_name": None}
+    if key == "time_major" and value:
+        raise ValueError(f"{where}: time_major=True has no Keras 3 equivalent (Keras 3's RNN "
+                         "layers read [batch, time, features])")
     if key in ("activation", "recurrent_activation") and value not in _ACTIVATIONS:
         raise ValueError(f"{where}: activation {value!r} has no Keras 3 equivalent (Keras 3's "
                          "hard_sigmoid is relu6(x + 3) / 6, not Keras 2's clip(0.2 x + 0.5, 0, 1))")

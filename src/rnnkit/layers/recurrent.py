@@ -43,6 +43,10 @@ class RNN(Layer):
             ``reset_states()`` zeroes them.
         unroll: accepted for Keras compatibility; the loop is the same either way.
         zero_output_for_mask: masked steps output zeros instead of the previous output.
+        time_major: inputs and returned sequences are ``[time, batch, ...]``, as tf.keras's
+            (Keras 2) option; no mask then (a Masking layer knows nothing of the layout). Keras 3
+            has no such option: ``get_config`` has it only when it is set, and Keras 3 files
+            refuse it.
         activity_regularizer: a penalty on each output (and returned state), in ``losses``
             (see ``Layer.set_activity_regularizer``).
         fast: the fast-path switch for this layer's unroll (``rnnkit.fast``): ``"auto"``,
@@ -62,8 +66,9 @@ class RNN(Layer):
 
     def __init__(self, cell: KerasCell, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
-                 zero_output_for_mask: bool = False, activity_regularizer=None,
-                 name: str | None = None, trainable: bool = True, fast=None):
+                 zero_output_for_mask: bool = False, time_major: bool = False,
+                 activity_regularizer=None, name: str | None = None, trainable: bool = True,
+                 fast=None):
         if isinstance(cell, (list, tuple)):
             cell = StackedRNNCells(cell)
         if not isinstance(cell, (KerasCell, StackedRNNCells)):
@@ -77,6 +82,7 @@ class RNN(Layer):
         self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
         self.go_backwards, self.stateful = bool(go_backwards), bool(stateful)
         self.unroll, self.zero_output_for_mask = bool(unroll), bool(zero_output_for_mask)
+        self.time_major = bool(time_major)
         self.states: list[torch.Tensor] | None = None
         self.set_path(self.name)
 
@@ -117,6 +123,12 @@ class RNN(Layer):
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None,
                 training: bool | None = None, initial_state=None):
+        if self.time_major:
+            if mask is not None:
+                raise ValueError(f"{type(self).__name__} '{self.name}': time_major=True takes no "
+                                 "mask (a mask [batch, time] or one from a Masking layer over "
+                                 "time-major inputs, which it reads as [time, batch])")
+            inputs = check_rank(inputs, 3, "inputs", "[time, batch, features]").transpose(0, 1)
         x = check_rank(inputs, 3, "inputs", "[batch, time, features]")
         if not x.dtype.is_floating_point:
             raise TypeError(f"inputs must be a floating tensor, got dtype {x.dtype}")
@@ -140,7 +152,8 @@ class RNN(Layer):
         states = keras_states(final)
         if self.stateful:
             self.states = _detached(states)
-        out = outputs.transpose(0, 1) if self.return_sequences else outputs[-1]
+        out = (outputs if self.time_major else outputs.transpose(0, 1)) \
+            if self.return_sequences else outputs[-1]
         return [out, *states] if self.return_state else out
 
     def reset_states(self, states=None) -> None:
@@ -159,6 +172,7 @@ class RNN(Layer):
 
     def _options(self) -> dict:
         fast = {} if self.fast is None else {"fast": self.fast}
+        fast |= {"time_major": True} if self.time_major else {}
         return {**{k: getattr(self, k) for k in _RNN_OPTIONS}, **fast,
                 "activity_regularizer": penalties.serialize(self.activity_regularizer)}
 
@@ -192,9 +206,9 @@ class _KerasRNN(RNN):
 
     def __init__(self, units: int, *, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
-                 zero_output_for_mask: bool = False, activity_regularizer=None,
-                 name: str | None = None, trainable: bool = True, fast=None, use_cudnn=None,
-                 **cell_kwargs):
+                 zero_output_for_mask: bool = False, time_major: bool = False,
+                 activity_regularizer=None, name: str | None = None, trainable: bool = True,
+                 fast=None, use_cudnn=None, **cell_kwargs):
         if use_cudnn is not None and not self.takes_use_cudnn:
             raise TypeError(f"{type(self).__name__} got an unexpected keyword argument "
                             "'use_cudnn' (Keras's GRU and LSTM take it)")
@@ -204,7 +218,7 @@ class _KerasRNN(RNN):
         cell = self.cell_class(units, trainable=trainable, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, stateful=stateful, unroll=unroll,
-                         zero_output_for_mask=zero_output_for_mask,
+                         zero_output_for_mask=zero_output_for_mask, time_major=time_major,
                          activity_regularizer=activity_regularizer, name=name,
                          trainable=trainable, fast=fast)
 
@@ -242,7 +256,7 @@ class SimpleRNN(_KerasRNN):
         regularizer and constraint, dropout, recurrent_dropout, seed: the cell's (Keras names;
         initializer names resolve through ``rnnkit.init.get``).
         return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask,
-        activity_regularizer, name, trainable, fast: see ``RNN``.
+        time_major, activity_regularizer, name, trainable, fast: see ``RNN``.
 
     Example:
         >>> y = SimpleRNN(8, return_sequences=True)(torch.randn(4, 10, 3))  # doctest: +SKIP

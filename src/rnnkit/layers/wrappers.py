@@ -92,8 +92,8 @@ class Bidirectional(Layer):
         if self.return_state:
             states = [*y[1:], *y_rev[1:]]
             y, y_rev = y[0], y_rev[0]
-        if self.return_sequences:
-            y_rev = y_rev.flip(1)
+        if self.return_sequences:  # the backward outputs back in time order
+            y_rev = y_rev.flip(0 if self.forward_layer.time_major else 1)
         merged = {"concat": lambda: torch.cat([y, y_rev], dim=-1), "sum": lambda: y + y_rev,
                   "ave": lambda: (y + y_rev) / 2, "mul": lambda: y * y_rev,
                   None: lambda: [y, y_rev]}[self.merge_mode]()
