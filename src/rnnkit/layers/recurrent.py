@@ -171,9 +171,10 @@ class RNN(Layer):
         return [out] + [None] * self.state_count if self.return_state else out
 
     def _options(self) -> dict:
-        fast = {} if self.fast is None else {"fast": self.fast}
-        fast |= {"time_major": True} if self.time_major else {}
-        return {**{k: getattr(self, k) for k in _RNN_OPTIONS}, **fast,
+        # options that are not Keras 3's, in a config only where they are set
+        when_set = {**({} if self.fast is None else {"fast": self.fast}),
+                    **({"time_major": True} if self.time_major else {})}
+        return {**{k: getattr(self, k) for k in _RNN_OPTIONS}, **when_set,
                 "activity_regularizer": penalties.serialize(self.activity_regularizer)}
 
     def get_config(self) -> dict:
