@@ -45,7 +45,9 @@ def out_grad(cell: str, shape: tuple):
     return np.random.RandomState(1).randn(B, T, depth).astype("float32")
 
 
-def _time(fn, reps: int) -> tuple[float, float]:
+def time_ms(fn, reps: int) -> tuple[float, float]:
+    """``(median of reps calls, the first call)`` of ``fn`` in milliseconds: the first call is
+    timed apart, a second warms up, then ``reps`` calls are timed."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
@@ -152,8 +154,8 @@ def time_torch_peer(builder, shape: tuple, varlen: bool, reps: int, g) -> dict:
         out = run(xg, lengths)
         torch.autograd.grad((out * g).sum(), [xg, *params()], allow_unused=True)
 
-    fwd_ms, first = _time(fwd, reps)
-    bwd_ms, _ = _time(fwd_bwd, reps)
+    fwd_ms, first = time_ms(fwd, reps)
+    bwd_ms, _ = time_ms(fwd_bwd, reps)
     return {"fwd": fwd_ms, "fwd_bwd": bwd_ms, "first_call": first}
 
 
@@ -183,8 +185,8 @@ def time_tf1(cell: str, shape: tuple, varlen: bool, reps: int, g) -> dict:
                                  inter_op_parallelism_threads=THREADS)
         sess = tf1.Session(graph=graph, config=config)
         sess.run(tf1.global_variables_initializer())
-    fwd_ms, first = _time(lambda: sess.run(out), reps)
-    bwd_ms, _ = _time(lambda: sess.run(grads), reps)
+    fwd_ms, first = time_ms(lambda: sess.run(out), reps)
+    bwd_ms, _ = time_ms(lambda: sess.run(grads), reps)
     return {"fwd": fwd_ms, "fwd_bwd": bwd_ms, "first_call": first}
 
 
@@ -217,11 +219,11 @@ def time_keras_tf(cell: str, shape: tuple, varlen: bool, reps: int, g) -> dict:
             loss = tf.reduce_sum(layer(x, mask=mask) * g)  # inside the tape, or it is not recorded
         return tape.gradient(loss, [x, *layer.trainable_weights])
 
-    fwd_ms, first = _time(fwd, reps)
+    fwd_ms, first = time_ms(fwd, reps)
     if any(grad is None for grad in fwd_bwd()):
         return {"fwd": fwd_ms, "first_call": first,
                 "note": "fwd_bwd not measured: tf.GradientTape returned None gradients"}
-    bwd_ms, _ = _time(fwd_bwd, reps)
+    bwd_ms, _ = time_ms(fwd_bwd, reps)
     return {"fwd": fwd_ms, "fwd_bwd": bwd_ms, "first_call": first}
 
 
@@ -243,8 +245,8 @@ def time_flax(cell: str, shape: tuple, varlen: bool, reps: int, g) -> dict:
     fwd = jax.jit(lambda p, x: model.apply(p, x, seq_lengths=lengths))
     g = jnp.asarray(g)
     grad = jax.jit(jax.grad(lambda p, x: (model.apply(p, x, seq_lengths=lengths) * g).sum(), (0, 1)))
-    fwd_ms, first = _time(lambda: jax.block_until_ready(fwd(params, x)), reps)
-    bwd_ms, _ = _time(lambda: jax.block_until_ready(grad(params, x)), reps)
+    fwd_ms, first = time_ms(lambda: jax.block_until_ready(fwd(params, x)), reps)
+    bwd_ms, _ = time_ms(lambda: jax.block_until_ready(grad(params, x)), reps)
     return {"fwd": fwd_ms, "fwd_bwd": bwd_ms, "first_call": first}
 
 

@@ -18,23 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
+
+from peers import time_ms  # the same timing as every peer's (this script's folder is on the path)
 
 CELLS = ("gru", "lstm_peep")
 THREADS = "2"
 
 
 def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return time_ms(fn, reps)[0]
 
 
 def _rnnkit(cell_name: str, shape, reps: int, dynamic: bool) -> dict:
