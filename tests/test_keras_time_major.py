@@ -40,7 +40,7 @@ def test_time_major_layers_match_tf_keras(tmp_path):
     x = np.random.default_rng(1).standard_normal((6, 3, 5)).astype(np.float32)  # [time, batch]
     result = run_tf(SCRIPT, {"x": x, "dir": np.array(str(tmp_path))})
     model = load_keras(tmp_path / "time_major.h5")
-    assert all(getattr(m, "time_major", True) for m in model.modules() if isinstance(m, L.RNN))
+    assert all(m.time_major for m in model.modules() if isinstance(m, L.RNN))
     np.testing.assert_allclose(model(torch.from_numpy(x)).detach().numpy(), result["out"],
                                rtol=1e-5, atol=1e-5)
     gru = L.GRU(3, time_major=True, return_sequences=True, return_state=True)

@@ -166,7 +166,8 @@ def raw_rnn(cell: RNNCell, loop_fn: Callable, parallel_iterations: int | None = 
     and emits zeros from then on. See the module docstring for the loop, which is TF's.
 
     Args:
-        cell: an rnnkit cell (built on its first step, under ``scope``).
+        cell: an rnnkit cell (built before the first step, under ``scope``, from the depth
+            of ``loop_fn``'s first ``next_input``).
         loop_fn: the function above; ``time`` is an int32 scalar tensor, ``elements_finished``
             a bool tensor ``[batch]``.
         parallel_iterations, swap_memory: TF's, accepted and without effect (each step is one
