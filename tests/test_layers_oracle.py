@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tf_oracle import requires_tf, run_tf
+from tf_oracle import RECORD_LAYER, check_keras_layer, requires_tf, run_tf
 
 from rnnkit import layers as L
 
@@ -36,7 +36,7 @@ BI_CASES = [{"kind": "lstm", "merge": mm, "rs": rs, "mask": m, "st": False}
 BI_CASES += [{"kind": k, "merge": "concat", "rs": True, "mask": "right", "st": True}
              for k in ("gru", "gru_rb", "simple")]
 
-SCRIPT = """
+SCRIPT = RECORD_LAYER + """
 import keras
 from keras import layers as KL
 RNN_CASES, BI_CASES, KINDS = json.loads(INPUTS["spec"].item())
@@ -45,13 +45,6 @@ X = INPUTS["x"]
 def rnn(kind, name, **kw):
     cls, extra = KINDS[kind]
     return getattr(KL, cls)(5, name=name, **extra, **kw)
-
-def record(prefix, out, layer):
-    out = list(out) if isinstance(out, (list, tuple)) else [out]
-    for k, o in enumerate(out):
-        RESULT[f"{prefix}:out:{k}"] = np.asarray(o)
-    for w in layer.weights:
-        RESULT[f"{prefix}:w:{w.path}"] = np.asarray(w)
 
 for i, c in enumerate(RNN_CASES):
     layer = rnn(c["kind"], "r", return_sequences=c["rs"], return_state=c["st"], go_backwards=c["gb"])
@@ -128,21 +121,6 @@ def _rnn(kind: str, name: str, **kw):
     return getattr(L, cls)(5, name=name, **extra, **kw)
 
 
-def _check(prefix: str, layer, outputs, result) -> None:
-    """Copy Keras's weights by name (asserting the names match), then compare outputs."""
-    keras_names = sorted(k.split(":w:")[1] for k in result if k.startswith(f"{prefix}:w:"))
-    assert sorted(w.op_name for w in layer.weights) == keras_names
-    with torch.no_grad():
-        for w in layer.weights:
-            w.copy_(torch.from_numpy(result[f"{prefix}:w:{w.op_name}"]))
-    outs = outputs()
-    outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-    assert len(outs) == len([k for k in result if k.startswith(f"{prefix}:out:")])
-    for k, o in enumerate(outs):
-        np.testing.assert_allclose(o.detach().numpy(), result[f"{prefix}:out:{k}"], atol=1e-5,
-                                   rtol=1e-5, err_msg=f"{prefix} output {k}")
-
-
 def _lazy_build(layer, x, **kw):
     """Build (so weights exist) with a throwaway call, then return the real call."""
     layer(x, **kw)
@@ -163,7 +141,7 @@ def test_rnn_layers_match_keras(oracle, i):
     if c["init"]:
         n = 2 if c["kind"] == "lstm" else 1
         kw["initial_state"] = [torch.from_numpy(inputs["s0"]), torch.from_numpy(inputs["s1"])][:n]
-    _check(f"rnn{i}", layer, _lazy_build(layer, torch.from_numpy(inputs["x"]), **kw), result)
+    check_keras_layer(f"rnn{i}", layer, _lazy_build(layer, torch.from_numpy(inputs["x"]), **kw), result)
 
 
 @pytest.mark.parametrize("i", range(len(BI_CASES)),
@@ -177,7 +155,7 @@ def test_bidirectional_matches_keras(oracle, i):
     kw = {}
     if c["mask"] != "none":
         kw["mask"] = torch.tensor(inputs["mask_" + c["mask"]], dtype=torch.bool)
-    _check(f"bi{i}", layer, _lazy_build(layer, torch.from_numpy(inputs["x"]), **kw), result)
+    check_keras_layer(f"bi{i}", layer, _lazy_build(layer, torch.from_numpy(inputs["x"]), **kw), result)
 
 
 def test_stacked_sequential_with_masking_matches_keras(oracle):
@@ -185,7 +163,7 @@ def test_stacked_sequential_with_masking_matches_keras(oracle):
     stack = L.Sequential([L.Masking(0.0, name="mk"), L.LSTM(5, return_sequences=True, name="l1"),
                           L.GRU(4, return_sequences=True, reset_after=False, name="g2"),
                           L.SimpleRNN(3, name="s3")], name="stack")
-    _check("stack", stack, _lazy_build(stack, torch.from_numpy(inputs["x_holes"])), result)
+    check_keras_layer("stack", stack, _lazy_build(stack, torch.from_numpy(inputs["x_holes"])), result)
 
 
 def test_functional_embedding_mask_zero_matches_keras(oracle):
@@ -195,7 +173,7 @@ def test_functional_embedding_mask_zero_matches_keras(oracle):
     b = L.Bidirectional(L.GRU(4, return_sequences=True, name="g"), name="bi")(e)
     model = L.Model(inp, L.Dense(2, name="d")(L.LSTM(3, name="l")(b)))
     ids = torch.from_numpy(inputs["ids"]).long()
-    _check("func", model, _lazy_build(model, ids), result)
+    check_keras_layer("func", model, _lazy_build(model, ids), result)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -211,7 +189,7 @@ def test_stateful_batches_match_keras(oracle, kind):
         layer.reset_states()
         return outs + list(layer(x))
 
-    _check(f"stateful_{kind}", layer, run, result)
+    check_keras_layer(f"stateful_{kind}", layer, run, result)
 
 
 @pytest.mark.parametrize("steps,rec", [(1, "zeros"), (1, "ones"), (2, "zeros"), (2, "ones")])

@@ -68,3 +68,33 @@ def run_tf(script: str, inputs: dict[str, np.ndarray] | None = None, *, legacy_k
         result = dict(np.load(arr, allow_pickle=False))
         result.update(json.loads(js.read_text()))
         return result
+
+
+# for an oracle script: record a Keras layer's outputs and weights as check_keras_layer reads them
+RECORD_LAYER = """
+def record(prefix, out, layer):
+    out = list(out) if isinstance(out, (list, tuple)) else [out]
+    for k, o in enumerate(out):
+        RESULT[f"{prefix}:out:{k}"] = np.asarray(o)
+    for w in layer.weights:
+        RESULT[f"{prefix}:w:{w.path}"] = np.asarray(w)
+"""
+
+
+def check_keras_layer(prefix: str, layer, run, result: dict, atol: float = 1e-5) -> None:
+    """Copy a Keras layer's weights (``RECORD_LAYER``'s ``result["<prefix>:w:<path>"]``) into
+    the rnnkit ``layer`` by name, asserting the names match, then compare what ``run()``
+    returns with Keras's outputs (``result["<prefix>:out:<k>"]``), output by output."""
+    import torch  # imported here: the oracle's subprocess side needs none of it
+
+    keras_names = sorted(k.split(":w:")[1] for k in result if k.startswith(f"{prefix}:w:"))
+    assert sorted(w.op_name for w in layer.weights) == keras_names
+    with torch.no_grad():
+        for w in layer.weights:
+            w.copy_(torch.from_numpy(result[f"{prefix}:w:{w.op_name}"]))
+    outs = run()
+    outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+    assert len(outs) == len([k for k in result if k.startswith(f"{prefix}:out:")])
+    for k, o in enumerate(outs):
+        np.testing.assert_allclose(o.detach().numpy(), result[f"{prefix}:out:{k}"], atol=atol,
+                                   rtol=1e-5, err_msg=f"{prefix} output {k}")

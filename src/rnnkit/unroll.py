@@ -42,19 +42,25 @@ def reverse_sequence(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Ten
     return torch.gather(x, 0, index)
 
 
+def _rows(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A step's ``[B]`` mask shaped to select rows of ``like`` ``[B, ...]`` (a state of any
+    rank: ``[B, n]``, or a convolutional state ``[B, C, *spatial]``)."""
+    return m.view(m.shape[0], *([1] * (like.dim() - 1)))
+
+
 def _run(step: StepFn, xs: torch.Tensor, state, mask: torch.Tensor | None, keep_output: bool,
          prev_out: torch.Tensor | None):
     outputs = []
     for t, x_t in enumerate(xs.unbind(0)):
         out, new = step(x_t, state)
         if mask is not None:
-            m = mask[t].unsqueeze(-1)
-            state = map_state(lambda n, o, m=m: torch.where(m, n, o), new, state)
+            m = mask[t]
+            state = map_state(lambda n, o, m=m: torch.where(_rows(m, n), n, o), new, state)
             if keep_output:
                 prev_out = torch.zeros_like(out) if prev_out is None else prev_out
-                out = prev_out = torch.where(m, out, prev_out)
+                out = prev_out = torch.where(_rows(m, out), out, prev_out)
             else:
-                out = torch.where(m, out, torch.zeros_like(out))
+                out = torch.where(_rows(m, out), out, torch.zeros_like(out))
         else:
             state = new
         outputs.append(out)
@@ -69,7 +75,8 @@ def scan(step: StepFn, xs: torch.Tensor, state, mask: torch.Tensor | None = None
     Args:
         step: ``(x_t, state) -> (output, new_state)``.
         xs: time-major inputs.
-        state: initial state (a tensor or nested tuple of ``[B, n]`` tensors).
+        state: initial state (a tensor or nested tuple of ``[B, ...]`` tensors, ``[B, n]`` but
+            for convolutional cells).
         mask: ``[T, B]`` bool, False where a step is padding; the state is held there.
         masked_output: ``"zero"`` (TF1) or ``"previous"`` (Keras) output at masked steps.
         chunk: recompute each run of ``chunk`` steps in backward instead of storing it.

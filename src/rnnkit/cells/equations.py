@@ -223,3 +223,19 @@ def layer_norm_lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor, p: Canon
     c_new = _norm(sig(f + p.forget_bias) * c + sig(i) * _dropped(p.activation(g), p.g_mask),
                   *ln_c, eps)
     return c_new, p.activation(c_new) * sig(o)
+
+
+def conv_lstm(xw: torch.Tensor, c: torch.Tensor, h: torch.Tensor,
+              recurrent: Callable[[torch.Tensor], torch.Tensor], activation: Activation,
+              recurrent_activation: Activation) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convolutional LSTM's step (Shi et al., 2015), channels first (``[B, C, *spatial]``):
+    i, f, g, o = x ∗ W + b + h ∗ U (``xw`` is the input's part, ``recurrent(h)`` the state's;
+    ∗ a convolution, gate blocks on the channel axis), c' = σ(f) ⊙ c + σ(i) ⊙ act(g),
+    h' = σ(o) ⊙ act(c'). No peepholes: Keras's ConvLSTM has none.
+    """
+    z = xw + recurrent(h)
+    sig = recurrent_activation
+    i, f, _, o = sig(z).chunk(4, dim=1)
+    g = z.chunk(4, dim=1)[2]
+    c_new = torch.addcmul(f * c, i, activation(g))
+    return c_new, o * activation(c_new)

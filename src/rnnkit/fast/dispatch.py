@@ -192,7 +192,8 @@ def decide(params, inputs: torch.Tensor, state, mask: torch.Tensor | None = None
     """
     if not isinstance(params, Canonical):
         why = ("the cell has no Canonical weights (the fast paths serve BasicRNNCell, GRUCell, "
-               "the LSTM cells and the Keras layers' cells)",)
+               "the LSTM cells and the Keras SimpleRNN, GRU and LSTM cells; a ConvLSTM's "
+               "products are convolutions, torch's own)",)
         return Decision("reference", dict.fromkeys(_FAST, why))
     common, lengths, suffix = common_unmet(params, inputs, state, mask, masked_output, chunk,
                                            own_step)

@@ -375,23 +375,25 @@ def run(model: Model, x: torch.Tensor) -> torch.Tensor:
         return x
 
 
-def input_spec(model: Model) -> tuple[int, torch.dtype]:
-    """Input depth and dtype of a model (a Keras model's first layer must be recurrent)."""
+def input_spec(model: Model) -> tuple[list[int], torch.dtype]:
+    """One step's input shape without batch and the dtype of a model (a Keras model's first
+    layer must be recurrent)."""
     if model.family == "keras":
         first = next(iter(_keras_layers(model)), None)
         cell = getattr(getattr(first, "forward_layer", first), "cell", None)
-        if cell is None or cell.input_depth is None:
+        if cell is None or cell.step_shape is None:
             raise ConvertError("the numeric check needs a Keras model whose first layer is an RNN "
                                "or Bidirectional layer")
-        return cell.input_depth, next(cell.parameters()).dtype
+        return cell.step_shape, next(cell.parameters()).dtype
     first = _leaves(model.obj)[0]
-    return first.input_depth, next(first.parameters()).dtype
+    return [first.input_depth], next(first.parameters()).dtype
 
 
 def compare(model: Model, reloaded: Callable, seed: int = 0) -> tuple[float, list[int]]:
-    """Max |difference| of the two models' outputs on one random input ``[3, 7, depth]``."""
-    depth, dtype = input_spec(model)
-    x = torch.randn(3, 7, depth, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    """Max |difference| of the two models' outputs on one random input ``[3, 7, *step]``
+    (``step``: ``[depth]``, a ConvLSTM's ``[*spatial, channels]``)."""
+    step, dtype = input_spec(model)
+    x = torch.randn(3, 7, *step, generator=torch.Generator().manual_seed(seed)).to(dtype)
     expected = run(model, x)
     S.reset_default_graph()  # the reloaded model takes the same variable names
     with torch.no_grad():

@@ -118,8 +118,29 @@ def _kind(gates_times_units: int, units: int) -> str | None:
     return _KIND_OF_GATES.get(gates_times_units // units) if ok else None
 
 
+def _conv_group(g: dict[str, tuple]) -> dict[str, GateInfo]:
+    """A Keras ConvLSTM cell: ``kernel [*k, in, 4F]``, ``recurrent_kernel [*k, F, 4F]``,
+    ``bias [4F]``, gate blocks on the last axis."""
+    rk, k = g["recurrent_kernel"], g["kernel"]
+    *window, F, GF = rk
+    if (len(rk) > 5 or GF != 4 * F or F == 0 or len(k) != len(rk) or k[:-2] != tuple(window)
+            or k[-1] != GF):
+        return {}
+    fw, L, lead = f"Keras ConvLSTM{len(window)}D", _letters("keras", "lstm"), (None,) * len(rk)
+    out = {"kernel": _info(fw, "lstm", "kernel [*kernel_size, in, 4F]", L,
+                           _split("W", L, GF, len(rk) - 1, lead)),
+           "recurrent_kernel": _info(fw, "lstm", "recurrent_kernel [*kernel_size, F, 4F]", L,
+                                     _split("U", L, GF, len(rk) - 1, lead))}
+    if g.get("bias") == (GF,):
+        out["bias"] = _info(fw, "lstm", "bias [4F]", L, _split("b", L, GF, 0, (None,)))
+    return out
+
+
 def _keras_group(g: dict[str, tuple]) -> dict[str, GateInfo]:
-    """A Keras SimpleRNN/GRU/LSTM cell: ``kernel``, ``recurrent_kernel``, ``bias``."""
+    """A Keras SimpleRNN/GRU/LSTM cell: ``kernel``, ``recurrent_kernel``, ``bias`` (a ConvLSTM's:
+    ``_conv_group``)."""
+    if len(g["recurrent_kernel"]) != 2:
+        return _conv_group(g) if len(g["recurrent_kernel"]) > 2 else {}
     H, GH = g["recurrent_kernel"]
     kind = _kind(GH, H)
     if kind is None or g["kernel"][1:] != (GH,):

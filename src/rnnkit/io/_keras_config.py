@@ -23,8 +23,8 @@ class ConfigError(ValueError):
 
 
 LAYERS: dict[str, type] = {c.__name__: c for c in (
-    L.SimpleRNN, L.GRU, L.LSTM, L.RNN, L.Bidirectional, L.TimeDistributed, L.Embedding,
-    L.Masking, L.Dense, L.Dropout)}
+    L.SimpleRNN, L.GRU, L.LSTM, L.ConvLSTM1D, L.ConvLSTM2D, L.ConvLSTM3D, L.RNN, L.Bidirectional,
+    L.TimeDistributed, L.Embedding, L.Masking, L.Dense, L.Dropout)}
 CELLS: dict[str, type] = {c.__name__: c for c in (L.SimpleRNNCell, L.GRUCell, L.LSTMCell)}
 STACK = {"StackedRNNCells": L.StackedRNNCells}  # an RNN's cell may be a stack of CELLS
 # Keras 2's cuDNN-only layers: the math of these layers with these options (their biases are
@@ -91,6 +91,8 @@ def _reference(cls_name: str) -> dict:
             "TimeDistributed": lambda: L.TimeDistributed(L.Dense(1, name="d"), name="t"),
             "Embedding": lambda: L.Embedding(1, 1, name="e"), "Dropout": lambda: L.Dropout(0.0),
             "Masking": lambda: L.Masking(name="m")}
+    if cls_name.startswith("ConvLSTM"):
+        make[cls_name] = lambda: LAYERS[cls_name](1, 1, name="x")
     layer = make.get(cls_name, lambda: LAYERS[cls_name](1, name="x"))()
     if isinstance(layer, L.RNN):
         layer.time_major = True  # a config has it only where it is set (tf.keras's option)

@@ -258,14 +258,17 @@ def keras_order(model: L.Model) -> list:
     return sorted(ops.values(), key=lambda op: (-op_depth[id(op)], index[id(op)]))
 
 
-def _input_depth(layer) -> int | None:
+def _step_shape(layer) -> list[int] | None:
+    """One step's input shape without batch (``[depth]``; a ConvLSTM's ``[*spatial, channels]``),
+    None for a layer not built or that does not tell."""
     if isinstance(layer, L.RNN):
-        return layer.cell.input_depth
+        return layer.cell.step_shape
     if isinstance(layer, L.Bidirectional):
-        return layer.forward_layer.cell.input_depth
+        return layer.forward_layer.cell.step_shape
     if isinstance(layer, L.TimeDistributed):
-        return _input_depth(layer.layer)
-    return getattr(layer, "input_depth", None) if isinstance(layer, L.Dense) else None
+        return _step_shape(layer.layer)
+    depth = getattr(layer, "input_depth", None) if isinstance(layer, L.Dense) else None
+    return None if depth is None else [depth]
 
 
 def _input_entry(name: str, shape: list, dtype: str) -> dict:
@@ -277,12 +280,14 @@ def _input_entry(name: str, shape: list, dtype: str) -> dict:
 def input_spec(layers) -> tuple[list, str] | None:
     """``(shape without batch, dtype)`` of what the first of ``layers`` to tell reads, as a Keras
     ``InputLayer`` states it: token ids for an Embedding, ``[time, depth]`` floats for a built
-    layer; None when no layer tells (none built)."""
+    layer (``[time, *spatial, channels]`` for a ConvLSTM); None when no layer tells (none
+    built)."""
     for layer in layers:
         if isinstance(layer, L.Embedding):
             return [None], "int32"
-        if _input_depth(layer) is not None:
-            return [None, _input_depth(layer)], "float32"
+        step = _step_shape(layer)
+        if step is not None:
+            return [None, *step], "float32"
     return None
 
 

@@ -11,20 +11,14 @@ position, and so does rnnkit.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
 from rnnkit import layers as L
 from rnnkit.io._keras_graph import KerasAny, KerasNotEqual
+from rnnkit.layers.base import snake
 from rnnkit.layers.model import SymbolicTensor
-
-
-def keras_snake(name: str) -> str:
-    """Keras's ``to_snake_case`` (``SimpleRNN`` -> ``simple_rnn``)."""
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _keras_class(obj: Any) -> str:
@@ -44,7 +38,7 @@ def keras3_objects(model, order: list) -> list[tuple[str, str, list]]:
     for op in order:
         if isinstance(op, (KerasNotEqual, KerasAny)):  # an op, not a Keras layer: nothing saved
             continue
-        base = keras_snake(_keras_class(op))
+        base = snake(_keras_class(op))
         used[base] = used.get(base, -1) + 1
         name = base if used[base] == 0 else f"{base}_{used[base]}"
         _walk(op, f"layers/{name}", out)
@@ -59,7 +53,7 @@ def _walk(obj: Any, path: str, out: list) -> None:
         out.append((path, obj.name, []))
         seen: dict[str, int] = {}
         for cell in obj.cells:
-            name = keras_snake(type(cell).__name__)
+            name = snake(type(cell).__name__)
             seen[name] = seen.get(name, -1) + 1
             _walk(cell, f"{path}/cells/{name}" + (f"_{seen[name]}" if seen[name] else ""), out)
         return
@@ -67,10 +61,10 @@ def _walk(obj: Any, path: str, out: list) -> None:
                 L.TimeDistributed: ("layer",)}
     kids = next((v for k, v in children.items() if isinstance(obj, k)), ())
     if not kids and not isinstance(obj, (L.Dense, L.Embedding, L.Masking, L.Dropout,
-                                         L.SimpleRNNCell, L.GRUCell, L.LSTMCell)):
+                                         L.SimpleRNNCell, L.GRUCell, L.LSTMCell, L.ConvLSTMCell)):
         raise ValueError(f"layer {obj.name!r} ({type(obj).__name__}) has no Keras weight layout; "
-                         "Keras files hold SimpleRNN, GRU, LSTM, RNN, Bidirectional, "
-                         "TimeDistributed, Embedding, Masking, Dense and Dropout")
+                         "Keras files hold SimpleRNN, GRU, LSTM, ConvLSTM1D/2D/3D, RNN, "
+                         "Bidirectional, TimeDistributed, Embedding, Masking, Dense and Dropout")
     out.append((path, obj.name, [] if kids else list(obj.parameters(recurse=False))))
     for kid in kids:
         _walk(getattr(obj, kid), f"{path}/{kid}", out)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -46,6 +47,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _CONFIG, _METADATA, _WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 _MAX_JSON = 64 << 20
+_MAX_STEP = 1 << 24  # numbers in one step of the zeros that build a model (a ConvLSTM's frame)
 _MAX_RATIO = 64  # weights are float data, which deflate barely shrinks; Keras stores them as is
 
 
@@ -199,11 +201,10 @@ def _declared_size(h5) -> int:
 def _new_weights(module, x: torch.Tensor) -> int:
     """How many numbers building ``module`` on input ``x`` allocates (0 once built)."""
     if isinstance(module, L.RNN) and module.cell.input_depth is None:
-        cells, depth, total = getattr(module.cell, "cells", [module.cell]), x.shape[-1], 0
+        cells, total = getattr(module.cell, "cells", [module.cell]), 0
+        depth = module.cell.read_inputs(x.transpose(0, 1) if module.time_major else x)
         for cell in cells:
-            n = cell.gates_count * cell.units
-            rows = (2 if getattr(cell, "reset_after", False) else 1) if cell.use_bias else 0
-            total, depth = total + n * (depth + cell.units + rows), cell.units
+            total, depth = total + cell.weight_count(depth), cell.units
         return total
     if isinstance(module, L.Dense) and module.input_depth is None:
         return module.units * (x.shape[-1] + int(module.use_bias))
@@ -221,10 +222,13 @@ def build_within(model, specs: list, budget: int) -> None:
     xs = []
     for shape, dtype in specs:
         last = shape[-1] if dtype.is_floating_point else 1
-        if last is None or last > max(budget, 1) or len(shape) > 8:
+        # a ConvLSTM's inputs [batch, time, *spatial, channels]: one step at the stated size
+        step = [d or 1 for d in shape[2:-1]] if len(shape) > 3 else []
+        if (last is None or last > max(budget, 1) or len(shape) > 8
+                or math.prod(step) * last > _MAX_STEP):
             raise ConfigError(f"input shape {shape} cannot be built (unknown or too large feature "
                               f"size for a file of {budget} weights)")
-        xs.append(torch.zeros([1] * (len(shape) - 1) + [last], dtype=dtype))
+        xs.append(torch.zeros([1] * (len(shape) - 1 - len(step)) + step + [last], dtype=dtype))
     used = 0
 
     def check(module, args):

@@ -35,9 +35,10 @@ def unique_name(base: str) -> str:
 
 
 def snake(name: str) -> str:
-    """``SimpleRNN`` -> ``simple_rnn``, ``GRUCell`` -> ``gru_cell`` (Keras's default names)."""
-    name = re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", "_", name)
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    """Keras's ``to_snake_case``, behind its default names: ``SimpleRNN`` -> ``simple_rnn``,
+    ``GRUCell`` -> ``gru_cell``, ``ConvLSTM2D`` -> ``conv_lstm2d``."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def make_weight(path: str, shape: list[int], dtype: torch.dtype, initializer, default,

@@ -15,7 +15,7 @@ from rnnkit.cells import equations as eq
 from rnnkit.cells.base import LSTMStateTuple, State, check_units
 from rnnkit.cells.fused import FusedCell
 from rnnkit.layers import penalties
-from rnnkit.layers.base import Tracked, make_weight, snake, unique_name
+from rnnkit.layers.base import Tracked, check_rank, make_weight, snake, unique_name
 
 _WEIGHTS = ("kernel", "recurrent_kernel", "bias")
 _ARG = {"kernel": "kernel", "recurrent_kernel": "recurrent", "bias": "bias"}
@@ -78,6 +78,30 @@ class KerasCell(Tracked, FusedCell):
     @property
     def scope_name(self) -> str:
         return self.path
+
+    def read_inputs(self, x: torch.Tensor, lead: str = "batch, time") -> int:
+        """Check a layer's inputs ``[batch, time, features]`` and return their depth (a
+        ConvLSTM cell's read more)."""
+        check_rank(x, lead.count(",") + 2, "inputs", f"[{lead}, features]")
+        return x.shape[-1]
+
+    @property
+    def step_shape(self) -> list[int] | None:
+        """The shape of one step's input without its batch, ``[depth]`` (None before it is
+        built)."""
+        return None if self.input_depth is None else [self.input_depth]
+
+    def state_shape(self, batch: int) -> tuple:
+        """The shape of each of the cell's states (``[h]`` or ``[h, c]``) for ``batch`` rows."""
+        return (batch, self.units)
+
+    state_layout = "[batch, units]"
+
+    def weight_count(self, depth: int) -> int:
+        """How many numbers the cell's weights hold for inputs of depth ``depth``."""
+        n = self.gates_count * self.units
+        rows = (2 if getattr(self, "reset_after", False) else 1) if self.use_bias else 0
+        return n * (depth + self.units + rows)
 
     def build_in_scope(self, input_depth: int, dtype: torch.dtype) -> None:
         """Keras weights are named by layer path, not by TF1 variable scopes."""
@@ -275,11 +299,7 @@ class LSTMCell(KerasCell):
     def build(self, input_depth: int, dtype: torch.dtype) -> None:
         super().build(input_depth, dtype)
         if self.use_bias and self.unit_forget_bias:
-            bias = self.bias
-            with torch.no_grad():
-                bias[self.units:2 * self.units] = 1.0
-            bias.provenance = dataclasses.replace(
-                bias.provenance, note="unit_forget_bias: forget block set to 1")
+            set_forget_bias(self)
 
     def canonical(self) -> eq.Canonical:
         p = self._w
@@ -293,6 +313,16 @@ class LSTMCell(KerasCell):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
+
+
+def set_forget_bias(cell: KerasCell) -> None:
+    """``unit_forget_bias``: the forget block (i, f, c, o's second) of a built LSTM cell's
+    ``bias`` set to 1, and its provenance says so."""
+    bias = cell.bias
+    with torch.no_grad():
+        bias[cell.units:2 * cell.units] = 1.0
+    bias.provenance = dataclasses.replace(bias.provenance,
+                                          note="unit_forget_bias: forget block set to 1")
 
 
 def keras_states(state: State) -> list:
@@ -323,13 +353,14 @@ def from_keras_states(cell: KerasCell, states, batch: int, argname: str = "initi
     if torch.is_tensor(states):
         states = [states]
     lstm = isinstance(cell.state_size, LSTMStateTuple)
-    want = "[h, c]" if lstm else "[h]"
+    want, shape = "[h, c]" if lstm else "[h]", cell.state_shape(batch)
     if not isinstance(states, (list, tuple)) or len(states) != (2 if lstm else 1):
         raise ValueError(f"{argname} for {type(cell).__name__} must be a list {want} of tensors "
-                         f"of shape [batch, units] = [{batch}, {cell.units}], got {states!r:.80}")
-    for k, s in enumerate(states):
-        if not torch.is_tensor(s) or tuple(s.shape) != (batch, cell.units):
+                         f"of shape {cell.state_layout} = {list(shape)}, got {states!r:.80}")
+    for k, s in enumerate(states):  # a None in shape: any size (a ConvLSTM's before its inputs)
+        if not torch.is_tensor(s) or s.dim() != len(shape) or any(
+                n is not None and n != m for n, m in zip(shape, s.shape, strict=True)):
             got = list(s.shape) if torch.is_tensor(s) else type(s).__name__
-            raise ValueError(f"{argname}[{k}] must have shape [batch, units] = "
-                             f"[{batch}, {cell.units}], got {got}")
+            raise ValueError(f"{argname}[{k}] must have shape {cell.state_layout} = "
+                             f"{list(shape)}, got {got}")
     return LSTMStateTuple(states[1], states[0]) if lstm else states[0]

@@ -13,6 +13,7 @@ import contextlib
 
 import torch
 
+from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.fast.dispatch import check_fast, fast_mode
 from rnnkit.layers import penalties
 from rnnkit.layers.base import Layer, check_mask, check_rank, deserialize, serialize, snake
@@ -97,7 +98,7 @@ class RNN(Layer):
         per cell of a stack."""
         if isinstance(self.cell, StackedRNNCells):
             return len(self.cell.cells)
-        return 2 if isinstance(self.cell, LSTMCell) else 1
+        return 2 if isinstance(self.cell.state_size, LSTMStateTuple) else 1
 
     def num_outputs(self) -> int:
         return 1 + self.state_count if self.return_state else 1
@@ -129,10 +130,10 @@ class RNN(Layer):
                                  "mask (a mask [batch, time] or one from a Masking layer over "
                                  "time-major inputs, which it reads as [time, batch])")
             inputs = check_rank(inputs, 3, "inputs", "[time, batch, features]").transpose(0, 1)
-        x = check_rank(inputs, 3, "inputs", "[batch, time, features]")
+        x, depth = inputs, self.cell.read_inputs(inputs)
         if not x.dtype.is_floating_point:
             raise TypeError(f"inputs must be a floating tensor, got dtype {x.dtype}")
-        batch, steps, depth = x.shape
+        batch, steps = x.shape[:2]
         if steps == 0:
             raise ValueError(f"inputs must have at least one time step, got shape {list(x.shape)}")
         mask = check_mask(mask, batch, steps)
@@ -216,12 +217,16 @@ class _KerasRNN(RNN):
         if use_cudnn not in (None, "auto", True, False):
             raise ValueError(f"use_cudnn must be 'auto', True or False, got {use_cudnn!r}")
         cell_kwargs.setdefault("name", snake(self.cell_class.__name__))  # Keras: "lstm_cell"
-        cell = self.cell_class(units, trainable=trainable, **cell_kwargs)
+        cell = self.make_cell(units, trainable=trainable, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, stateful=stateful, unroll=unroll,
                          zero_output_for_mask=zero_output_for_mask, time_major=time_major,
                          activity_regularizer=activity_regularizer, name=name,
                          trainable=trainable, fast=fast)
+
+    def make_cell(self, units: int, **kwargs) -> KerasCell:
+        """The layer's cell, from its arguments."""
+        return self.cell_class(units, **kwargs)
 
     def get_config(self) -> dict:
         cell = self.cell.get_config()
@@ -232,19 +237,18 @@ class _KerasRNN(RNN):
     def from_config(cls, config: dict):
         return cls(**config)
 
+    cell_attrs = frozenset({"units", "activation", "recurrent_activation", "use_bias", "dropout",
+                            "recurrent_dropout", "reset_after", "unit_forget_bias", "kernel",
+                            "recurrent_kernel", "bias"})  # read through to the cell
+
     def __getattr__(self, name: str):
-        if name in _CELL_ATTRS:
+        if name in type(self).cell_attrs:
             return getattr(self.cell, name)
         return super().__getattr__(name)
 
     def gates(self) -> dict[str, torch.Tensor]:
         """The cell's per-gate views of ``kernel``, ``recurrent_kernel`` and ``bias``."""
         return self.cell.gates()
-
-
-_CELL_ATTRS = frozenset({"units", "activation", "recurrent_activation", "use_bias", "dropout",
-                         "recurrent_dropout", "reset_after", "unit_forget_bias", "kernel",
-                         "recurrent_kernel", "bias"})
 
 
 class SimpleRNN(_KerasRNN):

@@ -34,6 +34,9 @@ class StackedRNNCells(Tracked, MultiRNNCell):
             if not isinstance(cell, KerasCell):
                 raise TypeError(f"cells[{k}] must be a Keras cell (SimpleRNNCell, GRUCell, "
                                 f"LSTMCell), got {type(cell).__name__}")
+            if type(cell).read_inputs is not KerasCell.read_inputs:
+                raise TypeError(f"cells[{k}]: a {type(cell).__name__} cannot be stacked (its "
+                                "inputs and states are images); stack ConvLSTM layers instead")
         super().__init__(list(cells))
         self.name = name or unique_name("stacked_rnn_cells")
         self._path = self.name
@@ -58,6 +61,17 @@ class StackedRNNCells(Tracked, MultiRNNCell):
     @property
     def units(self) -> int:
         return self.cells[-1].units
+
+    def read_inputs(self, x: torch.Tensor, lead: str = "batch, time") -> int:
+        """The first cell's ``read_inputs``."""
+        return self.cells[0].read_inputs(x, lead)
+
+    @property
+    def step_shape(self) -> list[int] | None:
+        return self.cells[0].step_shape
+
+    def state_shape(self, batch: int) -> tuple:
+        return self.cells[-1].state_shape(batch)
 
     def build_in_scope(self, input_depth: int, dtype: torch.dtype) -> None:
         """Keras weights are named by path, not by TF1 variable scopes."""
