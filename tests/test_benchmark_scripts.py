@@ -134,3 +134,13 @@ def test_raw_rnn_times_every_peer():
     assert [(r[0], r[1]) for r in rows] == [(c, p) for c in ("gru", "lstm_peep")
                                             for p in ("rnnkit", "rnnkit-dynamic", "tf1")]
     assert all(float(v) > 0 for r in rows for v in r[2:])
+
+
+@pytest.mark.oracle
+@requires_tf
+def test_conv_lstm_times_every_peer():
+    out = _run("conv_lstm.py", "--reps", "1", "--shapes", "2,3,8,2,4")
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [r[1] for r in rows] == ["rnnkit", "rnnkit-steps", "keras-tf", "keras-torch",
+                                    "tf-keras"]
+    assert all(float(v) > 0 for r in rows for v in r[2:])

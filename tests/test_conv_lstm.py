@@ -139,6 +139,11 @@ def test_config_native_file_and_describe(tmp_path):
     assert views["W_f"].shape == (1, 2, 3, 6, 3) and views["U_o"].shape == (1, 2, 3, 3, 3)
     assert views["W_f"].data_ptr() == layer.cell.kernel[..., 3:6].data_ptr()  # views
     torch.testing.assert_close(views["b_f"], torch.ones(3))
+    # Keras's orthogonal on [*k, F, 4F]: orthonormal columns of its [prod(k) * F, 4F] matrix
+    U = L.ConvLSTM2D(4, 3).cell
+    U.ensure_built(2, torch.float32)
+    flat = U.recurrent_kernel.detach().reshape(-1, 16)
+    torch.testing.assert_close(flat.T @ flat, torch.eye(16), atol=1e-5, rtol=0)
 
 
 def test_stateful_and_initial_state_shapes():

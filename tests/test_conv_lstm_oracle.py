@@ -76,6 +76,13 @@ for i, c in enumerate(CASES):
         kw["initial_state"] = [INPUTS[f"h{i}"], INPUTS[f"c{i}"]]
     record(f"c{i}", layer(x, **kw), layer)
 
+# Bidirectional over a ConvLSTM: concatenated on the last axis, the backward layer's own mask
+layer = KL.Bidirectional(make(CASES[1], return_state=True), name="bi")
+x = INPUTS["x1"]
+layer.build(x.shape)
+randomize(layer)
+record("bi", layer(x, mask=INPUTS["holes"].astype(bool)), layer)
+
 # stateful: two batches in a row, then reset and the first batch again
 c = CASES[1]
 layer = make(c, stateful=True, return_state=True)
@@ -162,3 +169,11 @@ def test_stateful_conv_lstm_matches_keras(oracle):
         return outs + list(layer(x))
 
     check_keras_layer("stateful", layer, run, result, atol=2e-5)
+
+
+def test_bidirectional_conv_lstm_matches_keras(oracle):
+    inputs, result = oracle
+    layer = L.Bidirectional(_make(CASES[1], return_state=True), name="bi")
+    x, mask = torch.from_numpy(inputs["x1"]), torch.tensor(inputs["holes"], dtype=torch.bool)
+    layer(x, mask=mask)
+    check_keras_layer("bi", layer, lambda: layer(x, mask=mask), result, atol=2e-5)

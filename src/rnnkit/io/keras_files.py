@@ -286,7 +286,8 @@ def save_keras(model: L.Sequential | L.Model, path: str | os.PathLike,
 
     Args:
         model: a built rnnkit ``Sequential`` or ``Model`` of Keras layers (SimpleRNN, GRU, LSTM,
-            RNN, Bidirectional, TimeDistributed, Embedding, Masking, Dense, Dropout).
+            ConvLSTM1D/2D/3D, RNN, Bidirectional, TimeDistributed, Embedding, Masking, Dense,
+            Dropout).
         path: ends with ``.keras`` or ``.weights.h5``.
         input_shape: a ``Sequential``'s input shape without the batch axis, as for
             ``keras.Input``; by default ``(None, features)`` (``(None,)`` after an Embedding).

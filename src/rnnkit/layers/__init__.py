@@ -1,8 +1,8 @@
 """Keras-style layers on rnnkit's shared cells and unroll: ``SimpleRNN``, ``GRU``, ``LSTM``,
-``RNN(cell)`` (a cell or a ``StackedRNNCells``), ``ConvLSTM1D/2D/3D``, ``Bidirectional``, ``Embedding``,
-``Masking``, ``Dense``, ``Dropout``, ``TimeDistributed``, ``Sequential`` and a functional
-``Input``/``Model``, with Keras 3's argument names, weight names and layouts, and mask
-semantics."""
+``RNN(cell)`` (a cell or a ``StackedRNNCells``), ``ConvLSTM1D/2D/3D``, ``Bidirectional``,
+``Embedding``, ``Masking``, ``Dense``, ``Dropout``, ``TimeDistributed``, ``Sequential`` and a
+functional ``Input``/``Model``, with Keras 3's argument names, weight names and layouts, and
+mask semantics."""
 
 from rnnkit.layers.base import Layer, clear_session, deserialize, serialize
 from rnnkit.layers.cells import GRUCell, LSTMCell, SimpleRNNCell
