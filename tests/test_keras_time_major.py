@@ -1,6 +1,6 @@
 """tf.keras's (Keras 2's) ``time_major=True`` on the recurrent layers: ``[time, batch, ...]``
 inputs and sequences, in legacy ``.h5`` files against tf.keras itself, and rnnkit's own rules
-(no mask, no Keras 3 form)."""
+(masks time-major as tf.keras's, no Keras 3 form)."""
 
 from __future__ import annotations
 
@@ -81,10 +81,47 @@ def test_time_major_is_the_batch_major_layer_transposed(tmp_path):
                                model.eval()(x.transpose(0, 1)))
 
 
-def test_time_major_takes_no_mask():
-    layer = L.LSTM(2, time_major=True)
-    with pytest.raises(ValueError, match="time_major=True takes no mask"):
-        layer(torch.randn(4, 3, 2), mask=torch.ones(3, 4, dtype=torch.bool))
-    model = L.Sequential([L.Masking(), L.LSTM(2, time_major=True)])
-    with pytest.raises(ValueError, match="time_major=True takes no mask"):
-        model(torch.randn(4, 3, 2))
+MASKED = """
+K = tf.keras
+D = str(INPUTS["dir"])
+model = K.Sequential([
+    K.layers.Masking(input_shape=(None, 5)),
+    K.layers.LSTM(4, time_major=True, return_sequences=True),
+    K.layers.Bidirectional(K.layers.GRU(3, time_major=True, return_sequences=True)),
+    K.layers.SimpleRNN(2, time_major=True)])
+rng = np.random.default_rng(2)
+for w in model.weights:
+    w.assign(rng.standard_normal(w.shape).astype("float32") * 0.5)
+model.save(f"{D}/masked.h5")
+RESULT["out"] = model(INPUTS["x"]).numpy()
+"""
+
+
+@pytest.mark.oracle
+@requires_tf
+def test_time_major_masks_are_time_major_as_in_tf_keras(tmp_path):
+    """tf.keras reads a time-major layer's mask as [time, batch], which a Masking layer over
+    time-major inputs makes: steps masked anywhere (here in the middle and at either end)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)  # [time, batch]
+    x[[1, 4], 0] = 0.0
+    x[:2, 1] = 0.0
+    x[5, 2] = 0.0
+    result = run_tf(MASKED, {"x": x, "dir": np.array(str(tmp_path))})
+    model = load_keras(tmp_path / "masked.h5")
+    np.testing.assert_allclose(model(torch.from_numpy(x)).detach().numpy(), result["out"],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_time_major_mask_is_time_by_batch():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 2)  # [time, batch]
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 0, 1], [0, 0, 1]], dtype=torch.bool)
+    layer = L.LSTM(2, time_major=True, return_sequences=True)
+    got = layer(x, mask=mask)
+    batch_major = L.LSTM(2, return_sequences=True)
+    batch_major(x.transpose(0, 1))
+    batch_major.set_weights(layer.get_weights())
+    torch.testing.assert_close(got, batch_major(x.transpose(0, 1), mask=mask.T).transpose(0, 1))
+    with pytest.raises(ValueError, match=r"mask must have shape \[time, batch\] = \[4, 3\]"):
+        layer(x, mask=mask.T)

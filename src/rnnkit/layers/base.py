@@ -74,14 +74,18 @@ def check_rank(x, rank: int, argname: str, layout: str) -> torch.Tensor:
     return x
 
 
-def check_mask(mask, batch: int, steps: int, argname: str = "mask") -> torch.Tensor | None:
-    """A ``[batch, time]`` bool mask (True = real step), or None."""
+def check_mask(mask, batch: int, steps: int, argname: str = "mask",
+               time_major: bool = False) -> torch.Tensor | None:
+    """A ``[batch, time]`` bool mask (True = real step), or None; ``time_major``: ``mask`` is
+    ``[time, batch]`` (tf.keras's for a time-major layer), returned transposed."""
     if mask is None:
         return None
-    if not torch.is_tensor(mask) or tuple(mask.shape) != (batch, steps):
+    want, layout = ((steps, batch), "[time, batch]") if time_major else ((batch, steps),
+                                                                         "[batch, time]")
+    if not torch.is_tensor(mask) or tuple(mask.shape) != want:
         got = list(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
-        raise ValueError(f"{argname} must have shape [batch, time] = [{batch}, {steps}], got {got}")
-    return mask.bool()
+        raise ValueError(f"{argname} must have shape {layout} = {list(want)}, got {got}")
+    return (mask.T if time_major else mask).bool()
 
 
 class Tracked:

@@ -45,9 +45,9 @@ class RNN(Layer):
         unroll: accepted for Keras compatibility; the loop is the same either way.
         zero_output_for_mask: masked steps output zeros instead of the previous output.
         time_major: inputs and returned sequences are ``[time, batch, ...]``, as tf.keras's
-            (Keras 2) option; no mask then (a Masking layer knows nothing of the layout). Keras 3
-            has no such option: ``get_config`` has it only when it is set, and Keras 3 files
-            refuse it.
+            (Keras 2) option, and so is the mask, ``[time, batch]`` (as tf.keras reads it, and
+            as a Masking layer over time-major inputs makes it). Keras 3 has no such option:
+            ``get_config`` has it only when it is set, and Keras 3 files refuse it.
         activity_regularizer: a penalty on each output (and returned state), in ``losses``
             (see ``Layer.set_activity_regularizer``).
         fast: the fast-path switch for this layer's unroll (``rnnkit.fast``): ``"auto"``,
@@ -56,7 +56,8 @@ class RNN(Layer):
         name, trainable: as Keras.
 
     Call: ``layer(inputs, mask=None, training=None, initial_state=None)``; ``mask`` is
-    ``[batch, time]`` bool (True = real step), by default the one ``inputs`` carries. A stack's
+    ``[batch, time]`` bool (True = real step; ``[time, batch]`` with ``time_major``), by default
+    the one ``inputs`` carries. A stack's
     states (``initial_state``, ``return_state``) nest, one list per cell: ``[[h, c], [h]]``; in
     a functional graph, as in Keras 3's, a cell other than an LSTM gives its ``h`` alone.
 
@@ -125,10 +126,6 @@ class RNN(Layer):
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None,
                 training: bool | None = None, initial_state=None):
         if self.time_major:
-            if mask is not None:
-                raise ValueError(f"{type(self).__name__} '{self.name}': time_major=True takes no "
-                                 "mask (a mask [batch, time] or one from a Masking layer over "
-                                 "time-major inputs, which it reads as [time, batch])")
             inputs = check_rank(inputs, 3, "inputs", "[time, batch, features]").transpose(0, 1)
         x, depth = inputs, self.cell.read_inputs(inputs)
         if not x.dtype.is_floating_point:
@@ -136,7 +133,7 @@ class RNN(Layer):
         batch, steps = x.shape[:2]
         if steps == 0:
             raise ValueError(f"inputs must have at least one time step, got shape {list(x.shape)}")
-        mask = check_mask(mask, batch, steps)
+        mask = check_mask(mask, batch, steps, time_major=self.time_major)
         self.cell.ensure_built(depth, x.dtype)
         state = self._initial_state(initial_state, batch, x)
         xs, tm = x.transpose(0, 1), (mask.T if mask is not None else None)
