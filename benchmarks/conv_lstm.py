@@ -4,11 +4,9 @@
 
 A shape is ``batch,time,size,channels,filters``: inputs ``[batch, time, size, size, channels]``,
 a 3x3 kernel, ``padding="same"``, ``return_sequences=True``. Peers: ``rnnkit``
-(``rk.layers.ConvLSTM2D``: the inputs' convolution for the whole sequence at once, one
-recurrent convolution a step), ``rnnkit-steps`` (the same cell called step by step, each step
-convolving its own input, as Keras's loop does: what the hoisting gains), ``keras-tf`` (Keras 3
-on TensorFlow, inside ``tf.function`` without XLA), ``keras-torch`` (Keras 3 on torch) and
-``tf-keras`` (Keras 2's, tf_keras, inside ``tf.function``). Forward (no gradient) and
+(``rk.layers.ConvLSTM2D``), ``keras-tf`` (Keras 3 on TensorFlow, inside ``tf.function`` without
+XLA), ``keras-torch`` (Keras 3 on torch: the same convolutions as rnnkit's) and ``tf-keras``
+(Keras 2's, tf_keras, inside ``tf.function``). Forward (no gradient) and
 forward+backward (gradients of ``sum(outputs * g)`` with respect to the inputs and the weights),
 medians of ``--reps`` runs after a warm-up, in milliseconds; the ratio columns are the best
 Keras peer's time over each peer's (above 1: faster).
@@ -25,7 +23,7 @@ import sys
 from peers import time_ms  # the same timing as every peer's (this script's folder is on the path)
 
 THREADS = "2"
-PEERS = ("rnnkit", "rnnkit-steps", "keras-tf", "keras-torch", "tf-keras")
+PEERS = ("rnnkit", "keras-tf", "keras-torch", "tf-keras")
 
 
 def _arrays(shape):
@@ -37,7 +35,7 @@ def _arrays(shape):
     return x, g
 
 
-def _rnnkit(shape, reps: int, steps: bool) -> dict:
+def _rnnkit(shape, reps: int) -> dict:
     import torch
 
     from rnnkit import layers as L
@@ -47,25 +45,13 @@ def _rnnkit(shape, reps: int, steps: bool) -> dict:
     layer = L.ConvLSTM2D(shape[4], 3, padding="same", return_sequences=True).eval()
     layer(x[:, :1])  # builds
 
-    def outputs(inputs):
-        if not steps:
-            return layer(inputs)
-        cell, state, outs = layer.cell, None, []
-        for x_t in inputs.unbind(1):
-            if state is None:
-                cell.read_inputs(x_t, "batch")
-                state = cell.zero_state(x_t.shape[0])
-            out, state = cell(x_t, state)
-            outs.append(out)
-        return torch.stack(outs, 1)
-
     def forward():
         with torch.no_grad():
-            outputs(x)
+            layer(x)
 
     def train():
         inputs = x.clone().requires_grad_()
-        (outputs(inputs) * g).sum().backward()
+        (layer(inputs) * g).sum().backward()
         layer.zero_grad()
 
     return {"fwd": time_ms(forward, reps)[0], "fwd_bwd": time_ms(train, reps)[0]}
@@ -119,8 +105,8 @@ def _keras_tf(shape, reps: int) -> dict:
 
 
 def _one(peer: str, shape, reps: int) -> dict:
-    if peer.startswith("rnnkit"):
-        return _rnnkit(shape, reps, steps=peer == "rnnkit-steps")
+    if peer == "rnnkit":
+        return _rnnkit(shape, reps)
     if peer == "keras-torch":
         return _keras_torch(shape, reps)
     return _keras_tf(shape, reps)
@@ -159,7 +145,7 @@ def main() -> int:
                 print(f"{text:14} {peer:13} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 continue
             got[peer] = json.loads(proc.stdout.strip().splitlines()[-1])
-        keras = [got[p] for p in got if not p.startswith("rnnkit")]
+        keras = [got[p] for p in got if p != "rnnkit"]
         best = {k: min(r[k] for r in keras) if keras else float("nan") for k in ("fwd", "fwd_bwd")}
         for peer, r in got.items():
             print(f"{text:14} {peer:13} {r['fwd']:9.1f} {r['fwd_bwd']:9.1f} "
