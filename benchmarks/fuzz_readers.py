@@ -4,8 +4,9 @@
 
 For each format (TF checkpoint index and data shard, rnnkit native of cells and of a Keras
 model, Keras ``.keras`` and ``.weights.h5``, PyTorch state_dict files through ``rnnkit
-inspect``'s reader) a valid sample is written, then mutated: truncations, byte flips, zeroed
-ranges, inserted junk and overwritten 4/8-byte fields set to huge values (declared sizes).
+inspect``'s reader, and a ConvLSTM model as ``.keras`` and native) a valid sample is
+written, then mutated: truncations, byte flips, zeroed ranges, inserted junk and overwritten
+4/8-byte fields set to huge values (declared sizes).
 Each mutated input is read with a time limit and an address-space limit. Anything but success
 or ``rnnkit.io.FormatError`` — another exception, a hang, a memory blow-up — is a failure,
 printed with its input so it can be replayed. The summary table is what
@@ -50,6 +51,10 @@ def _samples(folder: Path) -> dict:
     io.save_keras(model, folder / "model.weights.h5")
     io.save_native(folder / "model.safetensors", model)
     torch.save(torch.nn.LSTM(4, 3).state_dict(), folder / "lstm.pt")
+    conv = _conv_model()
+    conv(torch.randn(2, 3, 5, 4, 2))
+    io.save_keras(conv, folder / "conv.keras")
+    io.save_native(folder / "conv.safetensors", conv)
 
     def keras_weights(path):
         rk.reset_default_graph()
@@ -71,6 +76,9 @@ def _samples(folder: Path) -> dict:
         ".keras": ([folder / "model.keras"], io.load_keras, folder / "model.keras"),
         ".weights.h5": ([folder / "model.weights.h5"], keras_weights, folder / "model.weights.h5"),
         "torch .pt": ([folder / "lstm.pt"], torch_weights, folder / "lstm.pt"),
+        "ConvLSTM .keras": ([folder / "conv.keras"], io.load_keras, folder / "conv.keras"),
+        "ConvLSTM native": ([folder / "conv.safetensors"], _load_native,
+                            folder / "conv.safetensors"),
     }
 
 
@@ -79,6 +87,15 @@ def _keras_model():
     L = rk.layers
     return L.Sequential([L.Masking(), L.LSTM(3, return_sequences=True),
                          L.RNN([L.GRUCell(2), L.SimpleRNNCell(2)])])
+
+
+def _conv_model():
+    """ConvLSTM layers: kernel sizes, strides, dilations and paddings in the config, and inputs
+    with a spatial shape to build from."""
+    L = rk.layers
+    return L.Sequential([L.ConvLSTM2D(3, (2, 3), padding="same", dilation_rate=(1, 2),
+                                      return_sequences=True),
+                         L.ConvLSTM2D(2, 2, strides=2)])
 
 
 def _load_native(path):

@@ -19,7 +19,7 @@ def _fuzz():
 def test_mutated_files_give_a_model_or_format_error(seed):
     counts = _fuzz().run(inputs=40, seed=seed)
     assert set(counts) == {"tf index", "tf data", "native", "native Keras", ".keras", ".weights.h5",
-                           "torch .pt"}
+                           "torch .pt", "ConvLSTM .keras", "ConvLSTM native"}
     for fmt, c in counts.items():
         assert sum(c.values()) == 40
         assert set(c) <= {"ok", "FormatError"}, (fmt, dict(c))
