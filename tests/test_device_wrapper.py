@@ -60,3 +60,47 @@ def test_a_gpu_that_is_not_there_is_named_at_the_first_call():
     cell = rk.DeviceWrapper(rk.GRUCell(3), "/gpu:0")
     with pytest.raises(RuntimeError, match="device 'cuda:0' is not available"):
         rk.dynamic_rnn(cell, torch.randn(2, 4, 3))
+
+
+def test_native_files_keep_the_device(tmp_path):
+    from rnnkit.io import load, save_native
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3)
+    cell = rk.MultiRNNCell([rk.DeviceWrapper(rk.GRUCell(3), "/device:CPU:0"),
+                            rk.DeviceWrapper(rk.LSTMCell(2, use_peepholes=True), "cpu")])
+    want, _ = rk.dynamic_rnn(cell, x)
+    save_native(tmp_path / "cpu.safetensors", cell)
+    rk.reset_default_graph()
+    back = load(tmp_path / "cpu.safetensors")
+    assert [type(c).__name__ for c in back.cells] == ["DeviceWrapper", "DeviceWrapper"]
+    assert all(c.device == torch.device("cpu") for c in back.cells)
+    torch.testing.assert_close(rk.dynamic_rnn(back, x)[0], want)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_file_for_a_gpu_loads_on_the_cpu_with_a_warning(tmp_path):
+    """A file saved on a GPU machine loads anywhere (as torch.load's map_location makes it)."""
+    from rnnkit.io import load, read_native, save_native
+
+    cell = rk.DeviceWrapper(rk.GRUCell(3, input_size=2), "cpu")
+    x = torch.randn(2, 4, 2)
+    want = rk.dynamic_rnn(cell, x)[0]
+    cell.device = torch.device("cuda", 0)  # as a GPU machine would have saved it
+    save_native(tmp_path / "g.safetensors", cell)
+    assert read_native(tmp_path / "g.safetensors")[1]["model"]["config"] == {"device": "cuda:0"}
+    rk.reset_default_graph()
+    with pytest.warns(UserWarning, match="'cuda:0', which this machine lacks"):
+        back = load(tmp_path / "g.safetensors")
+    assert back.device == torch.device("cpu")
+    torch.testing.assert_close(rk.dynamic_rnn(back, x)[0], want)
+
+
+def test_a_file_naming_no_device_is_a_format_error(tmp_path):
+    from rnnkit.io import FormatError, load, save_native
+
+    cell = rk.DeviceWrapper(rk.GRUCell(3, input_size=2), "cpu")
+    cell.device = "/tpu:0"  # what a damaged or hand-made file could say
+    save_native(tmp_path / "t.safetensors", cell)
+    with pytest.raises(FormatError, match="device must be"):
+        load(tmp_path / "t.safetensors")

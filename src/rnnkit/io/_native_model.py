@@ -2,7 +2,8 @@
 
 Two kinds of entry:
 
-- a cell tree (TF1 cells, ``MultiRNNCell``, ``DropoutWrapper``, ``ResidualWrapper``): each
+- a cell tree (TF1 cells, ``MultiRNNCell``, ``DropoutWrapper``, ``ResidualWrapper``,
+  ``DeviceWrapper``, whose device is the CPU where the loading machine lacks it): each
   cell's class, constructor config (built here from the cell's public attributes), scope,
   input depth, dtype and its variables' names. Version 1 files hold only this kind, without a
   ``kind`` key.
@@ -19,6 +20,7 @@ registered class, and an initializer that names code (``from_callable``) is rebu
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ from rnnkit import init as _init
 from rnnkit import layers as L
 from rnnkit import scope as _scope
 from rnnkit._initializer import names_code
+from rnnkit.cells.wrappers import torch_device
 from rnnkit.io._keras_graph import input_spec
 from rnnkit.io.keras_files import build_within, require_built
 
@@ -42,7 +45,8 @@ _CELL_ARGS = {
 }
 _INIT_ARGS = {cells.GRUCell: ("kernel_initializer", "bias_initializer"),
               cells.LSTMCell: ("initializer",)}
-_WRAPPERS = (cells.DropoutWrapper, cells.ResidualWrapper)  # a cell around one ("cell" in a tree)
+# a cell around one ("cell" in a tree)
+_WRAPPERS = (cells.DropoutWrapper, cells.ResidualWrapper, cells.DeviceWrapper)
 _CLASSES = {cls.__name__: cls for cls in (*_CELL_ARGS, cells.MultiRNNCell, *_WRAPPERS)}
 LAYER = "layer"
 
@@ -102,6 +106,9 @@ def _cell_tree(cell: cells.RNNCell) -> dict[str, Any]:
             raise ValueError("save_native: a ResidualWrapper with a residual_fn of your own "
                              "cannot be saved (a file holds no code)")
         return {"class": cls.__name__, "config": {}, "cell": _cell_tree(cell.cell)}
+    if isinstance(cell, cells.DeviceWrapper):
+        return {"class": cls.__name__, "config": {"device": str(cell.device)},
+                "cell": _cell_tree(cell.cell)}
     if isinstance(cell, cells.DropoutWrapper):
         config = {f"{k}_keep_prob": v for k, v in cell.keep.items()}
         return {"class": cls.__name__, "config": {**config, "variational_recurrent": cell.variational},
@@ -123,6 +130,8 @@ def _cell_tree(cell: cells.RNNCell) -> dict[str, Any]:
 
 def _build_cell(tree: dict) -> cells.RNNCell:
     cls = _CLASSES[tree["class"]]
+    if cls is cells.DeviceWrapper:
+        return cls(_build_cell(tree["cell"]), _available(tree["config"]["device"]))
     if cls in _WRAPPERS:
         return cls(_build_cell(tree["cell"]), **tree["config"])
     base = tree["scope"].rsplit("/", 1)[-1]
@@ -135,6 +144,18 @@ def _build_cell(tree: dict) -> cells.RNNCell:
     for arg in _INIT_ARGS.get(cls, ()):
         config[arg] = _safe_init(config[arg])
     return cls(name=base, **config)
+
+
+def _available(device: str) -> torch.device:
+    """A saved ``DeviceWrapper``'s device, or the CPU (with a warning) where this machine has no
+    such CUDA device: a file loads anywhere, as ``torch.load``'s ``map_location`` makes it."""
+    wanted = torch_device(device)
+    if wanted.type != "cuda" or (torch.cuda.is_available()
+                                 and (wanted.index or 0) < torch.cuda.device_count()):
+        return wanted
+    warnings.warn(f"rnnkit: the file's DeviceWrapper runs its cell on {device!r}, which this "
+                  "machine lacks; it is rebuilt on the CPU", stacklevel=4)
+    return torch.device("cpu")
 
 
 def _assign_cell(tree: dict, cell: cells.RNNCell, tensors: dict[str, torch.Tensor],
