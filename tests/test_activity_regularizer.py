@@ -103,3 +103,24 @@ def test_configs_round_trip_and_layers_without_one_refuse_it():
     assert L.LSTM(2).get_config()["activity_regularizer"] is None
     with pytest.raises(TypeError):
         L.Masking(activity_regularizer="l2")
+
+
+@pytest.mark.oracle
+@requires_tf
+def test_a_layer_under_time_distributed_is_penalized_as_tf_keras_does():
+    """tf.keras calls the wrapped layer once on ``[batch*time, ...]``: its penalty is over
+    batch*time rows. (Keras 3's TimeDistributed calls the layer's ``call``, which skips the
+    penalty; rnnkit keeps tf.keras's, the one the layer's argument asks for.)"""
+    x = np.random.default_rng(4).standard_normal((2, 3, 4)).astype(np.float32)
+    result = run_tf("""
+keras = tf.keras
+td = keras.layers.TimeDistributed(keras.layers.Dense(
+    2, kernel_initializer="ones", bias_initializer="zeros",
+    activity_regularizer=keras.regularizers.L1L2(l1=0.3, l2=0.1)))
+td(INPUTS["x"])
+RESULT["losses"] = np.array([float(v) for v in td.losses])
+""", {"x": x})
+    td = L.TimeDistributed(L.Dense(2, kernel_initializer="ones", bias_initializer="zeros",
+                                   activity_regularizer=L.L1L2(l1=0.3, l2=0.1)))
+    td(torch.from_numpy(x))
+    np.testing.assert_allclose([float(v.detach()) for v in td.losses], result["losses"], rtol=1e-5)

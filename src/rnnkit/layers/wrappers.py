@@ -128,7 +128,8 @@ class Bidirectional(Layer):
 
 class TimeDistributed(Layer):
     """Apply ``layer`` to every time step of ``[batch, time, ...]`` inputs (one call on
-    ``[batch*time, ...]``); the input mask passes through."""
+    ``[batch*time, ...]``); the input mask passes through. The layer's ``activity_regularizer``
+    applies, over batch*time rows, as in tf.keras (Keras 3's wrapper skips it)."""
 
     def __init__(self, layer: Layer, name: str | None = None, trainable: bool = True):
         if not isinstance(layer, Layer):
