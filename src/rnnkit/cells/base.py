@@ -33,6 +33,18 @@ class LSTMStateTuple(NamedTuple):
     h: torch.Tensor
 
 
+def split_state(state: torch.Tensor, c_size: int) -> LSTMStateTuple:
+    """TF1's concatenated LSTM state (``state_is_tuple=False``): ``c`` then ``h`` side by side
+    on the last axis, taken apart."""
+    c, h = state.split([c_size, state.shape[-1] - c_size], -1)
+    return LSTMStateTuple(c, h)
+
+
+def join_state(state: LSTMStateTuple) -> torch.Tensor:
+    """``split_state``'s inverse: ``[c, h]`` on the last axis."""
+    return torch.cat([state.c, state.h], -1)
+
+
 def check_state(cell: RNNCell, state: State, batch: int, argname: str = "state") -> None:
     """Raise ValueError unless ``state`` has the structure and shapes of ``cell.state_size``."""
     want_leaves = pytree.tree_leaves(cell.state_size)

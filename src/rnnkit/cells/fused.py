@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 from rnnkit.cells import equations as eq
-from rnnkit.cells.base import LSTMStateTuple, RNNCell, State
+from rnnkit.cells.base import LSTMStateTuple, RNNCell, State, join_state, split_state
 from rnnkit.unroll import scan
 
 
@@ -77,9 +77,8 @@ class FusedCell(RNNCell):
             return h, h
         fn = eq.lstm if params.kind == "lstm" else eq.layer_norm_lstm
         if torch.is_tensor(state):  # TF1's state_is_tuple=False: [c, h] side by side
-            units = params.U.shape[1] // 4
-            c, h = fn(xw, state[..., :units], state[..., units:], params)
-            return h, torch.cat([c, h], -1)
+            c, h = fn(xw, *split_state(state, params.U.shape[1] // 4), params)
+            return h, join_state(LSTMStateTuple(c, h))
         c, h = fn(xw, state.c, state.h, params)
         return h, LSTMStateTuple(c, h)
 

@@ -14,7 +14,7 @@ import torch
 from rnnkit import activations
 from rnnkit import init as _init
 from rnnkit.cells import equations as eq
-from rnnkit.cells.base import LSTMStateTuple, check_units
+from rnnkit.cells.base import LSTMStateTuple, check_units, join_state, split_state
 from rnnkit.cells.dropout import keep_mask
 from rnnkit.cells.fused import FusedCell, split_kernel
 
@@ -60,10 +60,9 @@ class _TF1LSTMBase(FusedCell):
         # put back together after it; a step (FusedCell.step) reads either.
         if self.state_is_tuple:
             return super().unroll_with(params, inputs, state, mask, masked_output, chunk, fast)
-        c, h = state.split(list(self._state_sizes()), -1)
-        outputs, final = super().unroll_with(params, inputs, LSTMStateTuple(c, h), mask,
-                                             masked_output, chunk, fast)
-        return outputs, torch.cat(final, -1)
+        outputs, final = super().unroll_with(params, inputs, split_state(state, self.num_units),
+                                             mask, masked_output, chunk, fast)
+        return outputs, join_state(final)
 
     def _gate_views(self, kernel: torch.Tensor, bias: torch.Tensor | None) -> dict:
         H = self.num_units
