@@ -14,8 +14,12 @@ from rnnkit.cells import (
     BasicRNNCell,
     DeviceWrapper,
     DropoutWrapper,
+    GRUBlockCell,
+    GRUBlockCellV2,
     GRUCell,
     LayerNormLSTMCell,
+    LSTMBlockCell,
+    LSTMBlockFusedCell,
     LSTMCell,
     LSTMStateTuple,
     MultiRNNCell,
@@ -49,7 +53,8 @@ from rnnkit.scope import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BasicLSTMCell", "BasicRNNCell", "DeviceWrapper", "DropoutWrapper", "GRUCell", "LSTMCell",
+    "BasicLSTMCell", "BasicRNNCell", "DeviceWrapper", "DropoutWrapper", "GRUBlockCell",
+    "GRUBlockCellV2", "GRUCell", "LSTMBlockCell", "LSTMBlockFusedCell", "LSTMCell",
     "LSTMStateTuple", "LayerNormLSTMCell", "MultiRNNCell", "RNNCell", "ResidualWrapper",
     "TensorArray", "bidirectional_dynamic_rnn", "raw_rnn", "dynamic_rnn", "stack_bidirectional_dynamic_rnn",
     "stack_bidirectional_rnn", "static_bidirectional_rnn", "static_rnn",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rnnkit.cells.base import RNNCell, State, check_state
+from rnnkit.cells.block import LSTMBlockFusedCell
 from rnnkit.fast.dispatch import check_fast, fast_mode
 from rnnkit.scope import VariableScope, variable_scope
 from rnnkit.unroll import default_chunk, length_mask, reverse_sequence
@@ -24,6 +25,10 @@ __all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "static_bid
 def _check_cell(cell, argname: str) -> None:
     if not isinstance(cell, RNNCell):
         raise TypeError(f"{argname} must be an rnnkit RNNCell, got {type(cell).__name__}")
+    if isinstance(cell, LSTMBlockFusedCell):
+        raise TypeError(f"{argname}: an LSTMBlockFusedCell runs a whole sequence itself "
+                        "(cell(inputs, ...)); as in TF, it is not a cell to unroll "
+                        "(LSTMBlockCell is, with the same variables)")
 
 
 def _check_lengths(sequence_length, batch: int, steps: int, device) -> torch.Tensor | None:

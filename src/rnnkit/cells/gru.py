@@ -33,6 +33,7 @@ class GRUCell(FusedCell):
     """
 
     base_name = "gru_cell"
+    variable_names: dict[str, str] = {}  # TF name -> this class's name for it, where they differ
 
     def __init__(self, num_units: int, activation=None, reuse: bool | None = None,
                  kernel_initializer=None, bias_initializer=None, name: str | None = None,
@@ -54,30 +55,39 @@ class GRUCell(FusedCell):
     def output_size(self) -> int:
         return self.num_units
 
+    def _var(self, name: str) -> torch.Tensor:
+        """The variable GRUCell names ``name`` (under this class's own name for it)."""
+        return self.get_parameter(self.variable_names.get(name, name))
+
     def _bias(self, name: str, shape: list[int], dtype, default) -> None:
+        name = self.variable_names.get(name, name)
         if self.bias_initializer is not None:
             self.add_variable(name, shape, dtype, self.bias_initializer)
         else:
             self.add_variable(name, shape, dtype, default, "cell default")
 
+    def _kernel(self, name: str, shape: list[int], dtype) -> None:
+        self.add_variable(self.variable_names.get(name, name), shape, dtype,
+                          self.kernel_initializer)
+
     def build(self, input_depth: int, dtype: torch.dtype) -> None:
-        H, k = self.num_units, self.kernel_initializer
-        self.add_variable("gates/kernel", [input_depth + H, 2 * H], dtype, k)
+        H = self.num_units
+        self._kernel("gates/kernel", [input_depth + H, 2 * H], dtype)
         self._bias("gates/bias", [2 * H], dtype, _init.constant(1.0))
         if not self.reset_after:
-            self.add_variable("candidate/kernel", [input_depth + H, H], dtype, k)
+            self._kernel("candidate/kernel", [input_depth + H, H], dtype)
             self._bias("candidate/bias", [H], dtype, _init.zeros())
         else:
-            self.add_variable("candidate/input_projection/kernel", [input_depth, H], dtype, k)
+            self._kernel("candidate/input_projection/kernel", [input_depth, H], dtype)
             self._bias("candidate/input_projection/bias", [H], dtype, _init.zeros())
-            self.add_variable("candidate/hidden_projection/kernel", [H, H], dtype, k)
+            self._kernel("candidate/hidden_projection/kernel", [H, H], dtype)
             self._bias("candidate/hidden_projection/bias", [H], dtype, _init.zeros())
 
     def gates(self) -> dict[str, torch.Tensor]:
         """Views of the fused variables, per gate: ``W_r, W_u, W_c`` (input), ``U_r, U_u, U_c``
         (recurrent), ``b_r, b_u, b_c`` (and ``b_hc`` with ``reset_after``)."""
         self.require_built("gates")
-        H, p = self.num_units, self.get_parameter
+        H, p = self.num_units, self._var
         Wg, Ug = split_kernel(p("gates/kernel"), self.input_depth)
         bg = p("gates/bias")
         if self.reset_after:
@@ -93,7 +103,7 @@ class GRUCell(FusedCell):
 
     def canonical(self) -> eq.Canonical:
         self.require_built("canonical")
-        p, depth = self.get_parameter, self.input_depth
+        p, depth = self._var, self.input_depth
         names = (["candidate/input_projection/kernel", "candidate/input_projection/bias",
                   "candidate/hidden_projection/kernel", "candidate/hidden_projection/bias"]
                  if self.reset_after else ["candidate/kernel", "candidate/bias"])

@@ -91,11 +91,20 @@ _TF_SUFFIXES = ("candidate/input_projection/kernel", "candidate/input_projection
 _KERAS3_VARS = {"0": "kernel", "1": "recurrent_kernel", "2": "bias"}
 
 
+# tf.contrib.rnn.GRUBlockCell's names for GRUCell's variables
+_GRU_BLOCK_VARS = {"w_ru": "gates/kernel", "b_ru": "gates/bias", "w_c": "candidate/kernel",
+                   "b_c": "candidate/bias"}
+
+
 def _semantic(name: str) -> str:
-    """A name to recognize by: ``:0`` dropped, Keras 3's ``cell/vars/i`` as Keras names."""
+    """A name to recognize by: ``:0`` dropped, Keras 3's ``cell/vars/i`` as Keras names,
+    ``GRUBlockCell``'s ``w_ru``... as ``GRUCell``'s."""
     name = name.removesuffix(":0")
     m = re.match(r"^(.*/cell)/vars/(\d)$", name)
-    return f"{m[1]}/{_KERAS3_VARS[m[2]]}" if m and m[2] in _KERAS3_VARS else name
+    if m and m[2] in _KERAS3_VARS:
+        return f"{m[1]}/{_KERAS3_VARS[m[2]]}"
+    scope, _, last = name.rpartition("/")
+    return f"{scope}/{_GRU_BLOCK_VARS[last]}" if scope and last in _GRU_BLOCK_VARS else name
 
 
 def _groups(names: dict[str, str]) -> dict[str, dict[str, str]]:

@@ -42,7 +42,12 @@ _CELL_ARGS = {
     cells.LSTMCell: ("num_units", "use_peepholes", "cell_clip", "num_proj", "proj_clip",
                      "forget_bias", "state_is_tuple"),
     cells.LayerNormLSTMCell: ("num_units", "forget_bias", "layer_norm", "norm_gain", "norm_shift"),
+    cells.LSTMBlockCell: ("num_units", "forget_bias", "cell_clip", "use_peephole"),
+    cells.LSTMBlockFusedCell: ("num_units", "forget_bias", "cell_clip", "use_peephole"),
+    cells.GRUBlockCell: ("num_units",),
+    cells.GRUBlockCellV2: ("num_units",),
 }
+_FIXED_ACTIVATION = (cells.LSTMBlockCell, cells.GRUBlockCell)  # tanh, no argument for it
 _INIT_ARGS = {cells.GRUCell: ("kernel_initializer", "bias_initializer"),
               cells.LSTMCell: ("initializer",)}
 # a cell around one ("cell" in a tree)
@@ -121,7 +126,8 @@ def _cell_tree(cell: cells.RNNCell) -> dict[str, Any]:
                 "state_is_tuple": cell.state_is_tuple}
     _check_activations(cell)
     config = {arg: getattr(cell, arg) for arg in _CELL_ARGS[cls]}
-    config["activation"] = activations.name_of(cell.activation)
+    if not isinstance(cell, _FIXED_ACTIVATION):
+        config["activation"] = activations.name_of(cell.activation)
     config.update({arg: serialize_init(getattr(cell, arg)) for arg in _INIT_ARGS.get(cls, ())})
     params = dict(cell.named_parameters(recurse=False))
     return {**tree, "config": config, "dtype": dtype_name(next(iter(params.values())).dtype),
