@@ -35,6 +35,22 @@ def _arrays(shape):
     return x, g
 
 
+def _time_torch(layer, x, g, reps: int, clear_grads) -> dict:
+    """Forward and forward+backward of a layer on torch (rnnkit's, or Keras 3's)."""
+    import torch
+
+    def forward():
+        with torch.no_grad():
+            layer(x)
+
+    def train():
+        inputs = x.clone().requires_grad_()
+        (layer(inputs) * g).sum().backward()
+        clear_grads()
+
+    return {"fwd": time_ms(forward, reps)[0], "fwd_bwd": time_ms(train, reps)[0]}
+
+
 def _rnnkit(shape, reps: int) -> dict:
     import torch
 
@@ -44,17 +60,7 @@ def _rnnkit(shape, reps: int) -> dict:
     x, g = (torch.from_numpy(a) for a in _arrays(shape))
     layer = L.ConvLSTM2D(shape[4], 3, padding="same", return_sequences=True).eval()
     layer(x[:, :1])  # builds
-
-    def forward():
-        with torch.no_grad():
-            layer(x)
-
-    def train():
-        inputs = x.clone().requires_grad_()
-        (layer(inputs) * g).sum().backward()
-        layer.zero_grad()
-
-    return {"fwd": time_ms(forward, reps)[0], "fwd_bwd": time_ms(train, reps)[0]}
+    return _time_torch(layer, x, g, reps, layer.zero_grad)
 
 
 def _keras_torch(shape, reps: int) -> dict:
@@ -66,17 +72,11 @@ def _keras_torch(shape, reps: int) -> dict:
     layer = keras.layers.ConvLSTM2D(shape[4], 3, padding="same", return_sequences=True)
     layer.build(tuple(x.shape))
 
-    def forward():
-        with torch.no_grad():
-            layer(x)
-
-    def train():
-        inputs = x.clone().requires_grad_()
-        (layer(inputs) * g).sum().backward()
+    def clear_grads():
         for w in layer.trainable_weights:
             w.value.grad = None
 
-    return {"fwd": time_ms(forward, reps)[0], "fwd_bwd": time_ms(train, reps)[0]}
+    return _time_torch(layer, x, g, reps, clear_grads)
 
 
 def _keras_tf(shape, reps: int) -> dict:
