@@ -174,3 +174,28 @@ def test_misuse_is_named():
     with pytest.raises(ValueError, match=r"\[time, batch, depth\]"):
         rk.LSTMBlockFusedCell(3)(torch.randn(2, 4))
     assert rk.LSTMBlockCell(3, cell_clip=-1).cell_clip is None  # TF's -1: no clipping
+
+
+def test_a_block_cell_checkpoint_converts_and_inspects(tmp_path):
+    """``rnnkit convert`` rebuilds GRUBlockCell's ``w_ru``... as a GRUBlockCell (and the block
+    LSTM as the LSTMCell it is), with a passing numeric check; ``inspect`` labels its gates."""
+    import subprocess
+    import sys
+
+    rk.reset_default_graph()
+    cell = rk.MultiRNNCell([rk.GRUBlockCell(3), rk.LSTMBlockCell(4, use_peephole=True)])
+    rk.dynamic_rnn(cell, torch.randn(2, 4, 5))
+    rk.io.save(tmp_path / "m.ckpt", rk.global_variables())
+    runner = "import sys\nfrom rnnkit.cli import main\nsys.exit(main())\n"
+    done = subprocess.run([sys.executable, "-c", runner, "convert", str(tmp_path / "m.ckpt"),
+                           str(tmp_path / "m.safetensors")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "rebuilt GRUBlockCell 'rnn/multi_rnn_cell/cell_0/gru_cell'" in done.stdout
+    assert ": ok" in done.stdout
+    rk.reset_default_graph()
+    back = load(tmp_path / "m.safetensors")
+    assert type(back.cells[0]) is rk.GRUBlockCell
+    shown = subprocess.run([sys.executable, "-c", runner, "inspect", str(tmp_path / "m.ckpt")],
+                           capture_output=True, text=True, timeout=300).stdout
+    assert "W_r=[0:5, 0:3]  W_u=[0:5, 3:6]  U_r=[5:8, 0:3]  U_u=[5:8, 3:6]" in shown

@@ -115,6 +115,8 @@ def _scopes(path: str) -> Iterator[None]:
 
 def _make_cell(scope: str, kind: str, H: int, tensors: dict, opts: Options) -> C.RNNCell:
     name = scope.rsplit("/", 1)[-1]
+    if kind == "gru" and f"{scope}/w_ru" in tensors:  # tf.contrib.rnn.GRUBlockCell's names
+        return C.GRUBlockCell(H, name=name)
     if kind == "gru":
         return C.GRUCell(H, reset_after=f"{scope}/candidate/input_projection/kernel" in tensors,
                          name=name)
@@ -166,18 +168,19 @@ def _from_tf_names(path: str, fmt: str, opts: Options) -> Model:
         if not info.framework.startswith(("TF1", "TF cuDNN")) or not info.role.startswith(
                 ("kernel", "gates/kernel")):
             continue
-        scope = name.rsplit("/gates/kernel", 1)[0] if info.role.startswith("gates") \
+        scope = re.sub(r"/(gates/kernel|w_ru)$", "", name) if info.role.startswith("gates") \
             else name.rsplit("/kernel", 1)[0]
         if opts.scope is None or scope == opts.scope or scope.startswith(opts.scope.rstrip("/") + "/"):
             depth = info.blocks[0].index[0][1]
             found[scope] = (info.kind, depth, tensors[name].dtype)
     if not found:
         raise ConvertError(f"{path}: no TF1 RNN cell variables (GRUCell, BasicLSTMCell, LSTMCell, "
-                           f"BasicRNNCell or cuDNN-compatible cells) found"
+                           f"BasicRNNCell, contrib's block cells or cuDNN-compatible cells) found"
                            + (f" under scope {opts.scope!r}" if opts.scope else ""))
     specs = {}
     for scope, (kind, depth, dtype) in found.items():
-        units = tensors[f"{scope}/gates/bias"].shape[0] // 2 if kind == "gru" \
+        gates_bias = f"{scope}/b_ru" if f"{scope}/w_ru" in tensors else f"{scope}/gates/bias"
+        units = tensors[gates_bias].shape[0] // 2 if kind == "gru" \
             else tensors[f"{scope}/bias"].shape[0] // {"rnn": 1, "lstm": 4}[kind]
         cell = _make_cell(scope, kind, units, tensors, opts)
         with _scopes(scope.rpartition("/")[0]):
