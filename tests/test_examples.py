@@ -56,3 +56,10 @@ def test_seq2seq_decodes_greedily_with_raw_rnn():
     assert pred.shape == (4, int(lengths.max())) and pred.dtype == torch.int64
     past = torch.arange(pred.shape[1]) >= lengths[:, None]
     assert not bool(pred[past].any())  # finished entries emit zeros
+
+
+def test_conv_lstm_predicts_next_frames_better_than_repeating_the_last():
+    next_frame = _load("conv_lstm_next_frame")
+    model, mse, last = next_frame.train(steps=100, batch=16, seed=0)
+    assert mse < 0.85 * last, (mse, last)
+    assert type(model.model_layers[0]).__name__ == "ConvLSTM2D"  # read back from its .keras
