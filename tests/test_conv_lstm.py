@@ -205,3 +205,18 @@ def test_refusals_name_the_problem():
         rk.io.to_torch(layer)
     with pytest.raises(TypeError, match="cannot be stacked"):
         L.StackedRNNCells([L.ConvLSTMCell(2, 2, 3), L.LSTMCell(2)])
+
+
+def test_initializers_use_keras_fans_for_conv_kernels():
+    """glorot_uniform on ``[kh, kw, in, 4F]``: fans over the receptive field, as Keras's
+    (limit sqrt(6 / (kh*kw*in + kh*kw*4F))); the bias zeros with the forget block at 1."""
+    torch.manual_seed(5)
+    layer = L.ConvLSTM2D(16, (3, 5), unit_forget_bias=True)
+    layer(torch.zeros(1, 1, 6, 6, 8))
+    kernel = layer.cell.kernel.detach()
+    limit = (6 / (15 * 8 + 15 * 64)) ** 0.5
+    assert float(kernel.abs().max()) <= limit
+    assert abs(float(kernel.std()) - limit / 3 ** 0.5) < 0.05 * limit
+    bias = layer.cell.bias.detach()
+    torch.testing.assert_close(bias, torch.cat([torch.zeros(16), torch.ones(16),
+                                                torch.zeros(32)]))
