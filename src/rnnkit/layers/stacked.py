@@ -70,9 +70,6 @@ class StackedRNNCells(Tracked, MultiRNNCell):
     def step_shape(self) -> list[int] | None:
         return self.cells[0].step_shape
 
-    def state_shape(self, batch: int) -> tuple:
-        return self.cells[-1].state_shape(batch)
-
     def build_in_scope(self, input_depth: int, dtype: torch.dtype) -> None:
         """Keras weights are named by path, not by TF1 variable scopes."""
         self.build(input_depth, dtype)
