@@ -220,3 +220,18 @@ def test_initializers_use_keras_fans_for_conv_kernels():
     bias = layer.cell.bias.detach()
     torch.testing.assert_close(bias, torch.cat([torch.zeros(16), torch.ones(16),
                                                 torch.zeros(32)]))
+
+
+def test_a_per_position_mask_needs_states_of_the_inputs_shape():
+    x = torch.randn(2, 3, 6, 5, 2)
+    layer = L.ConvLSTM2D(2, 3, return_sequences=True)  # "valid": the states are 4 x 3
+    layer(x)
+    with pytest.raises(ValueError, match=r"per position \[batch, time, rows, cols\] = "
+                                         r"\[2, 3, 4, 3\]"):
+        layer(x, mask=torch.ones(2, 3, 6, 5, dtype=torch.bool))
+    same = L.ConvLSTM2D(2, 3, padding="same", return_sequences=True)
+    full = same(x, mask=torch.ones(2, 3, 6, 5, dtype=torch.bool))
+    torch.testing.assert_close(full, same(x))  # all positions valid: no mask
+    holes = torch.ones(2, 3, 6, 5, dtype=torch.bool)
+    holes[:, 1] = False  # a whole step masked everywhere is the step mask
+    torch.testing.assert_close(same(x, mask=holes), same(x, mask=holes[..., 0, 0]))

@@ -83,6 +83,14 @@ layer.build(x.shape)
 randomize(layer)
 record("bi", layer(x, mask=INPUTS["holes"].astype(bool)), layer)
 
+# Masking over the frames: a per-position mask, where pixels are zero in every channel
+for k, rs in enumerate((True, False)):
+    model = keras.Sequential([keras.Input(INPUTS["x_pix"].shape[1:]), KL.Masking(name="mk"),
+                              KL.ConvLSTM2D(3, 3, padding="same", return_sequences=rs,
+                                            name="r")], name="seq")
+    randomize(model)
+    record(f"pix{k}", model(INPUTS["x_pix"]), model)
+
 # stateful: two batches in a row, then reset and the first batch again
 c = CASES[1]
 layer = make(c, stateful=True, return_state=True)
@@ -113,6 +121,10 @@ def _per_axis(c: dict, key: str) -> tuple[int, ...]:
 def _inputs() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(11)
     out = {"spec": np.array(json.dumps([CASES, _LAYER_ARGS])), "holes": np.array(HOLES, np.int32)}
+    pix = rng.standard_normal((B, T, 5, 4, C)).astype(np.float32)
+    pix[rng.random((B, T, 5, 4)) < 0.3] = 0.0  # pixels zero in every channel: masked there
+    pix[1, 2] = 0.0  # and a whole frame
+    out["x_pix"] = pix
     for i, c in enumerate(CASES):
         first = c.get("data_format") == "channels_first"
         shape = (B, T, C, *SPATIAL[c["rank"]]) if first else (B, T, *SPATIAL[c["rank"]], C)
@@ -177,3 +189,17 @@ def test_bidirectional_conv_lstm_matches_keras(oracle):
     x, mask = torch.from_numpy(inputs["x1"]), torch.tensor(inputs["holes"], dtype=torch.bool)
     layer(x, mask=mask)
     check_keras_layer("bi", layer, lambda: layer(x, mask=mask), result, atol=2e-5)
+
+
+@pytest.mark.parametrize("k,return_sequences", [(0, True), (1, False)])
+def test_masking_per_position_matches_keras(oracle, k, return_sequences):
+    """Keras's Masking over frames masks positions, not steps: where a pixel is zero in every
+    channel, that position's state is held and its output repeats (Keras's RNN loop broadcasts
+    the [batch, rows, cols] mask of a step over the state's channels)."""
+    inputs, result = oracle
+    model = L.Sequential([L.Masking(name="mk"), L.ConvLSTM2D(3, 3, padding="same",
+                                                             return_sequences=return_sequences,
+                                                             name="r")], name="seq")
+    x = torch.from_numpy(inputs["x_pix"])
+    model(x)
+    check_keras_layer(f"pix{k}", model, lambda: model(x), result, atol=2e-5)

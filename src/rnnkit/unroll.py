@@ -43,8 +43,11 @@ def reverse_sequence(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Ten
 
 
 def _rows(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A step's ``[B]`` mask shaped to select rows of ``like`` ``[B, ...]`` (a state of any
-    rank: ``[B, n]``, or a convolutional state ``[B, C, *spatial]``)."""
+    """A step's mask shaped to select in ``like``: ``[B]`` selects rows of ``[B, ...]`` (a state
+    of any rank), ``[B, *spatial]`` positions of a convolutional state ``[B, C, *spatial]``
+    (Keras's Masking over a ConvLSTM's inputs)."""
+    if m.dim() > 1:
+        return m.unsqueeze(1)
     return m.view(m.shape[0], *([1] * (like.dim() - 1)))
 
 
@@ -77,7 +80,8 @@ def scan(step: StepFn, xs: torch.Tensor, state, mask: torch.Tensor | None = None
         xs: time-major inputs.
         state: initial state (a tensor or nested tuple of ``[B, ...]`` tensors, ``[B, n]`` but
             for convolutional cells).
-        mask: ``[T, B]`` bool, False where a step is padding; the state is held there.
+        mask: ``[T, B]`` bool, False where a step is padding; the state is held there (or
+            ``[T, B, *spatial]`` for a convolutional state, per position).
         masked_output: ``"zero"`` (TF1) or ``"previous"`` (Keras) output at masked steps.
         chunk: recompute each run of ``chunk`` steps in backward instead of storing it.
         prepare: state-independent work on a run of steps (the input projection); with ``chunk``

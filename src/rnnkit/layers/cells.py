@@ -15,7 +15,7 @@ from rnnkit.cells import equations as eq
 from rnnkit.cells.base import LSTMStateTuple, State, check_units
 from rnnkit.cells.fused import FusedCell
 from rnnkit.layers import penalties
-from rnnkit.layers.base import Tracked, check_rank, make_weight, snake, unique_name
+from rnnkit.layers.base import Tracked, check_mask, check_rank, make_weight, snake, unique_name
 
 _WEIGHTS = ("kernel", "recurrent_kernel", "bias")
 _ARG = {"kernel": "kernel", "recurrent_kernel": "recurrent", "bias": "bias"}
@@ -84,6 +84,11 @@ class KerasCell(Tracked, FusedCell):
         ConvLSTM cell's read more)."""
         check_rank(x, lead.count(",") + 2, "inputs", f"[{lead}, features]")
         return x.shape[-1]
+
+    def read_mask(self, mask, batch: int, steps: int, time_major: bool = False):
+        """A layer's mask, checked: ``[batch, time]`` bool (``[time, batch]`` if
+        ``time_major``), returned as ``[batch, time]``; None for none."""
+        return check_mask(mask, batch, steps, time_major=time_major)
 
     @property
     def step_shape(self) -> list[int] | None:

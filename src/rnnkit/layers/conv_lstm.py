@@ -9,11 +9,14 @@ the inputs (with ``strides``, ``padding`` and ``dilation_rate``), ``recurrent_ke
 filters]`` (or channels first), ``spatial_out`` the input convolution's output size.
 
 The layers are ``RNN``s: masks, ``go_backwards``, ``stateful``, ``initial_state`` and
-``return_state`` work as for the LSTM. The loop runs channels first (torch's convolution
-layout; channels-last inputs stay channels last in memory, which torch's convolutions prefer),
-two convolutions a step (``ConvWeights.products``, ``rnnkit.cells.equations.conv_lstm``). No
-fast path serves a ConvLSTM (``rnnkit.fast.explain`` says so): its time goes into torch's
-convolutions.
+``return_state`` work as for the LSTM. A mask may also be per position, ``[batch, time,
+*spatial]``, as Keras's ``Masking`` makes it over channels-last frames (a pixel zero in every
+channel): Keras then holds that position's state and repeats its output, and so does rnnkit.
+
+The loop runs channels first (torch's convolution layout; channels-last inputs stay channels
+last in memory, which torch's convolutions prefer), two convolutions a step
+(``ConvWeights.products``, ``rnnkit.cells.equations.conv_lstm``). No fast path serves a
+ConvLSTM (``rnnkit.fast.explain`` says so): its time goes into torch's convolutions.
 """
 
 from __future__ import annotations
@@ -202,6 +205,20 @@ class ConvLSTMCell(KerasCell):
                                  f"dilation_rate {self.dilation_rate}, padding 'valid')")
             out.append(size)
         return tuple(out)
+
+    def read_mask(self, mask, batch: int, steps: int, time_major: bool = False):
+        """``[batch, time]``, or Keras's Masking over channels-last inputs: ``[batch, time,
+        *spatial]``, which Keras applies per position (a position's ``h`` and ``c`` held, its
+        output the previous one), where the states have the inputs' spatial shape."""
+        if not (torch.is_tensor(mask) and mask.dim() == self.rank + 2):
+            return super().read_mask(mask, batch, steps, time_major)
+        want = (batch, steps, *self._spatial_out(self.input_spatial))
+        if self._first or tuple(mask.shape) != want or tuple(want[2:]) != self.input_spatial:
+            raise ValueError(f"mask must have shape [batch, time] = [{batch}, {steps}], or per "
+                             f"position [batch, time, {_AXES[self.rank]}] = {list(want)} for "
+                             "channels-last inputs whose states keep their spatial shape "
+                             f"(Keras's Masking), got {list(mask.shape)}")
+        return mask.bool()
 
     @property
     def step_shape(self) -> list[int] | None:

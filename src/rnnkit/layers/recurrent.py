@@ -16,7 +16,7 @@ import torch
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.fast.dispatch import check_fast, fast_mode
 from rnnkit.layers import penalties
-from rnnkit.layers.base import Layer, check_mask, check_rank, deserialize, serialize, snake
+from rnnkit.layers.base import Layer, check_rank, deserialize, serialize, snake
 from rnnkit.layers.cells import (
     GRUCell,
     KerasCell,
@@ -133,10 +133,10 @@ class RNN(Layer):
         batch, steps = x.shape[:2]
         if steps == 0:
             raise ValueError(f"inputs must have at least one time step, got shape {list(x.shape)}")
-        mask = check_mask(mask, batch, steps, time_major=self.time_major)
+        mask = self.cell.read_mask(mask, batch, steps, self.time_major)
         self.cell.ensure_built(depth, x.dtype)
         state = self._initial_state(initial_state, batch, x)
-        xs, tm = x.transpose(0, 1), (mask.T if mask is not None else None)
+        xs, tm = x.transpose(0, 1), (mask.transpose(0, 1) if mask is not None else None)
         if self.go_backwards:
             xs, tm = xs.flip(0), (tm.flip(0) if tm is not None else None)
         self.cell.begin_sequence(batch, x.dtype, x.device, self.is_training(training))

@@ -66,6 +66,10 @@ class StackedRNNCells(Tracked, MultiRNNCell):
         """The first cell's ``read_inputs``."""
         return self.cells[0].read_inputs(x, lead)
 
+    def read_mask(self, mask, batch: int, steps: int, time_major: bool = False):
+        """The first cell's ``read_mask``."""
+        return self.cells[0].read_mask(mask, batch, steps, time_major)
+
     @property
     def step_shape(self) -> list[int] | None:
         return self.cells[0].step_shape
