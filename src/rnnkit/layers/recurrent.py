@@ -57,9 +57,9 @@ class RNN(Layer):
 
     Call: ``layer(inputs, mask=None, training=None, initial_state=None)``; ``mask`` is
     ``[batch, time]`` bool (True = real step; ``[time, batch]`` with ``time_major``), by default
-    the one ``inputs`` carries. A stack's
-    states (``initial_state``, ``return_state``) nest, one list per cell: ``[[h, c], [h]]``; in
-    a functional graph, as in Keras 3's, a cell other than an LSTM gives its ``h`` alone.
+    the one ``inputs`` carries. A stack's states (``initial_state``, ``return_state``) nest, one
+    list per cell: ``[[h, c], [h]]``; in a functional graph, as in Keras 3's, a cell other than
+    an LSTM gives its ``h`` alone.
 
     Raises:
         TypeError: ``cell`` is not a Keras cell.
