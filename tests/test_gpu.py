@@ -517,3 +517,30 @@ def test_raw_rnn_and_concatenated_states_on_the_gpu():
     _leaves_close(got, want)
     empty = rk.TensorArray(torch.float32, dynamic_size=True, element_shape=[2], device="cuda")
     assert empty.stack().device.type == "cuda"
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_conv_lstm_on_the_gpu_matches_the_cpu(data_format):
+    """``ConvLSTM2D`` on CUDA tensors (torch's convolutions there, no fast path): the CPU's
+    outputs, states and gradients, per-position masks and strided convolutions included."""
+    torch.manual_seed(0)
+    first = data_format == "channels_first"
+    x = torch.randn(2, 5, 3, 8, 7) if first else torch.randn(2, 5, 8, 7, 3)
+    layer = rk.layers.ConvLSTM2D(4, (3, 2), padding="same", data_format=data_format,
+                                 return_sequences=True, return_state=True)
+    layer(x)
+    strided = rk.layers.ConvLSTM1D(3, 3, strides=2, return_sequences=True)
+    seq = torch.randn(2, 5, 9, 2)
+    strided(seq)
+    mask = None if first else torch.rand(2, 5, 8, 7) > 0.3
+
+    def run(device):
+        inputs = x.to(device).requires_grad_()
+        outs = layer.to(device)(inputs, mask=None if mask is None else mask.to(device))
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), [inputs, *layer.parameters()])
+        return [*outs, *grads, strided.to(device)(seq.to(device))]
+
+    want = run("cpu")
+    got = run("cuda")
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.cpu(), b, atol=2e-5, rtol=2e-5)
