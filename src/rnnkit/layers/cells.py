@@ -147,8 +147,13 @@ class KerasCell(Tracked, FusedCell):
                                   ("recurrent", self.recurrent_dropout, self.units)):
             if rate > 0:
                 shape = (batch_size, per_gate, width) if per_gate else (batch_size, width)
-                u = torch.rand(shape, generator=self._generator, dtype=dtype)
-                self._masks[kind] = ((u >= rate).to(dtype) / (1.0 - rate)).to(device)
+                self._masks[kind] = self.draw_mask(shape, rate, dtype, device)
+
+    def draw_mask(self, shape: tuple, rate: float, dtype: torch.dtype, device) -> torch.Tensor:
+        """A Keras dropout mask: each unit kept with probability ``1 - rate`` and scaled by
+        ``1 / (1 - rate)``, drawn on the CPU from the cell's generator (``seed``)."""
+        u = torch.rand(shape, generator=self._generator, dtype=dtype)
+        return ((u >= rate).to(dtype) / (1.0 - rate)).to(device)
 
     def end_sequence(self) -> None:
         """Forget the dropout masks (Keras resets them after each layer call)."""
@@ -235,12 +240,14 @@ class SimpleRNNCell(KerasCell):
         return config
 
 
-def _gate_views(cell: KerasCell, letters: str) -> dict[str, torch.Tensor]:
+def gate_views(cell: KerasCell, letters: str) -> dict[str, torch.Tensor]:
+    """Views of a Keras cell's weights per gate block (the last axis of its kernels: a
+    ConvLSTM's ``[*kernel_size, in, G*F]`` too), named ``W_<g>``, ``U_<g>``, ``b_<g>``."""
     u, p = cell.units, cell._w
     out = {}
     for k, g in enumerate(letters):
-        out[f"W_{g}"] = p("kernel")[:, k * u:(k + 1) * u]
-        out[f"U_{g}"] = p("recurrent_kernel")[:, k * u:(k + 1) * u]
+        out[f"W_{g}"] = p("kernel")[..., k * u:(k + 1) * u]
+        out[f"U_{g}"] = p("recurrent_kernel")[..., k * u:(k + 1) * u]
         if cell.use_bias:
             b = p("bias")
             if b.dim() == 2:  # GRU reset_after: row 0 input biases, row 1 recurrent biases
@@ -279,7 +286,7 @@ class GRUCell(KerasCell):
         """Views per gate: ``W_z, W_r, W_h``, ``U_z, U_r, U_h``, ``b_z, b_r, b_h`` (input biases)
         and with ``reset_after`` the recurrent biases ``b_hz, b_hr, b_hh``."""
         self.require_built("gates")
-        return _gate_views(self, "zrh")
+        return gate_views(self, "zrh")
 
     def get_config(self) -> dict:
         return {**super().get_config(), "reset_after": self.reset_after}
@@ -314,7 +321,7 @@ class LSTMCell(KerasCell):
     def gates(self) -> dict[str, torch.Tensor]:
         """Views per gate: ``W_i, W_f, W_c, W_o``, ``U_*``, ``b_*``."""
         self.require_built("gates")
-        return _gate_views(self, "ifco")
+        return gate_views(self, "ifco")
 
     def get_config(self) -> dict:
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}

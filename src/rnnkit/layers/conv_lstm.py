@@ -31,7 +31,7 @@ from rnnkit.activations import Activation
 from rnnkit.cells import equations as eq
 from rnnkit.cells.base import LSTMStateTuple, RNNCell
 from rnnkit.layers.base import check_rank
-from rnnkit.layers.cells import KerasCell, set_forget_bias
+from rnnkit.layers.cells import KerasCell, gate_views, set_forget_bias
 from rnnkit.layers.recurrent import _KerasRNN
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -275,14 +275,7 @@ class ConvLSTMCell(KerasCell):
         """Views per gate: ``W_i, W_f, W_c, W_o`` ``[*kernel_size, channels, filters]``,
         ``U_*`` ``[*kernel_size, filters, filters]``, ``b_*``."""
         self.require_built("gates")
-        out = {}
-        for letter, k in zip("ifco", range(4), strict=True):
-            cols = slice(k * self.units, (k + 1) * self.units)
-            out[f"W_{letter}"] = self.kernel[..., cols]
-            out[f"U_{letter}"] = self.recurrent_kernel[..., cols]
-            if self.use_bias:
-                out[f"b_{letter}"] = self.bias[cols]
-        return out
+        return gate_views(self, "ifco")
 
     # -- the step and the loop ---------------------------------------------------------------
     def begin_sequence(self, batch_size: int, dtype: torch.dtype, device,
@@ -296,8 +289,7 @@ class ConvLSTMCell(KerasCell):
         for kind, rate, shape in (("input", self.dropout, (self.input_depth, *self.input_spatial)),
                                   ("recurrent", self.recurrent_dropout, (self.units, *out))):
             if rate > 0:
-                u = torch.rand((batch_size, 4, *shape), generator=self._generator, dtype=dtype)
-                self._masks[kind] = ((u >= rate).to(dtype) / (1.0 - rate)).to(device)
+                self._masks[kind] = self.draw_mask((batch_size, 4, *shape), rate, dtype, device)
 
     def _to_first(self, x: torch.Tensor) -> torch.Tensor:
         return x if self._first else x.movedim(-1, -(self.rank + 1))
