@@ -224,6 +224,12 @@ _TF_DEVICE = re.compile(r"(?:/job:[^/]+)?(?:/replica:\d+)?(?:/task:\d+)?"
                         r"/(?:device:)?(cpu|gpu)(?::(\d+))?", re.IGNORECASE)
 
 
+def device_present(device: torch.device) -> bool:
+    """Whether this machine has ``device`` (a CPU always; a CUDA device by its index)."""
+    return device.type != "cuda" or (torch.cuda.is_available()
+                                     and (device.index or 0) < torch.cuda.device_count())
+
+
 def torch_device(device) -> torch.device:
     """A TF device string (``"/gpu:0"``, ``"/device:GPU:1"``,
     ``"/job:localhost/replica:0/task:0/device:CPU:0"``) or a torch one (``"cuda:1"``,
@@ -270,8 +276,7 @@ class DeviceWrapper(_Wrapper):
         self.device = torch_device(device)
 
     def ensure_built(self, input_depth: int, dtype: torch.dtype) -> None:
-        if self.device.type == "cuda" and not (
-                torch.cuda.is_available() and (self.device.index or 0) < torch.cuda.device_count()):
+        if not device_present(self.device):
             raise RuntimeError(f"DeviceWrapper: device {str(self.device)!r} is not available "
                                f"(torch sees {torch.cuda.device_count()} CUDA devices)")
         super().ensure_built(input_depth, dtype)

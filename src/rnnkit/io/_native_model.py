@@ -30,7 +30,7 @@ from rnnkit import init as _init
 from rnnkit import layers as L
 from rnnkit import scope as _scope
 from rnnkit._initializer import names_code
-from rnnkit.cells.wrappers import torch_device
+from rnnkit.cells.wrappers import device_present, torch_device
 from rnnkit.io._keras_graph import input_spec
 from rnnkit.io.keras_files import build_within, require_built
 
@@ -156,8 +156,7 @@ def _available(device: str) -> torch.device:
     """A saved ``DeviceWrapper``'s device, or the CPU (with a warning) where this machine has no
     such CUDA device: a file loads anywhere, as ``torch.load``'s ``map_location`` makes it."""
     wanted = torch_device(device)
-    if wanted.type != "cuda" or (torch.cuda.is_available()
-                                 and (wanted.index or 0) < torch.cuda.device_count()):
+    if device_present(wanted):
         return wanted
     warnings.warn(f"rnnkit: the file's DeviceWrapper runs its cell on {device!r}, which this "
                   "machine lacks; it is rebuilt on the CPU", stacklevel=4)
