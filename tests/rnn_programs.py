@@ -120,10 +120,10 @@ def inputs() -> dict:
     return {"X": x, "L": np.asarray(LENGTHS, np.int32)}
 
 
-def state_arrays(sizes: list, seed: int) -> list:
-    """One random ``[B, n]`` array per flattened state size, drawn in flattening order."""
+def state_arrays(sizes: list, seed: int, batch: int = B) -> list:
+    """One random ``[batch, n]`` array per flattened state size, drawn in flattening order."""
     rs = np.random.RandomState(seed)
-    return [rs.uniform(-1, 1, size=(B, n)).astype(np.float32) for n in sizes]
+    return [rs.uniform(-1, 1, size=(batch, n)).astype(np.float32) for n in sizes]
 
 
 def loss_weights(shape: tuple, k: int) -> np.ndarray:

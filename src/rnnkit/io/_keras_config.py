@@ -234,6 +234,10 @@ def _keras_value(key: str, value: Any, where: str) -> Any:
     if key == "time_major" and value:
         raise ValueError(f"{where}: time_major=True has no Keras 3 equivalent (Keras 3's RNN "
                          "layers read [batch, time, features])")
+    if key == "mask_with_initial_state" and value:
+        raise ValueError(f"{where}: tf.keras's masking of a call with initial_state has no "
+                         "Keras 3 equivalent (Keras 3 applies no mask to such a call); set the "
+                         "layer's mask_with_initial_state = False to write it with Keras 3's rule")
     if key in ("activation", "recurrent_activation") and value not in _ACTIVATIONS:
         raise ValueError(f"{where}: activation {value!r} has no Keras 3 equivalent (Keras 3's "
                          "hard_sigmoid is relu6(x + 3) / 6, not Keras 2's clip(0.2 x + 0.5, 0, 1))")

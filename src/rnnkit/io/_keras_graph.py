@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from rnnkit import layers as L
+from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.io._keras_config import ConfigError, check_entry, layer_from_keras, layer_to_keras
 from rnnkit.layers.model import SymbolicTensor, _flatten, _Node
 
@@ -127,6 +128,9 @@ def model_from_keras(entry: Any, legacy: bool) -> tuple[L.Layer, list[InputSpec]
             raise ConfigError(f"{where}: inbound_nodes must be a list, got {nodes!r:.80}")
         for k, node in enumerate(nodes):
             args, kwargs = _node_call(node, made, f"{where} node {k}")
+            if kwargs.get("initial_state") is not None:
+                kwargs["initial_state"] = _initial_state(layer, kwargs["initial_state"], legacy,
+                                                         f"{where} node {k}")
             out = layer(*args, **kwargs)
             made[(name_i, k)] = _flatten(out)  # a reference's tensor index: the outputs flattened
     ins = _endpoints(config.get("input_layers"), made, "input_layers")
@@ -197,8 +201,11 @@ def _resolve(value: Any, made: dict, where: str) -> Any:
 def _node_call(node: Any, made: dict, where: str) -> tuple[list, dict]:
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         args, kwargs = node.get("args"), node.get("kwargs", {})
-    elif isinstance(node, list) and len(node) == 1 and _ref(node[0]) is not None:  # Keras 2
+    elif isinstance(node, list) and node and all(_ref(n) is not None for n in node):  # Keras 2
         args, kwargs = [node[0][:3]], (node[0][3] if len(node[0]) > 3 else {})
+        if len(node) > 1 and isinstance(kwargs, dict):
+            # tf.keras records an RNN's initial states as inputs after its sequence
+            kwargs = {**kwargs, "initial_state": [n[:3] for n in node[1:]]}
     else:
         raise ConfigError(f"{where}: unsupported inbound node {node!r:.100} (one input expected)")
     if not isinstance(args, list) or not args or not isinstance(kwargs, dict):
@@ -211,6 +218,27 @@ def _node_call(node: Any, made: dict, where: str) -> tuple[list, dict]:
     if not isinstance(args[0], SymbolicTensor):
         raise ConfigError(f"{where}: the first argument must be a tensor, got {args[0]!r:.80}")
     return args, {k: _resolve(v, made, where) for k, v in kwargs.items() if k != "training"}
+
+
+def _initial_state(layer: L.Layer, states: Any, legacy: bool, where: str) -> list:
+    """A call's ``initial_state``, checked, with a stack's flat states (tf.keras lists them
+    flat) nested one list per cell. A tf.keras layer called with states keeps tf.keras's mask
+    rule (``mask_with_initial_state``)."""
+    if not isinstance(layer, (L.RNN, L.Bidirectional)):
+        raise ConfigError(f"{where}: a {type(layer).__name__} layer takes no initial_state")
+    if not isinstance(states, list) or not all(isinstance(t, SymbolicTensor) for t in _flat(states)):
+        raise ConfigError(f"{where}: initial_state must be a list of tensors, got {states!r:.80}")
+    if legacy:
+        layer.mask_with_initial_state = True
+    cells = getattr(getattr(layer, "cell", None), "cells", None)
+    if cells is None or not all(isinstance(t, SymbolicTensor) for t in states):
+        return states
+    counts = [2 if isinstance(c.state_size, LSTMStateTuple) else 1 for c in cells]
+    if len(states) != sum(counts):
+        raise ConfigError(f"{where}: a stack of {len(cells)} cells takes {sum(counts)} initial "
+                          f"states, got {len(states)}")
+    ends = [sum(counts[:k + 1]) for k in range(len(counts))]
+    return [states[end - n:end] for n, end in zip(counts, ends, strict=True)]
 
 
 def _endpoints(value: Any, made: dict, where: str):

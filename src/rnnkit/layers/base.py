@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 
 import torch
 from torch.utils import _pytree as pytree
@@ -54,6 +55,14 @@ def make_weight(path: str, shape: list[int], dtype: torch.dtype, initializer, de
 def get_mask(x) -> torch.Tensor | None:
     """The Keras mask a tensor carries (None if it carries none)."""
     return getattr(x, MASK_ATTR, None) if torch.is_tensor(x) else None
+
+
+def _is_tensor_argument(value) -> bool:
+    """A tensor, or a non-empty nest of tensors and Nones (what Keras counts as one)."""
+    if torch.is_tensor(value):
+        return True
+    leaves = pytree.tree_leaves(value) if isinstance(value, (list, tuple, dict)) else []
+    return bool(leaves) and all(leaf is None or torch.is_tensor(leaf) for leaf in leaves)
 
 
 def set_mask(x, mask: torch.Tensor | None) -> None:
@@ -162,6 +171,7 @@ class Layer(Tracked, torch.nn.Module):
     """
 
     supports_masking = True
+    mask_with_initial_state = False  # tf.keras's mask rule (see _implicit_mask); RNNs take it
     masks_from_sublayers = False  # containers: outputs already carry their last layer's masks
     activity_regularizer = None  # set by the layers that take one (Dense, Embedding, RNNs)
 
@@ -178,8 +188,9 @@ class Layer(Tracked, torch.nn.Module):
 
         if isinstance(inputs, SymbolicTensor):
             return symbolic_call(self, inputs, args, kwargs)
-        if mask is None:
-            mask = get_mask(inputs)
+        carried = get_mask(inputs)
+        if mask is None and carried is not None:
+            mask = self._implicit_mask(carried, args, kwargs)
         depth = getattr(_calls, "depth", 0)
         if depth == 0:  # an entry call: the activity penalties of the last one are dropped
             for m in self.modules():
@@ -191,12 +202,28 @@ class Layer(Tracked, torch.nn.Module):
             _calls.depth = depth
         if outputs is inputs:  # never tag the caller's own tensor with a mask
             outputs = inputs.view_as(inputs)
-        if not self.masks_from_sublayers:
-            set_mask(outputs, self.compute_mask(inputs, mask))
+        if not self.masks_from_sublayers:  # from the carried mask where the call dropped it
+            set_mask(outputs, self.compute_mask(inputs, carried if mask is None else mask))
         if self.activity_regularizer is not None:
             self.__dict__.setdefault("_activity_losses", []).extend(
                 self._activity_penalty(o) for o in pytree.tree_leaves(outputs))
         return outputs
+
+    def _implicit_mask(self, carried: torch.Tensor, args: tuple, kwargs: dict):
+        """The mask a call without ``mask=`` uses: the one ``inputs`` carries, unless the call
+        has other tensor arguments (``initial_state``) — Keras 3 then passes no mask (its
+        layers look only for ``<argument>_mask``; keras-team/keras#19311), though the outputs
+        still carry one. ``mask_with_initial_state=True`` (tf.keras's rule, set on layers
+        loaded from tf.keras files) keeps it."""
+        if self.mask_with_initial_state or not any(map(_is_tensor_argument, (*args, *kwargs.values()))):
+            return carried
+        if not self.__dict__.get("_warned_dropped_mask"):
+            self._warned_dropped_mask = True
+            warnings.warn(f"{type(self).__name__} {self.name!r} is called with initial_state: as "
+                          "in Keras 3, the mask its inputs carry is not applied to this call "
+                          "(pass mask= to apply it; its outputs still carry the mask)",
+                          stacklevel=3)
+        return None
 
     def _activity_penalty(self, output: torch.Tensor) -> torch.Tensor:
         """Keras's: the regularizer of an output over its batch size."""

@@ -378,7 +378,7 @@ class ConvLSTM1D(ConvLSTM):
         filters, kernel_size, strides, padding, data_format, dilation_rate, unit_forget_bias
         and the cell's other arguments: see ``ConvLSTMCell``.
         return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask,
-        activity_regularizer, name, trainable, fast: see ``RNN``.
+        activity_regularizer, name, trainable, fast, mask_with_initial_state: see ``RNN``.
     """
 
     rank = 1

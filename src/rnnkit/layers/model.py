@@ -90,7 +90,8 @@ class Model(Layer):
         outputs: a symbolic output or a list of them.
         name, trainable: as Keras.
 
-    Call: ``model(x)`` (or a list matching ``inputs``); returns the outputs in the same form.
+    Call: ``model(x)`` (or a list matching ``inputs``); returns the outputs in the same form,
+    one output alone (from a one-item list too, as Keras).
 
     Raises:
         ValueError: an output depends on an ``Input`` that is not among ``inputs``.
@@ -102,7 +103,8 @@ class Model(Layer):
         super().__init__(name=name, trainable=trainable)
         self._inputs, self._outputs = _as_list(inputs), _as_list(outputs)
         self._single_in = not isinstance(inputs, (list, tuple))
-        self._single_out = not isinstance(outputs, (list, tuple))
+        # Keras (3 and tf.keras) returns a one-item list of outputs as the tensor alone
+        self._single_out = not isinstance(outputs, (list, tuple)) or len(outputs) == 1
         for arg, items in (("inputs", self._inputs), ("outputs", self._outputs)):
             if not items or not all(isinstance(t, SymbolicTensor) for t in items):
                 raise TypeError(f"{arg} must be symbolic tensors (from Input and layer calls), "

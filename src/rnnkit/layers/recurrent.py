@@ -53,11 +53,16 @@ class RNN(Layer):
         fast: the fast-path switch for this layer's unroll (``rnnkit.fast``): ``"auto"``,
             ``True``, ``False``, or None (default: the enclosing ``fast_mode`` block's, else
             ``"auto"``). Not a Keras option: ``get_config`` has it only when it is set.
+        mask_with_initial_state: a call with ``initial_state`` and no ``mask`` uses the mask
+            ``inputs`` carries, as tf.keras does; by default, as in Keras 3, it uses none
+            (``Layer._implicit_mask``). Layers loaded from tf.keras files have it set. Not a
+            Keras 3 option: ``get_config`` has it only when it is set.
         name, trainable: as Keras.
 
     Call: ``layer(inputs, mask=None, training=None, initial_state=None)``; ``mask`` is
     ``[batch, time]`` bool (True = real step; ``[time, batch]`` with ``time_major``), by default
-    the one ``inputs`` carries. A stack's states (``initial_state``, ``return_state``) nest, one
+    the one ``inputs`` carries (not with ``initial_state``, as in Keras 3: see
+    ``mask_with_initial_state``). A stack's states (``initial_state``, ``return_state``) nest, one
     list per cell: ``[[h, c], [h]]``; in a functional graph, as in Keras 3's, a cell other than
     an LSTM gives its ``h`` alone.
 
@@ -70,7 +75,7 @@ class RNN(Layer):
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
                  zero_output_for_mask: bool = False, time_major: bool = False,
                  activity_regularizer=None, name: str | None = None, trainable: bool = True,
-                 fast=None):
+                 fast=None, mask_with_initial_state: bool = False):
         if isinstance(cell, (list, tuple)):
             cell = StackedRNNCells(cell)
         if not isinstance(cell, (KerasCell, StackedRNNCells)):
@@ -85,6 +90,7 @@ class RNN(Layer):
         self.go_backwards, self.stateful = bool(go_backwards), bool(stateful)
         self.unroll, self.zero_output_for_mask = bool(unroll), bool(zero_output_for_mask)
         self.time_major = bool(time_major)
+        self.mask_with_initial_state = bool(mask_with_initial_state)
         self.states: list[torch.Tensor] | None = None
         self.set_path(self.name)
 
@@ -171,7 +177,8 @@ class RNN(Layer):
     def _options(self) -> dict:
         # options that are not Keras 3's, in a config only where they are set
         when_set = {**({} if self.fast is None else {"fast": self.fast}),
-                    **({"time_major": True} if self.time_major else {})}
+                    **({"time_major": True} if self.time_major else {}),
+                    **({"mask_with_initial_state": True} if self.mask_with_initial_state else {})}
         return {**{k: getattr(self, k) for k in _RNN_OPTIONS}, **when_set,
                 "activity_regularizer": penalties.serialize(self.activity_regularizer)}
 
@@ -207,7 +214,7 @@ class _KerasRNN(RNN):
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False,
                  zero_output_for_mask: bool = False, time_major: bool = False,
                  activity_regularizer=None, name: str | None = None, trainable: bool = True,
-                 fast=None, use_cudnn=None, **cell_kwargs):
+                 fast=None, use_cudnn=None, mask_with_initial_state: bool = False, **cell_kwargs):
         if use_cudnn is not None and not self.takes_use_cudnn:
             raise TypeError(f"{type(self).__name__} got an unexpected keyword argument "
                             "'use_cudnn' (Keras's GRU and LSTM take it)")
@@ -219,7 +226,8 @@ class _KerasRNN(RNN):
                          go_backwards=go_backwards, stateful=stateful, unroll=unroll,
                          zero_output_for_mask=zero_output_for_mask, time_major=time_major,
                          activity_regularizer=activity_regularizer, name=name,
-                         trainable=trainable, fast=fast)
+                         trainable=trainable, fast=fast,
+                         mask_with_initial_state=mask_with_initial_state)
 
     def make_cell(self, units: int, **kwargs) -> KerasCell:
         """The layer's cell, from its arguments."""
@@ -258,7 +266,8 @@ class SimpleRNN(_KerasRNN):
         regularizer and constraint, dropout, recurrent_dropout, seed: the cell's (Keras names;
         initializer names resolve through ``rnnkit.init.get``).
         return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask,
-        time_major, activity_regularizer, name, trainable, fast: see ``RNN``.
+        time_major, activity_regularizer, name, trainable, fast, mask_with_initial_state: see
+        ``RNN``.
 
     Example:
         >>> y = SimpleRNN(8, return_sequences=True)(torch.randn(4, 10, 3))  # doctest: +SKIP

@@ -29,6 +29,8 @@ class Bidirectional(Layer):
         merge_mode: ``"concat"`` (default), ``"sum"``, ``"mul"``, ``"ave"`` or None (a list of
             both outputs).
         backward_layer: optional ``RNN`` to use as the backward layer.
+        mask_with_initial_state: see ``RNN`` (a call with ``initial_state`` and no ``mask``
+            uses the mask ``inputs`` carry only where it is set, as tf.keras; Keras 3 uses none).
         name, trainable: as Keras.
 
     Call: ``layer(inputs, mask=None, training=None, initial_state=None)``; ``initial_state``
@@ -42,7 +44,7 @@ class Bidirectional(Layer):
 
     def __init__(self, layer: RNN, merge_mode: str | None = "concat",
                  backward_layer: RNN | None = None, name: str | None = None,
-                 trainable: bool = True):
+                 trainable: bool = True, mask_with_initial_state: bool = False):
         for arg, value in (("layer", layer), ("backward_layer", backward_layer)):
             if value is not None and not isinstance(value, RNN):
                 raise TypeError(f"{arg} must be an rnnkit RNN layer, got {type(value).__name__}")
@@ -50,12 +52,15 @@ class Bidirectional(Layer):
             raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
         super().__init__(name=name, trainable=trainable)
         self.merge_mode = merge_mode
+        self.mask_with_initial_state = bool(mask_with_initial_state)
         self.forward_layer = _recreate(layer, f"forward_{layer.name.removeprefix('forward_')}")
         self.backward_layer = backward_layer or _recreate(
             layer, f"backward_{layer.name.removeprefix('backward_')}", go_backwards=True)
         if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
+            made = ("" if backward_layer else " (the backward copy of layer always goes "
+                    "backwards, as in Keras: give layer go_backwards=False)")
             raise ValueError("backward_layer must have the opposite go_backwards of layer, both "
-                             f"have go_backwards={self.forward_layer.go_backwards}")
+                             f"have go_backwards={self.forward_layer.go_backwards}{made}")
         for sub in (self.forward_layer, self.backward_layer):
             sub.zero_output_for_mask = sub.return_sequences
         self.return_sequences = self.forward_layer.return_sequences
@@ -116,7 +121,8 @@ class Bidirectional(Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "merge_mode": self.merge_mode,
                 "layer": serialize(self.forward_layer),
-                "backward_layer": serialize(self.backward_layer)}
+                "backward_layer": serialize(self.backward_layer),
+                **({"mask_with_initial_state": True} if self.mask_with_initial_state else {})}
 
     @classmethod
     def from_config(cls, config: dict):

@@ -1,0 +1,121 @@
+"""Differential fuzz run against real TensorFlow and Keras: random programs, run by rnnkit and by them.
+
+    python benchmarks/fuzz_oracle.py --programs 200 [--family tf1|keras] [--seed 0] [--per-run 50]
+
+Each program (``tests/fuzz_programs.py``) runs in rnnkit twice, on the fast paths
+(``fast="auto"``) and on the reference loop (``fast=False``), and once in the oracle, in a
+subprocess:
+- ``tf1``: random cells, stacks, options, drivers, shapes and lengths, against
+  ``tf.compat.v1`` in graph mode, with rnnkit's weights loaded by name;
+- ``keras``: random functional models of recurrent layers (cells, stacks, ``Bidirectional``,
+  masks, returned and passed states), against Keras 3 on the TF backend, with Keras's random
+  weights copied in order.
+Weight names, outputs, final states and the gradients of a fixed loss with respect to inputs,
+initial states and every weight must agree to 1e-5. A program rnnkit refuses while the oracle
+runs it (or the other way round) is a failure too. Failures are
+printed with their program, so each can be replayed. Needs the ``oracle`` extra (TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import keras_harness as kh  # noqa: E402
+import tf1_harness as tf1  # noqa: E402
+import torch  # noqa: E402
+from fuzz_programs import keras_programs, tf1_programs  # noqa: E402
+from tf_oracle import run_tf  # noqa: E402
+
+MODES = {"auto": None, "reference": False}
+
+
+def _report(failures: dict, name: str, src: str, shape: str, out) -> None:
+    if src in failures:
+        print(f"--- {name} ({shape})\n{src}" + "\n".join(failures[src]), file=out)
+
+
+def _ours(progs: dict, run_one) -> dict[str, dict]:
+    """rnnkit's runs of every program in both modes, by mode: results, or the traceback of what
+    raised."""
+    ours: dict[str, dict] = {mode: {} for mode in MODES}
+    for k, (name, src) in enumerate(progs.items()):
+        for mode, fast in MODES.items():
+            torch.manual_seed(k)  # the same weights in both modes: TF loads one set
+            try:
+                ours[mode][name] = run_one(name, src, fast)
+            except Exception:  # reported with the program, unless the oracle refuses it too
+                ours[mode][name] = traceback.format_exc(limit=-3)
+    return ours
+
+
+def _compare(name: str, src: str, ours: dict, oracle: dict, mismatches, failures: dict) -> None:
+    """Both modes' runs of one program against the oracle's; a program both refuse agrees."""
+    for mode in MODES:
+        got = ours[mode][name]
+        if isinstance(got, str):
+            if name + "|error" not in oracle:
+                failures.setdefault(src, []).append(f"{mode}: rnnkit raised {got}")
+        else:
+            failures.setdefault(src, []).extend(f"{mode}: {f}"
+                                                for f in mismatches(name, got, oracle))
+    if not failures.get(src):
+        failures.pop(src, None)
+
+
+def fuzz_tf1(progs: dict, arrays: dict, failures: dict, out) -> None:
+    """TF1 programs: rnnkit first (its weights go to TF), then TF."""
+    ours = _ours(progs, lambda name, src, fast: tf1.run_rnnkit(name, src, arrays, fast))
+    ran = {name: r for name, r in ours["reference"].items() if not isinstance(r, str)}
+    tf = run_tf(tf1.tf_script(progs), tf1.tf_feed(arrays, ran))
+    for name, src in progs.items():
+        _compare(name, src, ours, tf, tf1.mismatches, failures)
+        _report(failures, name, src, f"inputs {arrays[name + '|X'].shape}, lengths "
+                                     f"{arrays[name + '|L'].tolist()}", out)
+
+
+def fuzz_keras(progs: dict, arrays: dict, failures: dict, out) -> None:
+    """Keras programs: Keras first (its weights go to rnnkit), then rnnkit."""
+    theirs = run_tf(kh.keras_script(progs), arrays, legacy_keras=False)
+    ours = _ours(progs, lambda name, src, fast: kh.run_rnnkit(name, src, arrays, theirs, fast))
+    for name, src in progs.items():
+        _compare(name, src, ours, theirs, kh.mismatches, failures)
+        _report(failures, name, src, f"inputs {arrays[name + '|X'].shape}", out)
+
+
+FAMILIES = {"tf1": (tf1_programs, fuzz_tf1), "keras": (keras_programs, fuzz_keras)}
+
+
+def run(programs: int, seed: int = 0, per_run: int = 50, family: str = "tf1",
+        out=sys.stdout) -> dict[str, list[str]]:
+    """Fuzz ``programs`` programs of ``family`` from ``seed`` (one TF process per ``per_run``);
+    return each failing program's source with what differed, printing them as found."""
+    draw, fuzz = FAMILIES[family]
+    failures: dict[str, list[str]] = {}
+    for done in range(0, programs, per_run):
+        progs, arrays = draw(seed * 1_000_003 + done, min(per_run, programs - done))
+        fuzz(progs, arrays, failures, out)
+    return failures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--programs", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-run", type=int, default=50)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="tf1")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    failures = run(args.programs, args.seed, args.per_run, args.family)
+    print(f"{args.programs} {args.family} programs (seed {args.seed}) in "
+          f"{time.perf_counter() - start:.0f} s: {len(failures)} failing")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

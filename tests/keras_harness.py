@@ -1,0 +1,116 @@
+"""Run Keras programs (Python source over a namespace ``L``) in Keras 3 and in rnnkit.
+
+A program sees ``L`` (the layers, ``Input`` and ``Model``) and sets ``model``, a functional
+model over one ``[batch, time, depth]`` input. Keras runs first (in a subprocess, TF backend):
+it draws every weight from a seeded normal distribution, records weights and paths, and the
+outputs and the gradients of one fixed loss over them with respect to the input and every
+weight, in inference mode. rnnkit then builds the same program, takes Keras's weights in
+order and does the same. ``arrays`` holds ``<name>|X`` for each program.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from rnn_programs import loss_weights
+
+from rnnkit import layers as rkl
+
+RK = SimpleNamespace(**{n: getattr(rkl, n) for n in rkl.__all__})
+
+
+def keras_script(programs: dict[str, str], scale: float = 0.4) -> str:
+    """The script that runs ``programs`` in Keras 3 (run it with ``legacy_keras=False``)."""
+    helpers = Path(__file__).with_name("rnn_programs.py").read_text()
+    return (helpers + f"\nPROGRAMS = json.loads({json.dumps(json.dumps(programs))})\n"
+            f"SCALE = {scale!r}\n" + _KERAS_SIDE)
+
+
+_KERAS_SIDE = """
+import types
+import keras
+L = types.SimpleNamespace(**{n: getattr(keras.layers, n) for n in dir(keras.layers)
+                             if not n.startswith("_")})
+L.Input, L.Model = keras.Input, keras.Model
+for k, name in enumerate(sorted(PROGRAMS)):
+    keras.utils.clear_session()
+    env = dict(L=L)
+    try:
+        exec(PROGRAMS[name], env)
+    except Exception as e:
+        RESULT[name + "|error"] = f"{type(e).__name__}: {e}"
+        continue
+    model = env["model"]
+    rs = np.random.RandomState(k)
+    for w in model.weights:
+        w.assign((rs.standard_normal(w.shape) * SCALE).astype("float32"))
+    RESULT[name + "|names"] = [w.path for w in model.weights]
+    for j, w in enumerate(model.weights):
+        RESULT[f"{name}|w|{j}"] = np.asarray(w)
+    x = tf.constant(INPUTS[name + "|X"])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        leaves = tf.nest.flatten(model(x, training=False))
+        loss = tf.add_n([tf.reduce_sum(t * loss_weights(tuple(t.shape), j))
+                         for j, t in enumerate(leaves)])
+    grads = tape.gradient(loss, [x, *model.weights])
+    for j, a in enumerate(leaves):
+        RESULT[f"{name}|leaf|{j}"] = np.asarray(a)
+    for j, (t, g) in enumerate(zip([x, *model.weights], grads)):
+        RESULT[f"{name}|grad|{j}"] = np.zeros(t.shape, "float32") if g is None else np.asarray(g)
+"""
+
+
+def run_rnnkit(name: str, src: str, arrays: dict, keras: dict, fast=None) -> dict:
+    """Run one program in rnnkit with Keras's weights (``keras``: the Keras side's results)."""
+    import rnnkit as rk
+
+    rkl.clear_session()
+    env = dict(L=RK)
+    exec(src, env)
+    model = env["model"]
+    x = torch.tensor(arrays[name + "|X"], requires_grad=True)
+    model(x[:1].detach(), training=False)  # built, so every weight exists
+    weights = model.weights
+    if len(weights) == len(keras.get(name + "|names", ())):
+        with torch.no_grad():
+            for j, w in enumerate(weights):
+                w.copy_(torch.from_numpy(keras[f"{name}|w|{j}"]))
+    if fast is None:
+        outs = model(x, training=False)
+    else:
+        with rk.fast.fast_mode(fast):
+            outs = model(x, training=False)
+    leaves = outs if isinstance(outs, (list, tuple)) else [outs]
+    loss = sum((t * torch.tensor(loss_weights(tuple(t.shape), j))).sum() for j, t in enumerate(leaves))
+    grads = torch.autograd.grad(loss, [x, *weights], allow_unused=True)
+    return {"names": [w.op_name for w in weights],
+            "leaves": [t.detach().numpy() for t in leaves],
+            "grads": [np.zeros(t.shape, np.float32) if g is None else g.numpy()
+                      for t, g in zip([x, *weights], grads, strict=True)]}
+
+
+def mismatches(name: str, ours: dict, keras: dict, tol: float = 1e-5) -> list[str]:
+    """What differs between rnnkit's run of program ``name`` and Keras's."""
+    if name + "|error" in keras:
+        return [f"Keras raised {keras[name + '|error']}"]
+    if ours["names"] != keras[name + "|names"]:
+        return [f"weights {ours['names']} in rnnkit, {keras[name + '|names']} in Keras"]
+    found = []
+    n_leaves = len([k for k in keras if k.startswith(name + "|leaf|")])
+    if len(ours["leaves"]) != n_leaves:
+        return [f"{len(ours['leaves'])} outputs in rnnkit, {n_leaves} in Keras"]
+    for k, leaf in enumerate(ours["leaves"]):
+        theirs = keras[f"{name}|leaf|{k}"]
+        if leaf.shape != theirs.shape or not np.allclose(leaf, theirs, rtol=tol, atol=tol):
+            found.append(f"output {k}: shape {leaf.shape} / {theirs.shape}, max difference "
+                         f"{np.abs(leaf - theirs).max() if leaf.shape == theirs.shape else '-'}")
+    for k, (what, grad) in enumerate(zip(["input", *ours["names"]], ours["grads"], strict=True)):
+        theirs = keras[f"{name}|grad|{k}"]
+        if not np.allclose(grad, theirs, rtol=tol, atol=tol):
+            found.append(f"gradient w.r.t. {what}: max difference {np.abs(grad - theirs).max():.3g}")
+    return found
