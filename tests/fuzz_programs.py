@@ -49,7 +49,8 @@ def _cell(rng: random.Random, depth: int, concat_state: bool = False) -> tuple[s
     if out == depth and rng.random() < 0.3:
         src = f"R.ResidualWrapper({src})"
     elif rng.random() < 0.15:
-        src = f"R.DropoutWrapper({src}, output_keep_prob=1.0)"
+        keep = rng.choice(("output_keep_prob", "state_keep_prob", "input_keep_prob"))
+        src = f"R.DropoutWrapper({src}, {keep}=1.0)"
     return src, out
 
 
@@ -60,7 +61,12 @@ def _stack(rng: random.Random, depth: int) -> tuple[str, int]:
     tuple_state = rng.random() < 0.75
     layers = []
     for _ in range(rng.randint(2, 3)):
-        src, depth = _cell(rng, depth, concat_state=not tuple_state)
+        if tuple_state and rng.random() < 0.15:  # a stack within the stack
+            inner = [_cell(rng, depth)]
+            inner.append(_cell(rng, inner[0][1]))
+            src, depth = f"R.MultiRNNCell([{inner[0][0]}, {inner[1][0]}])", inner[1][1]
+        else:
+            src, depth = _cell(rng, depth, concat_state=not tuple_state)
         layers.append(src)
     flag = "" if tuple_state else ", state_is_tuple=False"
     return f"R.MultiRNNCell([{', '.join(layers)}]{flag})", depth
@@ -83,15 +89,17 @@ def _program(rng: random.Random, depth: int, lengths: bool) -> str:
         lines.append(f"out, st = R.dynamic_rnn(cell, {x}{length}{_state(rng, 'cell', 'initial_state')}"
                      f", dtype=F32{major}{swap})")
     elif driver == "bidirectional":
-        lines.append(f"out, st = R.bidirectional_dynamic_rnn(cell, cell2, X{length}"
+        x, major = ("X", "") if rng.random() < 0.7 else ("XT", ", time_major=True")
+        lines.append(f"out, st = R.bidirectional_dynamic_rnn(cell, cell2, {x}{length}"
                      f"{_state(rng, 'cell', 'initial_state_fw')}"
-                     f"{_state(rng, 'cell2', 'initial_state_bw')}, dtype=F32{swap})")
+                     f"{_state(rng, 'cell2', 'initial_state_bw')}, dtype=F32{major}{swap})")
     elif driver == "static":
         lines.append(f"out, st = R.static_rnn(cell, XS{length}"
                      f"{_state(rng, 'cell', 'initial_state')}, dtype=F32)")
     elif driver == "static_bidirectional":
         lines.append(f"out, st_fw, st_bw = R.static_bidirectional_rnn(cell, cell2, XS{length}"
-                     f"{_state(rng, 'cell', 'initial_state_fw')}, dtype=F32)")
+                     f"{_state(rng, 'cell', 'initial_state_fw')}"
+                     f"{_state(rng, 'cell2', 'initial_state_bw')}, dtype=F32)")
         lines.append("st = (st_fw, st_bw)")
     else:
         top_fw, _ = _cell(rng, out_fw + out_bw)
@@ -123,8 +131,12 @@ def tf1_programs(seed: int, count: int) -> tuple[dict[str, str], dict[str, np.nd
 
 # ---- Keras 3 programs: a functional model over namespace L (keras.layers or rnnkit.layers) ----
 
-def _keras_recurrent(rng: random.Random, sequences: bool, state: bool = False) -> str:
-    """A random recurrent layer (maybe ``RNN`` over a cell or a stack of cells)."""
+def _keras_recurrent(rng: random.Random, sequences: bool, state: bool = False,
+                     masked: bool = False) -> str:
+    """A random recurrent layer (maybe ``RNN`` over a cell or a stack of cells). ``masked``:
+    its inputs carry a mask, so no ``unroll=True`` (Keras 3's unrolled loop applies the mask
+    in input order to outputs in processing order when going backwards; rnnkit does not follow
+    it there, see docs/guides/files.md)."""
     kind = rng.choice(("SimpleRNN", "GRU", "LSTM", "LSTM", "GRU", "RNN"))
     units = rng.randint(1, 6)
     args = [str(units)]
@@ -144,7 +156,7 @@ def _keras_recurrent(rng: random.Random, sequences: bool, state: bool = False) -
         options.append("return_state=True")
     if rng.random() < 0.25:
         options.append("go_backwards=True")
-    if rng.random() < 0.1:
+    if not masked and rng.random() < 0.1:
         options.append("unroll=True")
     if kind != "RNN":
         return f"L.{kind}({', '.join(args + options)})"
@@ -158,24 +170,31 @@ def _keras_recurrent(rng: random.Random, sequences: bool, state: bool = False) -
 
 def _keras_program(rng: random.Random, steps: int, depth: int) -> str:
     lines = [f"inp = L.Input(({steps}, {depth}))", "h = inp"]
-    if rng.random() < 0.5:
+    masked = rng.random() < 0.5
+    if masked:
         lines.append("h = L.Masking()(h)")
     layers = rng.randint(1, 3)
     outs = "h"
     for k in range(layers):
         last = k == layers - 1
-        if not last and rng.random() < 0.15:
-            # an encoder's final state starting a decoder of the same kind and size
+        if not last and rng.random() < 0.2:
+            # an encoder's final state starting a decoder of the same kind and size (maybe a
+            # bidirectional one, from a bidirectional encoder's states)
             kind, units = rng.choice(("GRU", "LSTM", "SimpleRNN")), rng.randint(1, 5)
-            lines += [f"_, *st = L.{kind}({units}, return_state=True)(h)",
-                      f"h = L.{kind}({units}, return_sequences=True)(h, initial_state=st)"]
+            enc = f"L.{kind}({units}, return_state=True)"
+            dec = f"L.{kind}({units}, return_sequences=True)"
+            if rng.random() < 0.3:
+                enc, dec = f"L.Bidirectional({enc})", f"L.Bidirectional({dec})"
+            explicit = ", mask=None" if rng.random() < 0.2 else ""
+            lines += [f"_, *st = {enc}(h)", f"h = {dec}(h, initial_state=st{explicit})"]
             continue
         sequences = not last or rng.random() < 0.5
         state = last and rng.random() < 0.3
-        layer = _keras_recurrent(rng, sequences, state)
+        layer = _keras_recurrent(rng, sequences, state, masked)
         if rng.random() < 0.3:
-            merge = rng.choice(("concat", "sum", "mul", "ave"))
+            merge = rng.choice(("concat", "sum", "mul", "ave", None if last else "concat"))
             layer = f"L.Bidirectional({layer}, merge_mode={merge!r})"
+            state = state or merge is None
         if state:
             lines.append(f"outs = {layer}(h)")
             outs = "outs"
@@ -184,6 +203,31 @@ def _keras_program(rng: random.Random, steps: int, depth: int) -> str:
         if not last and rng.random() < 0.2:
             lines.append(f"h = L.TimeDistributed(L.Dense({rng.randint(1, 4)}))(h)")
     lines.append(f"model = L.Model(inp, {outs})")
+    return "\n".join(lines) + "\n"
+
+
+def _conv_program(rng: random.Random, steps: int, width: int, depth: int) -> str:
+    """A ``ConvLSTM1D`` or two over ``[batch, time, width, channels]`` inputs."""
+    lines = [f"inp = L.Input(({steps}, {width}, {depth}))", "h = inp"]
+    if rng.random() < 0.4:
+        lines.append("h = L.Masking()(h)")
+    layers = rng.randint(1, 2)
+    for k in range(layers):
+        args = [str(rng.randint(1, 4)), str(rng.choice((1, 2, 3)))]
+        if rng.random() < 0.5:
+            args.append("padding='same'")
+        elif rng.random() < 0.3:
+            args.append("strides=2")
+        if rng.random() < 0.2:
+            args.append("dilation_rate=2, padding='same'")
+        if rng.random() < 0.2:
+            args.append(f"recurrent_activation={rng.choice(('hard_sigmoid', 'tanh'))!r}")
+        if rng.random() < 0.2:
+            args.append("go_backwards=True")
+        if k < layers - 1 or rng.random() < 0.5:
+            args.append("return_sequences=True")
+        lines.append(f"h = L.ConvLSTM1D({', '.join(args)})(h)")
+    lines.append("model = L.Model(inp, h)")
     return "\n".join(lines) + "\n"
 
 
@@ -196,8 +240,14 @@ def keras_programs(seed: int, count: int) -> tuple[dict[str, str], dict[str, np.
     for k in range(count):
         name = f"k{seed}_p{k}"
         batch, steps, depth = rng.randint(1, 5), rng.choice((1, 2, 5, 9)), rng.randint(1, 5)
-        programs[name] = _keras_program(rng, steps, depth)
-        x = rs.uniform(-1.5, 1.5, size=(batch, steps, depth)).astype(np.float32)
-        x[rs.uniform(size=(batch, steps)) < 0.25] = 0.0
+        if rng.random() < 0.15:
+            width = rng.randint(5, 9)  # room for a kernel of 3 dilated by 2
+            programs[name] = _conv_program(rng, steps, width, depth)
+            x = rs.uniform(-1.5, 1.5, size=(batch, steps, width, depth)).astype(np.float32)
+            x[rs.uniform(size=(batch, steps, width)) < 0.2] = 0.0  # masked positions
+        else:
+            programs[name] = _keras_program(rng, steps, depth)
+            x = rs.uniform(-1.5, 1.5, size=(batch, steps, depth)).astype(np.float32)
+            x[rs.uniform(size=(batch, steps)) < 0.25] = 0.0  # masked steps
         arrays[f"{name}|X"] = x
     return programs, arrays

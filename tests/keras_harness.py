@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from rnn_programs import loss_weights
+from torch.utils import _pytree as pytree
 
 from rnnkit import layers as rkl
 
@@ -36,21 +37,14 @@ import keras
 L = types.SimpleNamespace(**{n: getattr(keras.layers, n) for n in dir(keras.layers)
                              if not n.startswith("_")})
 L.Input, L.Model = keras.Input, keras.Model
-for k, name in enumerate(sorted(PROGRAMS)):
+def run_one(k, name):
     keras.utils.clear_session()
     env = dict(L=L)
-    try:
-        exec(PROGRAMS[name], env)
-    except Exception as e:
-        RESULT[name + "|error"] = f"{type(e).__name__}: {e}"
-        continue
+    exec(PROGRAMS[name], env)
     model = env["model"]
     rs = np.random.RandomState(k)
     for w in model.weights:
         w.assign((rs.standard_normal(w.shape) * SCALE).astype("float32"))
-    RESULT[name + "|names"] = [w.path for w in model.weights]
-    for j, w in enumerate(model.weights):
-        RESULT[f"{name}|w|{j}"] = np.asarray(w)
     x = tf.constant(INPUTS[name + "|X"])
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -58,10 +52,20 @@ for k, name in enumerate(sorted(PROGRAMS)):
         loss = tf.add_n([tf.reduce_sum(t * loss_weights(tuple(t.shape), j))
                          for j, t in enumerate(leaves)])
     grads = tape.gradient(loss, [x, *model.weights])
+    RESULT[name + "|names"] = [w.path for w in model.weights]
+    for j, w in enumerate(model.weights):
+        RESULT[f"{name}|w|{j}"] = np.asarray(w)
     for j, a in enumerate(leaves):
         RESULT[f"{name}|leaf|{j}"] = np.asarray(a)
     for j, (t, g) in enumerate(zip([x, *model.weights], grads)):
         RESULT[f"{name}|grad|{j}"] = np.zeros(t.shape, "float32") if g is None else np.asarray(g)
+
+
+for k, name in enumerate(sorted(PROGRAMS)):
+    try:
+        run_one(k, name)
+    except Exception as e:
+        RESULT[name + "|error"] = f"{type(e).__name__}: {str(e)[:300]}"
 """
 
 
@@ -85,7 +89,7 @@ def run_rnnkit(name: str, src: str, arrays: dict, keras: dict, fast=None) -> dic
     else:
         with rk.fast.fast_mode(fast):
             outs = model(x, training=False)
-    leaves = outs if isinstance(outs, (list, tuple)) else [outs]
+    leaves = pytree.tree_leaves(outs)  # Keras's order: nested outputs flattened
     loss = sum((t * torch.tensor(loss_weights(tuple(t.shape), j))).sum() for j, t in enumerate(leaves))
     grads = torch.autograd.grad(loss, [x, *weights], allow_unused=True)
     return {"names": [w.op_name for w in weights],

@@ -16,7 +16,7 @@ import torch
 from rnnkit import layers as L
 from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.io._keras_config import ConfigError, check_entry, layer_from_keras, layer_to_keras
-from rnnkit.layers.model import SymbolicTensor, _flatten, _Node
+from rnnkit.layers.model import SymbolicTensor, _flatten, _map, _Node
 
 InputSpec = tuple[list, torch.dtype]  # (batch shape with None for free axes, dtype)
 _DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
@@ -198,14 +198,25 @@ def _resolve(value: Any, made: dict, where: str) -> Any:
     return outs[ref[2]]
 
 
+def _state_refs(value: Any, where: str) -> Any:
+    """A tf.keras node's state inputs: a reference, or a list of them (nesting), without the
+    per-reference kwargs."""
+    if _ref(value) is not None:
+        return value[:3]
+    if isinstance(value, list) and value:
+        return [_state_refs(v, where) for v in value]
+    raise ConfigError(f"{where}: bad state input {value!r:.80}")
+
+
 def _node_call(node: Any, made: dict, where: str) -> tuple[list, dict]:
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         args, kwargs = node.get("args"), node.get("kwargs", {})
-    elif isinstance(node, list) and node and all(_ref(n) is not None for n in node):  # Keras 2
+    elif isinstance(node, list) and node and _ref(node[0]) is not None:  # Keras 2
         args, kwargs = [node[0][:3]], (node[0][3] if len(node[0]) > 3 else {})
         if len(node) > 1 and isinstance(kwargs, dict):
-            # tf.keras records an RNN's initial states as inputs after its sequence
-            kwargs = {**kwargs, "initial_state": [n[:3] for n in node[1:]]}
+            # tf.keras records an RNN's initial states as inputs after its sequence (a stack's
+            # nested one list per cell)
+            kwargs = {**kwargs, "initial_state": [_state_refs(n, where) for n in node[1:]]}
     else:
         raise ConfigError(f"{where}: unsupported inbound node {node!r:.100} (one input expected)")
     if not isinstance(args, list) or not args or not isinstance(kwargs, dict):
@@ -226,7 +237,7 @@ def _initial_state(layer: L.Layer, states: Any, legacy: bool, where: str) -> lis
     rule (``mask_with_initial_state``)."""
     if not isinstance(layer, (L.RNN, L.Bidirectional)):
         raise ConfigError(f"{where}: a {type(layer).__name__} layer takes no initial_state")
-    if not isinstance(states, list) or not all(isinstance(t, SymbolicTensor) for t in _flat(states)):
+    if not isinstance(states, list) or not all(isinstance(t, SymbolicTensor) for t in _flatten(states)):
         raise ConfigError(f"{where}: initial_state must be a list of tensors, got {states!r:.80}")
     if legacy:
         layer.mask_with_initial_state = True
@@ -246,7 +257,7 @@ def _endpoints(value: Any, made: dict, where: str):
         raise ConfigError(f"{where} must be a non-empty list, got {value!r:.80}")
     single = isinstance(value[0], str)
     out = [_resolve(v, made, where) for v in ([value] if single else value)]
-    if not all(isinstance(t, SymbolicTensor) for t in out):
+    if not all(isinstance(t, SymbolicTensor) for t in _flatten(out)):
         raise ConfigError(f"{where} must name tensors, got {value!r:.80}")
     return out[0] if single else out
 
@@ -375,12 +386,12 @@ def functional_to_keras(model: L.Model) -> tuple[dict, list]:
         layers.append({**entry, "name": op.name, "inbound_nodes": nodes})
 
     def endpoints(items, single):
-        refs = [ref(t)["config"]["keras_history"] for t in items]
+        refs = _map(lambda t: ref(t)["config"]["keras_history"], items)
         return refs[0] if single else refs
 
     config = {"name": model.name, "trainable": model.trainable, "layers": layers,
               "input_layers": endpoints(model._inputs, model._single_in),
-              "output_layers": endpoints(model._outputs, model._single_out)}
+              "output_layers": endpoints(model._output_nest, model._single_out)}
     return ({"module": "keras.src.models.functional", "class_name": "Functional",
              "config": config, "registered_name": "Functional", "build_config": {"input_shape": None}},
             order)

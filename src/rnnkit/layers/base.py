@@ -187,7 +187,7 @@ class Layer(Tracked, torch.nn.Module):
         from rnnkit.layers.model import SymbolicTensor, symbolic_call
 
         if isinstance(inputs, SymbolicTensor):
-            return symbolic_call(self, inputs, args, kwargs)
+            return symbolic_call(self, inputs, args, kwargs if mask is None else {**kwargs, "mask": mask})
         carried = get_mask(inputs)
         if mask is None and carried is not None:
             mask = self._implicit_mask(carried, args, kwargs)

@@ -87,7 +87,7 @@ class Model(Layer):
 
     Args:
         inputs: an ``Input`` or a list of them.
-        outputs: a symbolic output or a list of them.
+        outputs: a symbolic output or a list of them, which may nest (an RNN's states).
         name, trainable: as Keras.
 
     Call: ``model(x)`` (or a list matching ``inputs``); returns the outputs in the same form,
@@ -101,10 +101,13 @@ class Model(Layer):
 
     def __init__(self, inputs, outputs, name: str | None = None, trainable: bool = True):
         super().__init__(name=name, trainable=trainable)
-        self._inputs, self._outputs = _as_list(inputs), _as_list(outputs)
+        # outputs may nest (an RNN's states over a stack of cells); _outputs is them flattened
+        self._inputs, self._outputs = _as_list(inputs), _flatten(outputs)
+        self._output_nest = _map(lambda t: t, _as_list(outputs))
         self._single_in = not isinstance(inputs, (list, tuple))
         # Keras (3 and tf.keras) returns a one-item list of outputs as the tensor alone
-        self._single_out = not isinstance(outputs, (list, tuple)) or len(outputs) == 1
+        self._single_out = not isinstance(outputs, (list, tuple)) or (
+            len(outputs) == 1 and not isinstance(outputs[0], (list, tuple)))
         for arg, items in (("inputs", self._inputs), ("outputs", self._outputs)):
             if not items or not all(isinstance(t, SymbolicTensor) for t in items):
                 raise TypeError(f"{arg} must be symbolic tensors (from Input and layer calls), "
@@ -141,7 +144,7 @@ class Model(Layer):
             outs = _flatten(out) if node.layer.output_structure() is not None else [out]
             for sym, o in zip(node.outputs, outs, strict=True):
                 values[id(sym)] = o
-        result = [values[id(o)] for o in self._outputs]
+        result = _map(lambda o: values[id(o)], self._output_nest)
         return result[0] if self._single_out else result
 
     def get_config(self) -> dict:
@@ -161,7 +164,7 @@ class Model(Layer):
                 "nodes": [{"layer": n.layer.name, "inputs": ref(n.inputs),
                            "args": _map(ref, list(n.args)), "kwargs": _map(ref, n.kwargs)}
                           for n in self._nodes],
-                "outputs": [ref(o) for o in self._outputs], "single": [self._single_in,
+                "outputs": _map(ref, self._output_nest), "single": [self._single_in,
                                                                       self._single_out]}
 
     @classmethod
@@ -174,14 +177,14 @@ class Model(Layer):
             if isinstance(v, dict) and "input" in v:
                 return inputs[v["input"]]
             if isinstance(v, dict) and "node" in v:
-                out = made[v["node"]]
-                return out[v["index"]] if isinstance(out, list) else out
+                out = made[v["node"]]  # the index is in the outputs flattened
+                return _flatten(out)[v["index"]] if isinstance(out, list) else out
             return v
 
         for n in config["nodes"]:
             args, kwargs = _map_refs(resolve, n["args"]), _map_refs(resolve, n["kwargs"])
             made.append(layers[n["layer"]](resolve(n["inputs"]), *args, **kwargs))
-        outputs = [resolve(o) for o in config["outputs"]]
+        outputs = _map_refs(resolve, config["outputs"])
         single_in, single_out = config.get("single", [False, False])
         return cls(inputs[0] if single_in else inputs, outputs[0] if single_out else outputs,
                    name=config["name"], trainable=config["trainable"])
@@ -209,7 +212,9 @@ class Sequential(Layer):
     Weights are named ``<sequential name>/<layer name>/...`` as in Keras.
 
     Args:
-        layers: layers to stack (more can be ``add``-ed).
+        layers: layers to stack (more can be ``add``-ed); the first may be an ``Input``, as in
+            Keras 3, which builds the stack at once (one call on zeros of its shape, unknown
+            sizes 1; stateful layers keep no state from it).
         name, trainable: as Keras.
     """
 
@@ -219,8 +224,19 @@ class Sequential(Layer):
                  trainable: bool = True):
         super().__init__(name=name, trainable=trainable)
         self.model_layers = torch.nn.ModuleList()
+        layers = list(layers)
+        given = layers.pop(0) if layers and isinstance(layers[0], SymbolicTensor) else None
+        if given is not None and given.node is not None:
+            raise TypeError(f"layers may start with an Input, not the output of a layer ({given!r})")
         for layer in layers:
             self.add(layer)
+        if given is not None and self.model_layers:
+            with torch.no_grad():
+                self(torch.zeros([1] + [d or 1 for d in given.shape[1:]], dtype=given.dtype),
+                     training=False)
+            for module in self.modules():
+                if getattr(module, "stateful", False):
+                    module.states = None
 
     def add(self, layer: Layer) -> None:
         """Append ``layer`` (a layer returning one tensor)."""
