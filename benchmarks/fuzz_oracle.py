@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -31,6 +33,9 @@ import tf1_harness as tf1  # noqa: E402
 import torch  # noqa: E402
 from fuzz_programs import keras_programs, tf1_programs  # noqa: E402
 from tf_oracle import run_tf  # noqa: E402
+from torch.utils import _pytree as pytree  # noqa: E402
+
+import rnnkit as rk  # noqa: E402
 
 MODES = {"auto": None, "reference": False}
 
@@ -80,12 +85,51 @@ def fuzz_tf1(progs: dict, arrays: dict, failures: dict, out) -> None:
 
 
 def fuzz_keras(progs: dict, arrays: dict, failures: dict, out) -> None:
-    """Keras programs: Keras first (its weights go to rnnkit), then rnnkit."""
-    theirs = run_tf(kh.keras_script(progs), arrays, legacy_keras=False)
-    ours = _ours(progs, lambda name, src, fast: kh.run_rnnkit(name, src, arrays, theirs, fast))
-    for name, src in progs.items():
-        _compare(name, src, ours, theirs, kh.mismatches, failures)
-        _report(failures, name, src, f"inputs {arrays[name + '|X'].shape}", out)
+    """Keras programs: Keras 3 first (its weights go to rnnkit), then rnnkit. Files too: rnnkit
+    reads what Keras 3 (``.keras``) and tf.keras (``.h5``) saved of each model, and Keras 3 reads
+    what rnnkit saved; each must give its writer's outputs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs = run_tf(kh.keras_script(progs, save=tmp), arrays, legacy_keras=False)
+        legacy = run_tf(kh.keras_script(progs, save=tmp, legacy=True), arrays)
+        ours = _ours(progs, lambda name, src, fast: kh.run_rnnkit(name, src, arrays, theirs, fast))
+        written = {}
+        for name, src in progs.items():
+            _compare(name, src, ours, theirs, kh.mismatches, failures)
+            for path, oracle in ((Path(tmp, f"{name}.keras"), theirs), (Path(tmp, f"{name}.h5"), legacy)):
+                if path.exists():
+                    found = _file_outputs(name, path, arrays, oracle)
+                    failures.setdefault(src, []).extend(f"{path.suffix} file: {f}" for f in found)
+            model = ours["reference"][name]
+            if not isinstance(model, str):
+                written[name] = str(Path(tmp, f"{name}.rnnkit.keras"))
+                try:
+                    rk.io.save_keras(model["model"], written[name])
+                except ValueError as e:  # what Keras 3 files cannot say is refused, not written
+                    del written[name]
+                    if "no Keras 3 equivalent" not in str(e):
+                        failures.setdefault(src, []).append(f"save_keras raised {e!r}")
+        back = run_tf(kh.load_script(written), arrays, legacy_keras=False) if written else {}
+        for name in written:
+            found = kh.mismatches(name, {"leaves": ours["reference"][name]["leaves"]}, back)
+            failures.setdefault(progs[name], []).extend(f"rnnkit's .keras in Keras 3: {f}"
+                                                        for f in found)
+        for name, src in progs.items():
+            if not failures.get(src):
+                failures.pop(src, None)
+            _report(failures, name, src, f"inputs {arrays[name + '|X'].shape}", out)
+
+
+def _file_outputs(name: str, path: Path, arrays: dict, oracle: dict) -> list[str]:
+    """What differs between rnnkit's outputs from the file a framework saved and the
+    framework's own outputs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras 3's mask rule, said once per layer
+            outs = rk.io.load_keras(path)(torch.from_numpy(arrays[name + "|X"]))
+    except Exception:  # a failure to report: the framework saved and ran this model
+        return [f"rnnkit could not load it: {traceback.format_exc(limit=-2)}"]
+    leaves = [t.detach().numpy() for t in pytree.tree_leaves(outs)]
+    return kh.mismatches(name, {"leaves": leaves}, oracle)
 
 
 FAMILIES = {"tf1": (tf1_programs, fuzz_tf1), "keras": (keras_programs, fuzz_keras)}

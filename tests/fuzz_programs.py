@@ -185,8 +185,7 @@ def _keras_program(rng: random.Random, steps: int, depth: int) -> str:
             dec = f"L.{kind}({units}, return_sequences=True)"
             if rng.random() < 0.3:
                 enc, dec = f"L.Bidirectional({enc})", f"L.Bidirectional({dec})"
-            explicit = ", mask=None" if rng.random() < 0.2 else ""
-            lines += [f"_, *st = {enc}(h)", f"h = {dec}(h, initial_state=st{explicit})"]
+            lines += [f"_, *st = {enc}(h)", f"h = {dec}(h, initial_state=st)"]
             continue
         sequences = not last or rng.random() < 0.5
         state = last and rng.random() < 0.3

@@ -24,21 +24,42 @@ from rnnkit import layers as rkl
 RK = SimpleNamespace(**{n: getattr(rkl, n) for n in rkl.__all__})
 
 
-def keras_script(programs: dict[str, str], scale: float = 0.4) -> str:
-    """The script that runs ``programs`` in Keras 3 (run it with ``legacy_keras=False``)."""
+def keras_script(programs: dict[str, str], scale: float = 0.4, save: str | None = None,
+                 legacy: bool = False) -> str:
+    """The script that runs ``programs`` in Keras 3 (run it with ``legacy_keras=False``), or
+    with ``legacy`` in tf.keras (``legacy_keras=True``; outputs only, no gradients). ``save``: a
+    folder where each model is saved after its run, as ``<name>.keras`` (Keras 3) or
+    ``<name>.h5`` (tf.keras)."""
     helpers = Path(__file__).with_name("rnn_programs.py").read_text()
+    module = "tf_keras" if legacy else "keras"
     return (helpers + f"\nPROGRAMS = json.loads({json.dumps(json.dumps(programs))})\n"
-            f"SCALE = {scale!r}\n" + _KERAS_SIDE)
+            f"SCALE = {scale!r}\nSAVE = {save!r}\nLEGACY = {legacy!r}\n"
+            f"import {module} as keras\n" + _KERAS_SIDE)
+
+
+def load_script(paths: dict[str, str]) -> str:
+    """The script that loads files rnnkit wrote (``paths``: program name -> file) in Keras 3
+    and records their outputs on ``<name>|X``."""
+    return f"""
+import keras
+for name, path in {paths!r}.items():
+    try:
+        leaves = keras.tree.flatten(keras.models.load_model(path)(INPUTS[name + "|X"]))
+    except Exception as e:
+        RESULT[name + "|error"] = f"{{type(e).__name__}}: {{str(e)[:300]}}"
+        continue
+    for j, a in enumerate(leaves):
+        RESULT[f"{{name}}|leaf|{{j}}"] = np.asarray(a)
+"""
 
 
 _KERAS_SIDE = """
 import types
-import keras
 L = types.SimpleNamespace(**{n: getattr(keras.layers, n) for n in dir(keras.layers)
                              if not n.startswith("_")})
 L.Input, L.Model = keras.Input, keras.Model
 def run_one(k, name):
-    keras.utils.clear_session()
+    keras.backend.clear_session()
     env = dict(L=L)
     exec(PROGRAMS[name], env)
     model = env["model"]
@@ -46,6 +67,11 @@ def run_one(k, name):
     for w in model.weights:
         w.assign((rs.standard_normal(w.shape) * SCALE).astype("float32"))
     x = tf.constant(INPUTS[name + "|X"])
+    if LEGACY:
+        for j, a in enumerate(tf.nest.flatten(model(x, training=False))):
+            RESULT[f"{name}|leaf|{j}"] = np.asarray(a)
+        model.save(f"{SAVE}/{name}.h5")
+        return
     with tf.GradientTape() as tape:
         tape.watch(x)
         leaves = tf.nest.flatten(model(x, training=False))
@@ -59,6 +85,8 @@ def run_one(k, name):
         RESULT[f"{name}|leaf|{j}"] = np.asarray(a)
     for j, (t, g) in enumerate(zip([x, *model.weights], grads)):
         RESULT[f"{name}|grad|{j}"] = np.zeros(t.shape, "float32") if g is None else np.asarray(g)
+    if SAVE:
+        model.save(f"{SAVE}/{name}.keras")
 
 
 for k, name in enumerate(sorted(PROGRAMS)):
@@ -92,17 +120,18 @@ def run_rnnkit(name: str, src: str, arrays: dict, keras: dict, fast=None) -> dic
     leaves = pytree.tree_leaves(outs)  # Keras's order: nested outputs flattened
     loss = sum((t * torch.tensor(loss_weights(tuple(t.shape), j))).sum() for j, t in enumerate(leaves))
     grads = torch.autograd.grad(loss, [x, *weights], allow_unused=True)
-    return {"names": [w.op_name for w in weights],
+    return {"names": [w.op_name for w in weights], "model": model,
             "leaves": [t.detach().numpy() for t in leaves],
             "grads": [np.zeros(t.shape, np.float32) if g is None else g.numpy()
                       for t, g in zip([x, *weights], grads, strict=True)]}
 
 
 def mismatches(name: str, ours: dict, keras: dict, tol: float = 1e-5) -> list[str]:
-    """What differs between rnnkit's run of program ``name`` and Keras's."""
+    """What differs between rnnkit's run of program ``name`` and Keras's (gradients where
+    both have them)."""
     if name + "|error" in keras:
         return [f"Keras raised {keras[name + '|error']}"]
-    if ours["names"] != keras[name + "|names"]:
+    if "names" in ours and ours["names"] != keras[name + "|names"]:
         return [f"weights {ours['names']} in rnnkit, {keras[name + '|names']} in Keras"]
     found = []
     n_leaves = len([k for k in keras if k.startswith(name + "|leaf|")])
@@ -113,7 +142,8 @@ def mismatches(name: str, ours: dict, keras: dict, tol: float = 1e-5) -> list[st
         if leaf.shape != theirs.shape or not np.allclose(leaf, theirs, rtol=tol, atol=tol):
             found.append(f"output {k}: shape {leaf.shape} / {theirs.shape}, max difference "
                          f"{np.abs(leaf - theirs).max() if leaf.shape == theirs.shape else '-'}")
-    for k, (what, grad) in enumerate(zip(["input", *ours["names"]], ours["grads"], strict=True)):
+    grads = zip(["input", *ours["names"]], ours["grads"], strict=True) if "grads" in ours else ()
+    for k, (what, grad) in enumerate(grads):
         theirs = keras[f"{name}|grad|{k}"]
         if not np.allclose(grad, theirs, rtol=tol, atol=tol):
             found.append(f"gradient w.r.t. {what}: max difference {np.abs(grad - theirs).max():.3g}")

@@ -203,7 +203,22 @@ def _rnnkit_config(cls_name: str, config: dict, where: str, legacy: bool) -> dic
             out[key] = value
         else:
             out[key] = _check_type(value, reference[key], at)
+    if legacy and cls_name == "Bidirectional":
+        out = _flipped_backward(out)
     return out
+
+
+def _flipped_backward(config: dict) -> dict:
+    """tf.keras makes a Bidirectional's backward layer going the other way from ``layer``
+    (forwards, where ``layer`` goes backwards; Keras 3 refuses such a layer); its config names
+    the backward layer only where it was given."""
+    layer = config.get("layer")
+    if config.get("backward_layer") is not None or not layer or not layer["config"].get("go_backwards"):
+        return config
+    name = str(layer["config"].get("name", "")).removeprefix("forward_")
+    backward = {**layer, "config": {**layer["config"], "go_backwards": False,
+                                    "name": f"backward_{name}"}}
+    return {**config, "backward_layer": backward}
 
 
 def _nested(entry: Any, where: str, allowed: dict, legacy: bool) -> dict:

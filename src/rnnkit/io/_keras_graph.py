@@ -222,6 +222,8 @@ def _node_call(node: Any, made: dict, where: str) -> tuple[list, dict]:
     if not isinstance(args, list) or not args or not isinstance(kwargs, dict):
         raise ConfigError(f"{where}: a node needs a list of args and a dict of kwargs")
     # ``training`` pinned at trace time only matters in training mode; the layer's mode decides.
+    # tf.keras's Bidirectional records ``constants: None``.
+    kwargs = {k: v for k, v in kwargs.items() if not (k == "constants" and v is None)}
     unknown = set(kwargs) - {"mask", "initial_state", "training"}
     if unknown:
         raise ConfigError(f"{where}: call arguments {sorted(unknown)} are not supported")
