@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import keras_harness as kh  # noqa: E402
+import numpy as np  # noqa: E402
 import tf1_harness as tf1  # noqa: E402
 import torch  # noqa: E402
 from fuzz_programs import keras_programs, tf1_programs  # noqa: E402
@@ -74,14 +75,35 @@ def _compare(name: str, src: str, ours: dict, oracle: dict, mismatches, failures
 
 
 def fuzz_tf1(progs: dict, arrays: dict, failures: dict, out) -> None:
-    """TF1 programs: rnnkit first (its weights go to TF), then TF."""
+    """TF1 programs: rnnkit first (its weights go to TF as a TF checkpoint rnnkit writes and
+    TF's Saver restores), then TF, which also saves a checkpoint of its own initial values for
+    rnnkit to restore into the same program: both must give TF's outputs."""
     ours = _ours(progs, lambda name, src, fast: tf1.run_rnnkit(name, src, arrays, fast))
     ran = {name: r for name, r in ours["reference"].items() if not isinstance(r, str)}
-    tf = run_tf(tf1.tf_script(progs), tf1.tf_feed(arrays, ran))
-    for name, src in progs.items():
-        _compare(name, src, ours, tf, tf1.mismatches, failures)
-        _report(failures, name, src, f"inputs {arrays[name + '|X'].shape}, lengths "
-                                     f"{arrays[name + '|L'].tolist()}", out)
+    with tempfile.TemporaryDirectory() as tmp:
+        tf = run_tf(tf1.tf_script(progs), tf1.tf_feed(arrays, ran, tmp))
+        for name, src in progs.items():
+            _compare(name, src, ours, tf, tf1.mismatches, failures)
+            found = _restored(name, src, arrays, tf) if name + "|saved" in tf else []
+            if found:
+                failures.setdefault(src, []).extend(found)
+            _report(failures, name, src, f"inputs {arrays[name + '|X'].shape}, lengths "
+                                         f"{arrays[name + '|L'].tolist()}", out)
+
+
+def _restored(name: str, src: str, arrays: dict, tf: dict) -> list[str]:
+    """What differs between TF's outputs at its initial values and rnnkit's, restoring TF's
+    checkpoint of them into the same program."""
+    try:
+        got = tf1.run_rnnkit(name, src, arrays, restore=tf[name + "|saved"])["leaves"]
+    except Exception:  # a failure to report, with its program
+        return [f"TF's checkpoint restored: rnnkit raised {traceback.format_exc(limit=-3)}"]
+    want = [tf[f"{name}|initial|{k}"] for k in range(len(got)) if f"{name}|initial|{k}" in tf]
+    if len(want) != len(got) or f"{name}|initial|{len(got)}" in tf:
+        return [f"TF's checkpoint restored: {len(got)} outputs, TF {len(want)}+"]
+    return [f"TF's checkpoint restored: leaf {k}: max difference {np.abs(a - b).max():.3g}"
+            for k, (a, b) in enumerate(zip(got, want, strict=True))
+            if not np.allclose(a, b, rtol=1e-5, atol=1e-5)]
 
 
 def fuzz_keras(progs: dict, arrays: dict, failures: dict, out) -> None:

@@ -205,6 +205,22 @@ def _keras_program(rng: random.Random, steps: int, depth: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _embedding_program(rng: random.Random, steps: int, vocab: int) -> str:
+    """A ``Sequential`` from an ``Input`` of token ids through ``Embedding(mask_zero=True)``
+    (id 0 masks its step) and recurrent layers."""
+    items = [f"L.Input(({steps},), dtype=INT)",
+             f"L.Embedding({vocab}, {rng.randint(1, 4)}, mask_zero={rng.random() < 0.8})"]
+    layers = rng.randint(1, 2)
+    for k in range(layers):
+        layer = _keras_recurrent(rng, k < layers - 1 or rng.random() < 0.5, masked=True)
+        if rng.random() < 0.3:
+            layer = f"L.Bidirectional({layer}, merge_mode={rng.choice(('concat', 'sum'))!r})"
+        items.append(layer)
+    if rng.random() < 0.5:
+        items.append(f"L.Dense({rng.randint(1, 3)}, activation='tanh')")
+    return f"model = L.Sequential([{', '.join(items)}])\n"
+
+
 def _conv_program(rng: random.Random, steps: int, width: int, depth: int) -> str:
     """A ``ConvLSTM1D`` or two over ``[batch, time, width, channels]`` inputs."""
     lines = [f"inp = L.Input(({steps}, {width}, {depth}))", "h = inp"]
@@ -240,6 +256,10 @@ def keras_programs(seed: int, count: int) -> tuple[dict[str, str], dict[str, np.
         name = f"k{seed}_p{k}"
         batch, steps, depth = rng.randint(1, 5), rng.choice((1, 2, 5, 9)), rng.randint(1, 5)
         if rng.random() < 0.15:
+            vocab = rng.randint(2, 9)
+            programs[name] = _embedding_program(rng, steps, vocab)
+            x = rs.randint(0, vocab, size=(batch, steps)).astype(np.int32)
+        elif rng.random() < 0.15:
             width = rng.randint(5, 9)  # room for a kernel of 3 dilated by 2
             programs[name] = _conv_program(rng, steps, width, depth)
             x = rs.uniform(-1.5, 1.5, size=(batch, steps, width, depth)).astype(np.float32)

@@ -57,10 +57,10 @@ _KERAS_SIDE = """
 import types
 L = types.SimpleNamespace(**{n: getattr(keras.layers, n) for n in dir(keras.layers)
                              if not n.startswith("_")})
-L.Input, L.Model = keras.Input, keras.Model
+L.Input, L.Model, L.Sequential = keras.Input, keras.Model, keras.Sequential
 def run_one(k, name):
     keras.backend.clear_session()
-    env = dict(L=L)
+    env = dict(L=L, INT="int32")
     exec(PROGRAMS[name], env)
     model = env["model"]
     rs = np.random.RandomState(k)
@@ -84,7 +84,8 @@ def run_one(k, name):
     for j, a in enumerate(leaves):
         RESULT[f"{name}|leaf|{j}"] = np.asarray(a)
     for j, (t, g) in enumerate(zip([x, *model.weights], grads)):
-        RESULT[f"{name}|grad|{j}"] = np.zeros(t.shape, "float32") if g is None else np.asarray(g)
+        RESULT[f"{name}|grad|{j}"] = (np.zeros(t.shape, "float32") if g is None  # an
+                                      else np.asarray(tf.convert_to_tensor(g)))  # embedding's: sparse
     if SAVE:
         model.save(f"{SAVE}/{name}.keras")
 
@@ -102,10 +103,11 @@ def run_rnnkit(name: str, src: str, arrays: dict, keras: dict, fast=None) -> dic
     import rnnkit as rk
 
     rkl.clear_session()
-    env = dict(L=RK)
+    env = dict(L=RK, INT=torch.int64)
     exec(src, env)
     model = env["model"]
-    x = torch.tensor(arrays[name + "|X"], requires_grad=True)
+    x = torch.tensor(arrays[name + "|X"])
+    x = x.long() if not x.is_floating_point() else x.requires_grad_()  # ids: no gradient
     model(x[:1].detach(), training=False)  # built, so every weight exists
     weights = model.weights
     if len(weights) == len(keras.get(name + "|names", ())):
@@ -119,7 +121,9 @@ def run_rnnkit(name: str, src: str, arrays: dict, keras: dict, fast=None) -> dic
             outs = model(x, training=False)
     leaves = pytree.tree_leaves(outs)  # Keras's order: nested outputs flattened
     loss = sum((t * torch.tensor(loss_weights(tuple(t.shape), j))).sum() for j, t in enumerate(leaves))
-    grads = torch.autograd.grad(loss, [x, *weights], allow_unused=True)
+    grads = torch.autograd.grad(loss, [x, *weights] if x.requires_grad else weights,
+                                allow_unused=True)
+    grads = grads if x.requires_grad else (None, *grads)
     return {"names": [w.op_name for w in weights], "model": model,
             "leaves": [t.detach().numpy() for t in leaves],
             "grads": [np.zeros(t.shape, np.float32) if g is None else g.numpy()

@@ -61,6 +61,7 @@ for k, y in enumerate(model([x, np.any(x != 0, axis=-1)])):
 def test_keras3_rule_matches_keras3():
     x = _x()
     result = run_tf(_keras3_side(), {"x": x}, legacy_keras=False)
+    L.clear_session()  # layer names counted from zero, as in the fresh Keras process
     mask_in = L.Input((6,), dtype=torch.bool)
     env = {"K": L, "MASK_IN": mask_in, "MASK": mask_in}
     exec(SEQ2SEQ, env)

@@ -2,26 +2,21 @@
 TF1 programs against tf.compat.v1 and random Keras models against Keras 3, each on rnnkit's fast
 paths and on its reference loop. The long runs are recorded in benchmarks/RESULTS.md."""
 
-import importlib.util
 import io
+import sys
 from pathlib import Path
 
 import pytest
 from tf_oracle import requires_tf
 
 pytestmark = [pytest.mark.oracle, requires_tf]
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 
-
-def _fuzz():
-    path = Path(__file__).parent.parent / "benchmarks" / "fuzz_oracle.py"
-    spec = importlib.util.spec_from_file_location("fuzz_oracle", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import fuzz_oracle  # noqa: E402
 
 
 @pytest.mark.parametrize("family, programs", [("tf1", 24), ("keras", 40)])
 def test_random_programs_agree_with_the_oracle(family, programs):
     report = io.StringIO()
-    failures = _fuzz().run(programs, seed=11, per_run=programs, family=family, out=report)
+    failures = fuzz_oracle.run(programs, seed=11, per_run=programs, family=family, out=report)
     assert failures == {}, report.getvalue()

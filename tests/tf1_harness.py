@@ -40,10 +40,21 @@ def program_arrays(arrays: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
     return arrays.get(f"{name}|X", arrays.get("X")), arrays.get(f"{name}|L", arrays.get("L"))
 
 
-def run_rnnkit(name: str, src: str, arrays: dict, fast=None) -> dict:
+def run_rnnkit(name: str, src: str, arrays: dict, fast=None, restore: str | None = None) -> dict:
     """Run one program in rnnkit (under ``fast_mode(fast)`` unless None); return weights by name,
-    output and state leaves, and gradients."""
+    output and state leaves, and gradients. ``restore``: a TF checkpoint; the program runs once
+    to make its variables, they are restored from it (every one, strictly), and it runs again
+    reusing them, as TF1 code that restores a checkpoint does."""
     rk.reset_default_graph()
+    if restore is not None:
+        _run(name, src, arrays, fast)
+        rk.io.restore(restore, strict=True)
+        with rk.variable_scope(rk.get_variable_scope(), reuse=True):
+            return _run(name, src, arrays, fast)
+    return _run(name, src, arrays, fast)
+
+
+def _run(name: str, src: str, arrays: dict, fast) -> dict:
     x_np, lengths = program_arrays(arrays, name)
     x = torch.tensor(x_np, requires_grad=True)
     batch, steps, depth = x.shape
@@ -75,11 +86,20 @@ def run_rnnkit(name: str, src: str, arrays: dict, fast=None) -> dict:
                       for t, g in zip([x, *state_leaves, *variables], grads, strict=True)]}
 
 
-def tf_feed(arrays: dict, ours: dict[str, dict]) -> dict:
-    """The TF side's inputs: the programs' arrays and rnnkit's weights, by program and name."""
+def tf_feed(arrays: dict, ours: dict[str, dict], folder: str | None = None) -> dict:
+    """The TF side's inputs: the programs' arrays and rnnkit's weights, by program and name;
+    with ``folder``, the weights as a TF checkpoint rnnkit wrote there (``<name>|ckpt``, which
+    TF's Saver restores), and where TF saves a checkpoint of its own initial values
+    (``<name>|save``)."""
     feed = dict(arrays)
     for name, r in ours.items():
-        feed.update({f"{name}|w|{w}": value for w, value in r["weights"].items()})
+        if folder is None:
+            feed.update({f"{name}|w|{w}": value for w, value in r["weights"].items()})
+            continue
+        path = rk.io.write_tf_checkpoint(f"{folder}/{name}/rnnkit", {
+            w: torch.from_numpy(value) for w, value in r["weights"].items()})
+        feed[f"{name}|ckpt"] = np.array(str(path))
+        feed[f"{name}|save"] = np.array(f"{folder}/{name}/tf/model")
     return feed
 
 
@@ -172,11 +192,19 @@ for name in sorted(PROGRAMS):
     grads = [g if g is not None else tf1.zeros_like(t) for t, g in
              zip(targets, tf1.gradients(loss, targets))]
     with tf1.Session() as sess:
+        saver = tf1.train.Saver() if tvars else None
+        if name + "|ckpt" in INPUTS and saver:
+            saver.restore(sess, str(INPUTS[name + "|ckpt"]))
         for v in tvars:
             key = name + "|w|" + v.op.name
             if key in INPUTS:
                 v.load(INPUTS[key], sess)
         got_leaves, got_grads = sess.run([leaves, grads])
+        if name + "|save" in INPUTS and saver:  # TF's own initial values, for rnnkit to restore
+            sess.run(tf1.global_variables_initializer())
+            for k, a in enumerate(sess.run(leaves)):
+                RESULT[f"{name}|initial|{k}"] = np.asarray(a)
+            RESULT[name + "|saved"] = saver.save(sess, str(INPUTS[name + "|save"]))
     for k, a in enumerate(got_leaves):
         RESULT[f"{name}|leaf|{k}"] = np.asarray(a)
     for k, g in enumerate(got_grads):
