@@ -119,7 +119,7 @@ def fuzz_keras(progs: dict, arrays: dict, failures: dict, out) -> None:
             _compare(name, src, ours, theirs, kh.mismatches, failures)
             for path, oracle in ((Path(tmp, f"{name}.keras"), theirs), (Path(tmp, f"{name}.h5"), legacy)):
                 if path.exists():
-                    found = _file_outputs(name, path, arrays, oracle)
+                    found = _file_outputs(name, path, arrays, oracle, kh.calls(src))
                     failures.setdefault(src, []).extend(f"{path.suffix} file: {f}" for f in found)
             model = ours["reference"][name]
             if not isinstance(model, str):
@@ -130,7 +130,8 @@ def fuzz_keras(progs: dict, arrays: dict, failures: dict, out) -> None:
                     del written[name]
                     if "no Keras 3 equivalent" not in str(e):
                         failures.setdefault(src, []).append(f"save_keras raised {e!r}")
-        back = run_tf(kh.load_script(written), arrays, legacy_keras=False) if written else {}
+        back = run_tf(kh.load_script(written, {name: kh.calls(progs[name]) for name in written}),
+                      arrays, legacy_keras=False) if written else {}
         for name in written:
             found = kh.mismatches(name, {"leaves": ours["reference"][name]["leaves"]}, back)
             failures.setdefault(progs[name], []).extend(f"rnnkit's .keras in Keras 3: {f}"
@@ -141,13 +142,15 @@ def fuzz_keras(progs: dict, arrays: dict, failures: dict, out) -> None:
             _report(failures, name, src, f"inputs {arrays[name + '|X'].shape}", out)
 
 
-def _file_outputs(name: str, path: Path, arrays: dict, oracle: dict) -> list[str]:
+def _file_outputs(name: str, path: Path, arrays: dict, oracle: dict, calls: int) -> list[str]:
     """What differs between rnnkit's outputs from the file a framework saved and the
-    framework's own outputs."""
+    framework's own outputs (at the last of ``calls`` calls)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras 3's mask rule, said once per layer
-            outs = rk.io.load_keras(path)(torch.from_numpy(arrays[name + "|X"]))
+            model = rk.io.load_keras(path)
+            for _ in range(calls):
+                outs = model(torch.from_numpy(arrays[name + "|X"]))
     except Exception:  # a failure to report: the framework saved and ran this model
         return [f"rnnkit could not load it: {traceback.format_exc(limit=-2)}"]
     leaves = [t.detach().numpy() for t in pytree.tree_leaves(outs)]

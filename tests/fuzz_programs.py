@@ -132,7 +132,7 @@ def tf1_programs(seed: int, count: int) -> tuple[dict[str, str], dict[str, np.nd
 # ---- Keras 3 programs: a functional model over namespace L (keras.layers or rnnkit.layers) ----
 
 def _keras_recurrent(rng: random.Random, sequences: bool, state: bool = False,
-                     masked: bool = False) -> str:
+                     masked: bool = False, stateful: bool = False) -> str:
     """A random recurrent layer (maybe ``RNN`` over a cell or a stack of cells). ``masked``:
     its inputs carry a mask, so no ``unroll=True`` (Keras 3's unrolled loop applies the mask
     in input order to outputs in processing order when going backwards; rnnkit does not follow
@@ -158,6 +158,8 @@ def _keras_recurrent(rng: random.Random, sequences: bool, state: bool = False,
         options.append("go_backwards=True")
     if not masked and rng.random() < 0.1:
         options.append("unroll=True")
+    if stateful:
+        options.append("stateful=True")
     if kind != "RNN":
         return f"L.{kind}({', '.join(args + options)})"
     cells = [f"L.{rng.choice(('SimpleRNNCell', 'GRUCell', 'LSTMCell'))}({rng.randint(1, 5)})"
@@ -168,8 +170,12 @@ def _keras_recurrent(rng: random.Random, sequences: bool, state: bool = False,
     return f"L.RNN({', '.join([cell, *options])})"
 
 
-def _keras_program(rng: random.Random, steps: int, depth: int) -> str:
-    lines = [f"inp = L.Input(({steps}, {depth}))", "h = inp"]
+def _keras_program(rng: random.Random, batch: int, steps: int, depth: int) -> str:
+    """A functional model; one in ten stateful (a fixed batch size, called twice: ``CALLS``)."""
+    stateful = rng.random() < 0.1
+    shape = f"batch_shape=({batch}, {steps}, {depth})" if stateful else f"({steps}, {depth})"
+    lines = ["CALLS = 2"] if stateful else []
+    lines += [f"inp = L.Input({shape})", "h = inp"]
     masked = rng.random() < 0.5
     if masked:
         lines.append("h = L.Masking()(h)")
@@ -177,7 +183,7 @@ def _keras_program(rng: random.Random, steps: int, depth: int) -> str:
     outs = "h"
     for k in range(layers):
         last = k == layers - 1
-        if not last and rng.random() < 0.2:
+        if not last and not stateful and rng.random() < 0.2:
             # an encoder's final state starting a decoder of the same kind and size (maybe a
             # bidirectional one, from a bidirectional encoder's states)
             kind, units = rng.choice(("GRU", "LSTM", "SimpleRNN")), rng.randint(1, 5)
@@ -189,7 +195,7 @@ def _keras_program(rng: random.Random, steps: int, depth: int) -> str:
             continue
         sequences = not last or rng.random() < 0.5
         state = last and rng.random() < 0.3
-        layer = _keras_recurrent(rng, sequences, state, masked)
+        layer = _keras_recurrent(rng, sequences, state, masked, stateful and rng.random() < 0.7)
         if rng.random() < 0.3:
             merge = rng.choice(("concat", "sum", "mul", "ave", None if last else "concat"))
             layer = f"L.Bidirectional({layer}, merge_mode={merge!r})"
@@ -265,7 +271,7 @@ def keras_programs(seed: int, count: int) -> tuple[dict[str, str], dict[str, np.
             x = rs.uniform(-1.5, 1.5, size=(batch, steps, width, depth)).astype(np.float32)
             x[rs.uniform(size=(batch, steps, width)) < 0.2] = 0.0  # masked positions
         else:
-            programs[name] = _keras_program(rng, steps, depth)
+            programs[name] = _keras_program(rng, batch, steps, depth)
             x = rs.uniform(-1.5, 1.5, size=(batch, steps, depth)).astype(np.float32)
             x[rs.uniform(size=(batch, steps)) < 0.25] = 0.0  # masked steps
         arrays[f"{name}|X"] = x

@@ -37,14 +37,17 @@ def keras_script(programs: dict[str, str], scale: float = 0.4, save: str | None 
             f"import {module} as keras\n" + _KERAS_SIDE)
 
 
-def load_script(paths: dict[str, str]) -> str:
+def load_script(paths: dict[str, str], calls: dict[str, int]) -> str:
     """The script that loads files rnnkit wrote (``paths``: program name -> file) in Keras 3
-    and records their outputs on ``<name>|X``."""
+    and records their outputs on ``<name>|X`` (at the last of ``calls[name]`` calls)."""
     return f"""
 import keras
 for name, path in {paths!r}.items():
     try:
-        leaves = keras.tree.flatten(keras.models.load_model(path)(INPUTS[name + "|X"]))
+        model = keras.models.load_model(path)
+        for _ in range({calls!r}[name] - 1):
+            model(INPUTS[name + "|X"])
+        leaves = keras.tree.flatten(model(INPUTS[name + "|X"]))
     except Exception as e:
         RESULT[name + "|error"] = f"{{type(e).__name__}}: {{str(e)[:300]}}"
         continue
@@ -67,6 +70,8 @@ def run_one(k, name):
     for w in model.weights:
         w.assign((rs.standard_normal(w.shape) * SCALE).astype("float32"))
     x = tf.constant(INPUTS[name + "|X"])
+    for _ in range(env.get("CALLS", 1) - 1):  # a stateful model's earlier calls
+        model(x, training=False)
     if LEGACY:
         for j, a in enumerate(tf.nest.flatten(model(x, training=False))):
             RESULT[f"{name}|leaf|{j}"] = np.asarray(a)
@@ -108,16 +113,17 @@ def run_rnnkit(name: str, src: str, arrays: dict, keras: dict, fast=None) -> dic
     model = env["model"]
     x = torch.tensor(arrays[name + "|X"])
     x = x.long() if not x.is_floating_point() else x.requires_grad_()  # ids: no gradient
-    model(x[:1].detach(), training=False)  # built, so every weight exists
+    model(x.detach(), training=False)  # built, so every weight exists
+    for module in model.modules():
+        if getattr(module, "stateful", False):
+            module.reset_states()
     weights = model.weights
     if len(weights) == len(keras.get(name + "|names", ())):
         with torch.no_grad():
             for j, w in enumerate(weights):
                 w.copy_(torch.from_numpy(keras[f"{name}|w|{j}"]))
-    if fast is None:
-        outs = model(x, training=False)
-    else:
-        with rk.fast.fast_mode(fast):
+    with rk.fast.fast_mode("auto" if fast is None else fast):
+        for _ in range(calls(src)):  # a stateful model's state carries over, detached
             outs = model(x, training=False)
     leaves = pytree.tree_leaves(outs)  # Keras's order: nested outputs flattened
     loss = sum((t * torch.tensor(loss_weights(tuple(t.shape), j))).sum() for j, t in enumerate(leaves))
@@ -128,6 +134,11 @@ def run_rnnkit(name: str, src: str, arrays: dict, keras: dict, fast=None) -> dic
             "leaves": [t.detach().numpy() for t in leaves],
             "grads": [np.zeros(t.shape, np.float32) if g is None else g.numpy()
                       for t, g in zip([x, *weights], grads, strict=True)]}
+
+
+def calls(src: str) -> int:
+    """How many times a program's model is called (``CALLS = n`` in it; the last is compared)."""
+    return 2 if "CALLS = 2" in src else 1
 
 
 def mismatches(name: str, ours: dict, keras: dict, tol: float = 1e-5) -> list[str]:

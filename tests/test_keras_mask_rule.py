@@ -210,3 +210,15 @@ def test_one_item_output_list_returns_the_tensor():
     assert torch.is_tensor(model(torch.from_numpy(_x())))
     again = L.Model.from_config(model.get_config())
     assert torch.is_tensor(again(torch.from_numpy(_x())))
+
+
+def test_input_takes_keras_batch_shapes_and_dtype_names():
+    x = L.Input(batch_shape=(2, 6, 4))
+    assert x.shape == (2, 6, 4) and L.Input((6,), "int32", batch_size=3).shape == (3, 6)
+    model = L.Model(x, L.LSTM(3, stateful=True)(x))
+    assert L.Model.from_config(model.get_config())._inputs[0].shape == (2, 6, 4)
+    ids = L.Sequential([L.Input((6,), dtype="int32"), L.Embedding(9, 2, mask_zero=True), L.GRU(3)])
+    assert len(ids.weights) == 4  # built by the Input, as Keras builds it
+    for bad in ({}, {"shape": (3,), "batch_shape": (1, 3)}, {"shape": (3,), "dtype": "floaty"}):
+        with pytest.raises(ValueError):
+            L.Input(**bad)

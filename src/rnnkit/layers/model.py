@@ -51,16 +51,41 @@ def _map(fn, obj):
     return fn(obj)
 
 
-def Input(shape: Sequence[int | None], dtype: torch.dtype = torch.float32,
-          name: str | None = None) -> SymbolicTensor:
-    """A functional-graph input of shape ``[batch, *shape]`` (``shape`` excludes the batch axis).
+def Input(shape: Sequence[int | None] | None = None, dtype: torch.dtype | str = torch.float32,
+          name: str | None = None, *, batch_size: int | None = None,
+          batch_shape: Sequence[int | None] | None = None) -> SymbolicTensor:
+    """A functional-graph input of shape ``[batch, *shape]``, as ``keras.Input``.
+
+    Args:
+        shape: the sizes after the batch axis (None for any size).
+        dtype: a torch dtype or its name (``"float32"``, ``"int32"``, as Keras writes it).
+        name: the input's name.
+        batch_size: a fixed batch size (a stateful RNN's), or None.
+        batch_shape: the whole shape, batch axis first, in place of ``shape`` and
+            ``batch_size``.
+
+    Raises:
+        TypeError / ValueError: neither or both of ``shape`` and ``batch_shape``, a shape that
+            is not a sequence of sizes, or an unknown dtype name.
 
     Example:
         >>> x = Input((None, 3)); y = LSTM(8)(Masking()(x)); model = Model(x, y)  # doctest: +SKIP
     """
-    if not isinstance(shape, (list, tuple)):
-        raise TypeError(f"shape must be a tuple of sizes (without the batch axis), got {shape!r}")
-    return SymbolicTensor((None, *shape), dtype, name=name or "input")
+    if (shape is None) == (batch_shape is None):
+        raise ValueError("give one of shape (without the batch axis) and batch_shape (with it), "
+                         f"got shape={shape!r}, batch_shape={batch_shape!r}")
+    full = (batch_size, *shape) if shape is not None else batch_shape
+    if not isinstance(shape if shape is not None else batch_shape, (list, tuple)) or not all(
+            d is None or (isinstance(d, int) and d >= 0) for d in full):
+        raise TypeError(f"shape must be a tuple of sizes (without the batch axis) and batch_shape "
+                        f"one with it, got shape={shape!r}, batch_shape={batch_shape!r}")
+    if isinstance(dtype, str):
+        named = getattr(torch, dtype, None)
+        if not isinstance(named, torch.dtype):
+            raise ValueError(f"dtype must be a torch dtype or its name ('float32', 'int32', ...), "
+                             f"got {dtype!r}")
+        dtype = named
+    return SymbolicTensor(tuple(full), dtype, name=name or "input")
 
 
 def symbolic_call(layer: Layer, inputs: SymbolicTensor, args: tuple, kwargs: dict):
@@ -159,7 +184,8 @@ class Model(Layer):
 
         return {**super().get_config(),
                 "inputs": [{"shape": list(i.shape[1:]), "dtype": str(i.dtype).removeprefix("torch."),
-                            "name": i.name} for i in self._inputs],
+                            "name": i.name, **({"batch_size": i.shape[0]} if i.shape[0] else {})}
+                           for i in self._inputs],
                 "layers": [serialize(layer) for layer in self.model_layers],
                 "nodes": [{"layer": n.layer.name, "inputs": ref(n.inputs),
                            "args": _map(ref, list(n.args)), "kwargs": _map(ref, n.kwargs)}
@@ -170,7 +196,8 @@ class Model(Layer):
     @classmethod
     def from_config(cls, config: dict):
         layers = {c["config"]["name"]: deserialize(c) for c in config["layers"]}
-        inputs = [Input(i["shape"], getattr(torch, i["dtype"]), i["name"]) for i in config["inputs"]]
+        inputs = [Input(i["shape"], i["dtype"], i["name"], batch_size=i.get("batch_size"))
+                  for i in config["inputs"]]
         made: list = []
 
         def resolve(v):
@@ -232,7 +259,7 @@ class Sequential(Layer):
             self.add(layer)
         if given is not None and self.model_layers:
             with torch.no_grad():
-                self(torch.zeros([1] + [d or 1 for d in given.shape[1:]], dtype=given.dtype),
+                self(torch.zeros([d or 1 for d in given.shape], dtype=given.dtype),
                      training=False)
             for module in self.modules():
                 if getattr(module, "stateful", False):
