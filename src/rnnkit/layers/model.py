@@ -74,9 +74,10 @@ def Input(shape: Sequence[int | None] | None = None, dtype: torch.dtype | str = 
     if (shape is None) == (batch_shape is None):
         raise ValueError("give one of shape (without the batch axis) and batch_shape (with it), "
                          f"got shape={shape!r}, batch_shape={batch_shape!r}")
-    full = (batch_size, *shape) if shape is not None else batch_shape
-    if not isinstance(shape if shape is not None else batch_shape, (list, tuple)) or not all(
-            d is None or (isinstance(d, int) and d >= 0) for d in full):
+    given = shape if shape is not None else batch_shape
+    full = ((batch_size, *shape) if shape is not None else batch_shape
+            ) if isinstance(given, (list, tuple)) else None
+    if full is None or not all(d is None or (isinstance(d, int) and d >= 0) for d in full):
         raise TypeError(f"shape must be a tuple of sizes (without the batch axis) and batch_shape "
                         f"one with it, got shape={shape!r}, batch_shape={batch_shape!r}")
     if isinstance(dtype, str):
