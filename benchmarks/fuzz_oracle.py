@@ -6,10 +6,13 @@ Each program (``tests/fuzz_programs.py``) runs in rnnkit twice, on the fast path
 (``fast="auto"``) and on the reference loop (``fast=False``), and once in the oracle, in a
 subprocess:
 - ``tf1``: random cells, stacks, options, drivers, shapes and lengths, against
-  ``tf.compat.v1`` in graph mode, with rnnkit's weights loaded by name;
-- ``keras``: random functional models of recurrent layers (cells, stacks, ``Bidirectional``,
-  masks, returned and passed states), against Keras 3 on the TF backend, with Keras's random
-  weights copied in order.
+  ``tf.compat.v1`` in graph mode, with rnnkit's weights in a TF checkpoint rnnkit writes and
+  TF's ``Saver`` restores; and TF's own initial values, saved by TF, restored by rnnkit;
+- ``keras``: random models of recurrent layers (cells, stacks, ``Bidirectional``, masks,
+  returned and passed states, ConvLSTM1D, token ids, stateful models), against Keras 3 on the
+  TF backend, with Keras's random weights copied in order; and their files both ways: rnnkit
+  reads what Keras 3 (``.keras``) and tf.keras (``.h5``) saved, also after a round trip
+  through its native file, and Keras 3 reads what rnnkit saved.
 Weight names, outputs, final states and the gradients of a fixed loss with respect to inputs,
 initial states and every weight must agree to 1e-5. A program rnnkit refuses while the oracle
 runs it (or the other way round) is a failure too. Failures are
@@ -143,18 +146,26 @@ def fuzz_keras(progs: dict, arrays: dict, failures: dict, out) -> None:
 
 
 def _file_outputs(name: str, path: Path, arrays: dict, oracle: dict, calls: int) -> list[str]:
-    """What differs between rnnkit's outputs from the file a framework saved and the
-    framework's own outputs (at the last of ``calls`` calls)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Keras 3's mask rule, said once per layer
-            model = rk.io.load_keras(path)
-            for _ in range(calls):
-                outs = model(torch.from_numpy(arrays[name + "|X"]))
-    except Exception:  # a failure to report: the framework saved and ran this model
-        return [f"rnnkit could not load it: {traceback.format_exc(limit=-2)}"]
-    leaves = [t.detach().numpy() for t in pytree.tree_leaves(outs)]
-    return kh.mismatches(name, {"leaves": leaves}, oracle)
+    """What differs between the framework's own outputs (at the last of ``calls`` calls) and
+    rnnkit's from the file the framework saved, and from that model saved again as an rnnkit
+    native file and loaded back."""
+    x = torch.from_numpy(arrays[name + "|X"])
+    native = path.with_suffix(path.suffix + ".safetensors")
+    found = []
+    for what in ("", "native "):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Keras 3's mask rule, said once per layer
+                model = rk.io.load_keras(path) if not what else rk.io.load(native)
+                for _ in range(calls):
+                    outs = model(x)
+                if not what:
+                    rk.io.save_native(native, model)
+        except Exception:  # a failure to report: the framework saved and ran this model
+            return found + [f"{what}rnnkit could not load it: {traceback.format_exc(limit=-2)}"]
+        leaves = [t.detach().numpy() for t in pytree.tree_leaves(outs)]
+        found += [what + f for f in kh.mismatches(name, {"leaves": leaves}, oracle)]
+    return found
 
 
 FAMILIES = {"tf1": (tf1_programs, fuzz_tf1), "keras": (keras_programs, fuzz_keras)}
