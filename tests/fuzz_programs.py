@@ -118,14 +118,18 @@ def _program(rng: random.Random, depth: int, lengths: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tf1_programs(seed: int, count: int) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """``count`` random programs and their arrays (``<name>|X``, ``<name>|L``), from ``seed``."""
+def tf1_programs(seed: int, count: int, long: bool = False) -> tuple[dict[str, str],
+                                                                   dict[str, np.ndarray]]:
+    """``count`` random programs and their arrays (``<name>|X``, ``<name>|L``), from ``seed``;
+    ``long``: longer sequences and larger batches (the fast paths' segments and chunks)."""
     rng = random.Random(seed)
     rs = np.random.RandomState(seed)
     programs, arrays = {}, {}
     for k in range(count):
         name = f"s{seed}_p{k}"
-        batch, steps, depth = rng.randint(1, 5), rng.choice((1, 2, 5, 9, 17)), rng.randint(1, 6)
+        batch = rng.randint(1, 12 if long else 5)
+        steps = rng.choice((33, 64, 101) if long else (1, 2, 5, 9, 17))
+        depth = rng.randint(1, 6)
         lengths = rng.random() < 0.6
         programs[name] = _program(rng, depth, lengths)
         arrays[f"{name}|X"] = rs.uniform(-1.5, 1.5, size=(batch, steps, depth)).astype(np.float32)
