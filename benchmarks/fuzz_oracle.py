@@ -84,12 +84,12 @@ def fuzz_tf1(progs: dict, arrays: dict, failures: dict, out, long: bool = False)
     rnnkit to restore into the same program: both must give TF's outputs."""
     ours = _ours(progs, lambda name, src, fast: tf1.run_rnnkit(name, src, arrays, fast))
     ran = {name: r for name, r in ours["reference"].items() if not isinstance(r, str)}
+    # long sequences: 1e-3 of each tensor's scale (float32 rounding grows with the steps, in TF
+    # as in rnnkit; measured against float64 in RESULTS.md)
+    compare = functools.partial(tf1.mismatches, tol=1e-3, scaled=True) if long else tf1.mismatches
     with tempfile.TemporaryDirectory() as tmp:
         tf = run_tf(tf1.tf_script(progs), tf1.tf_feed(arrays, ran, tmp))
         for name, src in progs.items():
-            # long sequences: 1e-3 of each tensor's scale (float32 rounding grows with the
-            # steps, in TF as in rnnkit; measured against float64 in RESULTS.md)
-            compare = functools.partial(tf1.mismatches, tol=1e-3, scaled=True) if long else tf1.mismatches
             _compare(name, src, ours, tf, compare, failures)
             found = _restored(name, src, arrays, tf) if name + "|saved" in tf else []
             if found:
@@ -181,15 +181,11 @@ def run(programs: int, seed: int = 0, per_run: int = 50, family: str = "tf1",
     ``long``: TF1 programs over sequences of 33 to 101 steps); return each failing program's
     source with what differed, printing them as found."""
     draw, fuzz = FAMILIES[family]
+    option = {"long": True} if long else {}  # the TF1 family's only
     failures: dict[str, list[str]] = {}
     for done in range(0, programs, per_run):
-        count = min(per_run, programs - done)
-        progs, arrays = (draw(seed * 1_000_003 + done, count, long=True) if long
-                         else draw(seed * 1_000_003 + done, count))
-        if long:
-            fuzz(progs, arrays, failures, out, long=True)
-        else:
-            fuzz(progs, arrays, failures, out)
+        progs, arrays = draw(seed * 1_000_003 + done, min(per_run, programs - done), **option)
+        fuzz(progs, arrays, failures, out, **option)
     return failures
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from rnnkit import layers as L
-from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.io._keras_config import ConfigError, check_entry, layer_from_keras, layer_to_keras
+from rnnkit.layers.cells import state_count
 from rnnkit.layers.model import SymbolicTensor, _flatten, _map, _Node
 
 InputSpec = tuple[list, torch.dtype]  # (batch shape with None for free axes, dtype)
@@ -246,12 +246,12 @@ def _initial_state(layer: L.Layer, states: Any, legacy: bool, where: str) -> lis
     cells = getattr(getattr(layer, "cell", None), "cells", None)
     if cells is None or not all(isinstance(t, SymbolicTensor) for t in states):
         return states
-    counts = [2 if isinstance(c.state_size, LSTMStateTuple) else 1 for c in cells]
+    counts = [state_count(c) for c in cells]
     if len(states) != sum(counts):
         raise ConfigError(f"{where}: a stack of {len(cells)} cells takes {sum(counts)} initial "
                           f"states, got {len(states)}")
-    ends = [sum(counts[:k + 1]) for k in range(len(counts))]
-    return [states[end - n:end] for n, end in zip(counts, ends, strict=True)]
+    flat = iter(states)
+    return [[next(flat) for _ in range(n)] for n in counts]
 
 
 def _endpoints(value: Any, made: dict, where: str):

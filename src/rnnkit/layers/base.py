@@ -188,16 +188,18 @@ class Layer(Tracked, torch.nn.Module):
 
         if isinstance(inputs, SymbolicTensor):
             return symbolic_call(self, inputs, args, kwargs if mask is None else {**kwargs, "mask": mask})
-        carried = get_mask(inputs)
+        carried, seen = get_mask(inputs), inputs
         if mask is None and carried is not None:
             mask = self._implicit_mask(carried, args, kwargs)
+            if mask is None:  # the call dropped the mask: so do the layers it calls (Bidirectional's)
+                seen = inputs.view_as(inputs)
         depth = getattr(_calls, "depth", 0)
         if depth == 0:  # an entry call: the activity penalties of the last one are dropped
             for m in self.modules():
                 m.__dict__.pop("_activity_losses", None)
         _calls.depth = depth + 1
         try:
-            outputs = super().__call__(inputs, *args, mask=mask, training=training, **kwargs)
+            outputs = super().__call__(seen, *args, mask=mask, training=training, **kwargs)
         finally:
             _calls.depth = depth
         if outputs is inputs:  # never tag the caller's own tensor with a mask

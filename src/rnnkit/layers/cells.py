@@ -347,6 +347,11 @@ def keras_states(state: State) -> list:
     return [state]
 
 
+def state_count(cell: KerasCell) -> int:
+    """How many tensors a cell's Keras state list holds: 2 for an LSTM's ``[h, c]``, else 1."""
+    return 2 if isinstance(cell.state_size, LSTMStateTuple) else 1
+
+
 def from_keras_states(cell: KerasCell, states, batch: int, argname: str = "initial_state") -> State:
     """Inverse of ``keras_states``, checked: a list (``[h]`` or ``[h, c]``) or a tensor; for a
     ``StackedRNNCells``, a list of those, one per cell.
@@ -364,9 +369,9 @@ def from_keras_states(cell: KerasCell, states, batch: int, argname: str = "initi
                      for k, (c, s) in enumerate(zip(stack, states, strict=True)))
     if torch.is_tensor(states):
         states = [states]
-    lstm = isinstance(cell.state_size, LSTMStateTuple)
+    lstm = state_count(cell) == 2
     want, shape = "[h, c]" if lstm else "[h]", cell.state_shape(batch)
-    if not isinstance(states, (list, tuple)) or len(states) != (2 if lstm else 1):
+    if not isinstance(states, (list, tuple)) or len(states) != state_count(cell):
         raise ValueError(f"{argname} for {type(cell).__name__} must be a list {want} of tensors "
                          f"of shape {cell.state_layout} = {list(shape)}, got {states!r:.80}")
     for k, s in enumerate(states):  # a None in shape: any size (a ConvLSTM's before its inputs)

@@ -264,7 +264,7 @@ class Sequential(Layer):
                      training=False)
             for module in self.modules():
                 if getattr(module, "stateful", False):
-                    module.states = None
+                    module.reset_states()
 
     def add(self, layer: Layer) -> None:
         """Append ``layer`` (a layer returning one tensor)."""

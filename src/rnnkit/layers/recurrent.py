@@ -13,7 +13,6 @@ import contextlib
 
 import torch
 
-from rnnkit.cells.base import LSTMStateTuple
 from rnnkit.fast.dispatch import check_fast, fast_mode
 from rnnkit.layers import penalties
 from rnnkit.layers.base import Layer, check_rank, deserialize, serialize, snake
@@ -24,6 +23,7 @@ from rnnkit.layers.cells import (
     SimpleRNNCell,
     from_keras_states,
     keras_states,
+    state_count,
 )
 from rnnkit.layers.stacked import StackedRNNCells
 
@@ -105,7 +105,7 @@ class RNN(Layer):
         per cell of a stack."""
         if isinstance(self.cell, StackedRNNCells):
             return len(self.cell.cells)
-        return 2 if isinstance(self.cell.state_size, LSTMStateTuple) else 1
+        return state_count(self.cell)
 
     def num_outputs(self) -> int:
         return 1 + self.state_count if self.return_state else 1

@@ -91,8 +91,6 @@ class Bidirectional(Layer):
                 raise ValueError(f"initial_state must be a list of {want} tensors (forward "
                                  f"states, then backward states), got {initial_state!r:.80}")
             fw_state, bw_state = initial_state[:want // 2], initial_state[want // 2:]
-        if mask is None and fw_state is not None:
-            inputs = inputs.view_as(inputs)  # this call dropped the mask (Keras 3): so do they
         y = self.forward_layer(inputs, mask=mask, training=training, initial_state=fw_state)
         y_rev = self.backward_layer(inputs, mask=mask, training=training, initial_state=bw_state)
         states = []
