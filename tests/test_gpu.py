@@ -462,7 +462,9 @@ def test_device_wrapper_runs_the_cell_on_the_gpu():
     assert all(p.device.type == "cuda" for p in params)
     torch.testing.assert_close(got.cpu(), want, **TOL)
     torch.testing.assert_close(got_state.h.cpu(), want_state.h, **TOL)
-    assert "devices are" not in str(rk.fast.explain(wrapped, x))  # explained on the GPU
+    decision = rk.fast.explain(wrapped, x)  # explained on the GPU: oneDNN refused for being there
+    assert decision.path == "graph" and "devices are cpu" not in str(decision), str(decision)
+    assert "devices are cuda; cpu only" in "\n".join(decision.unmet["onednn"])
 
 
 @pytest.mark.parametrize("layer_norm", [True, False])
@@ -488,9 +490,11 @@ def test_candidate_dropout_on_the_gpu_matches_the_cpu(layer_norm):
         torch.testing.assert_close(a.cpu(), b, atol=2e-5, rtol=2e-5)
 
 
-def test_raw_rnn_and_concatenated_states_on_the_gpu():
+def test_raw_rnn_and_concatenated_states_on_the_gpu(exact):
     """``raw_rnn`` on CUDA tensors (its emissions, also an empty one, on the GPU) and an LSTM's
-    concatenated state (state_is_tuple=False) on the GPU paths: the CPU's numbers."""
+    concatenated state (state_is_tuple=False) on the GPU paths: the CPU's numbers (raw_rnn's
+    steps to 1e-5, cuDNN's first call to its float32 tolerance; TF32 off, which cuDNN's RNNs
+    use by default and which differed by 2e-3 relative on an H100)."""
     rk.reset_default_graph()
     cell = rk.LSTMCell(5, num_proj=3, state_is_tuple=False, input_size=4)
     perturb(cell)
@@ -514,7 +518,8 @@ def test_raw_rnn_and_concatenated_states_on_the_gpu():
     cell.cuda()
     got = run("cuda")
     assert all(t.device.type == "cuda" for t in got)
-    _leaves_close(got, want)
+    _leaves_close(got[:2], want[:2])
+    _leaves_close(got[2:], want[2:], **F32)
     empty = rk.TensorArray(torch.float32, dynamic_size=True, element_shape=[2], device="cuda")
     assert empty.stack().device.type == "cuda"
 
