@@ -30,7 +30,7 @@ import statistics
 import time
 
 import torch
-from bench_rnn import CELLS, _peer, _rnnkit_case
+from bench_rnn import CELLS, _peer, _rnnkit_case, _torch_case
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -43,6 +43,10 @@ CASES = {
     "lstm-h64": ("LSTM (BasicLSTMCell)", 32, 100, 64, "f+b", {}),
     "lstm-h64-fwd": ("LSTM (BasicLSTMCell)", 32, 100, 64, "fwd", {}),
     "gru-h64": ("GRU reset after", 32, 100, 64, "f+b", {}),
+    "gru-h64-fwd": ("GRU reset after", 32, 100, 64, "fwd", {}),
+    "torch-gru-h64": ("torch.nn gru", 32, 100, 64, "f+b", {}),
+    "torch-gru-h64-fwd": ("torch.nn gru", 32, 100, 64, "fwd", {}),
+    "ln-h64-fwd": ("LSTM layer norm", 32, 100, 64, "fwd", {}),
     "tf1gru-h64": ("GRU TF1 (reset before)", 32, 100, 64, "f+b", {}),
     "tf1gru-h64-fwd": ("GRU TF1 (reset before)", 32, 100, 64, "fwd", {}),
     "ln-h64": ("LSTM layer norm", 32, 100, 64, "f+b", {}),
@@ -64,16 +68,7 @@ def _case(name: str, dev: torch.device):
     cell, B, T, H, mode, switches = CASES[name]
     x = torch.randn(B, T, H, device=dev, requires_grad=True)
     if cell.startswith("torch.nn "):
-        module = _peer(cell.split()[1], H).to(dev)
-        params = list(module.parameters())
-
-        def forward():
-            with torch.no_grad():
-                module(x)
-
-        def train():
-            torch.autograd.grad(module(x)[0].sum(), [x, *params])
-
+        forward, train = _torch_case(_peer(cell.split()[1], H).to(dev), x)
         return forward if mode == "fwd" else train
     saved = {k: getattr(steps, k) for k in switches}
     for k, v in switches.items():  # read when the loop is captured

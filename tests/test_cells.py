@@ -1,5 +1,7 @@
 """Cells and unroll without TensorFlow: float64 gradcheck, closed forms, path equivalence, errors."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -185,6 +187,90 @@ def test_tf1_gru_canonical_is_one_joint_kernel_with_exact_gradients(reset_after)
     inputs = [cell.get_parameter(n).detach().clone().requires_grad_() for n in order]
     assert torch.autograd.gradcheck(joint, inputs)
     assert torch.autograd.gradgradcheck(joint, inputs)
+    # with no gradient to record (no_grad, or variables that need none), the same tensors
+    # gathered without the autograd node
+    for quiet in (torch.no_grad(), _frozen(cell)):
+        with quiet:
+            again = cell.canonical()
+        assert again.W.grad_fn is None and again.W._base.shape == (5, 9)
+        for name in ("W", "U", "b", "b_h"):
+            torch.testing.assert_close(getattr(again, name), getattr(p, name), **exact)
+    assert p.W.grad_fn is not None
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rk.GRUCell(4, input_size=3, dtype=torch.float64),
+    lambda: rk.GRUCell(4, input_size=3, dtype=torch.float64, reset_after=True),
+    lambda: rk.GRUCell(4, input_size=3, dtype=torch.float64, activation="relu"),
+    lambda: rk.GRUBlockCell(4, input_size=3, dtype=torch.float64),
+], ids=["reset_before", "reset_after", "relu", "block"])
+def test_a_lone_gru_step_is_the_unrolls_step(make):
+    """``cell(x, h)`` computes TF1's formula on the variables as stored (no joint kernel): the
+    ``Canonical`` step's numbers and gradients (float64, to 1e-12), and float64 gradcheck."""
+    cell = make()
+    with torch.no_grad():
+        for t in cell.parameters():
+            t.copy_(torch.randn_like(t))
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    params = cell.sequence_params()
+    want, _ = cell.step(cell.prepare_inputs(x, params), h, params)
+    got, state = cell(x, h)
+    assert state is got
+    close = {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(got, want, **close)
+    weights = [x, h, *cell.parameters()]
+    for a, b in zip(torch.autograd.grad(got.sin().sum(), weights),
+                    torch.autograd.grad(want.sin().sum(), weights), strict=True):
+        torch.testing.assert_close(a, b, **close)
+    assert torch.autograd.gradcheck(lambda x, h: cell(x, h)[0], (x, h))
+
+
+@pytest.mark.parametrize("state_is_tuple", [True, False])
+def test_a_stacks_lone_step_calls_its_gru_layers(state_is_tuple):
+    """``MultiRNNCell``'s call: each layer whose call is its step is called (a GRU's step on
+    its variables as stored); the numbers and gradients of the stack's ``step``."""
+    cells = [rk.GRUCell(4), rk.GRUCell(3, reset_after=True),
+             rk.LSTMCell(2, state_is_tuple=state_is_tuple)]
+    stack = rk.MultiRNNCell(cells, state_is_tuple=state_is_tuple)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    stack.ensure_built(3, torch.float64)
+    with torch.no_grad():
+        for t in stack.parameters():
+            t.copy_(torch.randn_like(t))
+    state = stack.zero_state(5, torch.float64)
+    state = (torch.randn_like(state) if not state_is_tuple else
+             tuple(rk.LSTMStateTuple(*map(torch.randn_like, s)) if isinstance(s, tuple)
+                   else torch.randn_like(s) for s in state))
+    assert stack.calls_are_steps() and all(c.calls_are_steps() for c in cells)
+    params = stack.sequence_params()
+    want = stack.step(stack.prepare_inputs(x, params), state, params)
+    got = stack(x, state)
+    close = {"rtol": 1e-12, "atol": 1e-12}
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want),
+                    strict=True):
+        torch.testing.assert_close(a, b, **close)
+    weights = [x, *stack.parameters()]
+
+    def loss(out):
+        return sum(t.sin().sum() for t in torch.utils._pytree.tree_leaves(out))
+
+    for a, b in zip(torch.autograd.grad(loss(got), weights), torch.autograd.grad(loss(want), weights),
+                    strict=True):
+        torch.testing.assert_close(a, b, **close)
+
+
+@contextlib.contextmanager
+def _frozen(module):
+    """``module``'s parameters with ``requires_grad`` off inside the block."""
+    params = list(module.parameters())
+    for t in params:
+        t.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for t in params:
+            t.requires_grad_(True)
 
 
 def test_lstm_forget_bias_is_added_at_run_time_not_stored():

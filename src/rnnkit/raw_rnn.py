@@ -214,7 +214,7 @@ def raw_rnn(cell: RNNCell, loop_fn: Callable, parallel_iterations: int | None = 
         check_state(cell, state, batch, "raw_rnn: loop_fn(time=0, ...)'s next_cell_state")
         cell.begin_sequence(batch, next_input.dtype, next_input.device)
         # the weights' layout once for the whole loop, where a step is a plain call of the cell
-        params = cell.sequence_params() if type(cell).forward is RNNCell.forward else None
+        params = cell.sequence_params() if cell.calls_are_steps() else None
         if emit_structure is None:
             zero_emit = pytree.tree_map(
                 lambda n: torch.zeros(batch, n, dtype=dtype, device=next_input.device),

@@ -192,13 +192,28 @@ class RNNCell(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One step: ``inputs`` ``[batch, depth]`` and ``state`` to ``(output, new_state)``."""
+        self.begin_step(inputs, state)
+        params = self.sequence_params()
+        return self.step(self.prepare_inputs(inputs, params), state, params)
+
+    def begin_step(self, inputs: torch.Tensor, state: State) -> None:
+        """A lone step's checks (``forward``'s): ``inputs`` a ``[batch, depth]`` tensor, the
+        cell built for it, ``state`` of the cell's structure for that batch.
+
+        Raises:
+            ValueError: naming the argument and the shapes expected.
+        """
         if not torch.is_tensor(inputs) or inputs.dim() != 2:
             raise ValueError(f"inputs to {type(self).__name__} must be a tensor of shape "
                              f"[batch, depth], got {_shapes(inputs)}")
         self.ensure_built(inputs.shape[-1], inputs.dtype)
         check_state(self, state, inputs.shape[0])
-        params = self.sequence_params()
-        return self.step(self.prepare_inputs(inputs, params), state, params)
+
+    def calls_are_steps(self) -> bool:
+        """Whether a call of the cell is ``step(prepare_inputs(x, p), state, p)`` with ``p =
+        sequence_params()``, so a loop of calls may make ``p`` once (``raw_rnn``): true where
+        ``forward`` is this class's, or computes the same step another way."""
+        return type(self).forward is RNNCell.forward
 
     def draws_masks(self) -> bool:
         """Whether an unroll or a step of this cell draws dropout masks of its own (in training

@@ -85,6 +85,9 @@ class FusedCell(RNNCell):
 
 def split_kernel(kernel: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
     """TF1's ``[depth + H, G*H]`` kernel acts on ``concat([x, h])``: its input and recurrent
-    halves are views ``kernel[:depth]`` (W) and ``kernel[depth:]`` (U)."""
-    return kernel[:depth], kernel[depth:]
+    halves are views ``kernel[:depth]`` (W) and ``kernel[depth:]`` (U), made by one split,
+    whose backward joins the halves' gradients (two slices' would each fill a zero kernel, then
+    add them: a quarter of a lone LSTM step's backward at B1 H256)."""
+    W, U = kernel.split([depth, kernel.shape[0] - depth])
+    return W, U
 

@@ -92,6 +92,24 @@ class MultiRNNCell(RNNCell):
             new_states.append(new)
         return out, self._join(tuple(new_states))
 
+    def forward(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One step of the stack: ``step``'s, except that a layer whose call is its step
+        (``calls_are_steps``) is called, computing it its own way (a GRU's on its variables as
+        stored, without the weights' gather that ``sequence_params`` makes for an unroll)."""
+        self.begin_step(inputs, state)
+        new_states, out = [], inputs
+        for cell, layer_state in zip(self.cells, self._split(state), strict=True):
+            if cell.calls_are_steps():
+                out, new = cell(out, layer_state)
+            else:
+                params = cell.sequence_params()
+                out, new = cell.step(cell.prepare_inputs(out, params), layer_state, params)
+            new_states.append(new)
+        return out, self._join(tuple(new_states))
+
+    def calls_are_steps(self) -> bool:
+        return True  # forward is step, layer by layer
+
     def unroll(self, inputs, state, mask=None, masked_output="zero", chunk=None, fast=None):
         finals, x = [], inputs
         for cell, layer_state in zip(self.cells, self._split(state), strict=True):
