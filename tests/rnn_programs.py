@@ -106,6 +106,20 @@ emit_ta, st, total = R.raw_rnn(cell, loop_fn)
 out = (emit_ta[0].stack(), emit_ta[1].stack(), total)
 """
 
+# a hand-written loop of lone steps: a GRU stack's call (each layer's own step) and a GRU's
+PROGRAMS["lone_steps"] = """
+cell = R.MultiRNNCell([R.GRUCell(4), R.GRUCell(3, activation=R.relu)])
+cell2 = R.GRUCell(5)
+state, state2 = make_state(cell), make_state(cell2)
+outs = []
+with R.variable_scope("decoder"):
+    for t in range(T):
+        o, state = cell(XS[t], state)
+        o2, state2 = cell2(XS[t], state2)
+        outs += [o, o2]
+out, st = outs, (state, state2)
+"""
+
 PROGRAMS["scoped_stack_with_orthogonal"] = """
 with R.variable_scope("model", initializer=R.orthogonal()):
     fw = R.MultiRNNCell([R.GRUCell(4), R.LSTMCell(4, use_peepholes=True)])
