@@ -4,8 +4,10 @@
 a random cell or stack of cells, with random options (activations, forget biases, peepholes,
 clipping, projections, concatenated states, residual and dropout wrappers), unrolled by a random
 driver (``dynamic_rnn`` batch- or time-major, ``bidirectional_dynamic_rnn``, ``static_rnn``,
-``static_bidirectional_rnn``, ``stack_bidirectional_dynamic_rnn``) with or without sequence
-lengths, initial states, ``swap_memory`` and an outer scope, over inputs of a random shape.
+``static_bidirectional_rnn``, ``stack_bidirectional_dynamic_rnn``, a hand-written loop of the
+cell's own calls, ``raw_rnn``; the last two from session 20, so earlier seeds now draw other
+programs) with or without sequence lengths, initial states, ``swap_memory`` and an outer scope,
+over inputs of a random shape.
 ``keras_programs(seed, count)`` draws Keras models in ``keras_harness``'s language (namespace
 ``L``): functional models of recurrent layers, cells and stacks, ``Bidirectional``, masks,
 encoder states starting decoders, ``ConvLSTM1D``, ``Sequential`` models over token ids, and
@@ -82,7 +84,7 @@ def _state(rng: random.Random, cell: str, keyword: str) -> str:
 
 def _program(rng: random.Random, depth: int, lengths: bool) -> str:
     driver = rng.choice(("dynamic", "dynamic", "time_major", "bidirectional", "static",
-                         "static_bidirectional", "stack"))
+                         "static_bidirectional", "stack", "lone", "raw"))
     length = ", sequence_length=L" if lengths else ""
     swap = ", swap_memory=True" if rng.random() < 0.15 else ""
     fw, out_fw = _stack(rng, depth)
@@ -100,6 +102,23 @@ def _program(rng: random.Random, depth: int, lengths: bool) -> str:
     elif driver == "static":
         lines.append(f"out, st = R.static_rnn(cell, XS{length}"
                      f"{_state(rng, 'cell', 'initial_state')}, dtype=F32)")
+    elif driver == "lone":  # a hand-written loop of the cell's own calls, in a scope of its
+        # own, as dynamic_rnn's "rnn" (the restore pass runs the program again with reuse=True:
+        # new cells at the top level would be named anew, gru_cell_1, in TF as here)
+        start = "make_state(cell)" if rng.random() < 0.5 else "cell.zero_state(B, F32)"
+        lines += [f"state = {start}", "out = []", 'with R.variable_scope("decoder"):',
+                  "    for t in range(T):", "        o, state = cell(XS[t], state)",
+                  "        out.append(o)", "st = state"]
+    elif driver == "raw":  # raw_rnn reading the inputs up to each length (zeros past them)
+        start = "make_state(cell)" if rng.random() < 0.5 else "cell.zero_state(B, F32)"
+        lines += [f"start = {start}", "inputs_ta = R.TensorArray(dtype=F32, size=T).unstack(XT)",
+                  "def loop_fn(time, cell_output, cell_state, loop_state):",
+                  "    finished = time >= L",
+                  "    next_input = R.cond(R.reduce_all(finished), "
+                  "lambda: R.zeros([B, D], dtype=F32), lambda: inputs_ta.read(time))",
+                  "    state = start if cell_output is None else cell_state",
+                  "    return finished, next_input, state, cell_output, None",
+                  "emit_ta, st, _ = R.raw_rnn(cell, loop_fn)", "out = emit_ta.stack()"]
     elif driver == "static_bidirectional":
         lines.append(f"out, st_fw, st_bw = R.static_bidirectional_rnn(cell, cell2, XS{length}"
                      f"{_state(rng, 'cell', 'initial_state_fw')}"

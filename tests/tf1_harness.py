@@ -78,12 +78,16 @@ def _run(name: str, src: str, arrays: dict, fast) -> dict:
     leaves = pytree.tree_leaves((env["out"], env["st"]))
     loss = sum((t * torch.tensor(loss_weights(tuple(t.shape), k))).sum() for k, t in enumerate(leaves))
     variables = rk.global_variables()
-    grads = torch.autograd.grad(loss, [x, *state_leaves, *variables], allow_unused=True)
+    targets = [x, *state_leaves, *variables]
+    # a loss that reaches nothing (a raw_rnn whose entries all have length 0 runs no step, from
+    # a zero state): every gradient zero, as TF's None gradients are read
+    grads = (torch.autograd.grad(loss, targets, allow_unused=True)
+             if torch.is_tensor(loss) and loss.requires_grad else [None] * len(targets))
     return {"names": [v.name[:-2] for v in variables],
             "weights": {v.name[:-2]: v.detach().numpy() for v in variables},
             "leaves": [t.detach().numpy() for t in leaves],
             "grads": [np.zeros(t.shape, np.float32) if g is None else g.numpy()
-                      for t, g in zip([x, *state_leaves, *variables], grads, strict=True)]}
+                      for t, g in zip(targets, grads, strict=True)]}
 
 
 def tf_feed(arrays: dict, ours: dict[str, dict], folder: str | None = None) -> dict:
@@ -181,11 +185,16 @@ for name in sorted(PROGRAMS):
         RESULT[name + "|error"] = f"{type(e).__name__}: {e}"
         continue
     leaves = tf.nest.flatten((env["out"], env["st"]))
-    # raw_rnn's stacked outputs have a dynamic time axis; those programs run T steps (another
-    # count fails the run with a shape mismatch)
-    loss = tf1.add_n([tf1.reduce_sum(t * loss_weights(tuple(steps if d is None else d
-                                                            for d in t.shape.as_list()), k))
-                      for k, t in enumerate(leaves)])
+    # raw_rnn's stacked outputs have a dynamic time axis (its loop stops when every entry is
+    # finished, up to T steps): the weights of T steps, cut to the steps run, are those of the
+    # shape rnnkit's outputs have (loss_weights is one sequence, reshaped)
+    def weighted(t, k):
+        dims = t.shape.as_list()
+        w = loss_weights(tuple(steps if d is None else d for d in dims), k)
+        return tf1.reduce_sum(t * (tf1.constant(w)[:tf1.shape(t)[0]] if dims and dims[0] is None
+                                   else w))
+
+    loss = tf1.add_n([weighted(t, k) for k, t in enumerate(leaves)])
     tvars = tf1.global_variables()
     RESULT[name + "|names"] = [v.op.name for v in tvars]
     targets = [x, *state_leaves, *tvars]
