@@ -90,6 +90,8 @@ def _program(rng: random.Random, depth: int, lengths: bool) -> str:
     fw, out_fw = _stack(rng, depth)
     bw, out_bw = _stack(rng, depth)
     lines = [f"cell = {fw}", f"cell2 = {bw}"]
+    if driver in ("lone", "raw"):  # the state they start from
+        start = "make_state(cell)" if rng.random() < 0.5 else "cell.zero_state(B, F32)"
     if driver in ("dynamic", "time_major"):
         x, major = ("X", "") if driver == "dynamic" else ("XT", ", time_major=True")
         lines.append(f"out, st = R.dynamic_rnn(cell, {x}{length}{_state(rng, 'cell', 'initial_state')}"
@@ -105,12 +107,10 @@ def _program(rng: random.Random, depth: int, lengths: bool) -> str:
     elif driver == "lone":  # a hand-written loop of the cell's own calls, in a scope of its
         # own, as dynamic_rnn's "rnn" (the restore pass runs the program again with reuse=True:
         # new cells at the top level would be named anew, gru_cell_1, in TF as here)
-        start = "make_state(cell)" if rng.random() < 0.5 else "cell.zero_state(B, F32)"
         lines += [f"state = {start}", "out = []", 'with R.variable_scope("decoder"):',
                   "    for t in range(T):", "        o, state = cell(XS[t], state)",
                   "        out.append(o)", "st = state"]
     elif driver == "raw":  # raw_rnn reading the inputs up to each length (zeros past them)
-        start = "make_state(cell)" if rng.random() < 0.5 else "cell.zero_state(B, F32)"
         lines += [f"start = {start}", "inputs_ta = R.TensorArray(dtype=F32, size=T).unstack(XT)",
                   "def loop_fn(time, cell_output, cell_state, loop_state):",
                   "    finished = time >= L",
