@@ -83,6 +83,7 @@ STEP_CELLS = {  # name: (make(H), torch.nn cell kind)
     "MultiRNNCell of 2 GRUs": (lambda h: rk.MultiRNNCell([rk.GRUCell(h), rk.GRUCell(h)]),
                                "gru2"),
 }
+PEER_CELLS = {"gru": torch.nn.GRUCell, "lstm": torch.nn.LSTMCell, "gru2": torch.nn.GRUCell}
 
 
 def lone_steps(dev: torch.device, calls: int, repeats: int) -> None:
@@ -91,9 +92,8 @@ def lone_steps(dev: torch.device, calls: int, repeats: int) -> None:
     for batch, units in ((1, 256), (32, 256), (32, 512)):
         x = torch.randn(batch, units, device=dev, requires_grad=True)
         peers = {}
-        for kind in ("gru", "lstm", "gru2"):
-            make = {"gru": torch.nn.GRUCell, "gru2": torch.nn.GRUCell, "lstm": torch.nn.LSTMCell}
-            mods = [make[kind](units, units).to(dev) for _ in range(2 if kind == "gru2" else 1)]
+        for kind, make in PEER_CELLS.items():
+            mods = [make(units, units).to(dev) for _ in range(2 if kind == "gru2" else 1)]
             h = torch.zeros(batch, units, device=dev)
             state = (h, h) if kind == "lstm" else h
             params = [t for m in mods for t in m.parameters()]
